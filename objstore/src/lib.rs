@@ -1,0 +1,3 @@
+//! Object storage buckets from Thanos objstore YAML (not built yet).
+//!
+//! This crate is a placeholder in the workspace layout; it exports nothing yet.

@@ -1,0 +1,1 @@
+//! End-to-end tests live in this crate's `tests/` folder, one file per user story.

@@ -1,0 +1,432 @@
+//! The XOR (Gorilla) float chunk, bit-exact with `tsdb/chunkenc/xor.go`.
+
+use super::ChunkError;
+use super::bstream::{BitReader, BitWriter};
+
+/// Worst-case bytes one appended sample can add; the head cuts a chunk before it grows
+/// past 1024 bytes with this much headroom.
+pub const MAX_BYTES_PER_SAMPLE: usize = 19;
+
+/// Whether `x` fits the asymmetric signed range of an `nbits` field:
+/// `-(2^(n-1) - 1) ..= 2^(n-1)`.
+#[inline]
+pub(crate) fn bit_range(x: i64, nbits: u32) -> bool {
+    -((1i64 << (nbits - 1)) - 1) <= x && x <= 1i64 << (nbits - 1)
+}
+
+/// An XOR chunk being built (or re-opened for appending).
+#[derive(Debug, Clone)]
+pub struct XorChunk {
+    b: BitWriter,
+    num: u16,
+    t: i64,
+    v: f64,
+    t_delta: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl Default for XorChunk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl XorChunk {
+    /// An empty chunk (just the two-byte sample count).
+    pub fn new() -> Self {
+        XorChunk {
+            b: BitWriter::from_bytes(vec![0, 0], 0),
+            num: 0,
+            t: 0,
+            v: 0.0,
+            t_delta: 0,
+            leading: 0xff,
+            trailing: 0,
+        }
+    }
+
+    /// Re-opens encoded chunk bytes for appending, rebuilding the appender state by
+    /// decoding every sample (as Prometheus's `Appender()` does).
+    pub fn from_bytes(data: &[u8]) -> Result<Self, ChunkError> {
+        let mut it = XorIterator::new(data)?;
+        while it.next().is_some() {}
+        if let Some(e) = it.err() {
+            return Err(e.clone());
+        }
+        let used_bits = it.bits_consumed();
+        let nbytes = used_bits.div_ceil(8);
+        let mut bytes = data[..nbytes.min(data.len())].to_vec();
+        // Clear any stray bits past the end of the last sample.
+        let free = (nbytes * 8 - used_bits) as u8;
+        if free > 0 {
+            let last = bytes.len() - 1;
+            bytes[last] &= !((1u8 << free) - 1);
+        }
+        let num = it.num_total;
+        let (leading, trailing) = if num == 0 { (0xff, 0) } else { (it.leading, it.trailing) };
+        Ok(XorChunk {
+            b: BitWriter::from_bytes(bytes, free),
+            num,
+            t: it.t,
+            v: f64::from_bits(it.val),
+            t_delta: it.t_delta,
+            leading,
+            trailing,
+        })
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.b.bytes()
+    }
+
+    /// Consumes the chunk, returning its bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.b.bytes
+    }
+
+    /// Number of samples.
+    pub fn num_samples(&self) -> usize {
+        usize::from(self.num)
+    }
+
+    /// Timestamp of the last sample (meaningless when empty).
+    pub fn last_timestamp(&self) -> i64 {
+        self.t
+    }
+
+    /// Value of the last sample (meaningless when empty).
+    pub fn last_value(&self) -> f64 {
+        self.v
+    }
+
+    /// Appends a sample. Timestamps must increase; the caller (the head) enforces that.
+    /// A chunk holds at most 65535 samples; the head cuts far earlier.
+    pub fn append(&mut self, t: i64, v: f64) {
+        let b = &mut self.b;
+        match self.num {
+            0 => {
+                let mut buf = Vec::with_capacity(10);
+                crate::encoding::put_varint(&mut buf, t);
+                for x in buf {
+                    b.write_byte(x);
+                }
+                b.write_bits(v.to_bits(), 64);
+            }
+            1 => {
+                let t_delta = t.wrapping_sub(self.t) as u64;
+                let mut buf = Vec::with_capacity(10);
+                crate::encoding::put_uvarint(&mut buf, t_delta);
+                for x in buf {
+                    b.write_byte(x);
+                }
+                xor_write(b, v, self.v, &mut self.leading, &mut self.trailing);
+                self.t_delta = t_delta;
+            }
+            _ => {
+                let t_delta = t.wrapping_sub(self.t) as u64;
+                let dod = t_delta.wrapping_sub(self.t_delta) as i64;
+                if dod == 0 {
+                    b.write_bit(false);
+                } else if bit_range(dod, 14) {
+                    b.write_bits(0b10, 2);
+                    b.write_bits(dod as u64, 14);
+                } else if bit_range(dod, 17) {
+                    b.write_bits(0b110, 3);
+                    b.write_bits(dod as u64, 17);
+                } else if bit_range(dod, 20) {
+                    b.write_bits(0b1110, 4);
+                    b.write_bits(dod as u64, 20);
+                } else {
+                    b.write_bits(0b1111, 4);
+                    b.write_bits(dod as u64, 64);
+                }
+                xor_write(b, v, self.v, &mut self.leading, &mut self.trailing);
+                self.t_delta = t_delta;
+            }
+        }
+        self.t = t;
+        self.v = v;
+        self.num = self.num.wrapping_add(1);
+        let n = self.num.to_be_bytes();
+        let bytes = self.b.bytes_mut();
+        bytes[0] = n[0];
+        bytes[1] = n[1];
+    }
+
+    /// An iterator over the samples.
+    pub fn iter(&self) -> XorIterator<'_> {
+        // The chunk was built by us, so its header is always present.
+        XorIterator::new(self.bytes()).unwrap_or_else(|_| XorIterator::empty())
+    }
+}
+
+/// Writes the XOR of `new` against `cur` with the leading/trailing window scheme.
+#[inline]
+pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8, trailing: &mut u8) {
+    let delta = new.to_bits() ^ cur.to_bits();
+    if delta == 0 {
+        b.write_bit(false);
+        return;
+    }
+    b.write_bit(true);
+    let mut new_leading = delta.leading_zeros() as u8;
+    let new_trailing = delta.trailing_zeros() as u8;
+    if new_leading >= 32 {
+        new_leading = 31;
+    }
+    if *leading != 0xff && new_leading >= *leading && new_trailing >= *trailing {
+        b.write_bit(false);
+        b.write_bits(delta >> *trailing, 64 - u32::from(*leading) - u32::from(*trailing));
+        return;
+    }
+    *leading = new_leading;
+    *trailing = new_trailing;
+    b.write_bit(true);
+    b.write_bits(u64::from(new_leading), 5);
+    let sigbits = 64 - u32::from(new_leading) - u32::from(new_trailing);
+    // 64 significant bits do not fit in 6 bits; they are written as 0.
+    b.write_bits(u64::from(sigbits), 6);
+    b.write_bits(delta >> new_trailing, sigbits);
+}
+
+/// Reads one XOR-encoded value into `value`; `None` on truncated or corrupt input.
+#[inline]
+pub(crate) fn xor_read(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> Option<()> {
+    if !br.read_bit()? {
+        return Some(());
+    }
+    let (new_leading, mbits) = if !br.read_bit()? {
+        if *leading == 0xff {
+            // Window reuse before any window was set: corrupt.
+            return None;
+        }
+        (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
+    } else {
+        let l = br.read_bits(5)? as u32;
+        let mut m = br.read_bits(6)? as u32;
+        if m == 0 {
+            m = 64;
+        }
+        if l + m > 64 {
+            return None;
+        }
+        *trailing = (64 - l - m) as u8;
+        *leading = l as u8;
+        (l, m)
+    };
+    let bits = br.read_bits(mbits)?;
+    let shift = 64 - new_leading - mbits;
+    *value ^= if shift >= 64 { 0 } else { bits << shift };
+    Some(())
+}
+
+/// Decodes an XOR chunk sample by sample, lazily.
+#[derive(Debug, Clone)]
+pub struct XorIterator<'a> {
+    br: BitReader<'a>,
+    data_bits: usize,
+    num_total: u16,
+    num_read: u16,
+    t: i64,
+    val: u64,
+    t_delta: u64,
+    leading: u8,
+    trailing: u8,
+    err: Option<ChunkError>,
+}
+
+impl<'a> XorIterator<'a> {
+    /// An iterator over encoded chunk bytes (starting with the two-byte count).
+    pub fn new(data: &'a [u8]) -> Result<Self, ChunkError> {
+        if data.len() < 2 {
+            return Err(ChunkError::Corrupt { encoding: "XOR", reason: "chunk shorter than its 2-byte header" });
+        }
+        let num_total = u16::from_be_bytes([data[0], data[1]]);
+        Ok(XorIterator {
+            br: BitReader::new(&data[2..]),
+            data_bits: (data.len() - 2) * 8,
+            num_total,
+            num_read: 0,
+            t: 0,
+            val: 0,
+            t_delta: 0,
+            leading: 0,
+            trailing: 0,
+            err: None,
+        })
+    }
+
+    fn empty() -> Self {
+        XorIterator {
+            br: BitReader::new(&[]),
+            data_bits: 0,
+            num_total: 0,
+            num_read: 0,
+            t: 0,
+            val: 0,
+            t_delta: 0,
+            leading: 0,
+            trailing: 0,
+            err: None,
+        }
+    }
+
+    /// Number of samples the header announces.
+    pub fn num_samples(&self) -> usize {
+        usize::from(self.num_total)
+    }
+
+    /// The error that ended iteration early, if any.
+    pub fn err(&self) -> Option<&ChunkError> {
+        self.err.as_ref()
+    }
+
+    /// Bits of the chunk consumed so far, including the 16-bit header.
+    pub(crate) fn bits_consumed(&self) -> usize {
+        16 + self.data_bits - self.br.bits_remaining()
+    }
+
+    fn fail(&mut self) -> Option<(i64, f64)> {
+        self.err = Some(ChunkError::Corrupt { encoding: "XOR", reason: "truncated or invalid sample data" });
+        self.num_read = self.num_total;
+        None
+    }
+
+    /// The next `(timestamp, value)`.
+    #[inline]
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<(i64, f64)> {
+        if self.num_read >= self.num_total {
+            return None;
+        }
+        if self.num_read == 0 {
+            let Some(t) = self.br.read_varint() else { return self.fail() };
+            let Some(v) = self.br.read_bits(64) else { return self.fail() };
+            self.t = t;
+            self.val = v;
+            self.num_read = 1;
+            return Some((t, f64::from_bits(v)));
+        }
+        if self.num_read == 1 {
+            let Some(d) = self.br.read_uvarint() else { return self.fail() };
+            self.t_delta = d;
+            self.t = self.t.wrapping_add(d as i64);
+        } else {
+            let mut d: u8 = 0;
+            for _ in 0..4 {
+                d <<= 1;
+                let Some(bit) = self.br.read_bit() else { return self.fail() };
+                if !bit {
+                    break;
+                }
+                d |= 1;
+            }
+            let sz: u32 = match d {
+                0b0 => 0,
+                0b10 => 14,
+                0b110 => 17,
+                0b1110 => 20,
+                _ => 64,
+            };
+            let dod: i64 = if sz == 0 {
+                0
+            } else {
+                let Some(mut bits) = self.br.read_bits(sz) else { return self.fail() };
+                if sz < 64 && bits > (1u64 << (sz - 1)) {
+                    bits = bits.wrapping_sub(1u64 << sz);
+                }
+                bits as i64
+            };
+            self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
+            self.t = self.t.wrapping_add(self.t_delta as i64);
+        }
+        if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
+            return self.fail();
+        }
+        self.num_read += 1;
+        Some((self.t, f64::from_bits(self.val)))
+    }
+
+    /// Advances to the first sample with timestamp ≥ `t`.
+    pub fn seek(&mut self, t: i64) -> Option<(i64, f64)> {
+        if self.num_read > 0 && self.t >= t {
+            return Some((self.t, f64::from_bits(self.val)));
+        }
+        while let Some(s) = self.next() {
+            if s.0 >= t {
+                return Some(s);
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for XorIterator<'_> {
+    type Item = (i64, f64);
+    #[inline]
+    fn next(&mut self) -> Option<(i64, f64)> {
+        XorIterator::next(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(samples: &[(i64, f64)]) -> Vec<u8> {
+        let mut c = XorChunk::new();
+        for (t, v) in samples {
+            c.append(*t, *v);
+        }
+        let got: Vec<(i64, u64)> = c.iter().map(|(t, v)| (t, v.to_bits())).collect();
+        let want: Vec<(i64, u64)> = samples.iter().map(|(t, v)| (*t, v.to_bits())).collect();
+        assert_eq!(got, want);
+        c.bytes().to_vec()
+    }
+
+    #[test]
+    fn known_bytes() {
+        // Two samples: t0 = 1000 (varint 0xd0 0x0f), v0 = 1.0; t1 = 1015, v1 = 1.0
+        // (xor 0 → one 0 bit, padded).
+        let b = round_trip(&[(1000, 1.0), (1015, 1.0)]);
+        assert_eq!(b, vec![0, 2, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x0f, 0x00]);
+    }
+
+    #[test]
+    fn dod_buckets_and_specials() {
+        let mut s = vec![(0i64, 0.0f64)];
+        let deltas = [1i64, 1, 8193, 1, 65537, 3, 524289, 2, 1 << 40, 5, 5];
+        let vals = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e308, 5e-324, -0.0, 42.0, 42.0, 1.5, 0.1, 7.0];
+        let mut t = 0;
+        for (d, v) in deltas.iter().zip(vals) {
+            t += d;
+            s.push((t, v));
+        }
+        round_trip(&s);
+    }
+
+    #[test]
+    fn negative_timestamps_and_reopen() {
+        let s: Vec<(i64, f64)> = (0..200).map(|i| (-100_000 + i * 15_000 + (i % 7), (i as f64).sin())).collect();
+        let mut c = XorChunk::new();
+        for (t, v) in &s[..100] {
+            c.append(*t, *v);
+        }
+        let mut c2 = XorChunk::from_bytes(c.bytes()).unwrap();
+        for (t, v) in &s[100..] {
+            c2.append(*t, *v);
+            c.append(*t, *v);
+        }
+        assert_eq!(c.bytes(), c2.bytes());
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error() {
+        assert!(XorIterator::new(&[1]).is_err());
+        let mut it = XorIterator::new(&[0, 5, 0x80]).unwrap();
+        assert_eq!(it.next(), None);
+        assert!(it.err().is_some());
+    }
+}

@@ -1,0 +1,12 @@
+//! A Prometheus-format time-series database engine.
+//!
+//! Everything here reads and writes bytes exactly as Prometheus does (see
+//! `../shared/spec/tsdb-format.md`): blocks that promtool and Prometheus open, and
+//! Prometheus's blocks opened by us. The crate is synchronous and does no networking;
+//! async callers run it on blocking threads.
+
+pub mod chunkenc;
+pub mod encoding;
+pub mod error;
+
+pub use error::{Result, TsdbError};
