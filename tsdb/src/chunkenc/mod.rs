@@ -5,11 +5,18 @@
 //! segment file without copying). [`Chunk::iter`] decodes lazily.
 
 pub mod bstream;
+pub mod float_histogram;
+pub mod histogram;
+pub mod histogram_meta;
+pub mod varbit;
 pub mod xor;
 
 use bytes::Bytes;
 use norn_model::{FloatHistogram, Histogram};
 
+pub use float_histogram::{FloatHistogramChunk, FloatHistogramIterator};
+pub use histogram::{HistogramChunk, HistogramIterator};
+pub use histogram_meta::{CounterResetHeader, HistogramAppendError, NewChunkReason, STALE_NAN_BITS, is_stale_nan};
 pub use xor::{XorChunk, XorIterator};
 
 /// Chunk encodings as stored in segment files (`tsdb/chunkenc/chunk.go`).
@@ -92,21 +99,17 @@ impl Chunk {
         if self.data.len() < 2 {
             return 0;
         }
-        let n = u16::from_be_bytes([self.data[0], self.data[1]]);
-        match self.encoding {
-            Encoding::Xor => usize::from(n),
-            // Histogram chunks keep the counter-reset header in the top two bits.
-            Encoding::Histogram | Encoding::FloatHistogram => usize::from(n & 0x3fff),
-        }
+        // All three encodings start with a BE16 count (histograms keep their
+        // counter-reset flags in the third byte).
+        usize::from(u16::from_be_bytes([self.data[0], self.data[1]]))
     }
 
     /// Decodes the samples lazily.
     pub fn iter(&self) -> Result<SampleIter<'_>, ChunkError> {
         match self.encoding {
             Encoding::Xor => Ok(SampleIter::Xor(XorIterator::new(&self.data)?)),
-            Encoding::Histogram | Encoding::FloatHistogram => {
-                Err(ChunkError::Corrupt { encoding: self.encoding.name(), reason: "histogram decoding not built yet" })
-            }
+            Encoding::Histogram => Ok(SampleIter::Histogram(HistogramIterator::new(&self.data)?)),
+            Encoding::FloatHistogram => Ok(SampleIter::FloatHistogram(FloatHistogramIterator::new(&self.data)?)),
         }
     }
 }
@@ -115,6 +118,8 @@ impl Chunk {
 #[derive(Debug)]
 pub enum SampleIter<'a> {
     Xor(XorIterator<'a>),
+    Histogram(HistogramIterator<'a>),
+    FloatHistogram(FloatHistogramIterator<'a>),
 }
 
 impl SampleIter<'_> {
@@ -122,6 +127,8 @@ impl SampleIter<'_> {
     pub fn err(&self) -> Option<&ChunkError> {
         match self {
             SampleIter::Xor(it) => it.err(),
+            SampleIter::Histogram(it) => it.err(),
+            SampleIter::FloatHistogram(it) => it.err(),
         }
     }
 }
@@ -131,6 +138,8 @@ impl Iterator for SampleIter<'_> {
     fn next(&mut self) -> Option<Sample> {
         match self {
             SampleIter::Xor(it) => it.next().map(|(t, v)| Sample::Float(t, v)),
+            SampleIter::Histogram(it) => it.next().map(|(t, h)| Sample::Histogram(t, Box::new(h))),
+            SampleIter::FloatHistogram(it) => it.next().map(|(t, h)| Sample::FloatHistogram(t, Box::new(h))),
         }
     }
 }

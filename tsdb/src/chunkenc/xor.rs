@@ -64,7 +64,11 @@ impl XorChunk {
             bytes[last] &= !((1u8 << free) - 1);
         }
         let num = it.num_total;
-        let (leading, trailing) = if num == 0 { (0xff, 0) } else { (it.leading, it.trailing) };
+        // The iterator starts with the 0xff "no window yet" sentinel, so a chunk whose values
+        // never changed reopens exactly as a continuously appended one would. (Prometheus'
+        // reopened appender starts from a zero window instead, which costs bits but reads
+        // the same.)
+        let (leading, trailing) = (it.leading, it.trailing);
         Ok(XorChunk {
             b: BitWriter::from_bytes(bytes, free),
             num,
@@ -199,10 +203,12 @@ pub(crate) fn xor_read(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8
     }
     let (new_leading, mbits) = if !br.read_bit()? {
         if *leading == 0xff {
-            // Window reuse before any window was set: corrupt.
-            return None;
+            // Reuse before any window was set: Prometheus' reader starts from a zero
+            // window and reads all 64 bits, so do the same.
+            (0, 64)
+        } else {
+            (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
         }
-        (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
     } else {
         let l = br.read_bits(5)? as u32;
         let mut m = br.read_bits(6)? as u32;
@@ -252,7 +258,7 @@ impl<'a> XorIterator<'a> {
             t: 0,
             val: 0,
             t_delta: 0,
-            leading: 0,
+            leading: 0xff,
             trailing: 0,
             err: None,
         })
@@ -267,7 +273,7 @@ impl<'a> XorIterator<'a> {
             t: 0,
             val: 0,
             t_delta: 0,
-            leading: 0,
+            leading: 0xff,
             trailing: 0,
             err: None,
         }
