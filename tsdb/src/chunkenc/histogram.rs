@@ -895,4 +895,74 @@ pub(crate) mod tests {
             prop_assert_eq!(reopened.bytes(), c.bytes());
         }
     }
+
+    /// Canonical spans and delta buckets for sparse `index → count` buckets.
+    fn to_spans(m: &std::collections::BTreeMap<i64, i64>) -> (Vec<Span>, Vec<i64>) {
+        let mut spans: Vec<Span> = Vec::new();
+        let (mut deltas, mut last_idx, mut last_v) = (Vec::new(), None::<i64>, 0i64);
+        for (&i, &v) in m {
+            match last_idx {
+                Some(l) if i == l + 1 => spans.last_mut().unwrap().length += 1,
+                Some(l) => spans.push(Span { offset: (i - l - 1) as i32, length: 1 }),
+                None => spans.push(Span { offset: i as i32, length: 1 }),
+            }
+            deltas.push(v - last_v);
+            last_v = v;
+            last_idx = Some(i);
+        }
+        (spans, deltas)
+    }
+
+    fn nonzero_buckets(spans: &[Span], deltas: &[i64]) -> Vec<(i64, i64)> {
+        crate::chunkenc::histogram_meta::bucket_indexes(spans).zip(absolute(deltas)).filter(|(_, v)| *v != 0).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Counters whose buckets appear (recoding the chunk) and whose empty buckets go
+        /// missing (expanding the sample) decode to the same non-empty buckets.
+        #[test]
+        fn prop_counter_with_changing_buckets(steps in proptest::collection::vec(
+            (proptest::collection::vec(0i64..4, 8), proptest::option::of((-12i64..12, 0i64..5)), any::<bool>()), 1..25)) {
+            let mut m = std::collections::BTreeMap::new();
+            let mut c = HistogramChunk::new();
+            let mut want = Vec::new();
+            let mut zero = 0u64;
+            for (i, (incs, new_bucket, drop_empty)) in steps.into_iter().enumerate() {
+                for (k, v) in m.values_mut().enumerate() {
+                    *v += incs[k % 8];
+                }
+                if let Some((idx, v)) = new_bucket {
+                    m.entry(idx).or_insert(v);
+                }
+                zero += incs[0] as u64;
+                let shown: std::collections::BTreeMap<i64, i64> =
+                    m.iter().filter(|(_, v)| !drop_empty || **v != 0).map(|(k, v)| (*k, *v)).collect();
+                let (spans, deltas) = to_spans(&shown);
+                let h = Histogram {
+                    schema: 1,
+                    zero_threshold: 2f64.powi(-128),
+                    zero_count: zero,
+                    count: zero + m.values().sum::<i64>() as u64,
+                    sum: i as f64,
+                    positive_spans: spans,
+                    positive_buckets: deltas,
+                    ..Default::default()
+                };
+                c.append(i as i64 * 1000, &h).unwrap();
+                want.push(h);
+            }
+            let got = decoded(&c);
+            prop_assert_eq!(got.len(), want.len());
+            for ((_, g), w) in got.iter().zip(&want) {
+                prop_assert_eq!(g.count, w.count);
+                prop_assert_eq!(g.zero_count, w.zero_count);
+                prop_assert_eq!(nonzero_buckets(&g.positive_spans, &g.positive_buckets),
+                                nonzero_buckets(&w.positive_spans, &w.positive_buckets));
+            }
+            // Reopening the (possibly recoded) chunk gives the same appender state.
+            let reopened = HistogramChunk::from_bytes(c.bytes()).unwrap();
+            prop_assert_eq!(reopened.bytes(), c.bytes());
+        }
+    }
 }
