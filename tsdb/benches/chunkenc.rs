@@ -40,7 +40,7 @@ fn counter(rng: &mut Rng) -> Vec<(i64, f64)> {
     timestamps(rng)
         .into_iter()
         .map(|t| {
-            if rng.next() % 4 != 0 {
+            if !rng.next().is_multiple_of(4) {
                 v += (rng.next() % 500) as f64;
             }
             (t, v)
