@@ -154,6 +154,21 @@ impl<'a> BitReader<'a> {
         self.buf >> (64 - n)
     }
 
+    /// Buffered bits (at least 56 right after a refill).
+    #[inline(always)]
+    pub(crate) fn avail(&self) -> u32 {
+        self.avail
+    }
+
+    /// Refills only when fewer than `n` (≤ 56) bits are buffered; a refill sits on the
+    /// decoder's critical path, so skipping it when possible is the main saving.
+    #[inline(always)]
+    pub(crate) fn ensure(&mut self, n: u32) {
+        if self.avail < n {
+            self.refill();
+        }
+    }
+
     /// The buffered word (for prefix decoding with leading_ones).
     #[inline(always)]
     pub(crate) fn word(&self) -> u64 {

@@ -205,7 +205,8 @@ pub(crate) fn xor_read(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8
 /// [`BitReader::overrun`]); `false` only for an impossible window.
 #[inline(always)]
 pub(crate) fn xor_read_lenient(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> bool {
-    br.refill();
+    // Control bits plus a new window's 11 header bits.
+    br.ensure(13);
     let w = br.word();
     if w >> 63 == 0 {
         br.skip(1);
@@ -233,7 +234,7 @@ pub(crate) fn xor_read_lenient(br: &mut BitReader<'_>, value: &mut u64, leading:
         *leading = l as u8;
         (64 - l - m, m, 13)
     };
-    let bits = if used + mbits <= 56 {
+    let bits = if used + mbits <= br.avail() {
         // Everything is in the word already loaded.
         br.skip(used + mbits);
         (w << used) >> (64 - mbits)
@@ -321,7 +322,8 @@ impl<'a> XorIterator<'a> {
             return self.next_head();
         }
         let br = &mut self.br;
-        br.refill();
+        // Room for the longest non-raw dod: 4 prefix bits and 20 payload bits.
+        br.ensure(24);
         // The dod prefix is up to four 1 bits ended by a 0.
         let ones = br.word().leading_ones();
         let dod: i64 = match ones {
