@@ -332,14 +332,16 @@ impl<'a> XorIterator<'a> {
                 0
             }
             1..=3 => {
-                let sz = [14, 17, 20][ones as usize - 1];
+                let sz = match ones {
+                    1 => 14,
+                    2 => 17,
+                    _ => 20,
+                };
                 br.skip(ones + 1);
-                let mut bits = br.peek(sz);
+                let bits = br.peek(sz);
                 br.skip(sz);
-                if bits > (1u64 << (sz - 1)) {
-                    bits = bits.wrapping_sub(1u64 << sz);
-                }
-                bits as i64
+                // bitRange decoding: values above 2^(sz-1) are negative.
+                bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64
             }
             _ => {
                 br.skip(4);
