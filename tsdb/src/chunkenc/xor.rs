@@ -312,7 +312,7 @@ impl<'a> XorIterator<'a> {
     }
 
     /// The next `(timestamp, value)`.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<(i64, f64)> {
         if self.num_read >= self.num_total {
