@@ -12,8 +12,8 @@ use super::ChunkError;
 use super::bstream::{BitReader, BitWriter};
 use super::histogram_meta::{
     CounterResetHeader, FLAGS_POS, HEADER_SIZE, HistogramAppendError, Insert, Layout, NewChunkReason,
-    custom_bounds_match, expand_spans_and_buckets, expand_spans_both_ways, insert_buckets, is_stale_nan, read_layout,
-    write_layout,
+    custom_bounds_match, expand_spans_and_buckets, expand_spans_both_ways, insert_buckets, is_known_schema,
+    is_stale_nan, read_layout, write_layout,
 };
 use super::varbit::{put_varbit_int, read_varbit_int};
 use super::xor::{xor_read, xor_write};
@@ -170,8 +170,14 @@ impl FloatHistogramChunk {
 
     /// Appends a float histogram; same rules as [`super::HistogramChunk::append`].
     pub fn append(&mut self, t: i64, h: &FloatHistogram) -> Result<(), HistogramAppendError> {
-        if !is_stale_nan(h.sum) && !h.is_consistent() {
-            return Err(HistogramAppendError::Invalid("spans and buckets disagree"));
+        if !is_stale_nan(h.sum) {
+            if !h.is_consistent() {
+                return Err(HistogramAppendError::Invalid("spans and buckets disagree"));
+            }
+            // Readers (ours and Prometheus') reject other schemas, so never write them.
+            if !is_known_schema(i64::from(h.schema)) {
+                return Err(HistogramAppendError::Invalid("unknown schema"));
+            }
         }
         let num = self.num_samples();
         if num == 0 {
