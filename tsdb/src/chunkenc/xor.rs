@@ -131,17 +131,16 @@ impl XorChunk {
             _ => {
                 let t_delta = t.wrapping_sub(self.t) as u64;
                 let dod = t_delta.wrapping_sub(self.t_delta) as i64;
+                // Prefix and payload go out in one write (≤ 24 bits).
+                let mask = |n: u32| (dod as u64) & ((1u64 << n) - 1);
                 if dod == 0 {
                     b.write_bit(false);
                 } else if bit_range(dod, 14) {
-                    b.write_bits(0b10, 2);
-                    b.write_bits(dod as u64, 14);
+                    b.write_bits((0b10 << 14) | mask(14), 16);
                 } else if bit_range(dod, 17) {
-                    b.write_bits(0b110, 3);
-                    b.write_bits(dod as u64, 17);
+                    b.write_bits((0b110 << 17) | mask(17), 20);
                 } else if bit_range(dod, 20) {
-                    b.write_bits(0b1110, 4);
-                    b.write_bits(dod as u64, 20);
+                    b.write_bits((0b1110 << 20) | mask(20), 24);
                 } else {
                     b.write_bits(0b1111, 4);
                     b.write_bits(dod as u64, 64);
@@ -174,25 +173,36 @@ pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8,
         b.write_bit(false);
         return;
     }
-    b.write_bit(true);
     let mut new_leading = delta.leading_zeros() as u8;
     let new_trailing = delta.trailing_zeros() as u8;
     if new_leading >= 32 {
         new_leading = 31;
     }
     if *leading != 0xff && new_leading >= *leading && new_trailing >= *trailing {
-        b.write_bit(false);
-        b.write_bits(delta >> *trailing, 64 - u32::from(*leading) - u32::from(*trailing));
+        // Control "10" then the window's bits.
+        let sig = 64 - u32::from(*leading) - u32::from(*trailing);
+        let payload = delta >> *trailing;
+        if sig <= 62 {
+            b.write_bits((0b10 << sig) | payload, sig + 2);
+        } else {
+            b.write_bits(0b10, 2);
+            b.write_bits(payload, sig);
+        }
         return;
     }
     *leading = new_leading;
     *trailing = new_trailing;
-    b.write_bit(true);
-    b.write_bits(u64::from(new_leading), 5);
     let sigbits = 64 - u32::from(new_leading) - u32::from(new_trailing);
-    // 64 significant bits do not fit in 6 bits; they are written as 0.
-    b.write_bits(u64::from(sigbits), 6);
-    b.write_bits(delta >> new_trailing, sigbits);
+    // Control "11", 5 bits of leading zeros, 6 bits of significant bits (64 is written
+    // as 0, which cannot otherwise occur), then the bits themselves.
+    let header = (0b11 << 11) | (u64::from(new_leading) << 6) | u64::from(sigbits & 0x3f);
+    let payload = delta >> new_trailing;
+    if sigbits <= 51 {
+        b.write_bits((header << sigbits) | payload, 13 + sigbits);
+    } else {
+        b.write_bits(header, 13);
+        b.write_bits(payload, sigbits);
+    }
 }
 
 /// Reads one XOR-encoded value into `value`; `None` on truncated or corrupt input.
