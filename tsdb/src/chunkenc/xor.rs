@@ -332,35 +332,77 @@ impl<'a> XorIterator<'a> {
             return self.next_head();
         }
         let br = &mut self.br;
-        // Room for the longest non-raw dod: 4 prefix bits and 20 payload bits.
-        br.ensure(24);
-        // The dod prefix is up to four 1 bits ended by a 0.
-        let ones = br.word().leading_ones();
-        let dod: i64 = match ones {
-            0 => {
-                br.skip(1);
-                0
-            }
+        // One refill covers the dod (≤ 24 bits unless raw) and a value header (≤ 13);
+        // both are decoded from this word with a single skip at the end, which keeps
+        // the buffer updates off the dependency chain.
+        br.refill();
+        let w = br.word();
+        let ones = w.leading_ones();
+        let (dod, dlen): (i64, u32) = match ones {
+            0 => (0, 1),
             1..=3 => {
                 let sz = match ones {
                     1 => 14,
                     2 => 17,
                     _ => 20,
                 };
-                br.skip(ones + 1);
-                let bits = br.peek(sz);
-                br.skip(sz);
+                let bits = (w << (ones + 1)) >> (64 - sz);
                 // bitRange decoding: values above 2^(sz-1) are negative.
-                bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64
+                (bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64, ones + 1 + sz)
             }
-            _ => {
-                br.skip(4);
-                br.read_bits_lenient(64) as i64
-            }
+            _ => return self.next_raw_dod(),
         };
         self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
         self.t = self.t.wrapping_add(self.t_delta as i64);
-        if !xor_read_lenient(br, &mut self.val, &mut self.leading, &mut self.trailing) || br.overrun() {
+        let rem = br.avail() - dlen;
+        let v = w << dlen;
+        if v >> 63 == 0 {
+            br.skip(dlen + 1);
+        } else {
+            let (hdr, shift, m) = if (v >> 62) & 1 == 0 {
+                if self.leading == 0xff {
+                    (2, 0, 64)
+                } else {
+                    let (l, t) = (u32::from(self.leading), u32::from(self.trailing));
+                    (2, t, 64 - l - t)
+                }
+            } else {
+                let l = ((v >> 57) & 0x1f) as u32;
+                let m = match ((v >> 51) & 0x3f) as u32 {
+                    0 => 64,
+                    m => m,
+                };
+                if l + m > 64 {
+                    return self.fail();
+                }
+                self.leading = l as u8;
+                self.trailing = (64 - l - m) as u8;
+                (13, 64 - l - m, m)
+            };
+            let bits = if hdr + m <= rem {
+                br.skip(dlen + hdr + m);
+                (v << hdr) >> (64 - m)
+            } else {
+                br.skip(dlen + hdr);
+                br.read_bits_lenient(m)
+            };
+            self.val ^= bits << shift;
+        }
+        if br.overrun() {
+            return self.fail();
+        }
+        self.num_read += 1;
+        Some((self.t, f64::from_bits(self.val)))
+    }
+
+    /// A sample whose dod needed the raw 64-bit form.
+    #[cold]
+    fn next_raw_dod(&mut self) -> Option<(i64, f64)> {
+        self.br.skip(4);
+        let dod = self.br.read_bits_lenient(64) as i64;
+        self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
+        self.t = self.t.wrapping_add(self.t_delta as i64);
+        if !xor_read_lenient(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing) || self.br.overrun() {
             return self.fail();
         }
         self.num_read += 1;
