@@ -6,7 +6,9 @@
 //! async callers run it on blocking threads.
 
 pub mod chunkenc;
+pub mod chunks;
 pub mod encoding;
 pub mod error;
+pub mod head;
 
 pub use error::{Result, TsdbError};
