@@ -10,5 +10,6 @@ pub mod chunks;
 pub mod encoding;
 pub mod error;
 pub mod head;
+pub mod wal;
 
 pub use error::{Result, TsdbError};
