@@ -394,6 +394,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn block_table_matches_promtool() {
+        // Lines as promtool 2.42 printed them for the same metas.
+        let mk = |id: &str, min: i64, max: i64, samples: u64, size: u64| {
+            let mut m = BlockMeta::new(id.parse().unwrap(), min, max);
+            m.stats.num_samples = samples;
+            m.stats.num_chunks = 3;
+            m.stats.num_series = 3;
+            (m, size)
+        };
+        let a = mk("01M81D2DQD27JBNRNFYA7YRMMS", 1700000000000, 1700006360001, 162, 1154);
+        let b = mk("01M81D2DR37DWKNHHTR0M52BQ6", 1700013680000, 1700014280001, 18, 871);
+        assert_eq!(
+            block_table(&[(&a.0, a.1)], false, true),
+            "BLOCK ULID                  MIN TIME       MAX TIME       DURATION     NUM SAMPLES  NUM CHUNKS   \
+             NUM SERIES   SIZE\n01M81D2DQD27JBNRNFYA7YRMMS  1700000000000  1700006360001  1h46m0.001s  162          \
+             3            3            1154\n"
+        );
+        assert_eq!(
+            block_table(&[(&b.0, b.1)], true, false),
+            "01M81D2DR37DWKNHHTR0M52BQ6  2023-11-15 02:01:20 +0000 UTC  2023-11-15 02:11:20 +0000 UTC  \
+             10m0.001s    18           3            3            871B\n"
+        );
+    }
+
+    #[test]
     fn durations() {
         for (s, want) in [("2h", 7_200_000), ("1d", 86_400_000), ("1h30m", 5_400_000), ("1.5h", 5_400_000), ("0", 0)] {
             assert_eq!(parse_duration_ms(s).unwrap(), want, "{s}");
