@@ -101,32 +101,53 @@ fn is_label_char(c: u8) -> bool {
 /// post-Go-1.13 forms (hex mantissas, `p` exponents, underscores). Out-of-range literals
 /// are errors, as in Go, rather than silently becoming infinities.
 pub fn parse_go_float(s: &[u8]) -> Result<f64, String> {
-    let text = std::str::from_utf8(s).map_err(|_| format!("invalid float {:?}", String::from_utf8_lossy(s)))?;
-    if text.bytes().any(|c| matches!(c, b'p' | b'P' | b'_')) {
-        return Err(format!("unsupported character in float {text:?}"));
-    }
-    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
-    let lower = unsigned.to_ascii_lowercase();
-    if lower == "nan" {
-        // Go accepts NaN only without a sign.
-        if unsigned.len() != text.len() {
-            return Err(format!("invalid float {text:?}"));
+    let invalid = || format!("invalid float {:?}", String::from_utf8_lossy(s));
+    let unsigned = match s.first() {
+        Some(b'+' | b'-') => &s[1..],
+        _ => s,
+    };
+    match unsigned.first() {
+        Some(b'0'..=b'9' | b'.') => {
+            // Only plain decimal literals: Go (as Prometheus uses it) rejects hex
+            // mantissas, `p` exponents and underscores, and so do we.
+            if unsigned.iter().any(|&c| !(c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'))) {
+                return Err(if s.iter().any(|c| matches!(c, b'p' | b'P' | b'_')) {
+                    format!("unsupported character in float {:?}", String::from_utf8_lossy(s))
+                } else {
+                    invalid()
+                });
+            }
+            // All ASCII, checked above.
+            let text = std::str::from_utf8(s).map_err(|_| invalid())?;
+            let v: f64 = text.parse().map_err(|_| invalid())?;
+            if v.is_infinite() {
+                return Err(format!("float {text:?} out of range"));
+            }
+            Ok(v)
         }
-        return Ok(f64::NAN);
+        _ if unsigned.eq_ignore_ascii_case(b"nan") && unsigned.len() == s.len() => Ok(f64::NAN),
+        _ if unsigned.eq_ignore_ascii_case(b"inf") || unsigned.eq_ignore_ascii_case(b"infinity") => {
+            Ok(if s[0] == b'-' { f64::NEG_INFINITY } else { f64::INFINITY })
+        }
+        _ => Err(invalid()),
     }
-    if lower == "inf" || lower == "infinity" {
-        return Ok(if text.starts_with('-') { f64::NEG_INFINITY } else { f64::INFINITY });
+}
+
+/// Parses a timestamp in (possibly fractional) seconds into milliseconds as promtool
+/// does: `int64(seconds * 1000)` on the float value.
+fn parse_timestamp_ms(s: &[u8]) -> Result<i64, String> {
+    // Whole seconds of up to 15 digits are exact in a float, so integer math gives the
+    // same result as the float path, much faster.
+    if !s.is_empty() && s.len() <= 15 && s.iter().all(u8::is_ascii_digit) {
+        let v = s.iter().fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0'));
+        return Ok(v * 1000);
     }
-    // Rust accepts a few spellings Go does not ("inf" handled above); everything left
-    // must be a decimal literal of digits, one dot and an exponent.
-    if !unsigned.bytes().all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-')) {
-        return Err(format!("invalid float {text:?}"));
+    let ts = parse_go_float(s)?;
+    if !ts.is_finite() {
+        return Err("invalid timestamp".to_string());
     }
-    let v: f64 = text.parse().map_err(|_| format!("invalid float {text:?}"))?;
-    if v.is_infinite() {
-        return Err(format!("float {text:?} out of range"));
-    }
-    Ok(v)
+    // Go's float-to-int conversion truncates towards zero.
+    Ok((ts * 1000.0) as i64)
 }
 
 impl<'a> Parser<'a> {
@@ -290,12 +311,7 @@ impl<'a> Parser<'a> {
             if i == tstart {
                 return Err(self.err("expected timestamp after value"));
             }
-            let ts = parse_go_float(&line[tstart..i]).map_err(|e| self.err(e))?;
-            if !ts.is_finite() {
-                return Err(self.err("invalid timestamp"));
-            }
-            // Go's float-to-int conversion truncates towards zero.
-            timestamp_ms = Some((ts * 1000.0) as i64);
+            timestamp_ms = Some(parse_timestamp_ms(&line[tstart..i]).map_err(|e| self.err(e))?);
             if i < n {
                 i += 1;
                 if i < n && line[i] == b'#' {
@@ -562,8 +578,20 @@ mod tests {
         {
             assert_eq!(parse_go_float(s.as_bytes()).unwrap(), want, "{s}");
         }
-        for s in ["", "1_0", "0x10", "+nan", "1e400", "-1e400", "abc", "1.0.0"] {
+        for s in ["", "1_0", "0x10", "+nan", "1e400", "-1e400", "abc", "1.0.0", "+", "in", "nana", "--1"] {
             assert!(parse_go_float(s.as_bytes()).is_err(), "{s}");
+        }
+        assert!(parse_go_float(b"NaN").unwrap().is_nan());
+        assert_eq!(parse_go_float(b"-Inf").unwrap(), f64::NEG_INFINITY);
+        assert_eq!(parse_go_float(b"+inf").unwrap(), f64::INFINITY);
+        for (s, want) in [
+            ("1700000000", 1700000000000),
+            ("1700000000.123", 1700000000123),
+            ("-1.0009", -1000),
+            ("1e3", 1000000),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_timestamp_ms(s.as_bytes()).unwrap(), want, "{s}");
         }
     }
 }
