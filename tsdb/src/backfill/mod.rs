@@ -304,61 +304,113 @@ fn backfill_inner(
     blocks.dedup();
     debug_assert!(blocks.first() == Some(&first) && blocks.last() == Some(&last));
     progress.writing(blocks.len() as u64);
+
+    // Which samples of which series go into each block: (series, start, end) in label order.
     let mut cursors = vec![0usize; parsed.series.len()];
-    // promtool's block writer runs its head with twice the block duration as chunk range.
-    let chunk_range = bd.saturating_mul(2);
-    let mut chunks = Vec::new();
-    for b in blocks {
-        let (lo, hi) = (b * bd, (b + 1).saturating_mul(bd));
-        // The block's min/max time are its first and last sample (+1), as promtool's
-        // block writer records the head's bounds.
+    let mut plans: Vec<Vec<(usize, usize, usize)>> = Vec::with_capacity(blocks.len());
+    for &b in &blocks {
+        let hi = (b + 1).saturating_mul(bd);
         let mut spans = Vec::new();
-        let (mut bmin, mut bmax) = (i64::MAX, i64::MIN);
         for (i, s) in parsed.series.iter().enumerate() {
             let start = cursors[i];
-            let mut end = start;
-            while end < s.samples.len() && s.samples[end].0 < hi {
-                end += 1;
-            }
+            let end = start + s.samples[start..].partition_point(|&(t, _)| t < hi);
             cursors[i] = end;
             if end > start {
-                debug_assert!(s.samples[start].0 >= lo);
-                bmin = bmin.min(s.samples[start].0);
-                bmax = bmax.max(s.samples[end - 1].0);
                 spans.push((i, start, end));
             }
         }
-        if spans.is_empty() {
-            continue;
+        plans.push(spans);
+    }
+
+    // Blocks are independent: write them on as many threads as there are cores, which
+    // mostly overlaps one block's fsyncs with the next block's encoding.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(plans.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let series = &parsed.series;
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<CreatedBlock, TsdbError>)>();
+    let mut results: Vec<Option<CreatedBlock>> = (0..plans.len()).map(|_| None).collect();
+    let mut first_err = None;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (plans, next, failed) = (&plans, &next, &failed);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= plans.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = write_block(output_dir, series, &plans[i], bd);
+                    if r.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-        let mut w = BlockWriter::new(output_dir, bmin, bmax.saturating_add(1))?;
-        w.set_legacy_label_indices(true);
-        for (i, start, end) in spans {
-            let s = &parsed.series[i];
-            let mut cutter = ChunkCutter::new(chunk_range);
-            chunks.clear();
-            for &(t, v) in &s.samples[start..end] {
-                if let Some(c) = cutter.append(t, v) {
-                    chunks.push(c);
+        drop(tx);
+        for (i, r) in rx {
+            match r {
+                Ok(b) => {
+                    progress.block_written(&b.meta);
+                    results[i] = Some(b);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
-            chunks.extend(cutter.finish());
-            w.add_series(&s.labels, &chunks)?;
         }
-        let meta = w.finish()?;
-        let dir = output_dir.join(meta.ulid.to_string());
-        // Reopening validates what we wrote and measures it the way Prometheus does.
-        let size_bytes = match Block::open(&dir) {
-            Ok(block) => block.size_bytes(),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e.into());
-            }
-        };
-        progress.block_written(&meta);
-        created.push(CreatedBlock { dir, meta, size_bytes });
+    });
+    // Hand every written block to the caller's list first, so that on error they are
+    // all removed.
+    created.extend(results.into_iter().flatten());
+    match first_err {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Writes one block from the given sample spans (non-empty, in label order).
+fn write_block(
+    output_dir: &Path,
+    series: &[SeriesData],
+    spans: &[(usize, usize, usize)],
+    block_duration: i64,
+) -> Result<CreatedBlock, TsdbError> {
+    // The block's min/max time are its first and last sample (+1), as promtool's block
+    // writer records the head's bounds.
+    let bmin = spans.iter().map(|&(i, s, _)| series[i].samples[s].0).min().unwrap_or(0);
+    let bmax = spans.iter().map(|&(i, _, e)| series[i].samples[e - 1].0).max().unwrap_or(0);
+    let mut w = BlockWriter::new(output_dir, bmin, bmax.saturating_add(1))?;
+    w.set_legacy_label_indices(true);
+    // promtool's block writer runs its head with twice the block duration as chunk range.
+    let chunk_range = block_duration.saturating_mul(2);
+    let mut chunks = Vec::new();
+    for &(i, start, end) in spans {
+        let s = &series[i];
+        let mut cutter = ChunkCutter::new(chunk_range);
+        chunks.clear();
+        for &(t, v) in &s.samples[start..end] {
+            if let Some(c) = cutter.append(t, v) {
+                chunks.push(c);
+            }
+        }
+        chunks.extend(cutter.finish());
+        w.add_series(&s.labels, &chunks)?;
+    }
+    let meta = w.finish()?;
+    let dir = output_dir.join(meta.ulid.to_string());
+    // Reopening validates what we wrote and measures it the way Prometheus does.
+    match Block::open(&dir) {
+        Ok(block) => Ok(CreatedBlock { size_bytes: block.size_bytes(), dir, meta }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

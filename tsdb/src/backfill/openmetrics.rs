@@ -73,6 +73,9 @@ pub struct Parser<'a> {
     /// Label spans of the last sample: (name, raw value between the quotes).
     label_spans: Vec<(&'a [u8], &'a [u8])>,
     name: &'a [u8],
+    /// Series bytes of the last sample; a line starting with them (and a space) is the
+    /// same series, whose name and label spans are already known.
+    prev_series: &'a [u8],
 }
 
 impl fmt::Debug for Parser<'_> {
@@ -161,6 +164,7 @@ impl<'a> Parser<'a> {
             mtype: MetricType::Unknown,
             label_spans: Vec::with_capacity(8),
             name: b"",
+            prev_series: b"",
         }
     }
 
@@ -195,7 +199,7 @@ impl<'a> Parser<'a> {
             }
             self.line += 1;
             let start = self.pos;
-            let end = match self.buf[start..].iter().position(|&c| c == b'\n') {
+            let end = match memchr::memchr(b'\n', &self.buf[start..]) {
                 Some(i) => start + i,
                 None => self.buf.len(),
             };
@@ -275,14 +279,22 @@ impl<'a> Parser<'a> {
             let shown = line.first().map(|&c| (c as char).to_string()).unwrap_or_else(|| "\\n".into());
             return Err(self.err(format!("{shown:?} is not a valid start of a line")));
         }
-        let mut i = 1;
-        while i < n && is_name_char(line[i]) {
-            i += 1;
-        }
-        self.name = &line[..i];
-        self.label_spans.clear();
-        if i < n && line[i] == b'{' {
-            i = self.label_block(line, i + 1, true)?;
+        let p = self.prev_series.len();
+        let mut i;
+        if p > 0 && n > p && line[p] == b' ' && line.starts_with(self.prev_series) {
+            i = p;
+        } else {
+            i = 1;
+            while i < n && is_name_char(line[i]) {
+                i += 1;
+            }
+            self.name = &line[..i];
+            self.label_spans.clear();
+            self.prev_series = b"";
+            if i < n && line[i] == b'{' {
+                i = self.label_block(line, i + 1, true)?;
+            }
+            self.prev_series = &line[..i];
         }
         let series = &line[..i];
         if i >= n || line[i] != b' ' {
@@ -509,6 +521,23 @@ mod tests {
         assert_eq!(got[7].2, Some(-1000));
         // Empty values dropped; unknown escapes kept verbatim.
         assert_eq!(got[8].0, r#"{__name__="c", y="\\t"}"#);
+    }
+
+    #[test]
+    fn repeated_series_prefixes() {
+        let got = all("a{b=\"1\"} 1 1\na{b=\"1\"} 2 2\na{b=\"1\",c=\"2\"} 3 3\na 4 4\nab 5 5\na 6 6\n# EOF\n").unwrap();
+        let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "{__name__=\"a\", b=\"1\"}",
+                "{__name__=\"a\", b=\"1\"}",
+                "{__name__=\"a\", b=\"1\", c=\"2\"}",
+                "{__name__=\"a\"}",
+                "{__name__=\"ab\"}",
+                "{__name__=\"a\"}"
+            ]
+        );
     }
 
     #[test]
