@@ -380,3 +380,36 @@ fn dump_skips_corrupt_blocks_and_names_them() {
     assert!(!want.is_empty());
     assert_eq!(got.lines().collect::<Vec<_>>(), want);
 }
+
+#[test]
+fn max_block_duration_matches_promtool() {
+    let tmp = tempdir().unwrap();
+    let mut text = String::new();
+    for s in 0..5 {
+        for i in (0..40 * 3600).step_by(60) {
+            writeln!(text, "long{{s=\"{s}\"}} {} {}", i % 97, BASE + i).unwrap();
+        }
+    }
+    text.push_str("# EOF\n");
+    let input = tmp.path().join("long.om");
+    std::fs::write(&input, text).unwrap();
+    // Columns that must agree: min/max time, samples, chunks, series (not ULID, size).
+    let columns = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                [f[1], f[2], f[4], f[5], f[6]].join(" ")
+            })
+            .collect()
+    };
+    for (i, d) in ["30m", "6h", "24h", "72h"].iter().enumerate() {
+        let flag = format!("--max-block-duration={d}");
+        let (ours, theirs) = (tmp.path().join(format!("n{i}")), tmp.path().join(format!("p{i}")));
+        let Some(mut p) = promtool(&["tsdb", "create-blocks-from", "openmetrics", &flag]) else { return };
+        let theirs = stdout(&run_ok(p.arg(&input).arg(&theirs)));
+        let ours = stdout(&run_ok(
+            norn(&["tools", "tsdb", "create-blocks-from", "openmetrics", &flag]).arg(&input).arg(&ours),
+        ));
+        assert_eq!(columns(&ours), columns(&theirs), "{d}");
+    }
+}
