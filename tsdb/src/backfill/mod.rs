@@ -309,16 +309,18 @@ fn backfill_inner(
     let mut cursors = vec![0usize; parsed.series.len()];
     let mut plans: Vec<Vec<(usize, usize, usize)>> = Vec::with_capacity(blocks.len());
     for &b in &blocks {
-        let hi = (b + 1).saturating_mul(bd);
         let mut spans = Vec::new();
         for (i, s) in parsed.series.iter().enumerate() {
             let start = cursors[i];
-            let end = start + s.samples[start..].partition_point(|&(t, _)| t < hi);
+            // By block index rather than `t < end`, which would overflow for the last
+            // range before i64::MAX.
+            let end = start + s.samples[start..].partition_point(|&(t, _)| t.div_euclid(bd) <= b);
             cursors[i] = end;
             if end > start {
                 spans.push((i, start, end));
             }
         }
+        debug_assert!(!spans.is_empty());
         plans.push(spans);
     }
 
@@ -536,6 +538,15 @@ mod tests {
             assert!(e.starts_with(&format!("line {line}: ")) && e.contains(what), "{e}");
             assert_eq!(std::fs::read_dir(d.path()).map(|r| r.count()).unwrap_or(0), 0, "{e}");
         }
+    }
+
+    #[test]
+    fn extreme_timestamps() {
+        let (_d, r) = run("a 1 9223372036854775807\na 2 -9223372036854775808\n# EOF\n");
+        let blocks = r.unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks.iter().all(|b| b.meta.stats.num_samples == 1));
+        assert_eq!(blocks[1].meta.max_time, i64::MAX);
     }
 
     #[test]
