@@ -64,7 +64,11 @@ impl XorChunk {
             bytes[last] &= !((1u8 << free) - 1);
         }
         let num = it.num_total;
-        let (leading, trailing) = if num == 0 { (0xff, 0) } else { (it.leading, it.trailing) };
+        // The iterator starts with the 0xff "no window yet" sentinel, so a chunk whose values
+        // never changed reopens exactly as a continuously appended one would. (Prometheus'
+        // reopened appender starts from a zero window instead, which costs bits but reads
+        // the same.)
+        let (leading, trailing) = (it.leading, it.trailing);
         Ok(XorChunk {
             b: BitWriter::from_bytes(bytes, free),
             num,
@@ -199,10 +203,12 @@ pub(crate) fn xor_read(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8
     }
     let (new_leading, mbits) = if !br.read_bit()? {
         if *leading == 0xff {
-            // Window reuse before any window was set: corrupt.
-            return None;
+            // Reuse before any window was set: Prometheus' reader starts from a zero
+            // window and reads all 64 bits, so do the same.
+            (0, 64)
+        } else {
+            (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
         }
-        (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
     } else {
         let l = br.read_bits(5)? as u32;
         let mut m = br.read_bits(6)? as u32;
@@ -252,7 +258,7 @@ impl<'a> XorIterator<'a> {
             t: 0,
             val: 0,
             t_delta: 0,
-            leading: 0,
+            leading: 0xff,
             trailing: 0,
             err: None,
         })
@@ -267,7 +273,7 @@ impl<'a> XorIterator<'a> {
             t: 0,
             val: 0,
             t_delta: 0,
-            leading: 0,
+            leading: 0xff,
             trailing: 0,
             err: None,
         }
@@ -374,6 +380,7 @@ impl Iterator for XorIterator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn round_trip(samples: &[(i64, f64)]) -> Vec<u8> {
         let mut c = XorChunk::new();
@@ -428,5 +435,66 @@ mod tests {
         let mut it = XorIterator::new(&[0, 5, 0x80]).unwrap();
         assert_eq!(it.next(), None);
         assert!(it.err().is_some());
+    }
+
+    /// Strictly increasing timestamps with gaps from 1 ms to 2^52 ms, starting anywhere
+    /// (negative included), and arbitrary f64 bit patterns.
+    fn arb_samples() -> impl Strategy<Value = Vec<(i64, u64)>> {
+        let gap = prop_oneof![
+            4 => 1i64..100_000,
+            1 => 1i64..(1i64 << 52),
+            2 => Just(15_000i64),
+        ];
+        let bits = prop_oneof![
+            3 => any::<u64>(),
+            2 => Just(f64::NAN.to_bits()),
+            1 => Just(0x7ff0_0000_0000_0002u64),
+            1 => Just(0xfff8_dead_beef_0001u64),
+            1 => Just(f64::INFINITY.to_bits()),
+            1 => Just(f64::NEG_INFINITY.to_bits()),
+            1 => Just((-0.0f64).to_bits()),
+            2 => (0u64..1000).prop_map(|v| (v as f64).to_bits()),
+        ];
+        (-(1i64 << 60)..(1i64 << 60), proptest::collection::vec((gap, bits), 1..300)).prop_map(|(start, v)| {
+            let mut t = start;
+            v.into_iter()
+                .map(|(g, b)| {
+                    t += g;
+                    (t, b)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn prop_round_trip_bitwise(samples in arb_samples()) {
+            let mut c = XorChunk::new();
+            for (t, b) in &samples {
+                c.append(*t, f64::from_bits(*b));
+            }
+            let got: Vec<(i64, u64)> = c.iter().map(|(t, v)| (t, v.to_bits())).collect();
+            prop_assert_eq!(got, samples);
+        }
+
+        #[test]
+        fn prop_reopen_and_append_is_identical(samples in arb_samples(), cut in any::<prop::sample::Index>()) {
+            let k = cut.index(samples.len() + 1);
+            let mut whole = XorChunk::new();
+            for (t, b) in &samples {
+                whole.append(*t, f64::from_bits(*b));
+            }
+            let mut part = XorChunk::new();
+            for (t, b) in &samples[..k] {
+                part.append(*t, f64::from_bits(*b));
+            }
+            let mut reopened = XorChunk::from_bytes(part.bytes()).unwrap();
+            prop_assert_eq!(reopened.bytes(), part.bytes());
+            for (t, b) in &samples[k..] {
+                reopened.append(*t, f64::from_bits(*b));
+            }
+            prop_assert_eq!(reopened.bytes(), whole.bytes());
+        }
     }
 }
