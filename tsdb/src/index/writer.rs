@@ -1,6 +1,6 @@
 //! Writes an index file in Prometheus's v2 layout without the legacy label indices.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ pub struct IndexWriter {
     w: BufWriter<File>,
     pos: u64,
     symbols: Vec<String>,
+    /// Symbol → reference; hashing beats binary search over long shared prefixes.
+    symbol_refs: HashMap<String, u32>,
     /// (name symbol, value symbol) → series IDs; symbol order is string order, so this map
     /// iterates in the order the postings must be written.
     postings: BTreeMap<(u32, u32), Vec<u32>>,
@@ -46,11 +48,13 @@ impl IndexWriter {
             )));
         }
         let f = File::create(path).map_err(TsdbError::io("create", path))?;
+        let symbol_refs = symbols.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
         let mut iw = IndexWriter {
             path: path.to_path_buf(),
             w: BufWriter::with_capacity(1 << 20, f),
             pos: 0,
             symbols,
+            symbol_refs,
             postings: BTreeMap::new(),
             all: Vec::new(),
             last: None,
@@ -97,10 +101,10 @@ impl IndexWriter {
     }
 
     fn symbol_ref(&self, s: &str) -> Result<u32> {
-        self.symbols
-            .binary_search_by(|x| x.as_str().cmp(s))
-            .map(|i| i as u32)
-            .map_err(|_| TsdbError::InvalidArgument(format!("symbol {s:?} not in the index symbol table")))
+        self.symbol_refs
+            .get(s)
+            .copied()
+            .ok_or_else(|| TsdbError::InvalidArgument(format!("symbol {s:?} not in the index symbol table")))
     }
 
     /// Appends a series (labels strictly greater than the previous series'; chunks sorted,
