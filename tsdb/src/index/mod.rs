@@ -209,6 +209,22 @@ mod tests {
     }
 
     #[test]
+    fn extreme_times_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index");
+        let chunks = vec![
+            ChunkRef { min_time: i64::MIN, max_time: -1, chunk_ref: 8 },
+            ChunkRef { min_time: 0, max_time: 0, chunk_ref: 8 },
+            ChunkRef { min_time: 1, max_time: i64::MAX, chunk_ref: u64::MAX },
+        ];
+        let l = Labels::from_pairs([("a", "1")]);
+        write_index(&p, &[(l.clone(), chunks.clone())]);
+        let r = IndexReader::open(&p).unwrap();
+        let id = r.all_postings().unwrap()[0];
+        assert_eq!(r.series(id).unwrap(), (l, chunks));
+    }
+
+    #[test]
     fn writer_rejects_bad_input() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("index");

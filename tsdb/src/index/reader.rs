@@ -387,13 +387,13 @@ impl IndexReader {
         let nchunks = d.uvarint_len().map_err(c)?;
         if nchunks > 0 {
             let min_time = d.varint().map_err(c)?;
-            let max_time = add_delta(min_time, d.uvarint().map_err(c)?, path, d.offset())?;
+            let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
             let chunk_ref = d.uvarint().map_err(c)?;
             chunks.push(ChunkRef { min_time, max_time, chunk_ref });
             for _ in 1..nchunks {
                 let prev = chunks[chunks.len() - 1];
-                let min_time = add_delta(prev.max_time, d.uvarint().map_err(c)?, path, d.offset())?;
-                let max_time = add_delta(min_time, d.uvarint().map_err(c)?, path, d.offset())?;
+                let min_time = add_delta(prev.max_time, d.uvarint().map_err(c)?);
+                let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
                 let chunk_ref = prev.chunk_ref.wrapping_add(d.varint().map_err(c)? as u64);
                 chunks.push(ChunkRef { min_time, max_time, chunk_ref });
             }
@@ -405,9 +405,8 @@ impl IndexReader {
     }
 }
 
-fn add_delta(base: i64, delta: u64, path: &Path, at: usize) -> Result<i64> {
-    i64::try_from(delta)
-        .ok()
-        .and_then(|d| base.checked_add(d))
-        .ok_or_else(|| TsdbError::corrupt_at(path, at as u64, "chunk time delta overflows"))
+/// `base + delta` with Go's wrapping int64 arithmetic, so any file Prometheus can write
+/// (even with absurd time spans) reads back the same.
+fn add_delta(base: i64, delta: u64) -> i64 {
+    base.wrapping_add(delta as i64)
 }

@@ -149,12 +149,12 @@ impl IndexWriter {
         put_uvarint(&mut body, chunks.len() as u64);
         if let Some(c0) = chunks.first() {
             put_varint(&mut body, c0.min_time);
-            put_uvarint(&mut body, (c0.max_time - c0.min_time) as u64);
+            put_uvarint(&mut body, c0.max_time.wrapping_sub(c0.min_time) as u64);
             put_uvarint(&mut body, c0.chunk_ref);
             for w in chunks.windows(2) {
                 let (p, c) = (&w[0], &w[1]);
-                put_uvarint(&mut body, (c.min_time - p.max_time) as u64);
-                put_uvarint(&mut body, (c.max_time - c.min_time) as u64);
+                put_uvarint(&mut body, c.min_time.wrapping_sub(p.max_time) as u64);
+                put_uvarint(&mut body, c.max_time.wrapping_sub(c.min_time) as u64);
                 put_varint(&mut body, c.chunk_ref.wrapping_sub(p.chunk_ref) as i64);
             }
         }
