@@ -382,6 +382,15 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Block>();
+        assert_send_sync::<Series>();
+        fn assert_send<T: Send>() {}
+        assert_send::<BlockWriter>();
+    }
+
+    #[test]
     fn tombstones_are_honoured() {
         let dir = tempfile::tempdir().unwrap();
         let l = Labels::from_pairs([("a", "1")]);

@@ -30,11 +30,17 @@ pub const INDEX_FILENAME: &str = "index";
 /// Absolute offsets of the index sections; zero means absent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Toc {
+    /// The symbol table (always 5).
     pub symbols: u64,
+    /// Start of the series section.
     pub series: u64,
+    /// Start of the legacy label indices (where they would start when absent).
     pub label_indices: u64,
+    /// The legacy label offset table (equal to `postings_table` when absent).
     pub label_indices_table: u64,
+    /// Start of the postings lists.
     pub postings: u64,
+    /// The postings offset table.
     pub postings_table: u64,
 }
 
