@@ -7,7 +7,7 @@ use bytes::Bytes;
 use norn_model::{Labels, MatchType, Matcher};
 
 use super::postings::{difference, intersect_all, merge};
-use super::{FORMAT_V2, FORMAT_V3, HEADER_SIZE, INDEX_MAGIC, TOC_SIZE, Toc};
+use super::{FORMAT_V2, FORMAT_V3, HEADER_SIZE, INDEX_MAGIC, TOC_SIZE, Toc, checksum_ok};
 use crate::chunks::ChunkRef;
 use crate::encoding::{Decbuf, DecodeError, crc32c};
 use crate::mmap::map_file;
@@ -95,7 +95,7 @@ impl IndexReader {
         let body = d.bytes(len).map_err(|e| TsdbError::corrupt(&self.path, e))?;
         let want = d.be32().map_err(|e| TsdbError::corrupt(&self.path, e))?;
         let got = crc32c(body);
-        if got != want {
+        if !checksum_ok(want, got) {
             return Err(TsdbError::corrupt_at(
                 &self.path,
                 (body_at + len) as u64,
@@ -358,7 +358,7 @@ impl IndexReader {
         let body = d.bytes(len).map_err(c)?;
         let want = d.be32().map_err(c)?;
         let got = crc32c(body);
-        if got != want {
+        if !checksum_ok(want, got) {
             return Err(TsdbError::corrupt_at(
                 path,
                 (body_at + len) as u64,
