@@ -77,3 +77,139 @@ pub fn compact_blocks(blocks: &[&Block], parent: &Path) -> Result<BlockMeta> {
     }
     w.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::BlockWriter;
+    use crate::chunkenc::Sample;
+    use crate::meta::BlockDesc;
+    use crate::tombstones::{Tombstones, write_tombstones};
+    use norn_model::Labels;
+
+    fn write(parent: &Path, mint: i64, maxt: i64, series: &[(&str, Vec<(i64, f64)>)]) -> Block {
+        let mut w = BlockWriter::new(parent, mint, maxt).unwrap();
+        for (name, s) in series {
+            w.add_series(&Labels::from_pairs([("s", *name)]), &encode_float_chunks(s.iter().copied(), 50)).unwrap();
+        }
+        let meta = w.finish().unwrap();
+        Block::open(&parent.join(meta.ulid.to_string())).unwrap()
+    }
+
+    fn dump(b: &Block) -> Vec<(String, Vec<(i64, f64)>)> {
+        b.select_all(i64::MIN, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let samples = s
+                    .samples(i64::MIN, i64::MAX)
+                    .map(|r| match r.unwrap() {
+                        Sample::Float(t, v) => (t, v),
+                        o => panic!("{o:?}"),
+                    })
+                    .collect();
+                (s.labels.get("s").unwrap().to_string(), samples)
+            })
+            .collect()
+    }
+
+    fn range(a: i64, b: i64, v: f64) -> Vec<(i64, f64)> {
+        (a..b).map(|t| (t, v + t as f64)).collect()
+    }
+
+    #[test]
+    fn adjacent_blocks_pass_chunks_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let b1 = write(dir.path(), 0, 100, &[("a", range(0, 100, 0.0)), ("b", range(10, 20, 0.0))]);
+        let b2 = write(dir.path(), 100, 200, &[("a", range(100, 200, 0.0)), ("c", range(150, 160, 0.0))]);
+        let out = dir.path().join("out");
+        let meta = compact_blocks(&[&b1, &b2], &out).unwrap();
+        assert_eq!((meta.min_time, meta.max_time), (0, 200));
+        assert_eq!(meta.compaction.level, 2);
+        let mut sources = vec![b1.meta().ulid, b2.meta().ulid];
+        sources.sort();
+        assert_eq!(meta.compaction.sources, sources);
+        assert_eq!(
+            meta.compaction.parents,
+            vec![
+                BlockDesc { ulid: b1.meta().ulid, min_time: 0, max_time: 100 },
+                BlockDesc { ulid: b2.meta().ulid, min_time: 100, max_time: 200 }
+            ]
+        );
+        assert_eq!(meta.stats.num_series, 3);
+        assert_eq!(meta.stats.num_samples, 220);
+        // Chunks were copied, not re-cut: 2 + 1 + 2 + 1 chunks of ≤50 samples.
+        assert_eq!(meta.stats.num_chunks, 6);
+        let c = Block::open(&out.join(meta.ulid.to_string())).unwrap();
+        let got = dump(&c);
+        assert_eq!(got[0], ("a".to_string(), range(0, 200, 0.0)));
+        assert_eq!(got[1], ("b".to_string(), range(10, 20, 0.0)));
+        assert_eq!(got[2], ("c".to_string(), range(150, 160, 0.0)));
+        // Compacting the result again raises the level and keeps the sources.
+        let meta2 = compact_blocks(&[&c], &out).unwrap();
+        assert_eq!(meta2.compaction.level, 3);
+        assert_eq!(meta2.compaction.sources, sources);
+    }
+
+    #[test]
+    fn overlapping_blocks_merge_and_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        // Same samples in both (duplicates), plus distinct ones interleaved.
+        let mut a2 = range(0, 300, 0.0);
+        a2.retain(|(t, _)| t % 2 == 0);
+        a2.extend((0..300).filter(|t| t % 3 == 0 && t % 2 != 0).map(|t| (t, t as f64)));
+        a2.sort_by_key(|s| s.0);
+        let b1 =
+            write(dir.path(), 0, 300, &[("a", range(0, 300, 0.0).into_iter().filter(|(t, _)| t % 2 == 0).collect())]);
+        let b2 = write(dir.path(), 0, 300, &[("a", a2), ("z", vec![(5, 5.0)])]);
+        let out = dir.path().join("out");
+        let meta = compact_blocks(&[&b1, &b2], &out).unwrap();
+        let c = Block::open(&out.join(meta.ulid.to_string())).unwrap();
+        let got = dump(&c);
+        let want: Vec<(i64, f64)> = (0..300).filter(|t| t % 2 == 0 || t % 3 == 0).map(|t| (t, t as f64)).collect();
+        assert_eq!(got[0].1, want);
+        assert_eq!(got[1].1, vec![(5, 5.0)]);
+        // Re-encoded into chunks of at most 120 samples, non-overlapping.
+        let s = &c.select_all(i64::MIN, i64::MAX).unwrap()[0];
+        assert!(!s.has_overlapping_chunks());
+        assert!(s.chunks.iter().all(|ch| ch.chunk.num_samples() <= 120));
+        assert_eq!(s.chunks.len(), want.len().div_ceil(120));
+        assert_eq!(meta.stats.num_samples, want.len() as u64 + 1);
+    }
+
+    #[test]
+    fn tombstones_are_applied_during_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let b1 = write(dir.path(), 0, 100, &[("a", range(0, 100, 0.0)), ("b", range(0, 10, 0.0))]);
+        let ids = b1.index().all_postings().unwrap();
+        let mut t = Tombstones::new();
+        t.add(ids[0], (10, 89));
+        t.add(ids[1], (0, 9));
+        write_tombstones(b1.dir(), &t).unwrap();
+        let b1 = Block::open(b1.dir()).unwrap();
+        let out = dir.path().join("out");
+        let meta = compact_blocks(&[&b1], &out).unwrap();
+        assert_eq!(meta.stats.num_series, 1);
+        assert_eq!(meta.stats.num_tombstones, 0);
+        let c = Block::open(&out.join(meta.ulid.to_string())).unwrap();
+        let got = dump(&c);
+        let mut want = range(0, 10, 0.0);
+        want.extend(range(90, 100, 0.0));
+        assert_eq!(got, vec![("a".to_string(), want)]);
+    }
+
+    #[test]
+    fn hints_follow_prometheus() {
+        let u = || ulid::Ulid::generate();
+        let mut m1 = BlockMeta::new(u(), 0, 10);
+        let mut m2 = BlockMeta::new(u(), 10, 20);
+        m1.compaction.hints = vec!["from-out-of-order".into(), "from-stale-series".into()];
+        m2.compaction.hints = vec!["from-out-of-order".into()];
+        m2.compaction.level = 3;
+        assert_eq!(merged_compaction(&[&m1, &m2]).hints, vec!["from-out-of-order", "from-stale-series"]);
+        assert_eq!(merged_compaction(&[&m1, &m2]).level, 4);
+        m2.compaction.hints.clear();
+        assert_eq!(merged_compaction(&[&m1, &m2]).hints, vec!["from-stale-series"]);
+        assert!(compact_blocks(&[], Path::new("/nonexistent")).is_err());
+    }
+}

@@ -27,6 +27,7 @@ pub struct IndexWriter {
     /// iterates in the order the postings must be written.
     postings: BTreeMap<(u32, u32), Vec<u32>>,
     all: Vec<u32>,
+    legacy_label_indices: bool,
     last: Option<Labels>,
     last_chunk_ref: u64,
     toc: Toc,
@@ -54,6 +55,7 @@ impl IndexWriter {
             all: Vec::new(),
             last: None,
             last_chunk_ref: 0,
+            legacy_label_indices: false,
             toc: Toc::default(),
             buf: Vec::new(),
         };
@@ -175,17 +177,44 @@ impl IndexWriter {
         Ok(at)
     }
 
+    /// Also write the label indices and label offset table that Prometheus ≤ 3.6 wrote
+    /// (no reader needs them; useful for byte-identity with older Prometheus).
+    pub fn set_legacy_label_indices(&mut self, on: bool) {
+        self.legacy_label_indices = on;
+    }
+
     /// Writes the postings, the postings offset table and the TOC, then fsyncs the file.
     pub fn finish(mut self) -> Result<()> {
         // Without label indices both of their TOC entries point where they would start.
         self.toc.label_indices = self.pos;
+        let postings = std::mem::take(&mut self.postings);
+        let mut label_index_offsets = Vec::new();
+        if self.legacy_label_indices {
+            let mut names: Vec<(u32, Vec<u32>)> = Vec::new();
+            for &(n, v) in postings.keys() {
+                match names.last_mut() {
+                    Some((last, vals)) if *last == n => vals.push(v),
+                    _ => names.push((n, vec![v])),
+                }
+            }
+            for (n, vals) in names {
+                self.pad(4)?;
+                label_index_offsets.push((n, self.pos));
+                let mut body = Vec::with_capacity(8 + 4 * vals.len());
+                put_be32(&mut body, 1);
+                put_be32(&mut body, vals.len() as u32);
+                for v in vals {
+                    put_be32(&mut body, v);
+                }
+                self.write_section(&body)?;
+            }
+        }
         self.toc.postings = self.pos;
         let mut table = Vec::new();
         let all = std::mem::take(&mut self.all);
         let at = self.write_postings_list(&all)?;
         let mut count = 1u32;
         add_table_entry(&mut table, "", "", at);
-        let postings = std::mem::take(&mut self.postings);
         for ((n, v), ids) in &postings {
             let at = self.write_postings_list(ids)?;
             let (n, v) = (&self.symbols[*n as usize], &self.symbols[*v as usize]);
@@ -193,6 +222,16 @@ impl IndexWriter {
             count += 1;
         }
         self.toc.label_indices_table = self.pos;
+        if self.legacy_label_indices {
+            let mut body = Vec::new();
+            put_be32(&mut body, label_index_offsets.len() as u32);
+            for (n, off) in &label_index_offsets {
+                put_uvarint(&mut body, 1);
+                put_uvarint_bytes(&mut body, self.symbols[*n as usize].as_bytes());
+                put_uvarint(&mut body, *off);
+            }
+            self.write_section(&body)?;
+        }
         self.toc.postings_table = self.pos;
         let mut body = Vec::with_capacity(4 + table.len());
         put_be32(&mut body, count);
