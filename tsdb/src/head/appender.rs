@@ -115,9 +115,9 @@ impl<'a> Appender<'a> {
         let refs: Vec<RefSample> =
             self.samples.iter().map(|p| RefSample { series_ref: p.series.series_ref, t: p.t, v: p.v }).collect();
         record::encode_samples(&refs, &mut rec);
-        let mut seen = std::collections::HashSet::new();
-        let series: Vec<Arc<MemSeries>> =
-            self.samples.iter().filter(|p| seen.insert(p.series.series_ref)).map(|p| p.series.clone()).collect();
+        // Pinned series are exactly the distinct series of the batch (plus any whose
+        // samples were all rejected, which get logged harmlessly).
+        let series: Vec<Arc<MemSeries>> = self.pinned.values().cloned().collect();
         head.log_wal(&series, &rec)?;
 
         let window = head.opts.out_of_order_time_window;
