@@ -64,7 +64,11 @@ impl XorChunk {
             bytes[last] &= !((1u8 << free) - 1);
         }
         let num = it.num_total;
-        let (leading, trailing) = if num == 0 { (0xff, 0) } else { (it.leading, it.trailing) };
+        // The iterator starts with the 0xff "no window yet" sentinel, so a chunk whose values
+        // never changed reopens exactly as a continuously appended one would. (Prometheus'
+        // reopened appender starts from a zero window instead, which costs bits but reads
+        // the same.)
+        let (leading, trailing) = (it.leading, it.trailing);
         Ok(XorChunk {
             b: BitWriter::from_bytes(bytes, free),
             num,
@@ -194,32 +198,52 @@ pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8,
 /// Reads one XOR-encoded value into `value`; `None` on truncated or corrupt input.
 #[inline]
 pub(crate) fn xor_read(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> Option<()> {
-    if !br.read_bit()? {
-        return Some(());
+    if xor_read_lenient(br, value, leading, trailing) && !br.overrun() { Some(()) } else { None }
+}
+
+/// [`xor_read`] without the end-of-stream check (the caller checks
+/// [`BitReader::overrun`]); `false` only for an impossible window.
+#[inline(always)]
+pub(crate) fn xor_read_lenient(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> bool {
+    // Control bits plus a new window's 11 header bits.
+    br.ensure(13);
+    let w = br.word();
+    if w >> 63 == 0 {
+        br.skip(1);
+        return true;
     }
-    let (new_leading, mbits) = if !br.read_bit()? {
+    let (shift, mbits, used) = if (w >> 62) & 1 == 0 {
         if *leading == 0xff {
-            // Window reuse before any window was set: corrupt.
-            return None;
+            // Reuse before any window was set: Prometheus' reader starts from a zero
+            // window and reads all 64 bits, so do the same.
+            (0, 64, 2)
+        } else {
+            (u32::from(*trailing), 64 - u32::from(*leading) - u32::from(*trailing), 2)
         }
-        (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
     } else {
-        let l = br.read_bits(5)? as u32;
-        let mut m = br.read_bits(6)? as u32;
+        // Two control bits, then 5 bits of leading zeros and 6 of significant bits.
+        let l = ((w >> 57) & 0x1f) as u32;
+        let mut m = ((w >> 51) & 0x3f) as u32;
         if m == 0 {
             m = 64;
         }
         if l + m > 64 {
-            return None;
+            return false;
         }
         *trailing = (64 - l - m) as u8;
         *leading = l as u8;
-        (l, m)
+        (64 - l - m, m, 13)
     };
-    let bits = br.read_bits(mbits)?;
-    let shift = 64 - new_leading - mbits;
-    *value ^= if shift >= 64 { 0 } else { bits << shift };
-    Some(())
+    let bits = if used + mbits <= br.avail() {
+        // Everything is in the word already loaded.
+        br.skip(used + mbits);
+        (w << used) >> (64 - mbits)
+    } else {
+        br.skip(used);
+        br.read_bits_lenient(mbits)
+    };
+    *value ^= bits << shift;
+    true
 }
 
 /// Decodes an XOR chunk sample by sample, lazily.
@@ -243,19 +267,11 @@ impl<'a> XorIterator<'a> {
         if data.len() < 2 {
             return Err(ChunkError::Corrupt { encoding: "XOR", reason: "chunk shorter than its 2-byte header" });
         }
-        let num_total = u16::from_be_bytes([data[0], data[1]]);
-        Ok(XorIterator {
-            br: BitReader::new(&data[2..]),
-            data_bits: (data.len() - 2) * 8,
-            num_total,
-            num_read: 0,
-            t: 0,
-            val: 0,
-            t_delta: 0,
-            leading: 0,
-            trailing: 0,
-            err: None,
-        })
+        let mut it = Self::empty();
+        it.br = BitReader::new(&data[2..]);
+        it.data_bits = (data.len() - 2) * 8;
+        it.num_total = u16::from_be_bytes([data[0], data[1]]);
+        Ok(it)
     }
 
     fn empty() -> Self {
@@ -267,7 +283,7 @@ impl<'a> XorIterator<'a> {
             t: 0,
             val: 0,
             t_delta: 0,
-            leading: 0,
+            leading: 0xff,
             trailing: 0,
             err: None,
         }
@@ -288,6 +304,7 @@ impl<'a> XorIterator<'a> {
         16 + self.data_bits - self.br.bits_remaining()
     }
 
+    #[cold]
     fn fail(&mut self) -> Option<(i64, f64)> {
         self.err = Some(ChunkError::Corrupt { encoding: "XOR", reason: "truncated or invalid sample data" });
         self.num_read = self.num_total;
@@ -301,49 +318,58 @@ impl<'a> XorIterator<'a> {
         if self.num_read >= self.num_total {
             return None;
         }
+        if self.num_read < 2 {
+            return self.next_head();
+        }
+        let br = &mut self.br;
+        // Room for the longest non-raw dod: 4 prefix bits and 20 payload bits.
+        br.ensure(24);
+        // The dod prefix is up to four 1 bits ended by a 0.
+        let ones = br.word().leading_ones();
+        let dod: i64 = match ones {
+            0 => {
+                br.skip(1);
+                0
+            }
+            1..=3 => {
+                let sz = [14, 17, 20][ones as usize - 1];
+                br.skip(ones + 1);
+                let mut bits = br.peek(sz);
+                br.skip(sz);
+                if bits > (1u64 << (sz - 1)) {
+                    bits = bits.wrapping_sub(1u64 << sz);
+                }
+                bits as i64
+            }
+            _ => {
+                br.skip(4);
+                br.read_bits_lenient(64) as i64
+            }
+        };
+        self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
+        self.t = self.t.wrapping_add(self.t_delta as i64);
+        if !xor_read_lenient(br, &mut self.val, &mut self.leading, &mut self.trailing) || br.overrun() {
+            return self.fail();
+        }
+        self.num_read += 1;
+        Some((self.t, f64::from_bits(self.val)))
+    }
+
+    /// Samples 0 and 1, whose timestamps are whole-byte varints.
+    #[cold]
+    fn next_head(&mut self) -> Option<(i64, f64)> {
         if self.num_read == 0 {
             let Some(t) = self.br.read_varint() else { return self.fail() };
             let Some(v) = self.br.read_bits(64) else { return self.fail() };
             self.t = t;
             self.val = v;
-            self.num_read = 1;
-            return Some((t, f64::from_bits(v)));
-        }
-        if self.num_read == 1 {
+        } else {
             let Some(d) = self.br.read_uvarint() else { return self.fail() };
             self.t_delta = d;
             self.t = self.t.wrapping_add(d as i64);
-        } else {
-            let mut d: u8 = 0;
-            for _ in 0..4 {
-                d <<= 1;
-                let Some(bit) = self.br.read_bit() else { return self.fail() };
-                if !bit {
-                    break;
-                }
-                d |= 1;
+            if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
+                return self.fail();
             }
-            let sz: u32 = match d {
-                0b0 => 0,
-                0b10 => 14,
-                0b110 => 17,
-                0b1110 => 20,
-                _ => 64,
-            };
-            let dod: i64 = if sz == 0 {
-                0
-            } else {
-                let Some(mut bits) = self.br.read_bits(sz) else { return self.fail() };
-                if sz < 64 && bits > (1u64 << (sz - 1)) {
-                    bits = bits.wrapping_sub(1u64 << sz);
-                }
-                bits as i64
-            };
-            self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
-            self.t = self.t.wrapping_add(self.t_delta as i64);
-        }
-        if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
-            return self.fail();
         }
         self.num_read += 1;
         Some((self.t, f64::from_bits(self.val)))
@@ -374,6 +400,7 @@ impl Iterator for XorIterator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn round_trip(samples: &[(i64, f64)]) -> Vec<u8> {
         let mut c = XorChunk::new();
@@ -428,5 +455,66 @@ mod tests {
         let mut it = XorIterator::new(&[0, 5, 0x80]).unwrap();
         assert_eq!(it.next(), None);
         assert!(it.err().is_some());
+    }
+
+    /// Strictly increasing timestamps with gaps from 1 ms to 2^52 ms, starting anywhere
+    /// (negative included), and arbitrary f64 bit patterns.
+    fn arb_samples() -> impl Strategy<Value = Vec<(i64, u64)>> {
+        let gap = prop_oneof![
+            4 => 1i64..100_000,
+            1 => 1i64..(1i64 << 52),
+            2 => Just(15_000i64),
+        ];
+        let bits = prop_oneof![
+            3 => any::<u64>(),
+            2 => Just(f64::NAN.to_bits()),
+            1 => Just(0x7ff0_0000_0000_0002u64),
+            1 => Just(0xfff8_dead_beef_0001u64),
+            1 => Just(f64::INFINITY.to_bits()),
+            1 => Just(f64::NEG_INFINITY.to_bits()),
+            1 => Just((-0.0f64).to_bits()),
+            2 => (0u64..1000).prop_map(|v| (v as f64).to_bits()),
+        ];
+        (-(1i64 << 60)..(1i64 << 60), proptest::collection::vec((gap, bits), 1..300)).prop_map(|(start, v)| {
+            let mut t = start;
+            v.into_iter()
+                .map(|(g, b)| {
+                    t += g;
+                    (t, b)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn prop_round_trip_bitwise(samples in arb_samples()) {
+            let mut c = XorChunk::new();
+            for (t, b) in &samples {
+                c.append(*t, f64::from_bits(*b));
+            }
+            let got: Vec<(i64, u64)> = c.iter().map(|(t, v)| (t, v.to_bits())).collect();
+            prop_assert_eq!(got, samples);
+        }
+
+        #[test]
+        fn prop_reopen_and_append_is_identical(samples in arb_samples(), cut in any::<prop::sample::Index>()) {
+            let k = cut.index(samples.len() + 1);
+            let mut whole = XorChunk::new();
+            for (t, b) in &samples {
+                whole.append(*t, f64::from_bits(*b));
+            }
+            let mut part = XorChunk::new();
+            for (t, b) in &samples[..k] {
+                part.append(*t, f64::from_bits(*b));
+            }
+            let mut reopened = XorChunk::from_bytes(part.bytes()).unwrap();
+            prop_assert_eq!(reopened.bytes(), part.bytes());
+            for (t, b) in &samples[k..] {
+                reopened.append(*t, f64::from_bits(*b));
+            }
+            prop_assert_eq!(reopened.bytes(), whole.bytes());
+        }
     }
 }
