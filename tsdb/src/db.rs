@@ -59,6 +59,7 @@ impl Db {
             blocks: RwLock::new(blocks.into_iter().map(Arc::new).collect()),
             compaction: Mutex::new(()),
         };
+        db.apply_retention()?;
         Ok(db)
     }
 

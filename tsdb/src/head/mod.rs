@@ -423,6 +423,9 @@ impl Head {
         mut on_block: impl FnMut(&BlockMeta) -> Result<()>,
     ) -> Result<Vec<BlockMeta>> {
         let _guard = self.compaction.lock();
+        if !self.compactable() && self.ooo_min_time.load(Ordering::Acquire) >= self.min_valid_time() {
+            return Ok(Vec::new()); // nothing to persist: leave the WAL alone
+        }
         // Everything appended from here on lands in segments the checkpoint won't fold.
         let fold_to = {
             let mut g = self.wal.lock();

@@ -212,6 +212,10 @@ fn compaction_cuts_blocks_at_boundaries_and_truncates_wal() {
     let wal_dir = dir.path().join("wal");
     assert!(wal::last_checkpoint(&wal_dir).unwrap().is_some());
     assert!(!wal::segment_path(&wal_dir, 0).exists());
+    // Nothing more to persist: the WAL is left alone.
+    let segs = wal::list_segments(&wal_dir).unwrap();
+    assert!(h.compact(&blocks).unwrap().is_empty());
+    assert_eq!(wal::list_segments(&wal_dir).unwrap(), segs);
     let head_part = head_data(&h);
     drop(h);
     let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
