@@ -1,12 +1,11 @@
 //! Batched, transactional appends to the head.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use norn_model::{FloatHistogram, Histogram, Labels};
 
-use super::series::{Incoming, LastValue, MemSeries, Placement, placement};
+use super::series::{Incoming, LastValue, MemSeries, Placement, U64Map, placement};
 use super::{AppendError, Head};
 use crate::Result;
 use crate::chunkenc::is_stale_nan;
@@ -25,10 +24,10 @@ pub struct Appender<'a> {
     histograms: Vec<Pending<Box<Histogram>>>,
     float_histograms: Vec<Pending<Box<FloatHistogram>>>,
     /// Series pinned by this appender (pending counter raised), by ref.
-    pinned: HashMap<u64, Arc<MemSeries>>,
+    pinned: U64Map<Arc<MemSeries>>,
     /// Newest sample appended per series in this batch, to catch order and duplicate
     /// errors within the batch.
-    newest: HashMap<u64, (i64, LastValue)>,
+    newest: U64Map<(i64, LastValue)>,
 }
 
 #[derive(Debug)]
@@ -45,8 +44,8 @@ impl<'a> Appender<'a> {
             floats: Vec::new(),
             histograms: Vec::new(),
             float_histograms: Vec::new(),
-            pinned: HashMap::new(),
-            newest: HashMap::new(),
+            pinned: U64Map::default(),
+            newest: U64Map::default(),
         }
     }
 

@@ -214,9 +214,35 @@ pub(crate) fn placement(
     Err(AppendError::OutOfOrder)
 }
 
-/// Series by label hash; hash collisions share a bucket.
-type HashBucket = HashMap<u64, Vec<Arc<MemSeries>>>;
-type RefMap = HashMap<u64, Arc<MemSeries>>;
+/// Hasher for maps keyed by u64 label hashes or series refs: one folded multiply
+/// instead of SipHash (keys are not attacker-chosen in a way that matters here, and the
+/// label hash is already xxhash).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let p = u128::from(x) * 0x9E37_79B9_7F4A_7C15u128;
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
+    }
+}
+
+/// A `HashMap` keyed by u64 using [`U64Hasher`].
+pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+
+/// The series of one hash stripe with their label hashes: a short vector (with 16384
+/// stripes most hold a few entries) scanned by hash, which costs fewer dependent memory
+/// loads per lookup than a map.
+type HashBucket = Vec<(u64, Arc<MemSeries>)>;
+type RefMap = U64Map<Arc<MemSeries>>;
 
 /// Series found by label hash and by ref, each map split into lock stripes.
 #[derive(Debug)]
@@ -231,8 +257,8 @@ impl StripeSeries {
         let n = stripes.max(1).next_power_of_two();
         StripeSeries {
             mask: n as u64 - 1,
-            hashes: (0..n).map(|_| RwLock::new(HashMap::new())).collect(),
-            refs: (0..n).map(|_| RwLock::new(HashMap::new())).collect(),
+            hashes: (0..n).map(|_| RwLock::new(HashBucket::new())).collect(),
+            refs: (0..n).map(|_| RwLock::new(RefMap::default())).collect(),
         }
     }
 
@@ -252,29 +278,26 @@ impl StripeSeries {
     ) -> (Arc<MemSeries>, bool) {
         let h = labels.hash_value();
         let stripe = &self.hashes[(h & self.mask) as usize];
-        {
-            let g = stripe.read();
-            if let Some(s) = g.get(&h).and_then(|v| v.iter().find(|s| &s.labels == labels)) {
-                if pin {
-                    s.pending.fetch_add(1, Ordering::AcqRel);
-                }
-                return (s.clone(), false);
-            }
-        }
-        let mut g = stripe.write();
-        let bucket = g.entry(h).or_default();
-        if let Some(s) = bucket.iter().find(|s| &s.labels == labels) {
+        let find = |b: &HashBucket| b.iter().find(|(eh, s)| *eh == h && &s.labels == labels).map(|(_, s)| s.clone());
+        if let Some(s) = find(&stripe.read()) {
             if pin {
                 s.pending.fetch_add(1, Ordering::AcqRel);
             }
-            return (s.clone(), false);
+            return (s, false);
+        }
+        let mut g = stripe.write();
+        if let Some(s) = find(&g) {
+            if pin {
+                s.pending.fetch_add(1, Ordering::AcqRel);
+            }
+            return (s, false);
         }
         let r = new_ref();
         let s = Arc::new(make(r));
         if pin {
             s.pending.fetch_add(1, Ordering::AcqRel);
         }
-        bucket.push(s.clone());
+        g.push((h, s.clone()));
         self.refs[(r & self.mask) as usize].write().insert(r, s.clone());
         (s, true)
     }
@@ -298,17 +321,14 @@ impl StripeSeries {
         let mut removed = 0;
         for stripe in self.hashes.iter() {
             let mut g = stripe.write();
-            g.retain(|_, bucket| {
-                bucket.retain(|s| {
-                    if s.pending.load(Ordering::Acquire) == 0 && dead(s) {
-                        self.refs[(s.series_ref & self.mask) as usize].write().remove(&s.series_ref);
-                        removed += 1;
-                        false
-                    } else {
-                        true
-                    }
-                });
-                !bucket.is_empty()
+            g.retain(|(_, s)| {
+                if s.pending.load(Ordering::Acquire) == 0 && dead(s) {
+                    self.refs[(s.series_ref & self.mask) as usize].write().remove(&s.series_ref);
+                    removed += 1;
+                    false
+                } else {
+                    true
+                }
             });
         }
         removed
