@@ -23,11 +23,10 @@ pub struct Appender<'a> {
     floats: Vec<Pending<f64>>,
     histograms: Vec<Pending<Box<Histogram>>>,
     float_histograms: Vec<Pending<Box<FloatHistogram>>>,
-    /// Series pinned by this appender (pending counter raised), by ref.
-    pinned: U64Map<Arc<MemSeries>>,
-    /// Newest sample appended per series in this batch, to catch order and duplicate
-    /// errors within the batch.
-    newest: U64Map<(i64, LastValue)>,
+    /// Series pinned by this appender (pending counter raised), by ref, with the newest
+    /// in-order sample appended to it in this batch (to catch order and duplicate errors
+    /// within the batch).
+    pinned: U64Map<(Arc<MemSeries>, Option<(i64, LastValue)>)>,
 }
 
 #[derive(Debug)]
@@ -44,8 +43,7 @@ impl<'a> Appender<'a> {
             floats: Vec::new(),
             histograms: Vec::new(),
             float_histograms: Vec::new(),
-            pinned: U64Map::default(),
-            newest: U64Map::default(),
+            pinned: U64Map::with_capacity_and_hasher(head.batch_hint.load(Ordering::Relaxed), Default::default()),
         }
     }
 
@@ -104,14 +102,18 @@ impl<'a> Appender<'a> {
             return Err(AppendError::OutOfBounds);
         }
         let (series, _) = head.get_or_create(labels, true);
-        if self.pinned.insert(series.series_ref, series.clone()).is_some() {
-            // Already pinned by this appender: keep one pin per series.
-            series.pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        let entry = match self.pinned.entry(series.series_ref) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                // Already pinned by this appender: keep one pin per series.
+                series.pending.fetch_sub(1, Ordering::AcqRel);
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert((series.clone(), None)),
+        };
         let place = {
             let d = series.data.lock();
             let committed = d.last.as_ref().map(|(t, v)| (*t, v));
-            let batch = self.newest.get(&series.series_ref).map(|(t, v)| (*t, v));
+            let batch = entry.1.as_ref().map(|(t, v)| (*t, v));
             let last = match (committed, batch) {
                 (Some(c), Some(b)) => Some(if b.0 >= c.0 { b } else { c }),
                 (c, b) => c.or(b),
@@ -130,7 +132,7 @@ impl<'a> Appender<'a> {
         match place {
             Placement::Duplicate => Ok(None),
             Placement::InOrder => {
-                self.newest.insert(series.series_ref, (t, v.to_last()));
+                entry.1 = Some((t, v.to_last()));
                 Ok(Some(series))
             }
             Placement::OutOfOrder => Ok(Some(series)),
@@ -183,7 +185,7 @@ impl<'a> Appender<'a> {
         }
         // Pinned series are exactly the distinct series of the batch (plus any whose
         // samples were all rejected, which get logged harmlessly).
-        let series: Vec<Arc<MemSeries>> = self.pinned.values().cloned().collect();
+        let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _)| s.clone()).collect();
         head.log_wal(&series, &recs)?;
 
         let mut range = (i64::MAX, i64::MIN);
@@ -227,8 +229,10 @@ impl<'a> Appender<'a> {
         self.floats.clear();
         self.histograms.clear();
         self.float_histograms.clear();
-        self.newest.clear();
-        for (_, s) in self.pinned.drain() {
+        if !self.pinned.is_empty() {
+            self.head.batch_hint.store(self.pinned.len(), Ordering::Relaxed);
+        }
+        for (_, (s, _)) in self.pinned.drain() {
             s.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }

@@ -17,7 +17,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use norn_model::{Labels, Matcher};
 use parking_lot::Mutex;
@@ -131,6 +131,8 @@ pub struct Head {
     wal: Mutex<Option<Wal>>,
     compaction: Mutex<()>,
     replay: ReplayStats,
+    /// Distinct series of the last committed batch: new appenders pre-size for it.
+    batch_hint: AtomicUsize,
 }
 
 impl Head {
@@ -154,6 +156,7 @@ impl Head {
             wal: Mutex::new(None),
             compaction: Mutex::new(()),
             replay: ReplayStats::default(),
+            batch_hint: AtomicUsize::new(0),
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
