@@ -26,8 +26,11 @@ pub struct Appender<'a> {
     /// Series pinned by this appender (pending counter raised), by ref, with the newest
     /// in-order sample appended to it in this batch (to catch order and duplicate errors
     /// within the batch).
-    pinned: U64Map<(Arc<MemSeries>, Option<(i64, LastValue)>)>,
+    pinned: U64Map<Pin>,
 }
+
+/// A pinned series and its newest in-order sample in this batch.
+type Pin = (Arc<MemSeries>, Option<(i64, LastValue)>);
 
 #[derive(Debug)]
 struct Pending<V> {
