@@ -10,6 +10,7 @@ pub mod block;
 pub mod chunkenc;
 pub mod chunks;
 pub mod compact;
+pub mod db;
 pub mod encoding;
 pub mod error;
 pub mod head;
