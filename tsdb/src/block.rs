@@ -712,5 +712,10 @@ mod promtool_interop {
         }
         w.finish().unwrap();
         assert_eq!(promtool_dump(tool, &ours), want);
+        // `analyze` walks label values and postings of our index.
+        let o = Command::new(tool).args(["tsdb", "analyze"]).arg(&ours).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(text.contains("Series: 3") && text.contains("Label names: 4"), "{text}");
     }
 }
