@@ -133,7 +133,9 @@ impl ChunkWriter {
             return Ok(Vec::new());
         }
         let header = SEGMENT_HEADER_SIZE as u64;
-        let mut batches: Vec<std::ops::Range<usize>> = vec![0..0];
+        // The first batch may stay empty when the open segment cannot take even one chunk.
+        let mut batches: Vec<std::ops::Range<usize>> = Vec::with_capacity(2);
+        batches.push(0..0);
         let mut batch_size = 0u64;
         let mut filling_open_segment = self.cur.is_some() && self.cur_len > header;
         for (i, c) in chunks.iter().enumerate() {
@@ -346,7 +348,7 @@ mod tests {
         // Records of 10 data bytes take 16 bytes but are planned as 20.
         let c = ChunkMeta { min_time: 0, max_time: 0, chunk: Chunk::new(Encoding::Xor, vec![0u8; 10]) };
         let mut w = ChunkWriter::with_segment_size(dir.path(), 8 + 40).unwrap();
-        assert_eq!(w.write_chunks(&[c.clone()]).unwrap(), vec![8]);
+        assert_eq!(w.write_chunks(std::slice::from_ref(&c)).unwrap(), vec![8]);
         // The first chunk still fits the open segment, the second starts a new one.
         assert_eq!(w.write_chunks(&[c.clone(), c.clone()]).unwrap(), vec![24, (1 << 32) | 8]);
         // Three chunks: two fit the rest of segment 2? 24 + 20 + 20 > 48, so one does.
