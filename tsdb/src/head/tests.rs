@@ -162,8 +162,14 @@ fn restart_with_torn_wal_keeps_committed_prefix() {
         fill(&h, 5, 0, 100 * 1000, 1000, &mut want);
     }
     let seg = wal::segment_path(&dir.path().join("wal"), 0);
-    let len = std::fs::metadata(&seg).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 10).unwrap();
+    // Cut into the last record (the segment itself was padded when the head dropped).
+    let data = std::fs::read(&seg).unwrap();
+    let mut r = wal::SegmentReader::new(&data);
+    let mut end = 0;
+    while r.next().unwrap().is_some() {
+        end = r.good_offset();
+    }
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(end as u64 - 10).unwrap();
     let h = Head::open(dir.path(), opts()).unwrap();
     let st = h.replay_stats().clone();
     assert!(st.truncated.is_some());
@@ -415,4 +421,59 @@ fn native_histograms_append_replay_and_compact() {
         }
     }
     assert_eq!(norm(got), want);
+}
+
+/// Interop check against a WAL written by a real Prometheus: run with
+/// `NORN_PROM_DATA=<prometheus data dir> cargo test -p norn-tsdb --lib -- --ignored prometheus_wal`.
+/// Replays a copy of its `wal/` and checks every series has samples.
+#[test]
+#[ignore]
+fn replays_a_prometheus_wal() {
+    let Ok(src) = std::env::var("NORN_PROM_DATA") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
+    for e in std::fs::read_dir(std::path::Path::new(&src).join("wal")).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dir.path().join("wal").join(e.file_name())).unwrap();
+        }
+    }
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let st = h.replay_stats().clone();
+    eprintln!("{st:?}");
+    assert!(st.series > 0 && st.samples > 0 && st.truncated.is_none());
+    let data = head_data(&h);
+    assert_eq!(data.len() as u64, st.series);
+    let up = h.select(&[Matcher::equal("__name__", "up")], i64::MIN, i64::MAX);
+    assert_eq!(up.len(), 1);
+    eprintln!("up: {:?}", collect(&up, i64::MIN, i64::MAX).values().next().unwrap());
+}
+
+/// Writes a WAL for a real Prometheus to replay: run with
+/// `NORN_WRITE_DATA=<empty dir> cargo test -p norn-tsdb --lib -- --ignored wal_for_prometheus`,
+/// then start `prometheus --storage.tsdb.path=<dir>` and query `norn_wal_test`.
+#[test]
+#[ignore]
+fn wal_for_prometheus() {
+    let Ok(dst) = std::env::var("NORN_WRITE_DATA") else { return };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let o = HeadOptions { wal: WalOptions { compression: wal::Compression::Snappy, ..opts().wal }, ..opts() };
+    let h = Head::open(std::path::Path::new(&dst), o).unwrap();
+    let mut t = now - 600_000;
+    while t <= now {
+        let mut app = h.appender();
+        for i in 0..3 {
+            let l = Labels::from_pairs([("__name__", "norn_wal_test"), ("i", &i.to_string())]);
+            app.append(&l, t, (t - now) as f64 / 1000.0 + i as f64).unwrap();
+        }
+        app.append_histogram(
+            &Labels::from_pairs([("__name__", "norn_wal_hist")]),
+            t,
+            &hist(((t - now + 600_000) / 15_000) as u64 + 1),
+        )
+        .unwrap();
+        app.commit().unwrap();
+        t += 15_000;
+    }
+    eprintln!("now={now}");
 }
