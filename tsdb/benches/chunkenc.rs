@@ -4,7 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use norn_tsdb::chunkenc::{Chunk, Encoding, XorChunk};
+use norn_model::{Histogram, Span};
+use norn_tsdb::chunkenc::{Chunk, Encoding, HistogramChunk, XorChunk};
 
 const SAMPLES: usize = 120;
 
@@ -94,6 +95,41 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(&chunk).iter().unwrap().map(|s| s.timestamp()).sum::<i64>())
         });
     }
+    g.finish();
+
+    // A native-histogram counter with 20 buckets in two spans.
+    let mut h = HistogramChunk::new();
+    let mut counts = [0i64; 20];
+    let mut hist = Histogram {
+        schema: 3,
+        zero_threshold: 2f64.powi(-128),
+        positive_spans: vec![Span { offset: -5, length: 12 }, Span { offset: 3, length: 8 }],
+        ..Default::default()
+    };
+    for (i, t) in timestamps(&mut rng).into_iter().enumerate() {
+        for c in counts.iter_mut() {
+            *c += (rng.next() % 5) as i64;
+        }
+        let mut prev = 0;
+        hist.positive_buckets = counts
+            .iter()
+            .map(|c| {
+                let d = c - prev;
+                prev = *c;
+                d
+            })
+            .collect();
+        hist.count = counts.iter().sum::<i64>() as u64;
+        hist.sum = i as f64 * 3.7;
+        h.append(t, &hist).unwrap();
+    }
+    let chunk = Chunk::new(Encoding::Histogram, h.into_bytes());
+    eprintln!("histogram: {} bytes for {SAMPLES} samples", chunk.data.len());
+    let mut g = c.benchmark_group("histogram");
+    g.throughput(Throughput::Elements(SAMPLES as u64));
+    g.bench_function("decode/counter20", |b| {
+        b.iter(|| black_box(&chunk).iter().unwrap().map(|s| s.timestamp()).sum::<i64>())
+    });
     g.finish();
 }
 

@@ -1,7 +1,7 @@
 //! Persistent blocks: [`BlockWriter`] builds one in a temporary directory and renames
 //! it into place; [`Block`] opens one (memory-mapped) and answers selections.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -154,9 +154,11 @@ impl BlockWriter {
         // Prometheus's head always contributes the empty string (the name and value of its
         // all-postings key) to the symbols of the blocks it writes; do the same so our
         // index bytes match.
-        let symbols: BTreeSet<&str> = std::iter::once("")
+        let symbols: HashSet<&str> = std::iter::once("")
             .chain(self.series.iter().flat_map(|(l, _)| l.iter().flat_map(|(n, v)| [n, v])))
             .collect();
+        let mut symbols: Vec<&str> = symbols.into_iter().collect();
+        symbols.sort_unstable();
         let mut iw = IndexWriter::new(&self.tmp.join(INDEX_FILENAME), symbols)?;
         iw.set_legacy_label_indices(self.legacy_label_indices);
         for (l, refs) in &self.series {
@@ -377,6 +379,15 @@ mod tests {
         let (blocks, errs) = open_blocks(dir.path());
         assert_eq!(blocks.len(), 1);
         assert!(errs.is_empty());
+    }
+
+    #[test]
+    fn blocks_are_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Block>();
+        assert_send_sync::<Series>();
+        fn assert_send<T: Send>() {}
+        assert_send::<BlockWriter>();
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Writes an index file in Prometheus's v2 layout without the legacy label indices.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ pub struct IndexWriter {
     w: BufWriter<File>,
     pos: u64,
     symbols: Vec<String>,
+    /// Symbol → reference; hashing beats binary search over long shared prefixes.
+    symbol_refs: HashMap<String, u32>,
     /// (name symbol, value symbol) → series IDs; symbol order is string order, so this map
     /// iterates in the order the postings must be written.
     postings: BTreeMap<(u32, u32), Vec<u32>>,
@@ -46,11 +48,13 @@ impl IndexWriter {
             )));
         }
         let f = File::create(path).map_err(TsdbError::io("create", path))?;
+        let symbol_refs = symbols.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
         let mut iw = IndexWriter {
             path: path.to_path_buf(),
             w: BufWriter::with_capacity(1 << 20, f),
             pos: 0,
             symbols,
+            symbol_refs,
             postings: BTreeMap::new(),
             all: Vec::new(),
             last: None,
@@ -97,10 +101,10 @@ impl IndexWriter {
     }
 
     fn symbol_ref(&self, s: &str) -> Result<u32> {
-        self.symbols
-            .binary_search_by(|x| x.as_str().cmp(s))
-            .map(|i| i as u32)
-            .map_err(|_| TsdbError::InvalidArgument(format!("symbol {s:?} not in the index symbol table")))
+        self.symbol_refs
+            .get(s)
+            .copied()
+            .ok_or_else(|| TsdbError::InvalidArgument(format!("symbol {s:?} not in the index symbol table")))
     }
 
     /// Appends a series (labels strictly greater than the previous series'; chunks sorted,
@@ -145,12 +149,12 @@ impl IndexWriter {
         put_uvarint(&mut body, chunks.len() as u64);
         if let Some(c0) = chunks.first() {
             put_varint(&mut body, c0.min_time);
-            put_uvarint(&mut body, (c0.max_time - c0.min_time) as u64);
+            put_uvarint(&mut body, c0.max_time.wrapping_sub(c0.min_time) as u64);
             put_uvarint(&mut body, c0.chunk_ref);
             for w in chunks.windows(2) {
                 let (p, c) = (&w[0], &w[1]);
-                put_uvarint(&mut body, (c.min_time - p.max_time) as u64);
-                put_uvarint(&mut body, (c.max_time - c.min_time) as u64);
+                put_uvarint(&mut body, c.min_time.wrapping_sub(p.max_time) as u64);
+                put_uvarint(&mut body, c.max_time.wrapping_sub(c.min_time) as u64);
                 put_varint(&mut body, c.chunk_ref.wrapping_sub(p.chunk_ref) as i64);
             }
         }
