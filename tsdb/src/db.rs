@@ -63,6 +63,11 @@ impl Db {
         Ok(db)
     }
 
+    /// Closes the head's WAL cleanly (see [`Head::close`]).
+    pub fn close(self) -> Result<()> {
+        self.head.close()
+    }
+
     /// The database directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -164,6 +164,14 @@ impl Head {
         Ok(head)
     }
 
+    /// Pads and syncs the WAL. Dropping the head also pads, but cannot report errors.
+    pub fn close(self) -> Result<()> {
+        match self.wal.into_inner() {
+            Some(w) => w.close(),
+            None => Ok(()),
+        }
+    }
+
     /// What replay found.
     pub fn replay_stats(&self) -> &ReplayStats {
         &self.replay

@@ -477,3 +477,45 @@ fn wal_for_prometheus() {
     }
     eprintln!("now={now}");
 }
+
+#[test]
+fn concurrent_appenders_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let threads = 4;
+    let wants: Vec<Data> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|th| {
+                let h = &h;
+                s.spawn(move || {
+                    let mut want = Data::new();
+                    for step in 0..200i64 {
+                        let mut app = h.appender();
+                        for i in 0..25 {
+                            let l = Labels::from_pairs([("th", th.to_string()), ("i", i.to_string())]);
+                            // Every thread also writes the shared series; only in-order
+                            // samples are accepted, so it is checked for order only.
+                            let shared = Labels::from_pairs([("shared", "1")]);
+                            let _ = app.append(&shared, step * 1000 + th, 1.0);
+                            app.append(&l, step * 1000, step as f64).unwrap();
+                            want.entry(l.to_string()).or_default().push((step * 1000, (step as f64).to_bits()));
+                        }
+                        app.commit().unwrap();
+                        let _ = h.select(&[Matcher::equal("th", th.to_string())], 0, i64::MAX);
+                    }
+                    want
+                })
+            })
+            .collect();
+        hs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let mut want: Data = wants.into_iter().flatten().collect();
+    let got = head_data(&h);
+    let shared = got.get("{shared=\"1\"}").unwrap().clone();
+    assert!(shared.windows(2).all(|w| w[0].0 < w[1].0));
+    want.insert("{shared=\"1\"}".to_string(), shared);
+    assert_same(&got, &want);
+    h.close().unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    assert_same(&head_data(&h), &want);
+}
