@@ -26,6 +26,7 @@ use crate::block::BlockWriter;
 use crate::chunks::ChunkMeta;
 use crate::meta::{BlockMeta, BlockMetaCompaction};
 use crate::series::Series;
+use crate::tombstones::{add_interval, is_deleted};
 use crate::wal::record::{self, Record};
 use crate::wal::{self, Truncation, Wal, WalOptions};
 use crate::{Result, TsdbError};
@@ -106,8 +107,7 @@ pub struct ReplayStats {
     pub samples: u64,
     /// Samples dropped: unknown series ref, older than the min valid time, out of order.
     pub dropped_samples: u64,
-    /// Records of types the head does not replay (exemplars, metadata, histograms,
-    /// tombstones …).
+    /// Records of types the head does not replay (exemplars, metadata, v2 samples …).
     pub skipped_records: u64,
     /// The damaged tail cut off the newest segment, if any.
     pub truncated: Option<Truncation>,
@@ -311,6 +311,14 @@ impl Head {
                         this.replay_one(&aliases, s.series_ref, s.t, Incoming::Float(s.v), stats);
                     }
                 }
+                Record::Tombstones(list) => {
+                    for s in list {
+                        match this.series.get_by_ref(s.series_ref).or_else(|| aliases.get(&s.series_ref).cloned()) {
+                            Some(ms) => add_interval(&mut ms.data.lock().deleted, (s.mint, s.maxt)),
+                            None => {}
+                        }
+                    }
+                }
                 Record::Histograms(list) => {
                     for s in list {
                         this.replay_one(&aliases, s.series_ref, s.t, Incoming::Histogram(&s.h), stats);
@@ -393,19 +401,50 @@ impl Head {
                 continue;
             }
             let mut chunks = Vec::new();
-            {
+            let deleted = {
                 let d = s.data.lock();
                 d.chunks_in(mint, maxt, &mut chunks);
                 d.ooo_chunks_in(mint, maxt, &mut chunks);
-            }
+                d.deleted.clone()
+            };
+            // Chunks wholly deleted are left out, as blocks do.
+            chunks.retain(|c| !deleted.iter().any(|&(a, b)| a <= c.min_time && c.max_time <= b));
             if chunks.is_empty() {
                 continue;
             }
             chunks.sort_by_key(|c| c.min_time);
-            out.push(Series::new(s.labels.clone(), chunks));
+            out.push(Series { labels: s.labels.clone(), chunks, deleted });
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
+    }
+
+    /// Deletes the samples in `[mint, maxt]` of every series matching `matchers` (all
+    /// series if empty): logs a tombstones record to the WAL, then hides the samples
+    /// from queries; compaction leaves them out of blocks. Returns how many series
+    /// were affected.
+    pub fn delete(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<usize> {
+        if mint > maxt {
+            return Ok(0);
+        }
+        let hits: Vec<Arc<MemSeries>> = self
+            .series
+            .all()
+            .into_iter()
+            .filter(|s| matchers.iter().all(|m| m.matches(s.labels.get(&m.name).unwrap_or(""))))
+            .collect();
+        if hits.is_empty() {
+            return Ok(0);
+        }
+        let stones: Vec<record::RefTombstone> =
+            hits.iter().map(|s| record::RefTombstone { series_ref: s.series_ref, mint, maxt }).collect();
+        let mut rec = Vec::new();
+        record::encode_tombstones(&stones, &mut rec);
+        self.log_wal(&hits, &[rec])?;
+        for s in &hits {
+            add_interval(&mut s.data.lock().deleted, (mint, maxt));
+        }
+        Ok(hits.len())
     }
 
     /// Prometheus's rule (spec §10.2): the head spans more than 1.5 chunk ranges.
@@ -495,9 +534,10 @@ impl Head {
                 chunks.retain(|c| c.max_time < maxt);
             }
             let ooo: Vec<(i64, f64)> = d.ooo.range(..maxt).map(|(&t, &v)| (t, v)).collect();
+            let deleted = d.deleted.clone();
             drop(d);
             if !chunks.is_empty() || !ooo.is_empty() {
-                out.push(Snap { series: s, chunks, ooo });
+                out.push(Snap { series: s, chunks, ooo, deleted });
             }
         }
         out.sort_by(|a, b| a.series.labels.cmp(&b.series.labels));
@@ -525,17 +565,24 @@ impl Head {
             });
         }
         for s in snap {
-            if s.ooo.is_empty() {
+            let hit = |c: &ChunkMeta| s.deleted.iter().any(|&(a, b)| a <= c.max_time && c.min_time <= b);
+            if s.ooo.is_empty() && !s.chunks.iter().any(hit) {
                 w.add_series(&s.series.labels, &s.chunks)?;
                 continue;
             }
-            // OOO samples may overlap in-order chunks; the block needs disjoint chunks,
-            // so re-cut the merged samples like the head would have.
+            // OOO samples may overlap in-order chunks and the block needs disjoint
+            // chunks; deleted samples must go. Re-cut the merged, filtered samples like
+            // the head would have.
             let mut b = ChunkBuilder::new(self.opts.chunk_range, self.opts.samples_per_chunk);
             for smp in merge_samples(&s.chunks, &s.ooo) {
-                b.append_sample(&smp);
+                if !is_deleted(&s.deleted, smp.timestamp()) {
+                    b.append_sample(&smp);
+                }
             }
-            w.add_series(&s.series.labels, &b.finish())?;
+            let chunks = b.finish();
+            if !chunks.is_empty() {
+                w.add_series(&s.series.labels, &chunks)?;
+            }
         }
         w.finish().map(Some)
     }
@@ -602,6 +649,7 @@ struct Snap {
     series: Arc<MemSeries>,
     chunks: Vec<ChunkMeta>,
     ooo: Vec<(i64, f64)>,
+    deleted: Vec<(i64, i64)>,
 }
 
 fn snap_min(snap: &[Snap]) -> i64 {

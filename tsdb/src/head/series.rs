@@ -94,6 +94,9 @@ pub(crate) struct SeriesData {
     pub last: Option<(i64, LastValue)>,
     /// Out-of-order float samples accepted through the OOO window, by time.
     pub ooo: BTreeMap<i64, f64>,
+    /// Deleted intervals (closed, sorted, coalesced), from `Head::delete` or WAL
+    /// tombstone records.
+    pub deleted: Vec<(i64, i64)>,
 }
 
 /// Where a sample goes, decided from a series' committed state.
@@ -107,7 +110,12 @@ pub(crate) enum Placement {
 
 impl SeriesData {
     pub fn new(chunk_range: i64, samples_per_chunk: usize) -> Self {
-        SeriesData { chunks: ChunkBuilder::new(chunk_range, samples_per_chunk), last: None, ooo: BTreeMap::new() }
+        SeriesData {
+            chunks: ChunkBuilder::new(chunk_range, samples_per_chunk),
+            last: None,
+            ooo: BTreeMap::new(),
+            deleted: Vec::new(),
+        }
     }
 
     /// Appends an in-order sample (the caller has checked `t > last`). A malformed
@@ -171,6 +179,7 @@ impl SeriesData {
     /// Drops in-order chunks entirely before `t` (they have been persisted).
     pub fn truncate_before(&mut self, t: i64) {
         self.chunks.closed.retain(|c| c.max_time >= t);
+        self.deleted.retain(|iv| iv.1 >= t);
         if self.chunks.open_max_time().is_some_and(|m| m < t) {
             self.chunks.drop_open();
         }

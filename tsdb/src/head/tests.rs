@@ -519,3 +519,35 @@ fn concurrent_appenders_and_queries() {
     let h = Head::open(dir.path(), opts()).unwrap();
     assert_same(&head_data(&h), &want);
 }
+
+#[test]
+fn delete_hides_samples_survives_restart_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let mut want = Data::new();
+    {
+        let h = Head::open(dir.path(), opts()).unwrap();
+        fill(&h, 3, 0, 7 * H, 60_000, &mut want);
+        assert_eq!(h.delete(&[Matcher::equal("i", "1")], 30 * 60_000, 3 * H).unwrap(), 1);
+        assert_eq!(h.delete(&[Matcher::equal("i", "9")], 0, 10).unwrap(), 0);
+    }
+    want.get_mut(&lbl(1).to_string()).unwrap().retain(|(t, _)| !(30 * 60_000..=3 * H).contains(t));
+    let h = Head::open(dir.path(), opts()).unwrap();
+    assert_same(&head_data(&h), &want);
+    let metas = h.compact(&blocks).unwrap();
+    assert_eq!(metas.len(), 2);
+    let mut got = head_data(&h);
+    for m in metas.iter().rev() {
+        let b = Block::open(&blocks.join(m.ulid.to_string())).unwrap();
+        for (k, mut v) in collect(&b.select_all(i64::MIN, i64::MAX).unwrap(), i64::MIN, i64::MAX) {
+            let e = got.entry(k).or_default();
+            v.append(e);
+            *e = v;
+        }
+    }
+    assert_same(&got, &want);
+    // The checkpoint keeps tombstones that still matter (none here: all before 4h).
+    drop(h);
+    let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
+    assert_eq!(head_data(&h).values().map(Vec::len).sum::<usize>(), 3 * 180);
+}
