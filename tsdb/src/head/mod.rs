@@ -313,9 +313,9 @@ impl Head {
                 }
                 Record::Tombstones(list) => {
                     for s in list {
-                        match this.series.get_by_ref(s.series_ref).or_else(|| aliases.get(&s.series_ref).cloned()) {
-                            Some(ms) => add_interval(&mut ms.data.lock().deleted, (s.mint, s.maxt)),
-                            None => {}
+                        let ms = this.series.get_by_ref(s.series_ref).or_else(|| aliases.get(&s.series_ref).cloned());
+                        if let Some(ms) = ms {
+                            add_interval(&mut ms.data.lock().deleted, (s.mint, s.maxt));
                         }
                     }
                 }
