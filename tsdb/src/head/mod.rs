@@ -160,6 +160,15 @@ impl Head {
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
+        tracing::info!(
+            checkpoint = ?stats.checkpoint,
+            segments = stats.segments,
+            series = stats.series,
+            samples = stats.samples,
+            dropped_samples = stats.dropped_samples,
+            truncated = ?stats.truncated,
+            "WAL replay completed"
+        );
         head.replay = stats;
         Ok(head)
     }
