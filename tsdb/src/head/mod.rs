@@ -10,6 +10,7 @@
 mod appender;
 mod builder;
 mod cutter;
+mod postings;
 mod series;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub use appender::Appender;
 pub use cutter::{ChunkCutter, DEFAULT_SAMPLES_PER_CHUNK, compute_chunk_end_time, range_for_timestamp};
 
 use builder::ChunkBuilder;
+use postings::MemPostings;
 use series::{Incoming, MemSeries, SeriesData, StripeSeries, merge_samples};
 
 /// Prometheus's default block duration and head chunk range: 2 hours.
@@ -120,6 +122,7 @@ pub struct Head {
     dir: PathBuf,
     opts: HeadOptions,
     series: StripeSeries,
+    postings: MemPostings,
     next_ref: AtomicU64,
     /// In-order sample time range; `i64::MAX`/`i64::MIN` while empty.
     min_time: AtomicI64,
@@ -147,6 +150,7 @@ impl Head {
             dir: dir.to_path_buf(),
             opts,
             series: StripeSeries::new(opts.stripe_size),
+            postings: MemPostings::default(),
             next_ref: AtomicU64::new(1),
             min_time: AtomicI64::new(i64::MAX),
             max_time: AtomicI64::new(i64::MIN),
@@ -240,12 +244,35 @@ impl Head {
     }
 
     pub(crate) fn get_or_create(&self, labels: &Labels, pin: bool) -> (Arc<MemSeries>, bool) {
-        self.series.get_or_create(
+        let (s, created) = self.series.get_or_create(
             labels,
             pin,
             || self.next_ref.fetch_add(1, Ordering::AcqRel),
             |r| self.new_series(r, labels),
-        )
+        );
+        if created {
+            self.postings.add(s.series_ref, &s.labels);
+        }
+        (s, created)
+    }
+
+    /// Label names of the head's series, sorted.
+    pub fn label_names(&self) -> Vec<String> {
+        self.postings.label_names()
+    }
+
+    /// Values of label `name` across the head's series, sorted.
+    pub fn label_values(&self, name: &str) -> Vec<String> {
+        self.postings.label_values(name)
+    }
+
+    /// Series matching `matchers`, narrowed through the postings where possible.
+    fn matching(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        let cands = match self.postings.candidates(matchers) {
+            Some(refs) => refs.into_iter().filter_map(|r| self.series.get_by_ref(r)).collect(),
+            None => self.series.all(),
+        };
+        cands.into_iter().filter(|s| matchers.iter().all(|m| m.matches(s.labels.get(&m.name).unwrap_or("")))).collect()
     }
 
     pub(crate) fn note_in_order(&self, mint: i64, maxt: i64) {
@@ -309,6 +336,7 @@ impl Head {
                         );
                         ms.logged.store(true, Ordering::Release);
                         if created {
+                            this.postings.add(ms.series_ref, &ms.labels);
                             stats.series += 1;
                         } else if ms.series_ref != s.series_ref {
                             aliases.insert(s.series_ref, ms);
@@ -405,10 +433,7 @@ impl Head {
     /// are left out.
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
         let mut out = Vec::new();
-        for s in self.series.all() {
-            if !matchers.iter().all(|m| m.matches(s.labels.get(&m.name).unwrap_or(""))) {
-                continue;
-            }
+        for s in self.matching(matchers) {
             let mut chunks = Vec::new();
             let deleted = {
                 let d = s.data.lock();
@@ -436,12 +461,7 @@ impl Head {
         if mint > maxt {
             return Ok(0);
         }
-        let hits: Vec<Arc<MemSeries>> = self
-            .series
-            .all()
-            .into_iter()
-            .filter(|s| matchers.iter().all(|m| m.matches(s.labels.get(&m.name).unwrap_or(""))))
-            .collect();
+        let hits = self.matching(matchers);
         if hits.is_empty() {
             return Ok(0);
         }
@@ -638,7 +658,8 @@ impl Head {
     }
 
     fn gc_and_checkpoint(&self, fold_to: u32) -> Result<()> {
-        self.series.gc(|s| s.data.lock().is_empty());
+        let removed = self.series.gc(|s| s.data.lock().is_empty());
+        self.postings.remove(&removed);
         let mint = self.min_valid_time().min(self.ooo_min_time.load(Ordering::Acquire));
         let stats = wal::create_checkpoint(
             &self.wal_dir(),

@@ -325,15 +325,15 @@ impl StripeSeries {
     }
 
     /// Removes series for which `dead` holds (checked under the hash-stripe write lock
-    /// so no appender can pin it concurrently). Returns how many were removed.
-    pub fn gc(&self, dead: impl Fn(&MemSeries) -> bool) -> usize {
-        let mut removed = 0;
+    /// so no appender can pin it concurrently). Returns the removed refs and labels.
+    pub fn gc(&self, dead: impl Fn(&MemSeries) -> bool) -> Vec<(u64, Labels)> {
+        let mut removed = Vec::new();
         for stripe in self.hashes.iter() {
             let mut g = stripe.write();
             g.retain(|(_, s)| {
                 if s.pending.load(Ordering::Acquire) == 0 && dead(s) {
                     self.refs[(s.series_ref & self.mask) as usize].write().remove(&s.series_ref);
-                    removed += 1;
+                    removed.push((s.series_ref, s.labels.clone()));
                     false
                 } else {
                     true

@@ -224,6 +224,8 @@ fn compaction_cuts_blocks_at_boundaries_and_truncates_wal() {
     let wal_dir = dir.path().join("wal");
     assert!(wal::last_checkpoint(&wal_dir).unwrap().is_some());
     assert!(!wal::segment_path(&wal_dir, 0).exists());
+    // Series are still in the head (they have data after 4h), so still indexed.
+    assert_eq!(h.label_values("i").len(), 10);
     // Nothing more to persist: the WAL is left alone.
     let segs = wal::list_segments(&wal_dir).unwrap();
     assert!(h.compact(&blocks).unwrap().is_empty());
@@ -334,6 +336,13 @@ fn select_filters_by_matchers_and_time() {
     assert!(h.select(&[Matcher::equal("i", "9")], 0, 100_000).is_empty());
     let all = h.select(&[], 0, i64::MAX);
     assert!(all.windows(2).all(|w| w[0].labels < w[1].labels));
+    let re = |v: &str| Matcher::new(norn_model::MatchType::Regex, "i", v).unwrap();
+    assert_eq!(h.select(&[re("1|3|7")], 0, i64::MAX).len(), 2);
+    assert_eq!(h.select(&[re(".*[24]")], 0, i64::MAX).len(), 2);
+    let ne = Matcher::new(norn_model::MatchType::NotEqual, "i", "0").unwrap();
+    assert_eq!(h.select(&[Matcher::equal("__name__", "m"), ne], 0, i64::MAX).len(), 4);
+    assert_eq!(h.label_names(), vec!["__name__", "i"]);
+    assert_eq!(h.label_values("i"), vec!["0", "1", "2", "3", "4"]);
 }
 
 fn hist(i: u64) -> norn_model::Histogram {
@@ -556,4 +565,30 @@ fn delete_hides_samples_survives_restart_and_compaction() {
     drop(h);
     let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
     assert_eq!(head_data(&h).values().map(Vec::len).sum::<usize>(), 3 * 180);
+}
+
+#[test]
+fn compaction_garbage_collects_persisted_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let gone = Labels::from_pairs([("__name__", "m"), ("i", "gone")]);
+    let mut app = h.appender();
+    app.append(&gone, 1000, 1.0).unwrap();
+    app.commit().unwrap();
+    let mut want = Data::new();
+    fill(&h, 2, 0, 7 * H, 60_000, &mut want);
+    assert_eq!(h.num_series(), 3);
+    h.compact(&blocks).unwrap();
+    assert_eq!(h.num_series(), 2);
+    assert_eq!(h.label_values("i"), vec!["0", "1"]);
+    assert!(h.select(&[Matcher::equal("i", "gone")], i64::MIN, i64::MAX).is_empty());
+    drop(h);
+    let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
+    assert_eq!(h.num_series(), 2, "checkpoint must drop the collected series");
+    // New series get refs above every replayed one.
+    let mut app = h.appender();
+    app.append(&gone, 8 * H, 1.0).unwrap();
+    app.commit().unwrap();
+    assert_eq!(h.num_series(), 3);
 }
