@@ -143,7 +143,7 @@ pub(crate) fn write_layout(
 
 /// Schemas Prometheus accepts when reading: custom buckets and the reserved exponential
 /// range (−9 ..= 52).
-fn is_known_schema(s: i64) -> bool {
+pub(crate) fn is_known_schema(s: i64) -> bool {
     s == i64::from(CUSTOM_BUCKETS_SCHEMA) || (-9..=52).contains(&s)
 }
 
