@@ -87,14 +87,21 @@ impl BitWriter {
     /// Writes the low `nbits` bits of `u`, most significant first.
     #[inline]
     pub fn write_bits(&mut self, u: u64, nbits: u32) {
-        debug_assert!(nbits <= 64);
+        self.write_bits_tail(u, nbits, nbits);
+    }
+
+    /// Writes the low `nbits` bits of `u` in one go where Go makes several `writeBits`
+    /// calls, the last of which wrote `go_tail` bits. Go's `writeBits` emits whole bytes
+    /// through `writeByte` first, so only when that last call was a multiple of 8 bits
+    /// and ends aligned does the stream carry the trailing empty byte (see the type docs).
+    #[inline]
+    pub fn write_bits_tail(&mut self, u: u64, nbits: u32, go_tail: u32) {
+        debug_assert!(nbits <= 64 && go_tail <= nbits);
         if nbits == 0 {
             return;
         }
+        let byte_granular = go_tail >= 8 && go_tail % 8 == 0;
         // Left-align the payload so the next bit to write is bit 63.
-        // Go writes whole bytes first through writeByte, so a write of a multiple of 8 bits
-        // that ends aligned leaves the trailing empty byte (see the type's docs).
-        let byte_granular = nbits % 8 == 0;
         let mut u = u << (64 - nbits);
         let mut nbits = nbits;
         if self.count > 0 {
