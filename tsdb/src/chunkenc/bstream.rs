@@ -100,7 +100,7 @@ impl BitWriter {
         if nbits == 0 {
             return;
         }
-        let byte_granular = go_tail >= 8 && go_tail % 8 == 0;
+        let byte_granular = go_tail >= 8 && go_tail.is_multiple_of(8);
         // Left-align the payload so the next bit to write is bit 63.
         let mut u = u << (64 - nbits);
         let mut nbits = nbits;
