@@ -228,7 +228,8 @@ pub fn run_script(file: &str, text: &str, opts: &Options, rep: &mut FileReport) 
         let word = line.split_whitespace().next().unwrap_or("").to_lowercase();
         // Body: following non-empty lines.
         let mut j = i + 1;
-        while j < lines.len() && !lines[j].is_empty() {
+        // A command's body runs to the next blank line or the next command.
+        while j < lines.len() && !lines[j].is_empty() && word != "clear" && !is_command(&lines[j]) {
             j += 1;
         }
         let body: Vec<&str> = lines[i + 1..j].iter().map(String::as_str).collect();
@@ -250,6 +251,14 @@ pub fn run_script(file: &str, text: &str, opts: &Options, rep: &mut FileReport) 
         }
         i = j;
     }
+}
+
+fn is_command(line: &str) -> bool {
+    let w = line.split_whitespace().next().unwrap_or("").to_lowercase();
+    matches!(
+        w.as_str(),
+        "load" | "load_with_nhcb" | "clear" | "eval" | "eval_fail" | "eval_warn" | "eval_info" | "eval_ordered"
+    )
 }
 
 fn load(storage: &mut MemStorage, header: &str, body: &[&str], nhcb: bool) -> Result<(), String> {

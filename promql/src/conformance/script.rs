@@ -103,7 +103,9 @@ fn number_prefix(s: &str) -> Option<(f64, &str)> {
         return Some((parse_number(&s[..i + 3])?, &s[i + 3..]));
     }
     // `0x10` in a sequence is "0 repeated 10 times"; only digits with a hex letter are hex.
-    if lower.starts_with("0x") && lower[2..].chars().take_while(|c| c.is_ascii_hexdigit()).any(|c| c.is_ascii_alphabetic()) {
+    if lower.starts_with("0x")
+        && lower[2..].chars().take_while(|c| c.is_ascii_hexdigit()).any(|c| c.is_ascii_alphabetic())
+    {
         let mut j = i + 2;
         while j < b.len() && b[j].is_ascii_hexdigit() {
             j += 1;
