@@ -73,7 +73,10 @@ fn grouping_labels(metric: &Labels, modifier: &Option<LabelModifier>) -> Labels 
 
 pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> EvalResult<Value> {
     let op = a.op.to_string().to_lowercase();
-    let pos = ev.pos_expr(&Expr::Aggregate(a.clone()));
+    let pos = match &a.param {
+        Some(p) => ev.pos_expr(p),
+        None => ev.pos_expr(&Expr::Aggregate(a.clone())),
+    };
     // Parameters are evaluated first, as Prometheus does.
     let mut param_f = f64::NAN;
     let mut param_s = String::new();
@@ -119,8 +122,9 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<Labels, usize> = HashMap::new();
     for (i, s) in input.iter().enumerate() {
-        let metric = if s.drop_name { drop_metric_name(&s.metric) } else { s.metric.clone() };
-        let gl = grouping_labels(&metric, &a.modifier);
+        // With delayed name removal the name still takes part in grouping; a group whose
+        // members drop their name drops it too (Prometheus does the same).
+        let gl = grouping_labels(&s.metric, &a.modifier);
         let gi = *index.entry(gl.clone()).or_insert_with(|| {
             groups.push(Group { labels: gl, members: Vec::new() });
             groups.len() - 1
@@ -212,7 +216,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
                 for &i in &g.members {
                     let s = &input[i];
                     let v = match &s.h {
-                        Some(h) => crate::value::format_histogram(h),
+                        Some(h) => crate::value::histogram_string(h),
                         None => norn_model::format::go_format_f(s.f),
                     };
                     let mut b = g.labels.to_builder();
@@ -237,7 +241,8 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
         let fl: Vec<f64> = g.members.iter().filter(|&&i| input[i].h.is_none()).map(|&i| input[i].f).collect();
         let hs: Vec<&Arc<FloatHistogram>> = g.members.iter().filter_map(|&i| input[i].h.as_ref()).collect();
         let metric_name = input[g.members[0]].metric.get(METRIC_NAME).unwrap_or("").to_string();
-        let mk = |f: f64| Sample { metric: g.labels.clone(), t: ts, f, h: None, drop_name: false };
+        let group_drop = g.members.iter().any(|&i| input[i].drop_name);
+        let mk = |f: f64| Sample { metric: g.labels.clone(), t: ts, f, h: None, drop_name: group_drop };
         match op.as_str() {
             "sum" | "avg" => {
                 if !fl.is_empty() && !hs.is_empty() {
@@ -282,7 +287,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
                         t: ts,
                         f: 0.0,
                         h: Some(Arc::new(h)),
-                        drop_name: false,
+                        drop_name: group_drop,
                     });
                 }
             }

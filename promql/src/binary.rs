@@ -319,9 +319,13 @@ fn vector_vector(
                 n.push(METRIC_NAME);
                 labels_without(&rs.metric, &n)
             };
+            let (mut x, mut y) = (&rs.metric, &rhs[*j].metric);
+            if y < x {
+                std::mem::swap(&mut x, &mut y);
+            }
             return Err(QueryError::Eval(format!(
                 "found duplicate series for the match group {} on the {} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
-                matched, one_side, rs.metric, rhs[*j].metric
+                matched, one_side, x, y
             )));
         }
         right.insert(sig, i);
@@ -337,23 +341,6 @@ fn vector_vector(
         if card_one_to_many {
             std::mem::swap(&mut fl, &mut fr);
             std::mem::swap(&mut hl, &mut hr);
-        }
-        let (mut v, mut h, keep) = match elem_op(op, fl, fr, hl, hr) {
-            Ok(x) => x,
-            Err(msg) => {
-                ev.info(msg, pos.to_string());
-                continue;
-            }
-        };
-        if return_bool {
-            h = None;
-            v = if keep { 1.0 } else { 0.0 };
-        } else if !keep {
-            continue;
-        }
-        if op.is_comparison() && !return_bool {
-            v = fl;
-            h = hl.cloned();
         }
         let metric = result_metric(&ls.metric, &rs.metric, op, on, &names, one_to_one, &include, ev);
         if one_to_one {
@@ -373,6 +360,23 @@ fn vector_vector(
                     "multiple matches for labels: grouping labels must ensure unique matches".into(),
                 ));
             }
+        }
+        let (mut v, mut h, keep) = match elem_op(op, fl, fr, hl, hr) {
+            Ok(x) => x,
+            Err(msg) => {
+                ev.info(msg, pos.to_string());
+                continue;
+            }
+        };
+        if return_bool {
+            h = None;
+            v = if keep { 1.0 } else { 0.0 };
+        } else if !keep {
+            continue;
+        }
+        if op.is_comparison() && !return_bool {
+            v = fl;
+            h = hl.cloned();
         }
         let mut s = Sample { metric, t: ls.t, f: v, h, drop_name: false };
         if drops_name(op) || return_bool {

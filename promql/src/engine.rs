@@ -173,30 +173,56 @@ fn finish_value(v: Value, _opts: &EngineOptions) -> EvalResult<Value> {
             }
             Ok(Value::Vector(vec))
         }
-        Value::Matrix(mut m) => {
-            for s in m.iter_mut() {
+        Value::Matrix(m) => {
+            // Series that end up with the same labels once names are dropped are merged;
+            // only two points at the same time are a conflict.
+            let mut out: Vec<Series> = Vec::with_capacity(m.len());
+            let mut idx: HashMap<Labels, usize> = HashMap::with_capacity(m.len());
+            let mut merged = false;
+            for mut s in m {
                 if s.drop_name {
                     s.metric = drop_metric_name(&s.metric);
                     s.drop_name = false;
                 }
-            }
-            let mut seen = std::collections::HashSet::with_capacity(m.len());
-            for s in &m {
-                if !seen.insert(s.metric.clone()) {
-                    return Err(QueryError::Eval("vector cannot contain metrics with the same labelset".into()));
+                match idx.get(&s.metric) {
+                    None => {
+                        idx.insert(s.metric.clone(), out.len());
+                        out.push(s);
+                    }
+                    Some(&i) => {
+                        merged = true;
+                        let o = &mut out[i];
+                        o.floats.extend(s.floats);
+                        o.histograms.extend(s.histograms);
+                    }
                 }
             }
-            Ok(Value::Matrix(m))
+            if merged {
+                for s in out.iter_mut() {
+                    s.floats.sort_by_key(|p| p.0);
+                    s.histograms.sort_by_key(|p| p.0);
+                    let dup = s.floats.windows(2).any(|w| w[0].0 == w[1].0)
+                        || s.histograms.windows(2).any(|w| w[0].0 == w[1].0)
+                        || s.floats.iter().any(|f| s.histograms.iter().any(|h| h.0 == f.0));
+                    if dup {
+                        return Err(QueryError::Eval("vector cannot contain metrics with the same labelset".into()));
+                    }
+                }
+            }
+            Ok(Value::Matrix(out))
         }
         v => Ok(v),
     }
 }
 
+/// Drops the metric name and, as Prometheus's type-and-unit labels do, the `__type__` and
+/// `__unit__` metadata labels that describe it.
 pub(crate) fn drop_metric_name(l: &Labels) -> Labels {
-    if l.get(norn_model::METRIC_NAME).is_none() {
+    const META: [&str; 3] = [norn_model::METRIC_NAME, "__type__", "__unit__"];
+    if !META.iter().any(|n| l.get(n).is_some()) {
         return l.clone();
     }
-    Labels::from_sorted_unchecked_iter(l.iter().filter(|(n, _)| *n != norn_model::METRIC_NAME))
+    Labels::from_sorted_unchecked_iter(l.iter().filter(|(n, _)| !META.contains(n)))
 }
 
 /// Labels without the given names.

@@ -74,6 +74,22 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
     }
     match name {
         "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
+        "step" => Ok(Value::Scalar(ev.interval as f64 / 1000.0)),
+        "range" => Ok(Value::Scalar((ev.end - ev.start) as f64 / 1000.0)),
+        "start" => Ok(Value::Scalar(ev.start as f64 / 1000.0)),
+        "end" => Ok(Value::Scalar(ev.end as f64 / 1000.0)),
+        "min_of" | "max_of" => {
+            let mut acc: Option<f64> = None;
+            for a in &args {
+                let v = ev.eval_scalar(a, ts)?;
+                acc = Some(match acc {
+                    None => v,
+                    Some(x) if name == "min_of" => go_min(x, v),
+                    Some(x) => go_max(x, v),
+                });
+            }
+            Ok(Value::Scalar(acc.unwrap_or(f64::NAN)))
+        }
         "time" => Ok(Value::Scalar(ts as f64 / 1000.0)),
         "vector" => {
             let v = ev.eval_scalar(args[0], ts)?;
@@ -82,7 +98,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
         "scalar" => {
             let v = ev.eval_vector(args[0], ts)?;
             let floats: Vec<&Sample> = v.iter().filter(|s| s.h.is_none()).collect();
-            if v.len() == 1 && floats.len() == 1 { Ok(Value::Scalar(floats[0].f)) } else { Ok(Value::Scalar(f64::NAN)) }
+            if floats.len() == 1 { Ok(Value::Scalar(floats[0].f)) } else { Ok(Value::Scalar(f64::NAN)) }
         }
         "round" => {
             let to = if args.len() > 1 { ev.eval_scalar(args[1], ts)? } else { 1.0 };
@@ -315,11 +331,7 @@ fn absent_labels(e: &Expr) -> Labels {
     };
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut pairs: Vec<(&str, &str)> = Vec::new();
-    if let Some(n) = &vs.name {
-        pairs.push((METRIC_NAME, n));
-        *seen.entry(METRIC_NAME).or_default() += 1;
-    }
-    for m in &vs.matchers.matchers {
+    for m in vs.matchers.matchers.iter().filter(|m| m.name != METRIC_NAME) {
         *seen.entry(m.name.as_str()).or_default() += 1;
         if matches!(m.op, MatchOp::Equal) {
             pairs.push((m.name.as_str(), m.value.as_str()));
@@ -895,8 +907,18 @@ fn instant_value(ev: &mut Evaluator<'_>, s: &Series, is_rate: bool, metric_name:
                     pos.to_string(),
                 );
             }
+            if hist::uses_custom(lh) != hist::uses_custom(ph) {
+                ev.warn(
+                    format!("{} for metric name {}", hist::MIXED_SCHEMAS, norn_model::format::go_quote(metric_name)),
+                    pos.to_string(),
+                );
+                return None;
+            }
             let mut r = (**lh).clone();
             if !is_rate || !hist::detect_reset(lh, ph) {
+                if hist::custom_mismatch(lh, ph) {
+                    ev.info("mismatched custom buckets were reconciled during subtraction".into(), pos.to_string());
+                }
                 r = hist::sub(lh, ph).ok()?;
             }
             r.counter_reset_hint = CounterResetHint::Gauge;
@@ -1080,15 +1102,6 @@ fn over_time(
         | "ts_of_min_over_time"
         | "ts_of_max_over_time" => {
             if fl.is_empty() {
-                if !hs.is_empty() {
-                    ev.info(
-                        format!(
-                            "ignored histograms in a range containing both floats and histograms for metric name {}",
-                            norn_model::format::go_quote(metric_name)
-                        ),
-                        pos.to_string(),
-                    );
-                }
                 return Ok(None);
             }
             if !hs.is_empty() {
@@ -1139,6 +1152,9 @@ fn over_time(
                     Some((quantile_of(q, &mut v), None))
                 }
                 _ => {
+                    if vals.iter().any(|v| v.is_nan()) {
+                        return Ok(Some((f64::NAN, None)));
+                    }
                     let mut v = vals.clone();
                     let median = quantile_of(0.5, &mut v);
                     let mut dev: Vec<f64> = vals.iter().map(|x| (x - median).abs()).collect();
@@ -1199,6 +1215,15 @@ fn over_time(
             Some((n, None))
         }
         "deriv" => {
+            if mixed {
+                ev.info(
+                    format!(
+                        "ignored histograms in a range containing both floats and histograms for metric name {}",
+                        norn_model::format::go_quote(metric_name)
+                    ),
+                    pos.to_string(),
+                );
+            }
             if fl.len() < 2 {
                 return Ok(None);
             }
@@ -1206,6 +1231,15 @@ fn over_time(
             Some((slope, None))
         }
         "predict_linear" => {
+            if mixed {
+                ev.info(
+                    format!(
+                        "ignored histograms in a range containing both floats and histograms for metric name {}",
+                        norn_model::format::go_quote(metric_name)
+                    ),
+                    pos.to_string(),
+                );
+            }
             if fl.len() < 2 {
                 return Ok(None);
             }
@@ -1213,6 +1247,15 @@ fn over_time(
             Some((slope * scalars[0] + intercept, None))
         }
         "double_exponential_smoothing" | "holt_winters" => {
+            if mixed {
+                ev.info(
+                    format!(
+                        "ignored histograms in a range containing both floats and histograms for metric name {}",
+                        norn_model::format::go_quote(metric_name)
+                    ),
+                    pos.to_string(),
+                );
+            }
             let (sf, tf) = (scalars[0], scalars[1]);
             if sf <= 0.0 || sf >= 1.0 {
                 return Err(QueryError::Eval(format!(

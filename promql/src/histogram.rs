@@ -141,7 +141,8 @@ fn combine(a: &FloatHistogram, b: &FloatHistogram, sign: f64) -> Result<FloatHis
     }
     if uses_custom(a) {
         if a.custom_values != b.custom_values {
-            return Err("mismatched custom buckets".into());
+            let (ra, rb) = reconcile_custom(a, b);
+            return combine(&ra, &rb, sign);
         }
         let mut pa = to_map(&a.positive_spans, &a.positive_buckets);
         for (i, v) in to_map(&b.positive_spans, &b.positive_buckets) {
@@ -195,6 +196,31 @@ fn combine(a: &FloatHistogram, b: &FloatHistogram, sign: f64) -> Result<FloatHis
     })
 }
 
+/// Both histograms re-bucketed onto the bounds they have in common (custom buckets only).
+pub fn reconcile_custom(a: &FloatHistogram, b: &FloatHistogram) -> (FloatHistogram, FloatHistogram) {
+    let common: Vec<f64> = a.custom_values.iter().copied().filter(|v| b.custom_values.contains(v)).collect();
+    let remap = |h: &FloatHistogram| {
+        let mut m = BTreeMap::new();
+        for (i, v) in to_map(&h.positive_spans, &h.positive_buckets) {
+            let upper = h.custom_values.get(i as usize).copied().unwrap_or(f64::INFINITY);
+            let ni = common.partition_point(|c| *c < upper) as i32;
+            *m.entry(ni).or_insert(0.0) += v;
+        }
+        let mut n = h.clone();
+        let (s, bk) = from_map(&m);
+        n.positive_spans = s;
+        n.positive_buckets = bk;
+        n.custom_values = common.clone();
+        n
+    };
+    (remap(a), remap(b))
+}
+
+/// Whether two custom-bucket histograms have different bounds (results get an info).
+pub fn custom_mismatch(a: &FloatHistogram, b: &FloatHistogram) -> bool {
+    uses_custom(a) && uses_custom(b) && a.custom_values != b.custom_values
+}
+
 /// Exact equality after compaction (Prometheus's `FloatHistogram.Equals`).
 pub fn equals(a: &FloatHistogram, b: &FloatHistogram) -> bool {
     let eqf = |x: f64, y: f64| x == y || (x.is_nan() && y.is_nan());
@@ -212,6 +238,10 @@ pub fn equals(a: &FloatHistogram, b: &FloatHistogram) -> bool {
 
 /// Whether `cur` follows a counter reset relative to `prev`.
 pub fn detect_reset(cur: &FloatHistogram, prev: &FloatHistogram) -> bool {
+    // The same stored sample seen twice (e.g. by consecutive subquery steps) is no reset.
+    if std::ptr::eq(cur, prev) {
+        return false;
+    }
     match cur.counter_reset_hint {
         CounterResetHint::CounterReset => return true,
         CounterResetHint::NotCounterReset => return false,
@@ -223,8 +253,9 @@ pub fn detect_reset(cur: &FloatHistogram, prev: &FloatHistogram) -> bool {
     if uses_custom(cur) != uses_custom(prev) {
         return true;
     }
-    if uses_custom(cur) && cur.custom_values != prev.custom_values {
-        return true;
+    if custom_mismatch(cur, prev) {
+        let (c, p) = reconcile_custom(cur, prev);
+        return detect_reset(&c, &p);
     }
     if cur.schema > prev.schema {
         return true;

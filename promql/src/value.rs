@@ -122,6 +122,27 @@ pub fn format_histogram(h: &FloatHistogram) -> String {
     s
 }
 
+/// Prometheus's `FloatHistogram.String()` form, used by `count_values`.
+pub fn histogram_string(h: &FloatHistogram) -> String {
+    let g = norn_model::format::go_format_g;
+    let mut s = format!("{{count:{}, sum:{}", g(h.count), g(h.sum));
+    for b in crate::histogram::buckets(h) {
+        if b.count == 0.0 {
+            continue;
+        }
+        s.push_str(&format!(
+            ", {}{},{}{}:{}",
+            if b.lower_inclusive { "[" } else { "(" },
+            g(b.lower),
+            g(b.upper),
+            if b.upper_inclusive { "]" } else { ")" },
+            g(b.count)
+        ));
+    }
+    s.push('}');
+    s
+}
+
 impl fmt::Display for Sample {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.h {
