@@ -6,7 +6,7 @@ use std::sync::Arc;
 use norn_model::{FloatHistogram, Labels, METRIC_NAME};
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
-use crate::engine::{EvalResult, Evaluator, QueryError, drop_metric_name, labels_only, labels_without};
+use crate::engine::{EvalResult, Evaluator, QueryError, labels_only, labels_without};
 use crate::histogram as hist;
 use crate::value::{Sample, Value};
 
