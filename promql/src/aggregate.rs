@@ -257,30 +257,39 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
                     let v = if op == "sum" { sum + c } else { crate::functions::mean_of(&fl) };
                     out.push(mk(v));
                 } else {
-                    let mut acc: FloatHistogram = (*hs[0]).as_ref().clone();
+                    let mut acc = hist::KahanSum::new(hs[0]);
                     let mut failed = false;
+                    let mut reconciled = false;
                     for h in &hs[1..] {
-                        match hist::add(&acc, h) {
-                            Ok(x) => acc = x,
-                            Err(e) => {
-                                if e == hist::MIXED_SCHEMAS {
-                                    ev.warn(format!("{e} for metric name {:?}", metric_name), pos.clone());
-                                } else {
-                                    ev.warn(e, pos.clone());
-                                }
-                                failed = true;
-                                break;
+                        if hist::custom_mismatch(hs[0], h) {
+                            reconciled = true;
+                        }
+                        if let Err(e) = acc.add(h) {
+                            if e == hist::MIXED_SCHEMAS {
+                                ev.warn(
+                                    format!("{e} for metric name {}", norn_model::format::go_quote(&metric_name)),
+                                    pos.clone(),
+                                );
+                            } else {
+                                ev.warn(e, pos.clone());
                             }
+                            failed = true;
+                            break;
                         }
                     }
                     if failed {
                         continue;
                     }
-                    let mut h = acc;
+                    if reconciled {
+                        ev.info("mismatched custom buckets were reconciled during aggregation".into(), pos.clone());
+                    }
+                    if acc.conflict {
+                        ev.warn("conflicting counter resets during histogram aggregation".into(), pos.clone());
+                    }
+                    let mut h = acc.total();
                     if op == "avg" {
                         hist::div(&mut h, hs.len() as f64);
                     }
-                    h.counter_reset_hint = norn_model::CounterResetHint::Gauge;
                     hist::compact(&mut h);
                     out.push(Sample {
                         metric: g.labels.clone(),

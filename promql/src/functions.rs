@@ -217,6 +217,22 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
             Ok(Value::Vector(vec![Sample { metric: absent_labels(args[0]), t: ts, f: 1.0, h: None, drop_name: false }]))
         }
         "histogram_quantile" => histogram_quantile(ev, &args, ts),
+        "histogram_quantiles" => {
+            // histogram_quantiles(v, "label", q1, q2, …): one output series per quantile.
+            let label = string_arg(ev, args[1], ts)?;
+            let mut out = Vec::new();
+            for qa in &args[2..] {
+                let q = ev.eval_scalar(qa, ts)?;
+                let Value::Vector(v) = histogram_quantile_vec(ev, args[0], q, ts)? else { continue };
+                for mut s in v {
+                    let mut b = s.metric.to_builder();
+                    b.set(&label, &norn_model::format::go_format_g(q));
+                    s.metric = b.build();
+                    out.push(s);
+                }
+            }
+            Ok(Value::Vector(out))
+        }
         "histogram_fraction" => histogram_fraction(ev, &args, ts),
         "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev" | "histogram_stdvar" => {
             let v = ev.eval_vector(args[0], ts)?;
@@ -564,8 +580,12 @@ fn parse_le(s: &str) -> Option<f64> {
 
 fn histogram_quantile(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<Value> {
     let q = ev.eval_scalar(args[0], ts)?;
-    let v = ev.eval_vector(args[1], ts)?;
-    let pos = ev.pos_expr(args[1]);
+    histogram_quantile_vec(ev, args[1], q, ts)
+}
+
+fn histogram_quantile_vec(ev: &mut Evaluator<'_>, arg: &Expr, q: f64, ts: i64) -> EvalResult<Value> {
+    let v = ev.eval_vector(arg, ts)?;
+    let pos = ev.pos_expr(arg);
     if !(0.0..=1.0).contains(&q) {
         ev.warn(
             format!("quantile value should be between 0 and 1, got {}", norn_model::format::go_format_g(q)),
@@ -805,56 +825,80 @@ fn histogram_rate(
 ) -> Option<FloatHistogram> {
     let prev0 = &points[0].1;
     let last = &points[points.len() - 1].1;
-    let custom = hist::uses_custom(prev0);
-    let mut min_schema = prev0.schema.min(last.schema);
-    if hist::uses_custom(last) != custom {
+    if is_counter && points.iter().any(|p| p.1.counter_reset_hint == CounterResetHint::Gauge) {
+        ev.warn(
+            format!("this native histogram metric is not a counter: {}", norn_model::format::go_quote(metric_name)),
+            pos.to_string(),
+        );
+    }
+    let mixed = |ev: &mut Evaluator<'_>| {
         ev.warn(
             format!("{} for metric name {}", hist::MIXED_SCHEMAS, norn_model::format::go_quote(metric_name)),
             pos.to_string(),
         );
-        return None;
-    }
-    for (_, h) in &points[1..points.len() - 1] {
-        if is_counter && h.counter_reset_hint == CounterResetHint::Gauge {
-            ev.warn(
-                format!("this native histogram metric is not a counter: {}", norn_model::format::go_quote(metric_name)),
-                pos.to_string(),
-            );
-        }
-        min_schema = min_schema.min(h.schema);
-        if hist::uses_custom(h) != custom {
-            ev.warn(
-                format!("{} for metric name {}", hist::MIXED_SCHEMAS, norn_model::format::go_quote(metric_name)),
-                pos.to_string(),
-            );
-            return None;
-        }
-    }
-    let mut h = hist::to_schema(last, min_schema);
-    h = match hist::sub(&h, prev0) {
-        Ok(x) => x,
-        Err(_) => {
-            ev.warn(
-                format!("{} for metric name {}", hist::MIXED_SCHEMAS, norn_model::format::go_quote(metric_name)),
-                pos.to_string(),
-            );
-            return None;
-        }
     };
+    let mut h;
     if is_counter {
-        let mut prev = prev0;
-        for (_, cur) in &points[1..] {
-            if hist::detect_reset(cur, prev) {
-                h = hist::add(&h, prev).ok()?;
+        // increase = sum of each segment's end (segments split at resets) minus the first
+        // sample; a first segment of one sample cancels out, so its layout does not matter.
+        let mut ends: Vec<&FloatHistogram> = Vec::new();
+        let mut seg_len = 1;
+        let mut first_single = false;
+        for i in 1..points.len() {
+            if hist::detect_reset(&points[i].1, &points[i - 1].1) {
+                if ends.is_empty() && seg_len == 1 {
+                    first_single = true;
+                } else {
+                    ends.push(&points[i - 1].1);
+                }
+                seg_len = 1;
+            } else {
+                seg_len += 1;
             }
-            prev = cur;
         }
-    } else if prev0.counter_reset_hint != CounterResetHint::Gauge || last.counter_reset_hint != CounterResetHint::Gauge
-    {
-        ev.warn(
-            format!("this native histogram metric is not a gauge: {}", norn_model::format::go_quote(metric_name)),
-            pos.to_string(),
-        );
+        ends.push(last);
+        h = (*ends[ends.len() - 1]).clone();
+        for e in &ends[..ends.len() - 1] {
+            if hist::custom_mismatch(&h, e) {
+                ev.info("mismatched custom buckets were reconciled during subtraction".into(), pos.to_string());
+            }
+            match hist::add(&h, e) {
+                Ok(x) => h = x,
+                Err(_) => {
+                    mixed(ev);
+                    return None;
+                }
+            }
+        }
+        if !first_single {
+            if hist::custom_mismatch(&h, prev0) {
+                ev.info("mismatched custom buckets were reconciled during subtraction".into(), pos.to_string());
+            }
+            match hist::sub(&h, prev0) {
+                Ok(x) => h = x,
+                Err(_) => {
+                    mixed(ev);
+                    return None;
+                }
+            }
+        }
+    } else {
+        if hist::custom_mismatch(last, prev0) {
+            ev.info("mismatched custom buckets were reconciled during subtraction".into(), pos.to_string());
+        }
+        h = match hist::sub(last, prev0) {
+            Ok(x) => x,
+            Err(_) => {
+                mixed(ev);
+                return None;
+            }
+        };
+        if prev0.counter_reset_hint != CounterResetHint::Gauge || last.counter_reset_hint != CounterResetHint::Gauge {
+            ev.warn(
+                format!("this native histogram metric is not a gauge: {}", norn_model::format::go_quote(metric_name)),
+                pos.to_string(),
+            );
+        }
     }
     h.counter_reset_hint = CounterResetHint::Gauge;
     hist::compact(&mut h);
@@ -1059,27 +1103,34 @@ fn over_time(
                 return Ok(None);
             }
             if !hs.is_empty() {
-                let mut acc = (*hs[0].1).clone();
+                let mut k = hist::KahanSum::new(&hs[0].1);
+                let mut reconciled = false;
                 for (_, h) in &hs[1..] {
-                    acc = match hist::add(&acc, h) {
-                        Ok(x) => x,
-                        Err(_) => {
-                            ev.warn(
-                                format!(
-                                    "{} for metric name {}",
-                                    hist::MIXED_SCHEMAS,
-                                    norn_model::format::go_quote(metric_name)
-                                ),
-                                pos.to_string(),
-                            );
-                            return Ok(None);
-                        }
-                    };
+                    if hist::custom_mismatch(&hs[0].1, h) {
+                        reconciled = true;
+                    }
+                    if k.add(h).is_err() {
+                        ev.warn(
+                            format!(
+                                "{} for metric name {}",
+                                hist::MIXED_SCHEMAS,
+                                norn_model::format::go_quote(metric_name)
+                            ),
+                            pos.to_string(),
+                        );
+                        return Ok(None);
+                    }
                 }
+                if reconciled {
+                    ev.info("mismatched custom buckets were reconciled during aggregation".into(), pos.to_string());
+                }
+                if k.conflict {
+                    ev.warn("conflicting counter resets during histogram aggregation".into(), pos.to_string());
+                }
+                let mut acc = k.total();
                 if name == "avg_over_time" {
                     hist::div(&mut acc, hs.len() as f64);
                 }
-                acc.counter_reset_hint = CounterResetHint::Gauge;
                 hist::compact(&mut acc);
                 return Ok(Some((0.0, Some(acc))));
             }

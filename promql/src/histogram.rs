@@ -103,6 +103,9 @@ pub fn compact(h: &mut FloatHistogram) {
 
 /// Multiplies every count and the sum by `f`.
 pub fn scale(h: &mut FloatHistogram, f: f64) {
+    if f < 0.0 {
+        h.counter_reset_hint = CounterResetHint::Gauge;
+    }
     h.count *= f;
     h.sum *= f;
     h.zero_count *= f;
@@ -113,6 +116,17 @@ pub fn scale(h: &mut FloatHistogram, f: f64) {
 
 /// Divides every count and the sum by `f`.
 pub fn div(h: &mut FloatHistogram, f: f64) {
+    if f == 0.0 {
+        // Division by zero leaves no meaningful buckets, only the totals.
+        h.count /= f;
+        h.sum /= f;
+        h.zero_count /= f;
+        h.positive_spans.clear();
+        h.positive_buckets.clear();
+        h.negative_spans.clear();
+        h.negative_buckets.clear();
+        return;
+    }
     h.count /= f;
     h.sum /= f;
     h.zero_count /= f;
@@ -135,6 +149,109 @@ pub fn sub(a: &FloatHistogram, b: &FloatHistogram) -> Result<FloatHistogram, Str
     combine(a, b, -1.0)
 }
 
+/// The counter-reset hint of `a ± b`, and whether a reset met a non-reset (a conflict).
+pub fn combined_hint(a: CounterResetHint, b: CounterResetHint, sign: f64) -> (CounterResetHint, bool) {
+    use CounterResetHint as C;
+    let (h, conflict) = match (a, b) {
+        (x, y) if x == y => (x, false),
+        (C::Gauge, _) | (_, C::Gauge) => (C::Gauge, false),
+        (C::Unknown, _) | (_, C::Unknown) => (C::Unknown, false),
+        _ => (C::Unknown, true),
+    };
+    // A difference is a gauge whatever its inputs were.
+    if sign < 0.0 { (C::Gauge, conflict) } else { (h, conflict) }
+}
+
+/// Whether adding `a` and `b` mixes a counter reset with a non-reset.
+pub fn hint_conflict(a: &FloatHistogram, b: &FloatHistogram) -> bool {
+    combined_hint(a.counter_reset_hint, b.counter_reset_hint, 1.0).1
+}
+
+/// A histogram with the layout parameters of `h` and nothing in it.
+pub fn empty_like(h: &FloatHistogram) -> FloatHistogram {
+    FloatHistogram {
+        counter_reset_hint: h.counter_reset_hint,
+        schema: h.schema,
+        zero_threshold: h.zero_threshold,
+        custom_values: h.custom_values.clone(),
+        ..Default::default()
+    }
+}
+
+/// Kahan-compensated running sum of histograms (Prometheus sums histograms this way).
+#[derive(Debug, Clone)]
+pub struct KahanSum {
+    sum: FloatHistogram,
+    comp: FloatHistogram,
+    /// A reset met a non-reset while adding.
+    pub conflict: bool,
+}
+
+impl KahanSum {
+    /// Starts with `h`.
+    pub fn new(h: &FloatHistogram) -> Self {
+        let comp = empty_like(h);
+        KahanSum { sum: h.clone(), comp, conflict: false }
+    }
+
+    /// Adds `h`; fails on incompatible bucket layouts.
+    pub fn add(&mut self, h: &FloatHistogram) -> Result<(), String> {
+        if hint_conflict(&self.sum, h) {
+            self.conflict = true;
+        }
+        let hint = combined_hint(self.sum.counter_reset_hint, h.counter_reset_hint, 1.0).0;
+        // Bring all three onto one layout, then add field by field with compensation.
+        let zero = empty_like(&h);
+        let s = add(&self.sum, &zero)?;
+        let c = add(&self.comp, &zero)?;
+        let s = add(&s, &empty_like(&c))?;
+        let layout_h = add(h, &empty_like(&s))?;
+        let c = add(&c, &empty_like(&s))?;
+        let mut ns = s.clone();
+        let mut nc = c.clone();
+        let kahan = |v: f64, sum: &mut f64, comp: &mut f64| {
+            let (t, cc) = crate::aggregate::kahan_inc(v, *sum, *comp);
+            *sum = t;
+            *comp = cc;
+        };
+        kahan(layout_h.count, &mut ns.count, &mut nc.count);
+        kahan(layout_h.sum, &mut ns.sum, &mut nc.sum);
+        kahan(layout_h.zero_count, &mut ns.zero_count, &mut nc.zero_count);
+        let mut sp = to_map(&ns.positive_spans, &ns.positive_buckets);
+        let mut cp = to_map(&nc.positive_spans, &nc.positive_buckets);
+        for (i, v) in to_map(&layout_h.positive_spans, &layout_h.positive_buckets) {
+            let (mut a, mut b) = (sp.get(&i).copied().unwrap_or(0.0), cp.get(&i).copied().unwrap_or(0.0));
+            kahan(v, &mut a, &mut b);
+            sp.insert(i, a);
+            cp.insert(i, b);
+        }
+        let mut sn = to_map(&ns.negative_spans, &ns.negative_buckets);
+        let mut cn = to_map(&nc.negative_spans, &nc.negative_buckets);
+        for (i, v) in to_map(&layout_h.negative_spans, &layout_h.negative_buckets) {
+            let (mut a, mut b) = (sn.get(&i).copied().unwrap_or(0.0), cn.get(&i).copied().unwrap_or(0.0));
+            kahan(v, &mut a, &mut b);
+            sn.insert(i, a);
+            cn.insert(i, b);
+        }
+        (ns.positive_spans, ns.positive_buckets) = from_map(&sp);
+        (ns.negative_spans, ns.negative_buckets) = from_map(&sn);
+        (nc.positive_spans, nc.positive_buckets) = from_map(&cp);
+        (nc.negative_spans, nc.negative_buckets) = from_map(&cn);
+        ns.counter_reset_hint = hint;
+        self.sum = ns;
+        self.comp = nc;
+        Ok(())
+    }
+
+    /// The compensated total.
+    pub fn total(&self) -> FloatHistogram {
+        let hint = self.sum.counter_reset_hint;
+        let mut t = add(&self.sum, &self.comp).unwrap_or_else(|_| self.sum.clone());
+        t.counter_reset_hint = hint;
+        t
+    }
+}
+
 fn combine(a: &FloatHistogram, b: &FloatHistogram, sign: f64) -> Result<FloatHistogram, String> {
     if uses_custom(a) != uses_custom(b) {
         return Err(MIXED_SCHEMAS.into());
@@ -154,7 +271,7 @@ fn combine(a: &FloatHistogram, b: &FloatHistogram, sign: f64) -> Result<FloatHis
         let (ps, pb) = from_map(&pa);
         n.positive_spans = ps;
         n.positive_buckets = pb;
-        n.counter_reset_hint = CounterResetHint::Unknown;
+        n.counter_reset_hint = combined_hint(a.counter_reset_hint, b.counter_reset_hint, sign).0;
         return Ok(n);
     }
     let schema = a.schema.min(b.schema);
@@ -182,7 +299,7 @@ fn combine(a: &FloatHistogram, b: &FloatHistogram, sign: f64) -> Result<FloatHis
     let (ps, pb) = from_map(&pos);
     let (ns, nb) = from_map(&neg);
     Ok(FloatHistogram {
-        counter_reset_hint: CounterResetHint::Unknown,
+        counter_reset_hint: combined_hint(a.counter_reset_hint, b.counter_reset_hint, sign).0,
         schema,
         zero_threshold: zt,
         zero_count: zero,

@@ -99,6 +99,8 @@ pub mod skip_reasons {
     pub const INFO: &str = "experimental info() function is not implemented";
     /// `anchored`/`smoothed` range-selector modifiers.
     pub const EXTENDED_RANGE: &str = "experimental anchored/smoothed range selectors are not implemented";
+    /// `>/` and `</` histogram trim operators.
+    pub const TRIM: &str = "experimental histogram trim operators >/ and </ are not supported by the parser";
     /// `fill(...)` binary operator modifiers.
     pub const FILL: &str = "experimental fill/fill_left/fill_right modifiers are not implemented";
     /// Duration arithmetic and step()/range()/min_of()/max_of().
@@ -119,6 +121,9 @@ fn skip_reason(file: &str, query: &str, parse_ok: bool) -> Option<&'static str> 
         || query.contains("]smoothed")
     {
         return Some(skip_reasons::EXTENDED_RANGE);
+    }
+    if query.contains(">/") || query.contains("</") {
+        return Some(skip_reasons::TRIM);
     }
     if query.contains("fill(") || query.contains("fill_left") || query.contains("fill_right") {
         return Some(skip_reasons::FILL);
@@ -274,12 +279,32 @@ fn load(storage: &mut MemStorage, header: &str, body: &[&str], nhcb: bool) -> Re
         }
         let vals = parse_values(rest)?;
         let mut samples = Vec::new();
+        // The TSDB head records counter-reset hints when it appends histograms to a chunk:
+        // after a histogram, the next one is marked as reset or not-reset. Emulate that.
+        let mut prev: Option<Arc<FloatHistogram>> = None;
         for (k, v) in vals.into_iter().enumerate() {
             let t = k as i64 * interval;
             match v {
                 SeqValue::Omitted => {}
-                SeqValue::Float(f) => samples.push((t, StoredValue::Float(f))),
-                SeqValue::Histogram(h, _) => samples.push((t, StoredValue::Histogram(Arc::new(*h)))),
+                SeqValue::Float(f) => {
+                    prev = None;
+                    samples.push((t, StoredValue::Float(f)))
+                }
+                SeqValue::Histogram(mut h, set) => {
+                    if !set
+                        && h.counter_reset_hint != norn_model::CounterResetHint::Gauge
+                        && let Some(p) = &prev
+                    {
+                        h.counter_reset_hint = if hist::detect_reset(&h, p) {
+                            norn_model::CounterResetHint::CounterReset
+                        } else {
+                            norn_model::CounterResetHint::NotCounterReset
+                        };
+                    }
+                    let h = Arc::new(*h);
+                    prev = Some(h.clone());
+                    samples.push((t, StoredValue::Histogram(h)))
+                }
             }
         }
         match idx.get(&labels) {
