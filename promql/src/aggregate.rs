@@ -75,7 +75,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
     let op = a.op.to_string().to_lowercase();
     let pos = match &a.param {
         Some(p) => ev.pos_expr(p),
-        None => ev.pos_expr(&Expr::Aggregate(a.clone())),
+        None => ev.pos_expr(&a.expr),
     };
     // Parameters are evaluated first, as Prometheus does.
     let mut param_f = f64::NAN;

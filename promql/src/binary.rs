@@ -114,7 +114,14 @@ pub(crate) fn go_mod(x: f64, y: f64) -> f64 {
 
 type ElemResult = Result<(f64, Option<Arc<FloatHistogram>>, bool), String>;
 
-fn elem_op(op: Op, fl: f64, fr: f64, hl: Option<&Arc<FloatHistogram>>, hr: Option<&Arc<FloatHistogram>>) -> ElemResult {
+fn elem_op(
+    op: Op,
+    fl: f64,
+    fr: f64,
+    hl: Option<&Arc<FloatHistogram>>,
+    hr: Option<&Arc<FloatHistogram>>,
+    reconciled: &mut Option<&'static str>,
+) -> ElemResult {
     let incompatible = |lt: &str, rt: &str| {
         Err(format!(
             "incompatible sample types encountered for binary operator \"{}\": {} {} {}",
@@ -152,6 +159,9 @@ fn elem_op(op: Op, fl: f64, fr: f64, hl: Option<&Arc<FloatHistogram>>, hr: Optio
         },
         (Some(a), Some(b)) => match op {
             Op::Add | Op::Sub => {
+                if hist::custom_mismatch(a, b) {
+                    *reconciled = Some(if op == Op::Add { "addition" } else { "subtraction" });
+                }
                 let r = if op == Op::Add { hist::add(a, b) } else { hist::sub(a, b) };
                 match r {
                     Ok(h) => Ok((0.0, Some(Arc::new(h)), true)),
@@ -217,7 +227,11 @@ fn vector_scalar(
     for mut s in vec {
         let (fl, fr) = if swap { (scalar, s.f) } else { (s.f, scalar) };
         let (hl, hr) = if swap { (None, s.h.as_ref()) } else { (s.h.as_ref(), None) };
-        let r = elem_op(op, fl, fr, hl, hr);
+        let mut rec = None;
+        let r = elem_op(op, fl, fr, hl, hr, &mut rec);
+        if let Some(w) = rec {
+            ev.info(format!("mismatched custom buckets were reconciled during {w}"), pos.to_string());
+        }
         let (mut v, h, mut keep) = match r {
             Ok(x) => x,
             Err(msg) => {
@@ -361,7 +375,12 @@ fn vector_vector(
                 ));
             }
         }
-        let (mut v, mut h, keep) = match elem_op(op, fl, fr, hl, hr) {
+        let mut rec = None;
+        let r = elem_op(op, fl, fr, hl, hr, &mut rec);
+        if let Some(w) = rec {
+            ev.info(format!("mismatched custom buckets were reconciled during {w}"), pos.to_string());
+        }
+        let (mut v, mut h, keep) = match r {
             Ok(x) => x,
             Err(msg) => {
                 ev.info(msg, pos.to_string());

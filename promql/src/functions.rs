@@ -226,7 +226,12 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
                 let Value::Vector(v) = histogram_quantile_vec(ev, args[0], q, ts)? else { continue };
                 for mut s in v {
                     let mut b = s.metric.to_builder();
-                    b.set(&label, &norn_model::format::go_format_g(q));
+                    let qs = if q.fract() == 0.0 && q.is_finite() {
+                        format!("{q:.1}")
+                    } else {
+                        norn_model::format::go_format_g(q)
+                    };
+                    b.set(&label, &qs);
                     s.metric = b.build();
                     out.push(s);
                 }
@@ -616,6 +621,16 @@ fn histogram_quantile_vec(ev: &mut Evaluator<'_>, arg: &Expr, q: f64, ts: i64) -
     for mut s in natives {
         let h = s.h.take().expect("native");
         s.f = hist::quantile(q, &h);
+        if h.sum.is_nan() {
+            let what = if s.f.is_nan() { "result is NaN" } else { "result is skewed higher" };
+            ev.info(
+                format!(
+                    "input to histogram_quantile has NaN observations, {what} for metric name {}",
+                    norn_model::format::go_quote(s.metric.get(METRIC_NAME).unwrap_or(""))
+                ),
+                pos.clone(),
+            );
+        }
         ev.mark_drop_name(&mut s);
         out.push(s);
     }
@@ -662,6 +677,15 @@ fn histogram_fraction(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalRe
     for mut s in natives {
         let h = s.h.take().expect("native");
         s.f = hist::fraction(lo, hi, &h);
+        if h.sum.is_nan() {
+            ev.info(
+                format!(
+                    "input to histogram_fraction has NaN observations, which are excluded from all fractions for metric name {}",
+                    norn_model::format::go_quote(s.metric.get(METRIC_NAME).unwrap_or(""))
+                ),
+                pos.clone(),
+            );
+        }
         ev.mark_drop_name(&mut s);
         out.push(s);
     }
@@ -844,9 +868,12 @@ fn histogram_rate(
         let mut ends: Vec<&FloatHistogram> = Vec::new();
         let mut seg_len = 1;
         let mut first_single = false;
+        let mut seen_reset = false;
         for i in 1..points.len() {
             if hist::detect_reset(&points[i].1, &points[i - 1].1) {
-                if ends.is_empty() && seg_len == 1 {
+                let first = !seen_reset;
+                seen_reset = true;
+                if first && seg_len == 1 {
                     first_single = true;
                 } else {
                     ends.push(&points[i - 1].1);

@@ -201,7 +201,7 @@ impl KahanSum {
         }
         let hint = combined_hint(self.sum.counter_reset_hint, h.counter_reset_hint, 1.0).0;
         // Bring all three onto one layout, then add field by field with compensation.
-        let zero = empty_like(&h);
+        let zero = empty_like(h);
         let s = add(&self.sum, &zero)?;
         let c = add(&self.comp, &zero)?;
         let s = add(&s, &empty_like(&c))?;
@@ -359,10 +359,10 @@ pub fn detect_reset(cur: &FloatHistogram, prev: &FloatHistogram) -> bool {
     if std::ptr::eq(cur, prev) {
         return false;
     }
-    match cur.counter_reset_hint {
-        CounterResetHint::CounterReset => return true,
-        CounterResetHint::NotCounterReset => return false,
-        _ => {}
+    // A stored "not reset" hint only speaks about the sample stored right before this
+    // one, which need not be `prev` (subqueries, merged series), so detect explicitly.
+    if cur.counter_reset_hint == CounterResetHint::CounterReset {
+        return true;
     }
     if cur.count < prev.count {
         return true;
@@ -505,7 +505,8 @@ pub fn quantile(q: f64, h: &FloatHistogram) -> f64 {
         count = h.count;
     }
     if count < rank {
-        return bucket.upper;
+        // Only NaN observations (counted but in no bucket) leave the rank unreached.
+        return if h.sum.is_nan() { f64::NAN } else { bucket.upper };
     }
     if forward {
         rank -= count - bucket.count;
@@ -594,7 +595,11 @@ pub fn fraction(lower: f64, upper: f64, h: &FloatHistogram) -> f64 {
     if !lower_set || lower_rank > h.count {
         lower_rank = h.count;
     }
-    if !upper_set || upper_rank > h.count {
+    if !upper_set {
+        // NaN observations are in no bucket and are excluded from every fraction.
+        upper_rank = rank;
+    }
+    if upper_rank > h.count {
         upper_rank = h.count;
     }
     (upper_rank - lower_rank) / h.count

@@ -295,8 +295,10 @@ fn load(storage: &mut MemStorage, header: &str, body: &[&str], nhcb: bool) -> Re
                         && h.counter_reset_hint != norn_model::CounterResetHint::Gauge
                         && let Some(p) = &prev
                     {
+                        // A detected reset cuts a new chunk whose hint reads back as unknown
+                        // (prometheus/prometheus#15346).
                         h.counter_reset_hint = if hist::detect_reset(&h, p) {
-                            norn_model::CounterResetHint::CounterReset
+                            norn_model::CounterResetHint::Unknown
                         } else {
                             norn_model::CounterResetHint::NotCounterReset
                         };
