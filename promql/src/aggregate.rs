@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use norn_model::{FloatHistogram, Labels, METRIC_NAME};
-use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use crate::engine::{EvalResult, Evaluator, QueryError, labels_only, labels_without};
 use crate::histogram as hist;
@@ -288,7 +288,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
                     }
                     let mut h = acc.total();
                     if op == "avg" {
-                        hist::div(&mut h, hs.len() as f64);
+                        h = hist::mean(&hs.iter().map(|h| h.as_ref()).collect::<Vec<_>>(), h);
                     }
                     hist::compact(&mut h);
                     out.push(Sample {

@@ -253,6 +253,9 @@ pub(crate) struct Evaluator<'a> {
     pub text: &'a str,
     cache: HashMap<usize, Arc<Vec<Arc<StoredSeries>>>>,
     pub annos: Annotations,
+    /// Emulates Prometheus's stats-only histogram iterator (used under `histogram_count`
+    /// and friends), which re-derives counter-reset hints from the previous stored sample.
+    pub stats_hints: bool,
 }
 
 impl<'a> Evaluator<'a> {
@@ -264,7 +267,17 @@ impl<'a> Evaluator<'a> {
         interval: i64,
         text: &'a str,
     ) -> Self {
-        Evaluator { q, opts, start, end, interval, text, cache: HashMap::new(), annos: Annotations::default() }
+        Evaluator {
+            q,
+            opts,
+            start,
+            end,
+            interval,
+            text,
+            cache: HashMap::new(),
+            annos: Annotations::default(),
+            stats_hints: false,
+        }
     }
 
     fn into_result(self, value: EvalResult<Value>) -> QueryResult {
@@ -498,7 +511,8 @@ impl<'a> Evaluator<'a> {
                     out.push(Sample { metric: s.labels.clone(), t: ts, f: *f, h: None, drop_name: false });
                 }
                 StoredValue::Histogram(h) => {
-                    out.push(Sample { metric: s.labels.clone(), t: ts, f: 0.0, h: Some(h.clone()), drop_name: false })
+                    let h = if self.stats_hints { stats_hint(s, idx - 1) } else { h.clone() };
+                    out.push(Sample { metric: s.labels.clone(), t: ts, f: 0.0, h: Some(h), drop_name: false })
                 }
             }
         }
@@ -559,7 +573,10 @@ impl<'a> Evaluator<'a> {
                                     ser.floats.push((s.ts[i], *f));
                                 }
                             }
-                            StoredValue::Histogram(h) => ser.histograms.push((s.ts[i], h.clone())),
+                            StoredValue::Histogram(h) => {
+                                let h = if self.stats_hints { stats_hint(s, i) } else { h.clone() };
+                                ser.histograms.push((s.ts[i], h))
+                            }
                         }
                     }
                     if ser.floats.is_empty() && ser.histograms.is_empty() {
@@ -589,6 +606,7 @@ impl<'a> Evaluator<'a> {
                 }
                 let mut order: Vec<Series> = Vec::new();
                 let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+                let saved_stats = std::mem::replace(&mut self.stats_hints, false);
                 let mut t = first;
                 while t <= rt {
                     match self.eval(&sq.expr, t)? {
@@ -620,12 +638,35 @@ impl<'a> Evaluator<'a> {
                     }
                     t += step;
                 }
+                self.stats_hints = saved_stats;
                 order.sort_by(|a, b| a.metric.cmp(&b.metric));
                 Ok(RangeArg { series: order, range_start: lo, range_end: rt, range })
             }
             _ => Err(QueryError::Eval("expected range vector".into())),
         }
     }
+}
+
+/// The histogram at `i` with its hint re-derived against the stored sample before it.
+fn stats_hint(s: &StoredSeries, i: usize) -> Arc<norn_model::FloatHistogram> {
+    use norn_model::CounterResetHint as C;
+    let StoredValue::Histogram(h) = &s.values[i] else { unreachable!("caller checked") };
+    if h.counter_reset_hint == C::Gauge {
+        return h.clone();
+    }
+    let hint = match i.checked_sub(1).map(|p| &s.values[p]) {
+        Some(StoredValue::Histogram(p)) => {
+            if crate::histogram::detect_reset(h, p) {
+                C::CounterReset
+            } else {
+                C::NotCounterReset
+            }
+        }
+        _ => C::Unknown,
+    };
+    let mut n = (**h).clone();
+    n.counter_reset_hint = hint;
+    Arc::new(n)
 }
 
 fn type_word(t: parser::value::ValueType) -> &'static str {

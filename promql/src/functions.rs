@@ -240,7 +240,12 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
         }
         "histogram_fraction" => histogram_fraction(ev, &args, ts),
         "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev" | "histogram_stdvar" => {
-            let v = ev.eval_vector(args[0], ts)?;
+            let stats = matches!(name, "histogram_count" | "histogram_sum" | "histogram_avg");
+            let new_stats = stats || ev.stats_hints;
+            let saved = std::mem::replace(&mut ev.stats_hints, new_stats);
+            let v = ev.eval_vector(args[0], ts);
+            ev.stats_hints = saved;
+            let v = v?;
             let mut out = Vec::new();
             for mut s in v {
                 let Some(h) = s.h.take() else { continue };
@@ -1156,7 +1161,7 @@ fn over_time(
                 }
                 let mut acc = k.total();
                 if name == "avg_over_time" {
-                    hist::div(&mut acc, hs.len() as f64);
+                    acc = hist::mean(&hs.iter().map(|p| p.1.as_ref()).collect::<Vec<_>>(), acc);
                 }
                 hist::compact(&mut acc);
                 return Ok(Some((0.0, Some(acc))));

@@ -252,6 +252,34 @@ impl KahanSum {
     }
 }
 
+/// Mean of `hs` given their sum; when the sum overflowed, each input is divided first.
+pub fn mean(hs: &[&FloatHistogram], mut total: FloatHistogram) -> FloatHistogram {
+    let n = hs.len() as f64;
+    let overflow = |h: &FloatHistogram| {
+        !h.count.is_finite()
+            || !h.sum.is_finite()
+            || h.positive_buckets.iter().chain(h.negative_buckets.iter()).any(|v| !v.is_finite())
+    };
+    if overflow(&total) && !hs.iter().any(|h| overflow(h)) {
+        let mut first = hs[0].clone();
+        div(&mut first, n);
+        let mut k = KahanSum::new(&first);
+        for h in &hs[1..] {
+            let mut x = (*h).clone();
+            div(&mut x, n);
+            if k.add(&x).is_err() {
+                break;
+            }
+        }
+        let hint = total.counter_reset_hint;
+        total = k.total();
+        total.counter_reset_hint = hint;
+        return total;
+    }
+    div(&mut total, n);
+    total
+}
+
 fn combine(a: &FloatHistogram, b: &FloatHistogram, sign: f64) -> Result<FloatHistogram, String> {
     if uses_custom(a) != uses_custom(b) {
         return Err(MIXED_SCHEMAS.into());
@@ -543,8 +571,10 @@ pub fn fraction(lower: f64, upper: f64, h: &FloatHistogram) -> f64 {
         let (mut lo, mut hi) = (b.lower, b.upper);
         if custom {
             if lo == f64::NEG_INFINITY {
+                // An infinitely wide bucket contributes nothing to a bounded fraction: its
+                // observations count as lying below any value inside it.
                 if hi <= 0.0 {
-                    return 0.0;
+                    return b.count;
                 }
                 lo = 0.0;
             }
@@ -592,7 +622,10 @@ pub fn fraction(lower: f64, upper: f64, h: &FloatHistogram) -> f64 {
         }
         rank += b.count;
     }
-    if !lower_set || lower_rank > h.count {
+    if !lower_set {
+        lower_rank = rank;
+    }
+    if lower_rank > h.count {
         lower_rank = h.count;
     }
     if !upper_set {
