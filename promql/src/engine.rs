@@ -87,11 +87,17 @@ pub fn parse(query: &str) -> Result<Expr, QueryError> {
     }
 }
 
+/// Most steps a range query may have (as Prometheus's API enforces).
+const MAX_RANGE_POINTS: i64 = 11_000;
+/// Most steps one subquery evaluation may take; beyond this the query would hold more
+/// samples than any sensible limit allows.
+const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
+
 pub(crate) type EvalResult<T> = Result<T, QueryError>;
 
 /// Milliseconds of a parser duration.
 pub(crate) fn dur_ms(d: &Duration) -> i64 {
-    d.as_millis() as i64
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
@@ -331,6 +337,15 @@ impl<'a> Evaluator<'a> {
         if step <= 0 {
             return Err(QueryError::Parse("zero or negative query resolution step widths are not accepted".into()));
         }
+        if end < start {
+            return Err(QueryError::Parse("end timestamp must not be before start time".into()));
+        }
+        if end.saturating_sub(start) / step > MAX_RANGE_POINTS {
+            return Err(QueryError::Parse(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
+                    .into(),
+            ));
+        }
         let mut order: Vec<Series> = Vec::new();
         let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
         let mut ts = start;
@@ -363,7 +378,10 @@ impl<'a> Evaluator<'a> {
                 }
                 v => return Err(QueryError::Eval(format!("unexpected {} in range evaluation", v.type_name()))),
             }
-            ts += step;
+            ts = match ts.checked_add(step) {
+                Some(x) => x,
+                None => break,
+            };
         }
         let mut v = match finish_value(Value::Matrix(order), self.opts)? {
             Value::Matrix(m) => m,
@@ -439,7 +457,7 @@ impl<'a> Evaluator<'a> {
             Some(AtModifier::End) => self.end,
             Some(AtModifier::At(t)) => systime_ms(t),
         };
-        base - offset_ms(offset)
+        base.saturating_sub(offset_ms(offset))
     }
 
     fn selected(&mut self, vs: &VectorSelector) -> EvalResult<Arc<Vec<Arc<StoredSeries>>>> {
@@ -492,7 +510,7 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn vector_select(&mut self, vs: &VectorSelector, ts: i64) -> EvalResult<Vec<Sample>> {
         let series = self.selected(vs)?;
         let rt = self.ref_time(&vs.at, &vs.offset, ts);
-        let lo = rt - self.opts.lookback_delta;
+        let lo = rt.saturating_sub(self.opts.lookback_delta);
         let mut out = Vec::new();
         for s in series.iter() {
             let idx = s.ts.partition_point(|t| *t <= rt);
@@ -526,7 +544,7 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn vector_select_times(&mut self, vs: &VectorSelector, ts: i64) -> EvalResult<Vec<Sample>> {
         let series = self.selected(vs)?;
         let rt = self.ref_time(&vs.at, &vs.offset, ts);
-        let lo = rt - self.opts.lookback_delta;
+        let lo = rt.saturating_sub(self.opts.lookback_delta);
         let mut out = Vec::new();
         for s in series.iter() {
             let idx = s.ts.partition_point(|t| *t <= rt);
@@ -556,7 +574,7 @@ impl<'a> Evaluator<'a> {
                 let series = self.selected(vs)?;
                 let rt = self.ref_time(&vs.at, &vs.offset, ts);
                 let range = dur_ms(&ms.range);
-                let lo = rt - range;
+                let lo = rt.saturating_sub(range);
                 let mut out = Vec::new();
                 let mut total = 0usize;
                 for s in series.iter() {
@@ -597,7 +615,10 @@ impl<'a> Evaluator<'a> {
                 if step <= 0 {
                     return Err(QueryError::Eval("subquery step must be positive".into()));
                 }
-                let lo = rt - range;
+                let lo = rt.saturating_sub(range);
+                if range / step > MAX_SUBQUERY_STEPS {
+                    return Err(QueryError::TooManySamples);
+                }
                 // Go's integer division truncates; the first step is the first multiple of
                 // `step` strictly after the window start.
                 let mut first = step * (lo / step);
@@ -636,7 +657,10 @@ impl<'a> Evaluator<'a> {
                         }
                         v => return Err(QueryError::Eval(format!("subquery of {} is not allowed", v.type_name()))),
                     }
-                    t += step;
+                    t = match t.checked_add(step) {
+                        Some(x) => x,
+                        None => break,
+                    };
                 }
                 self.stats_hints = saved_stats;
                 order.sort_by(|a, b| a.metric.cmp(&b.metric));

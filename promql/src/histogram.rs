@@ -185,18 +185,30 @@ pub struct KahanSum {
     comp: FloatHistogram,
     /// A reset met a non-reset while adding.
     pub conflict: bool,
+    saw_reset: bool,
+    saw_not_reset: bool,
 }
 
 impl KahanSum {
     /// Starts with `h`.
     pub fn new(h: &FloatHistogram) -> Self {
         let comp = empty_like(h);
-        KahanSum { sum: h.clone(), comp, conflict: false }
+        KahanSum {
+            sum: h.clone(),
+            comp,
+            conflict: false,
+            saw_reset: h.counter_reset_hint == CounterResetHint::CounterReset,
+            saw_not_reset: h.counter_reset_hint == CounterResetHint::NotCounterReset,
+        }
     }
 
     /// Adds `h`; fails on incompatible bucket layouts.
     pub fn add(&mut self, h: &FloatHistogram) -> Result<(), String> {
-        if hint_conflict(&self.sum, h) {
+        // A reset and a non-reset anywhere among the inputs conflict, even with gauges or
+        // unknowns in between.
+        self.saw_reset |= h.counter_reset_hint == CounterResetHint::CounterReset;
+        self.saw_not_reset |= h.counter_reset_hint == CounterResetHint::NotCounterReset;
+        if self.saw_reset && self.saw_not_reset {
             self.conflict = true;
         }
         let hint = combined_hint(self.sum.counter_reset_hint, h.counter_reset_hint, 1.0).0;
