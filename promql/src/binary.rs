@@ -175,6 +175,43 @@ fn elem_op(
     }
 }
 
+/// Applies `op` to one pair of operands; `None` when the pair is filtered out or invalid.
+#[allow(clippy::too_many_arguments)]
+fn compute(
+    ev: &mut Evaluator<'_>,
+    op: Op,
+    fl: f64,
+    fr: f64,
+    hl: Option<&Arc<FloatHistogram>>,
+    hr: Option<&Arc<FloatHistogram>>,
+    return_bool: bool,
+    pos: &str,
+) -> Option<(f64, Option<Arc<FloatHistogram>>)> {
+    let mut rec = None;
+    let r = elem_op(op, fl, fr, hl, hr, &mut rec);
+    if let Some(w) = rec {
+        ev.info(format!("mismatched custom buckets were reconciled during {w}"), pos.to_string());
+    }
+    let (mut v, mut h, keep) = match r {
+        Ok(x) => x,
+        Err(msg) => {
+            ev.info(msg, pos.to_string());
+            return None;
+        }
+    };
+    if return_bool {
+        h = None;
+        v = if keep { 1.0 } else { 0.0 };
+    } else if !keep {
+        return None;
+    }
+    if op.is_comparison() && !return_bool {
+        v = fl;
+        h = hl.cloned();
+    }
+    Some((v, h))
+}
+
 fn drops_name(op: Op) -> bool {
     matches!(op, Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Mod | Op::Pow | Op::Atan2)
 }
@@ -375,28 +412,7 @@ fn vector_vector(
                 ));
             }
         }
-        let mut rec = None;
-        let r = elem_op(op, fl, fr, hl, hr, &mut rec);
-        if let Some(w) = rec {
-            ev.info(format!("mismatched custom buckets were reconciled during {w}"), pos.to_string());
-        }
-        let (mut v, mut h, keep) = match r {
-            Ok(x) => x,
-            Err(msg) => {
-                ev.info(msg, pos.to_string());
-                continue;
-            }
-        };
-        if return_bool {
-            h = None;
-            v = if keep { 1.0 } else { 0.0 };
-        } else if !keep {
-            continue;
-        }
-        if op.is_comparison() && !return_bool {
-            v = fl;
-            h = hl.cloned();
-        }
+        let Some((v, h)) = compute(ev, op, fl, fr, hl, hr, return_bool, pos) else { continue };
         let mut s = Sample { metric, t: ls.t, f: v, h, drop_name: false };
         if drops_name(op) || return_bool {
             ev.mark_drop_name(&mut s);
@@ -404,6 +420,39 @@ fn vector_vector(
             s.drop_name = true;
         }
         out.push(s);
+    }
+    // fill/fill_left/fill_right: a missing operand takes the fill value. After the
+    // one-to-many swap, "left" and "right" refer to the swapped sides.
+    let (fill_l, fill_r) = (m.fill_values.lhs, m.fill_values.rhs);
+    if let Some(fv) = fill_r {
+        for ls in &lhs {
+            let sig = signature(&ls.metric, on, &names);
+            if right.contains_key(&sig) {
+                continue;
+            }
+            let (fl, fr, hl, hr) =
+                if card_one_to_many { (fv, ls.f, None, ls.h.as_ref()) } else { (ls.f, fv, ls.h.as_ref(), None) };
+            let Some((v, h)) = compute(ev, op, fl, fr, hl, hr, return_bool, pos) else { continue };
+            let metric = result_metric(&ls.metric, &Labels::empty(), op, on, &names, one_to_one, &include, ev);
+            let mut s = Sample { metric, t: ls.t, f: v, h, drop_name: false };
+            if drops_name(op) || return_bool {
+                ev.mark_drop_name(&mut s);
+            }
+            out.push(s);
+        }
+    }
+    if let Some(fv) = fill_l {
+        let left_sigs: HashSet<Labels> = lhs.iter().map(|s| signature(&s.metric, on, &names)).collect();
+        for rs in &rhs {
+            let sig = signature(&rs.metric, on, &names);
+            if left_sigs.contains(&sig) {
+                continue;
+            }
+            let (fl, fr, hl, hr) =
+                if card_one_to_many { (rs.f, fv, rs.h.as_ref(), None) } else { (fv, rs.f, None, rs.h.as_ref()) };
+            let Some((v, h)) = compute(ev, op, fl, fr, hl, hr, return_bool, pos) else { continue };
+            out.push(Sample { metric: sig, t: rs.t, f: v, h, drop_name: false });
+        }
     }
     Ok(out)
 }

@@ -101,8 +101,6 @@ pub mod skip_reasons {
     pub const EXTENDED_RANGE: &str = "experimental anchored/smoothed range selectors are not implemented";
     /// `>/` and `</` histogram trim operators.
     pub const TRIM: &str = "experimental histogram trim operators >/ and </ are not supported by the parser";
-    /// `fill(...)` binary operator modifiers.
-    pub const FILL: &str = "experimental fill/fill_left/fill_right modifiers are not implemented";
     /// Duration arithmetic and step()/range()/min_of()/max_of().
     pub const DURATION_EXPR: &str =
         "experimental duration expressions are not supported by the parser (promql-parser 0.11)";
@@ -124,9 +122,6 @@ fn skip_reason(file: &str, query: &str, parse_ok: bool) -> Option<&'static str> 
     }
     if query.contains(">/") || query.contains("</") {
         return Some(skip_reasons::TRIM);
-    }
-    if query.contains("fill(") || query.contains("fill_left") || query.contains("fill_right") {
-        return Some(skip_reasons::FILL);
     }
     if !parse_ok
         && (query.contains("step()")
