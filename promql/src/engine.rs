@@ -450,7 +450,7 @@ impl<'a> Evaluator<'a> {
     }
 
     /// The reference time of a selector: the `@` time (or `ts`) minus the offset.
-    fn ref_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, ts: i64) -> i64 {
+    pub(crate) fn ref_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, ts: i64) -> i64 {
         let base = match at {
             None => ts,
             Some(AtModifier::Start) => self.start,

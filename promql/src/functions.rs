@@ -201,6 +201,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
             Ok(Value::Vector(v))
         }
         "label_replace" => label_replace(ev, &args, ts),
+        "info" => crate::info::info(ev, &args, ts),
         "label_join" => label_join(ev, &args, ts),
         "absent" => {
             let v = ev.eval_vector(args[0], ts)?;

@@ -18,6 +18,7 @@ pub mod value;
 mod aggregate;
 mod binary;
 mod functions;
+mod info;
 
 pub use engine::{Engine, EngineOptions, QueryError, QueryResult, parse};
 pub use storage::{MemStorage, Queryable, SelectHints, StoredSeries, StoredValue};
