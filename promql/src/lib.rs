@@ -15,6 +15,8 @@ pub mod histogram;
 pub mod storage;
 pub mod value;
 
+pub mod durations;
+
 mod aggregate;
 mod binary;
 mod functions;

@@ -439,7 +439,11 @@ fn run_eval(
         }
     };
     let (mode, query, expect) = parsed;
-    let ast = parse(&query);
+    let (step, range) = match mode {
+        Eval::Instant { .. } => (0, 0),
+        Eval::Range { start, end, step } => (step, end - start),
+    };
+    let ast = parse(&crate::durations::fold(&query, step, range));
     if let Some(reason) = skip_reason(file, &query, ast.is_ok()) {
         rep.skipped.push(CaseSkip { line: lineno, reason });
         return;

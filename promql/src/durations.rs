@@ -1,0 +1,375 @@
+//! Duration expressions (Prometheus's experimental `promql-duration-expr`): arithmetic in
+//! range brackets and after `offset`, with `step()`, `range()`, `min_of()` and `max_of()`.
+//! The parser we use only knows duration literals, so such expressions are folded into
+//! literals (in milliseconds) before parsing, once the query's step and range are known.
+
+use std::borrow::Cow;
+
+use crate::conformance::script::parse_duration;
+
+/// Rewrites duration expressions in `query` into literals; `step_ms` and `range_ms` are
+/// what `step()` and `range()` stand for. Text the folding does not understand is left
+/// for the parser to report.
+pub fn fold(query: &str, step_ms: i64, range_ms: i64) -> Cow<'_, str> {
+    if !query.contains('[') && !query.to_ascii_lowercase().contains("offset") {
+        return Cow::Borrowed(query);
+    }
+    let b = query.as_bytes();
+    let mut out = String::with_capacity(query.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' || c == b'\'' || c == b'`' {
+            let end = skip_string(b, i);
+            out.push_str(&query[i..end]);
+            i = end;
+            continue;
+        }
+        if c == b'{' {
+            // Label matchers: copied as they are (they may contain "offset" or brackets in strings).
+            let mut j = i + 1;
+            while j < b.len() && b[j] != b'}' {
+                if b[j] == b'"' || b[j] == b'\'' || b[j] == b'`' {
+                    j = skip_string(b, j);
+                } else {
+                    j += 1;
+                }
+            }
+            let end = (j + 1).min(b.len());
+            out.push_str(&query[i..end]);
+            i = end;
+            continue;
+        }
+        if c == b'[' {
+            let Some(close) = matching(b, i, b'[', b']') else {
+                out.push_str(&query[i..]);
+                break;
+            };
+            let inner = &query[i + 1..close];
+            let parts = split_top(inner, b':');
+            let mut new_parts = Vec::new();
+            for p in &parts {
+                let t = p.trim();
+                if t.is_empty() || is_literal(t) {
+                    new_parts.push(p.to_string());
+                    continue;
+                }
+                match eval(t, step_ms, range_ms) {
+                    Some(v) if v > 0.0 => {
+                        changed = true;
+                        new_parts.push(format!("{}ms", (v * 1000.0).round() as i64));
+                    }
+                    _ => new_parts.push(p.to_string()),
+                }
+            }
+            out.push('[');
+            out.push_str(&new_parts.join(":"));
+            out.push(']');
+            i = close + 1;
+            continue;
+        }
+        if (c == b'o' || c == b'O')
+            && query[i..].len() >= 6
+            && query[i..i + 6].eq_ignore_ascii_case("offset")
+            && (i == 0 || !is_ident(b[i - 1]))
+            && (i + 6 == b.len() || !is_ident(b[i + 6]))
+        {
+            out.push_str(&query[i..i + 6]);
+            i += 6;
+            let ws_start = i;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            out.push_str(&query[ws_start..i]);
+            // Operand: [sign] ( literal | '(' … ')' | name '(' … ')' ).
+            let st = i;
+            let mut j = i;
+            while j < b.len() && (b[j] == b'-' || b[j] == b'+' || b[j].is_ascii_whitespace()) {
+                j += 1;
+            }
+            if j < b.len() && b[j] == b'(' {
+                j = matching(b, j, b'(', b')').map(|x| x + 1).unwrap_or(b.len());
+            } else {
+                let ns = j;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'.') {
+                    j += 1;
+                }
+                if j < b.len() && b[j] == b'(' && j > ns {
+                    j = matching(b, j, b'(', b')').map(|x| x + 1).unwrap_or(b.len());
+                }
+            }
+            let operand = &query[st..j];
+            let compact: String = operand.chars().filter(|c| !c.is_whitespace()).collect();
+            let plain = compact.trim_start_matches(['-', '+']);
+            if is_literal(plain) && !plain.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                out.push_str(operand);
+            } else {
+                match eval(operand.trim(), step_ms, range_ms) {
+                    Some(v) => {
+                        changed = true;
+                        let ms = (v * 1000.0).round() as i64;
+                        if ms < 0 {
+                            out.push_str(&format!("-{}ms", -ms));
+                        } else {
+                            out.push_str(&format!("{ms}ms"));
+                        }
+                    }
+                    None => out.push_str(operand),
+                }
+            }
+            i = j;
+            continue;
+        }
+        let ch = query[i..].chars().next().unwrap_or(' ');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    if changed { Cow::Owned(out) } else { Cow::Borrowed(query) }
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b':'
+}
+
+fn skip_string(b: &[u8], i: usize) -> usize {
+    let q = b[i];
+    let mut j = i + 1;
+    while j < b.len() {
+        if b[j] == b'\\' && q != b'`' {
+            j += 2;
+            continue;
+        }
+        if b[j] == q {
+            return j + 1;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
+fn matching(b: &[u8], open_at: usize, open: u8, close: u8) -> Option<usize> {
+    let mut depth = 0;
+    let mut j = open_at;
+    while j < b.len() {
+        if b[j] == open {
+            depth += 1;
+        } else if b[j] == close {
+            depth -= 1;
+            if depth == 0 {
+                return Some(j);
+            }
+        }
+        j += 1;
+    }
+    None
+}
+
+fn split_top(s: &str, sep: u8) -> Vec<&str> {
+    let b = s.as_bytes();
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in b.iter().enumerate() {
+        match c {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            c if *c == sep && depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// A plain duration literal the parser accepts as is (`5m`, `1h30m`).
+fn is_literal(s: &str) -> bool {
+    !s.is_empty() && s.as_bytes()[0].is_ascii_digit() && parse_duration(s).is_ok()
+}
+
+/// Evaluates a duration expression in seconds.
+fn eval(s: &str, step_ms: i64, range_ms: i64) -> Option<f64> {
+    let toks = tokenize(s)?;
+    let mut p = Parser { toks, pos: 0, step: step_ms as f64 / 1000.0, range: range_ms as f64 / 1000.0 };
+    let v = p.expr()?;
+    if p.pos != p.toks.len() {
+        return None;
+    }
+    Some(v)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Num(f64),
+    Ident(String),
+    Op(char),
+}
+
+fn tokenize(s: &str) -> Option<Vec<Tok>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c.is_ascii_digit() || c == b'.' {
+            let st = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                i += 1;
+            }
+            let t = &s[st..i];
+            let v = if let Ok(v) = t.parse::<f64>() { v } else { parse_duration(t).ok()? as f64 / 1000.0 };
+            out.push(Tok::Num(v));
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let st = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            out.push(Tok::Ident(s[st..i].to_ascii_lowercase()));
+        } else if b"+-*/%^(),".contains(&c) {
+            out.push(Tok::Op(c as char));
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+    step: f64,
+    range: f64,
+}
+
+impl Parser {
+    fn peek_op(&self) -> Option<char> {
+        match self.toks.get(self.pos) {
+            Some(Tok::Op(c)) => Some(*c),
+            _ => None,
+        }
+    }
+
+    fn expr(&mut self) -> Option<f64> {
+        let mut v = self.term()?;
+        while let Some(c @ ('+' | '-')) = self.peek_op() {
+            self.pos += 1;
+            let r = self.term()?;
+            v = if c == '+' { v + r } else { v - r };
+        }
+        Some(v)
+    }
+
+    fn term(&mut self) -> Option<f64> {
+        let mut v = self.unary()?;
+        while let Some(c @ ('*' | '/' | '%')) = self.peek_op() {
+            self.pos += 1;
+            let r = self.unary()?;
+            v = match c {
+                '*' => v * r,
+                '/' => v / r,
+                _ => v % r,
+            };
+        }
+        Some(v)
+    }
+
+    fn unary(&mut self) -> Option<f64> {
+        match self.peek_op() {
+            Some('-') => {
+                self.pos += 1;
+                Some(-self.unary()?)
+            }
+            Some('+') => {
+                self.pos += 1;
+                self.unary()
+            }
+            _ => self.power(),
+        }
+    }
+
+    fn power(&mut self) -> Option<f64> {
+        let base = self.atom()?;
+        if self.peek_op() == Some('^') {
+            self.pos += 1;
+            let e = self.unary()?;
+            return Some(base.powf(e));
+        }
+        Some(base)
+    }
+
+    fn atom(&mut self) -> Option<f64> {
+        match self.toks.get(self.pos).cloned()? {
+            Tok::Num(v) => {
+                self.pos += 1;
+                Some(v)
+            }
+            Tok::Op('(') => {
+                self.pos += 1;
+                let v = self.expr()?;
+                if self.peek_op() != Some(')') {
+                    return None;
+                }
+                self.pos += 1;
+                Some(v)
+            }
+            Tok::Ident(name) => {
+                self.pos += 1;
+                if self.peek_op() != Some('(') {
+                    return None;
+                }
+                self.pos += 1;
+                let mut args = Vec::new();
+                if self.peek_op() != Some(')') {
+                    loop {
+                        args.push(self.expr()?);
+                        match self.peek_op() {
+                            Some(',') => self.pos += 1,
+                            Some(')') => break,
+                            _ => return None,
+                        }
+                    }
+                }
+                self.pos += 1;
+                match (name.as_str(), args.as_slice()) {
+                    ("step", []) => Some(self.step),
+                    ("range", []) => Some(self.range),
+                    ("min_of", [a, rest @ ..]) => Some(rest.iter().fold(*a, |x, y| if y < &x { *y } else { x })),
+                    ("max_of", [a, rest @ ..]) => Some(rest.iter().fold(*a, |x, y| if y > &x { *y } else { x })),
+                    _ => None,
+                }
+            }
+            Tok::Op(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds() {
+        let cases = [
+            ("rate(x[26m+4m])", 0, 0, "rate(x[1800000ms])"),
+            ("rate(x[5m])", 0, 0, "rate(x[5m])"),
+            ("x[2m*(10+5)]", 0, 0, "x[1800000ms]"),
+            ("x[29s+1s:5s+5s]", 0, 0, "x[30000ms:10000ms]"),
+            ("x offset (100 + 2)", 0, 0, "x offset 102000ms"),
+            ("x offset 100 + 2", 0, 0, "x offset 100000ms + 2"),
+            ("x offset -2 ^ 2", 0, 0, "x offset -2000ms ^ 2"),
+            ("x offset (-2 ^ 2)", 0, 0, "x offset -4000ms"),
+            ("x[step()]", 10_000, 0, "x[10000ms]"),
+            ("x offset min_of(step(), 1s)+8000", 5_000, 0, "x offset 1000ms+8000"),
+            ("x offset 5m", 0, 0, "x offset 5m"),
+            ("x{a=\"[1+1]\"}[1m]", 0, 0, "x{a=\"[1+1]\"}[1m]"),
+        ];
+        for (q, step, range, want) in cases {
+            assert_eq!(fold(q, step, range), want, "{q}");
+        }
+    }
+}
