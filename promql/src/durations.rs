@@ -373,3 +373,125 @@ mod tests {
         }
     }
 }
+
+/// The label name used to carry `anchored`/`smoothed` through the parser, which does not
+/// know these modifiers: `m[5m] anchored` becomes `m{__norn_ext__="anchored"}[5m]`.
+pub const EXT_LABEL: &str = "__norn_ext__";
+
+/// Rewrites `anchored`/`smoothed` modifiers into a marker matcher (see [`EXT_LABEL`]).
+pub fn mark_extended(query: &str) -> Cow<'_, str> {
+    let lower = query.to_ascii_lowercase();
+    if !lower.contains("anchored") && !lower.contains("smoothed") {
+        return Cow::Borrowed(query);
+    }
+    let clause = regex::Regex::new(r"(?i)(offset\s+[-+]?[\w.]+|@\s*[-+]?[\w.]+(\(\))?)\s*$").expect("static regex");
+    let mut s = query.to_string();
+    let mut changed = false;
+    loop {
+        let b = s.as_bytes();
+        // Find the next modifier keyword outside strings and braces.
+        let mut i = 0;
+        let mut found = None;
+        while i < b.len() {
+            let c = b[i];
+            if c == b'"' || c == b'\'' || c == b'`' {
+                i = skip_string(b, i);
+                continue;
+            }
+            if c == b'{' {
+                while i < b.len() && b[i] != b'}' {
+                    if b[i] == b'"' || b[i] == b'\'' || b[i] == b'`' {
+                        i = skip_string(b, i);
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            for kw in ["anchored", "smoothed"] {
+                if s.len() >= i + kw.len()
+                    && s[i..i + kw.len()].eq_ignore_ascii_case(kw)
+                    && (i == 0 || !is_ident(b[i - 1]))
+                    && (i + kw.len() == b.len() || !is_ident(b[i + kw.len()]))
+                {
+                    found = Some((i, kw));
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+            i += 1;
+        }
+        let Some((at, kw)) = found else { break };
+        // What precedes the keyword: a range `[…]` or an instant selector, possibly
+        // followed by `@ …` and `offset …` clauses.
+        let mut j = at;
+        while j > 0 && b[j - 1].is_ascii_whitespace() {
+            j -= 1;
+        }
+        while let Some(m) = clause.find(&s[..j]) {
+            if m.start() > 0 && is_ident(b[m.start() - 1]) {
+                break;
+            }
+            j = m.start();
+            while j > 0 && b[j - 1].is_ascii_whitespace() {
+                j -= 1;
+            }
+        }
+        if j == 0 {
+            break;
+        }
+        let mut sel_end = j;
+        if b[j - 1] == b']' {
+            // Walk back to the matching '['.
+            let mut depth = 0;
+            let mut k = j;
+            while k > 0 {
+                k -= 1;
+                if b[k] == b']' {
+                    depth += 1;
+                } else if b[k] == b'[' {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+            }
+            sel_end = k;
+        }
+        let marker = format!("{EXT_LABEL}=\"{kw}\"");
+        let mut n = String::with_capacity(s.len() + marker.len() + 2);
+        if sel_end > 0 && b[sel_end - 1] == b'}' {
+            let inner_empty = s[..sel_end - 1].trim_end().ends_with('{');
+            n.push_str(&s[..sel_end - 1]);
+            if !inner_empty {
+                n.push_str(", ");
+            }
+            n.push_str(&marker);
+            n.push('}');
+        } else {
+            n.push_str(&s[..sel_end]);
+            n.push('{');
+            n.push_str(&marker);
+            n.push('}');
+        }
+        n.push_str(&s[sel_end..at]);
+        n.push_str(&s[at + kw.len()..]);
+        s = n;
+        changed = true;
+    }
+    if changed { Cow::Owned(s) } else { Cow::Borrowed(query) }
+}
+
+#[cfg(test)]
+mod ext_tests {
+    use super::*;
+
+    #[test]
+    fn marks() {
+        assert_eq!(mark_extended("rate(m[5m] anchored)"), "rate(m{__norn_ext__=\"anchored\"}[5m] )");
+        assert_eq!(mark_extended("rate(m{a=\"b\"}[5m] smoothed)"), "rate(m{a=\"b\", __norn_ext__=\"smoothed\"}[5m] )");
+        assert_eq!(mark_extended("m smoothed"), "m{__norn_ext__=\"smoothed\"} ");
+        assert_eq!(mark_extended("rate(m[5m])"), "rate(m[5m])");
+    }
+}

@@ -10,6 +10,8 @@ use norn_model::{Labels, MatchType, Matcher};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
+use norn_model::format::go_quote;
+
 use crate::storage::{Queryable, SelectHints, StoredSeries, StoredValue};
 use crate::value::{Sample, Series, Value, is_stale_nan};
 
@@ -132,7 +134,7 @@ impl Engine {
 
     /// Evaluates `query` at `ts` (ms).
     pub fn instant_query(&self, q: &dyn Queryable, query: &str, ts: i64) -> QueryResult {
-        match parse(&crate::durations::fold(query, 0, 0)) {
+        match parse(&crate::durations::mark_extended(&crate::durations::fold(query, 0, 0))) {
             Ok(e) => self.instant_expr(q, &e, query, ts),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }
@@ -140,7 +142,7 @@ impl Engine {
 
     /// Evaluates `query` from `start` to `end` every `step` (all ms).
     pub fn range_query(&self, q: &dyn Queryable, query: &str, start: i64, end: i64, step: i64) -> QueryResult {
-        match parse(&crate::durations::fold(query, step, end.saturating_sub(start))) {
+        match parse(&crate::durations::mark_extended(&crate::durations::fold(query, step, end.saturating_sub(start)))) {
             Ok(e) => self.range_expr(q, &e, query, start, end, step),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }
@@ -248,6 +250,26 @@ pub(crate) struct RangeArg {
     pub range_start: i64,
     pub range_end: i64,
     pub range: i64,
+    /// `anchored`/`smoothed` modifier of a matrix selector.
+    pub ext: Option<Ext>,
+}
+
+/// Extended range-selector modifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ext {
+    /// Also the last sample at or before the range start (within the lookback).
+    Anchored,
+    /// Also the samples just outside the range, for interpolation at its bounds.
+    Smoothed,
+}
+
+/// The modifier marked on a selector by [`crate::durations::mark_extended`].
+pub(crate) fn ext_mode(vs: &VectorSelector) -> Option<Ext> {
+    vs.matchers
+        .matchers
+        .iter()
+        .find(|m| m.name == crate::durations::EXT_LABEL)
+        .map(|m| if m.value == "smoothed" { Ext::Smoothed } else { Ext::Anchored })
 }
 
 pub(crate) struct Evaluator<'a> {
@@ -482,7 +504,7 @@ impl<'a> Evaluator<'a> {
         let mut result: Vec<Arc<StoredSeries>>;
         if vs.matchers.or_matchers.is_empty() {
             let mut ms = base.clone();
-            for m in &vs.matchers.matchers {
+            for m in vs.matchers.matchers.iter().filter(|m| m.name != crate::durations::EXT_LABEL) {
                 ms.push(conv(m)?);
             }
             result = self.q.select(&ms, &hints).map_err(|e| QueryError::Eval(e.to_string()))?;
@@ -491,7 +513,9 @@ impl<'a> Evaluator<'a> {
             let mut seen = std::collections::HashSet::new();
             for group in &vs.matchers.or_matchers {
                 let mut ms = base.clone();
-                for m in group.iter().chain(vs.matchers.matchers.iter()) {
+                for m in
+                    group.iter().chain(vs.matchers.matchers.iter()).filter(|m| m.name != crate::durations::EXT_LABEL)
+                {
                     ms.push(conv(m)?);
                 }
                 for s in self.q.select(&ms, &hints).map_err(|e| QueryError::Eval(e.to_string()))? {
@@ -511,6 +535,7 @@ impl<'a> Evaluator<'a> {
         let series = self.selected(vs)?;
         let rt = self.ref_time(&vs.at, &vs.offset, ts);
         let lo = rt.saturating_sub(self.opts.lookback_delta);
+        let smoothed = ext_mode(vs) == Some(Ext::Smoothed);
         let mut out = Vec::new();
         for s in series.iter() {
             let idx = s.ts.partition_point(|t| *t <= rt);
@@ -526,10 +551,82 @@ impl<'a> Evaluator<'a> {
                     if is_stale_nan(*f) {
                         continue;
                     }
+                    // `smoothed`: interpolate towards the next sample (within the lookback).
+                    if smoothed
+                        && t < rt
+                        && idx < s.ts.len()
+                        && s.ts[idx] <= rt.saturating_add(self.opts.lookback_delta)
+                        && let StoredValue::Histogram(_) = &s.values[idx]
+                    {
+                        let name = s.labels.get(norn_model::METRIC_NAME).unwrap_or("").to_string();
+                        let pos = self.pos_of(&name);
+                        self.warn(
+                            format!("encountered a mix of histograms and floats for metric name {}", go_quote(&name)),
+                            pos,
+                        );
+                        continue;
+                    }
+                    if smoothed
+                        && t < rt
+                        && idx < s.ts.len()
+                        && s.ts[idx] <= rt.saturating_add(self.opts.lookback_delta)
+                        && let StoredValue::Float(nf) = &s.values[idx]
+                        && !is_stale_nan(*nf)
+                    {
+                        let frac = (rt - t) as f64 / (s.ts[idx] - t) as f64;
+                        let v = f + (nf - f) * frac;
+                        out.push(Sample { metric: s.labels.clone(), t: ts, f: v, h: None, drop_name: false });
+                        continue;
+                    }
                     out.push(Sample { metric: s.labels.clone(), t: ts, f: *f, h: None, drop_name: false });
                 }
                 StoredValue::Histogram(h) => {
-                    let h = if self.stats_hints { stats_hint(s, idx - 1) } else { h.clone() };
+                    let mut h = if self.stats_hints { stats_hint(s, idx - 1) } else { h.clone() };
+                    if smoothed
+                        && t < rt
+                        && idx < s.ts.len()
+                        && s.ts[idx] <= rt.saturating_add(self.opts.lookback_delta)
+                    {
+                        let name = s.labels.get(norn_model::METRIC_NAME).unwrap_or("").to_string();
+                        match &s.values[idx] {
+                            StoredValue::Histogram(n) => {
+                                use crate::histogram as hist;
+                                if hist::uses_custom(n) != hist::uses_custom(&h) {
+                                    let pos = self.pos_of(&name);
+                                    self.warn(
+                                        format!("{} for metric name {}", hist::MIXED_SCHEMAS, go_quote(&name)),
+                                        pos,
+                                    );
+                                    continue;
+                                }
+                                let frac = (rt - t) as f64 / (s.ts[idx] - t) as f64;
+                                let counter = h.counter_reset_hint != norn_model::CounterResetHint::Gauge;
+                                let v = if counter && hist::detect_reset(n, &h) {
+                                    let mut x = (**n).clone();
+                                    hist::scale(&mut x, frac);
+                                    x
+                                } else {
+                                    let Ok(mut d) = hist::sub(n, &h) else { continue };
+                                    hist::scale(&mut d, frac);
+                                    let Ok(x) = hist::add(&h, &d) else { continue };
+                                    x
+                                };
+                                h = Arc::new(v);
+                            }
+                            StoredValue::Float(f) if !is_stale_nan(*f) => {
+                                let pos = self.pos_of(&name);
+                                self.warn(
+                                    format!(
+                                        "encountered a mix of histograms and floats for metric name {}",
+                                        go_quote(&name)
+                                    ),
+                                    pos,
+                                );
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
                     out.push(Sample { metric: s.labels.clone(), t: ts, f: 0.0, h: Some(h), drop_name: false })
                 }
             }
@@ -575,11 +672,33 @@ impl<'a> Evaluator<'a> {
                 let rt = self.ref_time(&vs.at, &vs.offset, ts);
                 let range = dur_ms(&ms.range);
                 let lo = rt.saturating_sub(range);
+                let ext = ext_mode(vs);
                 let mut out = Vec::new();
                 let mut total = 0usize;
                 for s in series.iter() {
-                    let a = s.ts.partition_point(|t| *t <= lo);
-                    let b = s.ts.partition_point(|t| *t <= rt);
+                    let mut a = s.ts.partition_point(|t| *t <= lo);
+                    let mut b = s.ts.partition_point(|t| *t <= rt);
+                    let inside = b > a;
+                    let usable = |i: usize| !matches!(&s.values[i], StoredValue::Float(f) if is_stale_nan(*f));
+                    match ext {
+                        Some(Ext::Anchored) => {
+                            if !inside {
+                                continue;
+                            }
+                            if a > 0 && s.ts[a - 1] > lo.saturating_sub(self.opts.lookback_delta) && usable(a - 1) {
+                                a -= 1;
+                            }
+                        }
+                        Some(Ext::Smoothed) => {
+                            if a > 0 && s.ts[a - 1] > lo.saturating_sub(self.opts.lookback_delta) && usable(a - 1) {
+                                a -= 1;
+                            }
+                            if b < s.ts.len() && s.ts[b] <= rt.saturating_add(self.opts.lookback_delta) && usable(b) {
+                                b += 1;
+                            }
+                        }
+                        None => {}
+                    }
                     if a >= b {
                         continue;
                     }
@@ -606,7 +725,7 @@ impl<'a> Evaluator<'a> {
                 if total > self.opts.max_samples {
                     return Err(QueryError::TooManySamples);
                 }
-                Ok(RangeArg { series: out, range_start: lo, range_end: rt, range })
+                Ok(RangeArg { series: out, range_start: lo, range_end: rt, range, ext })
             }
             Expr::Subquery(sq) => {
                 let rt = self.ref_time(&sq.at, &sq.offset, ts);
@@ -664,7 +783,7 @@ impl<'a> Evaluator<'a> {
                 }
                 self.stats_hints = saved_stats;
                 order.sort_by(|a, b| a.metric.cmp(&b.metric));
-                Ok(RangeArg { series: order, range_start: lo, range_end: rt, range })
+                Ok(RangeArg { series: order, range_start: lo, range_end: rt, range, ext: None })
             }
             _ => Err(QueryError::Eval("expected range vector".into())),
         }

@@ -8,7 +8,7 @@ use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 
 use crate::aggregate::{kahan_inc, quantile_of};
-use crate::engine::{EvalResult, Evaluator, QueryError, RangeArg, drop_metric_name};
+use crate::engine::{EvalResult, Evaluator, Ext, QueryError, RangeArg, drop_metric_name};
 use crate::histogram as hist;
 use crate::value::{Sample, Series, Value};
 
@@ -712,6 +712,20 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
     if args.len() <= mi {
         return Err(QueryError::Eval(format!("unsupported function {name}")));
     }
+    if let Expr::MatrixSelector(ms) = unparen(args[mi])
+        && let Some(ext) = crate::engine::ext_mode(&ms.vs)
+    {
+        let (word, allowed): (&str, &[&str]) = match ext {
+            Ext::Anchored => ("anchored", &["changes", "delta", "increase", "rate", "resets"]),
+            Ext::Smoothed => ("smoothed", &["delta", "increase", "rate"]),
+        };
+        if !allowed.contains(&name) {
+            return Err(QueryError::Eval(format!(
+                "{word} modifier can only be used with: {} - not with {name}",
+                allowed.join(", ")
+            )));
+        }
+    }
     let arg_pos = ev.pos_expr(args[mi]);
     let r = ev.eval_range_arg(args[mi], ts)?;
     let keep_name = matches!(name, "last_over_time" | "first_over_time");
@@ -719,6 +733,9 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
     for s in &r.series {
         let metric_name = s.metric.get(METRIC_NAME).unwrap_or("").to_string();
         let res = match name {
+            "rate" | "increase" | "delta" if r.ext.is_some() => {
+                extended_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
+            }
             "rate" | "increase" | "delta" => {
                 extrapolated_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
             }
@@ -844,6 +861,99 @@ fn extrapolated_rate(
             Some((0.0, result_h))
         }
     }
+}
+
+/// rate/increase/delta over an `anchored` or `smoothed` range: no extrapolation; the
+/// anchor sample, or values interpolated at the range bounds, stand in for it.
+fn extended_rate(
+    ev: &mut Evaluator<'_>,
+    s: &Series,
+    r: &RangeArg,
+    is_counter: bool,
+    is_rate: bool,
+    metric_name: &str,
+    pos: &str,
+) -> Option<FH> {
+    let (lo, hi) = (r.range_start, r.range_end);
+    if !s.histograms.is_empty() {
+        if !s.floats.is_empty() {
+            ev.warn(
+                format!(
+                    "encountered a mix of histograms and floats for metric name {}",
+                    norn_model::format::go_quote(metric_name)
+                ),
+                pos.to_string(),
+            );
+            return None;
+        }
+        let hs = &s.histograms;
+        if hs.iter().all(|p| p.0 <= lo) || hs.iter().all(|p| p.0 > hi) {
+            return None;
+        }
+        let mut h = if hs.len() == 1 {
+            let mut z = hist::empty_like(&hs[0].1);
+            z.counter_reset_hint = CounterResetHint::Gauge;
+            z
+        } else {
+            histogram_rate(ev, hs, is_counter, metric_name, pos)?
+        };
+        if r.ext == Some(Ext::Smoothed) && hs.len() > 1 {
+            // Trim the parts of the first and last intervals that lie outside the range,
+            // assuming linear growth within them.
+            let first_in = hs.iter().position(|p| p.0 > lo).unwrap_or(0);
+            if first_in > 0 {
+                let (p, n) = (&hs[first_in - 1], &hs[first_in]);
+                let frac = (lo - p.0) as f64 / (n.0 - p.0) as f64;
+                let mut d = if hist::detect_reset(&n.1, &p.1) { (*n.1).clone() } else { hist::sub(&n.1, &p.1).ok()? };
+                hist::scale(&mut d, frac);
+                h = hist::sub(&h, &d).ok()?;
+            }
+            let last_in = hs.iter().rposition(|p| p.0 <= hi).unwrap_or(hs.len() - 1);
+            if last_in + 1 < hs.len() {
+                let (p, n) = (&hs[last_in], &hs[last_in + 1]);
+                let frac = (n.0 - hi) as f64 / (n.0 - p.0) as f64;
+                let mut d = if hist::detect_reset(&n.1, &p.1) { (*n.1).clone() } else { hist::sub(&n.1, &p.1).ok()? };
+                hist::scale(&mut d, frac);
+                h = hist::sub(&h, &d).ok()?;
+            }
+            h.counter_reset_hint = CounterResetHint::Gauge;
+            hist::compact(&mut h);
+        }
+        if is_rate {
+            hist::div(&mut h, r.range as f64 / 1000.0);
+        }
+        return Some((0.0, Some(h)));
+    }
+    let pts = &s.floats;
+    if pts.is_empty() || pts.iter().all(|p| p.0 <= lo) || pts.iter().all(|p| p.0 > hi) {
+        return None;
+    }
+    // Counter values with resets folded in, so that differences and interpolation work.
+    let mut adj = Vec::with_capacity(pts.len());
+    let mut offset = 0.0;
+    for (i, (t, v)) in pts.iter().enumerate() {
+        if is_counter && i > 0 && *v < pts[i - 1].1 {
+            offset += pts[i - 1].1;
+        }
+        adj.push((*t, v + offset));
+    }
+    let value = match r.ext {
+        Some(Ext::Smoothed) => {
+            let at = |x: i64| -> f64 {
+                let after = adj.partition_point(|p| p.0 <= x);
+                match (after.checked_sub(1).map(|i| adj[i]), adj.get(after)) {
+                    (Some(p), Some(n)) if p.0 < x => p.1 + (n.1 - p.1) * (x - p.0) as f64 / (n.0 - p.0) as f64,
+                    (Some(p), _) => p.1,
+                    (None, Some(n)) => n.1,
+                    (None, None) => f64::NAN,
+                }
+            };
+            at(hi) - at(lo)
+        }
+        _ => adj[adj.len() - 1].1 - adj[0].1,
+    };
+    let value = if is_rate { value / (r.range as f64 / 1000.0) } else { value };
+    Some((value, None))
 }
 
 fn histogram_rate(

@@ -111,13 +111,6 @@ fn skip_reason(file: &str, query: &str, parse_ok: bool) -> Option<&'static str> 
     if file.starts_with("start_timestamps") {
         return Some(skip_reasons::START_TIMESTAMPS);
     }
-    if query.contains(" anchored")
-        || query.contains(" smoothed")
-        || query.contains("]anchored")
-        || query.contains("]smoothed")
-    {
-        return Some(skip_reasons::EXTENDED_RANGE);
-    }
     if query.contains(">/") || query.contains("</") {
         return Some(skip_reasons::TRIM);
     }
@@ -443,7 +436,7 @@ fn run_eval(
         Eval::Instant { .. } => (0, 0),
         Eval::Range { start, end, step } => (step, end - start),
     };
-    let ast = parse(&crate::durations::fold(&query, step, range));
+    let ast = parse(&crate::durations::mark_extended(&crate::durations::fold(&query, step, range)));
     if let Some(reason) = skip_reason(file, &query, ast.is_ok()) {
         rep.skipped.push(CaseSkip { line: lineno, reason });
         return;
