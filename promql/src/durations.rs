@@ -75,6 +75,7 @@ pub fn fold(query: &str, step_ms: i64, range_ms: i64) -> Cow<'_, str> {
             && (i == 0 || !is_ident(b[i - 1]))
             && (i + 6 == b.len() || !is_ident(b[i + 6]))
         {
+            let before_offset = out.len();
             out.push_str(&query[i..i + 6]);
             i += 6;
             let ws_start = i;
@@ -109,7 +110,10 @@ pub fn fold(query: &str, step_ms: i64, range_ms: i64) -> Cow<'_, str> {
                     Some(v) => {
                         changed = true;
                         let ms = (v * 1000.0).round() as i64;
-                        if ms < 0 {
+                        if ms == 0 {
+                            // The parser rejects a zero offset; no offset means the same.
+                            out.truncate(before_offset);
+                        } else if ms < 0 {
                             out.push_str(&format!("-{}ms", -ms));
                         } else {
                             out.push_str(&format!("{ms}ms"));
@@ -169,16 +173,22 @@ fn split_top(s: &str, sep: u8) -> Vec<&str> {
     let b = s.as_bytes();
     let mut parts = Vec::new();
     let (mut depth, mut start) = (0i32, 0);
-    for (i, c) in b.iter().enumerate() {
-        match c {
-            b'(' => depth += 1,
-            b')' => depth -= 1,
-            c if *c == sep && depth == 0 => {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' | b'\'' | b'`' => {
+                i = skip_string(b, i);
+                continue;
+            }
+            b'(' | b'{' | b'[' => depth += 1,
+            b')' | b'}' | b']' => depth -= 1,
+            c if c == sep && depth == 0 => {
                 parts.push(&s[start..i]);
                 start = i + 1;
             }
             _ => {}
         }
+        i += 1;
     }
     parts.push(&s[start..]);
     parts
@@ -494,4 +504,55 @@ mod ext_tests {
         assert_eq!(mark_extended("m smoothed"), "m{__norn_ext__=\"smoothed\"} ");
         assert_eq!(mark_extended("rate(m[5m])"), "rate(m[5m])");
     }
+}
+
+/// Adds a marker matcher to the selector given as `info()`'s second argument, which the
+/// parser would otherwise reject when all its matchers match the empty string
+/// (`info(m, {data=~".*"})`); `info()` ignores the marker.
+pub fn mark_info_selector(query: &str) -> Cow<'_, str> {
+    if !query.contains("info(") {
+        return Cow::Borrowed(query);
+    }
+    let b = query.as_bytes();
+    let mut out = String::with_capacity(query.len() + 24);
+    let mut last = 0;
+    let mut i = 0;
+    let mut changed = false;
+    while let Some(rel) = query[i..].find("info(") {
+        let at = i + rel;
+        i = at + 5;
+        if at > 0 && is_ident(b[at - 1]) {
+            continue;
+        }
+        let Some(close) = matching(b, at + 4, b'(', b')') else { break };
+        let args = &query[at + 5..close];
+        let parts = split_top(args, b',');
+        if parts.len() != 2 {
+            continue;
+        }
+        let second = parts[1];
+        let Some(open_rel) = second.find('{') else { continue };
+        let Some(close_rel) = second.rfind('}') else { continue };
+        let abs_close = at + 5 + parts[0].len() + 1 + close_rel;
+        let inner_empty = second[open_rel + 1..close_rel].trim().is_empty();
+        out.push_str(&query[last..abs_close]);
+        if !inner_empty {
+            out.push_str(", ");
+        }
+        out.push_str(&format!("{EXT_LABEL}=\"info\""));
+        last = abs_close;
+        changed = true;
+    }
+    if !changed {
+        return Cow::Borrowed(query);
+    }
+    out.push_str(&query[last..]);
+    Cow::Owned(out)
+}
+
+/// All pre-parse rewrites: duration expressions, `anchored`/`smoothed`, `info()` selectors.
+pub fn preprocess(query: &str, step_ms: i64, range_ms: i64) -> String {
+    let folded = fold(query, step_ms, range_ms);
+    let marked = mark_extended(&folded);
+    mark_info_selector(&marked).into_owned()
 }

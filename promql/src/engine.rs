@@ -134,7 +134,7 @@ impl Engine {
 
     /// Evaluates `query` at `ts` (ms).
     pub fn instant_query(&self, q: &dyn Queryable, query: &str, ts: i64) -> QueryResult {
-        match parse(&crate::durations::mark_extended(&crate::durations::fold(query, 0, 0))) {
+        match parse(&crate::durations::preprocess(query, 0, 0)) {
             Ok(e) => self.instant_expr(q, &e, query, ts),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }
@@ -142,7 +142,7 @@ impl Engine {
 
     /// Evaluates `query` from `start` to `end` every `step` (all ms).
     pub fn range_query(&self, q: &dyn Queryable, query: &str, start: i64, end: i64, step: i64) -> QueryResult {
-        match parse(&crate::durations::mark_extended(&crate::durations::fold(query, step, end.saturating_sub(start)))) {
+        match parse(&crate::durations::preprocess(query, step, end.saturating_sub(start))) {
             Ok(e) => self.range_expr(q, &e, query, start, end, step),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }

@@ -95,36 +95,17 @@ impl fmt::Display for FileReport {
 pub mod skip_reasons {
     /// `@st` start timestamps (feature `st-storage` / `UseStartTimestamps`).
     pub const START_TIMESTAMPS: &str = "start timestamps (@st lines) are not implemented";
-    /// `anchored`/`smoothed` range-selector modifiers.
-    pub const EXTENDED_RANGE: &str = "experimental anchored/smoothed range selectors are not implemented";
     /// `>/` and `</` histogram trim operators.
-    pub const TRIM: &str = "experimental histogram trim operators >/ and </ are not supported by the parser";
-    /// `info(v, {l=~".*"})`: a second argument whose matchers all match the empty string.
-    pub const INFO_EMPTY_SELECTOR: &str =
-        "promql-parser 0.11 rejects info() selectors whose matchers all match the empty string";
-    /// Duration arithmetic and step()/range()/min_of()/max_of().
-    pub const DURATION_EXPR: &str =
-        "experimental duration expressions are not supported by the parser (promql-parser 0.11)";
+    pub const TRIM: &str =
+        "experimental histogram trim operators >/ and </ are not implemented (promql-parser 0.11 cannot parse them)";
 }
 
-fn skip_reason(file: &str, query: &str, parse_ok: bool) -> Option<&'static str> {
+fn skip_reason(file: &str, query: &str) -> Option<&'static str> {
     if file.starts_with("start_timestamps") {
         return Some(skip_reasons::START_TIMESTAMPS);
     }
     if query.contains(">/") || query.contains("</") {
         return Some(skip_reasons::TRIM);
-    }
-    if !parse_ok && query.contains("info(") {
-        return Some(skip_reasons::INFO_EMPTY_SELECTOR);
-    }
-    if !parse_ok
-        && (query.contains("step()")
-            || query.contains("range()")
-            || query.contains("min_of(")
-            || query.contains("max_of(")
-            || file.starts_with("duration_expression"))
-    {
-        return Some(skip_reasons::DURATION_EXPR);
     }
     None
 }
@@ -436,8 +417,8 @@ fn run_eval(
         Eval::Instant { .. } => (0, 0),
         Eval::Range { start, end, step } => (step, end - start),
     };
-    let ast = parse(&crate::durations::mark_extended(&crate::durations::fold(&query, step, range)));
-    if let Some(reason) = skip_reason(file, &query, ast.is_ok()) {
+    let ast = parse(&crate::durations::preprocess(&query, step, range));
+    if let Some(reason) = skip_reason(file, &query) {
         rep.skipped.push(CaseSkip { line: lineno, reason });
         return;
     }
