@@ -554,5 +554,99 @@ pub fn mark_info_selector(query: &str) -> Cow<'_, str> {
 pub fn preprocess(query: &str, step_ms: i64, range_ms: i64) -> String {
     let folded = fold(query, step_ms, range_ms);
     let marked = mark_extended(&folded);
-    mark_info_selector(&marked).into_owned()
+    let marked = mark_info_selector(&marked);
+    mark_invalid_utf8(&marked).into_owned()
+}
+
+/// Private-use code points standing for raw bytes 0x80..=0xff of non-UTF-8 Go strings.
+pub const RAW_BYTE_BASE: u32 = 0xF700;
+
+/// Whether `s` holds a raw-byte stand-in, i.e. was not valid UTF-8 in Go.
+pub fn has_raw_bytes(s: &str) -> bool {
+    s.chars().any(|c| (RAW_BYTE_BASE + 0x80..=RAW_BYTE_BASE + 0xff).contains(&(c as u32)))
+}
+
+/// Go's `%q` of a string that may hold raw-byte stand-ins (printed as `\xNN`).
+pub fn quote_raw(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        let u = c as u32;
+        if (RAW_BYTE_BASE + 0x80..=RAW_BYTE_BASE + 0xff).contains(&u) {
+            out.push_str(&format!("\\x{:02x}", u - RAW_BYTE_BASE));
+        } else {
+            let q = norn_model::format::go_quote(&c.to_string());
+            out.push_str(&q[1..q.len() - 1]);
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go string literals may hold bytes that are not UTF-8 (`"\xff"`); Rust strings cannot.
+/// Such literals get private-use stand-ins for their high `\x` escapes, so that label-name checks
+/// can reject them as Prometheus does.
+pub fn mark_invalid_utf8(query: &str) -> Cow<'_, str> {
+    if !query.contains("\\x") {
+        return Cow::Borrowed(query);
+    }
+    let b = query.as_bytes();
+    let mut out = String::with_capacity(query.len());
+    let mut i = 0;
+    let mut last = 0;
+    let mut changed = false;
+    while i < b.len() {
+        if b[i] == b'"' || b[i] == b'\'' {
+            let end = skip_string(b, i);
+            let lit = &query[i..end];
+            if let Some(bytes) = go_unquote_bytes(lit)
+                && std::str::from_utf8(&bytes).is_err()
+            {
+                let re = regex::Regex::new(r"\\x([89a-fA-F][0-9a-fA-F])").expect("static regex");
+                out.push_str(&query[last..i]);
+                let replaced = re.replace_all(lit, |c: &regex::Captures<'_>| {
+                    let byte = u32::from_str_radix(&c[1], 16).unwrap_or(0xff);
+                    char::from_u32(RAW_BYTE_BASE + byte).map(String::from).unwrap_or_default()
+                });
+                out.push_str(&replaced);
+                last = end;
+                changed = true;
+            }
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    if !changed {
+        return Cow::Borrowed(query);
+    }
+    out.push_str(&query[last..]);
+    Cow::Owned(out)
+}
+
+/// The bytes of a Go double- or single-quoted literal (escapes decoded), if well formed.
+fn go_unquote_bytes(lit: &str) -> Option<Vec<u8>> {
+    let inner = lit.get(1..lit.len().checked_sub(1)?)?;
+    let b = inner.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'x' => {
+                    let v = u8::from_str_radix(inner.get(i + 2..i + 4)?, 16).ok()?;
+                    out.push(v);
+                    i += 4;
+                }
+                c => {
+                    out.push(b'\\');
+                    out.push(c);
+                    i += 2;
+                }
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }

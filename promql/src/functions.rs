@@ -382,7 +382,7 @@ fn label_replace(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<
     let re_s = string_arg(ev, args[4], ts)?;
     let re = regex::Regex::new(&format!("^(?s:{re_s})$"))
         .map_err(|e| QueryError::Eval(format!("invalid regular expression in label_replace(): {re_s}: {e}")))?;
-    if dst.is_empty() {
+    if !crate::aggregate::is_valid_label_name(&dst) {
         return Err(QueryError::Eval(format!("invalid destination label name in label_replace(): {dst}")));
     }
     let v = ev.eval_vector(args[0], ts)?;
@@ -411,7 +411,7 @@ fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<Val
     for a in &args[3..] {
         srcs.push(string_arg(ev, a, ts)?);
     }
-    if dst.is_empty() {
+    if !crate::aggregate::is_valid_label_name(&dst) {
         return Err(QueryError::Eval(format!("invalid destination label name in label_join(): {dst}")));
     }
     let v = ev.eval_vector(args[0], ts)?;
@@ -1094,15 +1094,19 @@ fn instant_value(ev: &mut Evaluator<'_>, s: &Series, is_rate: bool, metric_name:
                     pos.to_string(),
                 );
             }
-            if hist::uses_custom(lh) != hist::uses_custom(ph) {
-                ev.warn(
-                    format!("{} for metric name {}", hist::MIXED_SCHEMAS, norn_model::format::go_quote(metric_name)),
-                    pos.to_string(),
-                );
-                return None;
-            }
             let mut r = (**lh).clone();
             if !is_rate || !hist::detect_reset(lh, ph) {
+                if hist::uses_custom(lh) != hist::uses_custom(ph) {
+                    ev.warn(
+                        format!(
+                            "{} for metric name {}",
+                            hist::MIXED_SCHEMAS,
+                            norn_model::format::go_quote(metric_name)
+                        ),
+                        pos.to_string(),
+                    );
+                    return None;
+                }
                 if hist::custom_mismatch(lh, ph) {
                     ev.info("mismatched custom buckets were reconciled during subtraction".into(), pos.to_string());
                 }
