@@ -589,6 +589,7 @@ pub fn mark_invalid_utf8(query: &str) -> Cow<'_, str> {
     if !query.contains("\\x") {
         return Cow::Borrowed(query);
     }
+    let re = regex::Regex::new(r"\\x([89a-fA-F][0-9a-fA-F])").expect("static regex");
     let b = query.as_bytes();
     let mut out = String::with_capacity(query.len());
     let mut i = 0;
@@ -601,7 +602,6 @@ pub fn mark_invalid_utf8(query: &str) -> Cow<'_, str> {
             if let Some(bytes) = go_unquote_bytes(lit)
                 && std::str::from_utf8(&bytes).is_err()
             {
-                let re = regex::Regex::new(r"\\x([89a-fA-F][0-9a-fA-F])").expect("static regex");
                 out.push_str(&query[last..i]);
                 let replaced = re.replace_all(lit, |c: &regex::Captures<'_>| {
                     let byte = u32::from_str_radix(&c[1], 16).unwrap_or(0xff);
