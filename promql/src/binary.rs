@@ -217,6 +217,11 @@ fn drops_name(op: Op) -> bool {
 }
 
 pub(crate) fn binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, ts: i64) -> EvalResult<Value> {
+    if let promql_parser::parser::Expr::Call(c) = b.rhs.as_ref()
+        && c.func.name.starts_with("__norn_trim_")
+    {
+        return trim(ev, b, c, ts);
+    }
     let opname = b.op.to_string();
     let op = Op::from_str(&opname).ok_or_else(|| QueryError::Eval(format!("unknown binary operator {opname}")))?;
     let return_bool = b.modifier.as_ref().map(|m| m.return_bool).unwrap_or(false);
@@ -248,6 +253,44 @@ pub(crate) fn binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, ts: i64) -> EvalRes
             l.type_name(),
             r.type_name()
         ))),
+    }
+}
+
+/// `lhs </ rhs` and `lhs >/ rhs` (rewritten by `durations::mark_trim`).
+fn trim(ev: &mut Evaluator<'_>, b: &BinaryExpr, c: &promql_parser::parser::Call, ts: i64) -> EvalResult<Value> {
+    let keep_below = c.func.name.contains("upper");
+    let lhs = ev.eval(&b.lhs, ts)?;
+    let Value::Vector(lhs) = lhs else {
+        return Err(QueryError::Eval("histogram trim operators need an instant vector on the left".into()));
+    };
+    let rhs = ev.eval(&c.args.args[0], ts)?;
+    let apply = |s: &Sample, x: f64| -> Option<Sample> {
+        let h = s.h.as_ref()?;
+        let mut n = s.clone();
+        n.h = Some(Arc::new(hist::trim(h, x, keep_below)));
+        Some(n)
+    };
+    match rhs {
+        Value::Scalar(x) => Ok(Value::Vector(lhs.iter().filter_map(|s| apply(s, x)).collect())),
+        Value::Vector(rv) => {
+            let default_mod = BinModifier::default();
+            let m = b.modifier.as_ref().unwrap_or(&default_mod);
+            let (on, names) = matching_of(m);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let right: HashMap<Labels, f64> =
+                rv.iter().filter(|s| s.h.is_none()).map(|s| (signature(&s.metric, on, &names), s.f)).collect();
+            // One-to-one matching labels, as for comparisons: `on` keeps only its labels.
+            Ok(Value::Vector(
+                lhs.iter()
+                    .filter_map(|s| right.get(&signature(&s.metric, on, &names)).and_then(|x| apply(s, *x)))
+                    .map(|mut s| {
+                        s.metric = if on { labels_only(&s.metric, &names) } else { labels_without(&s.metric, &names) };
+                        s
+                    })
+                    .collect(),
+            ))
+        }
+        v => Err(QueryError::Eval(format!("unexpected {} in histogram trim", v.type_name()))),
     }
 }
 

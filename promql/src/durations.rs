@@ -555,6 +555,7 @@ pub fn preprocess(query: &str, step_ms: i64, range_ms: i64) -> String {
     let folded = fold(query, step_ms, range_ms);
     let marked = mark_extended(&folded);
     let marked = mark_info_selector(&marked);
+    let marked = mark_trim(&marked);
     mark_invalid_utf8(&marked).into_owned()
 }
 
@@ -649,4 +650,47 @@ fn go_unquote_bytes(lit: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// Function names standing in for the trim operators (`</` keeps what is below, `>/`
+/// what is above); the parser does not know the operators, so `a </ b` is rewritten to
+/// `a > __norn_trim_upper_v(b)` (or `_s` for a scalar `b`) and evaluated as the trim.
+pub const TRIM_FUNCS: [&str; 4] =
+    ["__norn_trim_upper_s", "__norn_trim_upper_v", "__norn_trim_lower_s", "__norn_trim_lower_v"];
+
+/// Registers the trim stand-in functions with the parser (once per process).
+pub fn register_trim_functions() {
+    use promql_parser::parser::value::ValueType;
+    use promql_parser::parser::{Function, register_extra_functions};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut fs = Vec::new();
+        for name in TRIM_FUNCS {
+            let t = if name.ends_with("_s") { ValueType::Scalar } else { ValueType::Vector };
+            fs.push(Function::new(name, vec![t], 0, t, false));
+        }
+        // Registration only fails on a clash with a built-in name, which these cannot have.
+        let _ = register_extra_functions(fs);
+    });
+}
+
+/// Rewrites `a </ b` and `a >/ b` (see [`TRIM_FUNCS`]).
+pub fn mark_trim(query: &str) -> Cow<'_, str> {
+    if !query.contains(">/") && !query.contains("</") {
+        return Cow::Borrowed(query);
+    }
+    register_trim_functions();
+    let re = regex::Regex::new(
+        r"(>/|</)(\s*(?:on|ignoring)\s*\([^)]*\))?\s*([-+]?(?:[0-9][\w.]*|Inf|NaN|inf|nan)|[A-Za-z_:][\w:]*(?:\{[^}]*\})?)",
+    )
+    .expect("static regex");
+    let out = re.replace_all(query, |c: &regex::Captures<'_>| {
+        let kind = if &c[1] == "</" { "upper" } else { "lower" };
+        let operand = &c[3];
+        let scalar = operand.trim_start_matches(['-', '+']).starts_with(|ch: char| ch.is_ascii_digit())
+            || matches!(operand.trim_start_matches(['-', '+']).to_ascii_lowercase().as_str(), "inf" | "nan");
+        let m = c.get(2).map(|m| m.as_str()).unwrap_or("");
+        format!("> bool{m} __norn_trim_{kind}_{}({operand})", if scalar { "s" } else { "v" })
+    });
+    Cow::Owned(out.into_owned())
 }

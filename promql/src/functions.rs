@@ -74,6 +74,7 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
     }
     match name {
         "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
+        n if n.starts_with("__norn_trim_") => ev.eval(args[0], ts),
         "step" => Ok(Value::Scalar(ev.interval as f64 / 1000.0)),
         "range" => Ok(Value::Scalar((ev.end - ev.start) as f64 / 1000.0)),
         "start" => Ok(Value::Scalar(ev.start as f64 / 1000.0)),

@@ -95,17 +95,11 @@ impl fmt::Display for FileReport {
 pub mod skip_reasons {
     /// `@st` start timestamps (feature `st-storage` / `UseStartTimestamps`).
     pub const START_TIMESTAMPS: &str = "start timestamps (@st lines) are not implemented";
-    /// `>/` and `</` histogram trim operators.
-    pub const TRIM: &str =
-        "experimental histogram trim operators >/ and </ are not implemented (promql-parser 0.11 cannot parse them)";
 }
 
 fn skip_reason(file: &str, query: &str) -> Option<&'static str> {
     if file.starts_with("start_timestamps") {
         return Some(skip_reasons::START_TIMESTAMPS);
-    }
-    if query.contains(">/") || query.contains("</") {
-        return Some(skip_reasons::TRIM);
     }
     None
 }
