@@ -358,32 +358,6 @@ impl Parser {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn folds() {
-        let cases = [
-            ("rate(x[26m+4m])", 0, 0, "rate(x[1800000ms])"),
-            ("rate(x[5m])", 0, 0, "rate(x[5m])"),
-            ("x[2m*(10+5)]", 0, 0, "x[1800000ms]"),
-            ("x[29s+1s:5s+5s]", 0, 0, "x[30000ms:10000ms]"),
-            ("x offset (100 + 2)", 0, 0, "x offset 102000ms"),
-            ("x offset 100 + 2", 0, 0, "x offset 100000ms + 2"),
-            ("x offset -2 ^ 2", 0, 0, "x offset -2000ms ^ 2"),
-            ("x offset (-2 ^ 2)", 0, 0, "x offset -4000ms"),
-            ("x[step()]", 10_000, 0, "x[10000ms]"),
-            ("x offset min_of(step(), 1s)+8000", 5_000, 0, "x offset 1000ms+8000"),
-            ("x offset 5m", 0, 0, "x offset 5m"),
-            ("x{a=\"[1+1]\"}[1m]", 0, 0, "x{a=\"[1+1]\"}[1m]"),
-        ];
-        for (q, step, range, want) in cases {
-            assert_eq!(fold(q, step, range), want, "{q}");
-        }
-    }
-}
-
 /// The label name used to carry `anchored`/`smoothed` through the parser, which does not
 /// know these modifiers: `m[5m] anchored` becomes `m{__norn_ext__="anchored"}[5m]`.
 pub const EXT_LABEL: &str = "__norn_ext__";
@@ -491,19 +465,6 @@ pub fn mark_extended(query: &str) -> Cow<'_, str> {
         changed = true;
     }
     if changed { Cow::Owned(s) } else { Cow::Borrowed(query) }
-}
-
-#[cfg(test)]
-mod ext_tests {
-    use super::*;
-
-    #[test]
-    fn marks() {
-        assert_eq!(mark_extended("rate(m[5m] anchored)"), "rate(m{__norn_ext__=\"anchored\"}[5m] )");
-        assert_eq!(mark_extended("rate(m{a=\"b\"}[5m] smoothed)"), "rate(m{a=\"b\", __norn_ext__=\"smoothed\"}[5m] )");
-        assert_eq!(mark_extended("m smoothed"), "m{__norn_ext__=\"smoothed\"} ");
-        assert_eq!(mark_extended("rate(m[5m])"), "rate(m[5m])");
-    }
 }
 
 /// Adds a marker matcher to the selector given as `info()`'s second argument, which the
@@ -693,4 +654,43 @@ pub fn mark_trim(query: &str) -> Cow<'_, str> {
         format!("> bool{m} __norn_trim_{kind}_{}({operand})", if scalar { "s" } else { "v" })
     });
     Cow::Owned(out.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds() {
+        let cases = [
+            ("rate(x[26m+4m])", 0, 0, "rate(x[1800000ms])"),
+            ("rate(x[5m])", 0, 0, "rate(x[5m])"),
+            ("x[2m*(10+5)]", 0, 0, "x[1800000ms]"),
+            ("x[29s+1s:5s+5s]", 0, 0, "x[30000ms:10000ms]"),
+            ("x offset (100 + 2)", 0, 0, "x offset 102000ms"),
+            ("x offset 100 + 2", 0, 0, "x offset 100000ms + 2"),
+            ("x offset -2 ^ 2", 0, 0, "x offset -2000ms ^ 2"),
+            ("x offset (-2 ^ 2)", 0, 0, "x offset -4000ms"),
+            ("x[step()]", 10_000, 0, "x[10000ms]"),
+            ("x offset min_of(step(), 1s)+8000", 5_000, 0, "x offset 1000ms+8000"),
+            ("x offset 5m", 0, 0, "x offset 5m"),
+            ("x{a=\"[1+1]\"}[1m]", 0, 0, "x{a=\"[1+1]\"}[1m]"),
+        ];
+        for (q, step, range, want) in cases {
+            assert_eq!(fold(q, step, range), want, "{q}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod ext_tests {
+    use super::*;
+
+    #[test]
+    fn marks() {
+        assert_eq!(mark_extended("rate(m[5m] anchored)"), "rate(m{__norn_ext__=\"anchored\"}[5m] )");
+        assert_eq!(mark_extended("rate(m{a=\"b\"}[5m] smoothed)"), "rate(m{a=\"b\", __norn_ext__=\"smoothed\"}[5m] )");
+        assert_eq!(mark_extended("m smoothed"), "m{__norn_ext__=\"smoothed\"} ");
+        assert_eq!(mark_extended("rate(m[5m])"), "rate(m[5m])");
+    }
 }

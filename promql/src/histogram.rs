@@ -693,39 +693,6 @@ fn kahan_add(inc: f64, sum: f64, c: &mut f64) -> f64 {
     t
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(schema: i32, buckets: &[f64], offset: i32) -> FloatHistogram {
-        FloatHistogram {
-            schema,
-            count: buckets.iter().sum(),
-            positive_spans: vec![Span { offset, length: buckets.len() as u32 }],
-            positive_buckets: buckets.to_vec(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn add_reduces_schema() {
-        let a = h(1, &[1.0, 1.0], 1);
-        let b = h(0, &[2.0], 1);
-        let s = add(&a, &b).unwrap();
-        assert_eq!(s.schema, 0);
-        assert_eq!(to_map(&s.positive_spans, &s.positive_buckets).into_iter().collect::<Vec<_>>(), vec![(1, 4.0)]);
-    }
-
-    #[test]
-    fn quantile_custom_buckets() {
-        let mut x = h(CUSTOM_BUCKETS_SCHEMA, &[2.0, 2.0], 0);
-        x.custom_values = vec![1.0, 2.0];
-        x.sum = 3.0;
-        assert_eq!(quantile(0.5, &x), 1.0);
-        assert_eq!(quantile(0.25, &x), 0.5);
-    }
-}
-
 /// The histogram trim operators: `h </ x` keeps the observations below `x`
 /// (`keep_below`), `h >/ x` those above. Buckets cut by `x` keep the interpolated part
 /// (exponentially within exponential buckets, linearly otherwise); the sum is then
@@ -879,5 +846,38 @@ fn interp(lo: f64, hi: f64, x: f64, linear: bool) -> f64 {
         (x.log2() - lo.log2()) / (hi.log2() - lo.log2())
     } else {
         (lo.abs().log2() - x.abs().log2()) / (lo.abs().log2() - hi.abs().log2())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(schema: i32, buckets: &[f64], offset: i32) -> FloatHistogram {
+        FloatHistogram {
+            schema,
+            count: buckets.iter().sum(),
+            positive_spans: vec![Span { offset, length: buckets.len() as u32 }],
+            positive_buckets: buckets.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn add_reduces_schema() {
+        let a = h(1, &[1.0, 1.0], 1);
+        let b = h(0, &[2.0], 1);
+        let s = add(&a, &b).unwrap();
+        assert_eq!(s.schema, 0);
+        assert_eq!(to_map(&s.positive_spans, &s.positive_buckets).into_iter().collect::<Vec<_>>(), vec![(1, 4.0)]);
+    }
+
+    #[test]
+    fn quantile_custom_buckets() {
+        let mut x = h(CUSTOM_BUCKETS_SCHEMA, &[2.0, 2.0], 0);
+        x.custom_values = vec![1.0, 2.0];
+        x.sum = 3.0;
+        assert_eq!(quantile(0.5, &x), 1.0);
+        assert_eq!(quantile(0.25, &x), 0.5);
     }
 }

@@ -97,7 +97,7 @@ pub mod skip_reasons {
     pub const START_TIMESTAMPS: &str = "start timestamps (@st lines) are not implemented";
 }
 
-fn skip_reason(file: &str, query: &str) -> Option<&'static str> {
+fn skip_reason(file: &str) -> Option<&'static str> {
     if file.starts_with("start_timestamps") {
         return Some(skip_reasons::START_TIMESTAMPS);
     }
@@ -412,7 +412,7 @@ fn run_eval(
         Eval::Range { start, end, step } => (step, end - start),
     };
     let ast = parse(&crate::durations::preprocess(&query, step, range));
-    if let Some(reason) = skip_reason(file, &query) {
+    if let Some(reason) = skip_reason(file) {
         rep.skipped.push(CaseSkip { line: lineno, reason });
         return;
     }
