@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use norn_model::{FloatHistogram, Labels, METRIC_NAME};
-use promql_parser::parser::{AggregateExpr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use crate::engine::{EvalResult, Evaluator, QueryError, labels_only, labels_without};
 use crate::histogram as hist;
@@ -87,7 +87,15 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
             v => return Err(QueryError::Eval(format!("unexpected {} as aggregation parameter", v.type_name()))),
         }
     }
+    if let Expr::VectorSelector(_) = a.expr.as_ref() {
+        ev.pending_grouping = match &a.modifier {
+            Some(LabelModifier::Include(l)) => Some((true, l.labels.clone())),
+            Some(LabelModifier::Exclude(l)) => Some((false, l.labels.clone())),
+            None => Some((true, vec![])),
+        };
+    }
     let input = ev.eval_vector(&a.expr, ts)?;
+    ev.pending_grouping = None;
     match op.as_str() {
         "topk" | "bottomk" | "limitk" => {
             if param_f.is_nan() {

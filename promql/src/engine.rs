@@ -26,6 +26,8 @@ pub struct EngineOptions {
     pub max_samples: usize,
     /// Keep `__name__` until the end of the query (Prometheus's delayed name removal).
     pub delayed_name_removal: bool,
+    /// Give up on a query after this long.
+    pub timeout: Option<Duration>,
 }
 
 impl Default for EngineOptions {
@@ -35,6 +37,7 @@ impl Default for EngineOptions {
             default_subquery_step: 60 * 1000,
             max_samples: 50_000_000,
             delayed_name_removal: true,
+            timeout: Some(Duration::from_secs(120)),
         }
     }
 }
@@ -51,6 +54,9 @@ pub enum QueryError {
     /// The sample limit was exceeded.
     #[error("query processing would load too many samples into memory in query execution")]
     TooManySamples,
+    /// The query ran longer than the configured timeout.
+    #[error("query timed out in query execution")]
+    Timeout,
 }
 
 /// The outcome of a query: a value or an error, plus annotations.
@@ -284,6 +290,13 @@ pub(crate) struct Evaluator<'a> {
     /// Emulates Prometheus's stats-only histogram iterator (used under `histogram_count`
     /// and friends), which re-derives counter-reset hints from the previous stored sample.
     pub stats_hints: bool,
+    /// Hints for the next selection: the enclosing function and aggregation grouping.
+    pub pending_func: Option<String>,
+    pub pending_grouping: Option<(bool, Vec<String>)>,
+    pending_range: Option<i64>,
+    /// Inside a subquery, selections may reach before the query start.
+    subquery_depth: usize,
+    deadline: Option<std::time::Instant>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -305,6 +318,11 @@ impl<'a> Evaluator<'a> {
             cache: HashMap::new(),
             annos: Annotations::default(),
             stats_hints: false,
+            pending_func: None,
+            pending_grouping: None,
+            pending_range: None,
+            subquery_depth: 0,
+            deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
         }
     }
 
@@ -372,6 +390,7 @@ impl<'a> Evaluator<'a> {
         let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
         let mut ts = start;
         while ts <= end {
+            self.check_deadline()?;
             match self.eval(e, ts)? {
                 Value::Scalar(v) => {
                     let key = (Labels::empty(), false);
@@ -411,6 +430,13 @@ impl<'a> Evaluator<'a> {
         };
         v.sort_by(|a, b| a.metric.cmp(&b.metric));
         Ok(Value::Matrix(v))
+    }
+
+    fn check_deadline(&self) -> EvalResult<()> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() > d => Err(QueryError::Timeout),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn eval(&mut self, e: &Expr, ts: i64) -> EvalResult<Value> {
@@ -485,6 +511,9 @@ impl<'a> Evaluator<'a> {
     fn selected(&mut self, vs: &VectorSelector) -> EvalResult<Arc<Vec<Arc<StoredSeries>>>> {
         let key = vs as *const VectorSelector as usize;
         if let Some(s) = self.cache.get(&key) {
+            self.pending_range = None;
+            self.pending_func = None;
+            self.pending_grouping = None;
             return Ok(s.clone());
         }
         let mut base = Vec::new();
@@ -500,7 +529,26 @@ impl<'a> Evaluator<'a> {
             };
             Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| QueryError::Parse(e.to_string()))
         };
-        let hints = SelectHints { start: i64::MIN, end: i64::MAX, step: self.interval, ..Default::default() };
+        // The time range every step of this query may read for this selector.
+        let (mut start, mut end) = match &vs.at {
+            Some(AtModifier::At(t)) => (systime_ms(t), systime_ms(t)),
+            _ => (self.start, self.end),
+        };
+        start = start.saturating_sub(offset_ms(&vs.offset)).saturating_sub(self.opts.lookback_delta);
+        end = end.saturating_sub(offset_ms(&vs.offset));
+        if self.subquery_depth > 0 || matches!(vs.at, Some(AtModifier::Start) | Some(AtModifier::End)) {
+            (start, end) = (i64::MIN, i64::MAX);
+        }
+        let mut hints = SelectHints { start, end, step: self.interval, ..Default::default() };
+        if let Some(r) = self.pending_range.take() {
+            hints.range = r;
+            hints.start = hints.start.saturating_sub(r);
+        }
+        hints.func = self.pending_func.take();
+        if let Some((by, grouping)) = self.pending_grouping.take() {
+            hints.by = by;
+            hints.grouping = grouping;
+        }
         let mut result: Vec<Arc<StoredSeries>>;
         if vs.matchers.or_matchers.is_empty() {
             let mut ms = base.clone();
@@ -668,6 +716,7 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(p) => self.eval_range_arg(&p.expr, ts),
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
+                self.pending_range = Some(dur_ms(&ms.range));
                 let series = self.selected(vs)?;
                 let rt = self.ref_time(&vs.at, &vs.offset, ts);
                 let range = dur_ms(&ms.range);
@@ -747,8 +796,12 @@ impl<'a> Evaluator<'a> {
                 let mut order: Vec<Series> = Vec::new();
                 let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
                 let saved_stats = std::mem::replace(&mut self.stats_hints, false);
+                // An error ends the whole query, so the depth need not be restored on it.
+                self.subquery_depth += 1;
+                self.pending_func = None;
                 let mut t = first;
                 while t <= rt {
+                    self.check_deadline()?;
                     match self.eval(&sq.expr, t)? {
                         Value::Scalar(v) => {
                             let i = *index.entry((Labels::empty(), false)).or_insert_with(|| {
@@ -782,6 +835,7 @@ impl<'a> Evaluator<'a> {
                     };
                 }
                 self.stats_hints = saved_stats;
+                self.subquery_depth -= 1;
                 order.sort_by(|a, b| a.metric.cmp(&b.metric));
                 Ok(RangeArg { series: order, range_start: lo, range_end: rt, range, ext: None })
             }

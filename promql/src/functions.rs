@@ -728,7 +728,9 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
         }
     }
     let arg_pos = ev.pos_expr(args[mi]);
+    ev.pending_func = Some(name.to_string());
     let r = ev.eval_range_arg(args[mi], ts)?;
+    ev.pending_func = None;
     let keep_name = matches!(name, "last_over_time" | "first_over_time");
     let mut out = Vec::with_capacity(r.series.len());
     for s in &r.series {
