@@ -74,8 +74,8 @@ fn grouping_labels(metric: &Labels, modifier: &Option<LabelModifier>) -> Labels 
 pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> EvalResult<Value> {
     let op = a.op.to_string().to_lowercase();
     let pos = match &a.param {
-        Some(p) => ev.pos_expr(p),
-        None => ev.pos_expr(&a.expr),
+        Some(p) => ev.pos_cached(p),
+        None => ev.pos_cached(&a.expr),
     };
     // Parameters are evaluated first, as Prometheus does.
     let mut param_f = f64::NAN;

@@ -227,7 +227,8 @@ pub(crate) fn binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, ts: i64) -> EvalRes
     let return_bool = b.modifier.as_ref().map(|m| m.return_bool).unwrap_or(false);
     let lhs = ev.eval(&b.lhs, ts)?;
     let rhs = ev.eval(&b.rhs, ts)?;
-    let pos = ev.pos_expr(&promql_parser::parser::Expr::Binary(b.clone()));
+    // The position of the binary expression: its left operand starts it.
+    let pos = ev.pos_cached(&b.lhs);
     match (lhs, rhs) {
         (Value::Scalar(l), Value::Scalar(r)) => {
             let (v, keep) = float_op(op, l, r);

@@ -294,6 +294,7 @@ pub(crate) struct Evaluator<'a> {
     pub pending_func: Option<String>,
     pub pending_grouping: Option<(bool, Vec<String>)>,
     pending_range: Option<i64>,
+    pos_cache: HashMap<usize, String>,
     /// Inside a subquery, selections may reach before the query start.
     subquery_depth: usize,
     deadline: Option<std::time::Instant>,
@@ -321,6 +322,7 @@ impl<'a> Evaluator<'a> {
             pending_func: None,
             pending_grouping: None,
             pending_range: None,
+            pos_cache: HashMap::new(),
             subquery_depth: 0,
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
         }
@@ -341,6 +343,18 @@ impl<'a> Evaluator<'a> {
         let line = before.matches('\n').count() + 1;
         let col = before.rfind('\n').map(|i| off - i).unwrap_or(off + 1);
         format!("({line}:{col})")
+    }
+
+    /// [`Self::pos_expr`], computed once per AST node (printing a subtree at every step
+    /// of a range query would be wasteful).
+    pub(crate) fn pos_cached(&mut self, e: &Expr) -> String {
+        let key = e as *const Expr as usize;
+        if let Some(p) = self.pos_cache.get(&key) {
+            return p.clone();
+        }
+        let p = self.pos_expr(e);
+        self.pos_cache.insert(key, p.clone());
+        p
     }
 
     /// Position of an expression: best effort by locating its printed form or first selector.

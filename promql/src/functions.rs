@@ -67,7 +67,7 @@ fn simple_math(name: &str) -> Option<fn(f64) -> f64> {
 pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Value> {
     let name = c.func.name;
     let args: Vec<&Expr> = c.args.args.iter().map(|b| b.as_ref()).collect();
-    let call_pos = ev.pos_of(&format!("{name}("));
+    let call_pos = || format!("{name}(");
     if let Some(f) = simple_math(name) {
         let v = ev.eval_vector(args[0], ts)?;
         return Ok(Value::Vector(map_floats(ev, v, f)));
@@ -154,10 +154,8 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
         }
         "sort" | "sort_desc" => {
             if ev.interval > 0 {
-                ev.warn(
-                    "sort is ineffective for range queries since results are always ordered by labels".into(),
-                    call_pos,
-                );
+                let pos = ev.pos_of(&call_pos());
+                ev.warn("sort is ineffective for range queries since results are always ordered by labels".into(), pos);
             }
             let mut v = ev.eval_vector(args[0], ts)?;
             v.retain(|s| s.h.is_none());
@@ -175,10 +173,8 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
         }
         "sort_by_label" | "sort_by_label_desc" => {
             if ev.interval > 0 {
-                ev.warn(
-                    "sort is ineffective for range queries since results are always ordered by labels".into(),
-                    call_pos,
-                );
+                let pos = ev.pos_of(&call_pos());
+                ev.warn("sort is ineffective for range queries since results are always ordered by labels".into(), pos);
             }
             let mut v = ev.eval_vector(args[0], ts)?;
             let mut names = Vec::new();
@@ -597,7 +593,7 @@ fn histogram_quantile(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalRe
 
 fn histogram_quantile_vec(ev: &mut Evaluator<'_>, arg: &Expr, q: f64, ts: i64) -> EvalResult<Value> {
     let v = ev.eval_vector(arg, ts)?;
-    let pos = ev.pos_expr(arg);
+    let pos = ev.pos_cached(arg);
     if !(0.0..=1.0).contains(&q) {
         ev.warn(
             format!("quantile value should be between 0 and 1, got {}", norn_model::format::go_format_g(q)),
@@ -648,7 +644,7 @@ fn histogram_fraction(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalRe
     let lo = ev.eval_scalar(args[0], ts)?;
     let hi = ev.eval_scalar(args[1], ts)?;
     let v = ev.eval_vector(args[2], ts)?;
-    let pos = ev.pos_expr(args[2]);
+    let pos = ev.pos_cached(args[2]);
     let mut natives = Vec::new();
     let groups = classic_groups(ev, v, &pos, &mut natives);
     let mut out = Vec::new();
@@ -727,7 +723,7 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
             )));
         }
     }
-    let arg_pos = ev.pos_expr(args[mi]);
+    let arg_pos = ev.pos_cached(args[mi]);
     ev.pending_func = Some(name.to_string());
     let r = ev.eval_range_arg(args[mi], ts)?;
     ev.pending_func = None;
