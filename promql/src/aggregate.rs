@@ -132,7 +132,8 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
     for (i, s) in input.iter().enumerate() {
         // With delayed name removal the name still takes part in grouping; a group whose
         // members drop their name drops it too (Prometheus does the same).
-        let gl = grouping_labels(&s.metric, &a.modifier);
+        let node = (a as *const AggregateExpr as usize).wrapping_mul(8);
+        let gl = ev.memo_labels(node, &s.metric, |l| grouping_labels(l, &a.modifier));
         let gi = *index.entry(gl.clone()).or_insert_with(|| {
             groups.push(Group { labels: gl, members: Vec::new() });
             groups.len() - 1

@@ -295,6 +295,11 @@ pub(crate) struct Evaluator<'a> {
     pub pending_grouping: Option<(bool, Vec<String>)>,
     pending_range: Option<i64>,
     pos_cache: HashMap<usize, String>,
+    /// Per-node memo of derived label sets (signatures, result labels): the same series
+    /// meet the same node at every step of a range query.
+    memo: HashMap<(usize, Labels), Labels>,
+    memo2: HashMap<(usize, Labels, Labels), Labels>,
+    regexes: HashMap<String, Arc<regex::Regex>>,
     /// Inside a subquery, selections may reach before the query start.
     subquery_depth: usize,
     deadline: Option<std::time::Instant>,
@@ -323,6 +328,9 @@ impl<'a> Evaluator<'a> {
             pending_grouping: None,
             pending_range: None,
             pos_cache: HashMap::new(),
+            memo: HashMap::new(),
+            memo2: HashMap::new(),
+            regexes: HashMap::new(),
             subquery_depth: 0,
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
         }
@@ -343,6 +351,43 @@ impl<'a> Evaluator<'a> {
         let line = before.matches('\n').count() + 1;
         let col = before.rfind('\n').map(|i| off - i).unwrap_or(off + 1);
         format!("({line}:{col})")
+    }
+
+    /// `f(l)`, memoised per `node` (an AST node address combined with a call-site tag).
+    pub(crate) fn memo_labels(&mut self, node: usize, l: &Labels, f: impl FnOnce(&Labels) -> Labels) -> Labels {
+        if let Some(v) = self.memo.get(&(node, l.clone())) {
+            return v.clone();
+        }
+        let v = f(l);
+        self.memo.insert((node, l.clone()), v.clone());
+        v
+    }
+
+    /// A compiled regex, cached for the query.
+    pub(crate) fn regex(&mut self, pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+        if let Some(r) = self.regexes.get(pattern) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(regex::Regex::new(pattern)?);
+        self.regexes.insert(pattern.to_string(), r.clone());
+        Ok(r)
+    }
+
+    /// Like [`Self::memo_labels`] for a function of two label sets.
+    pub(crate) fn memo_labels2(
+        &mut self,
+        node: usize,
+        a: &Labels,
+        b: &Labels,
+        f: impl FnOnce(&Labels, &Labels) -> Labels,
+    ) -> Labels {
+        let key = (node, a.clone(), b.clone());
+        if let Some(v) = self.memo2.get(&key) {
+            return v.clone();
+        }
+        let v = f(a, b);
+        self.memo2.insert(key, v.clone());
+        v
     }
 
     /// [`Self::pos_expr`], computed once per AST node (printing a subtree at every step

@@ -197,9 +197,9 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
             });
             Ok(Value::Vector(v))
         }
-        "label_replace" => label_replace(ev, &args, ts),
+        "label_replace" => label_replace(ev, c, &args, ts),
         "info" => crate::info::info(ev, &args, ts),
-        "label_join" => label_join(ev, &args, ts),
+        "label_join" => label_join(ev, c, &args, ts),
         "absent" => {
             let v = ev.eval_vector(args[0], ts)?;
             if !v.is_empty() {
@@ -372,36 +372,45 @@ fn string_arg(ev: &mut Evaluator<'_>, e: &Expr, ts: i64) -> EvalResult<String> {
     }
 }
 
-fn label_replace(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+fn label_replace(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+    let node = (c as *const Call as usize).wrapping_mul(8);
     let dst = string_arg(ev, args[1], ts)?;
     let repl = string_arg(ev, args[2], ts)?;
     let src = string_arg(ev, args[3], ts)?;
     let re_s = string_arg(ev, args[4], ts)?;
-    let re = regex::Regex::new(&format!("^(?s:{re_s})$"))
+    let re = ev
+        .regex(&format!("^(?s:{re_s})$"))
         .map_err(|e| QueryError::Eval(format!("invalid regular expression in label_replace(): {re_s}: {e}")))?;
     if !crate::aggregate::is_valid_label_name(&dst) {
         return Err(QueryError::Eval(format!("invalid destination label name in label_replace(): {dst}")));
     }
     let v = ev.eval_vector(args[0], ts)?;
     let mut out = Vec::with_capacity(v.len());
+    let replace = |l: &Labels| -> Option<Labels> {
+        let sv = l.get(&src).unwrap_or("");
+        let caps = re.captures(sv)?;
+        let mut res = String::new();
+        caps.expand(&repl, &mut res);
+        let mut b = l.to_builder();
+        b.set(&dst, &res);
+        Some(b.build())
+    };
     for mut s in v {
-        let sv = s.metric.get(&src).unwrap_or("").to_string();
-        if let Some(caps) = re.captures(&sv) {
-            let mut res = String::new();
-            caps.expand(&repl, &mut res);
-            let mut b = s.metric.to_builder();
-            b.set(&dst, &res);
-            s.metric = b.build();
-            if dst == METRIC_NAME {
+        if dst == METRIC_NAME {
+            if let Some(l) = replace(&s.metric) {
+                s.metric = l;
                 s.drop_name = false;
             }
+        } else {
+            s.metric = ev.memo_labels(node, &s.metric, |l| replace(l).unwrap_or_else(|| l.clone()));
         }
         out.push(s);
     }
     Ok(Value::Vector(out))
 }
 
-fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+fn label_join(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+    let node = (c as *const Call as usize).wrapping_mul(8);
     let dst = string_arg(ev, args[1], ts)?;
     let sep = string_arg(ev, args[2], ts)?;
     let mut srcs = Vec::new();
@@ -413,12 +422,14 @@ fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<Val
     }
     let v = ev.eval_vector(args[0], ts)?;
     let mut out = Vec::with_capacity(v.len());
+    let join = |l: &Labels| -> Labels {
+        let joined: Vec<&str> = srcs.iter().map(|n| l.get(n).unwrap_or("")).collect();
+        let mut b = l.to_builder();
+        b.set(&dst, &joined.join(&sep));
+        b.build()
+    };
     for mut s in v {
-        let joined: Vec<&str> = srcs.iter().map(|n| s.metric.get(n).unwrap_or("")).collect();
-        let joined = joined.join(&sep);
-        let mut b = s.metric.to_builder();
-        b.set(&dst, &joined);
-        s.metric = b.build();
+        s.metric = ev.memo_labels(node, &s.metric, join);
         if dst == METRIC_NAME {
             s.drop_name = false;
         }
