@@ -769,6 +769,28 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
+    /// Start timestamps (seconds; 0 when unknown) of the samples an instant selector picks.
+    pub(crate) fn vector_select_start_times(&mut self, vs: &VectorSelector, ts: i64) -> EvalResult<Vec<Sample>> {
+        let series = self.selected(vs)?;
+        let rt = self.ref_time(&vs.at, &vs.offset, ts);
+        let lo = rt.saturating_sub(self.opts.lookback_delta);
+        let mut out = Vec::new();
+        for s in series.iter() {
+            let idx = s.ts.partition_point(|t| *t <= rt);
+            if idx == 0 || s.ts[idx - 1] <= lo {
+                continue;
+            }
+            if let StoredValue::Float(f) = &s.values[idx - 1]
+                && is_stale_nan(*f)
+            {
+                continue;
+            }
+            let st = s.st.get(idx - 1).copied().unwrap_or(0);
+            out.push(Sample { metric: s.labels.clone(), t: ts, f: st as f64 / 1000.0, h: None, drop_name: false });
+        }
+        Ok(out)
+    }
+
     /// Evaluates a matrix selector or subquery (possibly in parentheses) at `ts`.
     pub(crate) fn eval_range_arg(&mut self, e: &Expr, ts: i64) -> EvalResult<RangeArg> {
         match e {
@@ -811,16 +833,23 @@ impl<'a> Evaluator<'a> {
                         continue;
                     }
                     let mut ser = Series { metric: s.labels.clone(), ..Default::default() };
+                    let with_st = !s.st.is_empty();
                     for i in a..b {
                         match &s.values[i] {
                             StoredValue::Float(f) => {
                                 if !is_stale_nan(*f) {
                                     ser.floats.push((s.ts[i], *f));
+                                    if with_st {
+                                        ser.floats_st.push(s.st[i]);
+                                    }
                                 }
                             }
                             StoredValue::Histogram(h) => {
                                 let h = if self.stats_hints { stats_hint(s, i) } else { h.clone() };
-                                ser.histograms.push((s.ts[i], h))
+                                ser.histograms.push((s.ts[i], h));
+                                if with_st {
+                                    ser.histograms_st.push(s.st[i]);
+                                }
                             }
                         }
                     }

@@ -126,6 +126,15 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
             let hi = ev.eval_scalar(args[1], ts)?;
             Ok(Value::Vector(map_floats(ev, v, move |f| go_min(hi, f))))
         }
+        "start_timestamp" => {
+            // Start timestamps exist only on stored samples: any other argument yields nothing.
+            let Expr::VectorSelector(vs) = unparen(args[0]) else { return Ok(Value::Vector(vec![])) };
+            let mut v = ev.vector_select_start_times(vs, ts)?;
+            for s in v.iter_mut() {
+                ev.mark_drop_name(s);
+            }
+            Ok(Value::Vector(v))
+        }
         "timestamp" => {
             let mut v = match unparen(args[0]) {
                 Expr::VectorSelector(vs) => ev.vector_select_times(vs, ts)?,
@@ -746,9 +755,13 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
             "rate" | "increase" | "delta" if r.ext.is_some() => {
                 extended_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
             }
+            "rate" | "increase" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => {
+                st_rate(ev, s, &r, name == "rate", &metric_name, &arg_pos)
+            }
             "rate" | "increase" | "delta" => {
                 extrapolated_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
             }
+            "irate" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => st_irate(s),
             "irate" | "idelta" => instant_value(ev, s, name == "irate", &metric_name, &arg_pos),
             _ => over_time(ev, name, s, &scalars, ts, &metric_name, &arg_pos)?,
         };
@@ -871,6 +884,201 @@ fn extrapolated_rate(
             Some((0.0, result_h))
         }
     }
+}
+
+/// Whether sample `i` starts a new counter according to its start timestamp: a start after
+/// the previous sample, or exactly at it when the previous sample had an earlier start of
+/// its own (a delta sample). `None` when the start timestamps say nothing.
+fn st_says_reset(ts: &[i64], sts: &[i64], i: usize) -> Option<bool> {
+    let (sc, sp, tp) = (sts[i], sts[i - 1], ts[i - 1]);
+    if sc == 0 {
+        return None;
+    }
+    if sc > tp || (sc == tp && sp != 0 && sp < tp) {
+        return Some(true);
+    }
+    None
+}
+
+/// Warns about start timestamps overlapping the previous sample.
+fn st_overlap_warning(ev: &mut Evaluator<'_>, ts: &[i64], sts: &[i64], metric_name: &str, pos: &str) {
+    for i in 1..ts.len() {
+        if sts[i] != 0 && sts[i] < ts[i - 1] && sts[i] != sts[i - 1] {
+            ev.warn(
+                format!(
+                    "sample has start time that overlaps with previous sample timestamp for metric {}",
+                    norn_model::format::go_quote(metric_name)
+                ),
+                pos.to_string(),
+            );
+            return;
+        }
+    }
+}
+
+/// rate/increase of a series whose samples carry start timestamps: resets are detected
+/// from them, and a first sample that started inside the range counts from zero at its
+/// start instead of being extrapolated to the left.
+fn st_rate(
+    ev: &mut Evaluator<'_>,
+    s: &Series,
+    r: &RangeArg,
+    is_rate: bool,
+    metric_name: &str,
+    pos: &str,
+) -> Option<FH> {
+    let hist_mode = !s.histograms.is_empty();
+    if hist_mode && !s.floats.is_empty() {
+        ev.warn(
+            format!(
+                "encountered a mix of histograms and floats for metric name {}",
+                norn_model::format::go_quote(metric_name)
+            ),
+            pos.to_string(),
+        );
+        return None;
+    }
+    let ts: Vec<i64> =
+        if hist_mode { s.histograms.iter().map(|p| p.0).collect() } else { s.floats.iter().map(|p| p.0).collect() };
+    let sts: &[i64] = if hist_mode { &s.histograms_st } else { &s.floats_st };
+    let n = ts.len();
+    if n == 0 || sts.len() != n {
+        return None;
+    }
+    st_overlap_warning(ev, &ts, sts, metric_name, pos);
+    let synth = sts[0] != 0 && sts[0] > r.range_start && sts[0] < ts[0];
+    if !synth && n < 2 {
+        return None;
+    }
+    let is_reset = |i: usize| -> bool {
+        st_says_reset(&ts, sts, i).unwrap_or_else(|| {
+            if hist_mode {
+                hist::detect_reset(&s.histograms[i].1, &s.histograms[i - 1].1)
+            } else {
+                s.floats[i].1 < s.floats[i - 1].1
+            }
+        })
+    };
+    // total = last - first + Σ (value before each reset - value the new counter starts at),
+    // where a counter whose start equals its timestamp starts at its own value.
+    let (mut total_f, mut total_h, first_value): (f64, Option<FloatHistogram>, f64);
+    if hist_mode {
+        let last = &s.histograms[n - 1].1;
+        let mut h = (**last).clone();
+        if !synth {
+            h = hist::sub(&h, &s.histograms[0].1).ok()?;
+        }
+        for i in 1..n {
+            if is_reset(i) {
+                h = hist::add(&h, &s.histograms[i - 1].1).ok()?;
+                if sts[i] == ts[i] {
+                    h = hist::sub(&h, &s.histograms[i].1).ok()?;
+                }
+            }
+        }
+        h.counter_reset_hint = CounterResetHint::Gauge;
+        total_f = 0.0;
+        first_value = if synth { 0.0 } else { s.histograms[0].1.count };
+        total_h = Some(h);
+    } else {
+        total_f = s.floats[n - 1].1 - if synth { 0.0 } else { s.floats[0].1 };
+        for i in 1..n {
+            if is_reset(i) {
+                total_f += s.floats[i - 1].1;
+                if sts[i] == ts[i] {
+                    total_f -= s.floats[i].1;
+                }
+            }
+        }
+        first_value = if synth { 0.0 } else { s.floats[0].1 };
+        total_h = None;
+    }
+    let last_t = ts[n - 1];
+    let first_t = if synth { sts[0] } else { ts[0] };
+    let sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg = if n >= 2 { Some((last_t - ts[0]) as f64 / 1000.0 / (n - 1) as f64) } else { None };
+    let mut dur_end = (r.range_end - last_t) as f64 / 1000.0;
+    let dur_start;
+    match avg {
+        None => {
+            dur_end = 0.0;
+            dur_start = 0.0;
+        }
+        Some(avg) => {
+            if dur_end >= avg * 1.1 {
+                dur_end = avg / 2.0;
+            }
+            if synth {
+                dur_start = 0.0;
+            } else {
+                let mut d = (first_t - r.range_start) as f64 / 1000.0;
+                if d >= avg * 1.1 {
+                    d = avg / 2.0;
+                }
+                let result_count = total_h.as_ref().map(|h| h.count).unwrap_or(total_f);
+                if result_count > 0.0 && first_value >= 0.0 {
+                    d = d.min(sampled * (first_value / result_count));
+                }
+                dur_start = d;
+            }
+        }
+    }
+    let mut factor = if sampled > 0.0 { (sampled + dur_start + dur_end) / sampled } else { 1.0 };
+    if is_rate {
+        factor /= r.range as f64 / 1000.0;
+    }
+    match &mut total_h {
+        Some(h) => {
+            hist::scale(h, factor);
+            hist::compact(h);
+            Some((0.0, total_h))
+        }
+        None => {
+            total_f *= factor;
+            Some((total_f, None))
+        }
+    }
+}
+
+/// irate over samples with start timestamps.
+fn st_irate(s: &Series) -> Option<FH> {
+    let hist_mode = !s.histograms.is_empty();
+    let n = if hist_mode { s.histograms.len() } else { s.floats.len() };
+    if n < 2 {
+        return None;
+    }
+    let ts: Vec<i64> =
+        if hist_mode { s.histograms.iter().map(|p| p.0).collect() } else { s.floats.iter().map(|p| p.0).collect() };
+    let sts: &[i64] = if hist_mode { &s.histograms_st } else { &s.floats_st };
+    if sts.len() != n {
+        return None;
+    }
+    let i = n - 1;
+    let reset = st_says_reset(&ts, sts, i).unwrap_or_else(|| {
+        if hist_mode {
+            hist::detect_reset(&s.histograms[i].1, &s.histograms[i - 1].1)
+        } else {
+            s.floats[i].1 < s.floats[i - 1].1
+        }
+    });
+    let secs = (ts[i] - ts[i - 1]) as f64 / 1000.0;
+    if secs == 0.0 {
+        return None;
+    }
+    let empty = sts[i] == ts[i];
+    if hist_mode {
+        let mut h = if reset {
+            if empty { hist::empty_like(&s.histograms[i].1) } else { (*s.histograms[i].1).clone() }
+        } else {
+            hist::sub(&s.histograms[i].1, &s.histograms[i - 1].1).ok()?
+        };
+        hist::div(&mut h, secs);
+        h.counter_reset_hint = CounterResetHint::Gauge;
+        hist::compact(&mut h);
+        return Some((0.0, Some(h)));
+    }
+    let v = if reset { if empty { 0.0 } else { s.floats[i].1 } } else { s.floats[i].1 - s.floats[i - 1].1 };
+    Some((v / secs, None))
 }
 
 /// rate/increase/delta over an `anchored` or `smoothed` range: no extrapolation; the
@@ -1387,6 +1595,25 @@ fn over_time(
                 (Some(a), None) | (None, Some(a)) => Some((a as f64 / 1000.0, None)),
                 _ => None,
             }
+        }
+        "resets" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => {
+            let hist_mode = !hs.is_empty();
+            let ts: Vec<i64> =
+                if hist_mode { hs.iter().map(|p| p.0).collect() } else { fl.iter().map(|p| p.0).collect() };
+            let sts: &[i64] = if hist_mode { &s.histograms_st } else { &s.floats_st };
+            if ts.is_empty() || sts.len() != ts.len() {
+                return Ok(None);
+            }
+            let mut n = 0.0;
+            for i in 1..ts.len() {
+                let reset = st_says_reset(&ts, sts, i).unwrap_or_else(|| {
+                    if hist_mode { hist::detect_reset(&hs[i].1, &hs[i - 1].1) } else { fl[i].1 < fl[i - 1].1 }
+                });
+                if reset {
+                    n += 1.0;
+                }
+            }
+            Some((n, None))
         }
         "changes" | "resets" => {
             // Merge floats and histograms by time.

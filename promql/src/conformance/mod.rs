@@ -47,7 +47,8 @@ impl fmt::Display for CaseFailure {
     }
 }
 
-/// One skipped case and why.
+/// One skipped case and why. The runner currently skips nothing: every upstream feature
+/// is implemented; the type stays so that a future gated feature can be reported.
 #[derive(Debug, Clone)]
 pub struct CaseSkip {
     /// 1-based line of the `eval` command.
@@ -88,20 +89,6 @@ impl fmt::Display for FileReport {
         }
         write!(f, "{} passed, {} failed, {} skipped", self.passed, self.failed(), self.skipped.len())
     }
-}
-
-/// Reasons for skipping cases: Prometheus features we do not implement yet (all
-/// experimental, behind feature flags upstream).
-pub mod skip_reasons {
-    /// `@st` start timestamps (feature `st-storage` / `UseStartTimestamps`).
-    pub const START_TIMESTAMPS: &str = "start timestamps (@st lines) are not implemented";
-}
-
-fn skip_reason(file: &str) -> Option<&'static str> {
-    if file.starts_with("start_timestamps") {
-        return Some(skip_reasons::START_TIMESTAMPS);
-    }
-    None
 }
 
 /// Where the upstream scripts live: `$NORN_PROMQL_TESTDATA`, else
@@ -235,11 +222,22 @@ fn load(storage: &mut MemStorage, header: &str, body: &[&str], nhcb: bool) -> Re
     let interval = parse_duration(parts.get(1).ok_or("load needs an interval")?)?;
     let mut block: Vec<(Labels, Vec<(i64, StoredValue)>)> = Vec::new();
     let mut idx: HashMap<Labels, usize> = HashMap::new();
+    let mut pending_st: HashMap<Labels, Vec<Option<i64>>> = HashMap::new();
+    let mut sts: HashMap<Labels, HashMap<i64, i64>> = HashMap::new();
     for l in body {
         let (labels, rest) = parse_series_labels(l)?;
-        // Start-timestamp lines belong to a feature we skip (see skip_reasons).
-        if rest.starts_with("@st") {
+        if let Some(st) = rest.strip_prefix("@st") {
+            pending_st.insert(labels, script::parse_st_values(st)?);
             continue;
+        }
+        if let Some(offsets) = pending_st.remove(&labels) {
+            let m = sts.entry(labels.clone()).or_default();
+            for (k, o) in offsets.into_iter().enumerate() {
+                if let Some(o) = o {
+                    let t = k as i64 * interval;
+                    m.insert(t, t + o);
+                }
+            }
         }
         let vals = parse_values(rest)?;
         let mut samples = Vec::new();
@@ -287,7 +285,10 @@ fn load(storage: &mut MemStorage, header: &str, body: &[&str], nhcb: bool) -> Re
         }
     }
     for (l, s) in block {
-        storage.append(&l, s);
+        match sts.get(&l) {
+            Some(m) => storage.append_with_st(&l, s.into_iter().map(|(t, v)| (t, v, m.get(&t).copied().unwrap_or(0)))),
+            None => storage.append(&l, s),
+        }
     }
     Ok(())
 }
@@ -412,10 +413,6 @@ fn run_eval(
         Eval::Range { start, end, step } => (step, end - start),
     };
     let ast = parse(&crate::durations::preprocess(&query, step, range));
-    if let Some(reason) = skip_reason(file) {
-        rep.skipped.push(CaseSkip { line: lineno, reason });
-        return;
-    }
     let ast = match ast {
         Ok(a) => a,
         Err(e) => {
