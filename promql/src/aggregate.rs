@@ -120,7 +120,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
         }
         "count_values" => {
             if !is_valid_label_name(&param_s) {
-                return Err(QueryError::Eval(format!("invalid label name {}", crate::durations::quote_raw(&param_s))));
+                return Err(QueryError::Eval(format!("invalid label name {}", crate::rewrite::quote_raw(&param_s))));
             }
         }
         _ => {}
@@ -360,7 +360,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
 }
 
 /// UTF-8 label names are valid in Prometheus 3.x unless empty or not valid UTF-8 (which
-/// reaches us as private-use stand-ins, see `durations::mark_invalid_utf8`).
+/// reaches us as private-use stand-ins, see `rewrite::mark_invalid_utf8`).
 pub(crate) fn is_valid_label_name(s: &str) -> bool {
-    !s.is_empty() && !crate::durations::has_raw_bytes(s)
+    !s.is_empty() && !crate::rewrite::has_raw_bytes(s)
 }

@@ -258,7 +258,7 @@ pub(crate) fn binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, ts: i64) -> EvalRes
     }
 }
 
-/// `lhs </ rhs` and `lhs >/ rhs` (rewritten by `durations::mark_trim`).
+/// `lhs </ rhs` and `lhs >/ rhs` (rewritten by `rewrite::mark_trim`).
 fn trim(ev: &mut Evaluator<'_>, b: &BinaryExpr, c: &promql_parser::parser::Call, ts: i64) -> EvalResult<Value> {
     let keep_below = c.func.name.contains("upper");
     let lhs = ev.eval(&b.lhs, ts)?;

@@ -140,7 +140,7 @@ impl Engine {
 
     /// Evaluates `query` at `ts` (ms).
     pub fn instant_query(&self, q: &dyn Queryable, query: &str, ts: i64) -> QueryResult {
-        match parse(&crate::durations::preprocess(query, 0, 0)) {
+        match parse(&crate::rewrite::preprocess(query, 0, 0)) {
             Ok(e) => self.instant_expr(q, &e, query, ts),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }
@@ -148,7 +148,7 @@ impl Engine {
 
     /// Evaluates `query` from `start` to `end` every `step` (all ms).
     pub fn range_query(&self, q: &dyn Queryable, query: &str, start: i64, end: i64, step: i64) -> QueryResult {
-        match parse(&crate::durations::preprocess(query, step, end.saturating_sub(start))) {
+        match parse(&crate::rewrite::preprocess(query, step, end.saturating_sub(start))) {
             Ok(e) => self.range_expr(q, &e, query, start, end, step),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }
@@ -269,12 +269,12 @@ pub(crate) enum Ext {
     Smoothed,
 }
 
-/// The modifier marked on a selector by [`crate::durations::mark_extended`].
+/// The modifier marked on a selector by [`crate::rewrite::mark_extended`].
 pub(crate) fn ext_mode(vs: &VectorSelector) -> Option<Ext> {
     vs.matchers
         .matchers
         .iter()
-        .find(|m| m.name == crate::durations::EXT_LABEL)
+        .find(|m| m.name == crate::rewrite::EXT_LABEL)
         .map(|m| if m.value == "smoothed" { Ext::Smoothed } else { Ext::Anchored })
 }
 
@@ -611,7 +611,7 @@ impl<'a> Evaluator<'a> {
         let mut result: Vec<Arc<StoredSeries>>;
         if vs.matchers.or_matchers.is_empty() {
             let mut ms = base.clone();
-            for m in vs.matchers.matchers.iter().filter(|m| m.name != crate::durations::EXT_LABEL) {
+            for m in vs.matchers.matchers.iter().filter(|m| m.name != crate::rewrite::EXT_LABEL) {
                 ms.push(conv(m)?);
             }
             result = self.q.select(&ms, &hints).map_err(|e| QueryError::Eval(e.to_string()))?;
@@ -620,8 +620,7 @@ impl<'a> Evaluator<'a> {
             let mut seen = std::collections::HashSet::new();
             for group in &vs.matchers.or_matchers {
                 let mut ms = base.clone();
-                for m in
-                    group.iter().chain(vs.matchers.matchers.iter()).filter(|m| m.name != crate::durations::EXT_LABEL)
+                for m in group.iter().chain(vs.matchers.matchers.iter()).filter(|m| m.name != crate::rewrite::EXT_LABEL)
                 {
                     ms.push(conv(m)?);
                 }

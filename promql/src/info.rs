@@ -55,7 +55,7 @@ pub(crate) fn info(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResul
         if let Some(n) = &vs.name {
             name_matchers.push(Matcher::equal(METRIC_NAME, n.clone()));
         }
-        for m in vs.matchers.matchers.iter().filter(|m| m.name != crate::durations::EXT_LABEL) {
+        for m in vs.matchers.matchers.iter().filter(|m| m.name != crate::rewrite::EXT_LABEL) {
             if m.name == METRIC_NAME {
                 name_matchers.push(conv(m)?);
             } else {

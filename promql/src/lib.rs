@@ -15,7 +15,7 @@ pub mod histogram;
 pub mod storage;
 pub mod value;
 
-pub mod durations;
+pub mod rewrite;
 
 mod aggregate;
 mod binary;

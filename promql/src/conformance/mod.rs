@@ -412,7 +412,7 @@ fn run_eval(
         Eval::Instant { .. } => (0, 0),
         Eval::Range { start, end, step } => (step, end - start),
     };
-    let ast = parse(&crate::durations::preprocess(&query, step, range));
+    let ast = parse(&crate::rewrite::preprocess(&query, step, range));
     let ast = match ast {
         Ok(a) => a,
         Err(e) => {

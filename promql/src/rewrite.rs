@@ -1,3 +1,5 @@
+//! Rewrites of query text before parsing, for syntax promql-parser 0.11 does not know.
+//!
 //! Duration expressions (Prometheus's experimental `promql-duration-expr`): arithmetic in
 //! range brackets and after `offset`, with `step()`, `range()`, `min_of()` and `max_of()`.
 //! The parser we use only knows duration literals, so such expressions are folded into
