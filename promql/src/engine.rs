@@ -84,15 +84,105 @@ pub struct Engine {
     pub opts: EngineOptions,
 }
 
-/// Parses a query.
+/// Parses a query. Errors read `line:col: parse error: …` as Prometheus's do; the
+/// position is where the query stops being the start of any valid query.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
+    crate::rewrite::register_trim_functions();
+    match raw_parse(query) {
+        Ok(e) => Ok(e),
+        Err(msg) => {
+            let off = error_offset(query);
+            let before = &query[..off];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rfind('\n').map(|i| before[i + 1..].chars().count()).unwrap_or(before.chars().count()) + 1;
+            Err(QueryError::Parse(format!("{line}:{col}: parse error: {msg}")))
+        }
+    }
+}
+
+fn raw_parse(query: &str) -> Result<Expr, String> {
     // The parser is robust on all inputs we have tried, but a panic there must not take
     // the caller down.
     match std::panic::catch_unwind(|| parser::parse(query)) {
-        Ok(Ok(e)) => Ok(e),
-        Ok(Err(e)) => Err(QueryError::Parse(e)),
-        Err(_) => Err(QueryError::Parse(format!("could not parse query {query:?}"))),
+        Ok(r) => r,
+        Err(_) => Err(format!("could not parse query {query:?}")),
     }
+}
+
+/// Byte offsets where tokens start (a rough PromQL tokenisation, enough for positions).
+fn token_starts(q: &str) -> Vec<usize> {
+    let b = q.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        out.push(i);
+        if c == b'"' || c == b'\'' || c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                if b[i] == b'\\' && c != b'`' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b':' || c == b'.' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':' || b[i] == b'.') {
+                i += 1;
+            }
+        } else if b"+-*/%^=!<>~@".contains(&c) {
+            // An operator: its first character plus any comparison/regex continuation.
+            i += 1;
+            while i < b.len() && b"=!<>~".contains(&b[i]) {
+                i += 1;
+            }
+        } else {
+            i += c.len_utf8_hint();
+        }
+    }
+    out
+}
+
+trait Utf8Hint {
+    fn len_utf8_hint(self) -> usize;
+}
+
+impl Utf8Hint for u8 {
+    fn len_utf8_hint(self) -> usize {
+        match self {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// Whether some continuation makes `prefix` a valid query.
+fn viable(prefix: &str) -> bool {
+    const PROBES: [&str; 14] =
+        ["", " 1", " x", ")", " 1)", " x)", "]", "}", "5m]", "5m])", "\"\")", " (x)", " (x) (x)", ") (x)"];
+    PROBES.iter().any(|p| raw_parse(&format!("{prefix}{p}")).is_ok())
+}
+
+/// Offset of the first token after which no continuation can make the query valid; the
+/// end of the query when every prefix could still be completed.
+fn error_offset(q: &str) -> usize {
+    if q.len() > 4096 {
+        return 0;
+    }
+    let starts = token_starts(q);
+    for (k, &s) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(q.len());
+        if !viable(q[..end].trim_end()) {
+            return s;
+        }
+    }
+    q.trim_end().len()
 }
 
 /// Most steps a range query may have (as Prometheus's API enforces).
