@@ -1,7 +1,7 @@
 //! Persistent blocks: [`BlockWriter`] builds one in a temporary directory and renames
 //! it into place; [`Block`] opens one (memory-mapped) and answers selections.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,7 @@ pub struct BlockWriter {
     chunks: Option<ChunkWriter>,
     series: Vec<(Labels, Vec<ChunkRef>)>,
     last: Option<Labels>,
+    legacy_label_indices: bool,
     done: bool,
 }
 
@@ -64,6 +65,7 @@ impl BlockWriter {
             chunks: Some(chunks),
             series: Vec::new(),
             last: None,
+            legacy_label_indices: false,
             done: false,
         })
     }
@@ -128,6 +130,12 @@ impl BlockWriter {
         self.meta.extra = extra;
     }
 
+    /// Write the index in the layout of Prometheus ≤ 3.6, with the legacy label index
+    /// sections (byte-identical to what e.g. promtool 2.42 writes).
+    pub fn set_legacy_label_indices(&mut self, on: bool) {
+        self.legacy_label_indices = on;
+    }
+
     /// Writes index, tombstones and meta, fsyncs, and renames the block into place.
     /// On error nothing of the temporary directory is left behind.
     pub fn finish(mut self) -> Result<BlockMeta> {
@@ -143,9 +151,16 @@ impl BlockWriter {
         if let Some(w) = self.chunks.take() {
             w.finish()?;
         }
-        let symbols: BTreeSet<&str> =
-            self.series.iter().flat_map(|(l, _)| l.iter().flat_map(|(n, v)| [n, v])).collect();
+        // Prometheus's head always contributes the empty string (the name and value of its
+        // all-postings key) to the symbols of the blocks it writes; do the same so our
+        // index bytes match.
+        let symbols: HashSet<&str> = std::iter::once("")
+            .chain(self.series.iter().flat_map(|(l, _)| l.iter().flat_map(|(n, v)| [n, v])))
+            .collect();
+        let mut symbols: Vec<&str> = symbols.into_iter().collect();
+        symbols.sort_unstable();
         let mut iw = IndexWriter::new(&self.tmp.join(INDEX_FILENAME), symbols)?;
+        iw.set_legacy_label_indices(self.legacy_label_indices);
         for (l, refs) in &self.series {
             iw.add_series(l, refs)?;
         }
@@ -227,6 +242,32 @@ impl Block {
     /// Bytes on disk (index, chunks, meta, tombstones).
     pub fn size_bytes(&self) -> u64 {
         self.size
+    }
+
+    /// Marks `[mint, maxt]` of every series matching `matchers` deleted: the tombstones
+    /// file and `numTombstones` in `meta.json` are rewritten (each atomically), as
+    /// Prometheus's `Block.Delete` does. Data is removed for good at the next compaction.
+    pub fn delete(&mut self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<()> {
+        let ids = self.index.postings_for_matchers(matchers)?;
+        let mut tombstones = self.tombstones.clone();
+        let mut refs = Vec::new();
+        for id in ids {
+            self.index.series_into(id, &mut refs)?;
+            // Like Prometheus, only series with data in the range get a tombstone.
+            if refs.iter().any(|r| r.min_time <= maxt && mint <= r.max_time) {
+                tombstones.add(id, (mint, maxt));
+            }
+        }
+        if tombstones == self.tombstones {
+            return Ok(());
+        }
+        write_tombstones(&self.dir, &tombstones)?;
+        let mut meta = self.meta.clone();
+        meta.stats.num_tombstones = tombstones.num_intervals();
+        write_meta(&self.dir, &meta)?;
+        self.tombstones = tombstones;
+        self.meta = meta;
+        Ok(())
     }
 
     /// Series matching all `matchers` with a chunk overlapping `[mint, maxt]`, in label
@@ -367,6 +408,15 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Block>();
+        assert_send_sync::<Series>();
+        fn assert_send<T: Send>() {}
+        assert_send::<BlockWriter>();
+    }
+
+    #[test]
     fn tombstones_are_honoured() {
         let dir = tempfile::tempdir().unwrap();
         let l = Labels::from_pairs([("a", "1")]);
@@ -389,6 +439,24 @@ mod tests {
             float_samples(&got[0], i64::MIN, i64::MAX).iter().map(|s| s.0).collect::<Vec<_>>(),
             vec![0, 1, 5, 6, 7, 8, 9]
         );
+    }
+
+    #[test]
+    fn delete_writes_tombstones_and_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = |v: &str| Labels::from_pairs([("a", v)]);
+        let meta =
+            write_block(dir.path(), &[(l("1"), (0..10).map(|i| (i, i as f64)).collect()), (l("2"), vec![(100, 1.0)])]);
+        let bdir = dir.path().join(meta.ulid.to_string());
+        let mut b = Block::open(&bdir).unwrap();
+        b.delete(&[Matcher::new(MatchType::Regex, "a", ".+").unwrap()], 3, 5).unwrap();
+        assert_eq!(b.meta().stats.num_tombstones, 1, "series 2 has no data in [3, 5]");
+        b.delete(&[Matcher::equal("a", "1")], 6, 6).unwrap();
+        let b = Block::open(&bdir).unwrap();
+        assert_eq!(b.meta().stats.num_tombstones, 1, "adjacent intervals coalesce");
+        let got = b.select(&[Matcher::equal("a", "1")], i64::MIN, i64::MAX).unwrap();
+        let ts: Vec<i64> = float_samples(&got[0], i64::MIN, i64::MAX).iter().map(|s| s.0).collect();
+        assert_eq!(ts, vec![0, 1, 2, 7, 8, 9]);
     }
 
     #[test]
@@ -659,6 +727,25 @@ mod promtool_interop {
             assert_eq!(b.meta().to_json().as_bytes(), &fs::read(b.dir().join("meta.json")).unwrap()[..]);
         }
 
+        // Rewriting promtool's blocks chunk by chunk gives byte-identical index (in the
+        // legacy layout 2.42 writes) and chunk files.
+        for b in &blocks {
+            let mut w = BlockWriter::new(&dir.path().join("rewrite"), b.meta().min_time, b.meta().max_time).unwrap();
+            w.set_legacy_label_indices(true);
+            for s in b.select_all(i64::MIN, i64::MAX).unwrap() {
+                w.add_series(&s.labels, &s.chunks).unwrap();
+            }
+            let m = w.finish().unwrap();
+            let nd = dir.path().join("rewrite").join(m.ulid.to_string());
+            for f in ["index", "chunks/000001", "tombstones"] {
+                assert!(fs::read(nd.join(f)).unwrap() == fs::read(b.dir().join(f)).unwrap(), "{f} differs");
+            }
+            // 2.42 predates numFloatSamples; compare what it does count.
+            let (a, e) = (m.stats, b.meta().stats);
+            assert_eq!((a.num_samples, a.num_series, a.num_chunks), (e.num_samples, e.num_series, e.num_chunks));
+            assert_eq!((m.min_time, m.max_time), (b.meta().min_time, b.meta().max_time));
+        }
+
         // Now the other way round.
         let ours = dir.path().join("ours");
         let mint = data.iter().map(|d| d.1[0].0).min().unwrap();
@@ -669,5 +756,10 @@ mod promtool_interop {
         }
         w.finish().unwrap();
         assert_eq!(promtool_dump(tool, &ours), want);
+        // `analyze` walks label values and postings of our index.
+        let o = Command::new(tool).args(["tsdb", "analyze"]).arg(&ours).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(text.contains("Series: 3") && text.contains("Label names: 4"), "{text}");
     }
 }

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use norn_model::Labels;
 
-use crate::chunkenc::{Chunk, Encoding, Sample, SampleIter, XorChunk};
+use crate::chunkenc::{
+    Chunk, CounterResetHeader, Encoding, FloatHistogramChunk, HistogramAppendError, HistogramChunk, Sample, SampleIter,
+    XorChunk,
+};
 use crate::chunks::ChunkMeta;
 use crate::tombstones::{add_interval, is_deleted};
 use crate::{Result, TsdbError};
@@ -195,38 +198,180 @@ pub fn encode_float_chunks(samples: impl IntoIterator<Item = (i64, f64)>, per_ch
     out
 }
 
-/// Applies `deleted` to float chunks by re-encoding the chunks that overlap a deleted
-/// interval. Chunks of other encodings, and chunks that fail to decode, are kept as they
-/// are (we cannot re-encode histograms here).
-fn materialise_deletions(s: Series) -> Series {
+/// A chunk being filled by [`encode_samples`].
+enum OpenChunk {
+    Xor(XorChunk),
+    Histogram(HistogramChunk),
+    FloatHistogram(FloatHistogramChunk),
+}
+
+impl OpenChunk {
+    fn num_samples(&self) -> usize {
+        match self {
+            OpenChunk::Xor(c) => c.num_samples(),
+            OpenChunk::Histogram(c) => c.num_samples(),
+            OpenChunk::FloatHistogram(c) => c.num_samples(),
+        }
+    }
+
+    fn into_chunk(self) -> Chunk {
+        match self {
+            OpenChunk::Xor(c) => Chunk::new(Encoding::Xor, c.into_bytes()),
+            OpenChunk::Histogram(c) => Chunk::new(Encoding::Histogram, c.into_bytes()),
+            OpenChunk::FloatHistogram(c) => Chunk::new(Encoding::FloatHistogram, c.into_bytes()),
+        }
+    }
+
+    fn same_type(&self, s: &Sample) -> bool {
+        matches!(
+            (self, s),
+            (OpenChunk::Xor(_), Sample::Float(..))
+                | (OpenChunk::Histogram(_), Sample::Histogram(..))
+                | (OpenChunk::FloatHistogram(_), Sample::FloatHistogram(..))
+        )
+    }
+
+    /// The header a chunk cut after this one should start with when `s` comes next.
+    fn next_header(&self, s: &Sample) -> CounterResetHeader {
+        match (self, s) {
+            (OpenChunk::Histogram(c), Sample::Histogram(_, h)) => c.next_chunk_header(h),
+            (OpenChunk::FloatHistogram(c), Sample::FloatHistogram(_, h)) => c.next_chunk_header(h),
+            _ => CounterResetHeader::Unknown,
+        }
+    }
+
+    fn fresh(s: &Sample, header: CounterResetHeader) -> OpenChunk {
+        match s {
+            Sample::Float(..) => OpenChunk::Xor(XorChunk::new()),
+            Sample::Histogram(..) => {
+                let mut c = HistogramChunk::new();
+                c.set_counter_reset_header(header);
+                OpenChunk::Histogram(c)
+            }
+            Sample::FloatHistogram(..) => {
+                let mut c = FloatHistogramChunk::new();
+                c.set_counter_reset_header(header);
+                OpenChunk::FloatHistogram(c)
+            }
+        }
+    }
+
+    fn append(&mut self, s: &Sample) -> Result<(), HistogramAppendError> {
+        match (self, s) {
+            (OpenChunk::Xor(c), Sample::Float(t, v)) => {
+                c.append(*t, *v);
+                Ok(())
+            }
+            (OpenChunk::Histogram(c), Sample::Histogram(t, h)) => c.append(*t, h),
+            (OpenChunk::FloatHistogram(c), Sample::FloatHistogram(t, h)) => c.append(*t, h),
+            _ => Err(HistogramAppendError::Invalid("sample type does not match chunk")),
+        }
+    }
+}
+
+/// Encodes time-ordered samples of any type into chunks of at most `per_chunk` samples,
+/// as Prometheus re-encodes merged series: a new chunk also starts where the value type
+/// changes or a histogram chunk cannot take the next histogram (counter reset, layout
+/// change).
+pub fn encode_samples(samples: impl IntoIterator<Item = Sample>, per_chunk: usize) -> Result<Vec<ChunkMeta>> {
+    let mut out = Vec::new();
+    let mut cur: Option<(OpenChunk, i64, i64)> = None;
+    let flush = |cur: &mut Option<(OpenChunk, i64, i64)>, out: &mut Vec<ChunkMeta>| {
+        if let Some((c, min_time, max_time)) = cur.take() {
+            out.push(ChunkMeta { min_time, max_time, chunk: c.into_chunk() });
+        }
+    };
+    for s in samples {
+        let t = s.timestamp();
+        let mut header = CounterResetHeader::Unknown;
+        if let Some((c, ..)) = &cur
+            && (!c.same_type(&s) || c.num_samples() >= per_chunk)
+        {
+            header = c.next_header(&s);
+            flush(&mut cur, &mut out);
+        }
+        let (c, _, max) = cur.get_or_insert_with(|| (OpenChunk::fresh(&s, header), t, t));
+        match c.append(&s) {
+            Ok(()) => *max = t,
+            Err(HistogramAppendError::NeedsNewChunk { header, .. }) => {
+                flush(&mut cur, &mut out);
+                let mut c = OpenChunk::fresh(&s, header);
+                c.append(&s).map_err(|e| TsdbError::InvalidArgument(format!("sample at {t}: {e}")))?;
+                cur = Some((c, t, t));
+            }
+            Err(e) => return Err(TsdbError::InvalidArgument(format!("sample at {t}: {e}"))),
+        }
+    }
+    flush(&mut cur, &mut out);
+    Ok(out)
+}
+
+/// Applies `deleted` to the chunks that overlap a deleted interval by re-encoding each
+/// such chunk without the deleted samples (one chunk in, at most one out; emptied chunks
+/// are dropped), as Prometheus does when it compacts a block with tombstones. Chunks
+/// that do not touch a deleted interval are kept as they are.
+pub fn apply_deletions(s: Series) -> Result<Series> {
     if s.deleted.is_empty() {
-        return s;
+        return Ok(s);
     }
     let mut chunks = Vec::with_capacity(s.chunks.len());
     for c in &s.chunks {
         let overlaps = s.deleted.iter().any(|&(a, b)| a <= c.max_time && c.min_time <= b);
-        if !overlaps || c.chunk.encoding != Encoding::Xor {
+        if !overlaps {
             chunks.push(c.clone());
             continue;
         }
-        let Ok(mut it) = c.chunk.iter() else {
-            chunks.push(c.clone());
-            continue;
-        };
-        let kept: Vec<(i64, f64)> = it
-            .by_ref()
-            .filter_map(|smp| match smp {
-                Sample::Float(t, v) if !is_deleted(&s.deleted, t) => Some((t, v)),
-                _ => None,
-            })
-            .collect();
-        if it.err().is_some() {
-            chunks.push(c.clone());
-            continue;
+        let mut it = c.chunk.iter().map_err(|e| chunk_err(&s, e))?;
+        let kept: Vec<Sample> = it.by_ref().filter(|smp| !is_deleted(&s.deleted, smp.timestamp())).collect();
+        if let Some(e) = it.err() {
+            return Err(chunk_err(&s, e.clone()));
         }
-        chunks.extend(encode_float_chunks(kept, usize::MAX));
+        chunks.extend(encode_samples(kept, usize::from(u16::MAX))?);
     }
-    Series { labels: s.labels, chunks, deleted: Vec::new() }
+    Ok(Series { labels: s.labels, chunks, deleted: Vec::new() })
+}
+
+/// [`apply_deletions`] for merging, where there is no way to report an error: a series
+/// whose chunks cannot be re-encoded keeps them and its deletions, so nothing deleted
+/// reappears (its deletions may then also hide samples of the series it is merged with).
+fn materialise_deletions(s: Series) -> Series {
+    match apply_deletions(s.clone()) {
+        Ok(s) => s,
+        Err(_) => s,
+    }
+}
+
+/// Re-encodes each group of mutually overlapping chunks into chunks of at most
+/// `per_chunk` samples (merged, equal timestamps deduplicated); chunks that overlap no
+/// other are kept as they are. This is Prometheus's vertical compaction of one series.
+pub fn merge_overlapping_chunks(s: Series, per_chunk: usize) -> Result<Series> {
+    if !s.has_overlapping_chunks() {
+        return Ok(s);
+    }
+    let mut sorted = s.chunks.clone();
+    sorted.sort_by_key(|c| c.min_time);
+    let mut out = Vec::with_capacity(sorted.len());
+    let mut group: Vec<ChunkMeta> = Vec::new();
+    let mut group_max = i64::MIN;
+    let flush = |group: &mut Vec<ChunkMeta>, out: &mut Vec<ChunkMeta>| -> Result<()> {
+        if group.len() == 1 {
+            out.append(group);
+        } else if !group.is_empty() {
+            let tmp = Series { labels: s.labels.clone(), chunks: std::mem::take(group), deleted: s.deleted.clone() };
+            let samples = tmp.samples(i64::MIN, i64::MAX).collect::<Result<Vec<Sample>>>()?;
+            out.extend(encode_samples(samples, per_chunk)?);
+        }
+        Ok(())
+    };
+    for c in sorted {
+        if !group.is_empty() && c.min_time > group_max {
+            flush(&mut group, &mut out)?;
+        }
+        group_max = if group.is_empty() { c.max_time } else { group_max.max(c.max_time) };
+        group.push(c);
+    }
+    flush(&mut group, &mut out)?;
+    Ok(Series { labels: s.labels, chunks: out, deleted: s.deleted })
 }
 
 /// Merges sets of series, each sorted by labels, into one sorted set. Series with equal
@@ -254,6 +399,10 @@ pub fn merge_series(sets: Vec<Vec<Series>>) -> Vec<Series> {
         } else {
             for s in group.iter_mut() {
                 *s = materialise_deletions(std::mem::replace(s, Series::new(s.labels.clone(), Vec::new())));
+                // Deletions that could not be applied to the chunks stay in force.
+                for &iv in &s.deleted {
+                    add_interval(&mut deleted, iv);
+                }
             }
         }
         let labels = group[0].labels.clone();
@@ -354,6 +503,25 @@ mod tests {
         let m = merge_series(vec![vec![same(vec![(0, 5)])], vec![same(vec![(0, 5)])]]);
         assert_eq!(m[0].deleted, vec![(0, 5)]);
         assert!(collect(&m[0], i64::MIN, i64::MAX).is_empty());
+    }
+
+    #[test]
+    fn only_overlapping_chunks_are_reencoded() {
+        let a = floats(&[(1, 1.0), (5, 5.0)]);
+        let b = floats(&[(3, 3.0), (5, 50.0), (7, 7.0)]);
+        let c = floats(&[(10, 10.0), (11, 11.0)]);
+        let s = Series::new(lbl("x"), vec![c.clone(), b, a]);
+        let m = merge_overlapping_chunks(s.clone(), 120).unwrap();
+        assert_eq!(m.chunks.len(), 2);
+        assert_eq!(m.chunks[1], c, "the lone chunk passes through untouched");
+        assert_eq!((m.chunks[0].min_time, m.chunks[0].max_time), (1, 7));
+        assert_eq!(collect(&m, i64::MIN, i64::MAX), collect(&s, i64::MIN, i64::MAX));
+        assert!(!m.has_overlapping_chunks());
+        let d = apply_deletions(Series { deleted: vec![(10, 10)], ..m.clone() }).unwrap();
+        assert_eq!(d.chunks[0], m.chunks[0]);
+        assert_eq!(collect(&d, i64::MIN, i64::MAX).last(), Some(&(11, 11.0)));
+        let gone = apply_deletions(Series { deleted: vec![(0, 100)], ..m }).unwrap();
+        assert!(gone.chunks.is_empty());
     }
 
     #[test]

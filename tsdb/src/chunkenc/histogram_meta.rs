@@ -143,7 +143,7 @@ pub(crate) fn write_layout(
 
 /// Schemas Prometheus accepts when reading: custom buckets and the reserved exponential
 /// range (−9 ..= 52).
-fn is_known_schema(s: i64) -> bool {
+pub(crate) fn is_known_schema(s: i64) -> bool {
     s == i64::from(CUSTOM_BUCKETS_SCHEMA) || (-9..=52).contains(&s)
 }
 
@@ -394,19 +394,40 @@ pub(crate) fn expand_spans_both_ways(a: &[Span], b: &[Span]) -> (Vec<Insert>, Ve
     }
 }
 
+/// Bucket values that can be delta-adjusted; integers wrap like Go's do.
+pub(crate) trait BucketValue: Copy + Default {
+    fn plus(self, o: Self) -> Self;
+    fn negated(self) -> Self;
+}
+
+impl BucketValue for i64 {
+    fn plus(self, o: Self) -> Self {
+        self.wrapping_add(o)
+    }
+    fn negated(self) -> Self {
+        self.wrapping_neg()
+    }
+}
+
+impl BucketValue for f64 {
+    fn plus(self, o: Self) -> Self {
+        self + o
+    }
+    fn negated(self) -> Self {
+        -self
+    }
+}
+
 /// Inserts empty buckets into `input`. For delta-encoded (integer) buckets, the first
 /// inserted bucket of a run cancels the running value and the bucket after the run gets
 /// it back, so every old bucket keeps its absolute count.
-pub(crate) fn insert_buckets<T>(input: &[T], inserts: &[Insert], deltas: bool) -> Vec<T>
-where
-    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Neg<Output = T>,
-{
+pub(crate) fn insert_buckets<T: BucketValue>(input: &[T], inserts: &[Insert], deltas: bool) -> Vec<T> {
     let extra: usize = inserts.iter().map(|i| i.num).sum();
     let mut out = Vec::with_capacity(input.len() + extra);
     let mut acc = T::default();
     let mut ii = 0;
     let emit_run = |out: &mut Vec<T>, acc: T, num: usize| {
-        out.push(if deltas { -acc } else { T::default() });
+        out.push(if deltas { acc.negated() } else { T::default() });
         for _ in 1..num {
             out.push(T::default());
         }
@@ -415,11 +436,11 @@ where
         if ii < inserts.len() && inserts[ii].pos == i {
             emit_run(&mut out, acc, inserts[ii].num);
             ii += 1;
-            out.push(if deltas { d + acc } else { d });
+            out.push(if deltas { d.plus(acc) } else { d });
         } else {
             out.push(d);
         }
-        acc = acc + d;
+        acc = acc.plus(d);
     }
     while ii < inserts.len() {
         emit_run(&mut out, acc, inserts[ii].num);
@@ -457,7 +478,8 @@ mod tests {
     #[test]
     fn zero_threshold_encodings() {
         let cases: &[(f64, &[u8])] =
-            &[(0.0, &[0]), (2f64.powi(-128), &[116]), (1.0, &[244]), (1024.0, &[254]), (2f64.powi(-243), &[1])];
+            // Each write is a whole byte, after which Go's bstream holds an empty trailing byte.
+            &[(0.0, &[0, 0]), (2f64.powi(-128), &[116, 0]), (1.0, &[244, 0]), (1024.0, &[254, 0]), (2f64.powi(-243), &[1, 0])];
         for &(t, want) in cases {
             let mut w = BitWriter::default();
             put_zero_threshold(&mut w, t);
@@ -468,7 +490,7 @@ mod tests {
         for t in [2048.0, 2f64.powi(-244), 0.001, 3.0, f64::INFINITY, -1.0, f64::NAN, 5e-324] {
             let mut w = BitWriter::default();
             put_zero_threshold(&mut w, t);
-            assert_eq!(w.bytes().len(), 9, "threshold {t}");
+            assert_eq!(w.bytes().len(), 10, "threshold {t}");
             assert_eq!(w.bytes()[0], 255);
             let mut r = BitReader::new(w.bytes());
             assert_eq!(read_zero_threshold(&mut r).map(f64::to_bits), Some(t.to_bits()));

@@ -117,8 +117,11 @@ impl Chunk {
 /// A lazy decoder over a chunk of any encoding.
 #[derive(Debug)]
 pub enum SampleIter<'a> {
+    /// Encoding 1.
     Xor(XorIterator<'a>),
+    /// Encoding 2.
     Histogram(HistogramIterator<'a>),
+    /// Encoding 3.
     FloatHistogram(FloatHistogramIterator<'a>),
 }
 
@@ -240,6 +243,20 @@ mod tests {
                 data[bit / 8] ^= 0x80 >> (bit % 8);
                 drain(&Chunk::new(c.encoding, data));
             }
+        }
+    }
+
+    /// Writes the sample chunks as fuzzing seeds (first byte = encoding):
+    /// `NORN_FUZZ_SEEDS=fuzz/corpus/chunk_decode cargo test -p norn-tsdb --lib write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir = std::path::PathBuf::from(std::env::var("NORN_FUZZ_SEEDS").expect("NORN_FUZZ_SEEDS"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, c) in sample_chunks().into_iter().enumerate() {
+            let mut b = vec![c.encoding as u8];
+            b.extend_from_slice(&c.data);
+            std::fs::write(dir.join(format!("seed-{i}")), b).unwrap();
         }
     }
 

@@ -55,14 +55,6 @@ impl XorChunk {
             return Err(e.clone());
         }
         let used_bits = it.bits_consumed();
-        let nbytes = used_bits.div_ceil(8);
-        let mut bytes = data[..nbytes.min(data.len())].to_vec();
-        // Clear any stray bits past the end of the last sample.
-        let free = (nbytes * 8 - used_bits) as u8;
-        if free > 0 {
-            let last = bytes.len() - 1;
-            bytes[last] &= !((1u8 << free) - 1);
-        }
         let num = it.num_total;
         // The iterator starts with the 0xff "no window yet" sentinel, so a chunk whose values
         // never changed reopens exactly as a continuously appended one would. (Prometheus'
@@ -70,7 +62,7 @@ impl XorChunk {
         // the same.)
         let (leading, trailing) = (it.leading, it.trailing);
         Ok(XorChunk {
-            b: BitWriter::from_bytes(bytes, free),
+            b: BitWriter::resume(data, used_bits),
             num,
             t: it.t,
             v: f64::from_bits(it.val),
@@ -131,17 +123,16 @@ impl XorChunk {
             _ => {
                 let t_delta = t.wrapping_sub(self.t) as u64;
                 let dod = t_delta.wrapping_sub(self.t_delta) as i64;
+                // Prefix and payload go out in one write (≤ 24 bits); Go writes the payload last.
+                let mask = |n: u32| (dod as u64) & ((1u64 << n) - 1);
                 if dod == 0 {
                     b.write_bit(false);
                 } else if bit_range(dod, 14) {
-                    b.write_bits(0b10, 2);
-                    b.write_bits(dod as u64, 14);
+                    b.write_bits_tail((0b10 << 14) | mask(14), 16, 14);
                 } else if bit_range(dod, 17) {
-                    b.write_bits(0b110, 3);
-                    b.write_bits(dod as u64, 17);
+                    b.write_bits_tail((0b110 << 17) | mask(17), 20, 17);
                 } else if bit_range(dod, 20) {
-                    b.write_bits(0b1110, 4);
-                    b.write_bits(dod as u64, 20);
+                    b.write_bits_tail((0b1110 << 20) | mask(20), 24, 20);
                 } else {
                     b.write_bits(0b1111, 4);
                     b.write_bits(dod as u64, 64);
@@ -174,58 +165,87 @@ pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8,
         b.write_bit(false);
         return;
     }
-    b.write_bit(true);
     let mut new_leading = delta.leading_zeros() as u8;
     let new_trailing = delta.trailing_zeros() as u8;
     if new_leading >= 32 {
         new_leading = 31;
     }
     if *leading != 0xff && new_leading >= *leading && new_trailing >= *trailing {
-        b.write_bit(false);
-        b.write_bits(delta >> *trailing, 64 - u32::from(*leading) - u32::from(*trailing));
+        // Control "10" then the window's bits.
+        let sig = 64 - u32::from(*leading) - u32::from(*trailing);
+        let payload = delta >> *trailing;
+        if sig <= 62 {
+            b.write_bits_tail((0b10 << sig) | payload, sig + 2, sig);
+        } else {
+            b.write_bits(0b10, 2);
+            b.write_bits(payload, sig);
+        }
         return;
     }
     *leading = new_leading;
     *trailing = new_trailing;
-    b.write_bit(true);
-    b.write_bits(u64::from(new_leading), 5);
     let sigbits = 64 - u32::from(new_leading) - u32::from(new_trailing);
-    // 64 significant bits do not fit in 6 bits; they are written as 0.
-    b.write_bits(u64::from(sigbits), 6);
-    b.write_bits(delta >> new_trailing, sigbits);
+    // Control "11", 5 bits of leading zeros, 6 bits of significant bits (64 is written
+    // as 0, which cannot otherwise occur), then the bits themselves.
+    let header = (0b11 << 11) | (u64::from(new_leading) << 6) | u64::from(sigbits & 0x3f);
+    let payload = delta >> new_trailing;
+    if sigbits <= 51 {
+        b.write_bits_tail((header << sigbits) | payload, 13 + sigbits, sigbits);
+    } else {
+        b.write_bits(header, 13);
+        b.write_bits(payload, sigbits);
+    }
 }
 
 /// Reads one XOR-encoded value into `value`; `None` on truncated or corrupt input.
 #[inline]
 pub(crate) fn xor_read(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> Option<()> {
-    if !br.read_bit()? {
-        return Some(());
+    if xor_read_lenient(br, value, leading, trailing) && !br.overrun() { Some(()) } else { None }
+}
+
+/// [`xor_read`] without the end-of-stream check (the caller checks
+/// [`BitReader::overrun`]); `false` only for an impossible window.
+#[inline(always)]
+pub(crate) fn xor_read_lenient(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> bool {
+    // Control bits plus a new window's 11 header bits.
+    br.ensure(13);
+    let w = br.word();
+    if w >> 63 == 0 {
+        br.skip(1);
+        return true;
     }
-    let (new_leading, mbits) = if !br.read_bit()? {
+    let (shift, mbits, used) = if (w >> 62) & 1 == 0 {
         if *leading == 0xff {
             // Reuse before any window was set: Prometheus' reader starts from a zero
             // window and reads all 64 bits, so do the same.
-            (0, 64)
+            (0, 64, 2)
         } else {
-            (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
+            (u32::from(*trailing), 64 - u32::from(*leading) - u32::from(*trailing), 2)
         }
     } else {
-        let l = br.read_bits(5)? as u32;
-        let mut m = br.read_bits(6)? as u32;
+        // Two control bits, then 5 bits of leading zeros and 6 of significant bits.
+        let l = ((w >> 57) & 0x1f) as u32;
+        let mut m = ((w >> 51) & 0x3f) as u32;
         if m == 0 {
             m = 64;
         }
         if l + m > 64 {
-            return None;
+            return false;
         }
         *trailing = (64 - l - m) as u8;
         *leading = l as u8;
-        (l, m)
+        (64 - l - m, m, 13)
     };
-    let bits = br.read_bits(mbits)?;
-    let shift = 64 - new_leading - mbits;
-    *value ^= if shift >= 64 { 0 } else { bits << shift };
-    Some(())
+    let bits = if used + mbits <= br.avail() {
+        // Everything is in the word already loaded.
+        br.skip(used + mbits);
+        (w << used) >> (64 - mbits)
+    } else {
+        br.skip(used);
+        br.read_bits_lenient(mbits)
+    };
+    *value ^= bits << shift;
+    true
 }
 
 /// Decodes an XOR chunk sample by sample, lazily.
@@ -249,19 +269,11 @@ impl<'a> XorIterator<'a> {
         if data.len() < 2 {
             return Err(ChunkError::Corrupt { encoding: "XOR", reason: "chunk shorter than its 2-byte header" });
         }
-        let num_total = u16::from_be_bytes([data[0], data[1]]);
-        Ok(XorIterator {
-            br: BitReader::new(&data[2..]),
-            data_bits: (data.len() - 2) * 8,
-            num_total,
-            num_read: 0,
-            t: 0,
-            val: 0,
-            t_delta: 0,
-            leading: 0xff,
-            trailing: 0,
-            err: None,
-        })
+        let mut it = Self::empty();
+        it.br = BitReader::new(&data[2..]);
+        it.data_bits = (data.len() - 2) * 8;
+        it.num_total = u16::from_be_bytes([data[0], data[1]]);
+        Ok(it)
     }
 
     fn empty() -> Self {
@@ -294,6 +306,7 @@ impl<'a> XorIterator<'a> {
         16 + self.data_bits - self.br.bits_remaining()
     }
 
+    #[cold]
     fn fail(&mut self) -> Option<(i64, f64)> {
         self.err = Some(ChunkError::Corrupt { encoding: "XOR", reason: "truncated or invalid sample data" });
         self.num_read = self.num_total;
@@ -301,55 +314,108 @@ impl<'a> XorIterator<'a> {
     }
 
     /// The next `(timestamp, value)`.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<(i64, f64)> {
         if self.num_read >= self.num_total {
             return None;
         }
+        if self.num_read < 2 {
+            return self.next_head();
+        }
+        let br = &mut self.br;
+        // One refill covers the dod (≤ 24 bits unless raw) and a value header (≤ 13);
+        // both are decoded from this word with a single skip at the end, which keeps
+        // the buffer updates off the dependency chain.
+        br.refill();
+        let w = br.word();
+        let ones = w.leading_ones();
+        let (dod, dlen): (i64, u32) = match ones {
+            0 => (0, 1),
+            1..=3 => {
+                let sz = match ones {
+                    1 => 14,
+                    2 => 17,
+                    _ => 20,
+                };
+                let bits = (w << (ones + 1)) >> (64 - sz);
+                // bitRange decoding: values above 2^(sz-1) are negative.
+                (bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64, ones + 1 + sz)
+            }
+            _ => return self.next_raw_dod(),
+        };
+        self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
+        self.t = self.t.wrapping_add(self.t_delta as i64);
+        let rem = br.avail() - dlen;
+        let v = w << dlen;
+        if v >> 63 == 0 {
+            br.skip(dlen + 1);
+        } else {
+            let (hdr, shift, m) = if (v >> 62) & 1 == 0 {
+                if self.leading == 0xff {
+                    (2, 0, 64)
+                } else {
+                    let (l, t) = (u32::from(self.leading), u32::from(self.trailing));
+                    (2, t, 64 - l - t)
+                }
+            } else {
+                let l = ((v >> 57) & 0x1f) as u32;
+                let m = match ((v >> 51) & 0x3f) as u32 {
+                    0 => 64,
+                    m => m,
+                };
+                if l + m > 64 {
+                    return self.fail();
+                }
+                self.leading = l as u8;
+                self.trailing = (64 - l - m) as u8;
+                (13, 64 - l - m, m)
+            };
+            let bits = if hdr + m <= rem {
+                br.skip(dlen + hdr + m);
+                (v << hdr) >> (64 - m)
+            } else {
+                br.skip(dlen + hdr);
+                br.read_bits_lenient(m)
+            };
+            self.val ^= bits << shift;
+        }
+        if br.overrun() {
+            return self.fail();
+        }
+        self.num_read += 1;
+        Some((self.t, f64::from_bits(self.val)))
+    }
+
+    /// A sample whose dod needed the raw 64-bit form.
+    #[cold]
+    fn next_raw_dod(&mut self) -> Option<(i64, f64)> {
+        self.br.skip(4);
+        let dod = self.br.read_bits_lenient(64) as i64;
+        self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
+        self.t = self.t.wrapping_add(self.t_delta as i64);
+        if !xor_read_lenient(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing) || self.br.overrun() {
+            return self.fail();
+        }
+        self.num_read += 1;
+        Some((self.t, f64::from_bits(self.val)))
+    }
+
+    /// Samples 0 and 1, whose timestamps are whole-byte varints.
+    #[cold]
+    fn next_head(&mut self) -> Option<(i64, f64)> {
         if self.num_read == 0 {
             let Some(t) = self.br.read_varint() else { return self.fail() };
             let Some(v) = self.br.read_bits(64) else { return self.fail() };
             self.t = t;
             self.val = v;
-            self.num_read = 1;
-            return Some((t, f64::from_bits(v)));
-        }
-        if self.num_read == 1 {
+        } else {
             let Some(d) = self.br.read_uvarint() else { return self.fail() };
             self.t_delta = d;
             self.t = self.t.wrapping_add(d as i64);
-        } else {
-            let mut d: u8 = 0;
-            for _ in 0..4 {
-                d <<= 1;
-                let Some(bit) = self.br.read_bit() else { return self.fail() };
-                if !bit {
-                    break;
-                }
-                d |= 1;
+            if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
+                return self.fail();
             }
-            let sz: u32 = match d {
-                0b0 => 0,
-                0b10 => 14,
-                0b110 => 17,
-                0b1110 => 20,
-                _ => 64,
-            };
-            let dod: i64 = if sz == 0 {
-                0
-            } else {
-                let Some(mut bits) = self.br.read_bits(sz) else { return self.fail() };
-                if sz < 64 && bits > (1u64 << (sz - 1)) {
-                    bits = bits.wrapping_sub(1u64 << sz);
-                }
-                bits as i64
-            };
-            self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
-            self.t = self.t.wrapping_add(self.t_delta as i64);
-        }
-        if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
-            return self.fail();
         }
         self.num_read += 1;
         Some((self.t, f64::from_bits(self.val)))
@@ -399,6 +465,14 @@ mod tests {
         // (xor 0 → one 0 bit, padded).
         let b = round_trip(&[(1000, 1.0), (1015, 1.0)]);
         assert_eq!(b, vec![0, 2, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x0f, 0x00]);
+    }
+
+    #[test]
+    fn single_sample_keeps_gos_trailing_byte() {
+        // Go's bstream appends an empty byte after every aligned whole-byte write, so a
+        // one-sample chunk (varint t0, 64-bit v0) ends with a zero byte in Prometheus's files.
+        let b = round_trip(&[(1000, 1.0)]);
+        assert_eq!(b, vec![0, 1, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
