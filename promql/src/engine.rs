@@ -1066,3 +1066,77 @@ pub(crate) fn first_metric_name(e: &Expr) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use crate::value::stale_nan;
+
+    fn storage() -> MemStorage {
+        let mut s = MemStorage::new();
+        let a = Labels::from_pairs([("__name__", "a"), ("job", "x")]);
+        // Samples every minute from 0 to 10m, a staleness marker at 11m.
+        s.append(&a, (0..=10).map(|i| (i * 60_000, StoredValue::Float(i as f64))));
+        s.append(&a, [(11 * 60_000, StoredValue::Float(stale_nan()))]);
+        let b = Labels::from_pairs([("__name__", "b"), ("job", "x")]);
+        s.append(&b, [(0, StoredValue::Float(100.0))]);
+        s
+    }
+
+    fn instant(q: &str, ts: i64) -> String {
+        match Engine::default().instant_query(&storage(), q, ts).value {
+            Ok(Value::Scalar(v)) => format!("{v}"),
+            Ok(Value::Vector(v)) => {
+                let mut parts: Vec<String> = v.iter().map(|s| format!("{}={}", s.metric, s.f)).collect();
+                parts.sort();
+                parts.join(" ")
+            }
+            Ok(v) => v.to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn instant_semantics() {
+        let cases = [
+            // Lookback is left-open: a sample exactly 5m old is gone.
+            ("b", 299_999, r#"{__name__="b", job="x"}=100"#),
+            ("b", 300_000, ""),
+            // A staleness marker ends the series at once.
+            ("a", 11 * 60_000 + 1, ""),
+            ("a", 10 * 60_000 + 59_999, r#"{__name__="a", job="x"}=10"#),
+            // Offsets and @ shift the reference time, negative evaluation times included.
+            ("a offset 2m", 5 * 60_000, r#"{__name__="a", job="x"}=3"#),
+            ("a @ 120", -1_000_000, r#"{__name__="a", job="x"}=2"#),
+            // Range selectors are left-open too.
+            ("count_over_time(a[2m])", 4 * 60_000, r#"{job="x"}=2"#),
+            // Subquery steps are aligned to multiples of the step.
+            ("count_over_time(a[150s:60s])", 4 * 60_000 + 30_000, r#"{job="x"}=2"#),
+            // Delayed name removal: names go at the end, and a clash is an error.
+            ("-{job=\"x\"}", 0, "error: vector cannot contain metrics with the same labelset"),
+            ("-a or -b", 0, r#"{job="x"}=-0"#),
+            ("label_replace(-a, \"__name__\", \"c\", \"job\", \".*\")", 60_000, r#"{__name__="c", job="x"}=-1"#),
+            ("1 + 2 * 3", 0, "7"),
+        ];
+        for (q, ts, want) in cases {
+            assert_eq!(instant(q, ts), want, "{q} @ {ts}");
+        }
+    }
+
+    #[test]
+    fn range_queries_drop_names_and_reject_clashes() {
+        let r = Engine::default().range_query(&storage(), "-{job=\"x\"}", 0, 120_000, 60_000);
+        // At 0 both -a and -b exist with the same labels once names are dropped.
+        assert!(r.value.is_err());
+        // Once b (last sample at 0) has left the lookback, only -a remains, without its name.
+        let r = Engine::default().range_query(&storage(), "-{job=\"x\"}", 6 * 60_000, 7 * 60_000, 60_000);
+        match r.value {
+            Ok(Value::Matrix(m)) => {
+                assert_eq!(m.len(), 1);
+                assert_eq!(m[0].floats, vec![(360_000, -6.0), (420_000, -7.0)]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
