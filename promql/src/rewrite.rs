@@ -134,6 +134,23 @@ pub fn fold(query: &str, step_ms: i64, range_ms: i64) -> Cow<'_, str> {
     if changed { Cow::Owned(out) } else { Cow::Borrowed(query) }
 }
 
+/// For each byte of `q`, whether it lies inside a string literal.
+fn string_mask(q: &str) -> Vec<bool> {
+    let b = q.as_bytes();
+    let mut mask = vec![false; b.len()];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'"' || b[i] == b'\'' || b[i] == b'`' {
+            let end = skip_string(b, i);
+            mask[i..end].iter_mut().for_each(|x| *x = true);
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    mask
+}
+
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b':'
 }
@@ -477,6 +494,7 @@ pub fn mark_info_selector(query: &str) -> Cow<'_, str> {
         return Cow::Borrowed(query);
     }
     let b = query.as_bytes();
+    let in_string = string_mask(query);
     let mut out = String::with_capacity(query.len() + 24);
     let mut last = 0;
     let mut i = 0;
@@ -484,7 +502,7 @@ pub fn mark_info_selector(query: &str) -> Cow<'_, str> {
     while let Some(rel) = query[i..].find("info(") {
         let at = i + rel;
         i = at + 5;
-        if at > 0 && is_ident(b[at - 1]) {
+        if (at > 0 && is_ident(b[at - 1])) || in_string[at] {
             continue;
         }
         let Some(close) = matching(b, at + 4, b'(', b')') else { break };
@@ -647,7 +665,13 @@ pub fn mark_trim(query: &str) -> Cow<'_, str> {
         r"(>/|</)(\s*(?:on|ignoring)\s*\([^)]*\))?\s*([-+]?(?:[0-9][\w.]*|Inf|NaN|inf|nan)|[A-Za-z_:][\w:]*(?:\{[^}]*\})?)",
     )
     .expect("static regex");
+    // Only outside string literals: `{path="a</b"}` is no operator.
+    let in_string = string_mask(query);
     let out = re.replace_all(query, |c: &regex::Captures<'_>| {
+        let start = c.get(0).map(|m| m.start()).unwrap_or(0);
+        if in_string[start] {
+            return c[0].to_string();
+        }
         let kind = if &c[1] == "</" { "upper" } else { "lower" };
         let operand = &c[3];
         let scalar = operand.trim_start_matches(['-', '+']).starts_with(|ch: char| ch.is_ascii_digit())
@@ -694,5 +718,17 @@ mod ext_tests {
         assert_eq!(mark_extended("rate(m{a=\"b\"}[5m] smoothed)"), "rate(m{a=\"b\", __norn_ext__=\"smoothed\"}[5m] )");
         assert_eq!(mark_extended("m smoothed"), "m{__norn_ext__=\"smoothed\"} ");
         assert_eq!(mark_extended("rate(m[5m])"), "rate(m[5m])");
+    }
+}
+
+#[cfg(test)]
+mod trim_tests {
+    use super::*;
+
+    #[test]
+    fn trim_rewrites_skip_strings() {
+        assert_eq!(mark_trim("h </ 2"), "h > bool __norn_trim_upper_s(2)");
+        assert_eq!(mark_trim("h >/ on (l) f"), "h > bool on (l) __norn_trim_lower_v(f)");
+        assert_eq!(mark_trim(r#"h{p="a</b"}"#), r#"h{p="a</b"}"#);
     }
 }
