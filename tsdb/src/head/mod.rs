@@ -284,7 +284,15 @@ impl Head {
         self.ooo_min_time.fetch_min(t, Ordering::AcqRel);
     }
 
-    pub(crate) fn log_wal(&self, series: &[Arc<MemSeries>], recs: &[Vec<u8>]) -> Result<()> {
+    /// Logs `recs` (after series records for `series` not yet logged), then runs
+    /// `apply` still holding the WAL lock, so changes are applied in exactly the order
+    /// their records are in the WAL and replay reproduces the same state.
+    pub(crate) fn log_wal<R>(
+        &self,
+        series: &[Arc<MemSeries>],
+        recs: &[Vec<u8>],
+        apply: impl FnOnce() -> R,
+    ) -> Result<R> {
         let mut guard = self.wal.lock();
         let wal = guard.as_mut().ok_or_else(|| TsdbError::InvalidArgument("WAL not open".into()))?;
         // Checked and set under the WAL lock: whichever commit first carries a sample of
@@ -303,13 +311,13 @@ impl Head {
             all.push(&srec);
         }
         all.extend(recs.iter().map(|r| r.as_slice()));
-        let res = wal.log(&all);
-        if res.is_err() {
+        if let Err(e) = wal.log(&all) {
             for s in series.iter().filter(|s| new.iter().any(|n| n.series_ref == s.series_ref)) {
                 s.logged.store(false, Ordering::Release);
             }
+            return Err(e);
         }
-        res
+        Ok(apply())
     }
 
     fn replay_wal(&mut self, wal_dir: &Path) -> Result<ReplayStats> {
@@ -416,7 +424,7 @@ impl Head {
         }
         if last_t.is_some_and(|lt| t < lt) || t < self.min_valid_time() {
             if let (true, Incoming::Float(f)) = (ooo_ok, v) {
-                d.ooo.insert(t, f);
+                d.ooo.entry(t).or_insert(f);
                 self.note_ooo(t);
                 return true;
             }
@@ -469,10 +477,11 @@ impl Head {
             hits.iter().map(|s| record::RefTombstone { series_ref: s.series_ref, mint, maxt }).collect();
         let mut rec = Vec::new();
         record::encode_tombstones(&stones, &mut rec);
-        self.log_wal(&hits, &[rec])?;
-        for s in &hits {
-            add_interval(&mut s.data.lock().deleted, (mint, maxt));
-        }
+        self.log_wal(&hits, &[rec], || {
+            for s in &hits {
+                add_interval(&mut s.data.lock().deleted, (mint, maxt));
+            }
+        })?;
         Ok(hits.len())
     }
 

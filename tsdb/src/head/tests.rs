@@ -592,3 +592,51 @@ fn compaction_garbage_collects_persisted_series() {
     app.commit().unwrap();
     assert_eq!(h.num_series(), 3);
 }
+
+mod model {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Whatever `append` accepts is exactly what queries show after commit, and a
+        /// restart replays exactly that (first value wins for repeated OOO timestamps).
+        #[test]
+        fn accepted_samples_are_visible_and_replayed(
+            ops in prop::collection::vec((0usize..3, 0i64..400, 0u8..4, any::<bool>()), 1..300),
+            window in prop_oneof![Just(0i64), Just(100_000i64)],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let o = HeadOptions { chunk_range: 200_000, out_of_order_time_window: window, ..opts() };
+            let h = Head::open(dir.path(), o).unwrap();
+            let mut model: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
+            let mut app = h.appender();
+            let mut batch: Vec<(String, i64, u64)> = Vec::new();
+            for (series, tstep, val, commit) in ops {
+                let t = tstep * 1000;
+                let v = f64::from(val);
+                if app.append(&lbl(series), t, v).is_ok() {
+                    batch.push((lbl(series).to_string(), t, v.to_bits()));
+                }
+                if commit {
+                    app.commit().unwrap();
+                    for (k, t, v) in batch.drain(..) {
+                        model.entry(k).or_default().entry(t).or_insert(v);
+                    }
+                    app = h.appender();
+                }
+            }
+            app.commit().unwrap();
+            for (k, t, v) in batch.drain(..) {
+                model.entry(k).or_default().entry(t).or_insert(v);
+            }
+            let want: Data = model.into_iter().map(|(k, m)| (k, m.into_iter().collect())).collect();
+            let got = head_data(&h);
+            prop_assert_eq!(&got, &want);
+            drop(h);
+            let h = Head::open(dir.path(), o).unwrap();
+            prop_assert_eq!(head_data(&h), want);
+        }
+    }
+}
