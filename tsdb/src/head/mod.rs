@@ -322,8 +322,9 @@ impl Head {
 
     fn replay_wal(&mut self, wal_dir: &Path) -> Result<ReplayStats> {
         let mut stats = ReplayStats::default();
-        // Refs of series records whose labels were already known under another ref.
-        let mut aliases: std::collections::HashMap<u64, Arc<MemSeries>> = std::collections::HashMap::new();
+        // Every series record's ref (including refs whose labels were already known
+        // under another ref) → series: one lock-free local lookup per sample.
+        let mut by_ref: series::U64Map<Arc<MemSeries>> = series::U64Map::default();
         let mut from = 0;
         let this = &*self;
         let mut handle = |rec: &[u8], stats: &mut ReplayStats| -> Result<()> {
@@ -346,32 +347,30 @@ impl Head {
                         if created {
                             this.postings.add(ms.series_ref, &ms.labels);
                             stats.series += 1;
-                        } else if ms.series_ref != s.series_ref {
-                            aliases.insert(s.series_ref, ms);
                         }
+                        by_ref.insert(s.series_ref, ms);
                     }
                 }
                 Record::Samples(list) => {
                     for s in list {
-                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::Float(s.v), stats);
+                        this.replay_one(&by_ref, s.series_ref, s.t, Incoming::Float(s.v), stats);
                     }
                 }
                 Record::Tombstones(list) => {
                     for s in list {
-                        let ms = this.series.get_by_ref(s.series_ref).or_else(|| aliases.get(&s.series_ref).cloned());
-                        if let Some(ms) = ms {
+                        if let Some(ms) = by_ref.get(&s.series_ref) {
                             add_interval(&mut ms.data.lock().deleted, (s.mint, s.maxt));
                         }
                     }
                 }
                 Record::Histograms(list) => {
                     for s in list {
-                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::Histogram(&s.h), stats);
+                        this.replay_one(&by_ref, s.series_ref, s.t, Incoming::Histogram(&s.h), stats);
                     }
                 }
                 Record::FloatHistograms(list) => {
                     for s in list {
-                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::FloatHistogram(&s.fh), stats);
+                        this.replay_one(&by_ref, s.series_ref, s.t, Incoming::FloatHistogram(&s.fh), stats);
                     }
                 }
                 _ => stats.skipped_records += 1,
@@ -393,20 +392,17 @@ impl Head {
 
     fn replay_one(
         &self,
-        aliases: &std::collections::HashMap<u64, Arc<MemSeries>>,
+        by_ref: &series::U64Map<Arc<MemSeries>>,
         r: u64,
         t: i64,
         v: Incoming<'_>,
         stats: &mut ReplayStats,
     ) {
-        let ms = match self.series.get_by_ref(r).or_else(|| aliases.get(&r).cloned()) {
-            Some(ms) => ms,
-            None => {
-                stats.dropped_samples += 1;
-                return;
-            }
+        let Some(ms) = by_ref.get(&r) else {
+            stats.dropped_samples += 1;
+            return;
         };
-        if self.replay_sample(&ms, t, v) {
+        if self.replay_sample(ms, t, v) {
             stats.samples += 1;
         } else {
             stats.dropped_samples += 1;
