@@ -104,8 +104,11 @@ pub struct ReplayStats {
     pub checkpoint: Option<u32>,
     /// WAL segments read (after the checkpoint).
     pub segments: usize,
+    /// Records read (checkpoint and segments).
     pub records: u64,
+    /// Series created.
     pub series: u64,
+    /// Samples applied.
     pub samples: u64,
     /// Samples dropped: unknown series ref, older than the min valid time, out of order.
     pub dropped_samples: u64,
