@@ -219,6 +219,13 @@ mod tests {
     }
 
     #[test]
+    fn db_and_head_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Db>();
+        check::<Head>();
+    }
+
+    #[test]
     fn compaction_keeps_data_queryable_across_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
