@@ -5,6 +5,7 @@
 //! Prometheus's blocks opened by us. The crate is synchronous and does no networking;
 //! async callers run it on blocking threads.
 
+pub mod backfill;
 pub mod block;
 pub mod chunkenc;
 pub mod chunks;

@@ -55,14 +55,6 @@ impl XorChunk {
             return Err(e.clone());
         }
         let used_bits = it.bits_consumed();
-        let nbytes = used_bits.div_ceil(8);
-        let mut bytes = data[..nbytes.min(data.len())].to_vec();
-        // Clear any stray bits past the end of the last sample.
-        let free = (nbytes * 8 - used_bits) as u8;
-        if free > 0 {
-            let last = bytes.len() - 1;
-            bytes[last] &= !((1u8 << free) - 1);
-        }
         let num = it.num_total;
         // The iterator starts with the 0xff "no window yet" sentinel, so a chunk whose values
         // never changed reopens exactly as a continuously appended one would. (Prometheus'
@@ -70,7 +62,7 @@ impl XorChunk {
         // the same.)
         let (leading, trailing) = (it.leading, it.trailing);
         Ok(XorChunk {
-            b: BitWriter::from_bytes(bytes, free),
+            b: BitWriter::resume(data, used_bits),
             num,
             t: it.t,
             v: f64::from_bits(it.val),
@@ -473,6 +465,14 @@ mod tests {
         // (xor 0 → one 0 bit, padded).
         let b = round_trip(&[(1000, 1.0), (1015, 1.0)]);
         assert_eq!(b, vec![0, 2, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x0f, 0x00]);
+    }
+
+    #[test]
+    fn single_sample_keeps_gos_trailing_byte() {
+        // Go's bstream appends an empty byte after every aligned whole-byte write, so a
+        // one-sample chunk (varint t0, 64-bit v0) ends with a zero byte in Prometheus's files.
+        let b = round_trip(&[(1000, 1.0)]);
+        assert_eq!(b, vec![0, 1, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
