@@ -6,6 +6,12 @@
 //! samples against the committed state, then on commit writes series and samples
 //! records to the WAL (series records always before samples that refer to them) and only
 //! then makes the samples visible.
+//!
+//! Differences from Prometheus's head, on purpose or not yet done: all chunks stay in
+//! memory (no `chunks_head/` m-mapping, no chunk snapshots), so restart replays the WAL;
+//! OOO float samples are logged in the WAL as ordinary sample records rather than in a
+//! WBL (a Prometheus replaying our WAL drops them as out of order); native histograms
+//! are in-order only; exemplar and metadata records are neither written nor replayed.
 
 mod appender;
 mod builder;
