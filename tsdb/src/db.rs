@@ -219,6 +219,13 @@ mod tests {
     }
 
     #[test]
+    fn db_and_head_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Db>();
+        check::<Head>();
+    }
+
+    #[test]
     fn compaction_keeps_data_queryable_across_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -261,5 +268,37 @@ mod tests {
         assert!(!dir.path().join(format!("01ARZ3NDEKTSV4RRFFQ69G5FAV{TMP_FOR_CREATION}")).exists());
         // The [8h,10h) block and the head's 10h..12h remain.
         assert_eq!(count(&db, &[]).1, 4 * (120 + 120));
+    }
+}
+
+#[cfg(test)]
+mod interop {
+    use norn_model::Labels;
+
+    use super::*;
+
+    /// Writes a database (blocks, WAL checkpoint, WAL) for a real Prometheus to open:
+    /// `NORN_WRITE_DB=<empty dir> cargo test -p norn-tsdb --lib -- --ignored db_for_prometheus`,
+    /// then `prometheus --storage.tsdb.path=<dir>` and query `count_over_time(norn_db_test[8h])`
+    /// (expect 481 per series).
+    #[test]
+    #[ignore]
+    fn db_for_prometheus() {
+        let Ok(dst) = std::env::var("NORN_WRITE_DB") else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let db = Db::open(std::path::Path::new(&dst), DbOptions::default()).unwrap();
+        let mut t = now - 8 * 3_600_000;
+        while t <= now {
+            let mut app = db.appender();
+            for i in 0..3 {
+                let l = Labels::from_pairs([("__name__", "norn_db_test"), ("i", &i.to_string())]);
+                app.append(&l, t, i as f64).unwrap();
+            }
+            app.commit().unwrap();
+            t += 60_000;
+        }
+        let metas = db.compact().unwrap();
+        eprintln!("now={now} blocks={:?}", metas.iter().map(|m| (m.min_time, m.max_time)).collect::<Vec<_>>());
+        db.close().unwrap();
     }
 }

@@ -6,6 +6,12 @@
 //! samples against the committed state, then on commit writes series and samples
 //! records to the WAL (series records always before samples that refer to them) and only
 //! then makes the samples visible.
+//!
+//! Differences from Prometheus's head, on purpose or not yet done: all chunks stay in
+//! memory (no `chunks_head/` m-mapping, no chunk snapshots), so restart replays the WAL;
+//! OOO float samples are logged in the WAL as ordinary sample records rather than in a
+//! WBL (a Prometheus replaying our WAL drops them as out of order); native histograms
+//! are in-order only; exemplar and metadata records are neither written nor replayed.
 
 mod appender;
 mod builder;
@@ -104,8 +110,11 @@ pub struct ReplayStats {
     pub checkpoint: Option<u32>,
     /// WAL segments read (after the checkpoint).
     pub segments: usize,
+    /// Records read (checkpoint and segments).
     pub records: u64,
+    /// Series created.
     pub series: u64,
+    /// Samples applied.
     pub samples: u64,
     /// Samples dropped: unknown series ref, older than the min valid time, out of order.
     pub dropped_samples: u64,
@@ -284,7 +293,15 @@ impl Head {
         self.ooo_min_time.fetch_min(t, Ordering::AcqRel);
     }
 
-    pub(crate) fn log_wal(&self, series: &[Arc<MemSeries>], recs: &[Vec<u8>]) -> Result<()> {
+    /// Logs `recs` (after series records for `series` not yet logged), then runs
+    /// `apply` still holding the WAL lock, so changes are applied in exactly the order
+    /// their records are in the WAL and replay reproduces the same state.
+    pub(crate) fn log_wal<R>(
+        &self,
+        series: &[Arc<MemSeries>],
+        recs: &[Vec<u8>],
+        apply: impl FnOnce() -> R,
+    ) -> Result<R> {
         let mut guard = self.wal.lock();
         let wal = guard.as_mut().ok_or_else(|| TsdbError::InvalidArgument("WAL not open".into()))?;
         // Checked and set under the WAL lock: whichever commit first carries a sample of
@@ -303,19 +320,20 @@ impl Head {
             all.push(&srec);
         }
         all.extend(recs.iter().map(|r| r.as_slice()));
-        let res = wal.log(&all);
-        if res.is_err() {
+        if let Err(e) = wal.log(&all) {
             for s in series.iter().filter(|s| new.iter().any(|n| n.series_ref == s.series_ref)) {
                 s.logged.store(false, Ordering::Release);
             }
+            return Err(e);
         }
-        res
+        Ok(apply())
     }
 
     fn replay_wal(&mut self, wal_dir: &Path) -> Result<ReplayStats> {
         let mut stats = ReplayStats::default();
-        // Refs of series records whose labels were already known under another ref.
-        let mut aliases: std::collections::HashMap<u64, Arc<MemSeries>> = std::collections::HashMap::new();
+        // Every series record's ref (including refs whose labels were already known
+        // under another ref) → series: one lock-free local lookup per sample.
+        let mut by_ref: series::U64Map<Arc<MemSeries>> = series::U64Map::default();
         let mut from = 0;
         let this = &*self;
         let mut handle = |rec: &[u8], stats: &mut ReplayStats| -> Result<()> {
@@ -338,32 +356,30 @@ impl Head {
                         if created {
                             this.postings.add(ms.series_ref, &ms.labels);
                             stats.series += 1;
-                        } else if ms.series_ref != s.series_ref {
-                            aliases.insert(s.series_ref, ms);
                         }
+                        by_ref.insert(s.series_ref, ms);
                     }
                 }
                 Record::Samples(list) => {
                     for s in list {
-                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::Float(s.v), stats);
+                        this.replay_one(&by_ref, s.series_ref, s.t, Incoming::Float(s.v), stats);
                     }
                 }
                 Record::Tombstones(list) => {
                     for s in list {
-                        let ms = this.series.get_by_ref(s.series_ref).or_else(|| aliases.get(&s.series_ref).cloned());
-                        if let Some(ms) = ms {
+                        if let Some(ms) = by_ref.get(&s.series_ref) {
                             add_interval(&mut ms.data.lock().deleted, (s.mint, s.maxt));
                         }
                     }
                 }
                 Record::Histograms(list) => {
                     for s in list {
-                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::Histogram(&s.h), stats);
+                        this.replay_one(&by_ref, s.series_ref, s.t, Incoming::Histogram(&s.h), stats);
                     }
                 }
                 Record::FloatHistograms(list) => {
                     for s in list {
-                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::FloatHistogram(&s.fh), stats);
+                        this.replay_one(&by_ref, s.series_ref, s.t, Incoming::FloatHistogram(&s.fh), stats);
                     }
                 }
                 _ => stats.skipped_records += 1,
@@ -385,20 +401,17 @@ impl Head {
 
     fn replay_one(
         &self,
-        aliases: &std::collections::HashMap<u64, Arc<MemSeries>>,
+        by_ref: &series::U64Map<Arc<MemSeries>>,
         r: u64,
         t: i64,
         v: Incoming<'_>,
         stats: &mut ReplayStats,
     ) {
-        let ms = match self.series.get_by_ref(r).or_else(|| aliases.get(&r).cloned()) {
-            Some(ms) => ms,
-            None => {
-                stats.dropped_samples += 1;
-                return;
-            }
+        let Some(ms) = by_ref.get(&r) else {
+            stats.dropped_samples += 1;
+            return;
         };
-        if self.replay_sample(&ms, t, v) {
+        if self.replay_sample(ms, t, v) {
             stats.samples += 1;
         } else {
             stats.dropped_samples += 1;
@@ -416,7 +429,7 @@ impl Head {
         }
         if last_t.is_some_and(|lt| t < lt) || t < self.min_valid_time() {
             if let (true, Incoming::Float(f)) = (ooo_ok, v) {
-                d.ooo.insert(t, f);
+                d.ooo.entry(t).or_insert(f);
                 self.note_ooo(t);
                 return true;
             }
@@ -469,10 +482,11 @@ impl Head {
             hits.iter().map(|s| record::RefTombstone { series_ref: s.series_ref, mint, maxt }).collect();
         let mut rec = Vec::new();
         record::encode_tombstones(&stones, &mut rec);
-        self.log_wal(&hits, &[rec])?;
-        for s in &hits {
-            add_interval(&mut s.data.lock().deleted, (mint, maxt));
-        }
+        self.log_wal(&hits, &[rec], || {
+            for s in &hits {
+                add_interval(&mut s.data.lock().deleted, (mint, maxt));
+            }
+        })?;
         Ok(hits.len())
     }
 

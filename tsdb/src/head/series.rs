@@ -134,6 +134,23 @@ impl SeriesData {
         }
     }
 
+    /// The in-order sample at exactly `t`, if any: `Some(Some(bits))` for a float,
+    /// `Some(None)` for a histogram. Decodes at most one chunk; used for OOO appends so a
+    /// timestamp never holds two values.
+    pub fn inorder_at(&self, t: i64) -> Option<Option<u64>> {
+        let open = self.chunks.open_chunk();
+        let c = self
+            .chunks
+            .closed
+            .iter()
+            .find(|c| c.min_time <= t && t <= c.max_time)
+            .or_else(|| open.as_ref().filter(|c| c.min_time <= t && t <= c.max_time))?;
+        c.chunk.iter().ok()?.find(|s| s.timestamp() == t).map(|s| match s {
+            Sample::Float(_, v) => Some(v.to_bits()),
+            _ => None,
+        })
+    }
+
     /// Whether nothing is left in memory.
     pub fn is_empty(&self) -> bool {
         self.chunks.closed.is_empty() && self.chunks.open_max_time().is_none() && self.ooo.is_empty()
