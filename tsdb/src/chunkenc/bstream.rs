@@ -52,104 +52,181 @@ impl BitWriter {
 
     /// Writes the low `nbits` bits of `u`, most significant first.
     #[inline]
-    pub fn write_bits(&mut self, u: u64, mut nbits: u32) {
+    pub fn write_bits(&mut self, u: u64, nbits: u32) {
         debug_assert!(nbits <= 64);
-        let mut u = if nbits == 0 { 0 } else { u << (64 - nbits) };
-        while nbits >= 8 {
-            self.write_byte((u >> 56) as u8);
-            u <<= 8;
-            nbits -= 8;
+        if nbits == 0 {
+            return;
         }
-        while nbits > 0 {
-            self.write_bit((u >> 63) == 1);
-            u <<= 1;
-            nbits -= 1;
+        // Left-align the payload so the next bit to write is bit 63.
+        let mut u = u << (64 - nbits);
+        let mut nbits = nbits;
+        if self.count > 0 {
+            let free = u32::from(self.count);
+            let last = self.bytes.len() - 1;
+            self.bytes[last] |= (u >> (64 - free)) as u8;
+            if nbits <= free {
+                self.count -= nbits as u8;
+                return;
+            }
+            u = if free == 64 { 0 } else { u << free };
+            nbits -= free;
+        }
+        let whole = (nbits / 8) as usize;
+        let be = u.to_be_bytes();
+        self.bytes.extend_from_slice(&be[..whole]);
+        let rest = nbits % 8;
+        if rest > 0 {
+            self.bytes.push(be[whole]);
+            self.count = (8 - rest) as u8;
+        } else {
+            self.count = 0;
         }
     }
 }
 
-/// Reads an MSB-first bit stream. Running off the end is reported as `None`.
+/// Reads an MSB-first bit stream.
+///
+/// Bits are buffered left-aligned in a 64-bit word refilled eight bytes at a time
+/// (Giesen's "variant 4" refill: the partially loaded byte is re-ORed on the next refill,
+/// which is harmless because it holds the same bits). Reading past the end yields zero
+/// bits and is reported as `None`; hot loops may instead read leniently and check
+/// [`BitReader::overrun`] once per sample.
 #[derive(Debug, Clone)]
 pub struct BitReader<'a> {
     stream: &'a [u8],
-    /// Next byte to load into `buffer`.
+    /// Next byte to load (may run past the end: those bytes read as zero).
     pos: usize,
-    /// Up to 64 bits, left-aligned at bit `valid - 1`.
-    buffer: u64,
-    /// Number of valid bits in `buffer` (low bits).
-    valid: u32,
+    /// Buffered bits, left-aligned; `avail` of them are counted as loaded.
+    buf: u64,
+    avail: u32,
 }
 
 impl<'a> BitReader<'a> {
     /// A reader at the start of `stream`.
     pub fn new(stream: &'a [u8]) -> Self {
-        BitReader { stream, pos: 0, buffer: 0, valid: 0 }
+        BitReader { stream, pos: 0, buf: 0, avail: 0 }
     }
 
-    #[inline]
-    fn refill(&mut self) -> bool {
-        if self.pos >= self.stream.len() {
-            return false;
+    /// Tops the buffer up to at least 56 bits.
+    #[inline(always)]
+    pub(crate) fn refill(&mut self) {
+        if let Some(w) = self.stream.get(self.pos..self.pos + 8) {
+            let w = u64::from_be_bytes(w.try_into().expect("8 bytes"));
+            self.buf |= w >> self.avail;
+        } else {
+            self.refill_tail();
         }
-        let rest = &self.stream[self.pos..];
-        if rest.len() >= 8 && self.valid == 0 {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&rest[..8]);
-            self.buffer = u64::from_be_bytes(a);
-            self.pos += 8;
-            self.valid = 64;
-            return true;
-        }
-        // Top up byte by byte while there is room.
-        while self.valid <= 56 && self.pos < self.stream.len() {
-            self.buffer = (self.buffer << 8) | u64::from(self.stream[self.pos]);
-            self.pos += 1;
-            self.valid += 8;
-        }
-        true
+        self.pos += ((63 - self.avail) >> 3) as usize;
+        self.avail |= 56;
     }
 
-    /// Bits not yet read.
+    #[cold]
+    fn refill_tail(&mut self) {
+        let mut a = [0u8; 8];
+        if self.pos < self.stream.len() {
+            let rest = &self.stream[self.pos..];
+            a[..rest.len()].copy_from_slice(rest);
+        }
+        self.buf |= u64::from_be_bytes(a) >> self.avail;
+    }
+
+    /// Bits consumed so far.
+    #[inline(always)]
+    fn consumed(&self) -> usize {
+        self.pos * 8 - self.avail as usize
+    }
+
+    /// Whether more bits were consumed than the stream holds.
+    #[inline(always)]
+    pub fn overrun(&self) -> bool {
+        self.consumed() > self.stream.len() * 8
+    }
+
+    /// Bits not yet read (0 after an overrun).
     pub fn bits_remaining(&self) -> usize {
-        self.valid as usize + (self.stream.len() - self.pos) * 8
+        (self.stream.len() * 8).saturating_sub(self.consumed())
+    }
+
+    /// The next `n` (1 ..= 56) bits without consuming them; the caller has refilled.
+    #[inline(always)]
+    pub(crate) fn peek(&self, n: u32) -> u64 {
+        debug_assert!((1..=56).contains(&n) && n <= self.avail);
+        self.buf >> (64 - n)
+    }
+
+    /// Buffered bits (at least 56 right after a refill).
+    #[inline(always)]
+    pub(crate) fn avail(&self) -> u32 {
+        self.avail
+    }
+
+    /// Refills only when fewer than `n` (≤ 56) bits are buffered; a refill sits on the
+    /// decoder's critical path, so skipping it when possible is the main saving.
+    #[inline(always)]
+    pub(crate) fn ensure(&mut self, n: u32) {
+        if self.avail < n {
+            self.refill();
+        }
+    }
+
+    /// The buffered word (for prefix decoding with leading_ones).
+    #[inline(always)]
+    pub(crate) fn word(&self) -> u64 {
+        self.buf
+    }
+
+    /// Drops `n` (≤ 56, ≤ buffered) bits.
+    #[inline(always)]
+    pub(crate) fn skip(&mut self, n: u32) {
+        debug_assert!(n <= self.avail && n < 64);
+        self.buf <<= n;
+        self.avail -= n;
+    }
+
+    /// Reads `n` (≤ 64) bits; past the end they are zero. Check [`Self::overrun`].
+    #[inline(always)]
+    pub(crate) fn read_bits_lenient(&mut self, n: u32) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        if n > 56 {
+            return self.read_long(n);
+        }
+        if self.avail < n {
+            self.refill();
+        }
+        let v = self.peek(n);
+        self.skip(n);
+        v
+    }
+
+    /// 57 to 64 bits: more than one refill guarantees.
+    #[inline(never)]
+    fn read_long(&mut self, n: u32) -> u64 {
+        if self.avail < 32 {
+            self.refill();
+        }
+        let hi = self.peek(32);
+        self.skip(32);
+        self.refill();
+        let lo = self.peek(n - 32);
+        self.skip(n - 32);
+        (hi << (n - 32)) | lo
     }
 
     /// Reads one bit.
     #[inline]
     pub fn read_bit(&mut self) -> Option<bool> {
-        if self.valid == 0 && !self.refill() {
-            return None;
-        }
-        self.valid -= 1;
-        Some((self.buffer >> self.valid) & 1 == 1)
+        let v = self.read_bits_lenient(1) == 1;
+        if self.overrun() { None } else { Some(v) }
     }
 
     /// Reads `nbits` (≤ 64) bits as an unsigned integer.
     #[inline]
     pub fn read_bits(&mut self, nbits: u32) -> Option<u64> {
         debug_assert!(nbits <= 64);
-        if nbits == 0 {
-            return Some(0);
-        }
-        if nbits <= self.valid {
-            self.valid -= nbits;
-            let v = if nbits == 64 { self.buffer } else { (self.buffer >> self.valid) & ((1u64 << nbits) - 1) };
-            return Some(v);
-        }
-        // Take what is buffered, refill, take the rest.
-        let have = self.valid;
-        let hi = if have == 0 { 0 } else { self.buffer & ((1u64 << have) - 1) };
-        self.valid = 0;
-        if !self.refill() {
-            return None;
-        }
-        let need = nbits - have;
-        if need > self.valid {
-            return None;
-        }
-        self.valid -= need;
-        let lo = (self.buffer >> self.valid) & (if need == 64 { u64::MAX } else { (1u64 << need) - 1 });
-        Some(if need == 64 { lo } else { (hi << need) | lo })
+        let v = self.read_bits_lenient(nbits);
+        if self.overrun() { None } else { Some(v) }
     }
 
     /// Reads 8 bits.

@@ -394,19 +394,40 @@ pub(crate) fn expand_spans_both_ways(a: &[Span], b: &[Span]) -> (Vec<Insert>, Ve
     }
 }
 
+/// Bucket values that can be delta-adjusted; integers wrap like Go's do.
+pub(crate) trait BucketValue: Copy + Default {
+    fn plus(self, o: Self) -> Self;
+    fn negated(self) -> Self;
+}
+
+impl BucketValue for i64 {
+    fn plus(self, o: Self) -> Self {
+        self.wrapping_add(o)
+    }
+    fn negated(self) -> Self {
+        self.wrapping_neg()
+    }
+}
+
+impl BucketValue for f64 {
+    fn plus(self, o: Self) -> Self {
+        self + o
+    }
+    fn negated(self) -> Self {
+        -self
+    }
+}
+
 /// Inserts empty buckets into `input`. For delta-encoded (integer) buckets, the first
 /// inserted bucket of a run cancels the running value and the bucket after the run gets
 /// it back, so every old bucket keeps its absolute count.
-pub(crate) fn insert_buckets<T>(input: &[T], inserts: &[Insert], deltas: bool) -> Vec<T>
-where
-    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Neg<Output = T>,
-{
+pub(crate) fn insert_buckets<T: BucketValue>(input: &[T], inserts: &[Insert], deltas: bool) -> Vec<T> {
     let extra: usize = inserts.iter().map(|i| i.num).sum();
     let mut out = Vec::with_capacity(input.len() + extra);
     let mut acc = T::default();
     let mut ii = 0;
     let emit_run = |out: &mut Vec<T>, acc: T, num: usize| {
-        out.push(if deltas { -acc } else { T::default() });
+        out.push(if deltas { acc.negated() } else { T::default() });
         for _ in 1..num {
             out.push(T::default());
         }
@@ -415,11 +436,11 @@ where
         if ii < inserts.len() && inserts[ii].pos == i {
             emit_run(&mut out, acc, inserts[ii].num);
             ii += 1;
-            out.push(if deltas { d + acc } else { d });
+            out.push(if deltas { d.plus(acc) } else { d });
         } else {
             out.push(d);
         }
-        acc = acc + d;
+        acc = acc.plus(d);
     }
     while ii < inserts.len() {
         emit_run(&mut out, acc, inserts[ii].num);

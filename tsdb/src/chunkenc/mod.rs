@@ -243,6 +243,20 @@ mod tests {
         }
     }
 
+    /// Writes the sample chunks as fuzzing seeds (first byte = encoding):
+    /// `NORN_FUZZ_SEEDS=fuzz/corpus/chunk_decode cargo test -p norn-tsdb --lib write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir = std::path::PathBuf::from(std::env::var("NORN_FUZZ_SEEDS").expect("NORN_FUZZ_SEEDS"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, c) in sample_chunks().into_iter().enumerate() {
+            let mut b = vec![c.encoding as u8];
+            b.extend_from_slice(&c.data);
+            std::fs::write(dir.join(format!("seed-{i}")), b).unwrap();
+        }
+    }
+
     #[test]
     fn num_samples_reads_full_u16_for_histograms() {
         let c = Chunk::new(Encoding::Histogram, vec![0x40, 0x01, 0x80]);

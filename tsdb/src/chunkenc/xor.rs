@@ -198,34 +198,52 @@ pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8,
 /// Reads one XOR-encoded value into `value`; `None` on truncated or corrupt input.
 #[inline]
 pub(crate) fn xor_read(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> Option<()> {
-    if !br.read_bit()? {
-        return Some(());
+    if xor_read_lenient(br, value, leading, trailing) && !br.overrun() { Some(()) } else { None }
+}
+
+/// [`xor_read`] without the end-of-stream check (the caller checks
+/// [`BitReader::overrun`]); `false` only for an impossible window.
+#[inline(always)]
+pub(crate) fn xor_read_lenient(br: &mut BitReader<'_>, value: &mut u64, leading: &mut u8, trailing: &mut u8) -> bool {
+    // Control bits plus a new window's 11 header bits.
+    br.ensure(13);
+    let w = br.word();
+    if w >> 63 == 0 {
+        br.skip(1);
+        return true;
     }
-    let (new_leading, mbits) = if !br.read_bit()? {
+    let (shift, mbits, used) = if (w >> 62) & 1 == 0 {
         if *leading == 0xff {
             // Reuse before any window was set: Prometheus' reader starts from a zero
             // window and reads all 64 bits, so do the same.
-            (0, 64)
+            (0, 64, 2)
         } else {
-            (u32::from(*leading), 64 - u32::from(*leading) - u32::from(*trailing))
+            (u32::from(*trailing), 64 - u32::from(*leading) - u32::from(*trailing), 2)
         }
     } else {
-        let l = br.read_bits(5)? as u32;
-        let mut m = br.read_bits(6)? as u32;
+        // Two control bits, then 5 bits of leading zeros and 6 of significant bits.
+        let l = ((w >> 57) & 0x1f) as u32;
+        let mut m = ((w >> 51) & 0x3f) as u32;
         if m == 0 {
             m = 64;
         }
         if l + m > 64 {
-            return None;
+            return false;
         }
         *trailing = (64 - l - m) as u8;
         *leading = l as u8;
-        (l, m)
+        (64 - l - m, m, 13)
     };
-    let bits = br.read_bits(mbits)?;
-    let shift = 64 - new_leading - mbits;
-    *value ^= if shift >= 64 { 0 } else { bits << shift };
-    Some(())
+    let bits = if used + mbits <= br.avail() {
+        // Everything is in the word already loaded.
+        br.skip(used + mbits);
+        (w << used) >> (64 - mbits)
+    } else {
+        br.skip(used);
+        br.read_bits_lenient(mbits)
+    };
+    *value ^= bits << shift;
+    true
 }
 
 /// Decodes an XOR chunk sample by sample, lazily.
@@ -249,19 +267,11 @@ impl<'a> XorIterator<'a> {
         if data.len() < 2 {
             return Err(ChunkError::Corrupt { encoding: "XOR", reason: "chunk shorter than its 2-byte header" });
         }
-        let num_total = u16::from_be_bytes([data[0], data[1]]);
-        Ok(XorIterator {
-            br: BitReader::new(&data[2..]),
-            data_bits: (data.len() - 2) * 8,
-            num_total,
-            num_read: 0,
-            t: 0,
-            val: 0,
-            t_delta: 0,
-            leading: 0xff,
-            trailing: 0,
-            err: None,
-        })
+        let mut it = Self::empty();
+        it.br = BitReader::new(&data[2..]);
+        it.data_bits = (data.len() - 2) * 8;
+        it.num_total = u16::from_be_bytes([data[0], data[1]]);
+        Ok(it)
     }
 
     fn empty() -> Self {
@@ -294,6 +304,7 @@ impl<'a> XorIterator<'a> {
         16 + self.data_bits - self.br.bits_remaining()
     }
 
+    #[cold]
     fn fail(&mut self) -> Option<(i64, f64)> {
         self.err = Some(ChunkError::Corrupt { encoding: "XOR", reason: "truncated or invalid sample data" });
         self.num_read = self.num_total;
@@ -307,49 +318,58 @@ impl<'a> XorIterator<'a> {
         if self.num_read >= self.num_total {
             return None;
         }
+        if self.num_read < 2 {
+            return self.next_head();
+        }
+        let br = &mut self.br;
+        // Room for the longest non-raw dod: 4 prefix bits and 20 payload bits.
+        br.ensure(24);
+        // The dod prefix is up to four 1 bits ended by a 0.
+        let ones = br.word().leading_ones();
+        let dod: i64 = match ones {
+            0 => {
+                br.skip(1);
+                0
+            }
+            1..=3 => {
+                let sz = [14, 17, 20][ones as usize - 1];
+                br.skip(ones + 1);
+                let mut bits = br.peek(sz);
+                br.skip(sz);
+                if bits > (1u64 << (sz - 1)) {
+                    bits = bits.wrapping_sub(1u64 << sz);
+                }
+                bits as i64
+            }
+            _ => {
+                br.skip(4);
+                br.read_bits_lenient(64) as i64
+            }
+        };
+        self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
+        self.t = self.t.wrapping_add(self.t_delta as i64);
+        if !xor_read_lenient(br, &mut self.val, &mut self.leading, &mut self.trailing) || br.overrun() {
+            return self.fail();
+        }
+        self.num_read += 1;
+        Some((self.t, f64::from_bits(self.val)))
+    }
+
+    /// Samples 0 and 1, whose timestamps are whole-byte varints.
+    #[cold]
+    fn next_head(&mut self) -> Option<(i64, f64)> {
         if self.num_read == 0 {
             let Some(t) = self.br.read_varint() else { return self.fail() };
             let Some(v) = self.br.read_bits(64) else { return self.fail() };
             self.t = t;
             self.val = v;
-            self.num_read = 1;
-            return Some((t, f64::from_bits(v)));
-        }
-        if self.num_read == 1 {
+        } else {
             let Some(d) = self.br.read_uvarint() else { return self.fail() };
             self.t_delta = d;
             self.t = self.t.wrapping_add(d as i64);
-        } else {
-            let mut d: u8 = 0;
-            for _ in 0..4 {
-                d <<= 1;
-                let Some(bit) = self.br.read_bit() else { return self.fail() };
-                if !bit {
-                    break;
-                }
-                d |= 1;
+            if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
+                return self.fail();
             }
-            let sz: u32 = match d {
-                0b0 => 0,
-                0b10 => 14,
-                0b110 => 17,
-                0b1110 => 20,
-                _ => 64,
-            };
-            let dod: i64 = if sz == 0 {
-                0
-            } else {
-                let Some(mut bits) = self.br.read_bits(sz) else { return self.fail() };
-                if sz < 64 && bits > (1u64 << (sz - 1)) {
-                    bits = bits.wrapping_sub(1u64 << sz);
-                }
-                bits as i64
-            };
-            self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
-            self.t = self.t.wrapping_add(self.t_delta as i64);
-        }
-        if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
-            return self.fail();
         }
         self.num_read += 1;
         Some((self.t, f64::from_bits(self.val)))
