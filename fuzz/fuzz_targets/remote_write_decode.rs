@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         }
     };
-    if let Ok((series, labels, _)) = decode_body(&body, proto, &limits) {
-        assert_eq!(series.len(), labels.len());
+    if let Ok(d) = decode_body(&body, proto, &limits) {
+        assert_eq!(d.series.len(), d.labels.len());
     }
 });

@@ -79,13 +79,19 @@ fn error_response(e: &WriteError) -> Response {
     (code, format!("{e}\n")).into_response()
 }
 
+/// A decoded, validated remote-write body.
+#[derive(Debug)]
+pub struct Decoded {
+    pub series: Vec<TimeSeries>,
+    /// One label set per series, in order.
+    pub labels: Vec<Labels>,
+    /// Remote write 2.0 only: what the request carried.
+    pub counts: Option<V2Counts>,
+}
+
 /// Decodes a remote-write body (snappy, then protobuf of the given protocol) and
 /// validates its series; the entry point the fuzz target exercises.
-pub fn decode_body(
-    body: &[u8],
-    proto: Protocol,
-    limits: &Limits,
-) -> Result<(Vec<TimeSeries>, Vec<Labels>, Option<V2Counts>), WriteError> {
+pub fn decode_body(body: &[u8], proto: Protocol, limits: &Limits) -> Result<Decoded, WriteError> {
     let raw = decompress(body, limits.size_bytes)?;
     let (series, counts) = match proto {
         Protocol::V1 => {
@@ -103,7 +109,7 @@ pub fn decode_body(
     };
     drop(raw);
     let labels = validate(&series, limits)?;
-    Ok((series, labels, counts))
+    Ok(Decoded { series, labels, counts })
 }
 
 /// Decodes and validates a request into a batch, or the error to answer with.
@@ -125,7 +131,7 @@ fn decode(api: &WriteApi, headers: &HeaderMap, body: &[u8]) -> Result<(Batch, i6
     };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let proto = protocol(ct).map_err(WriteError::BadRequest)?;
-    let (series, labels, counts) = decode_body(body, proto, &api.limits)?;
+    let Decoded { series, labels, counts } = decode_body(body, proto, &api.limits)?;
     Ok((Batch { tenant, series, labels }, replica, counts))
 }
 
