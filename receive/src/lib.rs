@@ -29,7 +29,7 @@ use crate::hashring::{Algorithm, MultiRing, parse_config};
 use crate::metrics::Metrics;
 use crate::router::{Peers, Router};
 use crate::tenants::{MultiTsdb, TsdbSettings, validate_tenant};
-use crate::write::Limits;
+use norn_storeapi::remote_write::Limits;
 
 /// When a write is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
