@@ -2,6 +2,10 @@
 
 mod tools;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -13,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Receive Prometheus remote write into per-tenant TSDBs (hashring, replication, StoreAPI, upload).
+    Receive(Box<norn_receive::Args>),
     /// Offline utilities (promtool-compatible).
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -33,6 +39,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Tools(ToolsCommand::Tsdb(cmd))) => tools::tsdb::run(cmd),
+        Some(Command::Receive(args)) => serve(|shutdown| norn_receive::run(*args, shutdown)),
         None => Ok(()),
     }
+}
+
+/// Runs a component on a multi-threaded runtime until SIGINT/SIGTERM.
+fn serve<F, E>(component: impl FnOnce(norn_service::Shutdown) -> F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let shutdown = norn_service::shutdown_on_signals();
+        component(shutdown).await.map_err(anyhow::Error::from)
+    })
 }
