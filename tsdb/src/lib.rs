@@ -11,10 +11,12 @@ pub mod chunks;
 pub mod compact;
 pub mod encoding;
 pub mod error;
+pub mod head;
 pub mod index;
 pub mod meta;
 pub mod mmap;
 pub mod series;
 pub mod tombstones;
+pub mod wal;
 
 pub use error::{Result, TsdbError};
