@@ -1,16 +1,54 @@
 //! The `norn` binary: flag parsing and wiring only; the work lives in the library crates.
 
-use clap::Parser;
+mod tools;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "norn", version, about = "A Thanos-style receive-and-query layer for Prometheus metrics")]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive Prometheus remote write into per-tenant TSDBs (hashring, replication, StoreAPI, upload).
+    Receive(Box<norn_receive::Args>),
+    /// Offline utilities (promtool-compatible).
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ToolsCommand {
+    /// TSDB tools: create blocks from OpenMetrics, dump, list and analyze blocks.
+    #[command(subcommand)]
+    Tsdb(tools::tsdb::TsdbCommand),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Tools(ToolsCommand::Tsdb(cmd))) => tools::tsdb::run(cmd),
+        Some(Command::Receive(args)) => serve(|shutdown| norn_receive::run(*args, shutdown)),
+        None => Ok(()),
+    }
+}
+
+/// Runs a component on a multi-threaded runtime until SIGINT/SIGTERM.
+fn serve<F, E>(component: impl FnOnce(norn_service::Shutdown) -> F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let shutdown = norn_service::shutdown_on_signals();
+        component(shutdown).await.map_err(anyhow::Error::from)
+    })
 }

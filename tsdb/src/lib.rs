@@ -5,10 +5,12 @@
 //! Prometheus's blocks opened by us. The crate is synchronous and does no networking;
 //! async callers run it on blocking threads.
 
+pub mod backfill;
 pub mod block;
 pub mod chunkenc;
 pub mod chunks;
 pub mod compact;
+pub mod db;
 pub mod encoding;
 pub mod error;
 pub mod head;

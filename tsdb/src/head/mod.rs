@@ -8,6 +8,7 @@
 //! then makes the samples visible.
 
 mod appender;
+mod builder;
 mod cutter;
 mod series;
 
@@ -16,7 +17,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use norn_model::{Labels, Matcher};
 use parking_lot::Mutex;
@@ -31,7 +32,9 @@ use crate::{Result, TsdbError};
 
 pub use appender::Appender;
 pub use cutter::{ChunkCutter, DEFAULT_SAMPLES_PER_CHUNK, compute_chunk_end_time, range_for_timestamp};
-use series::{MemSeries, SeriesData, StripeSeries, merge_samples};
+
+use builder::ChunkBuilder;
+use series::{Incoming, MemSeries, SeriesData, StripeSeries, merge_samples};
 
 /// Prometheus's default block duration and head chunk range: 2 hours.
 pub const DEFAULT_CHUNK_RANGE: i64 = 2 * 60 * 60 * 1000;
@@ -86,6 +89,9 @@ pub enum AppendError {
     /// The label set is empty.
     #[error("empty label set")]
     EmptyLabels,
+    /// A native histogram whose spans and buckets disagree.
+    #[error("invalid histogram: {0}")]
+    InvalidHistogram(&'static str),
 }
 
 /// What [`Head::open`] found in the WAL.
@@ -125,6 +131,8 @@ pub struct Head {
     wal: Mutex<Option<Wal>>,
     compaction: Mutex<()>,
     replay: ReplayStats,
+    /// Distinct series of the last committed batch: new appenders pre-size for it.
+    batch_hint: AtomicUsize,
 }
 
 impl Head {
@@ -148,6 +156,7 @@ impl Head {
             wal: Mutex::new(None),
             compaction: Mutex::new(()),
             replay: ReplayStats::default(),
+            batch_hint: AtomicUsize::new(0),
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
@@ -231,7 +240,7 @@ impl Head {
         self.ooo_min_time.fetch_min(t, Ordering::AcqRel);
     }
 
-    pub(crate) fn log_wal(&self, series: &[Arc<MemSeries>], samples: &[u8]) -> Result<()> {
+    pub(crate) fn log_wal(&self, series: &[Arc<MemSeries>], recs: &[Vec<u8>]) -> Result<()> {
         let mut guard = self.wal.lock();
         let wal = guard.as_mut().ok_or_else(|| TsdbError::InvalidArgument("WAL not open".into()))?;
         // Checked and set under the WAL lock: whichever commit first carries a sample of
@@ -245,7 +254,12 @@ impl Head {
         if !new.is_empty() {
             record::encode_series(&new, &mut srec);
         }
-        let res = if srec.is_empty() { wal.log(&[samples]) } else { wal.log(&[&srec, samples]) };
+        let mut all: Vec<&[u8]> = Vec::with_capacity(recs.len() + 1);
+        if !srec.is_empty() {
+            all.push(&srec);
+        }
+        all.extend(recs.iter().map(|r| r.as_slice()));
+        let res = wal.log(&all);
         if res.is_err() {
             for s in series.iter().filter(|s| new.iter().any(|n| n.series_ref == s.series_ref)) {
                 s.logged.store(false, Ordering::Release);
@@ -286,21 +300,17 @@ impl Head {
                 }
                 Record::Samples(list) => {
                     for s in list {
-                        let ms = match this.series.get_by_ref(s.series_ref) {
-                            Some(ms) => ms,
-                            None => match aliases.get(&s.series_ref) {
-                                Some(ms) => ms.clone(),
-                                None => {
-                                    stats.dropped_samples += 1;
-                                    continue;
-                                }
-                            },
-                        };
-                        if this.replay_sample(&ms, s.t, s.v) {
-                            stats.samples += 1;
-                        } else {
-                            stats.dropped_samples += 1;
-                        }
+                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::Float(s.v), stats);
+                    }
+                }
+                Record::Histograms(list) => {
+                    for s in list {
+                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::Histogram(&s.h), stats);
+                    }
+                }
+                Record::FloatHistograms(list) => {
+                    for s in list {
+                        this.replay_one(&aliases, s.series_ref, s.t, Incoming::FloatHistogram(&s.fh), stats);
                     }
                 }
                 _ => stats.skipped_records += 1,
@@ -320,37 +330,48 @@ impl Head {
         Ok(stats)
     }
 
+    fn replay_one(
+        &self,
+        aliases: &std::collections::HashMap<u64, Arc<MemSeries>>,
+        r: u64,
+        t: i64,
+        v: Incoming<'_>,
+        stats: &mut ReplayStats,
+    ) {
+        let ms = match self.series.get_by_ref(r).or_else(|| aliases.get(&r).cloned()) {
+            Some(ms) => ms,
+            None => {
+                stats.dropped_samples += 1;
+                return;
+            }
+        };
+        if self.replay_sample(&ms, t, v) {
+            stats.samples += 1;
+        } else {
+            stats.dropped_samples += 1;
+        }
+    }
+
     /// Applies one replayed sample: like a commit, but OOO samples are accepted whatever
     /// the window bound (they were accepted when first appended).
-    fn replay_sample(&self, ms: &MemSeries, t: i64, v: f64) -> bool {
+    fn replay_sample(&self, ms: &MemSeries, t: i64, v: Incoming<'_>) -> bool {
         let mut d = ms.data.lock();
-        let min_valid = self.min_valid_time();
-        match d.last {
-            Some((lt, _)) if t <= lt => {
-                if t == lt {
-                    return true;
-                }
-                if self.opts.out_of_order_time_window > 0 {
-                    d.ooo.insert(t, v);
-                    self.note_ooo(t);
-                    return true;
-                }
-                false
-            }
-            _ if t < min_valid => {
-                if self.opts.out_of_order_time_window > 0 {
-                    d.ooo.insert(t, v);
-                    self.note_ooo(t);
-                    return true;
-                }
-                false
-            }
-            _ => {
-                d.append(t, v);
-                self.note_in_order(t, t);
-                true
-            }
+        let ooo_ok = self.opts.out_of_order_time_window > 0 && matches!(v, Incoming::Float(_));
+        let last_t = d.last.as_ref().map(|(lt, _)| *lt);
+        if last_t.is_some_and(|lt| t == lt) {
+            return true; // a duplicate; the first value stays, as when it was appended
         }
+        if last_t.is_some_and(|lt| t < lt) || t < self.min_valid_time() {
+            if let (true, Incoming::Float(f)) = (ooo_ok, v) {
+                d.ooo.insert(t, f);
+                self.note_ooo(t);
+                return true;
+            }
+            return false;
+        }
+        d.append(t, v);
+        self.note_in_order(t, t);
+        true
     }
 
     /// Series matching all `matchers` with their chunks overlapping `[mint, maxt]`
@@ -405,6 +426,9 @@ impl Head {
         mut on_block: impl FnMut(&BlockMeta) -> Result<()>,
     ) -> Result<Vec<BlockMeta>> {
         let _guard = self.compaction.lock();
+        if !self.compactable() && self.ooo_min_time.load(Ordering::Acquire) >= self.min_valid_time() {
+            return Ok(Vec::new()); // nothing to persist: leave the WAL alone
+        }
         // Everything appended from here on lands in segments the checkpoint won't fold.
         let fold_to = {
             let mut g = self.wal.lock();
@@ -499,13 +523,11 @@ impl Head {
             }
             // OOO samples may overlap in-order chunks; the block needs disjoint chunks,
             // so re-cut the merged samples like the head would have.
-            let mut cutter = ChunkCutter::with_samples_per_chunk(self.opts.chunk_range, self.opts.samples_per_chunk);
-            let mut chunks: Vec<ChunkMeta> = Vec::new();
-            for (t, v) in merge_samples(&s.chunks, &s.ooo) {
-                chunks.extend(cutter.append(t, v));
+            let mut b = ChunkBuilder::new(self.opts.chunk_range, self.opts.samples_per_chunk);
+            for smp in merge_samples(&s.chunks, &s.ooo) {
+                b.append_sample(&smp);
             }
-            chunks.extend(cutter.finish());
-            w.add_series(&s.series.labels, &chunks)?;
+            w.add_series(&s.series.labels, &b.finish())?;
         }
         w.finish().map(Some)
     }

@@ -212,6 +212,10 @@ fn compaction_cuts_blocks_at_boundaries_and_truncates_wal() {
     let wal_dir = dir.path().join("wal");
     assert!(wal::last_checkpoint(&wal_dir).unwrap().is_some());
     assert!(!wal::segment_path(&wal_dir, 0).exists());
+    // Nothing more to persist: the WAL is left alone.
+    let segs = wal::list_segments(&wal_dir).unwrap();
+    assert!(h.compact(&blocks).unwrap().is_empty());
+    assert_eq!(wal::list_segments(&wal_dir).unwrap(), segs);
     let head_part = head_data(&h);
     drop(h);
     let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
@@ -318,4 +322,97 @@ fn select_filters_by_matchers_and_time() {
     assert!(h.select(&[Matcher::equal("i", "9")], 0, 100_000).is_empty());
     let all = h.select(&[], 0, i64::MAX);
     assert!(all.windows(2).all(|w| w[0].labels < w[1].labels));
+}
+
+fn hist(i: u64) -> norn_model::Histogram {
+    norn_model::Histogram {
+        schema: 1,
+        zero_threshold: 1e-128,
+        zero_count: i,
+        count: 4 * i,
+        sum: i as f64 * 2.5,
+        positive_spans: vec![norn_model::Span { offset: -1, length: 3 }],
+        positive_buckets: vec![i as i64, 0, i as i64],
+        ..Default::default()
+    }
+}
+
+fn all_samples(series: &[Series]) -> BTreeMap<String, Vec<Sample>> {
+    let mut out: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for s in series {
+        out.entry(s.labels.to_string()).or_default().extend(s.samples(i64::MIN, i64::MAX).map(|r| r.unwrap()));
+    }
+    out
+}
+
+#[test]
+fn native_histograms_append_replay_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let (hl, fl) = (lbl(100), lbl(101));
+    let mut want: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for i in 0..(7 * 60) {
+        let t = i * 60_000;
+        let mut app = h.appender();
+        app.append_histogram(&hl, t, &hist(i as u64 + 1)).unwrap();
+        app.append_float_histogram(&fl, t, &hist(i as u64 + 1).to_float()).unwrap();
+        app.commit().unwrap();
+        want.entry(hl.to_string()).or_default().push(Sample::Histogram(t, Box::new(hist(i as u64 + 1))));
+        want.entry(fl.to_string())
+            .or_default()
+            .push(Sample::FloatHistogram(t, Box::new(hist(i as u64 + 1).to_float())));
+    }
+    // Rules: duplicates must be identical; histograms are in order only.
+    let mut app = h.appender();
+    app.append_histogram(&hl, 0, &hist(1)).unwrap_err();
+    assert_eq!(app.append_histogram(&hl, 419 * 60_000, &hist(420)), Ok(()));
+    assert_eq!(app.append_histogram(&hl, 419 * 60_000, &hist(5)), Err(AppendError::DuplicateSampleForTimestamp));
+    assert_eq!(app.append(&hl, 419 * 60_000, 1.0), Err(AppendError::DuplicateSampleForTimestamp));
+    let mut bad = hist(1);
+    bad.positive_buckets.pop();
+    assert!(matches!(app.append_histogram(&hl, 500 * 60_000, &bad), Err(AppendError::InvalidHistogram(_))));
+    app.rollback();
+
+    let norm = |m: BTreeMap<String, Vec<Sample>>| -> BTreeMap<String, Vec<Sample>> {
+        // Chunk decoding sets counter-reset hints from the chunk header; compare the rest.
+        m.into_iter()
+            .map(|(k, v)| {
+                let v = v
+                    .into_iter()
+                    .map(|s| match s {
+                        Sample::Histogram(t, mut h) => {
+                            h.counter_reset_hint = Default::default();
+                            Sample::Histogram(t, h)
+                        }
+                        Sample::FloatHistogram(t, mut h) => {
+                            h.counter_reset_hint = Default::default();
+                            Sample::FloatHistogram(t, h)
+                        }
+                        s => s,
+                    })
+                    .collect();
+                (k, v)
+            })
+            .collect()
+    };
+    let want = norm(want);
+    assert_eq!(norm(all_samples(&h.select(&[], i64::MIN, i64::MAX))), want);
+    drop(h);
+    let h = Head::open(dir.path(), opts()).unwrap();
+    assert_eq!(h.replay_stats().samples, 2 * 7 * 60);
+    assert_eq!(norm(all_samples(&h.select(&[], i64::MIN, i64::MAX))), want);
+    let metas = h.compact(&blocks).unwrap();
+    assert_eq!(metas.len(), 2);
+    let mut got = all_samples(&h.select(&[], i64::MIN, i64::MAX));
+    for m in metas.iter().rev() {
+        assert_eq!(m.stats.num_histogram_samples, m.stats.num_samples);
+        let b = Block::open(&blocks.join(m.ulid.to_string())).unwrap();
+        for (k, mut v) in all_samples(&b.select_all(i64::MIN, i64::MAX).unwrap()) {
+            let e = got.entry(k).or_default();
+            v.append(e);
+            *e = v;
+        }
+    }
+    assert_eq!(norm(got), want);
 }

@@ -249,7 +249,7 @@ fn decode_spans(d: &mut Decbuf<'_>) -> Result<Vec<Span>, DecodeError> {
     Ok(spans)
 }
 
-fn encode_histogram(h: &Histogram, out: &mut Vec<u8>) {
+pub(crate) fn encode_histogram(h: &Histogram, out: &mut Vec<u8>) {
     out.push(h.counter_reset_hint as u8);
     put_varint(out, i64::from(h.schema));
     put_be64(out, h.zero_threshold.to_bits());
@@ -313,7 +313,7 @@ fn decode_histogram(d: &mut Decbuf<'_>) -> Result<Histogram, DecodeError> {
     })
 }
 
-fn encode_float_histogram(h: &FloatHistogram, out: &mut Vec<u8>) {
+pub(crate) fn encode_float_histogram(h: &FloatHistogram, out: &mut Vec<u8>) {
     out.push(h.counter_reset_hint as u8);
     put_varint(out, i64::from(h.schema));
     for f in [h.zero_threshold, h.zero_count, h.count, h.sum] {
