@@ -127,6 +127,10 @@ fn fanout_err(e: FanoutError, warnings: &[String]) -> Response {
         FanoutError::Endpoint(m) => {
             respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &m, warnings, &[]))
         }
+        FanoutError::TooManySamples => respond(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json::error("execution", &FanoutError::TooManySamples.to_string(), warnings, &[]),
+        ),
     }
 }
 
@@ -169,6 +173,9 @@ impl ApiState {
             tenant: Some(tenant),
             extra_matchers,
             deadline: Instant::now() + timeout,
+            // Replicas are decoded before dedup, so the limit allows one full copy per replica
+            // label value seen in practice (RF up to 3) before refusing.
+            max_samples: self.args.max_samples.saturating_mul(3),
         })
     }
 

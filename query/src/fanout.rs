@@ -35,6 +35,9 @@ pub struct QueryOptions {
     pub extra_matchers: Vec<Matcher>,
     /// When the request must be finished.
     pub deadline: Instant,
+    /// Most samples one selection may decode across all endpoints (replicas included);
+    /// 0 means no limit. Bounds the memory a query can take.
+    pub max_samples: usize,
 }
 
 /// A failure of a fan-out.
@@ -46,6 +49,9 @@ pub enum FanoutError {
     /// The deadline passed.
     #[error("query timed out")]
     Timeout,
+    /// The selection would decode more than the sample limit.
+    #[error("query processing would load too many samples into memory in query execution")]
+    TooManySamples,
 }
 
 /// Series of one selection, merged and deduplicated, with warnings of failed endpoints.
@@ -121,20 +127,37 @@ fn normalize(samples: &mut Vec<(i64, StoredValue)>) {
 
 struct SeriesCall {
     req: SeriesRequest,
+    /// Samples decoded so far by all endpoints of this selection.
+    decoded: std::sync::atomic::AtomicUsize,
+    max_samples: usize,
     tenant: Option<String>,
     replica_labels: Vec<String>,
     mint: i64,
     maxt: i64,
 }
 
+enum FetchError {
+    Endpoint(String),
+    Limit,
+}
+
+impl From<String> for FetchError {
+    fn from(s: String) -> Self {
+        FetchError::Endpoint(s)
+    }
+}
+
 /// Streams one endpoint's answer into decoded series, sorted by (key, full labels).
-async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(Vec<RawSeries>, Vec<String>), String> {
+async fn fetch_series(
+    ep: Arc<EndpointState>,
+    call: Arc<SeriesCall>,
+) -> Result<(Vec<RawSeries>, Vec<String>), FetchError> {
     let mut c = client(&ep);
     let mut stream =
         c.series(with_tenant(call.req.clone(), &call.tenant)).await.map_err(|s| status_msg(&ep.addr, &s))?.into_inner();
     let mut out: Vec<RawSeries> = Vec::new();
     let mut warnings = Vec::new();
-    let handle = |s: thanos::Series, out: &mut Vec<RawSeries>| -> Result<(), String> {
+    let handle = |s: thanos::Series, out: &mut Vec<RawSeries>| -> Result<(), FetchError> {
         let full = norn_storeapi::labels_from_proto(&s.labels).map_err(|e| format!("{}: {e}", ep.addr))?;
         // A series may be split over several frames; the pieces are adjacent.
         let idx = match out.last() {
@@ -145,9 +168,15 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
                 out.len() - 1
             }
         };
+        let before = out[idx].samples.len();
         for ch in &s.chunks {
             decode_chunk(ch, call.mint, call.maxt, &mut out[idx].samples)
                 .map_err(|e| format!("{}: series {}: {e}", ep.addr, out[idx].full))?;
+        }
+        let added = out[idx].samples.len() - before;
+        let total = call.decoded.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
+        if call.max_samples > 0 && total > call.max_samples {
+            return Err(FetchError::Limit);
         }
         Ok(())
     };
@@ -224,6 +253,8 @@ impl Fanout {
                 response_batch_size: 64,
                 ..Default::default()
             },
+            decoded: Default::default(),
+            max_samples: opts.max_samples,
             tenant: opts.tenant.clone(),
             replica_labels,
             mint,
@@ -244,7 +275,8 @@ impl Fanout {
                     sources.push(series);
                     warnings.extend(w);
                 }
-                Ok(Some(Ok(Err(e)))) => errs.push(e),
+                Ok(Some(Ok(Err(FetchError::Endpoint(e))))) => errs.push(e),
+                Ok(Some(Ok(Err(FetchError::Limit)))) => return Err(FanoutError::TooManySamples),
                 Ok(Some(Err(e))) => errs.push(format!("fan-out task failed: {e}")),
             }
         }

@@ -37,6 +37,7 @@ fn status(e: FanoutError) -> Status {
     match e {
         FanoutError::Timeout => Status::deadline_exceeded("query timed out"),
         FanoutError::Endpoint(m) => Status::unavailable(m),
+        FanoutError::TooManySamples => Status::resource_exhausted(FanoutError::TooManySamples.to_string()),
     }
 }
 
@@ -49,6 +50,7 @@ impl QuerierStore {
             tenant,
             extra_matchers: vec![],
             deadline: Instant::now() + self.timeout,
+            max_samples: 0,
         }
     }
 }

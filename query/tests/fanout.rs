@@ -71,7 +71,7 @@ async fn three_replicas_dedup_partial_response_and_stacking() {
     let mut addrs = Vec::new();
     for r in 0..3 {
         let stop = CancellationToken::new();
-        let store = FakeStore { ext: Labels::from_pairs([("replica", format!("r{r}"))]), data: d.clone() };
+        let store = FakeStore::new(Labels::from_pairs([("replica", format!("r{r}"))]), d.clone());
         addrs.push(serve_store(store, stop.clone()).await.to_string());
         stops.push(stop);
     }
@@ -139,6 +139,14 @@ async fn three_replicas_dedup_partial_response_and_stacking() {
         assert_eq!(data_of(&a), data_of(&b), "stacked {expr}");
     }
 
+    // A sample limit bounds what one query may decode.
+    let small = start_querier(norn_query::Args { max_samples: 100, ..args(addrs.clone()) }).await;
+    let (code, body) =
+        small.get(&format!("/api/v1/query?query={}&time={}", enc("http_requests_total[1h]"), end / 1000)).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("too many samples"), "{body}");
+    small.stop.cancel();
+
     // One replica down: same data, with a warning; an error when partial response is off.
     let before = q.get(&format!("/api/v1/query?query={}&time={}", enc("http_requests_total"), end / 1000)).await.1;
     stops[0].cancel();
@@ -157,6 +165,37 @@ async fn three_replicas_dedup_partial_response_and_stacking() {
     for s in stops {
         s.cancel();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federate_returns_latest_samples_in_text_format() {
+    let now = norn_query::timeparse::now_ms();
+    let d = Arc::new(vec![
+        (Labels::from_pairs([("__name__", "up"), ("job", "a")]), vec![(now - 60_000, 0.0), (now - 30_000, 1.0)]),
+        (Labels::from_pairs([("__name__", "up"), ("job", "old")]), vec![(now - 3_600_000, 1.0)]),
+        (Labels::from_pairs([("__name__", "x_total"), ("k", "q\"v")]), vec![(now - 10_000, 2.5)]),
+    ]);
+    let stop = CancellationToken::new();
+    let mut eps = Vec::new();
+    for r in 0..2 {
+        eps.push(
+            serve_store(FakeStore::new(Labels::from_pairs([("replica", format!("r{r}"))]), d.clone()), stop.clone())
+                .await
+                .to_string(),
+        );
+    }
+    let q = start_querier(args(eps)).await;
+    let (code, body) =
+        q.get(&format!("/federate?match[]={}&match[]={}", enc("up"), enc("{__name__=\"x_total\"}"))).await;
+    assert_eq!(code, 200, "{body}");
+    let want = format!(
+        "# TYPE up untyped\nup{{job=\"a\"}} 1 {}\n# TYPE x_total untyped\nx_total{{k=\"q\\\"v\"}} 2.5 {}\n",
+        now - 30_000,
+        now - 10_000
+    );
+    assert_eq!(body, want);
+    q.stop.cancel();
+    stop.cancel();
 }
 
 #[tokio::test]
@@ -200,7 +239,7 @@ async fn dnssrv_endpoints_through_dnsmasq() {
     let stop = CancellationToken::new();
     let mut ports = Vec::new();
     for r in 0..3 {
-        let store = FakeStore { ext: Labels::from_pairs([("replica", format!("r{r}"))]), data: d.clone() };
+        let store = FakeStore::new(Labels::from_pairs([("replica", format!("r{r}"))]), d.clone());
         ports.push(serve_store(store, stop.clone()).await.port());
     }
     let dns_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

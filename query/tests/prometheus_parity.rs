@@ -163,7 +163,7 @@ async fn json_and_promtool_match_prometheus() {
     let stop = CancellationToken::new();
     let mut eps = Vec::new();
     for r in 0..3 {
-        let store = FakeStore { ext: Labels::from_pairs([("replica", format!("r{r}"))]), data: data.clone() };
+        let store = FakeStore::new(Labels::from_pairs([("replica", format!("r{r}"))]), data.clone());
         eps.push(serve_store(store, stop.clone()).await.to_string());
     }
     let q = start_querier(norn_query::Args {
@@ -231,6 +231,49 @@ async fn json_and_promtool_match_prometheus() {
         }
     }
     assert!(mismatches.is_empty(), "{} of {} differ:\n{}", mismatches.len(), paths.len(), mismatches.join("\n"));
+
+    // A second Prometheus reading remote from `norn query` answers like the first one.
+    let rr_port = free_port();
+    let rr_cfg = tmp.path().join("remote-read.yml");
+    std::fs::write(
+        &rr_cfg,
+        format!(
+            "global:\n  scrape_interval: 1h\nremote_read:\n  - url: http://{}/api/v1/read\n    read_recent: true\n",
+            q.http
+        ),
+    )
+    .unwrap();
+    let rr_log = std::fs::File::create(tmp.path().join("prometheus-rr.log")).unwrap();
+    let _rr = Kill(
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", rr_cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", tmp.path().join("rr-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{rr_port}"))
+            .stdout(Stdio::null())
+            .stderr(rr_log)
+            .spawn()
+            .unwrap(),
+    );
+    let rr = format!("http://127.0.0.1:{rr_port}");
+    for _ in 0..200 {
+        if reqwest::get(format!("{rr}/-/ready")).await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for expr in ["up", "rate(http_requests_total[5m])", "temperature"] {
+        let p = format!("/api/v1/query?query={}&time={t}", enc(expr));
+        let (_, a) = http_get(&prom, &p).await;
+        let (_, b) = http_get(&rr, &p).await;
+        let (av, bv): (serde_json::Value, serde_json::Value) =
+            (serde_json::from_str(&a).unwrap(), serde_json::from_str(&b).unwrap());
+        assert_eq!(
+            av["data"],
+            bv["data"],
+            "remote read {expr}:\n{a}\n{b}\n{}",
+            std::fs::read_to_string(tmp.path().join("prometheus-rr.log")).unwrap()
+        );
+    }
 
     // promtool prints the same against both servers.
     let ts = t.to_string();

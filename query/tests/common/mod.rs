@@ -21,11 +21,42 @@ use tonic::{Request, Response, Status};
 /// Float series: labels and (t, v) samples.
 pub type Data = Vec<(Labels, Vec<(i64, f64)>)>;
 
-/// A StoreAPI endpoint serving `data` with external labels `ext` added to every series.
+/// A StoreAPI endpoint serving `data` with external labels `ext` added to every series;
+/// chunks are encoded once, up front, so serving costs what a real store's reads cost.
 #[derive(Debug, Clone)]
 pub struct FakeStore {
     pub ext: Labels,
     pub data: Arc<Data>,
+    encoded: Arc<Vec<(Labels, Vec<thanos::AggrChunk>)>>,
+}
+
+impl FakeStore {
+    /// A store over `data` with external labels `ext`.
+    pub fn new(ext: Labels, data: Arc<Data>) -> FakeStore {
+        let mut encoded: Vec<(Labels, Vec<thanos::AggrChunk>)> = data
+            .iter()
+            .map(|(l, samples)| {
+                let chunks = samples
+                    .chunks(120)
+                    .map(|part| {
+                        let mut c = norn_tsdb::chunkenc::XorChunk::new();
+                        for (t, v) in part {
+                            c.append(*t, *v);
+                        }
+                        thanos::AggrChunk {
+                            min_time: part[0].0,
+                            max_time: part[part.len() - 1].0,
+                            raw: Some(thanos::Chunk { r#type: 0, data: c.bytes().to_vec(), hash: 0 }),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                (with_ext(l, &ext), chunks)
+            })
+            .collect();
+        encoded.sort_by(|a, b| a.0.cmp(&b.0));
+        FakeStore { ext, data, encoded: Arc::new(encoded) }
+    }
 }
 
 fn with_ext(l: &Labels, ext: &Labels) -> Labels {
@@ -61,23 +92,17 @@ impl Store for FakeStore {
         let ms =
             norn_storeapi::matchers_from_proto(&r.matchers).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut out = Vec::new();
-        for (l, samples) in self.matching(&ms, r.min_time, r.max_time) {
-            let mut chunks = Vec::new();
-            if !r.skip_chunks {
-                for part in samples.chunks(120) {
-                    let mut c = norn_tsdb::chunkenc::XorChunk::new();
-                    for (t, v) in part {
-                        c.append(*t, *v);
-                    }
-                    chunks.push(thanos::AggrChunk {
-                        min_time: part[0].0,
-                        max_time: part[part.len() - 1].0,
-                        raw: Some(thanos::Chunk { r#type: 0, data: c.bytes().to_vec(), hash: 0 }),
-                        ..Default::default()
-                    });
-                }
+        for (l, chunks) in self.encoded.iter() {
+            if !ms.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))) {
+                continue;
             }
-            let s = thanos::Series { labels: norn_storeapi::labels_to_proto(&l), chunks };
+            let chunks: Vec<thanos::AggrChunk> =
+                chunks.iter().filter(|c| c.max_time >= r.min_time && c.min_time <= r.max_time).cloned().collect();
+            if chunks.is_empty() {
+                continue;
+            }
+            let chunks = if r.skip_chunks { vec![] } else { chunks };
+            let s = thanos::Series { labels: norn_storeapi::labels_to_proto(l), chunks };
             out.push(Ok(SeriesResponse { result: Some(series_response::Result::Series(s)) }));
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
