@@ -7,12 +7,20 @@
 //! the sampling rate of the result that of one replica even when replicas' scrapes are
 //! offset, and switches replicas across gaps. More than two replicas are chained:
 //! `dedup(dedup(r0, r1), r2)`, replicas ordered by their labels.
+//!
+//! Before any decoding, a replica's chunks that are byte-identical to a chunk of an earlier
+//! replica (same time range and data) are dropped, as Thanos drops chunks with equal
+//! hashes: replicas fed the same samples usually cut identical chunks, so RF=3 decodes
+//! about as much as RF=1.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use std::collections::HashMap;
+
 use norn_model::Labels;
 use norn_promql::StoredValue;
+use norn_storeapi::thanos::AggrChunk;
 
 /// Penalty (ms) applied before any sample gap is known, as Thanos does.
 const INITIAL_PENALTY: i64 = 5000;
@@ -20,8 +28,8 @@ const INITIAL_PENALTY: i64 = 5000;
 /// Samples of one series, ascending by time.
 pub type Samples = Vec<(i64, StoredValue)>;
 
-/// A series key and its replicas (full labels and samples), being combined.
-type Group = (Labels, Vec<(Labels, Samples)>);
+/// A series key and its replicas (full labels, undecoded chunks, decoded samples).
+type Group = (Labels, Vec<(Labels, Vec<AggrChunk>, Samples)>);
 
 /// A series as one endpoint returned it, decoded.
 #[derive(Debug, Clone)]
@@ -30,7 +38,9 @@ pub struct RawSeries {
     pub key: Labels,
     /// Labels as the endpoint sent them.
     pub full: Labels,
-    /// Samples ascending by time.
+    /// Chunks as received, decoded only when no earlier replica sent the same chunk.
+    pub chunks: Vec<AggrChunk>,
+    /// Already decoded samples, ascending by time.
     pub samples: Vec<(i64, StoredValue)>,
 }
 
@@ -136,10 +146,47 @@ impl Ord for HeapItem {
     }
 }
 
+/// Decodes a replica's chunks into samples ascending by time.
+pub type Decoder<'a> = dyn Fn(&[AggrChunk]) -> Result<Samples, String> + 'a;
+
+fn chunk_id(c: &AggrChunk) -> Option<(i64, i64, i32, &[u8])> {
+    c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.r#type, r.data.as_slice()))
+}
+
+/// Combines one group: identical chunks of later replicas dropped, the rest decoded,
+/// replicas chained through [`dedup_pair`].
+fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decoder<'_>) -> Result<Samples, String> {
+    let mut seen: HashMap<(i64, i64, i32, &[u8]), ()> = HashMap::new();
+    let mut acc: Option<Samples> = None;
+    for (_, chunks, pre) in &replicas {
+        let keep: Vec<AggrChunk> =
+            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !seen.contains_key(&id))).cloned().collect();
+        for c in chunks {
+            if let Some(id) = chunk_id(c) {
+                seen.insert(id, ());
+            }
+        }
+        let mut samples = if keep.is_empty() { Vec::new() } else { decode(&keep)? };
+        if !pre.is_empty() {
+            samples = union(samples, pre.clone());
+        }
+        if samples.is_empty() {
+            continue;
+        }
+        acc = Some(match acc {
+            None => samples,
+            Some(a) => dedup_pair(&a, &samples),
+        });
+    }
+    Ok(acc.unwrap_or_default())
+}
+
 /// K-way merges per-endpoint series lists (each sorted by `key`, then `full`) into one
 /// list sorted by `key`; series with equal keys are combined: equal full labels by
-/// [`union`], different full labels (replicas) by [`dedup_pair`] in label order.
-pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>) -> Vec<(Labels, Vec<(i64, StoredValue)>)> {
+/// concatenating their chunks and [`union`] of their samples, different full labels
+/// (replicas) by [`dedup_pair`] in label order. Series left without samples are kept
+/// (label-only selections need them).
+pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Result<Vec<(Labels, Samples)>, String> {
     let mut iters: Vec<std::vec::IntoIter<RawSeries>> = sources.into_iter().map(Vec::into_iter).collect();
     let mut pending: Vec<Option<RawSeries>> = iters.iter_mut().map(Iterator::next).collect();
     let mut heap = BinaryHeap::new();
@@ -148,18 +195,9 @@ pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>) -> Vec<(Labels, Vec<(i64, S
             heap.push(HeapItem { key: s.key.clone(), full: s.full.clone(), src });
         }
     }
-    let mut out: Vec<(Labels, Vec<(i64, StoredValue)>)> = Vec::new();
-    // The group being built: its key and its replicas (full labels, samples), in order.
+    let mut out: Vec<(Labels, Samples)> = Vec::new();
+    // The group being built: its key and its replicas in label order.
     let mut group: Option<Group> = None;
-    let flush = |g: Group, out: &mut Vec<(Labels, Samples)>| {
-        let (key, replicas) = g;
-        let mut it = replicas.into_iter();
-        let mut acc = it.next().map(|r| r.1).unwrap_or_default();
-        for (_, s) in it {
-            acc = dedup_pair(&acc, &s);
-        }
-        out.push((key, acc));
-    };
     while let Some(item) = heap.pop() {
         let s = pending[item.src].take().expect("heap entry has a pending series");
         if let Some(next) = iters[item.src].next() {
@@ -168,24 +206,25 @@ pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>) -> Vec<(Labels, Vec<(i64, S
         }
         match &mut group {
             Some((k, reps)) if *k == s.key => match reps.last_mut() {
-                Some((full, samples)) if *full == s.full => {
+                Some((full, chunks, samples)) if *full == s.full => {
+                    chunks.extend(s.chunks);
                     let prev = std::mem::take(samples);
                     *samples = union(prev, s.samples);
                 }
-                _ => reps.push((s.full, s.samples)),
+                _ => reps.push((s.full, s.chunks, s.samples)),
             },
             _ => {
-                if let Some(g) = group.take() {
-                    flush(g, &mut out);
+                if let Some((k, reps)) = group.take() {
+                    out.push((k, flush_group(reps, decode)?));
                 }
-                group = Some((s.key, vec![(s.full, s.samples)]));
+                group = Some((s.key, vec![(s.full, s.chunks, s.samples)]));
             }
         }
     }
-    if let Some(g) = group.take() {
-        flush(g, &mut out);
+    if let Some((k, reps)) = group.take() {
+        out.push((k, flush_group(reps, decode)?));
     }
-    out
+    Ok(out)
 }
 
 /// Labels without the replica labels.
@@ -199,6 +238,7 @@ pub fn strip_labels(l: &Labels, replica_labels: &[String]) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use norn_storeapi::thanos;
 
     fn fl(ts: &[i64]) -> Vec<(i64, StoredValue)> {
         ts.iter().map(|&t| (t, StoredValue::Float(t as f64))).collect()
@@ -243,9 +283,13 @@ mod tests {
         assert!(matches!(got[0].1, StoredValue::Float(v) if v == 1.0));
     }
 
+    fn no_decode(_: &[AggrChunk]) -> Result<Samples, String> {
+        Err("no chunks expected".into())
+    }
+
     fn raw(l: &[(&str, &str)], replicas: &[String], ts: &[i64]) -> RawSeries {
         let full = Labels::from_pairs(l.iter().copied());
-        RawSeries { key: strip_labels(&full, replicas), full, samples: fl(ts) }
+        RawSeries { key: strip_labels(&full, replicas), full, chunks: vec![], samples: fl(ts) }
     }
 
     #[test]
@@ -260,7 +304,7 @@ mod tests {
             raw(&[("__name__", "a"), ("replica", "2")], &rl, &[500]),
             raw(&[("__name__", "c"), ("replica", "2")], &rl, &[7]),
         ];
-        let got = merge_and_dedup(vec![s0, s1, s2]);
+        let got = merge_and_dedup(vec![s0, s1, s2], &no_decode).unwrap();
         let names: Vec<String> = got.iter().map(|(l, _)| l.to_string()).collect();
         assert_eq!(names, vec![r#"{__name__="a"}"#, r#"{__name__="b"}"#, r#"{__name__="c"}"#]);
         // Replica 0 wins at 0 and 10s; replica 1's 21s sample lies within its penalty
@@ -276,9 +320,35 @@ mod tests {
             raw(&[("__name__", "a"), ("replica", "0")], &rl, &[1, 2]),
             raw(&[("__name__", "a"), ("replica", "1")], &rl, &[5]),
         ];
-        let got = merge_and_dedup(vec![s0, s1]);
+        let got = merge_and_dedup(vec![s0, s1], &no_decode).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(times(&got[0].1), vec![0, 1, 2]);
         assert_eq!(times(&got[1].1), vec![5]);
+    }
+
+    #[test]
+    fn identical_chunks_of_later_replicas_are_not_decoded() {
+        let chunk = |min: i64, max: i64, data: &[u8]| AggrChunk {
+            min_time: min,
+            max_time: max,
+            raw: Some(thanos::Chunk { r#type: 0, data: data.to_vec(), hash: 0 }),
+            ..Default::default()
+        };
+        let rl = vec!["replica".to_string()];
+        let mk = |r: &str, chunks: Vec<AggrChunk>| {
+            let full = Labels::from_pairs([("__name__", "a"), ("replica", r)]);
+            RawSeries { key: strip_labels(&full, &rl), full, chunks, samples: vec![] }
+        };
+        let decoded = std::cell::RefCell::new(Vec::new());
+        let decode = |cs: &[AggrChunk]| -> Result<Samples, String> {
+            decoded.borrow_mut().extend(cs.iter().map(|c| c.min_time));
+            Ok(fl(&cs.iter().flat_map(|c| [c.min_time, c.max_time]).collect::<Vec<_>>()))
+        };
+        let s0 = vec![mk("0", vec![chunk(0, 10, b"x"), chunk(20, 30, b"y")])];
+        let s1 = vec![mk("1", vec![chunk(0, 10, b"x"), chunk(20, 30, b"other"), chunk(40, 50, b"z")])];
+        let got = merge_and_dedup(vec![s0, s1], &decode).unwrap();
+        // Replica 1's first chunk equals replica 0's and is skipped; the others are decoded.
+        assert_eq!(*decoded.borrow(), vec![0, 20, 20, 40]);
+        assert_eq!(got.len(), 1);
     }
 }

@@ -164,16 +164,22 @@ async fn fetch_series(
             Some(last) if last.full == full => out.len() - 1,
             _ => {
                 let key = strip_labels(&full, &call.replica_labels);
-                out.push(RawSeries { key, full, samples: Vec::new() });
+                out.push(RawSeries { key, full, chunks: Vec::new(), samples: Vec::new() });
                 out.len() - 1
             }
         };
-        let before = out[idx].samples.len();
-        for ch in &s.chunks {
-            decode_chunk(ch, call.mint, call.maxt, &mut out[idx].samples)
-                .map_err(|e| format!("{}: series {}: {e}", ep.addr, out[idx].full))?;
+        // The limit is checked on the chunk headers' sample counts, before decoding.
+        let mut added = 0usize;
+        for ch in s.chunks {
+            if ch.max_time < call.mint || ch.min_time > call.maxt {
+                continue;
+            }
+            if let Some(raw) = &ch.raw {
+                added +=
+                    if raw.data.len() >= 2 { usize::from(u16::from_be_bytes([raw.data[0], raw.data[1]])) } else { 0 };
+            }
+            out[idx].chunks.push(ch);
         }
-        let added = out[idx].samples.len() - before;
         let total = call.decoded.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
         if call.max_samples > 0 && total > call.max_samples {
             return Err(FetchError::Limit);
@@ -191,9 +197,6 @@ async fn fetch_series(
             Some(series_response::Result::Warning(w)) => warnings.push(w),
             Some(series_response::Result::Hints(_)) | None => {}
         }
-    }
-    for s in out.iter_mut() {
-        normalize(&mut s.samples);
     }
     let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].full) <= (&w[1].key, &w[1].full));
     if !sorted {
@@ -281,7 +284,16 @@ impl Fanout {
             }
         }
         Self::absorb(opts, errs, &mut warnings)?;
-        let series = merge_and_dedup(sources);
+        let (mint, maxt) = (call.mint, call.maxt);
+        let decode = |chunks: &[thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+            let mut samples = Vec::new();
+            for c in chunks {
+                decode_chunk(c, mint, maxt, &mut samples)?;
+            }
+            normalize(&mut samples);
+            Ok(samples)
+        };
+        let series = merge_and_dedup(sources, &decode).map_err(FanoutError::Endpoint)?;
         Ok(Selection { series, warnings })
     }
 
