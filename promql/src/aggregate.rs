@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use norn_model::{FloatHistogram, Labels, METRIC_NAME};
-use promql_parser::parser::{AggregateExpr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use crate::engine::{EvalResult, Evaluator, QueryError, labels_only, labels_without};
 use crate::histogram as hist;
@@ -74,8 +74,8 @@ fn grouping_labels(metric: &Labels, modifier: &Option<LabelModifier>) -> Labels 
 pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> EvalResult<Value> {
     let op = a.op.to_string().to_lowercase();
     let pos = match &a.param {
-        Some(p) => ev.pos_expr(p),
-        None => ev.pos_expr(&a.expr),
+        Some(p) => ev.pos_cached(p),
+        None => ev.pos_cached(&a.expr),
     };
     // Parameters are evaluated first, as Prometheus does.
     let mut param_f = f64::NAN;
@@ -87,7 +87,15 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
             v => return Err(QueryError::Eval(format!("unexpected {} as aggregation parameter", v.type_name()))),
         }
     }
+    if let Expr::VectorSelector(_) = a.expr.as_ref() {
+        ev.pending_grouping = match &a.modifier {
+            Some(LabelModifier::Include(l)) => Some((true, l.labels.clone())),
+            Some(LabelModifier::Exclude(l)) => Some((false, l.labels.clone())),
+            None => Some((true, vec![])),
+        };
+    }
     let input = ev.eval_vector(&a.expr, ts)?;
+    ev.pending_grouping = None;
     match op.as_str() {
         "topk" | "bottomk" | "limitk" => {
             if param_f.is_nan() {
@@ -112,7 +120,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
         }
         "count_values" => {
             if !is_valid_label_name(&param_s) {
-                return Err(QueryError::Eval(format!("invalid label name {}", norn_model::format::go_quote(&param_s))));
+                return Err(QueryError::Eval(format!("invalid label name {}", crate::rewrite::quote_raw(&param_s))));
             }
         }
         _ => {}
@@ -124,7 +132,8 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
     for (i, s) in input.iter().enumerate() {
         // With delayed name removal the name still takes part in grouping; a group whose
         // members drop their name drops it too (Prometheus does the same).
-        let gl = grouping_labels(&s.metric, &a.modifier);
+        let node = (a as *const AggregateExpr as usize).wrapping_mul(8);
+        let gl = ev.memo_labels(node, &s.metric, |l| grouping_labels(l, &a.modifier));
         let gi = *index.entry(gl.clone()).or_insert_with(|| {
             groups.push(Group { labels: gl, members: Vec::new() });
             groups.len() - 1
@@ -350,7 +359,8 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
     Ok(Value::Vector(out))
 }
 
-/// UTF-8 label names are valid in Prometheus 3.x unless empty or not valid UTF-8.
+/// UTF-8 label names are valid in Prometheus 3.x unless empty or not valid UTF-8 (which
+/// reaches us as private-use stand-ins, see `rewrite::mark_invalid_utf8`).
 pub(crate) fn is_valid_label_name(s: &str) -> bool {
-    !s.is_empty()
+    !s.is_empty() && !crate::rewrite::has_raw_bytes(s)
 }

@@ -217,12 +217,19 @@ fn drops_name(op: Op) -> bool {
 }
 
 pub(crate) fn binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, ts: i64) -> EvalResult<Value> {
+    if let promql_parser::parser::Expr::Call(c) = b.rhs.as_ref()
+        && c.func.name.starts_with("__norn_trim_")
+    {
+        return trim(ev, b, c, ts);
+    }
     let opname = b.op.to_string();
     let op = Op::from_str(&opname).ok_or_else(|| QueryError::Eval(format!("unknown binary operator {opname}")))?;
     let return_bool = b.modifier.as_ref().map(|m| m.return_bool).unwrap_or(false);
     let lhs = ev.eval(&b.lhs, ts)?;
     let rhs = ev.eval(&b.rhs, ts)?;
-    let pos = ev.pos_expr(&promql_parser::parser::Expr::Binary(b.clone()));
+    // The position of the binary expression: its left operand starts it.
+    let pos = ev.pos_cached(&b.lhs);
+    let node = (b as *const BinaryExpr as usize).wrapping_mul(8);
     match (lhs, rhs) {
         (Value::Scalar(l), Value::Scalar(r)) => {
             let (v, keep) = float_op(op, l, r);
@@ -239,15 +246,53 @@ pub(crate) fn binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, ts: i64) -> EvalRes
             let default_mod = BinModifier::default();
             let m = b.modifier.as_ref().unwrap_or(&default_mod);
             if op.is_set() {
-                return Ok(Value::Vector(set_op(op, l, r, m)));
+                return Ok(Value::Vector(set_op(ev, node, op, l, r, m)));
             }
-            vector_vector(ev, op, l, r, m, return_bool, &pos).map(Value::Vector)
+            vector_vector(ev, node, op, l, r, m, return_bool, &pos).map(Value::Vector)
         }
         (l, r) => Err(QueryError::Eval(format!(
             "binary expression must contain only scalar and instant vector types, got {} and {}",
             l.type_name(),
             r.type_name()
         ))),
+    }
+}
+
+/// `lhs </ rhs` and `lhs >/ rhs` (rewritten by `rewrite::mark_trim`).
+fn trim(ev: &mut Evaluator<'_>, b: &BinaryExpr, c: &promql_parser::parser::Call, ts: i64) -> EvalResult<Value> {
+    let keep_below = c.func.name.contains("upper");
+    let lhs = ev.eval(&b.lhs, ts)?;
+    let Value::Vector(lhs) = lhs else {
+        return Err(QueryError::Eval("histogram trim operators need an instant vector on the left".into()));
+    };
+    let rhs = ev.eval(&c.args.args[0], ts)?;
+    let apply = |s: &Sample, x: f64| -> Option<Sample> {
+        let h = s.h.as_ref()?;
+        let mut n = s.clone();
+        n.h = Some(Arc::new(hist::trim(h, x, keep_below)));
+        Some(n)
+    };
+    match rhs {
+        Value::Scalar(x) => Ok(Value::Vector(lhs.iter().filter_map(|s| apply(s, x)).collect())),
+        Value::Vector(rv) => {
+            let default_mod = BinModifier::default();
+            let m = b.modifier.as_ref().unwrap_or(&default_mod);
+            let (on, names) = matching_of(m);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let right: HashMap<Labels, f64> =
+                rv.iter().filter(|s| s.h.is_none()).map(|s| (signature(&s.metric, on, &names), s.f)).collect();
+            // One-to-one matching labels, as for comparisons: `on` keeps only its labels.
+            Ok(Value::Vector(
+                lhs.iter()
+                    .filter_map(|s| right.get(&signature(&s.metric, on, &names)).and_then(|x| apply(s, *x)))
+                    .map(|mut s| {
+                        s.metric = if on { labels_only(&s.metric, &names) } else { labels_without(&s.metric, &names) };
+                        s
+                    })
+                    .collect(),
+            ))
+        }
+        v => Err(QueryError::Eval(format!("unexpected {} in histogram trim", v.type_name()))),
     }
 }
 
@@ -319,29 +364,39 @@ fn signature(l: &Labels, on: bool, names: &[&str]) -> Labels {
     }
 }
 
-fn set_op(op: Op, lhs: Vec<Sample>, rhs: Vec<Sample>, m: &BinModifier) -> Vec<Sample> {
+fn set_op(
+    ev: &mut Evaluator<'_>,
+    node: usize,
+    op: Op,
+    lhs: Vec<Sample>,
+    rhs: Vec<Sample>,
+    m: &BinModifier,
+) -> Vec<Sample> {
     let (on, names) = matching_of(m);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut sig = |l: &Labels| ev.memo_labels(node, l, |l| signature(l, on, &names));
     match op {
         Op::And => {
-            let rs: HashSet<Labels> = rhs.iter().map(|s| signature(&s.metric, on, &names)).collect();
-            lhs.into_iter().filter(|s| rs.contains(&signature(&s.metric, on, &names))).collect()
+            let rs: HashSet<Labels> = rhs.iter().map(|s| sig(&s.metric)).collect();
+            lhs.into_iter().filter(|s| rs.contains(&sig(&s.metric))).collect()
         }
         Op::Unless => {
-            let rs: HashSet<Labels> = rhs.iter().map(|s| signature(&s.metric, on, &names)).collect();
-            lhs.into_iter().filter(|s| !rs.contains(&signature(&s.metric, on, &names))).collect()
+            let rs: HashSet<Labels> = rhs.iter().map(|s| sig(&s.metric)).collect();
+            lhs.into_iter().filter(|s| !rs.contains(&sig(&s.metric))).collect()
         }
         _ => {
-            let ls: HashSet<Labels> = lhs.iter().map(|s| signature(&s.metric, on, &names)).collect();
+            let ls: HashSet<Labels> = lhs.iter().map(|s| sig(&s.metric)).collect();
             let mut out = lhs;
-            out.extend(rhs.into_iter().filter(|s| !ls.contains(&signature(&s.metric, on, &names))));
+            out.extend(rhs.into_iter().filter(|s| !ls.contains(&sig(&s.metric))));
             out
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn vector_vector(
     ev: &mut Evaluator<'_>,
+    node: usize,
     op: Op,
     lhs: Vec<Sample>,
     rhs: Vec<Sample>,
@@ -360,7 +415,7 @@ fn vector_vector(
     let (lhs, rhs) = if card_one_to_many { (rhs, lhs) } else { (lhs, rhs) };
     let mut right: HashMap<Labels, usize> = HashMap::with_capacity(rhs.len());
     for (i, rs) in rhs.iter().enumerate() {
-        let sig = signature(&rs.metric, on, &names);
+        let sig = ev.memo_labels(node + 1, &rs.metric, |l| signature(l, on, &names));
         if let Some(j) = right.get(&sig) {
             let one_side = if card_one_to_many { "left" } else { "right" };
             let matched = if on {
@@ -384,7 +439,7 @@ fn vector_vector(
     let mut matched: HashMap<Labels, Option<HashSet<Labels>>> = HashMap::new();
     let mut out = Vec::new();
     for ls in &lhs {
-        let sig = signature(&ls.metric, on, &names);
+        let sig = ev.memo_labels(node + 2, &ls.metric, |l| signature(l, on, &names));
         let Some(&ri) = right.get(&sig) else { continue };
         let rs = &rhs[ri];
         let (mut fl, mut fr) = (ls.f, rs.f);
@@ -393,7 +448,10 @@ fn vector_vector(
             std::mem::swap(&mut fl, &mut fr);
             std::mem::swap(&mut hl, &mut hr);
         }
-        let metric = result_metric(&ls.metric, &rs.metric, op, on, &names, one_to_one, &include, ev);
+        let delayed = ev.opts.delayed_name_removal;
+        let metric = ev.memo_labels2(node + 3, &ls.metric, &rs.metric, |a, b| {
+            result_metric(a, b, op, on, &names, one_to_one, &include, delayed)
+        });
         if one_to_one {
             if matched.contains_key(&sig) {
                 return Err(QueryError::Eval(
@@ -433,7 +491,16 @@ fn vector_vector(
             let (fl, fr, hl, hr) =
                 if card_one_to_many { (fv, ls.f, None, ls.h.as_ref()) } else { (ls.f, fv, ls.h.as_ref(), None) };
             let Some((v, h)) = compute(ev, op, fl, fr, hl, hr, return_bool, pos) else { continue };
-            let metric = result_metric(&ls.metric, &Labels::empty(), op, on, &names, one_to_one, &include, ev);
+            let metric = result_metric(
+                &ls.metric,
+                &Labels::empty(),
+                op,
+                on,
+                &names,
+                one_to_one,
+                &include,
+                ev.opts.delayed_name_removal,
+            );
             let mut s = Sample { metric, t: ls.t, f: v, h, drop_name: false };
             if drops_name(op) || return_bool {
                 ev.mark_drop_name(&mut s);
@@ -466,10 +533,10 @@ fn result_metric(
     names: &[&str],
     one_to_one: bool,
     include: &[String],
-    ev: &Evaluator<'_>,
+    delayed_name_removal: bool,
 ) -> Labels {
     let mut b = lhs.to_builder();
-    if (drops_name(op)) && !ev.opts.delayed_name_removal {
+    if drops_name(op) && !delayed_name_removal {
         b.del(METRIC_NAME);
     }
     if one_to_one {
@@ -478,7 +545,7 @@ fn result_metric(
                 lhs.iter().filter(|(n, _)| !names.contains(n)).map(|(n, _)| n.to_string()).collect();
             for n in keep {
                 // Keep the metric name for delayed removal; it is dropped at the end anyway.
-                if n == METRIC_NAME && drops_name(op) && ev.opts.delayed_name_removal {
+                if n == METRIC_NAME && drops_name(op) && delayed_name_removal {
                     continue;
                 }
                 b.del(&n);

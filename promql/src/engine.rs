@@ -10,6 +10,8 @@ use norn_model::{Labels, MatchType, Matcher};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
+use norn_model::format::go_quote;
+
 use crate::storage::{Queryable, SelectHints, StoredSeries, StoredValue};
 use crate::value::{Sample, Series, Value, is_stale_nan};
 
@@ -24,6 +26,8 @@ pub struct EngineOptions {
     pub max_samples: usize,
     /// Keep `__name__` until the end of the query (Prometheus's delayed name removal).
     pub delayed_name_removal: bool,
+    /// Give up on a query after this long.
+    pub timeout: Option<Duration>,
 }
 
 impl Default for EngineOptions {
@@ -33,6 +37,7 @@ impl Default for EngineOptions {
             default_subquery_step: 60 * 1000,
             max_samples: 50_000_000,
             delayed_name_removal: true,
+            timeout: Some(Duration::from_secs(120)),
         }
     }
 }
@@ -49,6 +54,9 @@ pub enum QueryError {
     /// The sample limit was exceeded.
     #[error("query processing would load too many samples into memory in query execution")]
     TooManySamples,
+    /// The query ran longer than the configured timeout.
+    #[error("query timed out in query execution")]
+    Timeout,
 }
 
 /// The outcome of a query: a value or an error, plus annotations.
@@ -76,15 +84,105 @@ pub struct Engine {
     pub opts: EngineOptions,
 }
 
-/// Parses a query.
+/// Parses a query. Errors read `line:col: parse error: …` as Prometheus's do; the
+/// position is where the query stops being the start of any valid query.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
+    crate::rewrite::register_trim_functions();
+    match raw_parse(query) {
+        Ok(e) => Ok(e),
+        Err(msg) => {
+            let off = error_offset(query);
+            let before = &query[..off];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rfind('\n').map(|i| before[i + 1..].chars().count()).unwrap_or(before.chars().count()) + 1;
+            Err(QueryError::Parse(format!("{line}:{col}: parse error: {msg}")))
+        }
+    }
+}
+
+fn raw_parse(query: &str) -> Result<Expr, String> {
     // The parser is robust on all inputs we have tried, but a panic there must not take
     // the caller down.
     match std::panic::catch_unwind(|| parser::parse(query)) {
-        Ok(Ok(e)) => Ok(e),
-        Ok(Err(e)) => Err(QueryError::Parse(e)),
-        Err(_) => Err(QueryError::Parse(format!("could not parse query {query:?}"))),
+        Ok(r) => r,
+        Err(_) => Err(format!("could not parse query {query:?}")),
     }
+}
+
+/// Byte offsets where tokens start (a rough PromQL tokenisation, enough for positions).
+fn token_starts(q: &str) -> Vec<usize> {
+    let b = q.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        out.push(i);
+        if c == b'"' || c == b'\'' || c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                if b[i] == b'\\' && c != b'`' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b':' || c == b'.' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':' || b[i] == b'.') {
+                i += 1;
+            }
+        } else if b"+-*/%^=!<>~@".contains(&c) {
+            // An operator: its first character plus any comparison/regex continuation.
+            i += 1;
+            while i < b.len() && b"=!<>~".contains(&b[i]) {
+                i += 1;
+            }
+        } else {
+            i += c.len_utf8_hint();
+        }
+    }
+    out
+}
+
+trait Utf8Hint {
+    fn len_utf8_hint(self) -> usize;
+}
+
+impl Utf8Hint for u8 {
+    fn len_utf8_hint(self) -> usize {
+        match self {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// Whether some continuation makes `prefix` a valid query.
+fn viable(prefix: &str) -> bool {
+    const PROBES: [&str; 14] =
+        ["", " 1", " x", ")", " 1)", " x)", "]", "}", "5m]", "5m])", "\"\")", " (x)", " (x) (x)", ") (x)"];
+    PROBES.iter().any(|p| raw_parse(&format!("{prefix}{p}")).is_ok())
+}
+
+/// Offset of the first token after which no continuation can make the query valid; the
+/// end of the query when every prefix could still be completed.
+fn error_offset(q: &str) -> usize {
+    if q.len() > 4096 {
+        return 0;
+    }
+    let starts = token_starts(q);
+    for (k, &s) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(q.len());
+        if !viable(q[..end].trim_end()) {
+            return s;
+        }
+    }
+    q.trim_end().len()
 }
 
 /// Most steps a range query may have (as Prometheus's API enforces).
@@ -132,7 +230,7 @@ impl Engine {
 
     /// Evaluates `query` at `ts` (ms).
     pub fn instant_query(&self, q: &dyn Queryable, query: &str, ts: i64) -> QueryResult {
-        match parse(query) {
+        match parse(&crate::rewrite::preprocess(query, 0, 0)) {
             Ok(e) => self.instant_expr(q, &e, query, ts),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }
@@ -140,7 +238,7 @@ impl Engine {
 
     /// Evaluates `query` from `start` to `end` every `step` (all ms).
     pub fn range_query(&self, q: &dyn Queryable, query: &str, start: i64, end: i64, step: i64) -> QueryResult {
-        match parse(query) {
+        match parse(&crate::rewrite::preprocess(query, step, end.saturating_sub(start))) {
             Ok(e) => self.range_expr(q, &e, query, start, end, step),
             Err(e) => QueryResult { value: Err(e), warnings: vec![], infos: vec![] },
         }
@@ -248,6 +346,26 @@ pub(crate) struct RangeArg {
     pub range_start: i64,
     pub range_end: i64,
     pub range: i64,
+    /// `anchored`/`smoothed` modifier of a matrix selector.
+    pub ext: Option<Ext>,
+}
+
+/// Extended range-selector modifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ext {
+    /// Also the last sample at or before the range start (within the lookback).
+    Anchored,
+    /// Also the samples just outside the range, for interpolation at its bounds.
+    Smoothed,
+}
+
+/// The modifier marked on a selector by [`crate::rewrite::mark_extended`].
+pub(crate) fn ext_mode(vs: &VectorSelector) -> Option<Ext> {
+    vs.matchers
+        .matchers
+        .iter()
+        .find(|m| m.name == crate::rewrite::EXT_LABEL)
+        .map(|m| if m.value == "smoothed" { Ext::Smoothed } else { Ext::Anchored })
 }
 
 pub(crate) struct Evaluator<'a> {
@@ -262,6 +380,19 @@ pub(crate) struct Evaluator<'a> {
     /// Emulates Prometheus's stats-only histogram iterator (used under `histogram_count`
     /// and friends), which re-derives counter-reset hints from the previous stored sample.
     pub stats_hints: bool,
+    /// Hints for the next selection: the enclosing function and aggregation grouping.
+    pub pending_func: Option<String>,
+    pub pending_grouping: Option<(bool, Vec<String>)>,
+    pending_range: Option<i64>,
+    pos_cache: HashMap<usize, String>,
+    /// Per-node memo of derived label sets (signatures, result labels): the same series
+    /// meet the same node at every step of a range query.
+    memo: HashMap<(usize, Labels), Labels>,
+    memo2: HashMap<(usize, Labels, Labels), Labels>,
+    regexes: HashMap<String, Arc<regex::Regex>>,
+    /// Inside a subquery, selections may reach before the query start.
+    subquery_depth: usize,
+    deadline: Option<std::time::Instant>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -283,6 +414,15 @@ impl<'a> Evaluator<'a> {
             cache: HashMap::new(),
             annos: Annotations::default(),
             stats_hints: false,
+            pending_func: None,
+            pending_grouping: None,
+            pending_range: None,
+            pos_cache: HashMap::new(),
+            memo: HashMap::new(),
+            memo2: HashMap::new(),
+            regexes: HashMap::new(),
+            subquery_depth: 0,
+            deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
         }
     }
 
@@ -301,6 +441,55 @@ impl<'a> Evaluator<'a> {
         let line = before.matches('\n').count() + 1;
         let col = before.rfind('\n').map(|i| off - i).unwrap_or(off + 1);
         format!("({line}:{col})")
+    }
+
+    /// `f(l)`, memoised per `node` (an AST node address combined with a call-site tag).
+    pub(crate) fn memo_labels(&mut self, node: usize, l: &Labels, f: impl FnOnce(&Labels) -> Labels) -> Labels {
+        if let Some(v) = self.memo.get(&(node, l.clone())) {
+            return v.clone();
+        }
+        let v = f(l);
+        self.memo.insert((node, l.clone()), v.clone());
+        v
+    }
+
+    /// A compiled regex, cached for the query.
+    pub(crate) fn regex(&mut self, pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+        if let Some(r) = self.regexes.get(pattern) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(regex::Regex::new(pattern)?);
+        self.regexes.insert(pattern.to_string(), r.clone());
+        Ok(r)
+    }
+
+    /// Like [`Self::memo_labels`] for a function of two label sets.
+    pub(crate) fn memo_labels2(
+        &mut self,
+        node: usize,
+        a: &Labels,
+        b: &Labels,
+        f: impl FnOnce(&Labels, &Labels) -> Labels,
+    ) -> Labels {
+        let key = (node, a.clone(), b.clone());
+        if let Some(v) = self.memo2.get(&key) {
+            return v.clone();
+        }
+        let v = f(a, b);
+        self.memo2.insert(key, v.clone());
+        v
+    }
+
+    /// [`Self::pos_expr`], computed once per AST node (printing a subtree at every step
+    /// of a range query would be wasteful).
+    pub(crate) fn pos_cached(&mut self, e: &Expr) -> String {
+        let key = e as *const Expr as usize;
+        if let Some(p) = self.pos_cache.get(&key) {
+            return p.clone();
+        }
+        let p = self.pos_expr(e);
+        self.pos_cache.insert(key, p.clone());
+        p
     }
 
     /// Position of an expression: best effort by locating its printed form or first selector.
@@ -350,6 +539,7 @@ impl<'a> Evaluator<'a> {
         let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
         let mut ts = start;
         while ts <= end {
+            self.check_deadline()?;
             match self.eval(e, ts)? {
                 Value::Scalar(v) => {
                     let key = (Labels::empty(), false);
@@ -389,6 +579,13 @@ impl<'a> Evaluator<'a> {
         };
         v.sort_by(|a, b| a.metric.cmp(&b.metric));
         Ok(Value::Matrix(v))
+    }
+
+    fn check_deadline(&self) -> EvalResult<()> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() > d => Err(QueryError::Timeout),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn eval(&mut self, e: &Expr, ts: i64) -> EvalResult<Value> {
@@ -450,7 +647,7 @@ impl<'a> Evaluator<'a> {
     }
 
     /// The reference time of a selector: the `@` time (or `ts`) minus the offset.
-    fn ref_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, ts: i64) -> i64 {
+    pub(crate) fn ref_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, ts: i64) -> i64 {
         let base = match at {
             None => ts,
             Some(AtModifier::Start) => self.start,
@@ -463,6 +660,9 @@ impl<'a> Evaluator<'a> {
     fn selected(&mut self, vs: &VectorSelector) -> EvalResult<Arc<Vec<Arc<StoredSeries>>>> {
         let key = vs as *const VectorSelector as usize;
         if let Some(s) = self.cache.get(&key) {
+            self.pending_range = None;
+            self.pending_func = None;
+            self.pending_grouping = None;
             return Ok(s.clone());
         }
         let mut base = Vec::new();
@@ -478,11 +678,30 @@ impl<'a> Evaluator<'a> {
             };
             Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| QueryError::Parse(e.to_string()))
         };
-        let hints = SelectHints { start: i64::MIN, end: i64::MAX, step: self.interval, ..Default::default() };
+        // The time range every step of this query may read for this selector.
+        let (mut start, mut end) = match &vs.at {
+            Some(AtModifier::At(t)) => (systime_ms(t), systime_ms(t)),
+            _ => (self.start, self.end),
+        };
+        start = start.saturating_sub(offset_ms(&vs.offset)).saturating_sub(self.opts.lookback_delta);
+        end = end.saturating_sub(offset_ms(&vs.offset));
+        if self.subquery_depth > 0 || matches!(vs.at, Some(AtModifier::Start) | Some(AtModifier::End)) {
+            (start, end) = (i64::MIN, i64::MAX);
+        }
+        let mut hints = SelectHints { start, end, step: self.interval, ..Default::default() };
+        if let Some(r) = self.pending_range.take() {
+            hints.range = r;
+            hints.start = hints.start.saturating_sub(r);
+        }
+        hints.func = self.pending_func.take();
+        if let Some((by, grouping)) = self.pending_grouping.take() {
+            hints.by = by;
+            hints.grouping = grouping;
+        }
         let mut result: Vec<Arc<StoredSeries>>;
         if vs.matchers.or_matchers.is_empty() {
             let mut ms = base.clone();
-            for m in &vs.matchers.matchers {
+            for m in vs.matchers.matchers.iter().filter(|m| m.name != crate::rewrite::EXT_LABEL) {
                 ms.push(conv(m)?);
             }
             result = self.q.select(&ms, &hints).map_err(|e| QueryError::Eval(e.to_string()))?;
@@ -491,7 +710,8 @@ impl<'a> Evaluator<'a> {
             let mut seen = std::collections::HashSet::new();
             for group in &vs.matchers.or_matchers {
                 let mut ms = base.clone();
-                for m in group.iter().chain(vs.matchers.matchers.iter()) {
+                for m in group.iter().chain(vs.matchers.matchers.iter()).filter(|m| m.name != crate::rewrite::EXT_LABEL)
+                {
                     ms.push(conv(m)?);
                 }
                 for s in self.q.select(&ms, &hints).map_err(|e| QueryError::Eval(e.to_string()))? {
@@ -511,6 +731,7 @@ impl<'a> Evaluator<'a> {
         let series = self.selected(vs)?;
         let rt = self.ref_time(&vs.at, &vs.offset, ts);
         let lo = rt.saturating_sub(self.opts.lookback_delta);
+        let smoothed = ext_mode(vs) == Some(Ext::Smoothed);
         let mut out = Vec::new();
         for s in series.iter() {
             let idx = s.ts.partition_point(|t| *t <= rt);
@@ -526,10 +747,82 @@ impl<'a> Evaluator<'a> {
                     if is_stale_nan(*f) {
                         continue;
                     }
+                    // `smoothed`: interpolate towards the next sample (within the lookback).
+                    if smoothed
+                        && t < rt
+                        && idx < s.ts.len()
+                        && s.ts[idx] <= rt.saturating_add(self.opts.lookback_delta)
+                        && let StoredValue::Histogram(_) = &s.values[idx]
+                    {
+                        let name = s.labels.get(norn_model::METRIC_NAME).unwrap_or("").to_string();
+                        let pos = self.pos_of(&name);
+                        self.warn(
+                            format!("encountered a mix of histograms and floats for metric name {}", go_quote(&name)),
+                            pos,
+                        );
+                        continue;
+                    }
+                    if smoothed
+                        && t < rt
+                        && idx < s.ts.len()
+                        && s.ts[idx] <= rt.saturating_add(self.opts.lookback_delta)
+                        && let StoredValue::Float(nf) = &s.values[idx]
+                        && !is_stale_nan(*nf)
+                    {
+                        let frac = (rt - t) as f64 / (s.ts[idx] - t) as f64;
+                        let v = f + (nf - f) * frac;
+                        out.push(Sample { metric: s.labels.clone(), t: ts, f: v, h: None, drop_name: false });
+                        continue;
+                    }
                     out.push(Sample { metric: s.labels.clone(), t: ts, f: *f, h: None, drop_name: false });
                 }
                 StoredValue::Histogram(h) => {
-                    let h = if self.stats_hints { stats_hint(s, idx - 1) } else { h.clone() };
+                    let mut h = if self.stats_hints { stats_hint(s, idx - 1) } else { h.clone() };
+                    if smoothed
+                        && t < rt
+                        && idx < s.ts.len()
+                        && s.ts[idx] <= rt.saturating_add(self.opts.lookback_delta)
+                    {
+                        let name = s.labels.get(norn_model::METRIC_NAME).unwrap_or("").to_string();
+                        match &s.values[idx] {
+                            StoredValue::Histogram(n) => {
+                                use crate::histogram as hist;
+                                if hist::uses_custom(n) != hist::uses_custom(&h) {
+                                    let pos = self.pos_of(&name);
+                                    self.warn(
+                                        format!("{} for metric name {}", hist::MIXED_SCHEMAS, go_quote(&name)),
+                                        pos,
+                                    );
+                                    continue;
+                                }
+                                let frac = (rt - t) as f64 / (s.ts[idx] - t) as f64;
+                                let counter = h.counter_reset_hint != norn_model::CounterResetHint::Gauge;
+                                let v = if counter && hist::detect_reset(n, &h) {
+                                    let mut x = (**n).clone();
+                                    hist::scale(&mut x, frac);
+                                    x
+                                } else {
+                                    let Ok(mut d) = hist::sub(n, &h) else { continue };
+                                    hist::scale(&mut d, frac);
+                                    let Ok(x) = hist::add(&h, &d) else { continue };
+                                    x
+                                };
+                                h = Arc::new(v);
+                            }
+                            StoredValue::Float(f) if !is_stale_nan(*f) => {
+                                let pos = self.pos_of(&name);
+                                self.warn(
+                                    format!(
+                                        "encountered a mix of histograms and floats for metric name {}",
+                                        go_quote(&name)
+                                    ),
+                                    pos,
+                                );
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
                     out.push(Sample { metric: s.labels.clone(), t: ts, f: 0.0, h: Some(h), drop_name: false })
                 }
             }
@@ -565,35 +858,87 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
+    /// Start timestamps (seconds; 0 when unknown) of the samples an instant selector picks.
+    pub(crate) fn vector_select_start_times(&mut self, vs: &VectorSelector, ts: i64) -> EvalResult<Vec<Sample>> {
+        let series = self.selected(vs)?;
+        let rt = self.ref_time(&vs.at, &vs.offset, ts);
+        let lo = rt.saturating_sub(self.opts.lookback_delta);
+        let mut out = Vec::new();
+        for s in series.iter() {
+            let idx = s.ts.partition_point(|t| *t <= rt);
+            if idx == 0 || s.ts[idx - 1] <= lo {
+                continue;
+            }
+            if let StoredValue::Float(f) = &s.values[idx - 1]
+                && is_stale_nan(*f)
+            {
+                continue;
+            }
+            let st = s.st.get(idx - 1).copied().unwrap_or(0);
+            out.push(Sample { metric: s.labels.clone(), t: ts, f: st as f64 / 1000.0, h: None, drop_name: false });
+        }
+        Ok(out)
+    }
+
     /// Evaluates a matrix selector or subquery (possibly in parentheses) at `ts`.
     pub(crate) fn eval_range_arg(&mut self, e: &Expr, ts: i64) -> EvalResult<RangeArg> {
         match e {
             Expr::Paren(p) => self.eval_range_arg(&p.expr, ts),
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
+                self.pending_range = Some(dur_ms(&ms.range));
                 let series = self.selected(vs)?;
                 let rt = self.ref_time(&vs.at, &vs.offset, ts);
                 let range = dur_ms(&ms.range);
                 let lo = rt.saturating_sub(range);
+                let ext = ext_mode(vs);
                 let mut out = Vec::new();
                 let mut total = 0usize;
                 for s in series.iter() {
-                    let a = s.ts.partition_point(|t| *t <= lo);
-                    let b = s.ts.partition_point(|t| *t <= rt);
+                    let mut a = s.ts.partition_point(|t| *t <= lo);
+                    let mut b = s.ts.partition_point(|t| *t <= rt);
+                    let inside = b > a;
+                    let usable = |i: usize| !matches!(&s.values[i], StoredValue::Float(f) if is_stale_nan(*f));
+                    match ext {
+                        Some(Ext::Anchored) => {
+                            if !inside {
+                                continue;
+                            }
+                            if a > 0 && s.ts[a - 1] > lo.saturating_sub(self.opts.lookback_delta) && usable(a - 1) {
+                                a -= 1;
+                            }
+                        }
+                        Some(Ext::Smoothed) => {
+                            if a > 0 && s.ts[a - 1] > lo.saturating_sub(self.opts.lookback_delta) && usable(a - 1) {
+                                a -= 1;
+                            }
+                            if b < s.ts.len() && s.ts[b] <= rt.saturating_add(self.opts.lookback_delta) && usable(b) {
+                                b += 1;
+                            }
+                        }
+                        None => {}
+                    }
                     if a >= b {
                         continue;
                     }
                     let mut ser = Series { metric: s.labels.clone(), ..Default::default() };
+                    let with_st = !s.st.is_empty();
                     for i in a..b {
                         match &s.values[i] {
                             StoredValue::Float(f) => {
                                 if !is_stale_nan(*f) {
                                     ser.floats.push((s.ts[i], *f));
+                                    if with_st {
+                                        ser.floats_st.push(s.st[i]);
+                                    }
                                 }
                             }
                             StoredValue::Histogram(h) => {
                                 let h = if self.stats_hints { stats_hint(s, i) } else { h.clone() };
-                                ser.histograms.push((s.ts[i], h))
+                                ser.histograms.push((s.ts[i], h));
+                                if with_st {
+                                    ser.histograms_st.push(s.st[i]);
+                                }
                             }
                         }
                     }
@@ -606,7 +951,7 @@ impl<'a> Evaluator<'a> {
                 if total > self.opts.max_samples {
                     return Err(QueryError::TooManySamples);
                 }
-                Ok(RangeArg { series: out, range_start: lo, range_end: rt, range })
+                Ok(RangeArg { series: out, range_start: lo, range_end: rt, range, ext })
             }
             Expr::Subquery(sq) => {
                 let rt = self.ref_time(&sq.at, &sq.offset, ts);
@@ -628,8 +973,12 @@ impl<'a> Evaluator<'a> {
                 let mut order: Vec<Series> = Vec::new();
                 let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
                 let saved_stats = std::mem::replace(&mut self.stats_hints, false);
+                // An error ends the whole query, so the depth need not be restored on it.
+                self.subquery_depth += 1;
+                self.pending_func = None;
                 let mut t = first;
                 while t <= rt {
+                    self.check_deadline()?;
                     match self.eval(&sq.expr, t)? {
                         Value::Scalar(v) => {
                             let i = *index.entry((Labels::empty(), false)).or_insert_with(|| {
@@ -663,8 +1012,9 @@ impl<'a> Evaluator<'a> {
                     };
                 }
                 self.stats_hints = saved_stats;
+                self.subquery_depth -= 1;
                 order.sort_by(|a, b| a.metric.cmp(&b.metric));
-                Ok(RangeArg { series: order, range_start: lo, range_end: rt, range })
+                Ok(RangeArg { series: order, range_start: lo, range_end: rt, range, ext: None })
             }
             _ => Err(QueryError::Eval("expected range vector".into())),
         }
@@ -714,5 +1064,79 @@ pub(crate) fn first_metric_name(e: &Expr) -> Option<String> {
         Expr::Binary(b) => first_metric_name(&b.lhs).or_else(|| first_metric_name(&b.rhs)),
         Expr::Call(c) => c.args.args.iter().find_map(|a| first_metric_name(a)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use crate::value::stale_nan;
+
+    fn storage() -> MemStorage {
+        let mut s = MemStorage::new();
+        let a = Labels::from_pairs([("__name__", "a"), ("job", "x")]);
+        // Samples every minute from 0 to 10m, a staleness marker at 11m.
+        s.append(&a, (0..=10).map(|i| (i * 60_000, StoredValue::Float(i as f64))));
+        s.append(&a, [(11 * 60_000, StoredValue::Float(stale_nan()))]);
+        let b = Labels::from_pairs([("__name__", "b"), ("job", "x")]);
+        s.append(&b, [(0, StoredValue::Float(100.0))]);
+        s
+    }
+
+    fn instant(q: &str, ts: i64) -> String {
+        match Engine::default().instant_query(&storage(), q, ts).value {
+            Ok(Value::Scalar(v)) => format!("{v}"),
+            Ok(Value::Vector(v)) => {
+                let mut parts: Vec<String> = v.iter().map(|s| format!("{}={}", s.metric, s.f)).collect();
+                parts.sort();
+                parts.join(" ")
+            }
+            Ok(v) => v.to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn instant_semantics() {
+        let cases = [
+            // Lookback is left-open: a sample exactly 5m old is gone.
+            ("b", 299_999, r#"{__name__="b", job="x"}=100"#),
+            ("b", 300_000, ""),
+            // A staleness marker ends the series at once.
+            ("a", 11 * 60_000 + 1, ""),
+            ("a", 10 * 60_000 + 59_999, r#"{__name__="a", job="x"}=10"#),
+            // Offsets and @ shift the reference time, negative evaluation times included.
+            ("a offset 2m", 5 * 60_000, r#"{__name__="a", job="x"}=3"#),
+            ("a @ 120", -1_000_000, r#"{__name__="a", job="x"}=2"#),
+            // Range selectors are left-open too.
+            ("count_over_time(a[2m])", 4 * 60_000, r#"{job="x"}=2"#),
+            // Subquery steps are aligned to multiples of the step.
+            ("count_over_time(a[150s:60s])", 4 * 60_000 + 30_000, r#"{job="x"}=2"#),
+            // Delayed name removal: names go at the end, and a clash is an error.
+            ("-{job=\"x\"}", 0, "error: vector cannot contain metrics with the same labelset"),
+            ("-a or -b", 0, r#"{job="x"}=-0"#),
+            ("label_replace(-a, \"__name__\", \"c\", \"job\", \".*\")", 60_000, r#"{__name__="c", job="x"}=-1"#),
+            ("1 + 2 * 3", 0, "7"),
+        ];
+        for (q, ts, want) in cases {
+            assert_eq!(instant(q, ts), want, "{q} @ {ts}");
+        }
+    }
+
+    #[test]
+    fn range_queries_drop_names_and_reject_clashes() {
+        let r = Engine::default().range_query(&storage(), "-{job=\"x\"}", 0, 120_000, 60_000);
+        // At 0 both -a and -b exist with the same labels once names are dropped.
+        assert!(r.value.is_err());
+        // Once b (last sample at 0) has left the lookback, only -a remains, without its name.
+        let r = Engine::default().range_query(&storage(), "-{job=\"x\"}", 6 * 60_000, 7 * 60_000, 60_000);
+        match r.value {
+            Ok(Value::Matrix(m)) => {
+                assert_eq!(m.len(), 1);
+                assert_eq!(m[0].floats, vec![(360_000, -6.0), (420_000, -7.0)]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -8,7 +8,7 @@ use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 
 use crate::aggregate::{kahan_inc, quantile_of};
-use crate::engine::{EvalResult, Evaluator, QueryError, RangeArg, drop_metric_name};
+use crate::engine::{EvalResult, Evaluator, Ext, QueryError, RangeArg, drop_metric_name};
 use crate::histogram as hist;
 use crate::value::{Sample, Series, Value};
 
@@ -67,13 +67,14 @@ fn simple_math(name: &str) -> Option<fn(f64) -> f64> {
 pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Value> {
     let name = c.func.name;
     let args: Vec<&Expr> = c.args.args.iter().map(|b| b.as_ref()).collect();
-    let call_pos = ev.pos_of(&format!("{name}("));
+    let call_pos = || format!("{name}(");
     if let Some(f) = simple_math(name) {
         let v = ev.eval_vector(args[0], ts)?;
         return Ok(Value::Vector(map_floats(ev, v, f)));
     }
     match name {
         "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
+        n if n.starts_with("__norn_trim_") => ev.eval(args[0], ts),
         "step" => Ok(Value::Scalar(ev.interval as f64 / 1000.0)),
         "range" => Ok(Value::Scalar((ev.end - ev.start) as f64 / 1000.0)),
         "start" => Ok(Value::Scalar(ev.start as f64 / 1000.0)),
@@ -125,6 +126,15 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
             let hi = ev.eval_scalar(args[1], ts)?;
             Ok(Value::Vector(map_floats(ev, v, move |f| go_min(hi, f))))
         }
+        "start_timestamp" => {
+            // Start timestamps exist only on stored samples: any other argument yields nothing.
+            let Expr::VectorSelector(vs) = unparen(args[0]) else { return Ok(Value::Vector(vec![])) };
+            let mut v = ev.vector_select_start_times(vs, ts)?;
+            for s in v.iter_mut() {
+                ev.mark_drop_name(s);
+            }
+            Ok(Value::Vector(v))
+        }
         "timestamp" => {
             let mut v = match unparen(args[0]) {
                 Expr::VectorSelector(vs) => ev.vector_select_times(vs, ts)?,
@@ -153,10 +163,8 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
         }
         "sort" | "sort_desc" => {
             if ev.interval > 0 {
-                ev.warn(
-                    "sort is ineffective for range queries since results are always ordered by labels".into(),
-                    call_pos,
-                );
+                let pos = ev.pos_of(&call_pos());
+                ev.warn("sort is ineffective for range queries since results are always ordered by labels".into(), pos);
             }
             let mut v = ev.eval_vector(args[0], ts)?;
             v.retain(|s| s.h.is_none());
@@ -174,10 +182,8 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
         }
         "sort_by_label" | "sort_by_label_desc" => {
             if ev.interval > 0 {
-                ev.warn(
-                    "sort is ineffective for range queries since results are always ordered by labels".into(),
-                    call_pos,
-                );
+                let pos = ev.pos_of(&call_pos());
+                ev.warn("sort is ineffective for range queries since results are always ordered by labels".into(), pos);
             }
             let mut v = ev.eval_vector(args[0], ts)?;
             let mut names = Vec::new();
@@ -200,8 +206,9 @@ pub(crate) fn call(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Valu
             });
             Ok(Value::Vector(v))
         }
-        "label_replace" => label_replace(ev, &args, ts),
-        "label_join" => label_join(ev, &args, ts),
+        "label_replace" => label_replace(ev, c, &args, ts),
+        "info" => crate::info::info(ev, &args, ts),
+        "label_join" => label_join(ev, c, &args, ts),
         "absent" => {
             let v = ev.eval_vector(args[0], ts)?;
             if !v.is_empty() {
@@ -374,53 +381,64 @@ fn string_arg(ev: &mut Evaluator<'_>, e: &Expr, ts: i64) -> EvalResult<String> {
     }
 }
 
-fn label_replace(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+fn label_replace(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+    let node = (c as *const Call as usize).wrapping_mul(8);
     let dst = string_arg(ev, args[1], ts)?;
     let repl = string_arg(ev, args[2], ts)?;
     let src = string_arg(ev, args[3], ts)?;
     let re_s = string_arg(ev, args[4], ts)?;
-    let re = regex::Regex::new(&format!("^(?s:{re_s})$"))
+    let re = ev
+        .regex(&format!("^(?s:{re_s})$"))
         .map_err(|e| QueryError::Eval(format!("invalid regular expression in label_replace(): {re_s}: {e}")))?;
-    if dst.is_empty() {
+    if !crate::aggregate::is_valid_label_name(&dst) {
         return Err(QueryError::Eval(format!("invalid destination label name in label_replace(): {dst}")));
     }
     let v = ev.eval_vector(args[0], ts)?;
     let mut out = Vec::with_capacity(v.len());
+    let replace = |l: &Labels| -> Option<Labels> {
+        let sv = l.get(&src).unwrap_or("");
+        let caps = re.captures(sv)?;
+        let mut res = String::new();
+        caps.expand(&repl, &mut res);
+        let mut b = l.to_builder();
+        b.set(&dst, &res);
+        Some(b.build())
+    };
     for mut s in v {
-        let sv = s.metric.get(&src).unwrap_or("").to_string();
-        if let Some(caps) = re.captures(&sv) {
-            let mut res = String::new();
-            caps.expand(&repl, &mut res);
-            let mut b = s.metric.to_builder();
-            b.set(&dst, &res);
-            s.metric = b.build();
-            if dst == METRIC_NAME {
+        if dst == METRIC_NAME {
+            if let Some(l) = replace(&s.metric) {
+                s.metric = l;
                 s.drop_name = false;
             }
+        } else {
+            s.metric = ev.memo_labels(node, &s.metric, |l| replace(l).unwrap_or_else(|| l.clone()));
         }
         out.push(s);
     }
     Ok(Value::Vector(out))
 }
 
-fn label_join(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+fn label_join(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+    let node = (c as *const Call as usize).wrapping_mul(8);
     let dst = string_arg(ev, args[1], ts)?;
     let sep = string_arg(ev, args[2], ts)?;
     let mut srcs = Vec::new();
     for a in &args[3..] {
         srcs.push(string_arg(ev, a, ts)?);
     }
-    if dst.is_empty() {
+    if !crate::aggregate::is_valid_label_name(&dst) {
         return Err(QueryError::Eval(format!("invalid destination label name in label_join(): {dst}")));
     }
     let v = ev.eval_vector(args[0], ts)?;
     let mut out = Vec::with_capacity(v.len());
+    let join = |l: &Labels| -> Labels {
+        let joined: Vec<&str> = srcs.iter().map(|n| l.get(n).unwrap_or("")).collect();
+        let mut b = l.to_builder();
+        b.set(&dst, &joined.join(&sep));
+        b.build()
+    };
     for mut s in v {
-        let joined: Vec<&str> = srcs.iter().map(|n| s.metric.get(n).unwrap_or("")).collect();
-        let joined = joined.join(&sep);
-        let mut b = s.metric.to_builder();
-        b.set(&dst, &joined);
-        s.metric = b.build();
+        s.metric = ev.memo_labels(node, &s.metric, join);
         if dst == METRIC_NAME {
             s.drop_name = false;
         }
@@ -595,7 +613,7 @@ fn histogram_quantile(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalRe
 
 fn histogram_quantile_vec(ev: &mut Evaluator<'_>, arg: &Expr, q: f64, ts: i64) -> EvalResult<Value> {
     let v = ev.eval_vector(arg, ts)?;
-    let pos = ev.pos_expr(arg);
+    let pos = ev.pos_cached(arg);
     if !(0.0..=1.0).contains(&q) {
         ev.warn(
             format!("quantile value should be between 0 and 1, got {}", norn_model::format::go_format_g(q)),
@@ -646,7 +664,7 @@ fn histogram_fraction(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalRe
     let lo = ev.eval_scalar(args[0], ts)?;
     let hi = ev.eval_scalar(args[1], ts)?;
     let v = ev.eval_vector(args[2], ts)?;
-    let pos = ev.pos_expr(args[2]);
+    let pos = ev.pos_cached(args[2]);
     let mut natives = Vec::new();
     let groups = classic_groups(ev, v, &pos, &mut natives);
     let mut out = Vec::new();
@@ -711,16 +729,39 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
     if args.len() <= mi {
         return Err(QueryError::Eval(format!("unsupported function {name}")));
     }
-    let arg_pos = ev.pos_expr(args[mi]);
+    if let Expr::MatrixSelector(ms) = unparen(args[mi])
+        && let Some(ext) = crate::engine::ext_mode(&ms.vs)
+    {
+        let (word, allowed): (&str, &[&str]) = match ext {
+            Ext::Anchored => ("anchored", &["changes", "delta", "increase", "rate", "resets"]),
+            Ext::Smoothed => ("smoothed", &["delta", "increase", "rate"]),
+        };
+        if !allowed.contains(&name) {
+            return Err(QueryError::Eval(format!(
+                "{word} modifier can only be used with: {} - not with {name}",
+                allowed.join(", ")
+            )));
+        }
+    }
+    let arg_pos = ev.pos_cached(args[mi]);
+    ev.pending_func = Some(name.to_string());
     let r = ev.eval_range_arg(args[mi], ts)?;
+    ev.pending_func = None;
     let keep_name = matches!(name, "last_over_time" | "first_over_time");
     let mut out = Vec::with_capacity(r.series.len());
     for s in &r.series {
         let metric_name = s.metric.get(METRIC_NAME).unwrap_or("").to_string();
         let res = match name {
+            "rate" | "increase" | "delta" if r.ext.is_some() => {
+                extended_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
+            }
+            "rate" | "increase" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => {
+                st_rate(ev, s, &r, name == "rate", &metric_name, &arg_pos)
+            }
             "rate" | "increase" | "delta" => {
                 extrapolated_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
             }
+            "irate" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => st_irate(s),
             "irate" | "idelta" => instant_value(ev, s, name == "irate", &metric_name, &arg_pos),
             _ => over_time(ev, name, s, &scalars, ts, &metric_name, &arg_pos)?,
         };
@@ -843,6 +884,294 @@ fn extrapolated_rate(
             Some((0.0, result_h))
         }
     }
+}
+
+/// Whether sample `i` starts a new counter according to its start timestamp: a start after
+/// the previous sample, or exactly at it when the previous sample had an earlier start of
+/// its own (a delta sample). `None` when the start timestamps say nothing.
+fn st_says_reset(ts: &[i64], sts: &[i64], i: usize) -> Option<bool> {
+    let (sc, sp, tp) = (sts[i], sts[i - 1], ts[i - 1]);
+    if sc == 0 {
+        return None;
+    }
+    if sc > tp || (sc == tp && sp != 0 && sp < tp) {
+        return Some(true);
+    }
+    None
+}
+
+/// Warns about start timestamps overlapping the previous sample.
+fn st_overlap_warning(ev: &mut Evaluator<'_>, ts: &[i64], sts: &[i64], metric_name: &str, pos: &str) {
+    for i in 1..ts.len() {
+        if sts[i] != 0 && sts[i] < ts[i - 1] && sts[i] != sts[i - 1] {
+            ev.warn(
+                format!(
+                    "sample has start time that overlaps with previous sample timestamp for metric {}",
+                    norn_model::format::go_quote(metric_name)
+                ),
+                pos.to_string(),
+            );
+            return;
+        }
+    }
+}
+
+/// rate/increase of a series whose samples carry start timestamps: resets are detected
+/// from them, and a first sample that started inside the range counts from zero at its
+/// start instead of being extrapolated to the left.
+fn st_rate(
+    ev: &mut Evaluator<'_>,
+    s: &Series,
+    r: &RangeArg,
+    is_rate: bool,
+    metric_name: &str,
+    pos: &str,
+) -> Option<FH> {
+    let hist_mode = !s.histograms.is_empty();
+    if hist_mode && !s.floats.is_empty() {
+        ev.warn(
+            format!(
+                "encountered a mix of histograms and floats for metric name {}",
+                norn_model::format::go_quote(metric_name)
+            ),
+            pos.to_string(),
+        );
+        return None;
+    }
+    let ts: Vec<i64> =
+        if hist_mode { s.histograms.iter().map(|p| p.0).collect() } else { s.floats.iter().map(|p| p.0).collect() };
+    let sts: &[i64] = if hist_mode { &s.histograms_st } else { &s.floats_st };
+    let n = ts.len();
+    if n == 0 || sts.len() != n {
+        return None;
+    }
+    st_overlap_warning(ev, &ts, sts, metric_name, pos);
+    let synth = sts[0] != 0 && sts[0] > r.range_start && sts[0] < ts[0];
+    if !synth && n < 2 {
+        return None;
+    }
+    let is_reset = |i: usize| -> bool {
+        st_says_reset(&ts, sts, i).unwrap_or_else(|| {
+            if hist_mode {
+                hist::detect_reset(&s.histograms[i].1, &s.histograms[i - 1].1)
+            } else {
+                s.floats[i].1 < s.floats[i - 1].1
+            }
+        })
+    };
+    // total = last - first + Σ (value before each reset - value the new counter starts at),
+    // where a counter whose start equals its timestamp starts at its own value.
+    let (mut total_f, mut total_h, first_value): (f64, Option<FloatHistogram>, f64);
+    if hist_mode {
+        let last = &s.histograms[n - 1].1;
+        let mut h = (**last).clone();
+        if !synth {
+            h = hist::sub(&h, &s.histograms[0].1).ok()?;
+        }
+        for i in 1..n {
+            if is_reset(i) {
+                h = hist::add(&h, &s.histograms[i - 1].1).ok()?;
+                if sts[i] == ts[i] {
+                    h = hist::sub(&h, &s.histograms[i].1).ok()?;
+                }
+            }
+        }
+        h.counter_reset_hint = CounterResetHint::Gauge;
+        total_f = 0.0;
+        first_value = if synth { 0.0 } else { s.histograms[0].1.count };
+        total_h = Some(h);
+    } else {
+        total_f = s.floats[n - 1].1 - if synth { 0.0 } else { s.floats[0].1 };
+        for i in 1..n {
+            if is_reset(i) {
+                total_f += s.floats[i - 1].1;
+                if sts[i] == ts[i] {
+                    total_f -= s.floats[i].1;
+                }
+            }
+        }
+        first_value = if synth { 0.0 } else { s.floats[0].1 };
+        total_h = None;
+    }
+    let last_t = ts[n - 1];
+    let first_t = if synth { sts[0] } else { ts[0] };
+    let sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg = if n >= 2 { Some((last_t - ts[0]) as f64 / 1000.0 / (n - 1) as f64) } else { None };
+    let mut dur_end = (r.range_end - last_t) as f64 / 1000.0;
+    let dur_start;
+    match avg {
+        None => {
+            dur_end = 0.0;
+            dur_start = 0.0;
+        }
+        Some(avg) => {
+            if dur_end >= avg * 1.1 {
+                dur_end = avg / 2.0;
+            }
+            if synth {
+                dur_start = 0.0;
+            } else {
+                let mut d = (first_t - r.range_start) as f64 / 1000.0;
+                if d >= avg * 1.1 {
+                    d = avg / 2.0;
+                }
+                let result_count = total_h.as_ref().map(|h| h.count).unwrap_or(total_f);
+                if result_count > 0.0 && first_value >= 0.0 {
+                    d = d.min(sampled * (first_value / result_count));
+                }
+                dur_start = d;
+            }
+        }
+    }
+    let mut factor = if sampled > 0.0 { (sampled + dur_start + dur_end) / sampled } else { 1.0 };
+    if is_rate {
+        factor /= r.range as f64 / 1000.0;
+    }
+    match &mut total_h {
+        Some(h) => {
+            hist::scale(h, factor);
+            hist::compact(h);
+            Some((0.0, total_h))
+        }
+        None => {
+            total_f *= factor;
+            Some((total_f, None))
+        }
+    }
+}
+
+/// irate over samples with start timestamps.
+fn st_irate(s: &Series) -> Option<FH> {
+    let hist_mode = !s.histograms.is_empty();
+    let n = if hist_mode { s.histograms.len() } else { s.floats.len() };
+    if n < 2 {
+        return None;
+    }
+    let ts: Vec<i64> =
+        if hist_mode { s.histograms.iter().map(|p| p.0).collect() } else { s.floats.iter().map(|p| p.0).collect() };
+    let sts: &[i64] = if hist_mode { &s.histograms_st } else { &s.floats_st };
+    if sts.len() != n {
+        return None;
+    }
+    let i = n - 1;
+    let reset = st_says_reset(&ts, sts, i).unwrap_or_else(|| {
+        if hist_mode {
+            hist::detect_reset(&s.histograms[i].1, &s.histograms[i - 1].1)
+        } else {
+            s.floats[i].1 < s.floats[i - 1].1
+        }
+    });
+    let secs = (ts[i] - ts[i - 1]) as f64 / 1000.0;
+    if secs == 0.0 {
+        return None;
+    }
+    let empty = sts[i] == ts[i];
+    if hist_mode {
+        let mut h = if reset {
+            if empty { hist::empty_like(&s.histograms[i].1) } else { (*s.histograms[i].1).clone() }
+        } else {
+            hist::sub(&s.histograms[i].1, &s.histograms[i - 1].1).ok()?
+        };
+        hist::div(&mut h, secs);
+        h.counter_reset_hint = CounterResetHint::Gauge;
+        hist::compact(&mut h);
+        return Some((0.0, Some(h)));
+    }
+    let v = if reset { if empty { 0.0 } else { s.floats[i].1 } } else { s.floats[i].1 - s.floats[i - 1].1 };
+    Some((v / secs, None))
+}
+
+/// rate/increase/delta over an `anchored` or `smoothed` range: no extrapolation; the
+/// anchor sample, or values interpolated at the range bounds, stand in for it.
+fn extended_rate(
+    ev: &mut Evaluator<'_>,
+    s: &Series,
+    r: &RangeArg,
+    is_counter: bool,
+    is_rate: bool,
+    metric_name: &str,
+    pos: &str,
+) -> Option<FH> {
+    let (lo, hi) = (r.range_start, r.range_end);
+    if !s.histograms.is_empty() {
+        if !s.floats.is_empty() {
+            ev.warn(
+                format!(
+                    "encountered a mix of histograms and floats for metric name {}",
+                    norn_model::format::go_quote(metric_name)
+                ),
+                pos.to_string(),
+            );
+            return None;
+        }
+        let hs = &s.histograms;
+        if hs.iter().all(|p| p.0 <= lo) || hs.iter().all(|p| p.0 > hi) {
+            return None;
+        }
+        let mut h = if hs.len() == 1 {
+            let mut z = hist::empty_like(&hs[0].1);
+            z.counter_reset_hint = CounterResetHint::Gauge;
+            z
+        } else {
+            histogram_rate(ev, hs, is_counter, metric_name, pos)?
+        };
+        if r.ext == Some(Ext::Smoothed) && hs.len() > 1 {
+            // Trim the parts of the first and last intervals that lie outside the range,
+            // assuming linear growth within them.
+            let first_in = hs.iter().position(|p| p.0 > lo).unwrap_or(0);
+            if first_in > 0 {
+                let (p, n) = (&hs[first_in - 1], &hs[first_in]);
+                let frac = (lo - p.0) as f64 / (n.0 - p.0) as f64;
+                let mut d = if hist::detect_reset(&n.1, &p.1) { (*n.1).clone() } else { hist::sub(&n.1, &p.1).ok()? };
+                hist::scale(&mut d, frac);
+                h = hist::sub(&h, &d).ok()?;
+            }
+            let last_in = hs.iter().rposition(|p| p.0 <= hi).unwrap_or(hs.len() - 1);
+            if last_in + 1 < hs.len() {
+                let (p, n) = (&hs[last_in], &hs[last_in + 1]);
+                let frac = (n.0 - hi) as f64 / (n.0 - p.0) as f64;
+                let mut d = if hist::detect_reset(&n.1, &p.1) { (*n.1).clone() } else { hist::sub(&n.1, &p.1).ok()? };
+                hist::scale(&mut d, frac);
+                h = hist::sub(&h, &d).ok()?;
+            }
+            h.counter_reset_hint = CounterResetHint::Gauge;
+            hist::compact(&mut h);
+        }
+        if is_rate {
+            hist::div(&mut h, r.range as f64 / 1000.0);
+        }
+        return Some((0.0, Some(h)));
+    }
+    let pts = &s.floats;
+    if pts.is_empty() || pts.iter().all(|p| p.0 <= lo) || pts.iter().all(|p| p.0 > hi) {
+        return None;
+    }
+    // Counter values with resets folded in, so that differences and interpolation work.
+    let mut adj = Vec::with_capacity(pts.len());
+    let mut offset = 0.0;
+    for (i, (t, v)) in pts.iter().enumerate() {
+        if is_counter && i > 0 && *v < pts[i - 1].1 {
+            offset += pts[i - 1].1;
+        }
+        adj.push((*t, v + offset));
+    }
+    let value = match r.ext {
+        Some(Ext::Smoothed) => {
+            let at = |x: i64| -> f64 {
+                let after = adj.partition_point(|p| p.0 <= x);
+                match (after.checked_sub(1).map(|i| adj[i]), adj.get(after)) {
+                    (Some(p), Some(n)) if p.0 < x => p.1 + (n.1 - p.1) * (x - p.0) as f64 / (n.0 - p.0) as f64,
+                    (Some(p), _) => p.1,
+                    (None, Some(n)) => n.1,
+                    (None, None) => f64::NAN,
+                }
+            };
+            at(hi) - at(lo)
+        }
+        _ => adj[adj.len() - 1].1 - adj[0].1,
+    };
+    let value = if is_rate { value / (r.range as f64 / 1000.0) } else { value };
+    Some((value, None))
 }
 
 fn histogram_rate(
@@ -983,15 +1312,19 @@ fn instant_value(ev: &mut Evaluator<'_>, s: &Series, is_rate: bool, metric_name:
                     pos.to_string(),
                 );
             }
-            if hist::uses_custom(lh) != hist::uses_custom(ph) {
-                ev.warn(
-                    format!("{} for metric name {}", hist::MIXED_SCHEMAS, norn_model::format::go_quote(metric_name)),
-                    pos.to_string(),
-                );
-                return None;
-            }
             let mut r = (**lh).clone();
             if !is_rate || !hist::detect_reset(lh, ph) {
+                if hist::uses_custom(lh) != hist::uses_custom(ph) {
+                    ev.warn(
+                        format!(
+                            "{} for metric name {}",
+                            hist::MIXED_SCHEMAS,
+                            norn_model::format::go_quote(metric_name)
+                        ),
+                        pos.to_string(),
+                    );
+                    return None;
+                }
                 if hist::custom_mismatch(lh, ph) {
                     ev.info("mismatched custom buckets were reconciled during subtraction".into(), pos.to_string());
                 }
@@ -1262,6 +1595,25 @@ fn over_time(
                 (Some(a), None) | (None, Some(a)) => Some((a as f64 / 1000.0, None)),
                 _ => None,
             }
+        }
+        "resets" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => {
+            let hist_mode = !hs.is_empty();
+            let ts: Vec<i64> =
+                if hist_mode { hs.iter().map(|p| p.0).collect() } else { fl.iter().map(|p| p.0).collect() };
+            let sts: &[i64] = if hist_mode { &s.histograms_st } else { &s.floats_st };
+            if ts.is_empty() || sts.len() != ts.len() {
+                return Ok(None);
+            }
+            let mut n = 0.0;
+            for i in 1..ts.len() {
+                let reset = st_says_reset(&ts, sts, i).unwrap_or_else(|| {
+                    if hist_mode { hist::detect_reset(&hs[i].1, &hs[i - 1].1) } else { fl[i].1 < fl[i - 1].1 }
+                });
+                if reset {
+                    n += 1.0;
+                }
+            }
+            Some((n, None))
         }
         "changes" | "resets" => {
             // Merge floats and histograms by time.

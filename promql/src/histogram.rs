@@ -693,6 +693,162 @@ fn kahan_add(inc: f64, sum: f64, c: &mut f64) -> f64 {
     t
 }
 
+/// The histogram trim operators: `h </ x` keeps the observations below `x`
+/// (`keep_below`), `h >/ x` those above. Buckets cut by `x` keep the interpolated part
+/// (exponentially within exponential buckets, linearly otherwise); the sum is then
+/// re-estimated from the kept buckets. Nothing cut means the histogram is unchanged.
+pub fn trim(h: &FloatHistogram, x: f64, keep_below: bool) -> FloatHistogram {
+    if x.is_nan() {
+        return h.clone();
+    }
+    let custom = uses_custom(h);
+    let mut trimmed = false;
+    let mut sum = 0.0;
+    let mut count = 0.0;
+    // (kept fraction, kept lower, kept upper) of a finite bucket.
+    let cut = |lo: f64, hi: f64| -> (f64, f64, f64) {
+        if keep_below {
+            if hi <= x {
+                (1.0, lo, hi)
+            } else if lo >= x {
+                (0.0, lo, lo)
+            } else {
+                (interp(lo, hi, x, custom), lo, x)
+            }
+        } else if lo >= x {
+            (1.0, lo, hi)
+        } else if hi <= x {
+            (0.0, hi, hi)
+        } else {
+            (1.0 - interp(lo, hi, x, custom), x, hi)
+        }
+    };
+    let rep = |lo: f64, hi: f64, exponential: bool| -> f64 {
+        if exponential && lo.signum() == hi.signum() && lo != 0.0 && hi != 0.0 {
+            let g = (lo * hi).abs().sqrt();
+            if hi < 0.0 { -g } else { g }
+        } else {
+            (lo + hi) / 2.0
+        }
+    };
+    let mut pos = to_map(&h.positive_spans, &h.positive_buckets);
+    for (idx, c) in pos.iter_mut() {
+        if *c == 0.0 {
+            continue;
+        }
+        let (f, r) = if custom {
+            let i = *idx as usize;
+            let lo =
+                if i == 0 { f64::NEG_INFINITY } else { h.custom_values.get(i - 1).copied().unwrap_or(f64::INFINITY) };
+            let hi = h.custom_values.get(i).copied().unwrap_or(f64::INFINITY);
+            // Infinitely wide buckets are never interpolated: they are kept or dropped
+            // whole, and a cut inside one puts its observations at the cut.
+            let both = |keep: bool, r: f64| (if keep { 1.0 } else { 0.0 }, r);
+            if lo == f64::NEG_INFINITY && hi == f64::INFINITY {
+                both(if keep_below { x == f64::INFINITY } else { x == f64::NEG_INFINITY }, 0.0)
+            } else if hi == f64::INFINITY {
+                if keep_below {
+                    both(x == f64::INFINITY, lo)
+                } else if x <= lo {
+                    both(true, lo)
+                } else {
+                    both(x != f64::INFINITY, x)
+                }
+            } else if lo == f64::NEG_INFINITY && hi > 0.0 {
+                // Like the quantile estimation, assume the first bucket starts at zero.
+                if x >= 0.0 {
+                    let (f, a, b) = cut(0.0, hi);
+                    (f, rep(a, b, false))
+                } else {
+                    both(!keep_below && x == f64::NEG_INFINITY, hi / 2.0)
+                }
+            } else if lo == f64::NEG_INFINITY {
+                if keep_below {
+                    if x >= hi { both(true, hi) } else { both(x != f64::NEG_INFINITY, x) }
+                } else {
+                    both(x == f64::NEG_INFINITY, hi)
+                }
+            } else {
+                let (f, a, b) = cut(lo, hi);
+                (f, rep(a, b, false))
+            }
+        } else {
+            let (lo, hi) = (exp_upper(idx - 1, h.schema), exp_upper(*idx, h.schema));
+            let (f, a, b) = cut(lo, hi);
+            (f, rep(a, b, true))
+        };
+        if f < 1.0 {
+            trimmed = true;
+        }
+        *c *= f;
+        count += *c;
+        if *c != 0.0 {
+            sum += *c * r;
+        }
+    }
+    let mut neg = to_map(&h.negative_spans, &h.negative_buckets);
+    for (idx, c) in neg.iter_mut() {
+        if *c == 0.0 {
+            continue;
+        }
+        let (lo, hi) = (-exp_upper(*idx, h.schema), -exp_upper(idx - 1, h.schema));
+        let (f, a, b) = cut(lo, hi);
+        if f < 1.0 {
+            trimmed = true;
+        }
+        *c *= f;
+        count += *c;
+        sum += *c * rep(a, b, true);
+    }
+    let mut zero = h.zero_count;
+    if zero != 0.0 && !custom {
+        let zt = h.zero_threshold;
+        let (lo, hi) = if !h.positive_buckets.is_empty() && h.negative_buckets.is_empty() {
+            (0.0, zt)
+        } else if h.positive_buckets.is_empty() && !h.negative_buckets.is_empty() {
+            (-zt, 0.0)
+        } else {
+            (-zt, zt)
+        };
+        let (f, a, b) = if hi > lo {
+            cut(lo, hi)
+        } else if (keep_below && x >= hi) || (!keep_below && x <= lo) {
+            (1.0, lo, hi)
+        } else {
+            (0.0, lo, lo)
+        };
+        if f < 1.0 {
+            trimmed = true;
+        }
+        zero *= f;
+        count += zero;
+        sum += zero * (a + b) / 2.0;
+    }
+    if !trimmed {
+        return h.clone();
+    }
+    let mut out = h.clone();
+    (out.positive_spans, out.positive_buckets) = from_map(&pos);
+    (out.negative_spans, out.negative_buckets) = from_map(&neg);
+    out.zero_count = zero;
+    out.count = count;
+    out.sum = sum;
+    out
+}
+
+/// Fraction of a bucket `(lo, hi]` below `x` (exponential interpolation within
+/// exponential buckets that do not straddle zero).
+fn interp(lo: f64, hi: f64, x: f64, linear: bool) -> f64 {
+    if linear || lo <= 0.0 && hi >= 0.0 {
+        return (x - lo) / (hi - lo);
+    }
+    if lo > 0.0 {
+        (x.log2() - lo.log2()) / (hi.log2() - lo.log2())
+    } else {
+        (lo.abs().log2() - x.abs().log2()) / (lo.abs().log2() - hi.abs().log2())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,12 @@ pub mod histogram;
 pub mod storage;
 pub mod value;
 
+pub mod rewrite;
+
 mod aggregate;
 mod binary;
 mod functions;
+mod info;
 
 pub use engine::{Engine, EngineOptions, QueryError, QueryResult, parse};
 pub use storage::{MemStorage, Queryable, SelectHints, StoredSeries, StoredValue};

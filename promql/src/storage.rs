@@ -42,6 +42,8 @@ pub struct StoredSeries {
     pub ts: Vec<i64>,
     /// Values, parallel to `ts`.
     pub values: Vec<StoredValue>,
+    /// Start timestamps (ms; 0 = unknown), parallel to `ts`, or empty when none is known.
+    pub st: Vec<i64>,
 }
 
 /// Errors a storage may return.
@@ -72,30 +74,51 @@ impl MemStorage {
     /// Adds samples to a series (created if missing). Samples at timestamps already
     /// present replace the stored ones; the series stays sorted.
     pub fn append(&mut self, labels: &Labels, samples: impl IntoIterator<Item = (i64, StoredValue)>) {
+        self.append_with_st(labels, samples.into_iter().map(|(t, v)| (t, v, 0)));
+    }
+
+    /// Like [`Self::append`], with a start timestamp per sample (0 = unknown).
+    pub fn append_with_st(&mut self, labels: &Labels, samples: impl IntoIterator<Item = (i64, StoredValue, i64)>) {
         let idx = match self.by_labels.get(labels) {
             Some(i) => *i,
             None => {
                 let i = self.series.len();
-                self.series.push(Arc::new(StoredSeries { labels: labels.clone(), ts: vec![], values: vec![] }));
+                self.series.push(Arc::new(StoredSeries {
+                    labels: labels.clone(),
+                    ts: vec![],
+                    values: vec![],
+                    st: vec![],
+                }));
                 self.by_labels.insert(labels.clone(), i);
                 i
             }
         };
         let s = Arc::make_mut(&mut self.series[idx]);
-        let mut pairs: Vec<(i64, StoredValue)> = s.ts.drain(..).zip(s.values.drain(..)).collect();
+        let old_st = std::mem::take(&mut s.st);
+        let n = s.ts.len();
+        let mut pairs: Vec<(i64, StoredValue, i64)> =
+            s.ts.drain(..)
+                .zip(s.values.drain(..))
+                .enumerate()
+                .map(|(i, (t, v))| (t, v, if old_st.len() == n { old_st[i] } else { 0 }))
+                .collect();
         pairs.extend(samples);
         // Stable sort then keep the last of equal timestamps, so later writes win.
         pairs.sort_by_key(|p| p.0);
-        let mut out: Vec<(i64, StoredValue)> = Vec::with_capacity(pairs.len());
+        let mut out: Vec<(i64, StoredValue, i64)> = Vec::with_capacity(pairs.len());
         for p in pairs {
             match out.last_mut() {
                 Some(last) if last.0 == p.0 => *last = p,
                 _ => out.push(p),
             }
         }
-        for (t, v) in out {
+        let any_st = out.iter().any(|p| p.2 != 0);
+        for (t, v, st) in out {
             s.ts.push(t);
             s.values.push(v);
+            if any_st {
+                s.st.push(st);
+            }
         }
     }
 

@@ -44,6 +44,10 @@ pub struct Series {
     pub histograms: Vec<(i64, Arc<FloatHistogram>)>,
     /// Delayed name removal, as for [`Sample`].
     pub drop_name: bool,
+    /// Start timestamps of `floats` (0 = unknown), or empty when none is known.
+    pub floats_st: Vec<i64>,
+    /// Start timestamps of `histograms`, likewise.
+    pub histograms_st: Vec<i64>,
 }
 
 /// The value of an expression.

@@ -24,6 +24,23 @@ fn parse_errors_are_values() {
 }
 
 #[test]
+fn parse_errors_carry_positions() {
+    let cases = [
+        ("foo bar", "1:5: parse error: "),
+        ("sum by (a) foo", "1:12: parse error: "),
+        ("sum(", "1:5: parse error: unclosed left parenthesis"),
+        ("foo +\n bar baz", "2:6: parse error: "),
+        (")", "1:1: parse error: "),
+    ];
+    for (q, want) in cases {
+        match norn_promql::parse(q) {
+            Err(QueryError::Parse(msg)) => assert!(msg.starts_with(want), "{q:?}: {msg}"),
+            other => panic!("{q:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn extreme_queries_do_not_panic() {
     let e = Engine::default();
     let s = storage();

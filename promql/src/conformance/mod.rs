@@ -47,7 +47,8 @@ impl fmt::Display for CaseFailure {
     }
 }
 
-/// One skipped case and why.
+/// One skipped case and why. The runner currently skips nothing: every upstream feature
+/// is implemented; the type stays so that a future gated feature can be reported.
 #[derive(Debug, Clone)]
 pub struct CaseSkip {
     /// 1-based line of the `eval` command.
@@ -88,51 +89,6 @@ impl fmt::Display for FileReport {
         }
         write!(f, "{} passed, {} failed, {} skipped", self.passed, self.failed(), self.skipped.len())
     }
-}
-
-/// Reasons for skipping cases: Prometheus features we do not implement yet (all
-/// experimental, behind feature flags upstream).
-pub mod skip_reasons {
-    /// `@st` start timestamps (feature `st-storage` / `UseStartTimestamps`).
-    pub const START_TIMESTAMPS: &str = "start timestamps (@st lines) are not implemented";
-    /// The experimental `info()` function.
-    pub const INFO: &str = "experimental info() function is not implemented";
-    /// `anchored`/`smoothed` range-selector modifiers.
-    pub const EXTENDED_RANGE: &str = "experimental anchored/smoothed range selectors are not implemented";
-    /// `>/` and `</` histogram trim operators.
-    pub const TRIM: &str = "experimental histogram trim operators >/ and </ are not supported by the parser";
-    /// Duration arithmetic and step()/range()/min_of()/max_of().
-    pub const DURATION_EXPR: &str =
-        "experimental duration expressions are not supported by the parser (promql-parser 0.11)";
-}
-
-fn skip_reason(file: &str, query: &str, parse_ok: bool) -> Option<&'static str> {
-    if file.starts_with("start_timestamps") {
-        return Some(skip_reasons::START_TIMESTAMPS);
-    }
-    if query.contains("info(") && !query.contains("_info(") {
-        return Some(skip_reasons::INFO);
-    }
-    if query.contains(" anchored")
-        || query.contains(" smoothed")
-        || query.contains("]anchored")
-        || query.contains("]smoothed")
-    {
-        return Some(skip_reasons::EXTENDED_RANGE);
-    }
-    if query.contains(">/") || query.contains("</") {
-        return Some(skip_reasons::TRIM);
-    }
-    if !parse_ok
-        && (query.contains("step()")
-            || query.contains("range()")
-            || query.contains("min_of(")
-            || query.contains("max_of(")
-            || file.starts_with("duration_expression"))
-    {
-        return Some(skip_reasons::DURATION_EXPR);
-    }
-    None
 }
 
 /// Where the upstream scripts live: `$NORN_PROMQL_TESTDATA`, else
@@ -266,11 +222,22 @@ fn load(storage: &mut MemStorage, header: &str, body: &[&str], nhcb: bool) -> Re
     let interval = parse_duration(parts.get(1).ok_or("load needs an interval")?)?;
     let mut block: Vec<(Labels, Vec<(i64, StoredValue)>)> = Vec::new();
     let mut idx: HashMap<Labels, usize> = HashMap::new();
+    let mut pending_st: HashMap<Labels, Vec<Option<i64>>> = HashMap::new();
+    let mut sts: HashMap<Labels, HashMap<i64, i64>> = HashMap::new();
     for l in body {
         let (labels, rest) = parse_series_labels(l)?;
-        // Start-timestamp lines belong to a feature we skip (see skip_reasons).
-        if rest.starts_with("@st") {
+        if let Some(st) = rest.strip_prefix("@st") {
+            pending_st.insert(labels, script::parse_st_values(st)?);
             continue;
+        }
+        if let Some(offsets) = pending_st.remove(&labels) {
+            let m = sts.entry(labels.clone()).or_default();
+            for (k, o) in offsets.into_iter().enumerate() {
+                if let Some(o) = o {
+                    let t = k as i64 * interval;
+                    m.insert(t, t + o);
+                }
+            }
         }
         let vals = parse_values(rest)?;
         let mut samples = Vec::new();
@@ -318,7 +285,10 @@ fn load(storage: &mut MemStorage, header: &str, body: &[&str], nhcb: bool) -> Re
         }
     }
     for (l, s) in block {
-        storage.append(&l, s);
+        match sts.get(&l) {
+            Some(m) => storage.append_with_st(&l, s.into_iter().map(|(t, v)| (t, v, m.get(&t).copied().unwrap_or(0)))),
+            None => storage.append(&l, s),
+        }
     }
     Ok(())
 }
@@ -438,11 +408,11 @@ fn run_eval(
         }
     };
     let (mode, query, expect) = parsed;
-    let ast = parse(&query);
-    if let Some(reason) = skip_reason(file, &query, ast.is_ok()) {
-        rep.skipped.push(CaseSkip { line: lineno, reason });
-        return;
-    }
+    let (step, range) = match mode {
+        Eval::Instant { .. } => (0, 0),
+        Eval::Range { start, end, step } => (step, end - start),
+    };
+    let ast = parse(&crate::rewrite::preprocess(&query, step, range));
     let ast = match ast {
         Ok(a) => a,
         Err(e) => {

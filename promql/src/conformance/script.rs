@@ -467,3 +467,114 @@ mod tests {
         assert_eq!(l.get("__name__"), Some("foo.bar"));
     }
 }
+
+/// Parses a signed duration at the start of `s` (`-1m`, `+30s`, `1m30s`, `0`), returning
+/// milliseconds and the rest.
+fn duration_prefix(s: &str) -> Option<(i64, &str)> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let neg = match b.first() {
+        Some(b'-') => {
+            i = 1;
+            true
+        }
+        Some(b'+') => {
+            i = 1;
+            false
+        }
+        _ => false,
+    };
+    let mut total: i64 = 0;
+    let mut any = false;
+    loop {
+        let st = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if st == i {
+            break;
+        }
+        let n: i64 = s[st..i].parse().ok()?;
+        let unit = if s[i..].starts_with("ms") {
+            i += 2;
+            1
+        } else {
+            match b.get(i) {
+                Some(b's') => 1000,
+                Some(b'm') => 60_000,
+                Some(b'h') => 3_600_000,
+                Some(b'd') => 86_400_000,
+                Some(b'w') => 604_800_000,
+                Some(b'y') => 31_536_000_000,
+                _ => {
+                    // A bare number is only allowed as a lone `0`.
+                    if n != 0 {
+                        return None;
+                    }
+                    any = true;
+                    break;
+                }
+            }
+        };
+        if unit != 1 {
+            i += 1;
+        }
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        any = true;
+    }
+    if !any {
+        return None;
+    }
+    Some((if neg { -total } else { total }, &s[i..]))
+}
+
+/// Expands a start-timestamp sequence (`_ -30s-1mx2 -1m`): per slot, the offset from the
+/// sample's own timestamp, or `None`.
+pub fn parse_st_values(s: &str) -> Result<Vec<Option<i64>>, String> {
+    let mut out = Vec::new();
+    for tok in s.split_whitespace() {
+        if tok == "_" {
+            out.push(None);
+            continue;
+        }
+        if let Some(k) = tok.strip_prefix("_x") {
+            let k: usize = k.parse().map_err(|_| format!("bad repetition {tok:?}"))?;
+            out.extend(std::iter::repeat_n(None, k));
+            continue;
+        }
+        let (v, rest) = duration_prefix(tok).ok_or_else(|| format!("bad start timestamp {tok:?}"))?;
+        if rest.is_empty() {
+            out.push(Some(v));
+            continue;
+        }
+        let (step, rest) = if rest.starts_with('+') || rest.starts_with('-') {
+            duration_prefix(rest).ok_or_else(|| format!("bad start timestamp step {tok:?}"))?
+        } else {
+            (0, rest)
+        };
+        let k: usize = rest
+            .strip_prefix('x')
+            .ok_or_else(|| format!("bad start timestamp {tok:?}"))?
+            .parse()
+            .map_err(|_| format!("bad repetition {tok:?}"))?;
+        for i in 0..=k as i64 {
+            out.push(Some(v + i * step));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod st_tests {
+    use super::*;
+
+    #[test]
+    fn st_sequences() {
+        assert_eq!(parse_st_values("_ -30s-1mx2").unwrap(), vec![None, Some(-30_000), Some(-90_000), Some(-150_000)]);
+        assert_eq!(
+            parse_st_values("-59999msx1 0-1mx1 +1m 1ms").unwrap(),
+            vec![Some(-59_999), Some(-59_999), Some(0), Some(-60_000), Some(60_000), Some(1)]
+        );
+        assert_eq!(parse_st_values("-0msx1").unwrap(), vec![Some(0), Some(0)]);
+    }
+}

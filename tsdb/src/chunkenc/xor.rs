@@ -55,14 +55,6 @@ impl XorChunk {
             return Err(e.clone());
         }
         let used_bits = it.bits_consumed();
-        let nbytes = used_bits.div_ceil(8);
-        let mut bytes = data[..nbytes.min(data.len())].to_vec();
-        // Clear any stray bits past the end of the last sample.
-        let free = (nbytes * 8 - used_bits) as u8;
-        if free > 0 {
-            let last = bytes.len() - 1;
-            bytes[last] &= !((1u8 << free) - 1);
-        }
         let num = it.num_total;
         // The iterator starts with the 0xff "no window yet" sentinel, so a chunk whose values
         // never changed reopens exactly as a continuously appended one would. (Prometheus'
@@ -70,7 +62,7 @@ impl XorChunk {
         // the same.)
         let (leading, trailing) = (it.leading, it.trailing);
         Ok(XorChunk {
-            b: BitWriter::from_bytes(bytes, free),
+            b: BitWriter::resume(data, used_bits),
             num,
             t: it.t,
             v: f64::from_bits(it.val),
@@ -131,16 +123,16 @@ impl XorChunk {
             _ => {
                 let t_delta = t.wrapping_sub(self.t) as u64;
                 let dod = t_delta.wrapping_sub(self.t_delta) as i64;
-                // Prefix and payload go out in one write (≤ 24 bits).
+                // Prefix and payload go out in one write (≤ 24 bits); Go writes the payload last.
                 let mask = |n: u32| (dod as u64) & ((1u64 << n) - 1);
                 if dod == 0 {
                     b.write_bit(false);
                 } else if bit_range(dod, 14) {
-                    b.write_bits((0b10 << 14) | mask(14), 16);
+                    b.write_bits_tail((0b10 << 14) | mask(14), 16, 14);
                 } else if bit_range(dod, 17) {
-                    b.write_bits((0b110 << 17) | mask(17), 20);
+                    b.write_bits_tail((0b110 << 17) | mask(17), 20, 17);
                 } else if bit_range(dod, 20) {
-                    b.write_bits((0b1110 << 20) | mask(20), 24);
+                    b.write_bits_tail((0b1110 << 20) | mask(20), 24, 20);
                 } else {
                     b.write_bits(0b1111, 4);
                     b.write_bits(dod as u64, 64);
@@ -183,7 +175,7 @@ pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8,
         let sig = 64 - u32::from(*leading) - u32::from(*trailing);
         let payload = delta >> *trailing;
         if sig <= 62 {
-            b.write_bits((0b10 << sig) | payload, sig + 2);
+            b.write_bits_tail((0b10 << sig) | payload, sig + 2, sig);
         } else {
             b.write_bits(0b10, 2);
             b.write_bits(payload, sig);
@@ -198,7 +190,7 @@ pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8,
     let header = (0b11 << 11) | (u64::from(new_leading) << 6) | u64::from(sigbits & 0x3f);
     let payload = delta >> new_trailing;
     if sigbits <= 51 {
-        b.write_bits((header << sigbits) | payload, 13 + sigbits);
+        b.write_bits_tail((header << sigbits) | payload, 13 + sigbits, sigbits);
     } else {
         b.write_bits(header, 13);
         b.write_bits(payload, sigbits);
@@ -473,6 +465,14 @@ mod tests {
         // (xor 0 → one 0 bit, padded).
         let b = round_trip(&[(1000, 1.0), (1015, 1.0)]);
         assert_eq!(b, vec![0, 2, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x0f, 0x00]);
+    }
+
+    #[test]
+    fn single_sample_keeps_gos_trailing_byte() {
+        // Go's bstream appends an empty byte after every aligned whole-byte write, so a
+        // one-sample chunk (varint t0, 64-bit v0) ends with a zero byte in Prometheus's files.
+        let b = round_trip(&[(1000, 1.0)]);
+        assert_eq!(b, vec![0, 1, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
