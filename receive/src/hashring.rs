@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use parking_lot::RwLock;
 use serde::Deserialize;
-use xxhash_rust::xxh64::{Xxh64, xxh64};
+use xxhash_rust::xxh64::xxh64;
 
 /// Sections each endpoint owns on a ketama ring.
 pub const SECTIONS_PER_NODE: usize = 1000;
@@ -108,16 +108,23 @@ pub fn parse_config(text: &str) -> Result<Vec<HashringConfig>, HashringError> {
 /// Thanos's series hash: XXH64 over `tenant 0xff (name 0xff value 0xff)*`, labels in
 /// the order given.
 pub fn series_hash<'a>(tenant: &str, labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
-    let mut h = Xxh64::new(0);
-    h.update(tenant.as_bytes());
-    h.update(&[SEP]);
-    for (n, v) in labels {
-        h.update(n.as_bytes());
-        h.update(&[SEP]);
-        h.update(v.as_bytes());
-        h.update(&[SEP]);
+    // One-shot hashing of a contiguous buffer is several times faster than streaming
+    // four tiny updates per label; the buffer is reused per thread.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    h.digest()
+    BUF.with_borrow_mut(|b| {
+        b.clear();
+        b.extend_from_slice(tenant.as_bytes());
+        b.push(SEP);
+        for (n, v) in labels {
+            b.extend_from_slice(n.as_bytes());
+            b.push(SEP);
+            b.extend_from_slice(v.as_bytes());
+            b.push(SEP);
+        }
+        xxh64(b, 0)
+    })
 }
 
 /// A single ring.
@@ -312,6 +319,11 @@ impl MultiRing {
             .ok_or_else(|| HashringError::NoMatchingRing(tenant.to_string()))?;
         self.cache.write().insert(tenant.to_string(), i);
         Ok(i)
+    }
+
+    /// The ring that serves `tenant`.
+    pub fn ring_for(&self, tenant: &str) -> Result<&Ring, HashringError> {
+        Ok(&self.rings[self.ring_index(tenant)?].1)
     }
 
     /// The endpoint for replica `n` of a series of `tenant` with Thanos hash `hash`.

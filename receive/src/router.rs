@@ -18,7 +18,8 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use crate::hashring::{MultiRing, series_hash};
 use crate::metrics::Metrics;
 use crate::tenants::MultiTsdb;
-use crate::write::{AppendStats, WriteError, append_local, describe};
+use crate::write::{AppendStats, WriteError, append_local};
+use norn_storeapi::remote_write::describe;
 
 /// Thanos's write quorum: 1 for RF 2, else a majority.
 pub fn quorum(rf: usize) -> usize {
@@ -196,14 +197,27 @@ impl Router {
         let rf = self.rf;
         let mut local_idx = Vec::new();
         let mut remote: BTreeMap<(String, usize), Vec<usize>> = BTreeMap::new();
-        for (i, l) in batch.labels.iter().enumerate() {
-            let h = series_hash(&batch.tenant, l.iter());
-            for n in 0..rf {
-                let ep = ring.get_n(&batch.tenant, h, n).map_err(|e| WriteError::Internal(e.to_string()))?;
-                if ep.address == self.local_endpoint {
-                    local_idx.push(i);
-                } else {
-                    remote.entry((ep.address.clone(), n)).or_default().push(i);
+        let tenant_ring = ring.ring_for(&batch.tenant).map_err(|e| WriteError::Internal(e.to_string()))?;
+        if let [only] = tenant_ring.endpoints() {
+            // A one-node ring places every series there: no hashing needed.
+            if rf > 1 {
+                return Err(WriteError::Internal(format!("insufficient nodes; have 1, want {rf}")));
+            }
+            if only.address == self.local_endpoint {
+                local_idx.extend(0..batch.series.len());
+            } else {
+                remote.insert((only.address.clone(), 0), (0..batch.series.len()).collect());
+            }
+        } else {
+            for (i, l) in batch.labels.iter().enumerate() {
+                let h = series_hash(&batch.tenant, l.iter());
+                for n in 0..rf {
+                    let ep = tenant_ring.get_n(h, n).map_err(|e| WriteError::Internal(e.to_string()))?;
+                    if ep.address == self.local_endpoint {
+                        local_idx.push(i);
+                    } else {
+                        remote.entry((ep.address.clone(), n)).or_default().push(i);
+                    }
                 }
             }
         }
