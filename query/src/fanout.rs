@@ -423,7 +423,7 @@ impl Queryable for StoreQueryable {
             .filter(|(_, s)| !s.is_empty())
             .map(|(labels, samples)| {
                 let (ts, values) = samples.into_iter().unzip();
-                Arc::new(StoredSeries { labels, ts, values })
+                Arc::new(StoredSeries { labels, ts, values, st: Vec::new() })
             })
             .collect())
     }

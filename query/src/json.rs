@@ -300,6 +300,8 @@ mod tests {
                     floats: vec![(0, 1.0), (1000, 2.0)],
                     histograms: vec![],
                     drop_name: false,
+                    floats_st: vec![],
+                    histograms_st: vec![],
                 }]),
                 r#"{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"a"},"values":[[0,"1"],[1,"2"]]}]}"#,
             ),
