@@ -584,13 +584,12 @@ async fn ui() -> Response {
 /// `/federate`: the latest sample of every series matching `match[]`, in the text format.
 async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let p = Params::from(q, &headers, &Method::GET, &[]);
+    if p.all("match[]").is_empty() {
+        return (StatusCode::BAD_REQUEST, "no match[] parameter provided\n").into_response();
+    }
     let sets = match match_sets(&p) {
         Ok(s) => s,
-        Err(r) => {
-            return (StatusCode::BAD_REQUEST, "no match[] parameter provided or bad selector\n")
-                .into_response()
-                .with_body_of(r);
-        }
+        Err(r) => return r,
     };
     let opts = match st.query_options(&p, &headers) {
         Ok(o) => o,
@@ -640,17 +639,6 @@ async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(
     let mut r = (StatusCode::OK, out).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
-}
-
-trait WithBody {
-    fn with_body_of(self, r: Response) -> Response;
-}
-impl WithBody for Response {
-    fn with_body_of(self, r: Response) -> Response {
-        let (parts, _) = self.into_parts();
-        let (_, body) = r.into_parts();
-        Response::from_parts(parts, body)
-    }
 }
 
 fn escape_label_value(v: &str) -> String {
