@@ -1,6 +1,7 @@
 //! Helpers for Norn's integration tests: locating the `norn` binary and reference tools
 //! (promtool, prometheus), running them with captured output, and temporary directories.
 
+pub mod dns;
 pub mod receive;
 
 use std::path::{Path, PathBuf};
