@@ -58,3 +58,87 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago: bound to port 0, read back and
+/// released. Another process could take it before the caller binds it, which is fine
+/// for tests on a quiet machine.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A child process that is killed (and reaped) when the guard is dropped, so a failing
+/// test does not leave servers running.
+#[derive(Debug)]
+pub struct ProcessGuard {
+    child: std::process::Child,
+}
+
+impl ProcessGuard {
+    /// Spawns `cmd` with stdout and stderr sent to `log` (a file the test can print on
+    /// failure).
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> ProcessGuard {
+        let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = out.try_clone().expect("clone log file handle");
+        let child = cmd
+            .stdout(out)
+            .stderr(err)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name} ({cmd:?}): {e}"));
+        ProcessGuard { child }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited (and with what status).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET against `127.0.0.1:port`, returning status code and body.
+/// Enough for readiness probes and JSON API calls without an HTTP client dependency.
+pub fn http_get(port: u16, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("malformed HTTP response: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// Polls `GET path` on `127.0.0.1:port` every 100 ms until it answers 200, for at most
+/// `timeout`. Returns whether it became ready.
+pub fn wait_ready(port: u16, path: &str, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if matches!(http_get(port, path), Ok((200, _))) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}

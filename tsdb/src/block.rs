@@ -1,7 +1,7 @@
 //! Persistent blocks: [`BlockWriter`] builds one in a temporary directory and renames
 //! it into place; [`Block`] opens one (memory-mapped) and answers selections.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,7 @@ pub struct BlockWriter {
     chunks: Option<ChunkWriter>,
     series: Vec<(Labels, Vec<ChunkRef>)>,
     last: Option<Labels>,
+    legacy_label_indices: bool,
     done: bool,
 }
 
@@ -64,6 +65,7 @@ impl BlockWriter {
             chunks: Some(chunks),
             series: Vec::new(),
             last: None,
+            legacy_label_indices: false,
             done: false,
         })
     }
@@ -128,6 +130,12 @@ impl BlockWriter {
         self.meta.extra = extra;
     }
 
+    /// Write the index in the layout of Prometheus ≤ 3.6, with the legacy label index
+    /// sections (byte-identical to what e.g. promtool 2.42 writes).
+    pub fn set_legacy_label_indices(&mut self, on: bool) {
+        self.legacy_label_indices = on;
+    }
+
     /// Writes index, tombstones and meta, fsyncs, and renames the block into place.
     /// On error nothing of the temporary directory is left behind.
     pub fn finish(mut self) -> Result<BlockMeta> {
@@ -143,9 +151,16 @@ impl BlockWriter {
         if let Some(w) = self.chunks.take() {
             w.finish()?;
         }
-        let symbols: BTreeSet<&str> =
-            self.series.iter().flat_map(|(l, _)| l.iter().flat_map(|(n, v)| [n, v])).collect();
+        // Prometheus's head always contributes the empty string (the name and value of its
+        // all-postings key) to the symbols of the blocks it writes; do the same so our
+        // index bytes match.
+        let symbols: HashSet<&str> = std::iter::once("")
+            .chain(self.series.iter().flat_map(|(l, _)| l.iter().flat_map(|(n, v)| [n, v])))
+            .collect();
+        let mut symbols: Vec<&str> = symbols.into_iter().collect();
+        symbols.sort_unstable();
         let mut iw = IndexWriter::new(&self.tmp.join(INDEX_FILENAME), symbols)?;
+        iw.set_legacy_label_indices(self.legacy_label_indices);
         for (l, refs) in &self.series {
             iw.add_series(l, refs)?;
         }
@@ -364,6 +379,15 @@ mod tests {
         let (blocks, errs) = open_blocks(dir.path());
         assert_eq!(blocks.len(), 1);
         assert!(errs.is_empty());
+    }
+
+    #[test]
+    fn blocks_are_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Block>();
+        assert_send_sync::<Series>();
+        fn assert_send<T: Send>() {}
+        assert_send::<BlockWriter>();
     }
 
     #[test]
@@ -657,6 +681,25 @@ mod promtool_interop {
         for b in &blocks {
             // The meta.json we would write is byte-identical to promtool's.
             assert_eq!(b.meta().to_json().as_bytes(), &fs::read(b.dir().join("meta.json")).unwrap()[..]);
+        }
+
+        // Rewriting promtool's blocks chunk by chunk gives byte-identical index (in the
+        // legacy layout 2.42 writes) and chunk files.
+        for b in &blocks {
+            let mut w = BlockWriter::new(&dir.path().join("rewrite"), b.meta().min_time, b.meta().max_time).unwrap();
+            w.set_legacy_label_indices(true);
+            for s in b.select_all(i64::MIN, i64::MAX).unwrap() {
+                w.add_series(&s.labels, &s.chunks).unwrap();
+            }
+            let m = w.finish().unwrap();
+            let nd = dir.path().join("rewrite").join(m.ulid.to_string());
+            for f in ["index", "chunks/000001", "tombstones"] {
+                assert!(fs::read(nd.join(f)).unwrap() == fs::read(b.dir().join(f)).unwrap(), "{f} differs");
+            }
+            // 2.42 predates numFloatSamples; compare what it does count.
+            let (a, e) = (m.stats, b.meta().stats);
+            assert_eq!((a.num_samples, a.num_series, a.num_chunks), (e.num_samples, e.num_series, e.num_chunks));
+            assert_eq!((m.min_time, m.max_time), (b.meta().min_time, b.meta().max_time));
         }
 
         // Now the other way round.

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::block::{Block, BlockWriter};
 use crate::chunkenc::Sample;
 use crate::meta::{BlockMeta, BlockMetaCompaction};
-use crate::series::{SAMPLES_PER_CHUNK, Series, encode_float_chunks, merge_series};
+use crate::series::{SAMPLES_PER_CHUNK, Series, encode_samples, merge_series};
 use crate::{Result, TsdbError};
 
 /// Hint kept on a merged block only if every input has it.
@@ -35,25 +35,17 @@ pub fn merged_compaction(metas: &[&BlockMeta]) -> BlockMetaCompaction {
 }
 
 /// Rewrites a series whose chunks overlap or carry deletions into fresh, non-overlapping
-/// XOR chunks; leaves other series untouched (chunks are passed through without decoding).
+/// chunks of at most 120 samples; leaves other series untouched (chunks are passed
+/// through without decoding).
 fn flatten(s: Series) -> Result<Series> {
     if !s.has_overlapping_chunks() && s.deleted.is_empty() {
         return Ok(s);
     }
-    let mut floats = Vec::new();
-    for smp in s.samples(i64::MIN, i64::MAX) {
-        match smp? {
-            Sample::Float(t, v) => floats.push((t, v)),
-            other => {
-                return Err(TsdbError::InvalidArgument(format!(
-                    "series {}: merging overlapping histogram chunks (sample at {}) is not supported",
-                    s.labels,
-                    other.timestamp()
-                )));
-            }
-        }
-    }
-    let chunks = encode_float_chunks(floats, SAMPLES_PER_CHUNK);
+    let samples = s.samples(i64::MIN, i64::MAX).collect::<Result<Vec<Sample>>>()?;
+    let chunks = encode_samples(samples, SAMPLES_PER_CHUNK).map_err(|e| match e {
+        TsdbError::InvalidArgument(m) => TsdbError::InvalidArgument(format!("series {}: {m}", s.labels)),
+        e => e,
+    })?;
     Ok(Series { labels: s.labels, chunks, deleted: Vec::new() })
 }
 
@@ -84,6 +76,7 @@ mod tests {
     use crate::block::BlockWriter;
     use crate::chunkenc::Sample;
     use crate::meta::BlockDesc;
+    use crate::series::encode_float_chunks;
     use crate::tombstones::{Tombstones, write_tombstones};
     use norn_model::Labels;
 
@@ -196,6 +189,54 @@ mod tests {
         let mut want = range(0, 10, 0.0);
         want.extend(range(90, 100, 0.0));
         assert_eq!(got, vec![("a".to_string(), want)]);
+    }
+
+    fn hist(count: u64) -> norn_model::Histogram {
+        norn_model::Histogram {
+            schema: 0,
+            count,
+            sum: count as f64 * 1.5,
+            positive_spans: vec![norn_model::Span { offset: 0, length: 2 }],
+            // Delta-encoded: bucket 0 = count, bucket 1 = 0.
+            positive_buckets: vec![count as i64, -(count as i64)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn overlapping_histogram_blocks_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Labels::from_pairs([("s", "h")]);
+        let mk = |ts: &[i64]| {
+            let samples: Vec<Sample> = ts.iter().map(|&t| Sample::Histogram(t, Box::new(hist(t as u64)))).collect();
+            let chunks = encode_samples(samples, 120).unwrap();
+            let mut w = BlockWriter::new(dir.path(), 0, 1000).unwrap();
+            w.add_series(&l, &chunks).unwrap();
+            let m = w.finish().unwrap();
+            Block::open(&dir.path().join(m.ulid.to_string())).unwrap()
+        };
+        let b1 = mk(&(0..200).step_by(2).collect::<Vec<_>>());
+        let b2 = mk(&(0..200).step_by(3).collect::<Vec<_>>());
+        assert_eq!(b1.meta().stats.num_histogram_samples, 100);
+        let out = dir.path().join("out");
+        let meta = compact_blocks(&[&b1, &b2], &out).unwrap();
+        let c = Block::open(&out.join(meta.ulid.to_string())).unwrap();
+        let s = &c.select_all(i64::MIN, i64::MAX).unwrap()[0];
+        let got: Vec<i64> = s.samples(i64::MIN, i64::MAX).map(|r| r.unwrap().timestamp()).collect();
+        let want: Vec<i64> = (0..200).filter(|t| t % 2 == 0 || t % 3 == 0).collect();
+        assert_eq!(got, want);
+        for smp in s.samples(i64::MIN, i64::MAX) {
+            match smp.unwrap() {
+                Sample::Histogram(t, mut h) => {
+                    // The decoder reports its own counter-reset hints; compare the values.
+                    h.counter_reset_hint = Default::default();
+                    assert_eq!(*h, hist(t as u64));
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        assert_eq!(meta.stats.num_histogram_samples, want.len() as u64);
+        assert!(s.chunks.iter().all(|ch| ch.chunk.num_samples() <= 120));
     }
 
     #[test]

@@ -38,11 +38,17 @@ pub struct BlockMeta {
 /// Counts of what a block holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlockStats {
+    /// All samples (float and histogram).
     pub num_samples: u64,
+    /// Samples in XOR chunks.
     pub num_float_samples: u64,
+    /// Samples in histogram and float histogram chunks.
     pub num_histogram_samples: u64,
+    /// Series with at least one chunk.
     pub num_series: u64,
+    /// Chunks.
     pub num_chunks: u64,
+    /// Deleted intervals in the tombstones file.
     pub num_tombstones: u64,
 }
 
@@ -66,8 +72,11 @@ pub struct BlockMetaCompaction {
 /// A reference to another block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockDesc {
+    /// The block's ID.
     pub ulid: Ulid,
+    /// Its inclusive lower time bound.
     pub min_time: i64,
+    /// Its exclusive upper time bound.
     pub max_time: i64,
 }
 

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use norn_model::Labels;
 
-use crate::chunkenc::{Chunk, Encoding, Sample, SampleIter, XorChunk};
+use crate::chunkenc::{
+    Chunk, CounterResetHeader, Encoding, FloatHistogramChunk, HistogramAppendError, HistogramChunk, Sample, SampleIter,
+    XorChunk,
+};
 use crate::chunks::ChunkMeta;
 use crate::tombstones::{add_interval, is_deleted};
 use crate::{Result, TsdbError};
@@ -195,9 +198,117 @@ pub fn encode_float_chunks(samples: impl IntoIterator<Item = (i64, f64)>, per_ch
     out
 }
 
-/// Applies `deleted` to float chunks by re-encoding the chunks that overlap a deleted
-/// interval. Chunks of other encodings, and chunks that fail to decode, are kept as they
-/// are (we cannot re-encode histograms here).
+/// A chunk being filled by [`encode_samples`].
+enum OpenChunk {
+    Xor(XorChunk),
+    Histogram(HistogramChunk),
+    FloatHistogram(FloatHistogramChunk),
+}
+
+impl OpenChunk {
+    fn num_samples(&self) -> usize {
+        match self {
+            OpenChunk::Xor(c) => c.num_samples(),
+            OpenChunk::Histogram(c) => c.num_samples(),
+            OpenChunk::FloatHistogram(c) => c.num_samples(),
+        }
+    }
+
+    fn into_chunk(self) -> Chunk {
+        match self {
+            OpenChunk::Xor(c) => Chunk::new(Encoding::Xor, c.into_bytes()),
+            OpenChunk::Histogram(c) => Chunk::new(Encoding::Histogram, c.into_bytes()),
+            OpenChunk::FloatHistogram(c) => Chunk::new(Encoding::FloatHistogram, c.into_bytes()),
+        }
+    }
+
+    fn same_type(&self, s: &Sample) -> bool {
+        matches!(
+            (self, s),
+            (OpenChunk::Xor(_), Sample::Float(..))
+                | (OpenChunk::Histogram(_), Sample::Histogram(..))
+                | (OpenChunk::FloatHistogram(_), Sample::FloatHistogram(..))
+        )
+    }
+
+    /// The header a chunk cut after this one should start with when `s` comes next.
+    fn next_header(&self, s: &Sample) -> CounterResetHeader {
+        match (self, s) {
+            (OpenChunk::Histogram(c), Sample::Histogram(_, h)) => c.next_chunk_header(h),
+            (OpenChunk::FloatHistogram(c), Sample::FloatHistogram(_, h)) => c.next_chunk_header(h),
+            _ => CounterResetHeader::Unknown,
+        }
+    }
+
+    fn fresh(s: &Sample, header: CounterResetHeader) -> OpenChunk {
+        match s {
+            Sample::Float(..) => OpenChunk::Xor(XorChunk::new()),
+            Sample::Histogram(..) => {
+                let mut c = HistogramChunk::new();
+                c.set_counter_reset_header(header);
+                OpenChunk::Histogram(c)
+            }
+            Sample::FloatHistogram(..) => {
+                let mut c = FloatHistogramChunk::new();
+                c.set_counter_reset_header(header);
+                OpenChunk::FloatHistogram(c)
+            }
+        }
+    }
+
+    fn append(&mut self, s: &Sample) -> Result<(), HistogramAppendError> {
+        match (self, s) {
+            (OpenChunk::Xor(c), Sample::Float(t, v)) => {
+                c.append(*t, *v);
+                Ok(())
+            }
+            (OpenChunk::Histogram(c), Sample::Histogram(t, h)) => c.append(*t, h),
+            (OpenChunk::FloatHistogram(c), Sample::FloatHistogram(t, h)) => c.append(*t, h),
+            _ => Err(HistogramAppendError::Invalid("sample type does not match chunk")),
+        }
+    }
+}
+
+/// Encodes time-ordered samples of any type into chunks of at most `per_chunk` samples,
+/// as Prometheus re-encodes merged series: a new chunk also starts where the value type
+/// changes or a histogram chunk cannot take the next histogram (counter reset, layout
+/// change).
+pub fn encode_samples(samples: impl IntoIterator<Item = Sample>, per_chunk: usize) -> Result<Vec<ChunkMeta>> {
+    let mut out = Vec::new();
+    let mut cur: Option<(OpenChunk, i64, i64)> = None;
+    let flush = |cur: &mut Option<(OpenChunk, i64, i64)>, out: &mut Vec<ChunkMeta>| {
+        if let Some((c, min_time, max_time)) = cur.take() {
+            out.push(ChunkMeta { min_time, max_time, chunk: c.into_chunk() });
+        }
+    };
+    for s in samples {
+        let t = s.timestamp();
+        let mut header = CounterResetHeader::Unknown;
+        if let Some((c, ..)) = &cur
+            && (!c.same_type(&s) || c.num_samples() >= per_chunk)
+        {
+            header = c.next_header(&s);
+            flush(&mut cur, &mut out);
+        }
+        let (c, _, max) = cur.get_or_insert_with(|| (OpenChunk::fresh(&s, header), t, t));
+        match c.append(&s) {
+            Ok(()) => *max = t,
+            Err(HistogramAppendError::NeedsNewChunk { header, .. }) => {
+                flush(&mut cur, &mut out);
+                let mut c = OpenChunk::fresh(&s, header);
+                c.append(&s).map_err(|e| TsdbError::InvalidArgument(format!("sample at {t}: {e}")))?;
+                cur = Some((c, t, t));
+            }
+            Err(e) => return Err(TsdbError::InvalidArgument(format!("sample at {t}: {e}"))),
+        }
+    }
+    flush(&mut cur, &mut out);
+    Ok(out)
+}
+
+/// Applies `deleted` to the chunks that overlap a deleted interval by re-encoding them
+/// without the deleted samples. A chunk that fails to decode or re-encode is kept as it
+/// is, so its error surfaces when the series is read.
 fn materialise_deletions(s: Series) -> Series {
     if s.deleted.is_empty() {
         return s;
@@ -205,7 +316,7 @@ fn materialise_deletions(s: Series) -> Series {
     let mut chunks = Vec::with_capacity(s.chunks.len());
     for c in &s.chunks {
         let overlaps = s.deleted.iter().any(|&(a, b)| a <= c.max_time && c.min_time <= b);
-        if !overlaps || c.chunk.encoding != Encoding::Xor {
+        if !overlaps {
             chunks.push(c.clone());
             continue;
         }
@@ -213,18 +324,15 @@ fn materialise_deletions(s: Series) -> Series {
             chunks.push(c.clone());
             continue;
         };
-        let kept: Vec<(i64, f64)> = it
-            .by_ref()
-            .filter_map(|smp| match smp {
-                Sample::Float(t, v) if !is_deleted(&s.deleted, t) => Some((t, v)),
-                _ => None,
-            })
-            .collect();
+        let kept: Vec<Sample> = it.by_ref().filter(|smp| !is_deleted(&s.deleted, smp.timestamp())).collect();
         if it.err().is_some() {
             chunks.push(c.clone());
             continue;
         }
-        chunks.extend(encode_float_chunks(kept, usize::MAX));
+        match encode_samples(kept, usize::from(u16::MAX)) {
+            Ok(cs) => chunks.extend(cs),
+            Err(_) => chunks.push(c.clone()),
+        }
     }
     Series { labels: s.labels, chunks, deleted: Vec::new() }
 }

@@ -118,6 +118,19 @@ pub fn difference(a: &[u32], b: &[u32]) -> Vec<u32> {
         return a.to_vec();
     }
     let mut out = Vec::with_capacity(a.len());
+    if b.len() * 8 >= a.len() {
+        // Similar sizes: one linear pass over both.
+        let mut j = 0;
+        for &x in a {
+            while j < b.len() && b[j] < x {
+                j += 1;
+            }
+            if b.get(j) != Some(&x) {
+                out.push(x);
+            }
+        }
+        return out;
+    }
     let mut rest = b;
     for &x in a {
         let i = if rest.len() > 64 { gallop(rest, x) } else { rest.partition_point(|&v| v < x) };

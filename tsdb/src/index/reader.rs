@@ -7,7 +7,7 @@ use bytes::Bytes;
 use norn_model::{Labels, MatchType, Matcher};
 
 use super::postings::{difference, intersect_all, merge};
-use super::{FORMAT_V2, FORMAT_V3, HEADER_SIZE, INDEX_MAGIC, TOC_SIZE, Toc};
+use super::{FORMAT_V2, FORMAT_V3, HEADER_SIZE, INDEX_MAGIC, TOC_SIZE, Toc, checksum_ok};
 use crate::chunks::ChunkRef;
 use crate::encoding::{Decbuf, DecodeError, crc32c};
 use crate::mmap::map_file;
@@ -95,7 +95,7 @@ impl IndexReader {
         let body = d.bytes(len).map_err(|e| TsdbError::corrupt(&self.path, e))?;
         let want = d.be32().map_err(|e| TsdbError::corrupt(&self.path, e))?;
         let got = crc32c(body);
-        if got != want {
+        if !checksum_ok(want, got) {
             return Err(TsdbError::corrupt_at(
                 &self.path,
                 (body_at + len) as u64,
@@ -358,7 +358,7 @@ impl IndexReader {
         let body = d.bytes(len).map_err(c)?;
         let want = d.be32().map_err(c)?;
         let got = crc32c(body);
-        if got != want {
+        if !checksum_ok(want, got) {
             return Err(TsdbError::corrupt_at(
                 path,
                 (body_at + len) as u64,
@@ -387,13 +387,13 @@ impl IndexReader {
         let nchunks = d.uvarint_len().map_err(c)?;
         if nchunks > 0 {
             let min_time = d.varint().map_err(c)?;
-            let max_time = add_delta(min_time, d.uvarint().map_err(c)?, path, d.offset())?;
+            let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
             let chunk_ref = d.uvarint().map_err(c)?;
             chunks.push(ChunkRef { min_time, max_time, chunk_ref });
             for _ in 1..nchunks {
                 let prev = chunks[chunks.len() - 1];
-                let min_time = add_delta(prev.max_time, d.uvarint().map_err(c)?, path, d.offset())?;
-                let max_time = add_delta(min_time, d.uvarint().map_err(c)?, path, d.offset())?;
+                let min_time = add_delta(prev.max_time, d.uvarint().map_err(c)?);
+                let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
                 let chunk_ref = prev.chunk_ref.wrapping_add(d.varint().map_err(c)? as u64);
                 chunks.push(ChunkRef { min_time, max_time, chunk_ref });
             }
@@ -405,9 +405,8 @@ impl IndexReader {
     }
 }
 
-fn add_delta(base: i64, delta: u64, path: &Path, at: usize) -> Result<i64> {
-    i64::try_from(delta)
-        .ok()
-        .and_then(|d| base.checked_add(d))
-        .ok_or_else(|| TsdbError::corrupt_at(path, at as u64, "chunk time delta overflows"))
+/// `base + delta` with Go's wrapping int64 arithmetic, so any file Prometheus can write
+/// (even with absurd time spans) reads back the same.
+fn add_delta(base: i64, delta: u64) -> i64 {
+    base.wrapping_add(delta as i64)
 }

@@ -1,6 +1,6 @@
 //! Writes an index file in Prometheus's v2 layout without the legacy label indices.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -23,10 +23,13 @@ pub struct IndexWriter {
     w: BufWriter<File>,
     pos: u64,
     symbols: Vec<String>,
+    /// Symbol → reference; hashing beats binary search over long shared prefixes.
+    symbol_refs: HashMap<String, u32>,
     /// (name symbol, value symbol) → series IDs; symbol order is string order, so this map
     /// iterates in the order the postings must be written.
     postings: BTreeMap<(u32, u32), Vec<u32>>,
     all: Vec<u32>,
+    legacy_label_indices: bool,
     last: Option<Labels>,
     last_chunk_ref: u64,
     toc: Toc,
@@ -45,15 +48,18 @@ impl IndexWriter {
             )));
         }
         let f = File::create(path).map_err(TsdbError::io("create", path))?;
+        let symbol_refs = symbols.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
         let mut iw = IndexWriter {
             path: path.to_path_buf(),
             w: BufWriter::with_capacity(1 << 20, f),
             pos: 0,
             symbols,
+            symbol_refs,
             postings: BTreeMap::new(),
             all: Vec::new(),
             last: None,
             last_chunk_ref: 0,
+            legacy_label_indices: false,
             toc: Toc::default(),
             buf: Vec::new(),
         };
@@ -95,10 +101,10 @@ impl IndexWriter {
     }
 
     fn symbol_ref(&self, s: &str) -> Result<u32> {
-        self.symbols
-            .binary_search_by(|x| x.as_str().cmp(s))
-            .map(|i| i as u32)
-            .map_err(|_| TsdbError::InvalidArgument(format!("symbol {s:?} not in the index symbol table")))
+        self.symbol_refs
+            .get(s)
+            .copied()
+            .ok_or_else(|| TsdbError::InvalidArgument(format!("symbol {s:?} not in the index symbol table")))
     }
 
     /// Appends a series (labels strictly greater than the previous series'; chunks sorted,
@@ -143,12 +149,12 @@ impl IndexWriter {
         put_uvarint(&mut body, chunks.len() as u64);
         if let Some(c0) = chunks.first() {
             put_varint(&mut body, c0.min_time);
-            put_uvarint(&mut body, (c0.max_time - c0.min_time) as u64);
+            put_uvarint(&mut body, c0.max_time.wrapping_sub(c0.min_time) as u64);
             put_uvarint(&mut body, c0.chunk_ref);
             for w in chunks.windows(2) {
                 let (p, c) = (&w[0], &w[1]);
-                put_uvarint(&mut body, (c.min_time - p.max_time) as u64);
-                put_uvarint(&mut body, (c.max_time - c.min_time) as u64);
+                put_uvarint(&mut body, c.min_time.wrapping_sub(p.max_time) as u64);
+                put_uvarint(&mut body, c.max_time.wrapping_sub(c.min_time) as u64);
                 put_varint(&mut body, c.chunk_ref.wrapping_sub(p.chunk_ref) as i64);
             }
         }
@@ -175,17 +181,44 @@ impl IndexWriter {
         Ok(at)
     }
 
+    /// Also write the label indices and label offset table that Prometheus ≤ 3.6 wrote
+    /// (no reader needs them; useful for byte-identity with older Prometheus).
+    pub fn set_legacy_label_indices(&mut self, on: bool) {
+        self.legacy_label_indices = on;
+    }
+
     /// Writes the postings, the postings offset table and the TOC, then fsyncs the file.
     pub fn finish(mut self) -> Result<()> {
         // Without label indices both of their TOC entries point where they would start.
         self.toc.label_indices = self.pos;
+        let postings = std::mem::take(&mut self.postings);
+        let mut label_index_offsets = Vec::new();
+        if self.legacy_label_indices {
+            let mut names: Vec<(u32, Vec<u32>)> = Vec::new();
+            for &(n, v) in postings.keys() {
+                match names.last_mut() {
+                    Some((last, vals)) if *last == n => vals.push(v),
+                    _ => names.push((n, vec![v])),
+                }
+            }
+            for (n, vals) in names {
+                self.pad(4)?;
+                label_index_offsets.push((n, self.pos));
+                let mut body = Vec::with_capacity(8 + 4 * vals.len());
+                put_be32(&mut body, 1);
+                put_be32(&mut body, vals.len() as u32);
+                for v in vals {
+                    put_be32(&mut body, v);
+                }
+                self.write_section(&body)?;
+            }
+        }
         self.toc.postings = self.pos;
         let mut table = Vec::new();
         let all = std::mem::take(&mut self.all);
         let at = self.write_postings_list(&all)?;
         let mut count = 1u32;
         add_table_entry(&mut table, "", "", at);
-        let postings = std::mem::take(&mut self.postings);
         for ((n, v), ids) in &postings {
             let at = self.write_postings_list(ids)?;
             let (n, v) = (&self.symbols[*n as usize], &self.symbols[*v as usize]);
@@ -193,6 +226,16 @@ impl IndexWriter {
             count += 1;
         }
         self.toc.label_indices_table = self.pos;
+        if self.legacy_label_indices {
+            let mut body = Vec::new();
+            put_be32(&mut body, label_index_offsets.len() as u32);
+            for (n, off) in &label_index_offsets {
+                put_uvarint(&mut body, 1);
+                put_uvarint_bytes(&mut body, self.symbols[*n as usize].as_bytes());
+                put_uvarint(&mut body, *off);
+            }
+            self.write_section(&body)?;
+        }
         self.toc.postings_table = self.pos;
         let mut body = Vec::with_capacity(4 + table.len());
         put_be32(&mut body, count);

@@ -1,0 +1,5 @@
+//! `norn tools …`: offline utilities that mirror promtool's, byte for byte in output.
+
+pub mod format;
+pub mod selector;
+pub mod tsdb;

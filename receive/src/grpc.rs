@@ -1,0 +1,291 @@
+//! The gRPC services on `--grpc-address`: forwarding (`thanos.WriteableStore`), the
+//! StoreAPI (`thanos.Store`) over every tenant's head and local blocks, and
+//! `thanos.info.Info`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use norn_model::{Labels, Matcher};
+use norn_service::Health;
+use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo, info_server};
+use norn_storeapi::thanos::{
+    self, AggrChunk, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
+    SeriesResponse, WriteRequest, WriteResponse, series_response, store_server, writeable_store_server,
+};
+use norn_storeapi::{labels_to_proto, matchers_from_proto};
+use norn_tsdb::chunkenc::Encoding;
+use norn_tsdb::series::Series;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use xxhash_rust::xxh64::xxh64;
+
+use crate::router::{Batch, Router};
+use crate::tenants::{MultiTsdb, TenantDb, validate_tenant};
+use crate::write::{Limits, WriteError, validate};
+
+/// `thanos.WriteableStore`: writes forwarded by peers (or sent by Thanos routers).
+#[derive(Debug)]
+pub struct WriteService {
+    pub router: Arc<Router>,
+    pub health: Arc<Health>,
+    pub limits: Limits,
+    pub default_tenant: String,
+}
+
+#[tonic::async_trait]
+impl writeable_store_server::WriteableStore for WriteService {
+    async fn remote_write(&self, req: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+        if !self.health.is_ready() {
+            return Err(Status::unavailable("receiver is not ready"));
+        }
+        let req = req.into_inner();
+        // Newer Thanos senders use field 4 (several tenants) and leave 1–2 empty.
+        let parts: Vec<(String, Vec<norn_storeapi::prometheus_copy::TimeSeries>)> =
+            if !req.timeseries_tenant_data.is_empty() {
+                req.timeseries_tenant_data.into_iter().map(|t| (t.tenant, t.timeseries)).collect()
+            } else {
+                vec![(req.tenant, req.timeseries)]
+            };
+        let mut first_err: Option<WriteError> = None;
+        for (tenant, series) in parts {
+            let tenant = if tenant.is_empty() { self.default_tenant.clone() } else { tenant };
+            let r = async {
+                validate_tenant(&tenant).map_err(|e| WriteError::BadRequest(e.to_string()))?;
+                let labels = validate(&series, &self.limits)?;
+                self.router.write(Batch { tenant, series, labels }, req.replica).await
+            }
+            .await;
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            None => Ok(Response::new(WriteResponse {})),
+            Some(e) => Err(e.to_status()),
+        }
+    }
+}
+
+/// Matchers left for the TSDB after checking those on external labels; `None` when an
+/// external label rules the tenant out.
+fn tenant_matchers(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
+    let mut rest = Vec::new();
+    for m in ms {
+        match ext.get(&m.name) {
+            Some(v) => {
+                if !m.matches(v) {
+                    return None;
+                }
+            }
+            None => rest.push(m.clone()),
+        }
+    }
+    Some(rest)
+}
+
+/// Series labels with the TSDB's external labels added (external labels win).
+fn with_ext(l: &Labels, ext: &Labels) -> Labels {
+    if ext.is_empty() {
+        return l.clone();
+    }
+    let mut b = l.to_builder();
+    for (n, v) in ext.iter() {
+        b.set(n, v);
+    }
+    b.build()
+}
+
+fn chunk_type(e: Encoding) -> i32 {
+    use thanos::chunk::Encoding as T;
+    (match e {
+        Encoding::Xor => T::Xor,
+        Encoding::Histogram => T::Histogram,
+        Encoding::FloatHistogram => T::FloatHistogram,
+    }) as i32
+}
+
+fn to_proto(labels: &Labels, s: &Series, skip_chunks: bool) -> thanos::Series {
+    let chunks = if skip_chunks {
+        Vec::new()
+    } else {
+        s.chunks
+            .iter()
+            .map(|c| AggrChunk {
+                min_time: c.min_time,
+                max_time: c.max_time,
+                raw: Some(thanos::Chunk {
+                    r#type: chunk_type(c.chunk.encoding),
+                    hash: xxh64(&c.chunk.data, 0),
+                    data: c.chunk.data.to_vec(),
+                }),
+                ..Default::default()
+            })
+            .collect()
+    };
+    thanos::Series { labels: labels_to_proto(labels), chunks }
+}
+
+/// `thanos.Store` and `thanos.info.Info` over every tenant.
+#[derive(Debug, Clone)]
+pub struct StoreService {
+    pub tsdb: Arc<MultiTsdb>,
+}
+
+fn bad_matchers(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("matchers: {e}"))
+}
+
+impl StoreService {
+    /// Series of every tenant matching `ms` in `[mint, maxt]`, labels extended with the
+    /// tenant's external labels, sorted by those labels.
+    fn select(&self, ms: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<(Labels, Series)>, Status> {
+        let mut out = Vec::new();
+        for db in self.tsdb.all() {
+            let Some(rest) = tenant_matchers(&db.ext_labels, ms) else { continue };
+            let got =
+                db.select(&rest, mint, maxt).map_err(|e| Status::internal(format!("tenant {}: {e}", db.tenant)))?;
+            out.extend(got.into_iter().map(|s| (with_ext(&s.labels, &db.ext_labels), s)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn tsdb_info(db: &TenantDb) -> Option<TsdbInfo> {
+        let min = db.min_time()?;
+        Some(TsdbInfo {
+            labels: Some(thanos::ZLabelSet { labels: labels_to_proto(&db.ext_labels) }),
+            min_time: min,
+            max_time: i64::MAX,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl store_server::Store for StoreService {
+    type SeriesStream = ReceiverStream<Result<SeriesResponse, Status>>;
+
+    async fn series(&self, req: Request<SeriesRequest>) -> Result<Response<Self::SeriesStream>, Status> {
+        let req = req.into_inner();
+        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let me = self.clone();
+        let (tx, rx) = mpsc::channel(4);
+        let batch = req.response_batch_size.max(1) as usize;
+        tokio::task::spawn_blocking(move || {
+            let all = match me.select(&ms, req.min_time, req.max_time) {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+            let mut pending = Vec::with_capacity(batch);
+            for (labels, s) in all.iter().take(limit) {
+                pending.push(to_proto(labels, s, req.skip_chunks));
+                if pending.len() >= batch {
+                    let frame = if batch == 1 {
+                        series_response::Result::Series(pending.pop().unwrap_or_default())
+                    } else {
+                        series_response::Result::Batch(thanos::SeriesBatch { series: std::mem::take(&mut pending) })
+                    };
+                    if tx.blocking_send(Ok(SeriesResponse { result: Some(frame) })).is_err() {
+                        return; // client went away
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let frame = series_response::Result::Batch(thanos::SeriesBatch { series: pending });
+                let _ = tx.blocking_send(Ok(SeriesResponse { result: Some(frame) }));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn label_names(&self, req: Request<LabelNamesRequest>) -> Result<Response<LabelNamesResponse>, Status> {
+        let req = req.into_inner();
+        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let me = self.clone();
+        let names = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
+            let mut set = BTreeSet::new();
+            for (l, _) in me.select(&ms, req.start, req.end)? {
+                set.extend(l.iter().map(|(n, _)| n.to_string()));
+            }
+            let mut v: Vec<String> = set.into_iter().collect();
+            if req.limit > 0 {
+                v.truncate(req.limit as usize);
+            }
+            Ok(v)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(LabelNamesResponse { names, ..Default::default() }))
+    }
+
+    async fn label_values(&self, req: Request<LabelValuesRequest>) -> Result<Response<LabelValuesResponse>, Status> {
+        let req = req.into_inner();
+        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let me = self.clone();
+        let values = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
+            let mut set = BTreeSet::new();
+            for (l, _) in me.select(&ms, req.start, req.end)? {
+                if let Some(v) = l.get(&req.label) {
+                    set.insert(v.to_string());
+                }
+            }
+            let mut v: Vec<String> = set.into_iter().collect();
+            if req.limit > 0 {
+                v.truncate(req.limit as usize);
+            }
+            Ok(v)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(LabelValuesResponse { values, ..Default::default() }))
+    }
+}
+
+#[tonic::async_trait]
+impl info_server::Info for StoreService {
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let mut label_sets = Vec::new();
+        let mut infos = Vec::new();
+        for db in self.tsdb.all() {
+            label_sets.push(thanos::ZLabelSet { labels: labels_to_proto(&db.ext_labels) });
+            infos.extend(Self::tsdb_info(&db));
+        }
+        let min_time = infos.iter().map(|i| i.min_time).min().unwrap_or(i64::MAX);
+        Ok(Response::new(InfoResponse {
+            label_sets,
+            component_type: "receive".into(),
+            store: Some(StoreInfo {
+                min_time,
+                max_time: i64::MAX,
+                supports_sharding: false,
+                supports_without_replica_labels: false,
+                tsdb_infos: infos,
+                supports_projections: false,
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use norn_model::MatchType;
+
+    use super::*;
+
+    #[test]
+    fn external_label_matching() {
+        let ext = Labels::from_pairs([("tenant_id", "a"), ("replica", "r0")]);
+        let eq = |n: &str, v: &str| Matcher::equal(n, v);
+        assert_eq!(tenant_matchers(&ext, &[eq("tenant_id", "a"), eq("job", "x")]).unwrap().len(), 1);
+        assert!(tenant_matchers(&ext, &[eq("tenant_id", "b")]).is_none());
+        let re = Matcher::new(MatchType::Regex, "replica", "r.*").unwrap();
+        assert_eq!(tenant_matchers(&ext, &[re]).unwrap().len(), 0);
+        let l = with_ext(&Labels::from_pairs([("__name__", "up"), ("replica", "x")]), &ext);
+        assert_eq!(l.to_string(), r#"{__name__="up", replica="r0", tenant_id="a"}"#);
+    }
+}

@@ -1,0 +1,248 @@
+//! Batched, transactional appends to the head.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use norn_model::{FloatHistogram, Histogram, Labels};
+
+use super::series::{Incoming, LastValue, MemSeries, Placement, U64Map, placement};
+use super::{AppendError, Head};
+use crate::Result;
+use crate::chunkenc::is_stale_nan;
+use crate::wal::record::{self, RefFloatHistogramSample, RefHistogramSample, RefSample};
+
+/// Collects samples and commits them atomically with respect to the WAL: nothing is
+/// visible to queries before [`Appender::commit`] has written it to the WAL. Dropping an
+/// appender without committing rolls it back.
+///
+/// Like Prometheus, a commit writes (and applies) all float samples, then all integer
+/// histograms, then all float histograms, so replay sees the same order.
+#[derive(Debug)]
+pub struct Appender<'a> {
+    head: &'a Head,
+    floats: Vec<Pending<f64>>,
+    histograms: Vec<Pending<Box<Histogram>>>,
+    float_histograms: Vec<Pending<Box<FloatHistogram>>>,
+    /// Series pinned by this appender (pending counter raised), by ref, with the newest
+    /// in-order sample appended to it in this batch (to catch order and duplicate errors
+    /// within the batch).
+    pinned: U64Map<Pin>,
+}
+
+/// A pinned series and its newest in-order sample in this batch.
+type Pin = (Arc<MemSeries>, Option<(i64, LastValue)>);
+
+#[derive(Debug)]
+struct Pending<V> {
+    series: Arc<MemSeries>,
+    t: i64,
+    v: V,
+}
+
+impl<'a> Appender<'a> {
+    pub(super) fn new(head: &'a Head) -> Self {
+        Appender {
+            head,
+            floats: Vec::new(),
+            histograms: Vec::new(),
+            float_histograms: Vec::new(),
+            pinned: U64Map::with_capacity_and_hasher(head.batch_hint.load(Ordering::Relaxed), Default::default()),
+        }
+    }
+
+    /// Number of samples waiting for commit.
+    pub fn len(&self) -> usize {
+        self.floats.len() + self.histograms.len() + self.float_histograms.len()
+    }
+
+    /// Whether nothing is waiting for commit.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a float sample, checking it against the committed data (and this batch) with
+    /// Prometheus's rules; a rejected sample leaves the batch unchanged.
+    pub fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError> {
+        if let Some(series) = self.check(labels, t, Incoming::Float(v))? {
+            self.floats.push(Pending { series, t, v });
+        }
+        Ok(())
+    }
+
+    /// Adds an integer native histogram sample. Histograms must be in order (the OOO
+    /// window applies to floats only).
+    pub fn append_histogram(&mut self, labels: &Labels, t: i64, h: &Histogram) -> Result<(), AppendError> {
+        if !is_stale_nan(h.sum) && !h.is_consistent() {
+            return Err(AppendError::InvalidHistogram("spans and buckets disagree"));
+        }
+        if let Some(series) = self.check(labels, t, Incoming::Histogram(h))? {
+            self.histograms.push(Pending { series, t, v: Box::new(h.clone()) });
+        }
+        Ok(())
+    }
+
+    /// Adds a float native histogram sample (in order only).
+    pub fn append_float_histogram(&mut self, labels: &Labels, t: i64, h: &FloatHistogram) -> Result<(), AppendError> {
+        if !is_stale_nan(h.sum) && !h.is_consistent() {
+            return Err(AppendError::InvalidHistogram("spans and buckets disagree"));
+        }
+        if let Some(series) = self.check(labels, t, Incoming::FloatHistogram(h))? {
+            self.float_histograms.push(Pending { series, t, v: Box::new(h.clone()) });
+        }
+        Ok(())
+    }
+
+    /// Validates a sample; `Some(series)` if it must be added to the batch, `None` if it
+    /// is an accepted duplicate.
+    fn check(&mut self, labels: &Labels, t: i64, v: Incoming<'_>) -> Result<Option<Arc<MemSeries>>, AppendError> {
+        if labels.is_empty() {
+            return Err(AppendError::EmptyLabels);
+        }
+        let head = self.head;
+        let window = head.opts.out_of_order_time_window;
+        let min_valid = head.appendable_min_valid_time();
+        if window <= 0 && t < min_valid {
+            return Err(AppendError::OutOfBounds);
+        }
+        let (series, _) = head.get_or_create(labels, true);
+        let entry = match self.pinned.entry(series.series_ref) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                // Already pinned by this appender: keep one pin per series.
+                series.pending.fetch_sub(1, Ordering::AcqRel);
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert((series.clone(), None)),
+        };
+        let place = {
+            let d = series.data.lock();
+            let committed = d.last.as_ref().map(|(t, v)| (*t, v));
+            let batch = entry.1.as_ref().map(|(t, v)| (*t, v));
+            let last = match (committed, batch) {
+                (Some(c), Some(b)) => Some(if b.0 >= c.0 { b } else { c }),
+                (c, b) => c.or(b),
+            };
+            let place = placement(last, t, v, min_valid, head.max_time(), window)?;
+            if place == Placement::OutOfOrder
+                && let (Some(x), Incoming::Float(f)) = (d.ooo.get(&t), v)
+            {
+                if x.to_bits() != f.to_bits() {
+                    return Err(AppendError::DuplicateSampleForTimestamp);
+                }
+                return Ok(None);
+            }
+            place
+        };
+        match place {
+            Placement::Duplicate => Ok(None),
+            Placement::InOrder => {
+                entry.1 = Some((t, v.to_last()));
+                Ok(Some(series))
+            }
+            Placement::OutOfOrder => Ok(Some(series)),
+        }
+    }
+
+    /// Writes the batch to the WAL (series records for series not yet logged, then the
+    /// sample records), syncs per the WAL's policy, then makes the samples visible.
+    /// Samples that became invalid since `append` because of concurrent commits are
+    /// dropped, as Prometheus does.
+    pub fn commit(mut self) -> Result<()> {
+        let res = self.commit_inner();
+        self.release();
+        res
+    }
+
+    /// Discards the batch.
+    pub fn rollback(mut self) {
+        self.release();
+    }
+
+    fn commit_inner(&mut self) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let head = self.head;
+        let mut recs = Vec::new();
+        if !self.floats.is_empty() {
+            let mut rec = Vec::with_capacity(17 + self.floats.len() * 12);
+            let refs: Vec<RefSample> =
+                self.floats.iter().map(|p| RefSample { series_ref: p.series.series_ref, t: p.t, v: p.v }).collect();
+            record::encode_samples(&refs, &mut rec);
+            recs.push(rec);
+        }
+        if !self.histograms.is_empty() {
+            let refs: Vec<RefHistogramSample> = self
+                .histograms
+                .iter()
+                .map(|p| RefHistogramSample { series_ref: p.series.series_ref, t: p.t, h: (*p.v).clone() })
+                .collect();
+            record::encode_histograms(&refs, &mut recs);
+        }
+        if !self.float_histograms.is_empty() {
+            let refs: Vec<RefFloatHistogramSample> = self
+                .float_histograms
+                .iter()
+                .map(|p| RefFloatHistogramSample { series_ref: p.series.series_ref, t: p.t, fh: (*p.v).clone() })
+                .collect();
+            record::encode_float_histograms(&refs, &mut recs);
+        }
+        // Pinned series are exactly the distinct series of the batch (plus any whose
+        // samples were all rejected, which get logged harmlessly).
+        let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _)| s.clone()).collect();
+        head.log_wal(&series, &recs)?;
+
+        let mut range = (i64::MAX, i64::MIN);
+        for p in &self.floats {
+            self.apply(&p.series, p.t, Incoming::Float(p.v), &mut range);
+        }
+        for p in &self.histograms {
+            self.apply(&p.series, p.t, Incoming::Histogram(&p.v), &mut range);
+        }
+        for p in &self.float_histograms {
+            self.apply(&p.series, p.t, Incoming::FloatHistogram(&p.v), &mut range);
+        }
+        if range.0 <= range.1 {
+            head.note_in_order(range.0, range.1);
+        }
+        Ok(())
+    }
+
+    fn apply(&self, series: &MemSeries, t: i64, v: Incoming<'_>, range: &mut (i64, i64)) {
+        let head = self.head;
+        let min_valid = head.appendable_min_valid_time();
+        let mut d = series.data.lock();
+        let last = d.last.as_ref().map(|(t, v)| (*t, v));
+        match placement(last, t, v, min_valid, head.max_time().max(range.1), head.opts.out_of_order_time_window) {
+            Ok(Placement::InOrder) => {
+                d.append(t, v);
+                range.0 = range.0.min(t);
+                range.1 = range.1.max(t);
+            }
+            Ok(Placement::OutOfOrder) => {
+                if let Incoming::Float(f) = v {
+                    d.ooo.entry(t).or_insert(f);
+                    head.note_ooo(t);
+                }
+            }
+            Ok(Placement::Duplicate) | Err(_) => {}
+        }
+    }
+
+    fn release(&mut self) {
+        self.floats.clear();
+        self.histograms.clear();
+        self.float_histograms.clear();
+        if !self.pinned.is_empty() {
+            self.head.batch_hint.store(self.pinned.len(), Ordering::Relaxed);
+        }
+        for (_, (s, _)) in self.pinned.drain() {
+            s.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Appender<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

@@ -1,0 +1,364 @@
+//! One in-memory series of the head and the lock-striped maps that find it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use norn_model::Labels;
+use parking_lot::{Mutex, RwLock};
+
+use norn_model::{FloatHistogram, Histogram};
+
+use super::builder::ChunkBuilder;
+use crate::chunkenc::{Chunk, Encoding, Sample, XorChunk};
+use crate::chunks::ChunkMeta;
+use crate::wal::record;
+
+/// Samples per chunk when OOO samples are encoded for queries.
+const OOO_CHUNK_SAMPLES: usize = 120;
+
+/// A head series. Its data sits behind its own mutex so appends to different series
+/// never contend.
+#[derive(Debug)]
+pub(crate) struct MemSeries {
+    pub series_ref: u64,
+    pub labels: Labels,
+    /// Whether a series record for it is in the WAL; set under the WAL lock so the
+    /// record always precedes the first samples record that refers to it.
+    pub logged: AtomicBool,
+    /// Appenders holding uncommitted samples for it; garbage collection skips it then.
+    pub pending: AtomicU32,
+    pub data: Mutex<SeriesData>,
+}
+
+/// The newest in-order sample's value, for duplicate detection.
+#[derive(Debug, Clone)]
+pub(crate) enum LastValue {
+    Float(u64),
+    Histogram(Box<Histogram>),
+    FloatHistogram(Box<FloatHistogram>),
+}
+
+/// A sample value being appended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Incoming<'a> {
+    Float(f64),
+    Histogram(&'a Histogram),
+    FloatHistogram(&'a FloatHistogram),
+}
+
+impl Incoming<'_> {
+    pub fn to_last(self) -> LastValue {
+        match self {
+            Incoming::Float(v) => LastValue::Float(v.to_bits()),
+            Incoming::Histogram(h) => LastValue::Histogram(Box::new(h.clone())),
+            Incoming::FloatHistogram(h) => LastValue::FloatHistogram(Box::new(h.clone())),
+        }
+    }
+
+    fn is_float(self) -> bool {
+        matches!(self, Incoming::Float(_))
+    }
+}
+
+impl LastValue {
+    /// Bit-for-bit equality, as Prometheus's duplicate check (`Float64bits`, `Equals`).
+    fn same(&self, v: Incoming<'_>) -> bool {
+        match (self, v) {
+            (LastValue::Float(a), Incoming::Float(b)) => *a == b.to_bits(),
+            (LastValue::Histogram(a), Incoming::Histogram(b)) => {
+                histogram_bytes(|o| record::encode_histogram(a, o))
+                    == histogram_bytes(|o| record::encode_histogram(b, o))
+            }
+            (LastValue::FloatHistogram(a), Incoming::FloatHistogram(b)) => {
+                histogram_bytes(|o| record::encode_float_histogram(a, o))
+                    == histogram_bytes(|o| record::encode_float_histogram(b, o))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn histogram_bytes(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut v = Vec::new();
+    f(&mut v);
+    v
+}
+
+/// The mutable part of a series.
+#[derive(Debug)]
+pub(crate) struct SeriesData {
+    /// In-order chunks: completed ones and the open one.
+    pub chunks: ChunkBuilder,
+    /// Last in-order sample.
+    pub last: Option<(i64, LastValue)>,
+    /// Out-of-order float samples accepted through the OOO window, by time.
+    pub ooo: BTreeMap<i64, f64>,
+}
+
+/// Where a sample goes, decided from a series' committed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    InOrder,
+    /// Same timestamp and bit-identical value as the last sample: accepted, nothing to do.
+    Duplicate,
+    OutOfOrder,
+}
+
+impl SeriesData {
+    pub fn new(chunk_range: i64, samples_per_chunk: usize) -> Self {
+        SeriesData { chunks: ChunkBuilder::new(chunk_range, samples_per_chunk), last: None, ooo: BTreeMap::new() }
+    }
+
+    /// Appends an in-order sample (the caller has checked `t > last`). A malformed
+    /// histogram is dropped (appenders reject those up front).
+    pub fn append(&mut self, t: i64, v: Incoming<'_>) {
+        let ok = match v {
+            Incoming::Float(f) => {
+                self.chunks.append_float(t, f);
+                true
+            }
+            Incoming::Histogram(h) => self.chunks.append_histogram(t, h).is_ok(),
+            Incoming::FloatHistogram(h) => self.chunks.append_float_histogram(t, h).is_ok(),
+        };
+        if ok {
+            self.last = Some((t, v.to_last()));
+        }
+    }
+
+    /// Whether nothing is left in memory.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.closed.is_empty() && self.chunks.open_max_time().is_none() && self.ooo.is_empty()
+    }
+
+    /// Earliest in-order timestamp held.
+    pub fn min_time(&self) -> Option<i64> {
+        self.chunks.closed.first().map(|c| c.min_time).or_else(|| self.chunks.open_chunk().map(|c| c.min_time))
+    }
+
+    /// All in-order chunks (closed and a copy of the open one) overlapping `[mint, maxt]`.
+    pub fn chunks_in(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
+        out.extend(self.chunks.closed.iter().filter(|c| c.max_time >= mint && c.min_time <= maxt).cloned());
+        if self.chunks.open_max_time().is_some_and(|m| m >= mint)
+            && let Some(open) = self.chunks.open_chunk()
+            && open.min_time <= maxt
+        {
+            out.push(open);
+        }
+    }
+
+    /// OOO samples in `[mint, maxt]` encoded as XOR chunks.
+    pub fn ooo_chunks_in(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
+        if mint > maxt {
+            return;
+        }
+        let mut cur: Option<(XorChunk, i64, i64)> = None;
+        for (&t, &v) in self.ooo.range(mint..=maxt) {
+            let (c, _, last) = cur.get_or_insert_with(|| (XorChunk::new(), t, t));
+            c.append(t, v);
+            *last = t;
+            if c.num_samples() >= OOO_CHUNK_SAMPLES
+                && let Some((c, a, b)) = cur.take()
+            {
+                out.push(ChunkMeta { min_time: a, max_time: b, chunk: Chunk::new(Encoding::Xor, c.into_bytes()) });
+            }
+        }
+        if let Some((c, a, b)) = cur {
+            out.push(ChunkMeta { min_time: a, max_time: b, chunk: Chunk::new(Encoding::Xor, c.into_bytes()) });
+        }
+    }
+
+    /// Drops in-order chunks entirely before `t` (they have been persisted).
+    pub fn truncate_before(&mut self, t: i64) {
+        self.chunks.closed.retain(|c| c.max_time >= t);
+        if self.chunks.open_max_time().is_some_and(|m| m < t) {
+            self.chunks.drop_open();
+        }
+    }
+}
+
+/// Decides where a sample goes given the last in-order sample, following Prometheus's
+/// `memSeries.appendable`; `Err` carries the rejection. Histograms are in-order only.
+pub(crate) fn placement(
+    last: Option<(i64, &LastValue)>,
+    t: i64,
+    v: Incoming<'_>,
+    min_valid: i64,
+    head_max: i64,
+    ooo_window: i64,
+) -> Result<Placement, super::AppendError> {
+    use super::AppendError;
+    if t >= min_valid {
+        match last {
+            None => return Ok(Placement::InOrder),
+            Some((lt, _)) if t > lt => return Ok(Placement::InOrder),
+            Some((lt, lv)) if t == lt => {
+                return if lv.same(v) {
+                    Ok(Placement::Duplicate)
+                } else {
+                    Err(AppendError::DuplicateSampleForTimestamp)
+                };
+            }
+            Some(_) => {}
+        }
+    }
+    if ooo_window > 0 && v.is_float() {
+        if t >= head_max.saturating_sub(ooo_window) {
+            return Ok(Placement::OutOfOrder);
+        }
+        return Err(AppendError::TooOldForOutOfOrderWindow);
+    }
+    if t < min_valid {
+        return Err(AppendError::OutOfBounds);
+    }
+    Err(AppendError::OutOfOrder)
+}
+
+/// Hasher for maps keyed by u64 label hashes or series refs: one folded multiply
+/// instead of SipHash (keys are not attacker-chosen in a way that matters here, and the
+/// label hash is already xxhash).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let p = u128::from(x) * 0x9E37_79B9_7F4A_7C15u128;
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
+    }
+}
+
+/// A `HashMap` keyed by u64 using [`U64Hasher`].
+pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+
+/// The series of one hash stripe with their label hashes: a short vector (with 16384
+/// stripes most hold a few entries) scanned by hash, which costs fewer dependent memory
+/// loads per lookup than a map.
+type HashBucket = Vec<(u64, Arc<MemSeries>)>;
+type RefMap = U64Map<Arc<MemSeries>>;
+
+/// Series found by label hash and by ref, each map split into lock stripes.
+#[derive(Debug)]
+pub(crate) struct StripeSeries {
+    mask: u64,
+    hashes: Box<[RwLock<HashBucket>]>,
+    refs: Box<[RwLock<RefMap>]>,
+}
+
+impl StripeSeries {
+    pub fn new(stripes: usize) -> Self {
+        let n = stripes.max(1).next_power_of_two();
+        StripeSeries {
+            mask: n as u64 - 1,
+            hashes: (0..n).map(|_| RwLock::new(HashBucket::new())).collect(),
+            refs: (0..n).map(|_| RwLock::new(RefMap::default())).collect(),
+        }
+    }
+
+    pub fn get_by_ref(&self, r: u64) -> Option<Arc<MemSeries>> {
+        self.refs[(r & self.mask) as usize].read().get(&r).cloned()
+    }
+
+    /// Finds the series with `labels`, creating it with `new_ref()` if absent. When
+    /// `pin` is set the series' pending counter is raised before the stripe lock is
+    /// released, so garbage collection cannot remove it under the caller.
+    pub fn get_or_create(
+        &self,
+        labels: &Labels,
+        pin: bool,
+        new_ref: impl FnOnce() -> u64,
+        make: impl FnOnce(u64) -> MemSeries,
+    ) -> (Arc<MemSeries>, bool) {
+        let h = labels.hash_value();
+        let stripe = &self.hashes[(h & self.mask) as usize];
+        let find = |b: &HashBucket| b.iter().find(|(eh, s)| *eh == h && &s.labels == labels).map(|(_, s)| s.clone());
+        if let Some(s) = find(&stripe.read()) {
+            if pin {
+                s.pending.fetch_add(1, Ordering::AcqRel);
+            }
+            return (s, false);
+        }
+        let mut g = stripe.write();
+        if let Some(s) = find(&g) {
+            if pin {
+                s.pending.fetch_add(1, Ordering::AcqRel);
+            }
+            return (s, false);
+        }
+        let r = new_ref();
+        let s = Arc::new(make(r));
+        if pin {
+            s.pending.fetch_add(1, Ordering::AcqRel);
+        }
+        g.push((h, s.clone()));
+        self.refs[(r & self.mask) as usize].write().insert(r, s.clone());
+        (s, true)
+    }
+
+    /// Every series (a snapshot of the maps).
+    pub fn all(&self) -> Vec<Arc<MemSeries>> {
+        let mut out = Vec::new();
+        for st in self.refs.iter() {
+            out.extend(st.read().values().cloned());
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.refs.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Removes series for which `dead` holds (checked under the hash-stripe write lock
+    /// so no appender can pin it concurrently). Returns how many were removed.
+    pub fn gc(&self, dead: impl Fn(&MemSeries) -> bool) -> usize {
+        let mut removed = 0;
+        for stripe in self.hashes.iter() {
+            let mut g = stripe.write();
+            g.retain(|(_, s)| {
+                if s.pending.load(Ordering::Acquire) == 0 && dead(s) {
+                    self.refs[(s.series_ref & self.mask) as usize].write().remove(&s.series_ref);
+                    removed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        removed
+    }
+}
+
+/// Decodes every sample of `chunks` and `ooo` into one time-ordered list; on equal
+/// timestamps the in-order sample wins. Used to re-cut a series that has OOO data.
+pub(crate) fn merge_samples(chunks: &[ChunkMeta], ooo: &[(i64, f64)]) -> Vec<Sample> {
+    let mut inorder = Vec::new();
+    for c in chunks {
+        if let Ok(it) = c.chunk.iter() {
+            inorder.extend(it);
+        }
+    }
+    let mut out = Vec::with_capacity(inorder.len() + ooo.len());
+    let mut oi = ooo.iter().peekable();
+    for s in inorder {
+        let t = s.timestamp();
+        while let Some(&&(ot, ov)) = oi.peek() {
+            if ot > t {
+                break;
+            }
+            if ot < t {
+                out.push(Sample::Float(ot, ov));
+            }
+            oi.next();
+        }
+        out.push(s);
+    }
+    out.extend(oi.map(|&(t, v)| Sample::Float(t, v)));
+    out
+}

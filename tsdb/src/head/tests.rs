@@ -1,0 +1,418 @@
+use std::collections::BTreeMap;
+
+use norn_model::{Labels, Matcher};
+
+use super::*;
+use crate::block::Block;
+use crate::chunkenc::Sample;
+
+const H: i64 = 60 * 60 * 1000;
+
+fn lbl(i: usize) -> Labels {
+    Labels::from_pairs([("__name__", "m"), ("i", &i.to_string())])
+}
+
+fn opts() -> HeadOptions {
+    HeadOptions {
+        wal: WalOptions { sync: wal::SyncPolicy::OnSegmentSwitch, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+type Data = BTreeMap<String, Vec<(i64, u64)>>;
+
+fn collect(series: &[Series], mint: i64, maxt: i64) -> Data {
+    let mut out = Data::new();
+    for s in series {
+        let v: Vec<(i64, u64)> = s
+            .samples(mint, maxt)
+            .map(|r| match r.unwrap() {
+                Sample::Float(t, v) => (t, v.to_bits()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        out.entry(s.labels.to_string()).or_default().extend(v);
+    }
+    out
+}
+
+#[track_caller]
+fn assert_same(got: &Data, want: &Data) {
+    let gk: Vec<&String> = got.keys().collect();
+    let wk: Vec<&String> = want.keys().collect();
+    assert_eq!(gk, wk, "series differ");
+    for (k, w) in want {
+        let g = &got[k];
+        if g != w {
+            let i = g.iter().zip(w).position(|(a, b)| a != b).unwrap_or(g.len().min(w.len()));
+            panic!(
+                "{k}: {} samples vs {} wanted; first difference at #{i}: got {:?} want {:?}",
+                g.len(),
+                w.len(),
+                g.get(i),
+                w.get(i)
+            );
+        }
+    }
+}
+
+fn head_data(h: &Head) -> Data {
+    collect(&h.select(&[], i64::MIN, i64::MAX), i64::MIN, i64::MAX)
+}
+
+#[test]
+fn append_rules() {
+    use AppendError::*;
+    // (ooo window, steps: (t, v, expected)); all on one series, each step committed.
+    type Case = (i64, &'static [(i64, f64, Result<(), AppendError>)]);
+    let cases: &[Case] = &[
+        (0, &[(100, 1.0, Ok(())), (200, 2.0, Ok(())), (150, 3.0, Err(OutOfOrder))]),
+        (0, &[(100, 1.0, Ok(())), (100, 1.0, Ok(())), (100, 2.0, Err(DuplicateSampleForTimestamp))]),
+        // NaN with the same bits is a duplicate, not a conflict.
+        (0, &[(100, f64::NAN, Ok(())), (100, f64::NAN, Ok(()))]),
+        // Older than max - chunk_range/2 (1h) is out of bounds, even for a new series.
+        (0, &[(3 * H, 1.0, Ok(())), (2 * H - 1, 1.0, Err(OutOfBounds)), (2 * H, 1.0, Err(OutOfOrder))]),
+        // OOO window 30m: in-window accepted, older too old, OOO duplicates checked.
+        (
+            30 * 60_000,
+            &[
+                (3 * H, 1.0, Ok(())),
+                (3 * H - 60_000, 2.0, Ok(())),
+                (3 * H - 60_000, 2.0, Ok(())),
+                (3 * H - 60_000, 3.0, Err(DuplicateSampleForTimestamp)),
+                (2 * H, 1.0, Err(TooOldForOutOfOrderWindow)),
+            ],
+        ),
+    ];
+    for (ci, (window, steps)) in cases.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Head::open(dir.path(), HeadOptions { out_of_order_time_window: *window, ..opts() }).unwrap();
+        for (si, (t, v, want)) in steps.iter().enumerate() {
+            let mut app = h.appender();
+            assert_eq!(&app.append(&lbl(0), *t, *v), want, "case {ci} step {si}");
+            app.commit().unwrap();
+        }
+    }
+    // Within one batch: order and duplicates are checked against the batch too.
+    let dir = tempfile::tempdir().unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let mut app = h.appender();
+    app.append(&lbl(0), 10, 1.0).unwrap();
+    assert_eq!(app.append(&lbl(0), 5, 1.0), Err(OutOfOrder));
+    assert_eq!(app.append(&lbl(0), 10, 2.0), Err(DuplicateSampleForTimestamp));
+    assert_eq!(app.append(&Labels::empty(), 10, 2.0), Err(EmptyLabels));
+    app.append(&lbl(0), 10, 1.0).unwrap();
+    assert_eq!(app.len(), 1);
+    app.commit().unwrap();
+    // Rollback leaves nothing visible.
+    let mut app = h.appender();
+    app.append(&lbl(1), 20, 1.0).unwrap();
+    app.rollback();
+    assert_eq!(head_data(&h).len(), 1);
+    assert_eq!((h.min_time(), h.max_time()), (10, 10));
+}
+
+fn fill(h: &Head, series: usize, from: i64, to: i64, step: i64, want: &mut Data) {
+    let mut t = from;
+    while t < to {
+        let mut app = h.appender();
+        for i in 0..series {
+            let v = (t / step) as f64 * (i + 1) as f64;
+            app.append(&lbl(i), t, v).unwrap();
+            want.entry(lbl(i).to_string()).or_default().push((t, v.to_bits()));
+        }
+        app.commit().unwrap();
+        t += step;
+    }
+}
+
+#[test]
+fn restart_replays_the_same_data() {
+    for compression in [wal::Compression::None, wal::Compression::Snappy] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = HeadOptions { wal: WalOptions { compression, ..opts().wal }, ..opts() };
+        let mut want = Data::new();
+        {
+            let h = Head::open(dir.path(), o).unwrap();
+            fill(&h, 20, 1000, 1000 + 600 * 15_000, 15_000, &mut want);
+            assert_same(&head_data(&h), &want);
+        }
+        let h = Head::open(dir.path(), o).unwrap();
+        assert_same(&head_data(&h), &want);
+        let st = h.replay_stats();
+        assert_eq!((st.series, st.samples, st.dropped_samples), (20, 20 * 600, 0));
+        assert!(st.truncated.is_none());
+        // Appending continues after the replayed data with the same refs.
+        let mut app = h.appender();
+        app.append(&lbl(3), 1000 + 600 * 15_000, 1.0).unwrap();
+        app.commit().unwrap();
+        drop(h);
+        let h = Head::open(dir.path(), o).unwrap();
+        assert_eq!(h.num_series(), 20);
+        assert_eq!(h.replay_stats().samples, 20 * 600 + 1);
+    }
+}
+
+#[test]
+fn restart_with_torn_wal_keeps_committed_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut want = Data::new();
+    {
+        let h = Head::open(dir.path(), opts()).unwrap();
+        fill(&h, 5, 0, 100 * 1000, 1000, &mut want);
+    }
+    let seg = wal::segment_path(&dir.path().join("wal"), 0);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 10).unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let st = h.replay_stats().clone();
+    assert!(st.truncated.is_some());
+    // The last commit (5 samples at t=99000) is lost, everything before survives.
+    for v in want.values_mut() {
+        v.pop();
+    }
+    assert_same(&head_data(&h), &want);
+}
+
+#[test]
+fn compaction_cuts_blocks_at_boundaries_and_truncates_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let mut want = Data::new();
+    let start = 30 * 60_000; // not aligned
+    fill(&h, 10, start, 7 * H, 15_000, &mut want);
+    assert!(h.compactable());
+    let metas = h.compact(&blocks).unwrap();
+    // Head spans 0:30..7:00; blocks cut while span > 3h: [0:30,2h), [2h,4h).
+    let ranges: Vec<(i64, i64)> = metas.iter().map(|m| (m.min_time, m.max_time)).collect();
+    assert_eq!(ranges, vec![(start, 2 * H), (2 * H, 4 * H)]);
+    assert!(!h.compactable());
+    assert_eq!(h.min_time(), 4 * H);
+    assert_eq!(h.min_valid_time(), 4 * H);
+    let mut got = head_data(&h);
+    for m in &metas {
+        let b = Block::open(&blocks.join(m.ulid.to_string())).unwrap();
+        assert_eq!(b.meta().compaction.level, 1);
+        assert_eq!(b.meta().stats.num_samples, 10 * ((m.max_time - m.min_time) / 15_000) as u64);
+        let s = b.select_all(i64::MIN, i64::MAX).unwrap();
+        for c in s.iter().flat_map(|s| &s.chunks) {
+            assert!(c.min_time >= m.min_time && c.max_time < m.max_time);
+        }
+        for (k, v) in collect(&s, i64::MIN, i64::MAX) {
+            got.entry(k).or_default().extend(v);
+        }
+    }
+    for v in got.values_mut() {
+        v.sort_unstable();
+    }
+    assert_same(&got, &want);
+    // WAL: checkpoint replaces the old segments; a restart restores only the head part.
+    let wal_dir = dir.path().join("wal");
+    assert!(wal::last_checkpoint(&wal_dir).unwrap().is_some());
+    assert!(!wal::segment_path(&wal_dir, 0).exists());
+    // Nothing more to persist: the WAL is left alone.
+    let segs = wal::list_segments(&wal_dir).unwrap();
+    assert!(h.compact(&blocks).unwrap().is_empty());
+    assert_eq!(wal::list_segments(&wal_dir).unwrap(), segs);
+    let head_part = head_data(&h);
+    drop(h);
+    let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
+    assert_same(&head_data(&h), &head_part);
+    assert_eq!(h.replay_stats().dropped_samples, 0);
+}
+
+#[test]
+fn appends_continue_during_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let mut want = Data::new();
+    fill(&h, 50, 0, 4 * H, 60_000, &mut want);
+    let mut want2 = Data::new();
+    std::thread::scope(|s| {
+        s.spawn(|| fill(&h, 50, 4 * H, 5 * H, 60_000, &mut want2));
+        while h.compactable() || h.max_time() < 5 * H - 60_000 {
+            h.compact(&blocks).unwrap();
+        }
+    });
+    for (k, v) in want2 {
+        want.get_mut(&k).unwrap().extend(v);
+    }
+    let mut got = head_data(&h);
+    for e in std::fs::read_dir(&blocks).unwrap() {
+        let b = Block::open(&e.unwrap().path()).unwrap();
+        for (k, v) in collect(&b.select_all(i64::MIN, i64::MAX).unwrap(), i64::MIN, i64::MAX) {
+            got.entry(k).or_default().extend(v);
+        }
+    }
+    for v in got.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
+    assert_same(&got, &want);
+}
+
+#[test]
+fn out_of_order_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let o = HeadOptions { out_of_order_time_window: 3 * H, ..opts() };
+    let h = Head::open(dir.path(), o).unwrap();
+    let mut want = Data::new();
+    // In-order every minute over 0..6h, then OOO samples on the half minute over 3h..6h.
+    fill(&h, 3, 0, 6 * H, 60_000, &mut want);
+    fill(&h, 3, 3 * H + 30_000, 6 * H, 60_000, &mut want);
+    for v in want.values_mut() {
+        v.sort_unstable();
+    }
+    assert_same(&head_data(&h), &want);
+    // Replay puts OOO samples back into the OOO buffer.
+    drop(h);
+    let h = Head::open(dir.path(), o).unwrap();
+    assert_same(&head_data(&h), &want);
+    assert_eq!(h.replay_stats().dropped_samples, 0);
+    // Compaction: in-order blocks [0,2h) and [2h,4h), the latter merging OOO samples
+    // into non-overlapping chunks.
+    let metas = h.compact(&blocks).unwrap();
+    assert_eq!(metas.iter().map(|m| (m.min_time, m.max_time)).collect::<Vec<_>>(), vec![(0, 2 * H), (2 * H, 4 * H)]);
+    assert_eq!(metas[1].stats.num_samples, 3 * (120 + 60));
+    // An OOO sample into the persisted range [2h,4h), within the 3h window.
+    let mut app = h.appender();
+    app.append(&lbl(0), 3 * H + 15_000, 42.0).unwrap();
+    app.commit().unwrap();
+    want.get_mut(&lbl(0).to_string()).unwrap().push((3 * H + 15_000, 42f64.to_bits()));
+    let metas2 = h.compact(&blocks).unwrap();
+    assert_eq!(metas2.len(), 1);
+    assert_eq!((metas2[0].min_time, metas2[0].max_time), (2 * H, 4 * H));
+    assert_eq!(metas2[0].compaction.hints, vec!["from-out-of-order".to_string()]);
+    let mut got = head_data(&h);
+    for m in metas.iter().chain(&metas2) {
+        let b = Block::open(&blocks.join(m.ulid.to_string())).unwrap();
+        let s = b.select_all(i64::MIN, i64::MAX).unwrap();
+        for s in &s {
+            assert!(!s.has_overlapping_chunks(), "block chunks must not overlap");
+        }
+        for (k, v) in collect(&s, i64::MIN, i64::MAX) {
+            got.entry(k).or_default().extend(v);
+        }
+    }
+    for v in got.values_mut() {
+        v.sort_unstable();
+    }
+    for v in want.values_mut() {
+        v.sort_unstable();
+    }
+    assert_same(&got, &want);
+}
+
+#[test]
+fn select_filters_by_matchers_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let mut want = Data::new();
+    fill(&h, 5, 0, 100_000, 1000, &mut want);
+    let s = h.select(&[Matcher::equal("i", "3")], 10_000, 19_999);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].labels, lbl(3));
+    assert_eq!(collect(&s, 10_000, 19_999).values().next().unwrap().len(), 10);
+    assert!(h.select(&[Matcher::equal("i", "9")], 0, 100_000).is_empty());
+    let all = h.select(&[], 0, i64::MAX);
+    assert!(all.windows(2).all(|w| w[0].labels < w[1].labels));
+}
+
+fn hist(i: u64) -> norn_model::Histogram {
+    norn_model::Histogram {
+        schema: 1,
+        zero_threshold: 1e-128,
+        zero_count: i,
+        count: 4 * i,
+        sum: i as f64 * 2.5,
+        positive_spans: vec![norn_model::Span { offset: -1, length: 3 }],
+        positive_buckets: vec![i as i64, 0, i as i64],
+        ..Default::default()
+    }
+}
+
+fn all_samples(series: &[Series]) -> BTreeMap<String, Vec<Sample>> {
+    let mut out: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for s in series {
+        out.entry(s.labels.to_string()).or_default().extend(s.samples(i64::MIN, i64::MAX).map(|r| r.unwrap()));
+    }
+    out
+}
+
+#[test]
+fn native_histograms_append_replay_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let (hl, fl) = (lbl(100), lbl(101));
+    let mut want: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for i in 0..(7 * 60) {
+        let t = i * 60_000;
+        let mut app = h.appender();
+        app.append_histogram(&hl, t, &hist(i as u64 + 1)).unwrap();
+        app.append_float_histogram(&fl, t, &hist(i as u64 + 1).to_float()).unwrap();
+        app.commit().unwrap();
+        want.entry(hl.to_string()).or_default().push(Sample::Histogram(t, Box::new(hist(i as u64 + 1))));
+        want.entry(fl.to_string())
+            .or_default()
+            .push(Sample::FloatHistogram(t, Box::new(hist(i as u64 + 1).to_float())));
+    }
+    // Rules: duplicates must be identical; histograms are in order only.
+    let mut app = h.appender();
+    app.append_histogram(&hl, 0, &hist(1)).unwrap_err();
+    assert_eq!(app.append_histogram(&hl, 419 * 60_000, &hist(420)), Ok(()));
+    assert_eq!(app.append_histogram(&hl, 419 * 60_000, &hist(5)), Err(AppendError::DuplicateSampleForTimestamp));
+    assert_eq!(app.append(&hl, 419 * 60_000, 1.0), Err(AppendError::DuplicateSampleForTimestamp));
+    let mut bad = hist(1);
+    bad.positive_buckets.pop();
+    assert!(matches!(app.append_histogram(&hl, 500 * 60_000, &bad), Err(AppendError::InvalidHistogram(_))));
+    app.rollback();
+
+    let norm = |m: BTreeMap<String, Vec<Sample>>| -> BTreeMap<String, Vec<Sample>> {
+        // Chunk decoding sets counter-reset hints from the chunk header; compare the rest.
+        m.into_iter()
+            .map(|(k, v)| {
+                let v = v
+                    .into_iter()
+                    .map(|s| match s {
+                        Sample::Histogram(t, mut h) => {
+                            h.counter_reset_hint = Default::default();
+                            Sample::Histogram(t, h)
+                        }
+                        Sample::FloatHistogram(t, mut h) => {
+                            h.counter_reset_hint = Default::default();
+                            Sample::FloatHistogram(t, h)
+                        }
+                        s => s,
+                    })
+                    .collect();
+                (k, v)
+            })
+            .collect()
+    };
+    let want = norm(want);
+    assert_eq!(norm(all_samples(&h.select(&[], i64::MIN, i64::MAX))), want);
+    drop(h);
+    let h = Head::open(dir.path(), opts()).unwrap();
+    assert_eq!(h.replay_stats().samples, 2 * 7 * 60);
+    assert_eq!(norm(all_samples(&h.select(&[], i64::MIN, i64::MAX))), want);
+    let metas = h.compact(&blocks).unwrap();
+    assert_eq!(metas.len(), 2);
+    let mut got = all_samples(&h.select(&[], i64::MIN, i64::MAX));
+    for m in metas.iter().rev() {
+        assert_eq!(m.stats.num_histogram_samples, m.stats.num_samples);
+        let b = Block::open(&blocks.join(m.ulid.to_string())).unwrap();
+        for (k, mut v) in all_samples(&b.select_all(i64::MIN, i64::MAX).unwrap()) {
+            let e = got.entry(k).or_default();
+            v.append(e);
+            *e = v;
+        }
+    }
+    assert_eq!(norm(got), want);
+}

@@ -1,0 +1,448 @@
+//! WAL record bodies (spec §7.3): series, samples, tombstones and native-histogram
+//! sample records, byte-compatible with Prometheus's `tsdb/record`.
+//!
+//! Refs are head series refs. Other record types (exemplars, metadata, v2 samples …) are
+//! recognised and returned as [`Record::Unknown`] so replay can skip them.
+
+use norn_model::{CounterResetHint, FloatHistogram, Histogram, Labels, Span, histogram::CUSTOM_BUCKETS_SCHEMA};
+
+use crate::encoding::{Decbuf, DecodeError, put_be64, put_uvarint, put_uvarint_bytes, put_varint};
+
+/// Record type bytes.
+pub const SERIES: u8 = 1;
+pub const SAMPLES: u8 = 2;
+pub const TOMBSTONES: u8 = 3;
+pub const HISTOGRAM_SAMPLES: u8 = 7;
+pub const FLOAT_HISTOGRAM_SAMPLES: u8 = 8;
+pub const CUSTOM_BUCKETS_HISTOGRAM_SAMPLES: u8 = 9;
+pub const CUSTOM_BUCKETS_FLOAT_HISTOGRAM_SAMPLES: u8 = 10;
+
+/// A series definition: its head ref and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefSeries {
+    pub series_ref: u64,
+    pub labels: Labels,
+}
+
+/// One float sample of a head series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefSample {
+    pub series_ref: u64,
+    pub t: i64,
+    pub v: f64,
+}
+
+/// One deleted interval (closed) of a head series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefTombstone {
+    pub series_ref: u64,
+    pub mint: i64,
+    pub maxt: i64,
+}
+
+/// One integer histogram sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefHistogramSample {
+    pub series_ref: u64,
+    pub t: i64,
+    pub h: Histogram,
+}
+
+/// One float histogram sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefFloatHistogramSample {
+    pub series_ref: u64,
+    pub t: i64,
+    pub fh: FloatHistogram,
+}
+
+/// A decoded WAL record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Series(Vec<RefSeries>),
+    Samples(Vec<RefSample>),
+    Tombstones(Vec<RefTombstone>),
+    /// Types 7 and 9 (exponential and custom-bucket integer histograms).
+    Histograms(Vec<RefHistogramSample>),
+    /// Types 8 and 10.
+    FloatHistograms(Vec<RefFloatHistogramSample>),
+    /// A type this engine does not replay; carries the type byte.
+    Unknown(u8),
+}
+
+/// Decodes one record. Errors carry the offset within the record.
+pub fn decode(rec: &[u8]) -> Result<Record, DecodeError> {
+    let mut d = Decbuf::new(rec);
+    let typ = d.u8()?;
+    let r = match typ {
+        SERIES => {
+            let mut out = Vec::new();
+            while d.remaining() > 0 {
+                let series_ref = d.be64()?;
+                let n = d.uvarint_len()?;
+                let at = d.offset();
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pairs.push((d.uvarint_str()?, d.uvarint_str()?));
+                }
+                let labels = Labels::from_sorted(pairs)
+                    .map_err(|_| DecodeError { what: "series labels unsorted, duplicate or empty name", offset: at })?;
+                out.push(RefSeries { series_ref, labels });
+            }
+            Record::Series(out)
+        }
+        SAMPLES => {
+            let mut out = Vec::new();
+            if d.remaining() > 0 {
+                let base_ref = d.be64()?;
+                let base_t = d.be64()? as i64;
+                while d.remaining() > 0 {
+                    let dref = d.varint()?;
+                    let dt = d.varint()?;
+                    let v = d.be_f64()?;
+                    out.push(RefSample {
+                        series_ref: base_ref.wrapping_add(dref as u64),
+                        t: base_t.wrapping_add(dt),
+                        v,
+                    });
+                }
+            }
+            Record::Samples(out)
+        }
+        TOMBSTONES => {
+            let mut out = Vec::new();
+            while d.remaining() > 0 {
+                out.push(RefTombstone { series_ref: d.be64()?, mint: d.varint()?, maxt: d.varint()? });
+            }
+            Record::Tombstones(out)
+        }
+        HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_HISTOGRAM_SAMPLES => {
+            let mut out = Vec::new();
+            if d.remaining() > 0 {
+                let base_ref = d.be64()?;
+                let base_t = d.be64()? as i64;
+                while d.remaining() > 0 {
+                    let dref = d.varint()?;
+                    let dt = d.varint()?;
+                    let h = decode_histogram(&mut d)?;
+                    out.push(RefHistogramSample {
+                        series_ref: base_ref.wrapping_add(dref as u64),
+                        t: base_t.wrapping_add(dt),
+                        h,
+                    });
+                }
+            }
+            Record::Histograms(out)
+        }
+        FLOAT_HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_FLOAT_HISTOGRAM_SAMPLES => {
+            let mut out = Vec::new();
+            if d.remaining() > 0 {
+                let base_ref = d.be64()?;
+                let base_t = d.be64()? as i64;
+                while d.remaining() > 0 {
+                    let dref = d.varint()?;
+                    let dt = d.varint()?;
+                    let fh = decode_float_histogram(&mut d)?;
+                    out.push(RefFloatHistogramSample {
+                        series_ref: base_ref.wrapping_add(dref as u64),
+                        t: base_t.wrapping_add(dt),
+                        fh,
+                    });
+                }
+            }
+            Record::FloatHistograms(out)
+        }
+        other => Record::Unknown(other),
+    };
+    Ok(r)
+}
+
+/// Appends a series record.
+pub fn encode_series(series: &[RefSeries], out: &mut Vec<u8>) {
+    out.push(SERIES);
+    for s in series {
+        put_be64(out, s.series_ref);
+        put_uvarint(out, s.labels.len() as u64);
+        for (n, v) in s.labels.iter() {
+            put_uvarint_bytes(out, n.as_bytes());
+            put_uvarint_bytes(out, v.as_bytes());
+        }
+    }
+}
+
+/// Appends a samples record (deltas against the first sample, as signed varints).
+pub fn encode_samples(samples: &[RefSample], out: &mut Vec<u8>) {
+    out.push(SAMPLES);
+    let Some(first) = samples.first() else { return };
+    put_be64(out, first.series_ref);
+    put_be64(out, first.t as u64);
+    for s in samples {
+        put_varint(out, s.series_ref.wrapping_sub(first.series_ref) as i64);
+        put_varint(out, s.t.wrapping_sub(first.t));
+        put_be64(out, s.v.to_bits());
+    }
+}
+
+/// Appends a tombstones record.
+pub fn encode_tombstones(stones: &[RefTombstone], out: &mut Vec<u8>) {
+    out.push(TOMBSTONES);
+    for s in stones {
+        put_be64(out, s.series_ref);
+        put_varint(out, s.mint);
+        put_varint(out, s.maxt);
+    }
+}
+
+/// Appends histogram sample records the way Prometheus's v1 encoder does: exponential
+/// histograms in a type-7 record, custom-bucket ones in a separate type-9 record (each
+/// only if non-empty).
+pub fn encode_histograms(samples: &[RefHistogramSample], out: &mut Vec<Vec<u8>>) {
+    let (custom, exp): (Vec<_>, Vec<_>) = samples.iter().partition(|s| s.h.schema == CUSTOM_BUCKETS_SCHEMA);
+    for (typ, group) in [(HISTOGRAM_SAMPLES, exp), (CUSTOM_BUCKETS_HISTOGRAM_SAMPLES, custom)] {
+        let Some(first) = group.first() else { continue };
+        let mut b = vec![typ];
+        put_be64(&mut b, first.series_ref);
+        put_be64(&mut b, first.t as u64);
+        for s in &group {
+            put_varint(&mut b, s.series_ref.wrapping_sub(first.series_ref) as i64);
+            put_varint(&mut b, s.t.wrapping_sub(first.t));
+            encode_histogram(&s.h, &mut b);
+        }
+        out.push(b);
+    }
+}
+
+/// Float-histogram counterpart of [`encode_histograms`] (types 8 and 10).
+pub fn encode_float_histograms(samples: &[RefFloatHistogramSample], out: &mut Vec<Vec<u8>>) {
+    let (custom, exp): (Vec<_>, Vec<_>) = samples.iter().partition(|s| s.fh.schema == CUSTOM_BUCKETS_SCHEMA);
+    for (typ, group) in [(FLOAT_HISTOGRAM_SAMPLES, exp), (CUSTOM_BUCKETS_FLOAT_HISTOGRAM_SAMPLES, custom)] {
+        let Some(first) = group.first() else { continue };
+        let mut b = vec![typ];
+        put_be64(&mut b, first.series_ref);
+        put_be64(&mut b, first.t as u64);
+        for s in &group {
+            put_varint(&mut b, s.series_ref.wrapping_sub(first.series_ref) as i64);
+            put_varint(&mut b, s.t.wrapping_sub(first.t));
+            encode_float_histogram(&s.fh, &mut b);
+        }
+        out.push(b);
+    }
+}
+
+fn encode_spans(spans: &[Span], out: &mut Vec<u8>) {
+    put_uvarint(out, spans.len() as u64);
+    for s in spans {
+        put_varint(out, i64::from(s.offset));
+        put_uvarint(out, u64::from(s.length));
+    }
+}
+
+fn decode_spans(d: &mut Decbuf<'_>) -> Result<Vec<Span>, DecodeError> {
+    let n = d.uvarint_len()?;
+    let mut spans = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = d.offset();
+        let offset =
+            i32::try_from(d.varint()?).map_err(|_| DecodeError { what: "span offset overflows", offset: at })?;
+        spans.push(Span { offset, length: d.uvarint32()? });
+    }
+    Ok(spans)
+}
+
+pub(crate) fn encode_histogram(h: &Histogram, out: &mut Vec<u8>) {
+    out.push(h.counter_reset_hint as u8);
+    put_varint(out, i64::from(h.schema));
+    put_be64(out, h.zero_threshold.to_bits());
+    put_uvarint(out, h.zero_count);
+    put_uvarint(out, h.count);
+    put_be64(out, h.sum.to_bits());
+    encode_spans(&h.positive_spans, out);
+    encode_spans(&h.negative_spans, out);
+    for buckets in [&h.positive_buckets, &h.negative_buckets] {
+        put_uvarint(out, buckets.len() as u64);
+        for b in buckets {
+            put_varint(out, *b);
+        }
+    }
+    if h.schema == CUSTOM_BUCKETS_SCHEMA {
+        put_uvarint(out, h.custom_values.len() as u64);
+        for v in &h.custom_values {
+            put_be64(out, v.to_bits());
+        }
+    }
+}
+
+fn decode_schema(d: &mut Decbuf<'_>) -> Result<i32, DecodeError> {
+    let at = d.offset();
+    i32::try_from(d.varint()?).map_err(|_| DecodeError { what: "histogram schema overflows", offset: at })
+}
+
+fn decode_f64s(d: &mut Decbuf<'_>) -> Result<Vec<f64>, DecodeError> {
+    let n = d.uvarint_len()?;
+    (0..n).map(|_| d.be_f64()).collect()
+}
+
+fn decode_histogram(d: &mut Decbuf<'_>) -> Result<Histogram, DecodeError> {
+    let counter_reset_hint = CounterResetHint::from_u8(d.u8()?);
+    let schema = decode_schema(d)?;
+    let zero_threshold = d.be_f64()?;
+    let zero_count = d.uvarint()?;
+    let count = d.uvarint()?;
+    let sum = d.be_f64()?;
+    let positive_spans = decode_spans(d)?;
+    let negative_spans = decode_spans(d)?;
+    let mut ints = || -> Result<Vec<i64>, DecodeError> {
+        let n = d.uvarint_len()?;
+        (0..n).map(|_| d.varint()).collect()
+    };
+    let positive_buckets = ints()?;
+    let negative_buckets = ints()?;
+    let custom_values = if schema == CUSTOM_BUCKETS_SCHEMA { decode_f64s(d)? } else { Vec::new() };
+    Ok(Histogram {
+        counter_reset_hint,
+        schema,
+        zero_threshold,
+        zero_count,
+        count,
+        sum,
+        positive_spans,
+        negative_spans,
+        positive_buckets,
+        negative_buckets,
+        custom_values,
+    })
+}
+
+pub(crate) fn encode_float_histogram(h: &FloatHistogram, out: &mut Vec<u8>) {
+    out.push(h.counter_reset_hint as u8);
+    put_varint(out, i64::from(h.schema));
+    for f in [h.zero_threshold, h.zero_count, h.count, h.sum] {
+        put_be64(out, f.to_bits());
+    }
+    encode_spans(&h.positive_spans, out);
+    encode_spans(&h.negative_spans, out);
+    for buckets in [&h.positive_buckets, &h.negative_buckets] {
+        put_uvarint(out, buckets.len() as u64);
+        for b in buckets {
+            put_be64(out, b.to_bits());
+        }
+    }
+    if h.schema == CUSTOM_BUCKETS_SCHEMA {
+        put_uvarint(out, h.custom_values.len() as u64);
+        for v in &h.custom_values {
+            put_be64(out, v.to_bits());
+        }
+    }
+}
+
+fn decode_float_histogram(d: &mut Decbuf<'_>) -> Result<FloatHistogram, DecodeError> {
+    let counter_reset_hint = CounterResetHint::from_u8(d.u8()?);
+    let schema = decode_schema(d)?;
+    let zero_threshold = d.be_f64()?;
+    let zero_count = d.be_f64()?;
+    let count = d.be_f64()?;
+    let sum = d.be_f64()?;
+    let positive_spans = decode_spans(d)?;
+    let negative_spans = decode_spans(d)?;
+    let positive_buckets = decode_f64s(d)?;
+    let negative_buckets = decode_f64s(d)?;
+    let custom_values = if schema == CUSTOM_BUCKETS_SCHEMA { decode_f64s(d)? } else { Vec::new() };
+    Ok(FloatHistogram {
+        counter_reset_hint,
+        schema,
+        zero_threshold,
+        zero_count,
+        count,
+        sum,
+        positive_spans,
+        negative_spans,
+        positive_buckets,
+        negative_buckets,
+        custom_values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_golden_bytes_use_signed_deltas() {
+        let s = [RefSample { series_ref: 5, t: 1000, v: 1.0 }, RefSample { series_ref: 4, t: 999, v: 2.0 }];
+        let mut b = Vec::new();
+        encode_samples(&s, &mut b);
+        let mut want = vec![2];
+        want.extend_from_slice(&5u64.to_be_bytes());
+        want.extend_from_slice(&1000u64.to_be_bytes());
+        want.extend_from_slice(&[0, 0]);
+        want.extend_from_slice(&1.0f64.to_bits().to_be_bytes());
+        want.extend_from_slice(&[1, 1]); // zig-zag -1, -1
+        want.extend_from_slice(&2.0f64.to_bits().to_be_bytes());
+        assert_eq!(b, want);
+        assert_eq!(decode(&b).unwrap(), Record::Samples(s.to_vec()));
+        assert_eq!(decode(&[2]).unwrap(), Record::Samples(vec![]));
+    }
+
+    #[test]
+    fn round_trips() {
+        let series = vec![
+            RefSeries { series_ref: 1, labels: Labels::from_pairs([("__name__", "up"), ("job", "a")]) },
+            RefSeries { series_ref: 2, labels: Labels::empty() },
+        ];
+        let mut b = Vec::new();
+        encode_series(&series, &mut b);
+        assert_eq!(decode(&b).unwrap(), Record::Series(series));
+
+        let stones = vec![RefTombstone { series_ref: 3, mint: -5, maxt: 10 }];
+        let mut b = Vec::new();
+        encode_tombstones(&stones, &mut b);
+        assert_eq!(decode(&b).unwrap(), Record::Tombstones(stones));
+
+        let h = Histogram {
+            counter_reset_hint: CounterResetHint::NotCounterReset,
+            schema: 1,
+            zero_threshold: 0.001,
+            zero_count: 2,
+            count: 10,
+            sum: 12.5,
+            positive_spans: vec![Span { offset: -2, length: 2 }],
+            negative_spans: vec![],
+            positive_buckets: vec![3, -1],
+            negative_buckets: vec![],
+            custom_values: vec![],
+        };
+        let custom = Histogram { schema: CUSTOM_BUCKETS_SCHEMA, custom_values: vec![1.0, 5.0], ..h.clone() };
+        let hs = vec![
+            RefHistogramSample { series_ref: 7, t: 100, h: h.clone() },
+            RefHistogramSample { series_ref: 8, t: 90, h: custom.clone() },
+        ];
+        let mut recs = Vec::new();
+        encode_histograms(&hs, &mut recs);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0][0], HISTOGRAM_SAMPLES);
+        assert_eq!(recs[1][0], CUSTOM_BUCKETS_HISTOGRAM_SAMPLES);
+        assert_eq!(decode(&recs[0]).unwrap(), Record::Histograms(vec![hs[0].clone()]));
+        assert_eq!(decode(&recs[1]).unwrap(), Record::Histograms(vec![hs[1].clone()]));
+
+        let fhs = vec![RefFloatHistogramSample { series_ref: 7, t: 100, fh: h.to_float() }];
+        let mut recs = Vec::new();
+        encode_float_histograms(&fhs, &mut recs);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(decode(&recs[0]).unwrap(), Record::FloatHistograms(fhs));
+        assert_eq!(decode(&[4, 1, 2, 3]).unwrap(), Record::Unknown(4));
+    }
+
+    #[test]
+    fn truncations_never_panic() {
+        let mut b = Vec::new();
+        encode_series(&[RefSeries { series_ref: 1, labels: Labels::from_pairs([("a", "b")]) }], &mut b);
+        let mut s = Vec::new();
+        encode_samples(&[RefSample { series_ref: 1, t: 1, v: 1.0 }; 3], &mut s);
+        for rec in [b, s] {
+            for n in 0..rec.len() {
+                let _ = decode(&rec[..n]);
+            }
+        }
+        assert!(decode(&[]).is_err());
+    }
+}
