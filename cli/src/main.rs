@@ -13,6 +13,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Receive Prometheus remote write into per-tenant TSDBs (hashring, replication, StoreAPI, upload).
+    Receive(Box<norn_receive::Args>),
     /// Offline utilities (promtool-compatible).
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -33,6 +35,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Tools(ToolsCommand::Tsdb(cmd))) => tools::tsdb::run(cmd),
+        Some(Command::Receive(args)) => serve(|shutdown| norn_receive::run(*args, shutdown)),
         None => Ok(()),
     }
+}
+
+/// Runs a component on a multi-threaded runtime until SIGINT/SIGTERM.
+fn serve<F, E>(component: impl FnOnce(norn_service::Shutdown) -> F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let shutdown = norn_service::shutdown_on_signals();
+        component(shutdown).await.map_err(anyhow::Error::from)
+    })
 }

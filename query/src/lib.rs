@@ -1,3 +1,119 @@
-//! norn query: StoreAPI fan-out and the Prometheus HTTP API (issue 5: not built yet).
+//! `norn query`: a stateless querier over StoreAPI endpoints.
 //!
-//! This crate is a placeholder in the workspace layout; it exports nothing yet.
+//! Endpoints come from static addresses, `dns+`/`dnssrv+`/`dnssrvnoa+` names (resolved
+//! with hickory-resolver) and SD files; every refresh they are probed with the Info
+//! service and their external labels and time ranges prune the endpoints asked for a
+//! selection. Selections fan out in parallel, are k-way merged in label order and
+//! deduplicated on the replica labels ([`dedup`]). The PromQL engine runs over that
+//! ([`fanout::StoreQueryable`]) behind the Prometheus HTTP API ([`api`]); the querier
+//! serves StoreAPI/Info itself too ([`grpc`]).
+
+pub mod api;
+pub mod args;
+pub mod dedup;
+pub mod endpoints;
+pub mod fanout;
+pub mod grpc;
+pub mod json;
+pub mod timeparse;
+mod ui;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use args::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoints::{EndpointSet, EndpointSetConfig, EndpointSpec};
+use crate::fanout::Fanout;
+
+/// Why the querier could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag value is invalid.
+    #[error("invalid flag: {0}")]
+    Flag(String),
+    /// A listener could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// A server failed.
+    #[error("{0}")]
+    Serve(String),
+}
+
+/// Runs the querier until `shutdown` is cancelled, binding the flag addresses.
+pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), Error> {
+    let http =
+        TcpListener::bind(args.http_address).await.map_err(|source| Error::Bind { addr: args.http_address, source })?;
+    let grpc =
+        TcpListener::bind(args.grpc_address).await.map_err(|source| Error::Bind { addr: args.grpc_address, source })?;
+    run_with_listeners(args, http, grpc, shutdown).await
+}
+
+/// Runs the querier on already bound listeners (for tests and `norn standalone`, which
+/// bind port 0 or share a process).
+pub async fn run_with_listeners(
+    args: Args,
+    http: TcpListener,
+    grpc: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let specs =
+        args.endpoints.iter().map(|s| EndpointSpec::parse(s)).collect::<Result<Vec<_>, _>>().map_err(Error::Flag)?;
+    let set = Arc::new(EndpointSet::new(EndpointSetConfig {
+        specs,
+        sd_files: args.endpoint_sd_files.clone(),
+        dns_server: args.dns_server,
+        info_timeout: args.endpoint_info_timeout,
+    }));
+    let fanout = Arc::new(Fanout { endpoints: set.clone() });
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let refresher = {
+        let set = set.clone();
+        let ready = ready.clone();
+        let interval = args.endpoint_refresh_interval;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                set.refresh().await;
+                ready.store(true, Ordering::Release);
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        })
+    };
+
+    tracing::info!(http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(), "norn query listening");
+
+    let store = grpc::QuerierStore { fanout: fanout.clone(), timeout: args.timeout };
+    let grpc_server = {
+        let shutdown = shutdown.clone();
+        tonic::transport::Server::builder()
+            .add_service(
+                norn_storeapi::thanos::store_server::StoreServer::new(store.clone())
+                    .max_encoding_message_size(256 << 20),
+            )
+            .add_service(norn_storeapi::thanos::info::info_server::InfoServer::new(store))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
+                shutdown.cancelled().await
+            })
+    };
+    let state = Arc::new(api::ApiState::new(args, fanout, ready));
+    let app = api::router(state);
+    let http_server = {
+        let shutdown = shutdown.clone();
+        axum::serve(http, app).with_graceful_shutdown(async move { shutdown.cancelled().await })
+    };
+    let (h, g) = tokio::join!(http_server, grpc_server);
+    shutdown.cancel();
+    let _ = refresher.await;
+    h.map_err(|e| Error::Serve(format!("http: {e}")))?;
+    g.map_err(|e| Error::Serve(format!("grpc: {e}")))?;
+    Ok(())
+}

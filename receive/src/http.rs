@@ -8,8 +8,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use norn_model::Labels;
 use norn_service::Health;
 use norn_storeapi::io::prometheus::write::v2;
+use norn_storeapi::prometheus_copy::TimeSeries;
 use norn_storeapi::{RemoteWriteV1, V2Counts, v2_to_v1};
 use prost::Message;
 
@@ -77,6 +79,39 @@ fn error_response(e: &WriteError) -> Response {
     (code, format!("{e}\n")).into_response()
 }
 
+/// A decoded, validated remote-write body.
+#[derive(Debug)]
+pub struct Decoded {
+    pub series: Vec<TimeSeries>,
+    /// One label set per series, in order.
+    pub labels: Vec<Labels>,
+    /// Remote write 2.0 only: what the request carried.
+    pub counts: Option<V2Counts>,
+}
+
+/// Decodes a remote-write body (snappy, then protobuf of the given protocol) and
+/// validates its series; the entry point the fuzz target exercises.
+pub fn decode_body(body: &[u8], proto: Protocol, limits: &Limits) -> Result<Decoded, WriteError> {
+    let raw = decompress(body, limits.size_bytes)?;
+    let (series, counts) = match proto {
+        Protocol::V1 => {
+            let req = RemoteWriteV1::decode(raw.as_slice())
+                .map_err(|e| WriteError::BadRequest(format!("protobuf decode of prometheus.WriteRequest: {e}")))?;
+            (req.timeseries, None)
+        }
+        Protocol::V2 => {
+            let req = v2::Request::decode(raw.as_slice()).map_err(|e| {
+                WriteError::BadRequest(format!("protobuf decode of io.prometheus.write.v2.Request: {e}"))
+            })?;
+            let (s, c) = v2_to_v1(req).map_err(|e| WriteError::BadRequest(e.to_string()))?;
+            (s, Some(c))
+        }
+    };
+    drop(raw);
+    let labels = validate(&series, limits)?;
+    Ok(Decoded { series, labels, counts })
+}
+
 /// Decodes and validates a request into a batch, or the error to answer with.
 fn decode(api: &WriteApi, headers: &HeaderMap, body: &[u8]) -> Result<(Batch, i64, Option<V2Counts>), WriteError> {
     let tenant = match headers.get(api.tenant_header.as_str()) {
@@ -96,23 +131,7 @@ fn decode(api: &WriteApi, headers: &HeaderMap, body: &[u8]) -> Result<(Batch, i6
     };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let proto = protocol(ct).map_err(WriteError::BadRequest)?;
-    let raw = decompress(body, api.limits.size_bytes)?;
-    let (series, counts) = match proto {
-        Protocol::V1 => {
-            let req = RemoteWriteV1::decode(raw.as_slice())
-                .map_err(|e| WriteError::BadRequest(format!("protobuf decode of prometheus.WriteRequest: {e}")))?;
-            (req.timeseries, None)
-        }
-        Protocol::V2 => {
-            let req = v2::Request::decode(raw.as_slice()).map_err(|e| {
-                WriteError::BadRequest(format!("protobuf decode of io.prometheus.write.v2.Request: {e}"))
-            })?;
-            let (s, c) = v2_to_v1(req).map_err(|e| WriteError::BadRequest(e.to_string()))?;
-            (s, Some(c))
-        }
-    };
-    drop(raw);
-    let labels = validate(&series, &api.limits)?;
+    let Decoded { series, labels, counts } = decode_body(body, proto, &api.limits)?;
     Ok((Batch { tenant, series, labels }, replica, counts))
 }
 

@@ -45,17 +45,17 @@ impl Metrics {
             upload_failures: Counter::default(),
         };
         let r = reg.sub_registry_with_prefix("norn_receive");
-        r.register("http_requests", "Remote-write HTTP requests by handler and status code.", m.requests.clone());
-        r.register("samples", "Samples received, by outcome (appended, conflict, unsupported).", m.samples.clone());
-        r.register("forward_requests", "Forwarding RPCs to peers, by result.", m.forwards.clone());
-        r.register("forward_duration_seconds", "Latency of forwarding RPCs to peers.", m.forward_duration.clone());
-        r.register("quorum_failures", "Writes that did not reach the write quorum.", m.quorum_failures.clone());
-        r.register("head_series", "Series in the heads of all tenants.", m.head_series.clone());
-        r.register("tenants", "Tenant TSDBs open.", m.tenants.clone());
-        r.register("hashring_reloads", "Hashring file (re)loads, by result.", m.ring_reloads.clone());
-        r.register("blocks_cut", "Blocks cut from heads.", m.blocks_cut.clone());
-        r.register("blocks_uploaded", "Blocks uploaded to the bucket.", m.blocks_uploaded.clone());
-        r.register("block_upload_failures", "Failed block uploads.", m.upload_failures.clone());
+        r.register("http_requests", "Remote-write HTTP requests by handler and status code", m.requests.clone());
+        r.register("samples", "Samples received, by outcome (appended, conflict, unsupported)", m.samples.clone());
+        r.register("forward_requests", "Forwarding RPCs to peers, by result", m.forwards.clone());
+        r.register("forward_duration_seconds", "Latency of forwarding RPCs to peers", m.forward_duration.clone());
+        r.register("quorum_failures", "Writes that did not reach the write quorum", m.quorum_failures.clone());
+        r.register("head_series", "Series in the heads of all tenants", m.head_series.clone());
+        r.register("tenants", "Tenant TSDBs open", m.tenants.clone());
+        r.register("hashring_reloads", "Hashring file (re)loads, by result", m.ring_reloads.clone());
+        r.register("blocks_cut", "Blocks cut from heads", m.blocks_cut.clone());
+        r.register("blocks_uploaded", "Blocks uploaded to the bucket", m.blocks_uploaded.clone());
+        r.register("block_upload_failures", "Failed block uploads", m.upload_failures.clone());
         m
     }
 

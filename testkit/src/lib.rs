@@ -1,6 +1,8 @@
 //! Helpers for Norn's integration tests: locating the `norn` binary and reference tools
 //! (promtool, prometheus), running them with captured output, and temporary directories.
 
+pub mod receive;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -171,3 +171,12 @@ fn glob_table() {
         assert_eq!(glob_match(p, n), want, "{p:?} vs {n:?}");
     }
 }
+
+#[test]
+fn example_file_at_repository_root_is_valid() {
+    let text = include_str!("../../../hashring.json");
+    let cfg = parse_config(text).unwrap();
+    let m = MultiRing::new(&cfg, Algorithm::Hashmod, 3).unwrap();
+    assert!(m.get_n("team-x", 1, 2).unwrap().address.starts_with("norn-receive-teams-"));
+    assert!(m.get_n("other", 1, 2).unwrap().address.starts_with("norn-receive-"));
+}

@@ -1,0 +1,820 @@
+//! The Prometheus HTTP API (and Thanos's additions), remote read, federation and the UI.
+
+// Helpers return the finished error response so handlers can `?`/match them straight out;
+// the size of `Response` on the error path does not matter for request handling.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use norn_model::{Labels, MatchType, Matcher};
+use norn_promql::{Engine, EngineOptions, QueryError, QueryResult, StoredValue};
+use promql_parser::parser::Expr;
+use tokio::sync::Semaphore;
+
+use crate::Args;
+use crate::fanout::{Fanout, FanoutError, QueryOptions, StoreQueryable};
+use crate::json;
+use crate::timeparse::{MAX_TIME, MIN_TIME, format_rfc3339, now_ms, parse_duration_param, parse_time};
+
+/// Most points a range query may return per series, as Prometheus limits it.
+const MAX_POINTS: i64 = 11_000;
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug)]
+pub struct ApiState {
+    /// Flags.
+    pub args: Args,
+    /// The fan-out over the endpoint set.
+    pub fanout: Arc<Fanout>,
+    engine: Engine,
+    limiter: Semaphore,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ApiState {
+    /// State for the handlers; `ready` flips once the first endpoint refresh finished.
+    pub fn new(args: Args, fanout: Arc<Fanout>, ready: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        let engine = Engine::new(EngineOptions {
+            lookback_delta: args.lookback_delta.as_millis() as i64,
+            max_samples: args.max_samples,
+            ..Default::default()
+        });
+        let limiter = Semaphore::new(args.max_concurrent.max(1));
+        ApiState { args, fanout, engine, limiter, ready }
+    }
+}
+
+/// The router with every route.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/status/flags", get(flags))
+        .route("/api/v1/format_query", get(format_query).post(format_query))
+        .route("/api/v1/stores", get(stores))
+        .route("/api/v1/read", post(remote_read))
+        .route("/federate", get(federate))
+        .route("/-/healthy", get(|| async { "Norn query is Healthy.\n" }))
+        .route("/-/ready", get(ready))
+        .route("/", get(ui))
+        .with_state(state)
+}
+
+/// Request parameters from the URL and, for POST forms, the body.
+#[derive(Debug, Default)]
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn from(q: Option<String>, headers: &HeaderMap, method: &Method, body: &[u8]) -> Params {
+        let mut v: Vec<(String, String)> = Vec::new();
+        if let Some(q) = q {
+            v.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
+        }
+        let is_form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+        if *method == Method::POST && is_form {
+            // Form values come before URL values, as Go's ParseForm orders them.
+            let mut f: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+            f.extend(v);
+            v = f;
+        }
+        Params(v)
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+    fn all(&self, k: &str) -> Vec<&str> {
+        self.0.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+fn respond(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn ok(data: &str, warnings: &[String], infos: &[String]) -> Response {
+    respond(StatusCode::OK, json::success(data, warnings, infos))
+}
+
+fn bad_data(msg: impl AsRef<str>) -> Response {
+    respond(StatusCode::BAD_REQUEST, json::error("bad_data", msg.as_ref(), &[], &[]))
+}
+
+fn fanout_err(e: FanoutError, warnings: &[String]) -> Response {
+    match e {
+        FanoutError::Timeout => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, json::error("timeout", "query timed out", warnings, &[]))
+        }
+        FanoutError::Endpoint(m) => {
+            respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &m, warnings, &[]))
+        }
+    }
+}
+
+fn parse_bool(v: Option<&str>, default: bool) -> Result<bool, String> {
+    match v {
+        None => Ok(default),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(o) => Err(format!("cannot parse {o:?} as a boolean")),
+    }
+}
+
+impl ApiState {
+    fn query_options(&self, p: &Params, headers: &HeaderMap) -> Result<QueryOptions, Response> {
+        let dedup = parse_bool(p.get("dedup"), self.args.dedup)
+            .map_err(|e| bad_data(format!("invalid parameter \"dedup\": {e}")))?;
+        let partial = parse_bool(p.get("partial_response"), self.args.partial_response)
+            .map_err(|e| bad_data(format!("invalid parameter \"partial_response\": {e}")))?;
+        let mut timeout = self.args.timeout;
+        if let Some(t) = p.get("timeout") {
+            let ms = parse_duration_param(t).map_err(|e| bad_data(format!("invalid parameter \"timeout\": {e}")))?;
+            if ms > 0 {
+                timeout = timeout.min(Duration::from_millis(ms as u64));
+            }
+        }
+        let tenant = headers
+            .get(self.args.tenant_header.as_str())
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| self.args.default_tenant.clone());
+        let extra_matchers = if self.args.enforce_tenancy {
+            vec![Matcher::equal(self.args.tenant_label_name.clone(), tenant.clone())]
+        } else {
+            vec![]
+        };
+        Ok(QueryOptions {
+            dedup,
+            replica_labels: self.args.replica_labels.clone(),
+            partial_response: partial,
+            tenant: Some(tenant),
+            extra_matchers,
+            deadline: Instant::now() + timeout,
+        })
+    }
+
+    /// Runs the engine on a blocking thread (it calls back into the async fan-out).
+    async fn run_engine(
+        self: &Arc<Self>,
+        opts: QueryOptions,
+        f: impl FnOnce(&Engine, &StoreQueryable) -> QueryResult + Send + 'static,
+    ) -> Result<(QueryResult, Vec<String>), Response> {
+        let _permit = self.limiter.acquire().await.map_err(|_| bad_data("shutting down"))?;
+        let deadline = opts.deadline;
+        let st = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let q = StoreQueryable::new(st.fanout.clone(), opts, handle);
+            let r = f(&st.engine, &q);
+            (r, q.take_warnings())
+        });
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), task).await {
+            Err(_) => Err(respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json::error("timeout", "query timed out in expression evaluation", &[], &[]),
+            )),
+            Ok(Err(e)) => {
+                Err(respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &e.to_string(), &[], &[])))
+            }
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+fn query_answer(r: QueryResult, mut endpoint_warnings: Vec<String>, ts: i64) -> Response {
+    endpoint_warnings.extend(r.warnings);
+    match r.value {
+        Ok(v) => {
+            let mut data = String::new();
+            json::write_query_data(&mut data, &v, ts);
+            ok(&data, &endpoint_warnings, &r.infos)
+        }
+        Err(QueryError::Parse(m)) => {
+            respond(StatusCode::BAD_REQUEST, json::error("bad_data", &m, &endpoint_warnings, &r.infos))
+        }
+        Err(e) => {
+            let m = e.to_string();
+            if m.contains("query timed out") {
+                return respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json::error("timeout", &m, &endpoint_warnings, &r.infos),
+                );
+            }
+            respond(StatusCode::UNPROCESSABLE_ENTITY, json::error("execution", &m, &endpoint_warnings, &r.infos))
+        }
+    }
+}
+
+fn parse_query(p: &Params) -> Result<(String, Expr), Response> {
+    let q = p.get("query").unwrap_or("").to_string();
+    match norn_promql::parse(&q) {
+        Ok(e) => Ok((q, e)),
+        Err(e) => Err(bad_data(format!("invalid parameter \"query\": {e}"))),
+    }
+}
+
+async fn query(
+    State(st): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = Params::from(q, &headers, &method, &body);
+    let ts = match p.get("time") {
+        None => now_ms(),
+        Some(t) => match parse_time(t) {
+            Ok(t) => t,
+            Err(e) => return bad_data(format!("invalid parameter \"time\": {e}")),
+        },
+    };
+    let opts = match st.query_options(&p, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let (text, expr) = match parse_query(&p) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match st.run_engine(opts, move |e, q| e.instant_expr(q, &expr, &text, ts)).await {
+        Ok((r, w)) => query_answer(r, w, ts),
+        Err(r) => r,
+    }
+}
+
+async fn query_range(
+    State(st): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = Params::from(q, &headers, &method, &body);
+    let start = match parse_time(p.get("start").unwrap_or("")) {
+        Ok(t) => t,
+        Err(e) => return bad_data(format!("invalid parameter \"start\": {e}")),
+    };
+    let end = match parse_time(p.get("end").unwrap_or("")) {
+        Ok(t) => t,
+        Err(e) => return bad_data(format!("invalid parameter \"end\": {e}")),
+    };
+    if end < start {
+        return bad_data("invalid parameter \"end\": end timestamp must not be before start time");
+    }
+    let step = match parse_duration_param(p.get("step").unwrap_or("")) {
+        Ok(s) => s,
+        Err(e) => return bad_data(format!("invalid parameter \"step\": {e}")),
+    };
+    if step <= 0 {
+        return bad_data(
+            "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+        );
+    }
+    if (end - start) / step > MAX_POINTS {
+        return bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        );
+    }
+    let opts = match st.query_options(&p, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let (text, expr) = match parse_query(&p) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match st.run_engine(opts, move |e, q| e.range_expr(q, &expr, &text, start, end, step)).await {
+        Ok((r, w)) => query_answer(r, w, start),
+        Err(r) => r,
+    }
+}
+
+fn to_matchers(sel: &str) -> Result<Vec<Matcher>, String> {
+    let e = norn_promql::parse(sel).map_err(|e| e.to_string())?;
+    let Expr::VectorSelector(vs) = e else {
+        return Err(format!("1:1: parse error: unexpected expression type {:?}, expected a vector selector", sel));
+    };
+    let mut out = Vec::new();
+    if let Some(n) = &vs.name {
+        out.push(Matcher::equal(norn_model::METRIC_NAME, n.clone()));
+    }
+    for m in vs.matchers.matchers.iter().chain(vs.matchers.or_matchers.iter().flatten()) {
+        use promql_parser::label::MatchOp;
+        let kind = match &m.op {
+            MatchOp::Equal => MatchType::Equal,
+            MatchOp::NotEqual => MatchType::NotEqual,
+            MatchOp::Re(_) => MatchType::Regex,
+            MatchOp::NotRe(_) => MatchType::NotRegex,
+        };
+        out.push(Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+fn match_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, Response> {
+    p.all("match[]")
+        .into_iter()
+        .map(|s| to_matchers(s).map_err(|e| bad_data(format!("invalid parameter \"match[]\": {e}"))))
+        .collect()
+}
+
+fn range_params(p: &Params) -> Result<(i64, i64), Response> {
+    let start = match p.get("start") {
+        None => MIN_TIME,
+        Some(s) => parse_time(s).map_err(|e| bad_data(format!("invalid parameter \"start\": {e}")))?,
+    };
+    let end = match p.get("end") {
+        None => MAX_TIME,
+        Some(s) => parse_time(s).map_err(|e| bad_data(format!("invalid parameter \"end\": {e}")))?,
+    };
+    Ok((start, end))
+}
+
+async fn series(
+    State(st): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = Params::from(q, &headers, &method, &body);
+    if p.all("match[]").is_empty() {
+        return bad_data("no match[] parameter provided");
+    }
+    let (start, end) = match range_params(&p) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let sets = match match_sets(&p) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let opts = match st.query_options(&p, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let mut all: BTreeSet<Labels> = BTreeSet::new();
+    let mut warnings = Vec::new();
+    for ms in sets {
+        match st.fanout.select(&opts, &ms, start, end, true).await {
+            Ok(sel) => {
+                warnings.extend(sel.warnings);
+                all.extend(sel.series.into_iter().map(|(l, _)| l));
+            }
+            Err(e) => return fanout_err(e, &warnings),
+        }
+    }
+    let mut data = String::from("[");
+    for (i, l) in all.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        json::write_labels(&mut data, l);
+    }
+    data.push(']');
+    ok(&data, &warnings, &[])
+}
+
+async fn label_strings(st: &ApiState, p: &Params, headers: &HeaderMap, name: Option<&str>) -> Response {
+    let (start, end) = match range_params(p) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let sets = match match_sets(p) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let opts = match st.query_options(p, headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    match st.fanout.label_strings(&opts, name, &sets, start, end).await {
+        Ok((mut vals, w)) => {
+            if let Some(l) = p.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+                vals.truncate(l);
+            }
+            ok(&json::str_array(&vals), &w, &[])
+        }
+        Err(e) => fanout_err(e, &[]),
+    }
+}
+
+async fn labels(
+    State(st): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = Params::from(q, &headers, &method, &body);
+    label_strings(&st, &p, &headers, None).await
+}
+
+async fn label_values(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let p = Params::from(q, &headers, &Method::GET, &[]);
+    // Prometheus accepts `U__`-escaped names for UTF-8 label names.
+    let name = unescape_label_name(&name);
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return bad_data(format!("invalid label name: {name:?}"));
+    }
+    label_strings(&st, &p, &headers, Some(&name)).await
+}
+
+fn unescape_label_name(n: &str) -> String {
+    let Some(rest) = n.strip_prefix("U__") else { return n.to_string() };
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'_') {
+            chars.next();
+            out.push('_');
+            continue;
+        }
+        let hex: String = chars.by_ref().take_while(|c| *c != '_').collect();
+        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+            Some(ch) => out.push(ch),
+            None => return n.to_string(),
+        }
+    }
+    out
+}
+
+async fn metadata() -> Response {
+    // Metric metadata is not carried by the StoreAPI; Prometheus answers `{}` when it has none.
+    ok("{}", &[], &[])
+}
+
+async fn exemplars(method: Method, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = Params::from(q, &headers, &method, &body);
+    if let Err(r) = parse_query(&p) {
+        return r;
+    }
+    // No endpoint serves the Exemplars API yet, so there are none to return.
+    ok("[]", &[], &[])
+}
+
+async fn buildinfo() -> Response {
+    let mut d = String::from("{\"version\":");
+    json::write_str(&mut d, env!("CARGO_PKG_VERSION"));
+    d.push_str(",\"revision\":\"\",\"branch\":\"\",\"buildUser\":\"\",\"buildDate\":\"\",\"goVersion\":\"\"}");
+    ok(&d, &[], &[])
+}
+
+async fn flags(State(st): State<Arc<ApiState>>) -> Response {
+    let mut d = String::from("{");
+    for (i, (k, v)) in st.args.flag_map().iter().enumerate() {
+        if i > 0 {
+            d.push(',');
+        }
+        json::write_str(&mut d, k);
+        d.push(':');
+        json::write_str(&mut d, v);
+    }
+    d.push('}');
+    ok(&d, &[], &[])
+}
+
+async fn format_query(method: Method, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = Params::from(q, &headers, &method, &body);
+    match parse_query(&p) {
+        Ok((_, e)) => {
+            let mut d = String::new();
+            json::write_str(&mut d, &e.prettify());
+            ok(&d, &[], &[])
+        }
+        Err(r) => r,
+    }
+}
+
+async fn stores(State(st): State<Arc<ApiState>>) -> Response {
+    let mut by_type: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for ep in st.fanout.endpoints.all() {
+        let s = ep.status.read().clone();
+        let kind =
+            s.info.as_ref().map(|i| i.component.clone()).filter(|c| !c.is_empty()).unwrap_or_else(|| "unknown".into());
+        let mut o = String::from("{\"name\":");
+        json::write_str(&mut o, &ep.addr);
+        o.push_str(",\"lastCheck\":");
+        match s.last_check {
+            Some(t) => json::write_str(&mut o, &format_rfc3339(t)),
+            None => o.push_str("null"),
+        }
+        o.push_str(",\"lastError\":");
+        match &s.last_error {
+            Some(e) => json::write_str(&mut o, e),
+            None => o.push_str("null"),
+        }
+        o.push_str(",\"labelSets\":[");
+        if let Some(info) = &s.info {
+            for (i, l) in info.label_sets.iter().enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                json::write_labels(&mut o, l);
+            }
+            let _ = write!(o, "],\"minTime\":{},\"maxTime\":{}}}", info.min_time, info.max_time);
+        } else {
+            o.push_str("],\"minTime\":0,\"maxTime\":0}");
+        }
+        by_type.entry(kind).or_default().push(o);
+    }
+    let mut d = String::from("{");
+    for (i, (k, v)) in by_type.iter().enumerate() {
+        if i > 0 {
+            d.push(',');
+        }
+        json::write_str(&mut d, k);
+        d.push_str(":[");
+        d.push_str(&v.join(","));
+        d.push(']');
+    }
+    d.push('}');
+    ok(&d, &[], &[])
+}
+
+async fn ready(State(st): State<Arc<ApiState>>) -> Response {
+    if st.ready.load(std::sync::atomic::Ordering::Acquire) {
+        (StatusCode::OK, "Norn query is Ready.\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "Norn query is not ready.\n").into_response()
+    }
+}
+
+async fn ui() -> Response {
+    let mut r = Response::new(Body::from(crate::ui::INDEX_HTML));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+/// `/federate`: the latest sample of every series matching `match[]`, in the text format.
+async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let p = Params::from(q, &headers, &Method::GET, &[]);
+    let sets = match match_sets(&p) {
+        Ok(s) => s,
+        Err(r) => {
+            return (StatusCode::BAD_REQUEST, "no match[] parameter provided or bad selector\n")
+                .into_response()
+                .with_body_of(r);
+        }
+    };
+    let opts = match st.query_options(&p, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let now = now_ms();
+    let mint = now - st.args.lookback_delta.as_millis() as i64;
+    let mut latest: std::collections::BTreeMap<Labels, (i64, f64)> = Default::default();
+    for ms in sets {
+        let sel = match st.fanout.select(&opts, &ms, mint, now, false).await {
+            Ok(s) => s,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("federation failed: {e}\n")).into_response(),
+        };
+        for (l, samples) in sel.series {
+            // The last sample in the lookback window; a staleness marker means the series ended.
+            if let Some((t, StoredValue::Float(v))) = samples.iter().rev().find(|(t, _)| *t <= now && *t > mint)
+                && !norn_promql::value::is_stale_nan(*v)
+            {
+                latest.insert(l, (*t, *v));
+            }
+        }
+    }
+    let mut by_name: Vec<(&Labels, &(i64, f64))> = latest.iter().collect();
+    by_name.sort_by(|a, b| a.0.metric_name().cmp(&b.0.metric_name()).then_with(|| a.0.cmp(b.0)));
+    let mut out = String::new();
+    let mut last_name: Option<&str> = None;
+    for (l, (t, v)) in by_name {
+        let name = l.metric_name().unwrap_or("");
+        if last_name != Some(name) {
+            let _ = writeln!(out, "# TYPE {name} untyped");
+            last_name = Some(name);
+        }
+        out.push_str(name);
+        let rest: Vec<(&str, &str)> = l.iter().filter(|(n, _)| *n != norn_model::METRIC_NAME).collect();
+        if !rest.is_empty() {
+            out.push('{');
+            for (i, (n, v)) in rest.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{n}=\"{}\"", escape_label_value(v));
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {} {t}", text_float(*v));
+    }
+    let mut r = (StatusCode::OK, out).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+trait WithBody {
+    fn with_body_of(self, r: Response) -> Response;
+}
+impl WithBody for Response {
+    fn with_body_of(self, r: Response) -> Response {
+        let (parts, _) = self.into_parts();
+        let (_, body) = r.into_parts();
+        Response::from_parts(parts, body)
+    }
+}
+
+fn escape_label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n").replace('"', "\\\"")
+}
+
+fn text_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f == f64::INFINITY {
+        "+Inf".into()
+    } else if f == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        norn_model::format::go_format_g(f)
+    }
+}
+
+/// `/api/v1/read`: Prometheus remote read, as sampled or streamed XOR chunks.
+async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    use norn_storeapi::prometheus as pb;
+    use prost::Message;
+    let text_err = |code: StatusCode, m: String| (code, m).into_response();
+    let raw = match snap::raw::decompress_len(&body) {
+        Ok(n) if n <= 32 << 20 => match snap::raw::Decoder::new().decompress_vec(&body) {
+            Ok(r) => r,
+            Err(e) => return text_err(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
+        },
+        Ok(n) => return text_err(StatusCode::BAD_REQUEST, format!("request too large: {n} bytes")),
+        Err(e) => return text_err(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
+    };
+    let req = match pb::ReadRequest::decode(raw.as_slice()) {
+        Ok(r) => r,
+        Err(e) => return text_err(StatusCode::BAD_REQUEST, format!("decoding read request: {e}")),
+    };
+    let opts = match st.query_options(&Params::default(), &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let streamed = req.accepted_response_types.contains(&(pb::read_request::ResponseType::StreamedXorChunks as i32));
+    let mut results = Vec::new();
+    for q in &req.queries {
+        let mut ms = Vec::new();
+        for m in &q.matchers {
+            let kind = match pb::label_matcher::Type::try_from(m.r#type) {
+                Ok(pb::label_matcher::Type::Eq) => MatchType::Equal,
+                Ok(pb::label_matcher::Type::Neq) => MatchType::NotEqual,
+                Ok(pb::label_matcher::Type::Re) => MatchType::Regex,
+                Ok(pb::label_matcher::Type::Nre) => MatchType::NotRegex,
+                Err(_) => return text_err(StatusCode::BAD_REQUEST, format!("unknown matcher type {}", m.r#type)),
+            };
+            match Matcher::new(kind, m.name.clone(), m.value.clone()) {
+                Ok(m) => ms.push(m),
+                Err(e) => return text_err(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+        match st.fanout.select(&opts, &ms, q.start_timestamp_ms, q.end_timestamp_ms, false).await {
+            Ok(sel) => results.push(sel.series),
+            Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    let to_labels =
+        |l: &Labels| l.iter().map(|(n, v)| pb::Label { name: n.into(), value: v.into() }).collect::<Vec<_>>();
+    if streamed {
+        let mut out = Vec::new();
+        for (qi, series) in results.into_iter().enumerate() {
+            for (l, samples) in series {
+                let mut chunks = Vec::new();
+                let floats: Vec<(i64, f64)> = samples
+                    .iter()
+                    .filter_map(|(t, v)| if let StoredValue::Float(f) = v { Some((*t, *f)) } else { None })
+                    .collect();
+                for part in floats.chunks(120) {
+                    let mut c = norn_tsdb::chunkenc::XorChunk::new();
+                    for (t, v) in part {
+                        c.append(*t, *v);
+                    }
+                    chunks.push(pb::Chunk {
+                        min_time_ms: part[0].0,
+                        max_time_ms: part[part.len() - 1].0,
+                        r#type: pb::chunk::Encoding::Xor as i32,
+                        data: c.bytes().to_vec(),
+                    });
+                }
+                if chunks.is_empty() {
+                    continue;
+                }
+                let msg = pb::ChunkedReadResponse {
+                    chunked_series: vec![pb::ChunkedSeries { labels: to_labels(&l), chunks }],
+                    query_index: qi as i64,
+                };
+                let bytes = msg.encode_to_vec();
+                let mut len = Vec::new();
+                prost::encoding::encode_varint(bytes.len() as u64, &mut len);
+                out.extend_from_slice(&len);
+                out.extend_from_slice(&norn_tsdb::encoding::crc32c(&bytes).to_be_bytes());
+                out.extend_from_slice(&bytes);
+            }
+        }
+        let mut r = (StatusCode::OK, out).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"),
+        );
+        return r;
+    }
+    let resp = pb::ReadResponse {
+        results: results
+            .into_iter()
+            .map(|series| pb::QueryResult {
+                timeseries: series
+                    .into_iter()
+                    .map(|(l, samples)| pb::TimeSeries {
+                        labels: to_labels(&l),
+                        samples: samples
+                            .iter()
+                            .filter_map(|(t, v)| match v {
+                                StoredValue::Float(f) => Some(pb::Sample { value: *f, timestamp: *t }),
+                                StoredValue::Histogram(_) => None,
+                            })
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let encoded = match snap::raw::Encoder::new().compress_vec(&resp.encode_to_vec()) {
+        Ok(b) => b,
+        Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut r = (StatusCode::OK, encoded).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+    r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_merge_form_and_url() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        let p = Params::from(Some("match[]=a&x=1".into()), &h, &Method::POST, b"match[]=b%7Bc%3D%22d%22%7D&query=up");
+        assert_eq!(p.all("match[]"), vec!["b{c=\"d\"}", "a"]);
+        assert_eq!(p.get("query"), Some("up"));
+        assert_eq!(p.get("x"), Some("1"));
+    }
+
+    #[test]
+    fn selectors_to_matchers() {
+        let ms = to_matchers(r#"up{job=~"a.*",x!="1"}"#).unwrap();
+        let names: Vec<String> = ms.iter().map(|m| format!("{}{}{}", m.name, m.kind.as_str(), m.value)).collect();
+        assert_eq!(names, vec!["__name__=up", "job=~a.*", "x!=1"]);
+        assert!(to_matchers("sum(up)").is_err());
+    }
+
+    #[test]
+    fn label_name_unescape() {
+        assert_eq!(unescape_label_name("job"), "job");
+        assert_eq!(unescape_label_name("U__a_2e_b"), "a.b");
+        assert_eq!(unescape_label_name("U__a__b"), "a_b");
+    }
+
+    #[test]
+    fn text_floats() {
+        assert_eq!(text_float(1.0), "1");
+        assert_eq!(text_float(f64::NAN), "NaN");
+        assert_eq!(text_float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(escape_label_value("a\"b\\\n"), "a\\\"b\\\\\\n");
+    }
+}

@@ -1,0 +1,284 @@
+//! Merging of series from several endpoints and replica deduplication.
+//!
+//! Replicas (series equal once the replica labels are removed) are deduplicated with
+//! Thanos's penalty-based choice: both replicas are read in time order, the sample with
+//! the smaller timestamp wins, and the replica not chosen must then skip ahead by twice
+//! the gap between the last two chosen samples (5 s before any gap is known). This keeps
+//! the sampling rate of the result that of one replica even when replicas' scrapes are
+//! offset, and switches replicas across gaps. More than two replicas are chained:
+//! `dedup(dedup(r0, r1), r2)`, replicas ordered by their labels.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use norn_model::Labels;
+use norn_promql::StoredValue;
+
+/// Penalty (ms) applied before any sample gap is known, as Thanos does.
+const INITIAL_PENALTY: i64 = 5000;
+
+/// Samples of one series, ascending by time.
+pub type Samples = Vec<(i64, StoredValue)>;
+
+/// A series key and its replicas (full labels and samples), being combined.
+type Group = (Labels, Vec<(Labels, Samples)>);
+
+/// A series as one endpoint returned it, decoded.
+#[derive(Debug, Clone)]
+pub struct RawSeries {
+    /// Labels with replica labels removed (equal to `full` without dedup).
+    pub key: Labels,
+    /// Labels as the endpoint sent them.
+    pub full: Labels,
+    /// Samples ascending by time.
+    pub samples: Vec<(i64, StoredValue)>,
+}
+
+/// Combines two replicas with the penalty rule.
+pub fn dedup_pair(a: &[(i64, StoredValue)], b: &[(i64, StoredValue)]) -> Vec<(i64, StoredValue)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut ia, mut ib) = (0usize, 0usize);
+    let (mut pen_a, mut pen_b) = (0i64, 0i64);
+    let mut last_t = i64::MIN;
+    let seek = |s: &[(i64, StoredValue)], i: &mut usize, t: i64| {
+        while *i < s.len() && s[*i].0 < t {
+            *i += 1;
+        }
+    };
+    loop {
+        let floor = last_t.saturating_add(1);
+        seek(a, &mut ia, floor.saturating_add(pen_a));
+        seek(b, &mut ib, floor.saturating_add(pen_b));
+        let a_ok = ia < a.len();
+        let b_ok = ib < b.len();
+        match (a_ok, b_ok) {
+            (false, false) => break,
+            (true, false) => {
+                last_t = a[ia].0;
+                pen_a = 0;
+                out.push(a[ia].clone());
+            }
+            (false, true) => {
+                last_t = b[ib].0;
+                pen_b = 0;
+                out.push(b[ib].clone());
+            }
+            (true, true) => {
+                let (ta, tb) = (a[ia].0, b[ib].0);
+                if ta <= tb {
+                    pen_b = if last_t != i64::MIN { 2 * (ta - last_t) } else { INITIAL_PENALTY };
+                    pen_a = 0;
+                    last_t = ta;
+                    out.push(a[ia].clone());
+                } else {
+                    pen_a = if last_t != i64::MIN { 2 * (tb - last_t) } else { INITIAL_PENALTY };
+                    pen_b = 0;
+                    last_t = tb;
+                    out.push(b[ib].clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Union of two sample lists of the same series (same labels from two endpoints, e.g.
+/// overlapping blocks): on equal timestamps the first list wins.
+pub fn union(a: Vec<(i64, StoredValue)>, b: Vec<(i64, StoredValue)>) -> Vec<(i64, StoredValue)> {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut ai = a.into_iter().peekable();
+    let mut bi = b.into_iter().peekable();
+    loop {
+        match (ai.peek(), bi.peek()) {
+            (Some(x), Some(y)) => match x.0.cmp(&y.0) {
+                Ordering::Less => out.push(ai.next().expect("peeked")),
+                Ordering::Greater => out.push(bi.next().expect("peeked")),
+                Ordering::Equal => {
+                    out.push(ai.next().expect("peeked"));
+                    bi.next();
+                }
+            },
+            (Some(_), None) => out.extend(ai.by_ref()),
+            (None, Some(_)) => out.extend(bi.by_ref()),
+            (None, None) => break,
+        }
+    }
+    out
+}
+
+struct HeapItem {
+    key: Labels,
+    full: Labels,
+    src: usize,
+}
+
+impl PartialEq for HeapItem {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for HeapItem {}
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for HeapItem {
+    // Reversed: BinaryHeap is a max-heap and we pop the smallest label set first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.key.cmp(&self.key).then_with(|| o.full.cmp(&self.full)).then_with(|| o.src.cmp(&self.src))
+    }
+}
+
+/// K-way merges per-endpoint series lists (each sorted by `key`, then `full`) into one
+/// list sorted by `key`; series with equal keys are combined: equal full labels by
+/// [`union`], different full labels (replicas) by [`dedup_pair`] in label order.
+pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>) -> Vec<(Labels, Vec<(i64, StoredValue)>)> {
+    let mut iters: Vec<std::vec::IntoIter<RawSeries>> = sources.into_iter().map(Vec::into_iter).collect();
+    let mut pending: Vec<Option<RawSeries>> = iters.iter_mut().map(Iterator::next).collect();
+    let mut heap = BinaryHeap::new();
+    for (src, p) in pending.iter().enumerate() {
+        if let Some(s) = p {
+            heap.push(HeapItem { key: s.key.clone(), full: s.full.clone(), src });
+        }
+    }
+    let mut out: Vec<(Labels, Vec<(i64, StoredValue)>)> = Vec::new();
+    // The group being built: its key and its replicas (full labels, samples), in order.
+    let mut group: Option<Group> = None;
+    let flush = |g: Group, out: &mut Vec<(Labels, Samples)>| {
+        let (key, replicas) = g;
+        let mut it = replicas.into_iter();
+        let mut acc = it.next().map(|r| r.1).unwrap_or_default();
+        for (_, s) in it {
+            acc = dedup_pair(&acc, &s);
+        }
+        out.push((key, acc));
+    };
+    while let Some(item) = heap.pop() {
+        let s = pending[item.src].take().expect("heap entry has a pending series");
+        if let Some(next) = iters[item.src].next() {
+            heap.push(HeapItem { key: next.key.clone(), full: next.full.clone(), src: item.src });
+            pending[item.src] = Some(next);
+        }
+        match &mut group {
+            Some((k, reps)) if *k == s.key => match reps.last_mut() {
+                Some((full, samples)) if *full == s.full => {
+                    let prev = std::mem::take(samples);
+                    *samples = union(prev, s.samples);
+                }
+                _ => reps.push((s.full, s.samples)),
+            },
+            _ => {
+                if let Some(g) = group.take() {
+                    flush(g, &mut out);
+                }
+                group = Some((s.key, vec![(s.full, s.samples)]));
+            }
+        }
+    }
+    if let Some(g) = group.take() {
+        flush(g, &mut out);
+    }
+    out
+}
+
+/// Labels without the replica labels.
+pub fn strip_labels(l: &Labels, replica_labels: &[String]) -> Labels {
+    if replica_labels.is_empty() || !l.iter().any(|(n, _)| replica_labels.iter().any(|r| r == n)) {
+        return l.clone();
+    }
+    Labels::from_sorted_unchecked_iter(l.iter().filter(|(n, _)| !replica_labels.iter().any(|r| r == n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fl(ts: &[i64]) -> Vec<(i64, StoredValue)> {
+        ts.iter().map(|&t| (t, StoredValue::Float(t as f64))).collect()
+    }
+    fn times(s: &[(i64, StoredValue)]) -> Vec<i64> {
+        s.iter().map(|p| p.0).collect()
+    }
+
+    #[test]
+    fn dedup_pair_table() {
+        // (replica a, replica b, expected timestamps)
+        let cases: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = vec![
+            // Identical replicas: one copy.
+            (vec![0, 10_000, 20_000], vec![0, 10_000, 20_000], vec![0, 10_000, 20_000]),
+            // Offset scrapes: keep a's cadence, never interleave.
+            (vec![0, 10_000, 20_000, 30_000], vec![1000, 11_000, 21_000, 31_000], vec![0, 10_000, 20_000, 30_000]),
+            // a has a gap: b fills it after the penalty (2x the last gap) lapses, and a is not
+            // picked again while b's cadence continues.
+            (
+                vec![0, 10_000, 60_000, 70_000],
+                vec![1000, 11_000, 21_000, 31_000, 41_000, 51_000, 61_000, 71_000],
+                vec![0, 10_000, 31_000, 41_000, 51_000, 61_000, 71_000],
+            ),
+            // One replica empty.
+            (vec![], vec![5, 6], vec![5, 6]),
+            (vec![5, 6], vec![], vec![5, 6]),
+            // b starts earlier.
+            (vec![10_000, 20_000], vec![2000, 12_000, 22_000], vec![2000, 10_000, 20_000]),
+        ];
+        for (a, b, want) in cases {
+            let got = dedup_pair(&fl(&a), &fl(&b));
+            assert_eq!(times(&got), want, "a={a:?} b={b:?}");
+        }
+    }
+
+    #[test]
+    fn union_prefers_first() {
+        let a = vec![(1, StoredValue::Float(1.0)), (3, StoredValue::Float(3.0))];
+        let b = vec![(1, StoredValue::Float(9.0)), (2, StoredValue::Float(2.0)), (4, StoredValue::Float(4.0))];
+        let got = union(a, b);
+        assert_eq!(times(&got), vec![1, 2, 3, 4]);
+        assert!(matches!(got[0].1, StoredValue::Float(v) if v == 1.0));
+    }
+
+    fn raw(l: &[(&str, &str)], replicas: &[String], ts: &[i64]) -> RawSeries {
+        let full = Labels::from_pairs(l.iter().copied());
+        RawSeries { key: strip_labels(&full, replicas), full, samples: fl(ts) }
+    }
+
+    #[test]
+    fn merge_three_replicas_in_label_order() {
+        let rl = vec!["replica".to_string()];
+        let s0 = vec![
+            raw(&[("__name__", "a"), ("replica", "0")], &rl, &[0, 10_000]),
+            raw(&[("__name__", "b"), ("replica", "0")], &rl, &[0]),
+        ];
+        let s1 = vec![raw(&[("__name__", "a"), ("replica", "1")], &rl, &[1000, 11_000, 21_000])];
+        let s2 = vec![
+            raw(&[("__name__", "a"), ("replica", "2")], &rl, &[500]),
+            raw(&[("__name__", "c"), ("replica", "2")], &rl, &[7]),
+        ];
+        let got = merge_and_dedup(vec![s0, s1, s2]);
+        let names: Vec<String> = got.iter().map(|(l, _)| l.to_string()).collect();
+        assert_eq!(names, vec![r#"{__name__="a"}"#, r#"{__name__="b"}"#, r#"{__name__="c"}"#]);
+        // Replica 0 wins at 0 and 10s; replica 1's 21s sample lies within its penalty
+        // (2 x 10s after 10s), so it is skipped as Thanos skips it.
+        assert_eq!(times(&got[0].1), vec![0, 10_000]);
+    }
+
+    #[test]
+    fn merge_without_dedup_keeps_replicas_apart_and_unions_equal_series() {
+        let rl: Vec<String> = vec![];
+        let s0 = vec![raw(&[("__name__", "a"), ("replica", "0")], &rl, &[0, 2])];
+        let s1 = vec![
+            raw(&[("__name__", "a"), ("replica", "0")], &rl, &[1, 2]),
+            raw(&[("__name__", "a"), ("replica", "1")], &rl, &[5]),
+        ];
+        let got = merge_and_dedup(vec![s0, s1]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(times(&got[0].1), vec![0, 1, 2]);
+        assert_eq!(times(&got[1].1), vec![5]);
+    }
+}

@@ -1,0 +1,386 @@
+//! Parallel StoreAPI fan-out and the [`Queryable`] the PromQL engine reads through.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use norn_model::{Labels, Matcher};
+use norn_promql::storage::StorageError;
+use norn_promql::{Queryable, SelectHints, StoredSeries, StoredValue};
+use norn_storeapi::thanos::store_client::StoreClient;
+use norn_storeapi::thanos::{
+    self, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest, series_response,
+};
+use norn_tsdb::chunkenc::{Chunk, Encoding, Sample};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+
+use crate::dedup::{RawSeries, merge_and_dedup, strip_labels};
+use crate::endpoints::{EndpointSet, EndpointState};
+
+/// Largest gRPC message accepted from an endpoint.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Per-request settings of a query.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    /// Deduplicate on `replica_labels`.
+    pub dedup: bool,
+    /// Replica labels.
+    pub replica_labels: Vec<String>,
+    /// Endpoint failures become warnings (true) or fail the request (false).
+    pub partial_response: bool,
+    /// gRPC metadata carrying the tenant (`thanos-tenant`) and its value.
+    pub tenant: Option<String>,
+    /// Matchers added to every selection (tenancy enforcement).
+    pub extra_matchers: Vec<Matcher>,
+    /// When the request must be finished.
+    pub deadline: Instant,
+}
+
+/// A failure of a fan-out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FanoutError {
+    /// An endpoint failed and partial response is off.
+    #[error("{0}")]
+    Endpoint(String),
+    /// The deadline passed.
+    #[error("query timed out")]
+    Timeout,
+}
+
+/// Series of one selection, merged and deduplicated, with warnings of failed endpoints.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// Series in label order.
+    pub series: Vec<(Labels, Vec<(i64, StoredValue)>)>,
+    /// Endpoint warnings.
+    pub warnings: Vec<String>,
+}
+
+fn status_msg(addr: &str, s: &tonic::Status) -> String {
+    format!("receive series from {addr}: rpc error: code = {:?} desc = {}", s.code(), s.message())
+}
+
+fn with_tenant<T>(msg: T, tenant: &Option<String>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = tenant
+        && let Ok(v) = t.parse()
+    {
+        req.metadata_mut().insert("thanos-tenant", v);
+    }
+    req
+}
+
+fn client(ep: &EndpointState) -> StoreClient<tonic::transport::Channel> {
+    StoreClient::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Decodes one wire chunk, keeping samples in `[mint, maxt]`.
+fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
+    let Some(raw) = &c.raw else { return Ok(()) };
+    let enc = match thanos::chunk::Encoding::try_from(raw.r#type) {
+        Ok(thanos::chunk::Encoding::Xor) => Encoding::Xor,
+        Ok(thanos::chunk::Encoding::Histogram) => Encoding::Histogram,
+        Ok(thanos::chunk::Encoding::FloatHistogram) => Encoding::FloatHistogram,
+        Err(_) => return Err(format!("unknown chunk encoding {}", raw.r#type)),
+    };
+    if c.max_time < mint || c.min_time > maxt {
+        return Ok(());
+    }
+    let chunk = Chunk::new(enc, raw.data.clone());
+    let mut it = chunk.iter().map_err(|e| e.to_string())?;
+    for s in it.by_ref() {
+        let t = s.timestamp();
+        if t < mint {
+            continue;
+        }
+        if t > maxt {
+            break;
+        }
+        out.push(match s {
+            Sample::Float(t, v) => (t, StoredValue::Float(v)),
+            Sample::Histogram(t, h) => (t, StoredValue::Histogram(Arc::new(h.to_float()))),
+            Sample::FloatHistogram(t, h) => (t, StoredValue::Histogram(Arc::new(*h))),
+        });
+    }
+    if let Some(e) = it.err() {
+        return Err(e.to_string());
+    }
+    Ok(())
+}
+
+/// Sorts samples by time and drops repeated timestamps (chunks from one endpoint may
+/// overlap, e.g. head and block).
+fn normalize(samples: &mut Vec<(i64, StoredValue)>) {
+    if samples.windows(2).all(|w| w[0].0 < w[1].0) {
+        return;
+    }
+    samples.sort_by_key(|p| p.0);
+    samples.dedup_by_key(|p| p.0);
+}
+
+struct SeriesCall {
+    req: SeriesRequest,
+    tenant: Option<String>,
+    replica_labels: Vec<String>,
+    mint: i64,
+    maxt: i64,
+}
+
+/// Streams one endpoint's answer into decoded series, sorted by (key, full labels).
+async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(Vec<RawSeries>, Vec<String>), String> {
+    let mut c = client(&ep);
+    let mut stream =
+        c.series(with_tenant(call.req.clone(), &call.tenant)).await.map_err(|s| status_msg(&ep.addr, &s))?.into_inner();
+    let mut out: Vec<RawSeries> = Vec::new();
+    let mut warnings = Vec::new();
+    let handle = |s: thanos::Series, out: &mut Vec<RawSeries>| -> Result<(), String> {
+        let full = norn_storeapi::labels_from_proto(&s.labels).map_err(|e| format!("{}: {e}", ep.addr))?;
+        // A series may be split over several frames; the pieces are adjacent.
+        let idx = match out.last() {
+            Some(last) if last.full == full => out.len() - 1,
+            _ => {
+                let key = strip_labels(&full, &call.replica_labels);
+                out.push(RawSeries { key, full, samples: Vec::new() });
+                out.len() - 1
+            }
+        };
+        for ch in &s.chunks {
+            decode_chunk(ch, call.mint, call.maxt, &mut out[idx].samples)
+                .map_err(|e| format!("{}: series {}: {e}", ep.addr, out[idx].full))?;
+        }
+        Ok(())
+    };
+    while let Some(msg) = stream.message().await.map_err(|s| status_msg(&ep.addr, &s))? {
+        match msg.result {
+            Some(series_response::Result::Series(s)) => handle(s, &mut out)?,
+            Some(series_response::Result::Batch(b)) => {
+                for s in b.series {
+                    handle(s, &mut out)?;
+                }
+            }
+            Some(series_response::Result::Warning(w)) => warnings.push(w),
+            Some(series_response::Result::Hints(_)) | None => {}
+        }
+    }
+    for s in out.iter_mut() {
+        normalize(&mut s.samples);
+    }
+    let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].full) <= (&w[1].key, &w[1].full));
+    if !sorted {
+        out.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.full.cmp(&b.full)));
+    }
+    Ok((out, warnings))
+}
+
+/// Fans requests out to the endpoint set.
+#[derive(Debug)]
+pub struct Fanout {
+    /// The endpoints.
+    pub endpoints: Arc<EndpointSet>,
+}
+
+impl Fanout {
+    fn strategy(opts: &QueryOptions) -> i32 {
+        if opts.partial_response { PartialResponseStrategy::Warn as i32 } else { PartialResponseStrategy::Abort as i32 }
+    }
+
+    /// Handles failed endpoints per the partial-response setting.
+    fn absorb(opts: &QueryOptions, errs: Vec<String>, warnings: &mut Vec<String>) -> Result<(), FanoutError> {
+        if errs.is_empty() {
+            return Ok(());
+        }
+        if !opts.partial_response {
+            return Err(FanoutError::Endpoint(errs.join("; ")));
+        }
+        warnings.extend(errs);
+        Ok(())
+    }
+
+    /// Series matching `matchers` with samples in `[mint, maxt]` (labels only when
+    /// `skip_chunks`), from all endpoints that may hold them, merged and deduplicated.
+    pub async fn select(
+        &self,
+        opts: &QueryOptions,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+    ) -> Result<Selection, FanoutError> {
+        let mut all_matchers = matchers.to_vec();
+        all_matchers.extend(opts.extra_matchers.iter().cloned());
+        let (eps, down) = self.endpoints.select(&all_matchers, mint, maxt);
+        let mut warnings = Vec::new();
+        Self::absorb(opts, down, &mut warnings)?;
+        let replica_labels = if opts.dedup { opts.replica_labels.clone() } else { vec![] };
+        let call = Arc::new(SeriesCall {
+            req: SeriesRequest {
+                min_time: mint,
+                max_time: maxt,
+                matchers: all_matchers.iter().map(norn_storeapi::matcher_to_proto).collect(),
+                partial_response_disabled: !opts.partial_response,
+                partial_response_strategy: Self::strategy(opts),
+                skip_chunks,
+                response_batch_size: 64,
+                ..Default::default()
+            },
+            tenant: opts.tenant.clone(),
+            replica_labels,
+            mint,
+            maxt,
+        });
+        let mut set = tokio::task::JoinSet::new();
+        for ep in eps {
+            set.spawn(fetch_series(ep, call.clone()));
+        }
+        let mut sources = Vec::new();
+        let mut errs = Vec::new();
+        let deadline = tokio::time::Instant::from_std(opts.deadline);
+        loop {
+            match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Err(_) => return Err(FanoutError::Timeout),
+                Ok(None) => break,
+                Ok(Some(Ok(Ok((series, w))))) => {
+                    sources.push(series);
+                    warnings.extend(w);
+                }
+                Ok(Some(Ok(Err(e)))) => errs.push(e),
+                Ok(Some(Err(e))) => errs.push(format!("fan-out task failed: {e}")),
+            }
+        }
+        Self::absorb(opts, errs, &mut warnings)?;
+        let series = merge_and_dedup(sources);
+        Ok(Selection { series, warnings })
+    }
+
+    /// Label names (or values of `name` when given) across endpoints, sorted and unique.
+    pub async fn label_strings(
+        &self,
+        opts: &QueryOptions,
+        name: Option<&str>,
+        matcher_sets: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<(Vec<String>, Vec<String>), FanoutError> {
+        if let Some(n) = name
+            && opts.dedup
+            && opts.replica_labels.iter().any(|r| r == n)
+        {
+            return Ok((vec![], vec![]));
+        }
+        let sets: Vec<Vec<Matcher>> = if matcher_sets.is_empty() { vec![vec![]] } else { matcher_sets.to_vec() };
+        let mut warnings = Vec::new();
+        let mut out: std::collections::BTreeSet<String> = Default::default();
+        let deadline = tokio::time::Instant::from_std(opts.deadline);
+        for ms in sets {
+            let mut all = ms.clone();
+            all.extend(opts.extra_matchers.iter().cloned());
+            let (eps, down) = self.endpoints.select(&all, start, end);
+            Self::absorb(opts, down, &mut warnings)?;
+            let proto: Vec<thanos::LabelMatcher> = all.iter().map(norn_storeapi::matcher_to_proto).collect();
+            let mut set = tokio::task::JoinSet::new();
+            for ep in eps {
+                let proto = proto.clone();
+                let name = name.map(str::to_string);
+                let tenant = opts.tenant.clone();
+                let strat = Self::strategy(opts);
+                set.spawn(async move {
+                    let mut c = client(&ep);
+                    match name {
+                        Some(label) => {
+                            let req = LabelValuesRequest {
+                                label,
+                                partial_response_strategy: strat,
+                                start,
+                                end,
+                                matchers: proto,
+                                ..Default::default()
+                            };
+                            let r = c.label_values(with_tenant(req, &tenant)).await;
+                            r.map(|r| {
+                                let r = r.into_inner();
+                                (r.values, r.warnings)
+                            })
+                            .map_err(|s| status_msg(&ep.addr, &s))
+                        }
+                        None => {
+                            let req = LabelNamesRequest {
+                                partial_response_strategy: strat,
+                                start,
+                                end,
+                                matchers: proto,
+                                ..Default::default()
+                            };
+                            let r = c.label_names(with_tenant(req, &tenant)).await;
+                            r.map(|r| {
+                                let r = r.into_inner();
+                                (r.names, r.warnings)
+                            })
+                            .map_err(|s| status_msg(&ep.addr, &s))
+                        }
+                    }
+                });
+            }
+            let mut errs = Vec::new();
+            loop {
+                match tokio::time::timeout_at(deadline, set.join_next()).await {
+                    Err(_) => return Err(FanoutError::Timeout),
+                    Ok(None) => break,
+                    Ok(Some(Ok(Ok((vals, w))))) => {
+                        out.extend(vals);
+                        warnings.extend(w);
+                    }
+                    Ok(Some(Ok(Err(e)))) => errs.push(e),
+                    Ok(Some(Err(e))) => errs.push(format!("fan-out task failed: {e}")),
+                }
+            }
+            Self::absorb(opts, errs, &mut warnings)?;
+        }
+        if name.is_none() && opts.dedup {
+            out.retain(|n| !opts.replica_labels.contains(n));
+        }
+        out.retain(|v| !v.is_empty());
+        Ok((out.into_iter().collect(), warnings))
+    }
+}
+
+/// A [`Queryable`] over the fan-out for one query. The engine is synchronous and runs
+/// on a blocking thread; each selection blocks that thread on the async fan-out.
+#[derive(Debug)]
+pub struct StoreQueryable {
+    fanout: Arc<Fanout>,
+    opts: QueryOptions,
+    handle: Handle,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl StoreQueryable {
+    /// A queryable for one query; `handle` is the runtime the fan-out runs on.
+    pub fn new(fanout: Arc<Fanout>, opts: QueryOptions, handle: Handle) -> Self {
+        StoreQueryable { fanout, opts, handle, warnings: Mutex::new(Vec::new()) }
+    }
+
+    /// Warnings collected from endpoints so far.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock())
+    }
+}
+
+impl Queryable for StoreQueryable {
+    fn select(&self, matchers: &[Matcher], hints: &SelectHints) -> Result<Vec<Arc<StoredSeries>>, StorageError> {
+        let sel = self
+            .handle
+            .block_on(self.fanout.select(&self.opts, matchers, hints.start, hints.end, false))
+            .map_err(|e| StorageError(e.to_string()))?;
+        self.warnings.lock().extend(sel.warnings);
+        Ok(sel
+            .series
+            .into_iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(labels, samples)| {
+                let (ts, values) = samples.into_iter().unzip();
+                Arc::new(StoredSeries { labels, ts, values })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,159 @@
+//! The querier's own StoreAPI and Info services, so queriers can be stacked: series are
+//! fanned out to the endpoint set and merged, without replica deduplication (the querier
+//! above deduplicates, as with Thanos's proxy store).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use norn_model::Labels;
+use norn_promql::StoredValue;
+use norn_storeapi::thanos::info::info_server::Info;
+use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo};
+use norn_storeapi::thanos::store_server::Store;
+use norn_storeapi::thanos::{
+    self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, PartialResponseStrategy,
+    SeriesRequest, SeriesResponse, ZLabelSet, series_response,
+};
+use tonic::{Request, Response, Status};
+
+use crate::fanout::{Fanout, FanoutError, QueryOptions};
+
+/// StoreAPI + Info over the fan-out.
+#[derive(Debug, Clone)]
+pub struct QuerierStore {
+    /// The fan-out.
+    pub fanout: Arc<Fanout>,
+    /// Longest a request may run.
+    pub timeout: Duration,
+}
+
+fn tenant_of<T>(r: &Request<T>) -> Option<String> {
+    r.metadata().get("thanos-tenant").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn status(e: FanoutError) -> Status {
+    match e {
+        FanoutError::Timeout => Status::deadline_exceeded("query timed out"),
+        FanoutError::Endpoint(m) => Status::unavailable(m),
+    }
+}
+
+impl QuerierStore {
+    fn opts(&self, strategy: i32, disabled: bool, tenant: Option<String>) -> QueryOptions {
+        QueryOptions {
+            dedup: false,
+            replica_labels: vec![],
+            partial_response: !disabled && strategy != PartialResponseStrategy::Abort as i32,
+            tenant,
+            extra_matchers: vec![],
+            deadline: Instant::now() + self.timeout,
+        }
+    }
+}
+
+fn series_msg(l: &Labels, samples: &[(i64, StoredValue)], skip_chunks: bool) -> thanos::Series {
+    let mut chunks = Vec::new();
+    if !skip_chunks {
+        let floats: Vec<(i64, f64)> = samples
+            .iter()
+            .filter_map(|(t, v)| if let StoredValue::Float(f) = v { Some((*t, *f)) } else { None })
+            .collect();
+        for part in floats.chunks(120) {
+            let mut c = norn_tsdb::chunkenc::XorChunk::new();
+            for (t, v) in part {
+                c.append(*t, *v);
+            }
+            chunks.push(thanos::AggrChunk {
+                min_time: part[0].0,
+                max_time: part[part.len() - 1].0,
+                raw: Some(thanos::Chunk {
+                    r#type: thanos::chunk::Encoding::Xor as i32,
+                    data: c.bytes().to_vec(),
+                    hash: 0,
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    thanos::Series { labels: norn_storeapi::labels_to_proto(l), chunks }
+}
+
+type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Store for QuerierStore {
+    type SeriesStream = SeriesStream;
+
+    async fn series(&self, req: Request<SeriesRequest>) -> Result<Response<SeriesStream>, Status> {
+        let tenant = tenant_of(&req);
+        let r = req.into_inner();
+        let matchers =
+            norn_storeapi::matchers_from_proto(&r.matchers).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let opts = self.opts(r.partial_response_strategy, r.partial_response_disabled, tenant);
+        let sel = self.fanout.select(&opts, &matchers, r.min_time, r.max_time, r.skip_chunks).await.map_err(status)?;
+        let mut out: Vec<Result<SeriesResponse, Status>> = Vec::with_capacity(sel.series.len() + sel.warnings.len());
+        for w in sel.warnings {
+            out.push(Ok(SeriesResponse { result: Some(series_response::Result::Warning(w)) }));
+        }
+        for (l, samples) in &sel.series {
+            if !r.skip_chunks && samples.is_empty() {
+                continue;
+            }
+            out.push(Ok(SeriesResponse {
+                result: Some(series_response::Result::Series(series_msg(l, samples, r.skip_chunks))),
+            }));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+    }
+
+    async fn label_names(&self, req: Request<LabelNamesRequest>) -> Result<Response<LabelNamesResponse>, Status> {
+        let tenant = tenant_of(&req);
+        let r = req.into_inner();
+        let ms =
+            norn_storeapi::matchers_from_proto(&r.matchers).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let opts = self.opts(r.partial_response_strategy, r.partial_response_disabled, tenant);
+        let sets = if ms.is_empty() { vec![] } else { vec![ms] };
+        let (names, warnings) = self.fanout.label_strings(&opts, None, &sets, r.start, r.end).await.map_err(status)?;
+        Ok(Response::new(LabelNamesResponse { names, warnings, hints: None }))
+    }
+
+    async fn label_values(&self, req: Request<LabelValuesRequest>) -> Result<Response<LabelValuesResponse>, Status> {
+        let tenant = tenant_of(&req);
+        let r = req.into_inner();
+        let ms =
+            norn_storeapi::matchers_from_proto(&r.matchers).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let opts = self.opts(r.partial_response_strategy, r.partial_response_disabled, tenant);
+        let sets = if ms.is_empty() { vec![] } else { vec![ms] };
+        let (values, warnings) =
+            self.fanout.label_strings(&opts, Some(&r.label), &sets, r.start, r.end).await.map_err(status)?;
+        Ok(Response::new(LabelValuesResponse { values, warnings, hints: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl Info for QuerierStore {
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let mut sets: std::collections::BTreeSet<Labels> = Default::default();
+        let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
+        for ep in self.fanout.endpoints.all() {
+            let st = ep.status.read();
+            if let (Some(info), None) = (&st.info, &st.last_error) {
+                sets.extend(info.label_sets.iter().cloned());
+                mint = mint.min(info.min_time);
+                maxt = maxt.max(info.max_time);
+            }
+        }
+        if mint > maxt {
+            // No healthy endpoint: advertise an empty range so upper queriers skip us.
+            (mint, maxt) = (i64::MAX, i64::MIN);
+        }
+        Ok(Response::new(InfoResponse {
+            label_sets: sets.iter().map(|l| ZLabelSet { labels: norn_storeapi::labels_to_proto(l) }).collect(),
+            component_type: "query".into(),
+            store: Some(StoreInfo { min_time: mint, max_time: maxt, ..Default::default() }),
+            ..Default::default()
+        }))
+    }
+}
