@@ -6,8 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use norn_receive::http::{Protocol, decode_body};
-use norn_receive::write::Limits;
+use norn_storeapi::remote_write::{Limits, Protocol, decode_body};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };

@@ -22,7 +22,8 @@ use xxhash_rust::xxh64::xxh64;
 
 use crate::router::{Batch, Router};
 use crate::tenants::{MultiTsdb, TenantDb, validate_tenant};
-use crate::write::{Limits, WriteError, validate};
+use crate::write::WriteError;
+use norn_storeapi::remote_write::{Limits, validate};
 
 /// `thanos.WriteableStore`: writes forwarded by peers (or sent by Thanos routers).
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! a Thanos StoreAPI server, and block upload to a bucket.
 
 pub mod grpc;
+pub mod grpc_snappy;
 pub mod hashring;
 pub mod http;
 pub mod metrics;
@@ -28,7 +29,7 @@ use crate::hashring::{Algorithm, MultiRing, parse_config};
 use crate::metrics::Metrics;
 use crate::router::{Peers, Router};
 use crate::tenants::{MultiTsdb, TsdbSettings, validate_tenant};
-use crate::write::Limits;
+use norn_storeapi::remote_write::Limits;
 
 /// When a write is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -322,6 +323,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
     };
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
+        .layer(grpc_snappy::SnappyLayer { limit: max_msg })
         .add_service(
             WriteableStoreServer::new(writer).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),
         )

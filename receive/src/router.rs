@@ -18,7 +18,8 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use crate::hashring::{MultiRing, series_hash};
 use crate::metrics::Metrics;
 use crate::tenants::MultiTsdb;
-use crate::write::{AppendStats, WriteError, append_local, describe};
+use crate::write::{AppendStats, WriteError, append_local};
+use norn_storeapi::remote_write::describe;
 
 /// Thanos's write quorum: 1 for RF 2, else a majority.
 pub fn quorum(rf: usize) -> usize {

@@ -2,9 +2,8 @@
 //! that decide HTTP and gRPC status codes.
 
 use norn_model::Labels;
-use norn_model::labels::is_valid_legacy_label_name;
 use norn_storeapi::prometheus_copy::TimeSeries;
-use norn_storeapi::{ConvertError, labels_from_proto, thanos};
+use norn_storeapi::remote_write::{RejectKind, Rejected, describe};
 use norn_tsdb::head::AppendError;
 
 use crate::tenants::TenantDb;
@@ -29,6 +28,16 @@ pub enum WriteError {
     /// Anything else: HTTP 500, gRPC `Internal`; retried.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<Rejected> for WriteError {
+    fn from(r: Rejected) -> WriteError {
+        match r.kind {
+            RejectKind::BadRequest => WriteError::BadRequest(r.msg),
+            RejectKind::Conflict => WriteError::Conflict(r.msg),
+            RejectKind::TooLarge => WriteError::TooLarge(r.msg),
+        }
+    }
 }
 
 impl WriteError {
@@ -67,83 +76,6 @@ impl WriteError {
             _ => WriteError::Internal(msg),
         }
     }
-}
-
-/// Per-request limits; 0 disables a limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Limits {
-    /// Decompressed request size in bytes (and the compressed body's size).
-    pub size_bytes: usize,
-    pub series: usize,
-    pub samples: usize,
-    pub labels_per_series: usize,
-    pub label_name_length: usize,
-    pub label_value_length: usize,
-}
-
-/// A wire label list as Prometheus prints a series, for error messages.
-pub fn describe(ls: &[thanos::Label]) -> String {
-    let mut s = String::from("{");
-    for (i, l) in ls.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let v: String = l.value.chars().take(128).collect();
-        s.push_str(&format!("{}={:?}", l.name, v));
-    }
-    s.push('}');
-    s
-}
-
-/// Checks request-level limits and every series' labels; returns the label sets, in
-/// request order. The first bad series is named in the error.
-pub fn validate(series: &[TimeSeries], limits: &Limits) -> Result<Vec<Labels>, WriteError> {
-    if limits.series > 0 && series.len() > limits.series {
-        return Err(WriteError::TooLarge(format!("request has {} series, limit is {}", series.len(), limits.series)));
-    }
-    if limits.samples > 0 {
-        let n: usize = series.iter().map(|s| s.samples.len() + s.histograms.len()).sum();
-        if n > limits.samples {
-            return Err(WriteError::TooLarge(format!("request has {n} samples, limit is {}", limits.samples)));
-        }
-    }
-    let mut out = Vec::with_capacity(series.len());
-    for ts in series {
-        let bad = |what: String| format!("series {}: {what}", describe(&ts.labels));
-        if limits.labels_per_series > 0 && ts.labels.len() > limits.labels_per_series {
-            return Err(WriteError::BadRequest(bad(format!(
-                "{} labels, limit is {}",
-                ts.labels.len(),
-                limits.labels_per_series
-            ))));
-        }
-        for l in &ts.labels {
-            if limits.label_name_length > 0 && l.name.len() > limits.label_name_length {
-                return Err(WriteError::BadRequest(bad(format!(
-                    "label name {:?} longer than {} bytes",
-                    l.name, limits.label_name_length
-                ))));
-            }
-            if limits.label_value_length > 0 && l.value.len() > limits.label_value_length {
-                return Err(WriteError::BadRequest(bad(format!(
-                    "value of label {:?} longer than {} bytes",
-                    l.name, limits.label_value_length
-                ))));
-            }
-            if !l.name.is_empty() && !is_valid_legacy_label_name(&l.name) {
-                return Err(WriteError::BadRequest(bad(format!("invalid label name {:?}", l.name))));
-            }
-        }
-        let labels = labels_from_proto(&ts.labels).map_err(|e| match e {
-            ConvertError::Labels(_) | ConvertError::EmptyLabelValue(_) => WriteError::Conflict(bad(e.to_string())),
-            e => WriteError::BadRequest(bad(e.to_string())),
-        })?;
-        if labels.metric_name().is_none_or(str::is_empty) {
-            return Err(WriteError::BadRequest(bad("no metric name (__name__ label)".into())));
-        }
-        out.push(labels);
-    }
-    Ok(out)
 }
 
 /// What a local append did.
@@ -206,50 +138,7 @@ pub fn append_local(
 
 #[cfg(test)]
 mod tests {
-    use norn_storeapi::prometheus_copy::Sample;
-
     use super::*;
-
-    fn ts(pairs: &[(&str, &str)]) -> TimeSeries {
-        TimeSeries {
-            labels: pairs.iter().map(|(n, v)| thanos::Label { name: n.to_string(), value: v.to_string() }).collect(),
-            samples: vec![Sample { value: 1.0, timestamp: 1 }],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn validation_table() {
-        let lim = Limits { labels_per_series: 3, label_name_length: 10, label_value_length: 5, ..Default::default() };
-        type Case<'a> = (&'a [(&'a str, &'a str)], Option<u16>);
-        let cases: &[Case<'_>] = &[
-            (&[("__name__", "up"), ("job", "a")], None),
-            (&[("job", "a")], Some(400)),
-            (&[("__name__", "up"), ("9bad", "a")], Some(400)),
-            (&[("__name__", "up"), ("b", "1"), ("a", "2")], Some(409)),
-            (&[("__name__", "up"), ("a", "1"), ("a", "2")], Some(409)),
-            (&[("__name__", "up"), ("a", "")], Some(409)),
-            (&[("__name__", "up"), ("a", "1"), ("b", "1"), ("c", "1")], Some(400)),
-            (&[("__name__", "up"), ("abcdefghijk", "1")], Some(400)),
-            (&[("__name__", "up"), ("a", "123456")], Some(400)),
-        ];
-        for (pairs, want) in cases {
-            let got = validate(&[ts(pairs)], &lim).err().map(|e| e.http_status());
-            assert_eq!(got, *want, "{pairs:?}");
-        }
-        let err = validate(&[ts(&[("__name__", "ok")]), ts(&[("job", "x")])], &lim).unwrap_err();
-        assert!(err.to_string().contains(r#"{job="x"}"#), "{err}");
-    }
-
-    #[test]
-    fn request_limits() {
-        let many = vec![ts(&[("__name__", "a")]); 3];
-        let lim = Limits { series: 2, ..Default::default() };
-        assert_eq!(validate(&many, &lim).unwrap_err().http_status(), 413);
-        let lim = Limits { samples: 2, ..Default::default() };
-        assert_eq!(validate(&many, &lim).unwrap_err().http_status(), 413);
-        assert!(validate(&many, &Limits::default()).is_ok());
-    }
 
     #[test]
     fn status_mapping_round_trips() {

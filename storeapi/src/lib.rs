@@ -41,5 +41,6 @@ pub mod io {
 }
 
 mod convert;
+pub mod remote_write;
 
 pub use convert::*;
