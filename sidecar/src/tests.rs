@@ -36,6 +36,19 @@ fn min_time_flag() {
     assert!(parse_time_or_duration("yesterday", now).is_err());
 }
 
+#[test]
+fn compaction_detection() {
+    let flags = |min: &str, max: &str| {
+        BTreeMap::from([
+            ("storage.tsdb.min-block-duration".to_string(), min.to_string()),
+            ("storage.tsdb.max-block-duration".to_string(), max.to_string()),
+        ])
+    };
+    assert!(!compaction_enabled(&flags("2h", "2h")));
+    assert!(compaction_enabled(&flags("2h", "1d12h")));
+    assert!(compaction_enabled(&BTreeMap::from([("storage.tsdb.min-block-duration".into(), "2h".into())])));
+}
+
 /// A Prometheus stand-in: a few float series, remote read in either mode, the label
 /// and series APIs; records what it was asked.
 struct Fake {
