@@ -379,6 +379,22 @@ fn sidecar_serves_and_ships_a_real_prometheus() {
     // versions; this compares data, not that).
     let last = prom_series(pport, r#"up{job="prometheus"}"#, 10, t).into_values().next().unwrap();
     querier_matches_prometheus(&rt, grpc, pport, last.last().unwrap().0 - 500);
+    // Figures for the report (debug build; not asserted): every series of one job.
+    let started = Instant::now();
+    let all = rt.block_on(sidecar_series(grpc, vec![lm("job", "prometheus")], 0, t));
+    let ours = started.elapsed();
+    let started = Instant::now();
+    let (code, body) =
+        http_get(pport, &format!("/api/v1/query?query={}&time={}", enc(r#"{job="prometheus"}[10m]"#), secs(t)))
+            .unwrap();
+    let theirs = started.elapsed();
+    assert_eq!(code, 200);
+    eprintln!(
+        "sidecar Series {{job=\"prometheus\"}}: {} series, {} samples in {ours:?} (Prometheus query API: {} bytes in {theirs:?})",
+        all.len(),
+        all.values().map(Vec::len).sum::<usize>(),
+        body.len()
+    );
     // A matcher on another replica: nothing.
     assert!(rt.block_on(sidecar_series(grpc, vec![lm("__name__", "up"), lm("replica", "r1")], 0, t)).is_empty());
     // Label values through the HTTP API, external labels answered here.
