@@ -599,6 +599,40 @@ mod tests {
     }
 
     #[test]
+    fn sampled_histograms_become_histogram_chunks() {
+        use prometheus_copy::histogram::{Count, ZeroCount};
+        let h = |t: i64, n: u64| prometheus_copy::Histogram {
+            count: Some(Count::CountInt(2 * n)),
+            sum: n as f64,
+            schema: 0,
+            zero_threshold: 0.001,
+            zero_count: Some(ZeroCount::ZeroCountInt(0)),
+            positive_spans: vec![prometheus_copy::BucketSpan { offset: 0, length: 2 }],
+            positive_deltas: vec![n as i64, 0],
+            timestamp: t,
+            ..Default::default()
+        };
+        let ts = prometheus_copy::TimeSeries {
+            labels: vec![norn_storeapi::thanos::Label { name: "__name__".into(), value: "h".into() }],
+            histograms: vec![h(1000, 1), h(2000, 2), h(3000, 3)],
+            ..Default::default()
+        };
+        let s = encode_sampled("u", ts).unwrap();
+        assert_eq!(s.chunks.len(), 1);
+        assert_eq!(s.chunks[0].chunk.encoding, Encoding::Histogram);
+        let got: Vec<(i64, u64, Vec<i64>)> = s.chunks[0]
+            .chunk
+            .iter()
+            .unwrap()
+            .map(|x| match x {
+                Sample::Histogram(t, h) => (t, h.count, h.positive_buckets.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [(1000, 2, vec![1, 0]), (2000, 4, vec![2, 0]), (3000, 6, vec![3, 0])]);
+    }
+
+    #[test]
     fn sampled_series_reencoded_in_120_sample_chunks() {
         let ts = prometheus_copy::TimeSeries {
             labels: vec![norn_storeapi::thanos::Label { name: "__name__".into(), value: "up".into() }],

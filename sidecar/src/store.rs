@@ -389,6 +389,23 @@ mod tests {
         assert_eq!(out[1].1.iter().map(|c| c.min_time).collect::<Vec<_>>(), [0, 1]);
     }
 
+    #[tokio::test]
+    async fn prometheus_down_is_unavailable() {
+        use store_server::Store;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut reg = prometheus_client::registry::Registry::default();
+        let store = SidecarStore {
+            prom: PromClient::new(&format!("http://127.0.0.1:{port}"), std::time::Duration::from_secs(2)).unwrap(),
+            meta: Arc::new(PromMeta::new(Labels::from_pairs([("replica", "a")]), i64::MIN)),
+            metrics: Arc::new(Metrics::new(&mut reg)),
+        };
+        let m = norn_storeapi::matcher_to_proto(&Matcher::equal("__name__", "up"));
+        let req = SeriesRequest { matchers: vec![m.clone()], max_time: 10, ..Default::default() };
+        assert_eq!(store.series(Request::new(req)).await.unwrap_err().code(), tonic::Code::Unavailable);
+        let req = LabelNamesRequest { matchers: vec![m], end: 10, ..Default::default() };
+        assert_eq!(store.label_names(Request::new(req)).await.unwrap_err().code(), tonic::Code::Unavailable);
+    }
+
     #[test]
     fn chunk_encodings_on_the_wire() {
         let l = Labels::from_pairs([("__name__", "x")]);
