@@ -275,6 +275,16 @@ fn querier_matches_prometheus(rt: &tokio::runtime::Runtime, sidecar_grpc: u16, p
         assert!(diff.is_empty() && ours.len() == theirs.len(), "{expr}: norn query differs:\n{}", diff.join("\n"));
     }
 
+    // Label APIs through the querier: Prometheus's names plus the external ones.
+    let window = format!("start={}&end={}", secs(t - 30_000), secs(t));
+    let names = |port| -> BTreeSet<String> {
+        serde_json::from_value(api(port, &format!("/api/v1/labels?{window}"))["data"].clone()).unwrap()
+    };
+    let (ours, theirs) = (names(qport), names(prom_port));
+    assert!(theirs.is_subset(&ours), "{theirs:?} not in {ours:?}");
+    assert!(ours.difference(&theirs).all(|n| n == "cluster" || n == "replica"), "{ours:?}");
+    let jobs = |port| api(port, &format!("/api/v1/label/job/values?{window}"))["data"].clone();
+    assert_eq!(jobs(qport), jobs(prom_port));
     stop.cancel();
     rt.block_on(q).unwrap().unwrap();
 }
