@@ -282,6 +282,24 @@ async fn gives_up_when_prometheus_never_ready() {
     assert!(e.to_string().contains("503"), "{e}");
 }
 
+#[tokio::test]
+async fn waits_for_a_late_prometheus() {
+    let f = Fake::new("{replica: a}");
+    f.ready.store(false, Ordering::SeqCst);
+    let url = serve_fake(&f).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _, h) = args(&url, dir.path());
+    let stop = Shutdown::new();
+    let task = tokio::spawn(run(a, stop.clone()));
+    eventually(h, "/-/healthy", 200).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(http_status(h, "/-/ready").await, 503);
+    f.ready.store(true, Ordering::SeqCst);
+    eventually(h, "/-/ready", 200).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 fn lm(t: i32, n: &str, v: &str) -> LabelMatcher {
     LabelMatcher { r#type: t, name: n.into(), value: v.into() }
 }
