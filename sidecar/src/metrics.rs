@@ -32,17 +32,17 @@ impl Metrics {
             sync_failures: Counter::default(),
         };
         let r = reg.sub_registry_with_prefix("norn_sidecar");
-        r.register("prometheus_up", "1 when the last heartbeat to Prometheus succeeded.", m.prometheus_up.clone());
+        r.register("prometheus_up", "1 when the last heartbeat to Prometheus succeeded", m.prometheus_up.clone());
         r.register(
             "last_heartbeat_success_time_seconds",
-            "Unix time of the last successful heartbeat to Prometheus.",
+            "Unix time of the last successful heartbeat to Prometheus",
             m.last_heartbeat_success.clone(),
         );
-        r.register("remote_reads", "Remote-read calls to Prometheus, by response mode.", m.remote_reads.clone());
-        r.register("shipper_uploads", "Blocks uploaded to the bucket.", m.uploads.clone());
-        r.register("shipper_upload_failures", "Failed block uploads.", m.upload_failures.clone());
-        r.register("shipper_dir_syncs", "Passes over the data directory.", m.syncs.clone());
-        r.register("shipper_dir_sync_failures", "Passes over the data directory that failed.", m.sync_failures.clone());
+        r.register("remote_reads", "Remote-read calls to Prometheus, by response mode", m.remote_reads.clone());
+        r.register("shipper_uploads", "Blocks uploaded to the bucket", m.uploads.clone());
+        r.register("shipper_upload_failures", "Failed block uploads", m.upload_failures.clone());
+        r.register("shipper_dir_syncs", "Passes over the data directory", m.syncs.clone());
+        r.register("shipper_dir_sync_failures", "Passes over the data directory that failed", m.sync_failures.clone());
         m
     }
 }
