@@ -289,6 +289,11 @@ impl Prometheus {
     /// Runs an instant (`range = None`) or range query through the HTTP API and returns
     /// the decoded JSON body.
     pub fn query(&self, q: &str, time: i64, range: Option<(i64, i64)>) -> serde_json::Value {
+        self.query_with(q, time, range, "")
+    }
+
+    /// Like [`Self::query`], with `extra` (e.g. `&stats=all`) appended to the URL.
+    pub fn query_with(&self, q: &str, time: i64, range: Option<(i64, i64)>, extra: &str) -> serde_json::Value {
         let path = match range {
             None => format!("/api/v1/query?query={}&time={}", urlencode(q), secs(time)),
             Some((end, step)) => format!(
@@ -298,7 +303,7 @@ impl Prometheus {
                 secs(end),
                 secs(step)
             ),
-        };
+        } + extra;
         let (status, body) = norn_testkit::http_get(self.port, &path).expect("prometheus query");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("HTTP {status}: bad JSON ({e}): {body}"))
     }

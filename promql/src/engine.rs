@@ -392,6 +392,10 @@ pub(crate) struct Evaluator<'a> {
     regexes: HashMap<String, Arc<regex::Regex>>,
     /// Inside a subquery, selections may reach before the query start.
     subquery_depth: usize,
+    /// Inner results of subqueries by (node, time): consecutive outer steps of a range
+    /// query share most of their inner steps, so each is evaluated once. Entries before
+    /// the current window are dropped as the outer steps advance.
+    subq_cache: HashMap<usize, std::collections::BTreeMap<i64, Value>>,
     deadline: Option<std::time::Instant>,
 }
 
@@ -422,6 +426,7 @@ impl<'a> Evaluator<'a> {
             memo2: HashMap::new(),
             regexes: HashMap::new(),
             subquery_depth: 0,
+            subq_cache: HashMap::new(),
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
         }
     }
@@ -976,10 +981,25 @@ impl<'a> Evaluator<'a> {
                 // An error ends the whole query, so the depth need not be restored on it.
                 self.subquery_depth += 1;
                 self.pending_func = None;
+                let node = sq as *const _ as usize;
+                if let Some(c) = self.subq_cache.get_mut(&node) {
+                    // Outer steps mostly ascend; older inner results will not be asked for again.
+                    let keep = c.split_off(&first);
+                    *c = keep;
+                }
                 let mut t = first;
                 while t <= rt {
                     self.check_deadline()?;
-                    match self.eval(&sq.expr, t)? {
+                    let cached = self.subq_cache.get(&node).and_then(|c| c.get(&t)).cloned();
+                    let v = match cached {
+                        Some(v) => v,
+                        None => {
+                            let v = self.eval(&sq.expr, t)?;
+                            self.subq_cache.entry(node).or_default().insert(t, v.clone());
+                            v
+                        }
+                    };
+                    match v {
                         Value::Scalar(v) => {
                             let i = *index.entry((Labels::empty(), false)).or_insert_with(|| {
                                 order.push(Series::default());
