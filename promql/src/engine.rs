@@ -2,7 +2,9 @@
 //! instant evaluation at each step, exactly as Prometheus's range evaluation defines
 //! it); selections are fetched from storage once per selector and then sliced per step.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::fasthash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -269,7 +271,7 @@ fn finish_value(v: Value, _opts: &EngineOptions) -> EvalResult<Value> {
                     s.drop_name = false;
                 }
             }
-            let mut seen = std::collections::HashSet::with_capacity(vec.len());
+            let mut seen = HashSet::with_capacity_and_hasher(vec.len(), Default::default());
             for s in &vec {
                 if !seen.insert(s.metric.clone()) {
                     return Err(QueryError::Eval("vector cannot contain metrics with the same labelset".into()));
@@ -281,7 +283,7 @@ fn finish_value(v: Value, _opts: &EngineOptions) -> EvalResult<Value> {
             // Series that end up with the same labels once names are dropped are merged;
             // only two points at the same time are a conflict.
             let mut out: Vec<Series> = Vec::with_capacity(m.len());
-            let mut idx: HashMap<Labels, usize> = HashMap::with_capacity(m.len());
+            let mut idx: HashMap<Labels, usize> = HashMap::with_capacity_and_hasher(m.len(), Default::default());
             let mut merged = false;
             for mut s in m {
                 if s.drop_name {
@@ -396,6 +398,9 @@ pub(crate) struct Evaluator<'a> {
     /// query share most of their inner steps, so each is evaluated once. Entries before
     /// the current window are dropped as the outer steps advance.
     subq_cache: HashMap<usize, std::collections::BTreeMap<i64, Value>>,
+    /// Per selector (and bound), the last search position in each selected series: steps
+    /// mostly ascend, so the next position is usually a few samples further on.
+    cursors: HashMap<(usize, u8), Vec<usize>>,
     deadline: Option<std::time::Instant>,
 }
 
@@ -415,18 +420,19 @@ impl<'a> Evaluator<'a> {
             end,
             interval,
             text,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             annos: Annotations::default(),
             stats_hints: false,
             pending_func: None,
             pending_grouping: None,
             pending_range: None,
-            pos_cache: HashMap::new(),
-            memo: HashMap::new(),
-            memo2: HashMap::new(),
-            regexes: HashMap::new(),
+            pos_cache: HashMap::default(),
+            memo: HashMap::default(),
+            memo2: HashMap::default(),
+            regexes: HashMap::default(),
             subquery_depth: 0,
-            subq_cache: HashMap::new(),
+            subq_cache: HashMap::default(),
+            cursors: HashMap::default(),
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
         }
     }
@@ -541,7 +547,7 @@ impl<'a> Evaluator<'a> {
             ));
         }
         let mut order: Vec<Series> = Vec::new();
-        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+        let mut index: HashMap<(Labels, bool), usize> = HashMap::default();
         let mut ts = start;
         while ts <= end {
             self.check_deadline()?;
@@ -712,7 +718,7 @@ impl<'a> Evaluator<'a> {
             result = self.q.select(&ms, &hints).map_err(|e| QueryError::Eval(e.to_string()))?;
         } else {
             result = Vec::new();
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::default();
             for group in &vs.matchers.or_matchers {
                 let mut ms = base.clone();
                 for m in group.iter().chain(vs.matchers.matchers.iter()).filter(|m| m.name != crate::rewrite::EXT_LABEL)
@@ -738,8 +744,12 @@ impl<'a> Evaluator<'a> {
         let lo = rt.saturating_sub(self.opts.lookback_delta);
         let smoothed = ext_mode(vs) == Some(Ext::Smoothed);
         let mut out = Vec::new();
-        for s in series.iter() {
-            let idx = s.ts.partition_point(|t| *t <= rt);
+        let ckey = (vs as *const VectorSelector as usize, 0u8);
+        let mut cur = self.cursors.remove(&ckey).unwrap_or_default();
+        cur.resize(series.len(), 0);
+        for (si, s) in series.iter().enumerate() {
+            let idx = seek_le(&s.ts, cur[si], rt);
+            cur[si] = idx;
             if idx == 0 {
                 continue;
             }
@@ -832,6 +842,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
         }
+        self.cursors.insert(ckey, cur);
         if out.len() > self.opts.max_samples {
             return Err(QueryError::TooManySamples);
         }
@@ -899,9 +910,15 @@ impl<'a> Evaluator<'a> {
                 let ext = ext_mode(vs);
                 let mut out = Vec::new();
                 let mut total = 0usize;
-                for s in series.iter() {
-                    let mut a = s.ts.partition_point(|t| *t <= lo);
-                    let mut b = s.ts.partition_point(|t| *t <= rt);
+                let key = vs as *const VectorSelector as usize;
+                let mut cur_a = self.cursors.remove(&(key, 1)).unwrap_or_default();
+                let mut cur_b = self.cursors.remove(&(key, 2)).unwrap_or_default();
+                cur_a.resize(series.len(), 0);
+                cur_b.resize(series.len(), 0);
+                for (si, s) in series.iter().enumerate() {
+                    let mut a = seek_le(&s.ts, cur_a[si], lo);
+                    let mut b = seek_le(&s.ts, cur_b[si], rt);
+                    (cur_a[si], cur_b[si]) = (a, b);
                     let inside = b > a;
                     let usable = |i: usize| !matches!(&s.values[i], StoredValue::Float(f) if is_stale_nan(*f));
                     match ext {
@@ -927,6 +944,9 @@ impl<'a> Evaluator<'a> {
                         continue;
                     }
                     let mut ser = Series { metric: s.labels.clone(), ..Default::default() };
+                    if matches!(s.values[a], StoredValue::Float(_)) {
+                        ser.floats.reserve_exact(b - a);
+                    }
                     let with_st = !s.st.is_empty();
                     for i in a..b {
                         match &s.values[i] {
@@ -953,6 +973,8 @@ impl<'a> Evaluator<'a> {
                     total += ser.floats.len() + ser.histograms.len();
                     out.push(ser);
                 }
+                self.cursors.insert((key, 1), cur_a);
+                self.cursors.insert((key, 2), cur_b);
                 if total > self.opts.max_samples {
                     return Err(QueryError::TooManySamples);
                 }
@@ -976,7 +998,7 @@ impl<'a> Evaluator<'a> {
                     first += step;
                 }
                 let mut order: Vec<Series> = Vec::new();
-                let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+                let mut index: HashMap<(Labels, bool), usize> = HashMap::default();
                 let saved_stats = std::mem::replace(&mut self.stats_hints, false);
                 // An error ends the whole query, so the depth need not be restored on it.
                 self.subquery_depth += 1;
@@ -1041,6 +1063,26 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// The number of timestamps `<= target` in ascending `ts` (`partition_point`), searched
+/// forward from `hint` when the answer lies at or after it (the usual case as steps
+/// advance) and by bisection otherwise. Correct for any hint.
+pub(crate) fn seek_le(ts: &[i64], hint: usize, target: i64) -> usize {
+    let n = ts.len();
+    let hint = hint.min(n);
+    if hint > 0 && ts[hint - 1] > target {
+        return ts[..hint].partition_point(|t| *t <= target);
+    }
+    let lim = (hint + 8).min(n);
+    let mut i = hint;
+    while i < lim && ts[i] <= target {
+        i += 1;
+    }
+    if i < lim || i == n {
+        return i;
+    }
+    i + ts[i..].partition_point(|t| *t <= target)
+}
+
 /// The histogram at `i` with its hint re-derived against the stored sample before it.
 fn stats_hint(s: &StoredSeries, i: usize) -> Arc<norn_model::FloatHistogram> {
     use norn_model::CounterResetHint as C;
@@ -1084,6 +1126,26 @@ pub(crate) fn first_metric_name(e: &Expr) -> Option<String> {
         Expr::Binary(b) => first_metric_name(&b.lhs).or_else(|| first_metric_name(&b.rhs)),
         Expr::Call(c) => c.args.args.iter().find_map(|a| first_metric_name(a)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod seek_tests {
+    use super::seek_le;
+
+    #[test]
+    fn seek_le_agrees_with_partition_point_for_any_hint() {
+        let ts: Vec<i64> = (0..40).map(|i| i * 10 + (i % 3)).collect();
+        for hint in 0..45 {
+            for target in -5..420 {
+                assert_eq!(
+                    seek_le(&ts, hint, target),
+                    ts.partition_point(|t| *t <= target),
+                    "hint {hint} target {target}"
+                );
+            }
+        }
+        assert_eq!(seek_le(&[], 3, 7), 0);
     }
 }
 

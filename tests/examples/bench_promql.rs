@@ -45,8 +45,22 @@ fn ms(d: Duration) -> f64 {
 
 fn main() {
     let instances: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
-    let bin = which("prometheus").expect("prometheus not on PATH");
     let data = generate(42, instances, 2 * 3600 * 1000);
+    if let Ok(filter) = std::env::var("NORN_BENCH_ONLY") {
+        // Norn alone, for profiling: every query containing the filter, range mode, 20 runs.
+        let store = mem_storage(&data);
+        let engine = Engine::new(EngineOptions::default());
+        let (start, end, step) = (T0 + 10 * 60_000 + 500, T0 + 120 * 60_000 + 500, 30_000);
+        for q in QUERIES.iter().filter(|q| q.contains(filter.as_str())) {
+            let t = Instant::now();
+            for _ in 0..20 {
+                assert!(engine.range_query(&store, q, start, end, step).value.is_ok());
+            }
+            println!("{q}: {:.2} ms", ms(t.elapsed()) / 20.0);
+        }
+        return;
+    }
+    let bin = which("prometheus").expect("prometheus not on PATH");
     let samples: usize = data.iter().map(|s| s.1.len()).sum();
     println!("{} series, {samples} samples; median of {RUNS} runs after a warm-up\n", data.len());
     let prom = Prometheus::start(&bin);
