@@ -394,10 +394,11 @@ pub(crate) struct Evaluator<'a> {
     regexes: HashMap<String, Arc<regex::Regex>>,
     /// Inside a subquery, selections may reach before the query start.
     subquery_depth: usize,
-    /// Inner results of subqueries by (node, time): consecutive outer steps of a range
-    /// query share most of their inner steps, so each is evaluated once. Entries before
-    /// the current window are dropped as the outer steps advance.
-    subq_cache: HashMap<usize, std::collections::BTreeMap<i64, Value>>,
+    /// Inner results of subqueries by node: consecutive outer steps of a range query share
+    /// most of their inner steps, so each inner step is evaluated once and each outer step
+    /// slices its window out of the accumulated matrix (as Prometheus evaluates a subquery
+    /// once over the whole range).
+    subq_cache: HashMap<usize, SubqMatrix>,
     /// Per selector (and bound), the last search position in each selected series: steps
     /// mostly ascend, so the next position is usually a few samples further on.
     cursors: HashMap<(usize, u8), Vec<usize>>,
@@ -997,61 +998,48 @@ impl<'a> Evaluator<'a> {
                 if first <= lo {
                     first += step;
                 }
-                let mut order: Vec<Series> = Vec::new();
-                let mut index: HashMap<(Labels, bool), usize> = HashMap::default();
                 let saved_stats = std::mem::replace(&mut self.stats_hints, false);
                 // An error ends the whole query, so the depth need not be restored on it.
                 self.subquery_depth += 1;
                 self.pending_func = None;
                 let node = sq as *const _ as usize;
-                if let Some(c) = self.subq_cache.get_mut(&node) {
-                    // Outer steps mostly ascend; older inner results will not be asked for again.
-                    let keep = c.split_off(&first);
-                    *c = keep;
-                }
-                let mut t = first;
+                let mut m = match self.subq_cache.remove(&node) {
+                    Some(c)
+                        if c.step == step
+                            && first >= c.first
+                            && first <= c.next
+                            && (first as i128 - c.first as i128) % step as i128 == 0 =>
+                    {
+                        c
+                    }
+                    _ => SubqMatrix { step, first, next: first, series: Vec::new(), index: HashMap::default() },
+                };
+                let mut t = m.next;
+                let mut overflowed = false;
                 while t <= rt {
                     self.check_deadline()?;
-                    let cached = self.subq_cache.get(&node).and_then(|c| c.get(&t)).cloned();
-                    let v = match cached {
-                        Some(v) => v,
-                        None => {
-                            let v = self.eval(&sq.expr, t)?;
-                            self.subq_cache.entry(node).or_default().insert(t, v.clone());
-                            v
-                        }
-                    };
-                    match v {
-                        Value::Scalar(v) => {
-                            let i = *index.entry((Labels::empty(), false)).or_insert_with(|| {
-                                order.push(Series::default());
-                                order.len() - 1
-                            });
-                            order[i].floats.push((t, v));
-                        }
+                    match self.eval(&sq.expr, t)? {
+                        Value::Scalar(v) => m.push(Labels::empty(), false, t, v, None),
                         Value::Vector(vec) => {
                             for s in vec {
-                                let key = (s.metric.clone(), s.drop_name);
-                                let i = *index.entry(key).or_insert_with(|| {
-                                    order.push(Series {
-                                        metric: s.metric.clone(),
-                                        drop_name: s.drop_name,
-                                        ..Default::default()
-                                    });
-                                    order.len() - 1
-                                });
-                                match s.h {
-                                    Some(h) => order[i].histograms.push((t, h)),
-                                    None => order[i].floats.push((t, s.f)),
-                                }
+                                m.push(s.metric, s.drop_name, t, s.f, s.h);
                             }
                         }
                         v => return Err(QueryError::Eval(format!("subquery of {} is not allowed", v.type_name()))),
                     }
                     t = match t.checked_add(step) {
                         Some(x) => x,
-                        None => break,
+                        None => {
+                            overflowed = true;
+                            break;
+                        }
                     };
+                    m.next = t;
+                }
+                let mut order = m.window(first, rt);
+                // At the end of time `next` cannot be represented; such a matrix is not kept.
+                if !overflowed {
+                    self.subq_cache.insert(node, m);
                 }
                 self.stats_hints = saved_stats;
                 self.subquery_depth -= 1;
@@ -1060,6 +1048,56 @@ impl<'a> Evaluator<'a> {
             }
             _ => Err(QueryError::Eval("expected range vector".into())),
         }
+    }
+}
+
+/// A subquery's inner results for the contiguous inner steps `first, first+step, …` before
+/// `next`, as series in order of first appearance.
+pub(crate) struct SubqMatrix {
+    step: i64,
+    first: i64,
+    next: i64,
+    series: Vec<Series>,
+    index: HashMap<(Labels, bool), usize>,
+}
+
+impl SubqMatrix {
+    fn push(&mut self, metric: Labels, drop_name: bool, t: i64, f: f64, h: Option<Arc<norn_model::FloatHistogram>>) {
+        let key = (metric, drop_name);
+        let i = match self.index.get(&key) {
+            Some(i) => *i,
+            None => {
+                self.series.push(Series { metric: key.0.clone(), drop_name, ..Default::default() });
+                self.index.insert(key, self.series.len() - 1);
+                self.series.len() - 1
+            }
+        };
+        match h {
+            Some(h) => self.series[i].histograms.push((t, h)),
+            None => self.series[i].floats.push((t, f)),
+        }
+    }
+
+    /// Copies of the points in `[from, to]`; series without any are left out.
+    fn window(&self, from: i64, to: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        for s in &self.series {
+            let fa = s.floats.partition_point(|p| p.0 < from);
+            let fb = s.floats.partition_point(|p| p.0 <= to);
+            let ha = s.histograms.partition_point(|p| p.0 < from);
+            let hb = s.histograms.partition_point(|p| p.0 <= to);
+            if fa >= fb && ha >= hb {
+                continue;
+            }
+            out.push(Series {
+                metric: s.metric.clone(),
+                drop_name: s.drop_name,
+                floats: s.floats[fa..fb.max(fa)].to_vec(),
+                histograms: s.histograms[ha..hb.max(ha)].to_vec(),
+                ..Default::default()
+            });
+        }
+        out
     }
 }
 
