@@ -29,6 +29,9 @@ enum ToolsCommand {
     /// TSDB tools: create blocks from OpenMetrics, dump, list and analyze blocks.
     #[command(subcommand)]
     Tsdb(tools::tsdb::TsdbCommand),
+    /// Run promqltest scripts against Norn's PromQL engine.
+    #[command(name = "promql-test")]
+    PromqlTest(tools::promql::PromqlTestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,7 +42,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Tools(ToolsCommand::Tsdb(cmd))) => tools::tsdb::run(cmd),
+<<<<<<< HEAD
         Some(Command::Receive(args)) => serve(|shutdown| norn_receive::run(*args, shutdown)),
+=======
+        Some(Command::Tools(ToolsCommand::PromqlTest(args))) => {
+            if !tools::promql::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+>>>>>>> wt-promql2
         None => Ok(()),
     }
 }

@@ -1,6 +1,6 @@
 //! Aggregation operators (`sum`, `avg`, `topk`, `quantile`, `count_values`, `limitk`, …).
 
-use std::collections::HashMap;
+use crate::fasthash::HashMap;
 use std::sync::Arc;
 
 use norn_model::{FloatHistogram, Labels, METRIC_NAME};
@@ -128,7 +128,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
 
     // Group samples by their grouping labels, in order of first appearance.
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut index: HashMap<Labels, usize> = HashMap::default();
     for (i, s) in input.iter().enumerate() {
         // With delayed name removal the name still takes part in grouping; a group whose
         // members drop their name drops it too (Prometheus does the same).
@@ -220,7 +220,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
         }
         "count_values" => {
             let mut counts: Vec<(Labels, f64)> = Vec::new();
-            let mut idx: HashMap<Labels, usize> = HashMap::new();
+            let mut idx: HashMap<Labels, usize> = HashMap::default();
             for g in &groups {
                 for &i in &g.members {
                     let s = &input[i];

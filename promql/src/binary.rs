@@ -1,6 +1,6 @@
 //! Binary operators: arithmetic, comparison and set operators with vector matching.
 
-use std::collections::{HashMap, HashSet};
+use crate::fasthash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use norn_model::{FloatHistogram, Labels, METRIC_NAME};
@@ -413,7 +413,7 @@ fn vector_vector(
     };
     let one_to_one = matches!(m.card, VectorMatchCardinality::OneToOne | VectorMatchCardinality::ManyToMany);
     let (lhs, rhs) = if card_one_to_many { (rhs, lhs) } else { (lhs, rhs) };
-    let mut right: HashMap<Labels, usize> = HashMap::with_capacity(rhs.len());
+    let mut right: HashMap<Labels, usize> = HashMap::with_capacity_and_hasher(rhs.len(), Default::default());
     for (i, rs) in rhs.iter().enumerate() {
         let sig = ev.memo_labels(node + 1, &rs.metric, |l| signature(l, on, &names));
         if let Some(j) = right.get(&sig) {
@@ -436,7 +436,7 @@ fn vector_vector(
         }
         right.insert(sig, i);
     }
-    let mut matched: HashMap<Labels, Option<HashSet<Labels>>> = HashMap::new();
+    let mut matched: HashMap<Labels, Option<HashSet<Labels>>> = HashMap::default();
     let mut out = Vec::new();
     for ls in &lhs {
         let sig = ev.memo_labels(node + 2, &ls.metric, |l| signature(l, on, &names));
@@ -461,7 +461,7 @@ fn vector_vector(
             }
             matched.insert(sig, None);
         } else {
-            let set = matched.entry(sig).or_insert_with(|| Some(HashSet::new()));
+            let set = matched.entry(sig).or_insert_with(|| Some(HashSet::default()));
             if let Some(set) = set
                 && !set.insert(metric.clone())
             {

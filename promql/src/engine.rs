@@ -2,7 +2,9 @@
 //! instant evaluation at each step, exactly as Prometheus's range evaluation defines
 //! it); selections are fetched from storage once per selector and then sliced per step.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::fasthash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -269,7 +271,7 @@ fn finish_value(v: Value, _opts: &EngineOptions) -> EvalResult<Value> {
                     s.drop_name = false;
                 }
             }
-            let mut seen = std::collections::HashSet::with_capacity(vec.len());
+            let mut seen = HashSet::with_capacity_and_hasher(vec.len(), Default::default());
             for s in &vec {
                 if !seen.insert(s.metric.clone()) {
                     return Err(QueryError::Eval("vector cannot contain metrics with the same labelset".into()));
@@ -281,7 +283,7 @@ fn finish_value(v: Value, _opts: &EngineOptions) -> EvalResult<Value> {
             // Series that end up with the same labels once names are dropped are merged;
             // only two points at the same time are a conflict.
             let mut out: Vec<Series> = Vec::with_capacity(m.len());
-            let mut idx: HashMap<Labels, usize> = HashMap::with_capacity(m.len());
+            let mut idx: HashMap<Labels, usize> = HashMap::with_capacity_and_hasher(m.len(), Default::default());
             let mut merged = false;
             for mut s in m {
                 if s.drop_name {
@@ -392,6 +394,14 @@ pub(crate) struct Evaluator<'a> {
     regexes: HashMap<String, Arc<regex::Regex>>,
     /// Inside a subquery, selections may reach before the query start.
     subquery_depth: usize,
+    /// Inner results of subqueries by node: consecutive outer steps of a range query share
+    /// most of their inner steps, so each inner step is evaluated once and each outer step
+    /// slices its window out of the accumulated matrix (as Prometheus evaluates a subquery
+    /// once over the whole range).
+    subq_cache: HashMap<usize, SubqMatrix>,
+    /// Per selector (and bound), the last search position in each selected series: steps
+    /// mostly ascend, so the next position is usually a few samples further on.
+    cursors: HashMap<(usize, u8), Vec<usize>>,
     deadline: Option<std::time::Instant>,
 }
 
@@ -411,17 +421,19 @@ impl<'a> Evaluator<'a> {
             end,
             interval,
             text,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             annos: Annotations::default(),
             stats_hints: false,
             pending_func: None,
             pending_grouping: None,
             pending_range: None,
-            pos_cache: HashMap::new(),
-            memo: HashMap::new(),
-            memo2: HashMap::new(),
-            regexes: HashMap::new(),
+            pos_cache: HashMap::default(),
+            memo: HashMap::default(),
+            memo2: HashMap::default(),
+            regexes: HashMap::default(),
             subquery_depth: 0,
+            subq_cache: HashMap::default(),
+            cursors: HashMap::default(),
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
         }
     }
@@ -536,7 +548,7 @@ impl<'a> Evaluator<'a> {
             ));
         }
         let mut order: Vec<Series> = Vec::new();
-        let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
+        let mut index: HashMap<(Labels, bool), usize> = HashMap::default();
         let mut ts = start;
         while ts <= end {
             self.check_deadline()?;
@@ -707,7 +719,7 @@ impl<'a> Evaluator<'a> {
             result = self.q.select(&ms, &hints).map_err(|e| QueryError::Eval(e.to_string()))?;
         } else {
             result = Vec::new();
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::default();
             for group in &vs.matchers.or_matchers {
                 let mut ms = base.clone();
                 for m in group.iter().chain(vs.matchers.matchers.iter()).filter(|m| m.name != crate::rewrite::EXT_LABEL)
@@ -733,8 +745,12 @@ impl<'a> Evaluator<'a> {
         let lo = rt.saturating_sub(self.opts.lookback_delta);
         let smoothed = ext_mode(vs) == Some(Ext::Smoothed);
         let mut out = Vec::new();
-        for s in series.iter() {
-            let idx = s.ts.partition_point(|t| *t <= rt);
+        let ckey = (vs as *const VectorSelector as usize, 0u8);
+        let mut cur = self.cursors.remove(&ckey).unwrap_or_default();
+        cur.resize(series.len(), 0);
+        for (si, s) in series.iter().enumerate() {
+            let idx = seek_le(&s.ts, cur[si], rt);
+            cur[si] = idx;
             if idx == 0 {
                 continue;
             }
@@ -827,6 +843,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
         }
+        self.cursors.insert(ckey, cur);
         if out.len() > self.opts.max_samples {
             return Err(QueryError::TooManySamples);
         }
@@ -894,9 +911,15 @@ impl<'a> Evaluator<'a> {
                 let ext = ext_mode(vs);
                 let mut out = Vec::new();
                 let mut total = 0usize;
-                for s in series.iter() {
-                    let mut a = s.ts.partition_point(|t| *t <= lo);
-                    let mut b = s.ts.partition_point(|t| *t <= rt);
+                let key = vs as *const VectorSelector as usize;
+                let mut cur_a = self.cursors.remove(&(key, 1)).unwrap_or_default();
+                let mut cur_b = self.cursors.remove(&(key, 2)).unwrap_or_default();
+                cur_a.resize(series.len(), 0);
+                cur_b.resize(series.len(), 0);
+                for (si, s) in series.iter().enumerate() {
+                    let mut a = seek_le(&s.ts, cur_a[si], lo);
+                    let mut b = seek_le(&s.ts, cur_b[si], rt);
+                    (cur_a[si], cur_b[si]) = (a, b);
                     let inside = b > a;
                     let usable = |i: usize| !matches!(&s.values[i], StoredValue::Float(f) if is_stale_nan(*f));
                     match ext {
@@ -922,6 +945,9 @@ impl<'a> Evaluator<'a> {
                         continue;
                     }
                     let mut ser = Series { metric: s.labels.clone(), ..Default::default() };
+                    if matches!(s.values[a], StoredValue::Float(_)) {
+                        ser.floats.reserve_exact(b - a);
+                    }
                     let with_st = !s.st.is_empty();
                     for i in a..b {
                         match &s.values[i] {
@@ -948,6 +974,8 @@ impl<'a> Evaluator<'a> {
                     total += ser.floats.len() + ser.histograms.len();
                     out.push(ser);
                 }
+                self.cursors.insert((key, 1), cur_a);
+                self.cursors.insert((key, 2), cur_b);
                 if total > self.opts.max_samples {
                     return Err(QueryError::TooManySamples);
                 }
@@ -970,46 +998,48 @@ impl<'a> Evaluator<'a> {
                 if first <= lo {
                     first += step;
                 }
-                let mut order: Vec<Series> = Vec::new();
-                let mut index: HashMap<(Labels, bool), usize> = HashMap::new();
                 let saved_stats = std::mem::replace(&mut self.stats_hints, false);
                 // An error ends the whole query, so the depth need not be restored on it.
                 self.subquery_depth += 1;
                 self.pending_func = None;
-                let mut t = first;
+                let node = sq as *const _ as usize;
+                let mut m = match self.subq_cache.remove(&node) {
+                    Some(c)
+                        if c.step == step
+                            && first >= c.first
+                            && first <= c.next
+                            && (first as i128 - c.first as i128) % step as i128 == 0 =>
+                    {
+                        c
+                    }
+                    _ => SubqMatrix { step, first, next: first, series: Vec::new(), index: HashMap::default() },
+                };
+                let mut t = m.next;
+                let mut overflowed = false;
                 while t <= rt {
                     self.check_deadline()?;
                     match self.eval(&sq.expr, t)? {
-                        Value::Scalar(v) => {
-                            let i = *index.entry((Labels::empty(), false)).or_insert_with(|| {
-                                order.push(Series::default());
-                                order.len() - 1
-                            });
-                            order[i].floats.push((t, v));
-                        }
+                        Value::Scalar(v) => m.push(Labels::empty(), false, t, v, None),
                         Value::Vector(vec) => {
                             for s in vec {
-                                let key = (s.metric.clone(), s.drop_name);
-                                let i = *index.entry(key).or_insert_with(|| {
-                                    order.push(Series {
-                                        metric: s.metric.clone(),
-                                        drop_name: s.drop_name,
-                                        ..Default::default()
-                                    });
-                                    order.len() - 1
-                                });
-                                match s.h {
-                                    Some(h) => order[i].histograms.push((t, h)),
-                                    None => order[i].floats.push((t, s.f)),
-                                }
+                                m.push(s.metric, s.drop_name, t, s.f, s.h);
                             }
                         }
                         v => return Err(QueryError::Eval(format!("subquery of {} is not allowed", v.type_name()))),
                     }
                     t = match t.checked_add(step) {
                         Some(x) => x,
-                        None => break,
+                        None => {
+                            overflowed = true;
+                            break;
+                        }
                     };
+                    m.next = t;
+                }
+                let mut order = m.window(first, rt);
+                // At the end of time `next` cannot be represented; such a matrix is not kept.
+                if !overflowed {
+                    self.subq_cache.insert(node, m);
                 }
                 self.stats_hints = saved_stats;
                 self.subquery_depth -= 1;
@@ -1019,6 +1049,76 @@ impl<'a> Evaluator<'a> {
             _ => Err(QueryError::Eval("expected range vector".into())),
         }
     }
+}
+
+/// A subquery's inner results for the contiguous inner steps `first, first+step, …` before
+/// `next`, as series in order of first appearance.
+pub(crate) struct SubqMatrix {
+    step: i64,
+    first: i64,
+    next: i64,
+    series: Vec<Series>,
+    index: HashMap<(Labels, bool), usize>,
+}
+
+impl SubqMatrix {
+    fn push(&mut self, metric: Labels, drop_name: bool, t: i64, f: f64, h: Option<Arc<norn_model::FloatHistogram>>) {
+        let key = (metric, drop_name);
+        let i = match self.index.get(&key) {
+            Some(i) => *i,
+            None => {
+                self.series.push(Series { metric: key.0.clone(), drop_name, ..Default::default() });
+                self.index.insert(key, self.series.len() - 1);
+                self.series.len() - 1
+            }
+        };
+        match h {
+            Some(h) => self.series[i].histograms.push((t, h)),
+            None => self.series[i].floats.push((t, f)),
+        }
+    }
+
+    /// Copies of the points in `[from, to]`; series without any are left out.
+    fn window(&self, from: i64, to: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        for s in &self.series {
+            let fa = s.floats.partition_point(|p| p.0 < from);
+            let fb = s.floats.partition_point(|p| p.0 <= to);
+            let ha = s.histograms.partition_point(|p| p.0 < from);
+            let hb = s.histograms.partition_point(|p| p.0 <= to);
+            if fa >= fb && ha >= hb {
+                continue;
+            }
+            out.push(Series {
+                metric: s.metric.clone(),
+                drop_name: s.drop_name,
+                floats: s.floats[fa..fb.max(fa)].to_vec(),
+                histograms: s.histograms[ha..hb.max(ha)].to_vec(),
+                ..Default::default()
+            });
+        }
+        out
+    }
+}
+
+/// The number of timestamps `<= target` in ascending `ts` (`partition_point`), searched
+/// forward from `hint` when the answer lies at or after it (the usual case as steps
+/// advance) and by bisection otherwise. Correct for any hint.
+pub(crate) fn seek_le(ts: &[i64], hint: usize, target: i64) -> usize {
+    let n = ts.len();
+    let hint = hint.min(n);
+    if hint > 0 && ts[hint - 1] > target {
+        return ts[..hint].partition_point(|t| *t <= target);
+    }
+    let lim = (hint + 8).min(n);
+    let mut i = hint;
+    while i < lim && ts[i] <= target {
+        i += 1;
+    }
+    if i < lim || i == n {
+        return i;
+    }
+    i + ts[i..].partition_point(|t| *t <= target)
 }
 
 /// The histogram at `i` with its hint re-derived against the stored sample before it.
@@ -1064,6 +1164,26 @@ pub(crate) fn first_metric_name(e: &Expr) -> Option<String> {
         Expr::Binary(b) => first_metric_name(&b.lhs).or_else(|| first_metric_name(&b.rhs)),
         Expr::Call(c) => c.args.args.iter().find_map(|a| first_metric_name(a)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod seek_tests {
+    use super::seek_le;
+
+    #[test]
+    fn seek_le_agrees_with_partition_point_for_any_hint() {
+        let ts: Vec<i64> = (0..40).map(|i| i * 10 + (i % 3)).collect();
+        for hint in 0..45 {
+            for target in -5..420 {
+                assert_eq!(
+                    seek_le(&ts, hint, target),
+                    ts.partition_point(|t| *t <= target),
+                    "hint {hint} target {target}"
+                );
+            }
+        }
+        assert_eq!(seek_le(&[], 3, 7), 0);
     }
 }
 

@@ -1,6 +1,6 @@
 //! PromQL functions.
 
-use std::collections::HashMap;
+use crate::fasthash::HashMap;
 use std::sync::Arc;
 
 use norn_model::{CounterResetHint, FloatHistogram, Labels, METRIC_NAME};
@@ -362,7 +362,7 @@ fn absent_labels(e: &Expr) -> Labels {
         Expr::MatrixSelector(ms) => &ms.vs,
         _ => return Labels::empty(),
     };
-    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::default();
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for m in vs.matchers.matchers.iter().filter(|m| m.name != METRIC_NAME) {
         *seen.entry(m.name.as_str()).or_default() += 1;
@@ -551,7 +551,7 @@ fn classic_groups(
     native_out: &mut Vec<Sample>,
 ) -> Vec<ClassicGroup> {
     let mut groups: Vec<ClassicGroup> = Vec::new();
-    let mut idx: HashMap<Labels, usize> = HashMap::new();
+    let mut idx: HashMap<Labels, usize> = HashMap::default();
     let mut natives: Vec<Sample> = Vec::new();
     for s in v {
         if s.h.is_some() {
@@ -750,20 +750,20 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
     let keep_name = matches!(name, "last_over_time" | "first_over_time");
     let mut out = Vec::with_capacity(r.series.len());
     for s in &r.series {
-        let metric_name = s.metric.get(METRIC_NAME).unwrap_or("").to_string();
+        let metric_name = s.metric.get(METRIC_NAME).unwrap_or("");
         let res = match name {
             "rate" | "increase" | "delta" if r.ext.is_some() => {
-                extended_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
+                extended_rate(ev, s, &r, name != "delta", name == "rate", metric_name, &arg_pos)
             }
             "rate" | "increase" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => {
-                st_rate(ev, s, &r, name == "rate", &metric_name, &arg_pos)
+                st_rate(ev, s, &r, name == "rate", metric_name, &arg_pos)
             }
             "rate" | "increase" | "delta" => {
-                extrapolated_rate(ev, s, &r, name != "delta", name == "rate", &metric_name, &arg_pos)
+                extrapolated_rate(ev, s, &r, name != "delta", name == "rate", metric_name, &arg_pos)
             }
             "irate" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => st_irate(s),
-            "irate" | "idelta" => instant_value(ev, s, name == "irate", &metric_name, &arg_pos),
-            _ => over_time(ev, name, s, &scalars, ts, &metric_name, &arg_pos)?,
+            "irate" | "idelta" => instant_value(ev, s, name == "irate", metric_name, &arg_pos),
+            _ => over_time(ev, name, s, &scalars, ts, metric_name, &arg_pos)?,
         };
         if let Some((f, h)) = res {
             let mut smp = Sample { metric: s.metric.clone(), t: ts, f, h: h.map(Arc::new), drop_name: s.drop_name };

@@ -72,8 +72,9 @@ pub fn fold(query: &str, step_ms: i64, range_ms: i64) -> Cow<'_, str> {
             continue;
         }
         if (c == b'o' || c == b'O')
-            && query[i..].len() >= 6
-            && query[i..i + 6].eq_ignore_ascii_case("offset")
+            && b.len() >= i + 6
+            // Bytes, not `str` slicing: `i + 6` may fall inside a multi-byte character.
+            && b[i..i + 6].eq_ignore_ascii_case(b"offset")
             && (i == 0 || !is_ident(b[i - 1]))
             && (i + 6 == b.len() || !is_ident(b[i + 6]))
         {
@@ -412,8 +413,9 @@ pub fn mark_extended(query: &str) -> Cow<'_, str> {
                 continue;
             }
             for kw in ["anchored", "smoothed"] {
-                if s.len() >= i + kw.len()
-                    && s[i..i + kw.len()].eq_ignore_ascii_case(kw)
+                if b.len() >= i + kw.len()
+                    // Bytes: `i + kw.len()` may fall inside a multi-byte character.
+                    && b[i..i + kw.len()].eq_ignore_ascii_case(kw.as_bytes())
                     && (i == 0 || !is_ident(b[i - 1]))
                     && (i + kw.len() == b.len() || !is_ident(b[i + kw.len()]))
                 {
@@ -718,6 +720,17 @@ mod ext_tests {
         assert_eq!(mark_extended("rate(m{a=\"b\"}[5m] smoothed)"), "rate(m{a=\"b\", __norn_ext__=\"smoothed\"}[5m] )");
         assert_eq!(mark_extended("m smoothed"), "m{__norn_ext__=\"smoothed\"} ");
         assert_eq!(mark_extended("rate(m[5m])"), "rate(m[5m])");
+    }
+
+    /// Found by the `promql_eval` fuzz target: a keyword prefix followed by a multi-byte
+    /// character used to slice a `str` inside that character.
+    #[test]
+    fn keyword_prefix_before_multibyte_char() {
+        for q in ["m smoothed anchoreſ", "anchoreſ x", "m offseſ", "m[1m] offseſ 1m", "smoothed offseſ"] {
+            let _ = mark_extended(q);
+            let _ = fold(q, 60_000, 0);
+        }
+        assert_eq!(fold("m offseſ", 60_000, 0), "m offseſ");
     }
 }
 
