@@ -42,16 +42,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Tools(ToolsCommand::Tsdb(cmd))) => tools::tsdb::run(cmd),
-<<<<<<< HEAD
         Some(Command::Receive(args)) => serve(|shutdown| norn_receive::run(*args, shutdown)),
-=======
         Some(Command::Tools(ToolsCommand::PromqlTest(args))) => {
             if !tools::promql::run(args)? {
                 std::process::exit(1);
             }
             Ok(())
         }
->>>>>>> wt-promql2
         None => Ok(()),
     }
 }
