@@ -349,9 +349,11 @@ mod tests {
         assert_eq!(Labels::empty().hash_value(), xxhash_rust::xxh64::xxh64(&[], 0));
     }
 
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
     #[test]
     fn compare_like_prometheus() {
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], Ordering)] = &[
+        let cases: &[(Pairs<'_>, Pairs<'_>, Ordering)] = &[
             (&[("a", "1")], &[("a", "1")], Ordering::Equal),
             (&[("a", "1")], &[("a", "1"), ("b", "1")], Ordering::Less),
             (&[("a", "2")], &[("a", "1"), ("b", "1")], Ordering::Greater),

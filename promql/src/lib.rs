@@ -1,3 +1,27 @@
-//! PromQL engine for Norn (issue 4: not built yet).
+//! PromQL engine for Norn.
 //!
-//! This crate is a placeholder in the workspace layout; it exports nothing yet.
+//! Queries are parsed with `promql-parser` and evaluated here over a [`Queryable`]
+//! with Prometheus 3.x semantics (left-open range selectors, 5m lookback, staleness
+//! markers, `@`/offset, subqueries, native histograms). The [`conformance`] module
+//! runs Prometheus's own promqltest scripts against the engine.
+
+// Matching on an enum and then testing a field reads better than clippy's merged guards
+// in the evaluator's many per-variant branches.
+#![allow(clippy::collapsible_match)]
+
+pub mod conformance;
+pub mod engine;
+pub mod histogram;
+pub mod storage;
+pub mod value;
+
+pub mod rewrite;
+
+mod aggregate;
+mod binary;
+mod functions;
+mod info;
+
+pub use engine::{Engine, EngineOptions, QueryError, QueryResult, parse};
+pub use storage::{MemStorage, Queryable, SelectHints, StoredSeries, StoredValue};
+pub use value::{Sample, Series, Value};

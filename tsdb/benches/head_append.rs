@@ -1,13 +1,14 @@
 //! Head append throughput: 10k series × 120 samples (15 s apart) on one thread,
 //! committing every 1000 samples, with the WAL on a temp dir — once with the default
-//! fsync-per-commit policy and once without fsync.
+//! fsync-per-commit policy and once without fsync. Also WAL replay (`Head::open`) of
+//! the same data, uncompressed and snappy-compressed.
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use norn_model::Labels;
 use norn_tsdb::head::{Head, HeadOptions};
-use norn_tsdb::wal::{SyncPolicy, WalOptions};
+use norn_tsdb::wal::{Compression, SyncPolicy, WalOptions};
 
 const SERIES: usize = 10_000;
 const SAMPLES: usize = 120;
@@ -27,8 +28,12 @@ fn labels() -> Vec<Labels> {
 
 fn run(lbls: &[Labels], sync: SyncPolicy) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let opts = HeadOptions { wal: WalOptions { sync, ..Default::default() }, ..Default::default() };
-    let head = Head::open(dir.path(), opts).unwrap();
+    fill(dir.path(), lbls, WalOptions { sync, ..Default::default() })
+}
+
+fn fill(dir: &std::path::Path, lbls: &[Labels], wal: WalOptions) -> Duration {
+    let opts = HeadOptions { wal, ..Default::default() };
+    let head = Head::open(dir, opts).unwrap();
     let start = Instant::now();
     let mut app = head.appender();
     for s in 0..SAMPLES {
@@ -52,6 +57,31 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     for (name, sync) in [("fsync_per_commit", SyncPolicy::PerCommit), ("no_fsync", SyncPolicy::OnSegmentSwitch)] {
         g.bench_function(name, |b| b.iter_custom(|iters| (0..iters).map(|_| run(&lbls, sync)).sum()));
+    }
+    for (name, compression) in [("replay", Compression::None), ("replay_snappy", Compression::Snappy)] {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), &lbls, WalOptions { sync: SyncPolicy::OnSegmentSwitch, compression, ..Default::default() });
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let start = Instant::now();
+                        let h = Head::open(dir.path(), HeadOptions::default()).unwrap();
+                        let d = start.elapsed();
+                        assert_eq!(h.replay_stats().samples, (SERIES * SAMPLES) as u64);
+                        drop(h);
+                        // Each open starts a new (empty) segment; remove it so every
+                        // iteration replays the same WAL.
+                        let segs = norn_tsdb::wal::list_segments(&dir.path().join("wal")).unwrap();
+                        if segs.len() > 1 {
+                            let last = *segs.last().unwrap();
+                            std::fs::remove_file(norn_tsdb::wal::segment_path(&dir.path().join("wal"), last)).unwrap();
+                        }
+                        d
+                    })
+                    .sum()
+            })
+        });
     }
     g.finish();
 }

@@ -63,6 +63,11 @@ impl Db {
         Ok(db)
     }
 
+    /// Closes the head's WAL cleanly (see [`Head::close`]).
+    pub fn close(self) -> Result<()> {
+        self.head.close()
+    }
+
     /// The database directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -95,6 +100,24 @@ impl Db {
         }
         sets.push(self.head.select(matchers, mint, maxt));
         Ok(merge_series(sets))
+    }
+
+    /// Label names across blocks and head, sorted and unique.
+    pub fn label_names(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> = self.head.label_names().into_iter().collect();
+        for b in self.blocks() {
+            names.extend(b.index().label_names().into_iter().filter(|n| !n.is_empty()).map(str::to_string));
+        }
+        names.into_iter().collect()
+    }
+
+    /// Values of label `name` across blocks and head, sorted and unique.
+    pub fn label_values(&self, name: &str) -> Vec<String> {
+        let mut values: std::collections::BTreeSet<String> = self.head.label_values(name).into_iter().collect();
+        for b in self.blocks() {
+            values.extend(b.index().label_values(name).into_iter().map(str::to_string));
+        }
+        values.into_iter().collect()
     }
 
     /// Persists the head's compactable data as blocks (each becomes queryable before
@@ -196,6 +219,13 @@ mod tests {
     }
 
     #[test]
+    fn db_and_head_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Db>();
+        check::<Head>();
+    }
+
+    #[test]
     fn compaction_keeps_data_queryable_across_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -207,6 +237,8 @@ mod tests {
             assert_eq!(db.blocks().len(), 3);
             assert_eq!(count(&db, &[]), (4, 4 * 480));
             assert_eq!(count(&db, &[Matcher::equal("i", "2")]), (1, 480));
+            assert_eq!(db.label_names(), vec!["__name__", "i"]);
+            assert_eq!(db.label_values("i"), vec!["0", "1", "2", "3"]);
             // Samples inside the persisted range are now out of bounds.
             let mut app = db.appender();
             assert!(app.append(&Labels::from_pairs([("i", "0")]), H, 1.0).is_err());
@@ -236,5 +268,37 @@ mod tests {
         assert!(!dir.path().join(format!("01ARZ3NDEKTSV4RRFFQ69G5FAV{TMP_FOR_CREATION}")).exists());
         // The [8h,10h) block and the head's 10h..12h remain.
         assert_eq!(count(&db, &[]).1, 4 * (120 + 120));
+    }
+}
+
+#[cfg(test)]
+mod interop {
+    use norn_model::Labels;
+
+    use super::*;
+
+    /// Writes a database (blocks, WAL checkpoint, WAL) for a real Prometheus to open:
+    /// `NORN_WRITE_DB=<empty dir> cargo test -p norn-tsdb --lib -- --ignored db_for_prometheus`,
+    /// then `prometheus --storage.tsdb.path=<dir>` and query `count_over_time(norn_db_test[8h])`
+    /// (expect 481 per series).
+    #[test]
+    #[ignore]
+    fn db_for_prometheus() {
+        let Ok(dst) = std::env::var("NORN_WRITE_DB") else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let db = Db::open(std::path::Path::new(&dst), DbOptions::default()).unwrap();
+        let mut t = now - 8 * 3_600_000;
+        while t <= now {
+            let mut app = db.appender();
+            for i in 0..3 {
+                let l = Labels::from_pairs([("__name__", "norn_db_test"), ("i", &i.to_string())]);
+                app.append(&l, t, i as f64).unwrap();
+            }
+            app.commit().unwrap();
+            t += 60_000;
+        }
+        let metas = db.compact().unwrap();
+        eprintln!("now={now} blocks={:?}", metas.iter().map(|m| (m.min_time, m.max_time)).collect::<Vec<_>>());
+        db.close().unwrap();
     }
 }

@@ -2,6 +2,12 @@
 
 /// An append-only bit stream over a byte vector. `count` is the number of bits still
 /// free in the last byte (0 means the last byte is full or there is none).
+///
+/// Byte-exactness with Go: Prometheus's `writeByte` always appends a fresh byte after the
+/// one it completes, so a stream whose last write was a whole byte ending on a byte
+/// boundary carries one trailing zero byte (`count == 8`). Chunk files keep that byte, so
+/// we reproduce it: after any byte-granular write that ends aligned, the stream holds an
+/// empty last byte, exactly as Go's does.
 #[derive(Debug, Clone, Default)]
 pub struct BitWriter {
     pub(crate) bytes: Vec<u8>,
@@ -12,6 +18,26 @@ impl BitWriter {
     /// A stream over existing bytes; `free_bits` of the last byte are unused.
     pub fn from_bytes(bytes: Vec<u8>, free_bits: u8) -> Self {
         BitWriter { bytes, count: free_bits }
+    }
+
+    /// Resumes writing after the first `used_bits` bits of an encoded chunk: bits past them
+    /// are cleared, and the trailing empty byte Go's writer leaves after an aligned
+    /// byte-granular write is kept when `data` has it, so appending to a reopened chunk
+    /// gives the bytes continuous appending would have.
+    pub fn resume(data: &[u8], used_bits: usize) -> Self {
+        let nbytes = used_bits.div_ceil(8).min(data.len());
+        let mut bytes = data[..nbytes].to_vec();
+        let free = (nbytes * 8).saturating_sub(used_bits) as u8;
+        if free > 0 {
+            let last = bytes.len() - 1;
+            bytes[last] &= !((1u8 << free) - 1);
+            return BitWriter { bytes, count: free };
+        }
+        if data.get(nbytes) == Some(&0) {
+            bytes.push(0);
+            return BitWriter { bytes, count: 8 };
+        }
+        BitWriter { bytes, count: 0 }
     }
 
     /// The bytes written so far (the last one zero-padded).
@@ -41,8 +67,16 @@ impl BitWriter {
     /// Writes 8 bits.
     #[inline]
     pub fn write_byte(&mut self, byt: u8) {
-        if self.count == 0 {
-            self.bytes.push(byt);
+        if self.count == 0 || self.count == 8 {
+            if self.count == 8 {
+                let last = self.bytes.len() - 1;
+                self.bytes[last] = byt;
+            } else {
+                self.bytes.push(byt);
+            }
+            // Go's writeByte leaves an empty byte after an aligned write.
+            self.bytes.push(0);
+            self.count = 8;
             return;
         }
         let last = self.bytes.len() - 1;
@@ -53,10 +87,20 @@ impl BitWriter {
     /// Writes the low `nbits` bits of `u`, most significant first.
     #[inline]
     pub fn write_bits(&mut self, u: u64, nbits: u32) {
-        debug_assert!(nbits <= 64);
+        self.write_bits_tail(u, nbits, nbits);
+    }
+
+    /// Writes the low `nbits` bits of `u` in one go where Go makes several `writeBits`
+    /// calls, the last of which wrote `go_tail` bits. Go's `writeBits` emits whole bytes
+    /// through `writeByte` first, so only when that last call was a multiple of 8 bits
+    /// and ends aligned does the stream carry the trailing empty byte (see the type docs).
+    #[inline]
+    pub fn write_bits_tail(&mut self, u: u64, nbits: u32, go_tail: u32) {
+        debug_assert!(nbits <= 64 && go_tail <= nbits);
         if nbits == 0 {
             return;
         }
+        let byte_granular = go_tail >= 8 && go_tail.is_multiple_of(8);
         // Left-align the payload so the next bit to write is bit 63.
         let mut u = u << (64 - nbits);
         let mut nbits = nbits;
@@ -66,6 +110,10 @@ impl BitWriter {
             self.bytes[last] |= (u >> (64 - free)) as u8;
             if nbits <= free {
                 self.count -= nbits as u8;
+                if self.count == 0 && byte_granular {
+                    self.bytes.push(0);
+                    self.count = 8;
+                }
                 return;
             }
             u = if free == 64 { 0 } else { u << free };
@@ -78,6 +126,9 @@ impl BitWriter {
         if rest > 0 {
             self.bytes.push(be[whole]);
             self.count = (8 - rest) as u8;
+        } else if byte_granular {
+            self.bytes.push(0);
+            self.count = 8;
         } else {
             self.count = 0;
         }

@@ -12,8 +12,8 @@ use super::ChunkError;
 use super::bstream::{BitReader, BitWriter};
 use super::histogram_meta::{
     CounterResetHeader, FLAGS_POS, HEADER_SIZE, HistogramAppendError, Insert, Layout, NewChunkReason,
-    custom_bounds_match, expand_spans_and_buckets, expand_spans_both_ways, insert_buckets, is_stale_nan, read_layout,
-    write_layout,
+    custom_bounds_match, expand_spans_and_buckets, expand_spans_both_ways, insert_buckets, is_known_schema,
+    is_stale_nan, read_layout, write_layout,
 };
 use super::varbit::{put_varbit_int, read_varbit_int};
 use super::xor::{xor_read, xor_write};
@@ -97,15 +97,8 @@ impl FloatHistogramChunk {
             return Err(e.clone());
         }
         let used_bits = it.bits_consumed();
-        let nbytes = used_bits.div_ceil(8);
-        let mut bytes = data[..nbytes].to_vec();
-        let free = (nbytes * 8 - used_bits) as u8;
-        if free > 0 {
-            let last = bytes.len() - 1;
-            bytes[last] &= !((1u8 << free) - 1);
-        }
         Ok(FloatHistogramChunk {
-            b: BitWriter::from_bytes(bytes, free),
+            b: BitWriter::resume(data, used_bits),
             layout: it.layout,
             t: it.t,
             t_delta: it.t_delta,
@@ -170,8 +163,14 @@ impl FloatHistogramChunk {
 
     /// Appends a float histogram; same rules as [`super::HistogramChunk::append`].
     pub fn append(&mut self, t: i64, h: &FloatHistogram) -> Result<(), HistogramAppendError> {
-        if !is_stale_nan(h.sum) && !h.is_consistent() {
-            return Err(HistogramAppendError::Invalid("spans and buckets disagree"));
+        if !is_stale_nan(h.sum) {
+            if !h.is_consistent() {
+                return Err(HistogramAppendError::Invalid("spans and buckets disagree"));
+            }
+            // Readers (ours and Prometheus') reject other schemas, so never write them.
+            if !is_known_schema(i64::from(h.schema)) {
+                return Err(HistogramAppendError::Invalid("unknown schema"));
+            }
         }
         let num = self.num_samples();
         if num == 0 {
@@ -684,6 +683,72 @@ mod tests {
                 prop_assert_eq!(bits(gh), bits(wh));
                 prop_assert_eq!(&gh.positive_spans, &wh.positive_spans);
                 prop_assert_eq!(&gh.negative_spans, &wh.negative_spans);
+            }
+            let reopened = FloatHistogramChunk::from_bytes(c.bytes()).unwrap();
+            prop_assert_eq!(reopened.bytes(), c.bytes());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Float counters whose buckets appear (recoding) or go missing while empty
+        /// (expanding the sample) keep every non-empty bucket, on both sides.
+        #[test]
+        fn prop_counter_with_changing_buckets(steps in proptest::collection::vec(
+            (proptest::collection::vec(0u8..4, 8), proptest::option::of((-12i64..12, 0u8..5, any::<bool>())), any::<bool>()), 1..25)) {
+            use std::collections::BTreeMap;
+            let (mut pos, mut neg) = (BTreeMap::<i64, f64>::new(), BTreeMap::<i64, f64>::new());
+            let mut c = FloatHistogramChunk::new();
+            let mut want = Vec::new();
+            fn layout(m: &BTreeMap<i64, f64>, drop_empty: bool) -> (Vec<Span>, Vec<f64>) {
+                let mut spans: Vec<Span> = Vec::new();
+                let (mut vals, mut last) = (Vec::new(), None::<i64>);
+                for (&i, &v) in m.iter().filter(|(_, v)| !drop_empty || **v != 0.0) {
+                    match last {
+                        Some(l) if i == l + 1 => spans.last_mut().unwrap().length += 1,
+                        Some(l) => spans.push(Span { offset: (i - l - 1) as i32, length: 1 }),
+                        None => spans.push(Span { offset: i as i32, length: 1 }),
+                    }
+                    vals.push(v);
+                    last = Some(i);
+                }
+                (spans, vals)
+            }
+            for (i, (incs, new_bucket, drop_empty)) in steps.into_iter().enumerate() {
+                for (k, v) in pos.values_mut().chain(neg.values_mut()).enumerate() {
+                    *v += f64::from(incs[k % 8]) * 0.5;
+                }
+                if let Some((idx, v, negative)) = new_bucket {
+                    if negative { neg.entry(idx).or_insert(f64::from(v)); } else { pos.entry(idx).or_insert(f64::from(v)); }
+                }
+                let (ps, pb) = layout(&pos, drop_empty);
+                let (ns, nb) = layout(&neg, drop_empty);
+                let h = FloatHistogram {
+                    schema: 0,
+                    count: pos.values().chain(neg.values()).sum(),
+                    sum: i as f64,
+                    positive_spans: ps,
+                    positive_buckets: pb,
+                    negative_spans: ns,
+                    negative_buckets: nb,
+                    ..Default::default()
+                };
+                c.append(i as i64 * 1000, &h).unwrap();
+                want.push(h);
+            }
+            let nonzero = |spans: &[Span], vals: &[f64]| -> Vec<(i64, u64)> {
+                crate::chunkenc::histogram_meta::bucket_indexes(spans)
+                    .zip(vals.iter())
+                    .filter(|(_, v)| **v != 0.0)
+                    .map(|(i, v)| (i, v.to_bits()))
+                    .collect()
+            };
+            let got = decoded(&c);
+            prop_assert_eq!(got.len(), want.len());
+            for ((_, g), w) in got.iter().zip(&want) {
+                prop_assert_eq!(g.count.to_bits(), w.count.to_bits());
+                prop_assert_eq!(nonzero(&g.positive_spans, &g.positive_buckets), nonzero(&w.positive_spans, &w.positive_buckets));
+                prop_assert_eq!(nonzero(&g.negative_spans, &g.negative_buckets), nonzero(&w.negative_spans, &w.negative_buckets));
             }
             let reopened = FloatHistogramChunk::from_bytes(c.bytes()).unwrap();
             prop_assert_eq!(reopened.bytes(), c.bytes());

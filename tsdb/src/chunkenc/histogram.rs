@@ -12,8 +12,8 @@ use super::ChunkError;
 use super::bstream::{BitReader, BitWriter};
 use super::histogram_meta::{
     CounterResetHeader, FLAGS_POS, HEADER_SIZE, HistogramAppendError, Layout, NewChunkReason, absolute,
-    custom_bounds_match, expand_spans_and_buckets, expand_spans_both_ways, insert_buckets, is_stale_nan, read_layout,
-    write_layout,
+    custom_bounds_match, expand_spans_and_buckets, expand_spans_both_ways, insert_buckets, is_known_schema,
+    is_stale_nan, read_layout, write_layout,
 };
 use super::varbit::{put_varbit_int, put_varbit_uint, read_varbit_int, read_varbit_uint};
 use super::xor::{xor_read, xor_write};
@@ -89,15 +89,8 @@ impl HistogramChunk {
             return Err(e.clone());
         }
         let used_bits = it.bits_consumed();
-        let nbytes = used_bits.div_ceil(8);
-        let mut bytes = data[..nbytes].to_vec();
-        let free = (nbytes * 8 - used_bits) as u8;
-        if free > 0 {
-            let last = bytes.len() - 1;
-            bytes[last] &= !((1u8 << free) - 1);
-        }
         Ok(HistogramChunk {
-            b: BitWriter::from_bytes(bytes, free),
+            b: BitWriter::resume(data, used_bits),
             layout: it.layout,
             t: it.t,
             cnt: it.cnt,
@@ -173,8 +166,14 @@ impl HistogramChunk {
     /// marker or a full chunk return [`HistogramAppendError::NeedsNewChunk`] with the
     /// header the next chunk should get.
     pub fn append(&mut self, t: i64, h: &Histogram) -> Result<(), HistogramAppendError> {
-        if !is_stale_nan(h.sum) && !h.is_consistent() {
-            return Err(HistogramAppendError::Invalid("spans and buckets disagree"));
+        if !is_stale_nan(h.sum) {
+            if !h.is_consistent() {
+                return Err(HistogramAppendError::Invalid("spans and buckets disagree"));
+            }
+            // Readers (ours and Prometheus') reject other schemas, so never write them.
+            if !is_known_schema(i64::from(h.schema)) {
+                return Err(HistogramAppendError::Invalid("unknown schema"));
+            }
         }
         let num = self.num_samples();
         if num == 0 {
@@ -727,6 +726,9 @@ pub(crate) mod tests {
         let mut bad = hist(11, 1, 5.0, &[2, 1, 0, 1]);
         bad.positive_buckets.pop();
         assert!(matches!(c.append(2, &bad), Err(HistogramAppendError::Invalid(_))));
+        let mut odd = hist(11, 1, 5.0, &[2, 1, 0, 1]);
+        odd.schema = 60;
+        assert_eq!(HistogramChunk::new().append(2, &odd), Err(HistogramAppendError::Invalid("unknown schema")));
         assert_eq!(c.num_samples(), 1);
     }
 

@@ -143,7 +143,7 @@ pub(crate) fn write_layout(
 
 /// Schemas Prometheus accepts when reading: custom buckets and the reserved exponential
 /// range (−9 ..= 52).
-fn is_known_schema(s: i64) -> bool {
+pub(crate) fn is_known_schema(s: i64) -> bool {
     s == i64::from(CUSTOM_BUCKETS_SCHEMA) || (-9..=52).contains(&s)
 }
 
@@ -478,7 +478,8 @@ mod tests {
     #[test]
     fn zero_threshold_encodings() {
         let cases: &[(f64, &[u8])] =
-            &[(0.0, &[0]), (2f64.powi(-128), &[116]), (1.0, &[244]), (1024.0, &[254]), (2f64.powi(-243), &[1])];
+            // Each write is a whole byte, after which Go's bstream holds an empty trailing byte.
+            &[(0.0, &[0, 0]), (2f64.powi(-128), &[116, 0]), (1.0, &[244, 0]), (1024.0, &[254, 0]), (2f64.powi(-243), &[1, 0])];
         for &(t, want) in cases {
             let mut w = BitWriter::default();
             put_zero_threshold(&mut w, t);
@@ -489,7 +490,7 @@ mod tests {
         for t in [2048.0, 2f64.powi(-244), 0.001, 3.0, f64::INFINITY, -1.0, f64::NAN, 5e-324] {
             let mut w = BitWriter::default();
             put_zero_threshold(&mut w, t);
-            assert_eq!(w.bytes().len(), 9, "threshold {t}");
+            assert_eq!(w.bytes().len(), 10, "threshold {t}");
             assert_eq!(w.bytes()[0], 255);
             let mut r = BitReader::new(w.bytes());
             assert_eq!(read_zero_threshold(&mut r).map(f64::to_bits), Some(t.to_bits()));

@@ -117,8 +117,11 @@ impl Chunk {
 /// A lazy decoder over a chunk of any encoding.
 #[derive(Debug)]
 pub enum SampleIter<'a> {
+    /// Encoding 1.
     Xor(XorIterator<'a>),
+    /// Encoding 2.
     Histogram(HistogramIterator<'a>),
+    /// Encoding 3.
     FloatHistogram(FloatHistogramIterator<'a>),
 }
 

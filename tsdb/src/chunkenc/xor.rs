@@ -55,14 +55,6 @@ impl XorChunk {
             return Err(e.clone());
         }
         let used_bits = it.bits_consumed();
-        let nbytes = used_bits.div_ceil(8);
-        let mut bytes = data[..nbytes.min(data.len())].to_vec();
-        // Clear any stray bits past the end of the last sample.
-        let free = (nbytes * 8 - used_bits) as u8;
-        if free > 0 {
-            let last = bytes.len() - 1;
-            bytes[last] &= !((1u8 << free) - 1);
-        }
         let num = it.num_total;
         // The iterator starts with the 0xff "no window yet" sentinel, so a chunk whose values
         // never changed reopens exactly as a continuously appended one would. (Prometheus'
@@ -70,7 +62,7 @@ impl XorChunk {
         // the same.)
         let (leading, trailing) = (it.leading, it.trailing);
         Ok(XorChunk {
-            b: BitWriter::from_bytes(bytes, free),
+            b: BitWriter::resume(data, used_bits),
             num,
             t: it.t,
             v: f64::from_bits(it.val),
@@ -131,17 +123,16 @@ impl XorChunk {
             _ => {
                 let t_delta = t.wrapping_sub(self.t) as u64;
                 let dod = t_delta.wrapping_sub(self.t_delta) as i64;
+                // Prefix and payload go out in one write (≤ 24 bits); Go writes the payload last.
+                let mask = |n: u32| (dod as u64) & ((1u64 << n) - 1);
                 if dod == 0 {
                     b.write_bit(false);
                 } else if bit_range(dod, 14) {
-                    b.write_bits(0b10, 2);
-                    b.write_bits(dod as u64, 14);
+                    b.write_bits_tail((0b10 << 14) | mask(14), 16, 14);
                 } else if bit_range(dod, 17) {
-                    b.write_bits(0b110, 3);
-                    b.write_bits(dod as u64, 17);
+                    b.write_bits_tail((0b110 << 17) | mask(17), 20, 17);
                 } else if bit_range(dod, 20) {
-                    b.write_bits(0b1110, 4);
-                    b.write_bits(dod as u64, 20);
+                    b.write_bits_tail((0b1110 << 20) | mask(20), 24, 20);
                 } else {
                     b.write_bits(0b1111, 4);
                     b.write_bits(dod as u64, 64);
@@ -174,25 +165,36 @@ pub(crate) fn xor_write(b: &mut BitWriter, new: f64, cur: f64, leading: &mut u8,
         b.write_bit(false);
         return;
     }
-    b.write_bit(true);
     let mut new_leading = delta.leading_zeros() as u8;
     let new_trailing = delta.trailing_zeros() as u8;
     if new_leading >= 32 {
         new_leading = 31;
     }
     if *leading != 0xff && new_leading >= *leading && new_trailing >= *trailing {
-        b.write_bit(false);
-        b.write_bits(delta >> *trailing, 64 - u32::from(*leading) - u32::from(*trailing));
+        // Control "10" then the window's bits.
+        let sig = 64 - u32::from(*leading) - u32::from(*trailing);
+        let payload = delta >> *trailing;
+        if sig <= 62 {
+            b.write_bits_tail((0b10 << sig) | payload, sig + 2, sig);
+        } else {
+            b.write_bits(0b10, 2);
+            b.write_bits(payload, sig);
+        }
         return;
     }
     *leading = new_leading;
     *trailing = new_trailing;
-    b.write_bit(true);
-    b.write_bits(u64::from(new_leading), 5);
     let sigbits = 64 - u32::from(new_leading) - u32::from(new_trailing);
-    // 64 significant bits do not fit in 6 bits; they are written as 0.
-    b.write_bits(u64::from(sigbits), 6);
-    b.write_bits(delta >> new_trailing, sigbits);
+    // Control "11", 5 bits of leading zeros, 6 bits of significant bits (64 is written
+    // as 0, which cannot otherwise occur), then the bits themselves.
+    let header = (0b11 << 11) | (u64::from(new_leading) << 6) | u64::from(sigbits & 0x3f);
+    let payload = delta >> new_trailing;
+    if sigbits <= 51 {
+        b.write_bits_tail((header << sigbits) | payload, 13 + sigbits, sigbits);
+    } else {
+        b.write_bits(header, 13);
+        b.write_bits(payload, sigbits);
+    }
 }
 
 /// Reads one XOR-encoded value into `value`; `None` on truncated or corrupt input.
@@ -312,7 +314,7 @@ impl<'a> XorIterator<'a> {
     }
 
     /// The next `(timestamp, value)`.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<(i64, f64)> {
         if self.num_read >= self.num_total {
@@ -322,33 +324,77 @@ impl<'a> XorIterator<'a> {
             return self.next_head();
         }
         let br = &mut self.br;
-        // Room for the longest non-raw dod: 4 prefix bits and 20 payload bits.
-        br.ensure(24);
-        // The dod prefix is up to four 1 bits ended by a 0.
-        let ones = br.word().leading_ones();
-        let dod: i64 = match ones {
-            0 => {
-                br.skip(1);
-                0
-            }
+        // One refill covers the dod (≤ 24 bits unless raw) and a value header (≤ 13);
+        // both are decoded from this word with a single skip at the end, which keeps
+        // the buffer updates off the dependency chain.
+        br.refill();
+        let w = br.word();
+        let ones = w.leading_ones();
+        let (dod, dlen): (i64, u32) = match ones {
+            0 => (0, 1),
             1..=3 => {
-                let sz = [14, 17, 20][ones as usize - 1];
-                br.skip(ones + 1);
-                let mut bits = br.peek(sz);
-                br.skip(sz);
-                if bits > (1u64 << (sz - 1)) {
-                    bits = bits.wrapping_sub(1u64 << sz);
-                }
-                bits as i64
+                let sz = match ones {
+                    1 => 14,
+                    2 => 17,
+                    _ => 20,
+                };
+                let bits = (w << (ones + 1)) >> (64 - sz);
+                // bitRange decoding: values above 2^(sz-1) are negative.
+                (bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64, ones + 1 + sz)
             }
-            _ => {
-                br.skip(4);
-                br.read_bits_lenient(64) as i64
-            }
+            _ => return self.next_raw_dod(),
         };
         self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
         self.t = self.t.wrapping_add(self.t_delta as i64);
-        if !xor_read_lenient(br, &mut self.val, &mut self.leading, &mut self.trailing) || br.overrun() {
+        let rem = br.avail() - dlen;
+        let v = w << dlen;
+        if v >> 63 == 0 {
+            br.skip(dlen + 1);
+        } else {
+            let (hdr, shift, m) = if (v >> 62) & 1 == 0 {
+                if self.leading == 0xff {
+                    (2, 0, 64)
+                } else {
+                    let (l, t) = (u32::from(self.leading), u32::from(self.trailing));
+                    (2, t, 64 - l - t)
+                }
+            } else {
+                let l = ((v >> 57) & 0x1f) as u32;
+                let m = match ((v >> 51) & 0x3f) as u32 {
+                    0 => 64,
+                    m => m,
+                };
+                if l + m > 64 {
+                    return self.fail();
+                }
+                self.leading = l as u8;
+                self.trailing = (64 - l - m) as u8;
+                (13, 64 - l - m, m)
+            };
+            let bits = if hdr + m <= rem {
+                br.skip(dlen + hdr + m);
+                (v << hdr) >> (64 - m)
+            } else {
+                br.skip(dlen + hdr);
+                br.read_bits_lenient(m)
+            };
+            self.val ^= bits << shift;
+        }
+        if br.overrun() {
+            return self.fail();
+        }
+        self.num_read += 1;
+        Some((self.t, f64::from_bits(self.val)))
+    }
+
+    /// A sample whose dod needed the raw 64-bit form.
+    #[cold]
+    fn next_raw_dod(&mut self) -> Option<(i64, f64)> {
+        self.br.skip(4);
+        let dod = self.br.read_bits_lenient(64) as i64;
+        self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
+        self.t = self.t.wrapping_add(self.t_delta as i64);
+        if !xor_read_lenient(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing) || self.br.overrun() {
             return self.fail();
         }
         self.num_read += 1;
@@ -419,6 +465,14 @@ mod tests {
         // (xor 0 → one 0 bit, padded).
         let b = round_trip(&[(1000, 1.0), (1015, 1.0)]);
         assert_eq!(b, vec![0, 2, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0x0f, 0x00]);
+    }
+
+    #[test]
+    fn single_sample_keeps_gos_trailing_byte() {
+        // Go's bstream appends an empty byte after every aligned whole-byte write, so a
+        // one-sample chunk (varint t0, 64-bit v0) ends with a zero byte in Prometheus's files.
+        let b = round_trip(&[(1000, 1.0)]);
+        assert_eq!(b, vec![0, 1, 0xd0, 0x0f, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Appender<'a> {
     /// in-order sample appended to it in this batch (to catch order and duplicate errors
     /// within the batch).
     pinned: U64Map<Pin>,
+    /// Newest in-order timestamp in this batch (`i64::MIN` if none).
+    batch_max: i64,
 }
 
 /// A pinned series and its newest in-order sample in this batch.
@@ -47,6 +49,7 @@ impl<'a> Appender<'a> {
             histograms: Vec::new(),
             float_histograms: Vec::new(),
             pinned: U64Map::with_capacity_and_hasher(head.batch_hint.load(Ordering::Relaxed), Default::default()),
+            batch_max: i64::MIN,
         }
     }
 
@@ -121,14 +124,22 @@ impl<'a> Appender<'a> {
                 (Some(c), Some(b)) => Some(if b.0 >= c.0 { b } else { c }),
                 (c, b) => c.or(b),
             };
-            let place = placement(last, t, v, min_valid, head.max_time(), window)?;
+            // The head's max time as it will be when this batch commits.
+            let head_max = head.max_time().max(self.batch_max);
+            let place = placement(last, t, v, min_valid, head_max, window)?;
             if place == Placement::OutOfOrder
-                && let (Some(x), Incoming::Float(f)) = (d.ooo.get(&t), v)
+                && let Incoming::Float(f) = v
             {
-                if x.to_bits() != f.to_bits() {
-                    return Err(AppendError::DuplicateSampleForTimestamp);
+                // One value per timestamp: committed OOO data, then in-order data.
+                let existing = match d.ooo.get(&t) {
+                    Some(x) => Some(Some(x.to_bits())),
+                    None => d.inorder_at(t),
+                };
+                match existing {
+                    Some(Some(bits)) if bits == f.to_bits() => return Ok(None),
+                    Some(_) => return Err(AppendError::DuplicateSampleForTimestamp),
+                    None => {}
                 }
-                return Ok(None);
             }
             place
         };
@@ -136,6 +147,7 @@ impl<'a> Appender<'a> {
             Placement::Duplicate => Ok(None),
             Placement::InOrder => {
                 entry.1 = Some((t, v.to_last()));
+                self.batch_max = self.batch_max.max(t);
                 Ok(Some(series))
             }
             Placement::OutOfOrder => Ok(Some(series)),
@@ -189,22 +201,21 @@ impl<'a> Appender<'a> {
         // Pinned series are exactly the distinct series of the batch (plus any whose
         // samples were all rejected, which get logged harmlessly).
         let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _)| s.clone()).collect();
-        head.log_wal(&series, &recs)?;
-
-        let mut range = (i64::MAX, i64::MIN);
-        for p in &self.floats {
-            self.apply(&p.series, p.t, Incoming::Float(p.v), &mut range);
-        }
-        for p in &self.histograms {
-            self.apply(&p.series, p.t, Incoming::Histogram(&p.v), &mut range);
-        }
-        for p in &self.float_histograms {
-            self.apply(&p.series, p.t, Incoming::FloatHistogram(&p.v), &mut range);
-        }
-        if range.0 <= range.1 {
-            head.note_in_order(range.0, range.1);
-        }
-        Ok(())
+        head.log_wal(&series, &recs, || {
+            let mut range = (i64::MAX, i64::MIN);
+            for p in &self.floats {
+                self.apply(&p.series, p.t, Incoming::Float(p.v), &mut range);
+            }
+            for p in &self.histograms {
+                self.apply(&p.series, p.t, Incoming::Histogram(&p.v), &mut range);
+            }
+            for p in &self.float_histograms {
+                self.apply(&p.series, p.t, Incoming::FloatHistogram(&p.v), &mut range);
+            }
+            if range.0 <= range.1 {
+                head.note_in_order(range.0, range.1);
+            }
+        })
     }
 
     fn apply(&self, series: &MemSeries, t: i64, v: Incoming<'_>, range: &mut (i64, i64)) {

@@ -40,11 +40,17 @@ fn list_checkpoints(wal_dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
 /// Counts of what a checkpoint kept and dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointStats {
+    /// Series records kept (series still in the head).
     pub kept_series: u64,
+    /// Series records dropped.
     pub dropped_series: u64,
+    /// Samples (floats and histograms) at or after the cut-off kept.
     pub kept_samples: u64,
+    /// Samples before the cut-off dropped.
     pub dropped_samples: u64,
+    /// Tombstone intervals kept.
     pub kept_tombstones: u64,
+    /// Tombstone intervals dropped.
     pub dropped_tombstones: u64,
 }
 

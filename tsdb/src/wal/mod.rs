@@ -61,7 +61,9 @@ pub enum SyncPolicy {
 pub struct WalOptions {
     /// Maximum segment size; rounded up to whole pages.
     pub segment_size: usize,
+    /// Record compression.
     pub compression: Compression,
+    /// When to fsync.
     pub sync: SyncPolicy,
 }
 

@@ -15,6 +15,7 @@ use crate::{Result, TsdbError};
 pub struct FragmentError {
     /// Offset in the segment where the bad fragment (or padding) starts.
     pub offset: usize,
+    /// What is wrong there.
     pub what: String,
 }
 
@@ -140,19 +141,24 @@ impl<'a> SegmentReader<'a> {
 /// A damaged tail that replay cut off the newest segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncation {
+    /// The truncated segment's number.
     pub segment: u32,
     /// Offset of the first dropped byte (the end of the last good record).
     pub offset: u64,
     /// Bytes dropped (the file is then re-padded to a page boundary with zeros).
     pub dropped_bytes: u64,
+    /// Why reading stopped.
     pub reason: String,
 }
 
 /// What [`read_segments`] went through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadStats {
+    /// Segments read.
     pub segments: usize,
+    /// Records read.
     pub records: u64,
+    /// The cut-off damaged tail, if any.
     pub truncated: Option<Truncation>,
 }
 

@@ -20,47 +20,64 @@ pub const CUSTOM_BUCKETS_FLOAT_HISTOGRAM_SAMPLES: u8 = 10;
 /// A series definition: its head ref and labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefSeries {
+    /// Head series ref.
     pub series_ref: u64,
+    /// The series' labels.
     pub labels: Labels,
 }
 
 /// One float sample of a head series.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RefSample {
+    /// Head series ref.
     pub series_ref: u64,
+    /// Timestamp (ms).
     pub t: i64,
+    /// Value.
     pub v: f64,
 }
 
 /// One deleted interval (closed) of a head series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefTombstone {
+    /// Head series ref.
     pub series_ref: u64,
+    /// First deleted timestamp.
     pub mint: i64,
+    /// Last deleted timestamp.
     pub maxt: i64,
 }
 
 /// One integer histogram sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefHistogramSample {
+    /// Head series ref.
     pub series_ref: u64,
+    /// Timestamp (ms).
     pub t: i64,
+    /// The histogram.
     pub h: Histogram,
 }
 
 /// One float histogram sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefFloatHistogramSample {
+    /// Head series ref.
     pub series_ref: u64,
+    /// Timestamp (ms).
     pub t: i64,
+    /// The float histogram.
     pub fh: FloatHistogram,
 }
 
 /// A decoded WAL record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
+    /// Type 1.
     Series(Vec<RefSeries>),
+    /// Type 2.
     Samples(Vec<RefSample>),
+    /// Type 3.
     Tombstones(Vec<RefTombstone>),
     /// Types 7 and 9 (exponential and custom-bucket integer histograms).
     Histograms(Vec<RefHistogramSample>),

@@ -31,10 +31,15 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Opens (creating if needed) the WAL in `dir` for appending.
+    /// Opens (creating if needed) the WAL in `dir` for appending. Read the WAL first
+    /// with [`super::read_segments`] (which repairs a torn tail): a short newest segment
+    /// is padded to whole pages here, which must only happen to a clean one.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<Wal> {
         std::fs::create_dir_all(dir).map_err(TsdbError::io("create dir", dir))?;
         let segs = list_segments(dir)?;
+        if let Some(&last) = segs.last() {
+            pad_segment(dir, last)?;
+        }
         let mut next = segs.last().map_or(0, |l| l + 1);
         if let Some((cp, _)) = super::last_checkpoint(dir)? {
             next = next.max(cp + 1);
@@ -183,6 +188,30 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+impl Drop for Wal {
+    /// Pads the last page like `close` (errors ignored: nothing to report them to), so a
+    /// cleanly dropped WAL ends on a page boundary as Prometheus's does.
+    fn drop(&mut self) {
+        if self.alloc > 0 {
+            let _ = self.flush_page(true);
+        }
+    }
+}
+
+/// Pads a segment left short (by a crash after a clean record end) with zeros to a page
+/// boundary, as Prometheus does before moving on, so every segment but the newest is
+/// whole pages. Only call after the segment has been read (and repaired if torn).
+fn pad_segment(dir: &Path, n: u32) -> Result<()> {
+    let p = segment_path(dir, n);
+    let len = std::fs::metadata(&p).map_err(TsdbError::io("stat", &p))?.len();
+    let page = PAGE_SIZE as u64;
+    if len % page != 0 {
+        let f = OpenOptions::new().write(true).open(&p).map_err(TsdbError::io("open", &p))?;
+        f.set_len(len.next_multiple_of(page)).and_then(|_| f.sync_all()).map_err(TsdbError::io("pad", &p))?;
+    }
+    Ok(())
 }
 
 fn create_segment(dir: &Path, n: u32) -> Result<File> {
