@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Receive Prometheus remote write into per-tenant TSDBs (hashring, replication, StoreAPI, upload).
     Receive(Box<norn_receive::Args>),
+    /// Query StoreAPI endpoints: PromQL, the Prometheus HTTP API, replica dedup, UI.
+    Query(Box<norn_query::Args>),
     /// Offline utilities (promtool-compatible).
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Query(args)) => serve(|shutdown| norn_query::run(*args, shutdown)),
         None => Ok(()),
     }
 }

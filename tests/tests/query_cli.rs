@@ -1,0 +1,64 @@
+//! `norn query` as a process: it serves what a `norn receive` process holds, promtool
+//! can query it, and it exits cleanly on SIGTERM.
+
+mod receive_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use norn_testkit::receive::Receiver;
+use norn_testkit::{ProcessGuard, free_port, http_get, norn_bin, require_tool, wait_ready};
+use receive_support::{now_ms, post, write_body};
+
+#[test]
+fn norn_query_process_serves_a_receiver_to_promtool() {
+    let Some(promtool) = require_tool("promtool") else { return };
+    let work = norn_testkit::tempdir().unwrap();
+    let mut r = Receiver::new("r0", work.path(), &["--label=replica=\"r0\"".to_string()]);
+    r.start();
+    let t = now_ms() - 10_000;
+    let body = write_body(&[(vec![("__name__", "cli_metric"), ("job", "x")], vec![(t - 15_000, 1.0), (t, 42.0)])]);
+    let (code, msg) = post(r.rw_port, None, &body);
+    assert!(code == 200 || code == 204, "{code} {msg}");
+
+    let (http, grpc) = (free_port(), free_port());
+    let mut q = ProcessGuard::spawn(
+        "norn query",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+            .arg(format!("--endpoint={}", r.grpc_addr()))
+            .arg("--query.replica-label=replica"),
+        &work.path().join("query.log"),
+    );
+    let log = || std::fs::read_to_string(work.path().join("query.log")).unwrap_or_default();
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(30)), "query not ready:\n{}", log());
+
+    let (code, body) = http_get(http, "/api/v1/query?query=cli_metric").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"42\""), "{body}");
+    assert!(!body.contains("replica"), "{body}");
+
+    let out = Command::new(promtool)
+        .args(["query", "instant", &format!("http://127.0.0.1:{http}"), "cli_metric"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("=> 42 @["),
+        "promtool: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _ = Command::new("kill").arg("-TERM").arg(q.id().to_string()).status();
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = q.try_wait() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(status.is_some_and(|s| s.success()), "norn query did not exit cleanly on SIGTERM: {status:?}\n{}", log());
+}
