@@ -96,6 +96,21 @@ impl ProcessGuard {
         self.child.id()
     }
 
+    /// Asks the process to stop with SIGTERM (via `kill`, to avoid a libc dependency) and
+    /// waits up to `timeout` for it to exit. Returns whether it exited in time; the guard
+    /// still kills it on drop otherwise.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.try_wait().is_some() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
     /// Whether the process has exited (and with what status).
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

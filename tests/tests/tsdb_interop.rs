@@ -413,3 +413,50 @@ fn max_block_duration_matches_promtool() {
         assert_eq!(columns(&ours), columns(&theirs), "{d}");
     }
 }
+
+/// A Prometheus data directory with only a head (WAL): our dump replays the WAL
+/// read-only and prints what promtool prints.
+#[test]
+fn dump_reads_a_prometheus_wal() {
+    let Some(prom) = require_tool("prometheus") else { return };
+    let tmp = tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let config = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("prometheus.log");
+    let mut guard = ProcessGuard::spawn(
+        "prometheus",
+        Command::new(prom)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        &log,
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_ready(port, "/-/ready", Duration::from_secs(60)), "not ready:\n{}", log_text());
+    // Wait (bounded) until a few scrapes have been stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http_get(port, "/api/v1/query?query=count_over_time(up%5B1m%5D)").unwrap();
+        if body.contains("\"3\"") || body.contains("\"4\"") || body.contains("\"5\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no scrapes stored: {body}\n{}", log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(guard.terminate(Duration::from_secs(30)), "prometheus did not stop:\n{}", log_text());
+    let dir = data.to_str().unwrap();
+    for args in [vec![], vec!["--match", "{__name__=~\"prometheus_tsdb_head.*|up\"}"]] {
+        let theirs = stdout(&run_ok(promtool(&["tsdb", "dump"]).unwrap().args(&args).arg(dir)));
+        let ours = stdout(&run_ok(norn(&["tools", "tsdb", "dump"]).args(&args).arg(dir)));
+        assert!(ours.lines().count() > 10, "{ours}");
+        assert_eq!(ours, theirs, "{args:?}");
+    }
+}

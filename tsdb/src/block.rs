@@ -244,6 +244,32 @@ impl Block {
         self.size
     }
 
+    /// Marks `[mint, maxt]` of every series matching `matchers` deleted: the tombstones
+    /// file and `numTombstones` in `meta.json` are rewritten (each atomically), as
+    /// Prometheus's `Block.Delete` does. Data is removed for good at the next compaction.
+    pub fn delete(&mut self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<()> {
+        let ids = self.index.postings_for_matchers(matchers)?;
+        let mut tombstones = self.tombstones.clone();
+        let mut refs = Vec::new();
+        for id in ids {
+            self.index.series_into(id, &mut refs)?;
+            // Like Prometheus, only series with data in the range get a tombstone.
+            if refs.iter().any(|r| r.min_time <= maxt && mint <= r.max_time) {
+                tombstones.add(id, (mint, maxt));
+            }
+        }
+        if tombstones == self.tombstones {
+            return Ok(());
+        }
+        write_tombstones(&self.dir, &tombstones)?;
+        let mut meta = self.meta.clone();
+        meta.stats.num_tombstones = tombstones.num_intervals();
+        write_meta(&self.dir, &meta)?;
+        self.tombstones = tombstones;
+        self.meta = meta;
+        Ok(())
+    }
+
     /// Series matching all `matchers` with a chunk overlapping `[mint, maxt]`, in label
     /// order. Chunk data is shared with the mapping and decoded only when iterated;
     /// chunks wholly deleted are left out, other deletions travel in `Series::deleted`.
@@ -413,6 +439,24 @@ mod tests {
             float_samples(&got[0], i64::MIN, i64::MAX).iter().map(|s| s.0).collect::<Vec<_>>(),
             vec![0, 1, 5, 6, 7, 8, 9]
         );
+    }
+
+    #[test]
+    fn delete_writes_tombstones_and_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = |v: &str| Labels::from_pairs([("a", v)]);
+        let meta =
+            write_block(dir.path(), &[(l("1"), (0..10).map(|i| (i, i as f64)).collect()), (l("2"), vec![(100, 1.0)])]);
+        let bdir = dir.path().join(meta.ulid.to_string());
+        let mut b = Block::open(&bdir).unwrap();
+        b.delete(&[Matcher::new(MatchType::Regex, "a", ".+").unwrap()], 3, 5).unwrap();
+        assert_eq!(b.meta().stats.num_tombstones, 1, "series 2 has no data in [3, 5]");
+        b.delete(&[Matcher::equal("a", "1")], 6, 6).unwrap();
+        let b = Block::open(&bdir).unwrap();
+        assert_eq!(b.meta().stats.num_tombstones, 1, "adjacent intervals coalesce");
+        let got = b.select(&[Matcher::equal("a", "1")], i64::MIN, i64::MAX).unwrap();
+        let ts: Vec<i64> = float_samples(&got[0], i64::MIN, i64::MAX).iter().map(|s| s.0).collect();
+        assert_eq!(ts, vec![0, 1, 2, 7, 8, 9]);
     }
 
     #[test]
@@ -712,5 +756,10 @@ mod promtool_interop {
         }
         w.finish().unwrap();
         assert_eq!(promtool_dump(tool, &ours), want);
+        // `analyze` walks label values and postings of our index.
+        let o = Command::new(tool).args(["tsdb", "analyze"]).arg(&ours).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(text.contains("Series: 3") && text.contains("Label names: 4"), "{text}");
     }
 }

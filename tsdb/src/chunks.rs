@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::chunkenc::{Chunk, Encoding};
-use crate::encoding::{Decbuf, crc32c, put_uvarint, uvarint_size};
+use crate::encoding::{Decbuf, crc32c, put_uvarint};
 use crate::mmap::map_file;
 use crate::{Result, TsdbError};
 
@@ -21,6 +21,8 @@ pub const SEGMENT_MAGIC: u32 = 0x85BD_40DD;
 pub const SEGMENT_VERSION: u8 = 1;
 /// Size of the segment header: magic, version, 3 bytes padding.
 pub const SEGMENT_HEADER_SIZE: usize = 8;
+/// Largest size of a record's length field (a uvarint of a 32-bit length).
+const MAX_LEN_FIELD_SIZE: usize = 5;
 /// Prometheus's default maximum segment size (512 MiB).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 512 * 1024 * 1024;
 
@@ -86,8 +88,10 @@ impl ChunkWriter {
         })
     }
 
-    fn record_size(c: &Chunk) -> u64 {
-        (uvarint_size(c.data.len() as u64) + 1 + c.data.len() + 4) as u64
+    /// The record size Prometheus assumes when planning segments: it counts the length
+    /// field at its maximum (5 bytes) rather than its real size.
+    fn planned_size(c: &Chunk) -> u64 {
+        (MAX_LEN_FIELD_SIZE + 1 + c.data.len() + 4) as u64
     }
 
     fn close_current(&mut self) -> Result<()> {
@@ -120,32 +124,49 @@ impl ChunkWriter {
 
     /// Writes the chunks of one series and returns their references, in order.
     ///
-    /// The chunks go into one segment when they fit; a batch bigger than a whole
-    /// segment is split between segments at chunk boundaries, as Prometheus does.
+    /// Segments are cut exactly where Prometheus cuts them (so multi-segment blocks are
+    /// byte-identical): the chunks fill what the open segment has left, then continue in
+    /// fresh segments, each taking as many as fit; a chunk bigger than a segment gets one
+    /// of its own.
     pub fn write_chunks(&mut self, chunks: &[ChunkMeta]) -> Result<Vec<u64>> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let header = SEGMENT_HEADER_SIZE as u64;
+        // The first batch may stay empty when the open segment cannot take even one chunk.
+        let mut batches: Vec<std::ops::Range<usize>> = Vec::with_capacity(2);
+        batches.push(0..0);
+        let mut batch_size = 0u64;
+        let mut filling_open_segment = self.cur.is_some() && self.cur_len > header;
+        for (i, c) in chunks.iter().enumerate() {
+            let sz = Self::planned_size(&c.chunk);
+            batch_size += sz;
+            let cut = if filling_open_segment {
+                batch_size + self.cur_len > self.segment_size
+            } else {
+                i != 0 && batch_size + header > self.segment_size
+            };
+            if cut {
+                filling_open_segment = false;
+                batches.push(i..i);
+                batch_size = sz;
+            }
+            if let Some(b) = batches.last_mut() {
+                b.end = i + 1;
+            }
+        }
+        if self.cur.is_none() {
+            self.cut()?;
+        }
         let mut refs = Vec::with_capacity(chunks.len());
-        let mut start = 0;
-        while start < chunks.len() {
-            // Find the longest prefix that fits into one (empty) segment.
-            let mut end = start;
-            let mut batch = 0u64;
-            while end < chunks.len() {
-                let sz = Self::record_size(&chunks[end].chunk);
-                if end > start && SEGMENT_HEADER_SIZE as u64 + batch + sz > self.segment_size {
-                    break;
-                }
-                batch += sz;
-                end += 1;
-            }
-            if self.cur.is_none()
-                || (self.cur_len > SEGMENT_HEADER_SIZE as u64 && self.cur_len + batch > self.segment_size)
-            {
-                self.cut()?;
-            }
-            for c in &chunks[start..end] {
+        let last = batches.len() - 1;
+        for (bi, b) in batches.into_iter().enumerate() {
+            for c in &chunks[b] {
                 refs.push(self.write_one(&c.chunk)?);
             }
-            start = end;
+            if bi < last {
+                self.cut()?;
+            }
         }
         Ok(refs)
     }
@@ -319,6 +340,30 @@ mod tests {
         }
         // Refs of the second segment start with position 1.
         assert!(refs.iter().flatten().any(|r| r >> 32 == 1));
+    }
+
+    #[test]
+    fn segments_are_cut_like_prometheus() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records of 10 data bytes take 16 bytes but are planned as 20.
+        let c = ChunkMeta { min_time: 0, max_time: 0, chunk: Chunk::new(Encoding::Xor, vec![0u8; 10]) };
+        let mut w = ChunkWriter::with_segment_size(dir.path(), 8 + 40).unwrap();
+        assert_eq!(w.write_chunks(std::slice::from_ref(&c)).unwrap(), vec![8]);
+        // The first chunk still fits the open segment, the second starts a new one.
+        assert_eq!(w.write_chunks(&[c.clone(), c.clone()]).unwrap(), vec![24, (1 << 32) | 8]);
+        // Three chunks: two fit the rest of segment 2? 24 + 20 + 20 > 48, so one does.
+        assert_eq!(
+            w.write_chunks(&[c.clone(), c.clone(), c.clone()]).unwrap(),
+            vec![(1 << 32) | 24, (2 << 32) | 8, (2 << 32) | 24]
+        );
+        // A chunk larger than a segment gets a segment of its own.
+        let big = ChunkMeta { min_time: 0, max_time: 0, chunk: Chunk::new(Encoding::Xor, vec![0u8; 100]) };
+        assert_eq!(w.write_chunks(&[big, c]).unwrap(), vec![3 << 32 | 8, 4 << 32 | 8]);
+        assert!(w.write_chunks(&[]).unwrap().is_empty());
+        w.finish().unwrap();
+        let r = ChunkReader::open(dir.path()).unwrap();
+        assert_eq!(r.num_segments(), 5);
+        assert_eq!(r.chunk((3 << 32) | 8).unwrap().data.len(), 100);
     }
 
     #[test]

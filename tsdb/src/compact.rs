@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use crate::block::{Block, BlockWriter};
-use crate::chunkenc::Sample;
 use crate::meta::{BlockMeta, BlockMetaCompaction};
-use crate::series::{SAMPLES_PER_CHUNK, Series, encode_samples, merge_series};
+use crate::series::{SAMPLES_PER_CHUNK, Series, apply_deletions, merge_overlapping_chunks, merge_series};
 use crate::{Result, TsdbError};
 
 /// Hint kept on a merged block only if every input has it.
@@ -34,19 +33,16 @@ pub fn merged_compaction(metas: &[&BlockMeta]) -> BlockMetaCompaction {
     BlockMetaCompaction { level, sources, deletable: false, parents, failed: false, hints }
 }
 
-/// Rewrites a series whose chunks overlap or carry deletions into fresh, non-overlapping
-/// chunks of at most 120 samples; leaves other series untouched (chunks are passed
-/// through without decoding).
+/// Applies a series' deletions to its chunks and re-encodes groups of overlapping chunks
+/// into chunks of at most 120 samples; other chunks are passed through undecoded.
 fn flatten(s: Series) -> Result<Series> {
-    if !s.has_overlapping_chunks() && s.deleted.is_empty() {
-        return Ok(s);
-    }
-    let samples = s.samples(i64::MIN, i64::MAX).collect::<Result<Vec<Sample>>>()?;
-    let chunks = encode_samples(samples, SAMPLES_PER_CHUNK).map_err(|e| match e {
-        TsdbError::InvalidArgument(m) => TsdbError::InvalidArgument(format!("series {}: {m}", s.labels)),
+    let labels = s.labels.clone();
+    let with_context = |e: TsdbError| match e {
+        TsdbError::InvalidArgument(m) => TsdbError::InvalidArgument(format!("series {labels}: {m}")),
         e => e,
-    })?;
-    Ok(Series { labels: s.labels, chunks, deleted: Vec::new() })
+    };
+    let s = apply_deletions(s).map_err(with_context)?;
+    merge_overlapping_chunks(s, SAMPLES_PER_CHUNK).map_err(with_context)
 }
 
 /// Merges `blocks` into a new block under `parent` and returns its meta: level one above
@@ -76,7 +72,7 @@ mod tests {
     use crate::block::BlockWriter;
     use crate::chunkenc::Sample;
     use crate::meta::BlockDesc;
-    use crate::series::encode_float_chunks;
+    use crate::series::{encode_float_chunks, encode_samples};
     use crate::tombstones::{Tombstones, write_tombstones};
     use norn_model::Labels;
 

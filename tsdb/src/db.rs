@@ -63,6 +63,11 @@ impl Db {
         Ok(db)
     }
 
+    /// Closes the head's WAL cleanly (see [`Head::close`]).
+    pub fn close(self) -> Result<()> {
+        self.head.close()
+    }
+
     /// The database directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -95,6 +100,24 @@ impl Db {
         }
         sets.push(self.head.select(matchers, mint, maxt));
         Ok(merge_series(sets))
+    }
+
+    /// Label names across blocks and head, sorted and unique.
+    pub fn label_names(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> = self.head.label_names().into_iter().collect();
+        for b in self.blocks() {
+            names.extend(b.index().label_names().into_iter().filter(|n| !n.is_empty()).map(str::to_string));
+        }
+        names.into_iter().collect()
+    }
+
+    /// Values of label `name` across blocks and head, sorted and unique.
+    pub fn label_values(&self, name: &str) -> Vec<String> {
+        let mut values: std::collections::BTreeSet<String> = self.head.label_values(name).into_iter().collect();
+        for b in self.blocks() {
+            values.extend(b.index().label_values(name).into_iter().map(str::to_string));
+        }
+        values.into_iter().collect()
     }
 
     /// Persists the head's compactable data as blocks (each becomes queryable before
@@ -207,6 +230,8 @@ mod tests {
             assert_eq!(db.blocks().len(), 3);
             assert_eq!(count(&db, &[]), (4, 4 * 480));
             assert_eq!(count(&db, &[Matcher::equal("i", "2")]), (1, 480));
+            assert_eq!(db.label_names(), vec!["__name__", "i"]);
+            assert_eq!(db.label_values("i"), vec!["0", "1", "2", "3"]);
             // Samples inside the persisted range are now out of bounds.
             let mut app = db.appender();
             assert!(app.append(&Labels::from_pairs([("i", "0")]), H, 1.0).is_err());

@@ -306,12 +306,13 @@ pub fn encode_samples(samples: impl IntoIterator<Item = Sample>, per_chunk: usiz
     Ok(out)
 }
 
-/// Applies `deleted` to the chunks that overlap a deleted interval by re-encoding them
-/// without the deleted samples. A chunk that fails to decode or re-encode is kept as it
-/// is, so its error surfaces when the series is read.
-fn materialise_deletions(s: Series) -> Series {
+/// Applies `deleted` to the chunks that overlap a deleted interval by re-encoding each
+/// such chunk without the deleted samples (one chunk in, at most one out; emptied chunks
+/// are dropped), as Prometheus does when it compacts a block with tombstones. Chunks
+/// that do not touch a deleted interval are kept as they are.
+pub fn apply_deletions(s: Series) -> Result<Series> {
     if s.deleted.is_empty() {
-        return s;
+        return Ok(s);
     }
     let mut chunks = Vec::with_capacity(s.chunks.len());
     for c in &s.chunks {
@@ -320,21 +321,57 @@ fn materialise_deletions(s: Series) -> Series {
             chunks.push(c.clone());
             continue;
         }
-        let Ok(mut it) = c.chunk.iter() else {
-            chunks.push(c.clone());
-            continue;
-        };
+        let mut it = c.chunk.iter().map_err(|e| chunk_err(&s, e))?;
         let kept: Vec<Sample> = it.by_ref().filter(|smp| !is_deleted(&s.deleted, smp.timestamp())).collect();
-        if it.err().is_some() {
-            chunks.push(c.clone());
-            continue;
+        if let Some(e) = it.err() {
+            return Err(chunk_err(&s, e.clone()));
         }
-        match encode_samples(kept, usize::from(u16::MAX)) {
-            Ok(cs) => chunks.extend(cs),
-            Err(_) => chunks.push(c.clone()),
-        }
+        chunks.extend(encode_samples(kept, usize::from(u16::MAX))?);
     }
-    Series { labels: s.labels, chunks, deleted: Vec::new() }
+    Ok(Series { labels: s.labels, chunks, deleted: Vec::new() })
+}
+
+/// [`apply_deletions`] for merging, where there is no way to report an error: a series
+/// whose chunks cannot be re-encoded keeps them and its deletions, so nothing deleted
+/// reappears (its deletions may then also hide samples of the series it is merged with).
+fn materialise_deletions(s: Series) -> Series {
+    match apply_deletions(s.clone()) {
+        Ok(s) => s,
+        Err(_) => s,
+    }
+}
+
+/// Re-encodes each group of mutually overlapping chunks into chunks of at most
+/// `per_chunk` samples (merged, equal timestamps deduplicated); chunks that overlap no
+/// other are kept as they are. This is Prometheus's vertical compaction of one series.
+pub fn merge_overlapping_chunks(s: Series, per_chunk: usize) -> Result<Series> {
+    if !s.has_overlapping_chunks() {
+        return Ok(s);
+    }
+    let mut sorted = s.chunks.clone();
+    sorted.sort_by_key(|c| c.min_time);
+    let mut out = Vec::with_capacity(sorted.len());
+    let mut group: Vec<ChunkMeta> = Vec::new();
+    let mut group_max = i64::MIN;
+    let flush = |group: &mut Vec<ChunkMeta>, out: &mut Vec<ChunkMeta>| -> Result<()> {
+        if group.len() == 1 {
+            out.append(group);
+        } else if !group.is_empty() {
+            let tmp = Series { labels: s.labels.clone(), chunks: std::mem::take(group), deleted: s.deleted.clone() };
+            let samples = tmp.samples(i64::MIN, i64::MAX).collect::<Result<Vec<Sample>>>()?;
+            out.extend(encode_samples(samples, per_chunk)?);
+        }
+        Ok(())
+    };
+    for c in sorted {
+        if !group.is_empty() && c.min_time > group_max {
+            flush(&mut group, &mut out)?;
+        }
+        group_max = if group.is_empty() { c.max_time } else { group_max.max(c.max_time) };
+        group.push(c);
+    }
+    flush(&mut group, &mut out)?;
+    Ok(Series { labels: s.labels, chunks: out, deleted: s.deleted })
 }
 
 /// Merges sets of series, each sorted by labels, into one sorted set. Series with equal
@@ -362,6 +399,10 @@ pub fn merge_series(sets: Vec<Vec<Series>>) -> Vec<Series> {
         } else {
             for s in group.iter_mut() {
                 *s = materialise_deletions(std::mem::replace(s, Series::new(s.labels.clone(), Vec::new())));
+                // Deletions that could not be applied to the chunks stay in force.
+                for &iv in &s.deleted {
+                    add_interval(&mut deleted, iv);
+                }
             }
         }
         let labels = group[0].labels.clone();
@@ -462,6 +503,25 @@ mod tests {
         let m = merge_series(vec![vec![same(vec![(0, 5)])], vec![same(vec![(0, 5)])]]);
         assert_eq!(m[0].deleted, vec![(0, 5)]);
         assert!(collect(&m[0], i64::MIN, i64::MAX).is_empty());
+    }
+
+    #[test]
+    fn only_overlapping_chunks_are_reencoded() {
+        let a = floats(&[(1, 1.0), (5, 5.0)]);
+        let b = floats(&[(3, 3.0), (5, 50.0), (7, 7.0)]);
+        let c = floats(&[(10, 10.0), (11, 11.0)]);
+        let s = Series::new(lbl("x"), vec![c.clone(), b, a]);
+        let m = merge_overlapping_chunks(s.clone(), 120).unwrap();
+        assert_eq!(m.chunks.len(), 2);
+        assert_eq!(m.chunks[1], c, "the lone chunk passes through untouched");
+        assert_eq!((m.chunks[0].min_time, m.chunks[0].max_time), (1, 7));
+        assert_eq!(collect(&m, i64::MIN, i64::MAX), collect(&s, i64::MIN, i64::MAX));
+        assert!(!m.has_overlapping_chunks());
+        let d = apply_deletions(Series { deleted: vec![(10, 10)], ..m.clone() }).unwrap();
+        assert_eq!(d.chunks[0], m.chunks[0]);
+        assert_eq!(collect(&d, i64::MIN, i64::MAX).last(), Some(&(11, 11.0)));
+        let gone = apply_deletions(Series { deleted: vec![(0, 100)], ..m }).unwrap();
+        assert!(gone.chunks.is_empty());
     }
 
     #[test]

@@ -3,3 +3,4 @@
 pub mod format;
 pub mod selector;
 pub mod tsdb;
+pub mod wal_head;

@@ -24,7 +24,8 @@ pub enum TsdbCommand {
     /// Import samples from an input format and produce TSDB blocks.
     #[command(name = "create-blocks-from", subcommand)]
     CreateBlocksFrom(CreateBlocksFrom),
-    /// Print the samples of every block in a data directory (`{labels} value timestamp`).
+    /// Print the samples of every block (and of the WAL, if any) in a data directory
+    /// (`{labels} value timestamp`).
     Dump(DumpArgs),
     /// List the blocks of a data directory.
     List(ListArgs),
@@ -272,6 +273,22 @@ fn dump(a: &DumpArgs) -> Result<()> {
             Ok(s) => sets.push(s),
             Err(e) => eprintln!("warning: skipping block {}: {e}", b.meta().ulid),
         }
+    }
+    // The head, when the directory has a WAL (a Prometheus data dir), as promtool does.
+    if a.dir.join("wal").is_dir() {
+        let newest = blocks.iter().map(|b| b.meta().max_time).max().unwrap_or(i64::MIN);
+        let head = super::wal_head::read_wal_head(&a.dir, newest).context("reading the WAL")?;
+        if let Some(w) = head.warning {
+            eprintln!("warning: {w}; the head is served up to the damage");
+        }
+        let selected: Vec<Series> = head
+            .series
+            .into_iter()
+            .filter(|s| {
+                matchers.as_ref().is_none_or(|ms| ms.iter().all(|m| m.matches(s.labels.get(&m.name).unwrap_or(""))))
+            })
+            .collect();
+        sets.push(selected);
     }
     let series = merge_series(sets);
     let stdout = std::io::stdout();

@@ -623,4 +623,40 @@ mod tests {
             assert_eq!(parse_timestamp_ms(s.as_bytes()).unwrap(), want, "{s}");
         }
     }
+
+    fn escape(v: &str) -> String {
+        v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    }
+
+    proptest::proptest! {
+        /// Any label values and float values survive formatting and parsing.
+        #[test]
+        fn round_trip(
+            values in proptest::collection::vec("\\PC{0,12}|[\\\\\"\n a]{0,6}", 1..5),
+            v in proptest::num::f64::ANY,
+            t in -1_000_000_000i64..4_000_000_000i64,
+        ) {
+            let mut line = String::from("m{");
+            for (i, val) in values.iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                line.push_str(&format!("l{i}=\"{}\"", escape(val)));
+            }
+            let vs = if v.is_nan() { "NaN".to_string() } else if v.is_infinite() { format!("{}Inf", if v > 0.0 { "+" } else { "-" }) } else { format!("{v:e}") };
+            line.push_str(&format!("}} {vs} {t}\n# EOF\n"));
+            let mut p = Parser::new(line.as_bytes());
+            let s = p.next_sample().unwrap().unwrap();
+            let want = Labels::from_pairs(
+                std::iter::once(("__name__".to_string(), "m".to_string()))
+                    .chain(values.iter().enumerate().map(|(i, val)| (format!("l{i}"), val.clone()))),
+            );
+            proptest::prop_assert_eq!(p.labels().unwrap(), want);
+            // NaN payloads are not kept: text has one NaN.
+            let same = if v.is_nan() { s.value.is_nan() } else { s.value.to_bits() == v.to_bits() };
+            proptest::prop_assert!(same, "{} parsed as {}", v, s.value);
+            proptest::prop_assert_eq!(s.timestamp_ms, Some(t * 1000));
+            proptest::prop_assert!(p.next_sample().unwrap().is_none());
+        }
+    }
 }

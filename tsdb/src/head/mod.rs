@@ -10,6 +10,7 @@
 mod appender;
 mod builder;
 mod cutter;
+mod postings;
 mod series;
 
 #[cfg(test)]
@@ -26,6 +27,7 @@ use crate::block::BlockWriter;
 use crate::chunks::ChunkMeta;
 use crate::meta::{BlockMeta, BlockMetaCompaction};
 use crate::series::Series;
+use crate::tombstones::{add_interval, is_deleted};
 use crate::wal::record::{self, Record};
 use crate::wal::{self, Truncation, Wal, WalOptions};
 use crate::{Result, TsdbError};
@@ -34,6 +36,7 @@ pub use appender::Appender;
 pub use cutter::{ChunkCutter, DEFAULT_SAMPLES_PER_CHUNK, compute_chunk_end_time, range_for_timestamp};
 
 use builder::ChunkBuilder;
+use postings::MemPostings;
 use series::{Incoming, MemSeries, SeriesData, StripeSeries, merge_samples};
 
 /// Prometheus's default block duration and head chunk range: 2 hours.
@@ -106,8 +109,7 @@ pub struct ReplayStats {
     pub samples: u64,
     /// Samples dropped: unknown series ref, older than the min valid time, out of order.
     pub dropped_samples: u64,
-    /// Records of types the head does not replay (exemplars, metadata, histograms,
-    /// tombstones …).
+    /// Records of types the head does not replay (exemplars, metadata, v2 samples …).
     pub skipped_records: u64,
     /// The damaged tail cut off the newest segment, if any.
     pub truncated: Option<Truncation>,
@@ -120,6 +122,7 @@ pub struct Head {
     dir: PathBuf,
     opts: HeadOptions,
     series: StripeSeries,
+    postings: MemPostings,
     next_ref: AtomicU64,
     /// In-order sample time range; `i64::MAX`/`i64::MIN` while empty.
     min_time: AtomicI64,
@@ -147,6 +150,7 @@ impl Head {
             dir: dir.to_path_buf(),
             opts,
             series: StripeSeries::new(opts.stripe_size),
+            postings: MemPostings::default(),
             next_ref: AtomicU64::new(1),
             min_time: AtomicI64::new(i64::MAX),
             max_time: AtomicI64::new(i64::MIN),
@@ -160,8 +164,25 @@ impl Head {
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
+        tracing::info!(
+            checkpoint = ?stats.checkpoint,
+            segments = stats.segments,
+            series = stats.series,
+            samples = stats.samples,
+            dropped_samples = stats.dropped_samples,
+            truncated = ?stats.truncated,
+            "WAL replay completed"
+        );
         head.replay = stats;
         Ok(head)
+    }
+
+    /// Pads and syncs the WAL. Dropping the head also pads, but cannot report errors.
+    pub fn close(self) -> Result<()> {
+        match self.wal.into_inner() {
+            Some(w) => w.close(),
+            None => Ok(()),
+        }
     }
 
     /// What replay found.
@@ -223,12 +244,35 @@ impl Head {
     }
 
     pub(crate) fn get_or_create(&self, labels: &Labels, pin: bool) -> (Arc<MemSeries>, bool) {
-        self.series.get_or_create(
+        let (s, created) = self.series.get_or_create(
             labels,
             pin,
             || self.next_ref.fetch_add(1, Ordering::AcqRel),
             |r| self.new_series(r, labels),
-        )
+        );
+        if created {
+            self.postings.add(s.series_ref, &s.labels);
+        }
+        (s, created)
+    }
+
+    /// Label names of the head's series, sorted.
+    pub fn label_names(&self) -> Vec<String> {
+        self.postings.label_names()
+    }
+
+    /// Values of label `name` across the head's series, sorted.
+    pub fn label_values(&self, name: &str) -> Vec<String> {
+        self.postings.label_values(name)
+    }
+
+    /// Series matching `matchers`, narrowed through the postings where possible.
+    fn matching(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        let cands = match self.postings.candidates(matchers) {
+            Some(refs) => refs.into_iter().filter_map(|r| self.series.get_by_ref(r)).collect(),
+            None => self.series.all(),
+        };
+        cands.into_iter().filter(|s| matchers.iter().all(|m| m.matches(s.labels.get(&m.name).unwrap_or("")))).collect()
     }
 
     pub(crate) fn note_in_order(&self, mint: i64, maxt: i64) {
@@ -292,6 +336,7 @@ impl Head {
                         );
                         ms.logged.store(true, Ordering::Release);
                         if created {
+                            this.postings.add(ms.series_ref, &ms.labels);
                             stats.series += 1;
                         } else if ms.series_ref != s.series_ref {
                             aliases.insert(s.series_ref, ms);
@@ -301,6 +346,14 @@ impl Head {
                 Record::Samples(list) => {
                     for s in list {
                         this.replay_one(&aliases, s.series_ref, s.t, Incoming::Float(s.v), stats);
+                    }
+                }
+                Record::Tombstones(list) => {
+                    for s in list {
+                        let ms = this.series.get_by_ref(s.series_ref).or_else(|| aliases.get(&s.series_ref).cloned());
+                        if let Some(ms) = ms {
+                            add_interval(&mut ms.data.lock().deleted, (s.mint, s.maxt));
+                        }
                     }
                 }
                 Record::Histograms(list) => {
@@ -380,24 +433,47 @@ impl Head {
     /// are left out.
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
         let mut out = Vec::new();
-        for s in self.series.all() {
-            if !matchers.iter().all(|m| m.matches(s.labels.get(&m.name).unwrap_or(""))) {
-                continue;
-            }
+        for s in self.matching(matchers) {
             let mut chunks = Vec::new();
-            {
+            let deleted = {
                 let d = s.data.lock();
                 d.chunks_in(mint, maxt, &mut chunks);
                 d.ooo_chunks_in(mint, maxt, &mut chunks);
-            }
+                d.deleted.clone()
+            };
+            // Chunks wholly deleted are left out, as blocks do.
+            chunks.retain(|c| !deleted.iter().any(|&(a, b)| a <= c.min_time && c.max_time <= b));
             if chunks.is_empty() {
                 continue;
             }
             chunks.sort_by_key(|c| c.min_time);
-            out.push(Series::new(s.labels.clone(), chunks));
+            out.push(Series { labels: s.labels.clone(), chunks, deleted });
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
+    }
+
+    /// Deletes the samples in `[mint, maxt]` of every series matching `matchers` (all
+    /// series if empty): logs a tombstones record to the WAL, then hides the samples
+    /// from queries; compaction leaves them out of blocks. Returns how many series
+    /// were affected.
+    pub fn delete(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<usize> {
+        if mint > maxt {
+            return Ok(0);
+        }
+        let hits = self.matching(matchers);
+        if hits.is_empty() {
+            return Ok(0);
+        }
+        let stones: Vec<record::RefTombstone> =
+            hits.iter().map(|s| record::RefTombstone { series_ref: s.series_ref, mint, maxt }).collect();
+        let mut rec = Vec::new();
+        record::encode_tombstones(&stones, &mut rec);
+        self.log_wal(&hits, &[rec])?;
+        for s in &hits {
+            add_interval(&mut s.data.lock().deleted, (mint, maxt));
+        }
+        Ok(hits.len())
     }
 
     /// Prometheus's rule (spec §10.2): the head spans more than 1.5 chunk ranges.
@@ -487,9 +563,10 @@ impl Head {
                 chunks.retain(|c| c.max_time < maxt);
             }
             let ooo: Vec<(i64, f64)> = d.ooo.range(..maxt).map(|(&t, &v)| (t, v)).collect();
+            let deleted = d.deleted.clone();
             drop(d);
             if !chunks.is_empty() || !ooo.is_empty() {
-                out.push(Snap { series: s, chunks, ooo });
+                out.push(Snap { series: s, chunks, ooo, deleted });
             }
         }
         out.sort_by(|a, b| a.series.labels.cmp(&b.series.labels));
@@ -517,17 +594,24 @@ impl Head {
             });
         }
         for s in snap {
-            if s.ooo.is_empty() {
+            let hit = |c: &ChunkMeta| s.deleted.iter().any(|&(a, b)| a <= c.max_time && c.min_time <= b);
+            if s.ooo.is_empty() && !s.chunks.iter().any(hit) {
                 w.add_series(&s.series.labels, &s.chunks)?;
                 continue;
             }
-            // OOO samples may overlap in-order chunks; the block needs disjoint chunks,
-            // so re-cut the merged samples like the head would have.
+            // OOO samples may overlap in-order chunks and the block needs disjoint
+            // chunks; deleted samples must go. Re-cut the merged, filtered samples like
+            // the head would have.
             let mut b = ChunkBuilder::new(self.opts.chunk_range, self.opts.samples_per_chunk);
             for smp in merge_samples(&s.chunks, &s.ooo) {
-                b.append_sample(&smp);
+                if !is_deleted(&s.deleted, smp.timestamp()) {
+                    b.append_sample(&smp);
+                }
             }
-            w.add_series(&s.series.labels, &b.finish())?;
+            let chunks = b.finish();
+            if !chunks.is_empty() {
+                w.add_series(&s.series.labels, &chunks)?;
+            }
         }
         w.finish().map(Some)
     }
@@ -574,7 +658,8 @@ impl Head {
     }
 
     fn gc_and_checkpoint(&self, fold_to: u32) -> Result<()> {
-        self.series.gc(|s| s.data.lock().is_empty());
+        let removed = self.series.gc(|s| s.data.lock().is_empty());
+        self.postings.remove(&removed);
         let mint = self.min_valid_time().min(self.ooo_min_time.load(Ordering::Acquire));
         let stats = wal::create_checkpoint(
             &self.wal_dir(),
@@ -594,6 +679,7 @@ struct Snap {
     series: Arc<MemSeries>,
     chunks: Vec<ChunkMeta>,
     ooo: Vec<(i64, f64)>,
+    deleted: Vec<(i64, i64)>,
 }
 
 fn snap_min(snap: &[Snap]) -> i64 {

@@ -94,6 +94,9 @@ pub(crate) struct SeriesData {
     pub last: Option<(i64, LastValue)>,
     /// Out-of-order float samples accepted through the OOO window, by time.
     pub ooo: BTreeMap<i64, f64>,
+    /// Deleted intervals (closed, sorted, coalesced), from `Head::delete` or WAL
+    /// tombstone records.
+    pub deleted: Vec<(i64, i64)>,
 }
 
 /// Where a sample goes, decided from a series' committed state.
@@ -107,7 +110,12 @@ pub(crate) enum Placement {
 
 impl SeriesData {
     pub fn new(chunk_range: i64, samples_per_chunk: usize) -> Self {
-        SeriesData { chunks: ChunkBuilder::new(chunk_range, samples_per_chunk), last: None, ooo: BTreeMap::new() }
+        SeriesData {
+            chunks: ChunkBuilder::new(chunk_range, samples_per_chunk),
+            last: None,
+            ooo: BTreeMap::new(),
+            deleted: Vec::new(),
+        }
     }
 
     /// Appends an in-order sample (the caller has checked `t > last`). A malformed
@@ -171,6 +179,7 @@ impl SeriesData {
     /// Drops in-order chunks entirely before `t` (they have been persisted).
     pub fn truncate_before(&mut self, t: i64) {
         self.chunks.closed.retain(|c| c.max_time >= t);
+        self.deleted.retain(|iv| iv.1 >= t);
         if self.chunks.open_max_time().is_some_and(|m| m < t) {
             self.chunks.drop_open();
         }
@@ -316,15 +325,15 @@ impl StripeSeries {
     }
 
     /// Removes series for which `dead` holds (checked under the hash-stripe write lock
-    /// so no appender can pin it concurrently). Returns how many were removed.
-    pub fn gc(&self, dead: impl Fn(&MemSeries) -> bool) -> usize {
-        let mut removed = 0;
+    /// so no appender can pin it concurrently). Returns the removed refs and labels.
+    pub fn gc(&self, dead: impl Fn(&MemSeries) -> bool) -> Vec<(u64, Labels)> {
+        let mut removed = Vec::new();
         for stripe in self.hashes.iter() {
             let mut g = stripe.write();
             g.retain(|(_, s)| {
                 if s.pending.load(Ordering::Acquire) == 0 && dead(s) {
                     self.refs[(s.series_ref & self.mask) as usize].write().remove(&s.series_ref);
-                    removed += 1;
+                    removed.push((s.series_ref, s.labels.clone()));
                     false
                 } else {
                     true

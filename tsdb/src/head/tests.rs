@@ -128,9 +128,12 @@ fn fill(h: &Head, series: usize, from: i64, to: i64, step: i64, want: &mut Data)
 
 #[test]
 fn restart_replays_the_same_data() {
-    for compression in [wal::Compression::None, wal::Compression::Snappy] {
+    // Small segments too, so replay crosses many segment switches.
+    for (compression, segment_size) in
+        [(wal::Compression::None, wal::DEFAULT_SEGMENT_SIZE), (wal::Compression::Snappy, wal::PAGE_SIZE)]
+    {
         let dir = tempfile::tempdir().unwrap();
-        let o = HeadOptions { wal: WalOptions { compression, ..opts().wal }, ..opts() };
+        let o = HeadOptions { wal: WalOptions { compression, segment_size, ..opts().wal }, ..opts() };
         let mut want = Data::new();
         {
             let h = Head::open(dir.path(), o).unwrap();
@@ -141,6 +144,9 @@ fn restart_replays_the_same_data() {
         assert_same(&head_data(&h), &want);
         let st = h.replay_stats();
         assert_eq!((st.series, st.samples, st.dropped_samples), (20, 20 * 600, 0));
+        if segment_size < wal::DEFAULT_SEGMENT_SIZE {
+            assert!(st.segments >= 3, "{st:?}");
+        }
         assert!(st.truncated.is_none());
         // Appending continues after the replayed data with the same refs.
         let mut app = h.appender();
@@ -162,8 +168,14 @@ fn restart_with_torn_wal_keeps_committed_prefix() {
         fill(&h, 5, 0, 100 * 1000, 1000, &mut want);
     }
     let seg = wal::segment_path(&dir.path().join("wal"), 0);
-    let len = std::fs::metadata(&seg).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 10).unwrap();
+    // Cut into the last record (the segment itself was padded when the head dropped).
+    let data = std::fs::read(&seg).unwrap();
+    let mut r = wal::SegmentReader::new(&data);
+    let mut end = 0;
+    while r.next().unwrap().is_some() {
+        end = r.good_offset();
+    }
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(end as u64 - 10).unwrap();
     let h = Head::open(dir.path(), opts()).unwrap();
     let st = h.replay_stats().clone();
     assert!(st.truncated.is_some());
@@ -212,6 +224,8 @@ fn compaction_cuts_blocks_at_boundaries_and_truncates_wal() {
     let wal_dir = dir.path().join("wal");
     assert!(wal::last_checkpoint(&wal_dir).unwrap().is_some());
     assert!(!wal::segment_path(&wal_dir, 0).exists());
+    // Series are still in the head (they have data after 4h), so still indexed.
+    assert_eq!(h.label_values("i").len(), 10);
     // Nothing more to persist: the WAL is left alone.
     let segs = wal::list_segments(&wal_dir).unwrap();
     assert!(h.compact(&blocks).unwrap().is_empty());
@@ -322,6 +336,13 @@ fn select_filters_by_matchers_and_time() {
     assert!(h.select(&[Matcher::equal("i", "9")], 0, 100_000).is_empty());
     let all = h.select(&[], 0, i64::MAX);
     assert!(all.windows(2).all(|w| w[0].labels < w[1].labels));
+    let re = |v: &str| Matcher::new(norn_model::MatchType::Regex, "i", v).unwrap();
+    assert_eq!(h.select(&[re("1|3|7")], 0, i64::MAX).len(), 2);
+    assert_eq!(h.select(&[re(".*[24]")], 0, i64::MAX).len(), 2);
+    let ne = Matcher::new(norn_model::MatchType::NotEqual, "i", "0").unwrap();
+    assert_eq!(h.select(&[Matcher::equal("__name__", "m"), ne], 0, i64::MAX).len(), 4);
+    assert_eq!(h.label_names(), vec!["__name__", "i"]);
+    assert_eq!(h.label_values("i"), vec!["0", "1", "2", "3", "4"]);
 }
 
 fn hist(i: u64) -> norn_model::Histogram {
@@ -415,4 +436,159 @@ fn native_histograms_append_replay_and_compact() {
         }
     }
     assert_eq!(norm(got), want);
+}
+
+/// Interop check against a WAL written by a real Prometheus: run with
+/// `NORN_PROM_DATA=<prometheus data dir> cargo test -p norn-tsdb --lib -- --ignored prometheus_wal`.
+/// Replays a copy of its `wal/` and checks every series has samples.
+#[test]
+#[ignore]
+fn replays_a_prometheus_wal() {
+    let Ok(src) = std::env::var("NORN_PROM_DATA") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
+    for e in std::fs::read_dir(std::path::Path::new(&src).join("wal")).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dir.path().join("wal").join(e.file_name())).unwrap();
+        }
+    }
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let st = h.replay_stats().clone();
+    eprintln!("{st:?}");
+    assert!(st.series > 0 && st.samples > 0 && st.truncated.is_none());
+    let data = head_data(&h);
+    assert_eq!(data.len() as u64, st.series);
+    let up = h.select(&[Matcher::equal("__name__", "up")], i64::MIN, i64::MAX);
+    assert_eq!(up.len(), 1);
+    eprintln!("up: {:?}", collect(&up, i64::MIN, i64::MAX).values().next().unwrap());
+}
+
+/// Writes a WAL for a real Prometheus to replay: run with
+/// `NORN_WRITE_DATA=<empty dir> cargo test -p norn-tsdb --lib -- --ignored wal_for_prometheus`,
+/// then start `prometheus --storage.tsdb.path=<dir>` and query `norn_wal_test`.
+#[test]
+#[ignore]
+fn wal_for_prometheus() {
+    let Ok(dst) = std::env::var("NORN_WRITE_DATA") else { return };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let o = HeadOptions { wal: WalOptions { compression: wal::Compression::Snappy, ..opts().wal }, ..opts() };
+    let h = Head::open(std::path::Path::new(&dst), o).unwrap();
+    let mut t = now - 600_000;
+    while t <= now {
+        let mut app = h.appender();
+        for i in 0..3 {
+            let l = Labels::from_pairs([("__name__", "norn_wal_test"), ("i", &i.to_string())]);
+            app.append(&l, t, (t - now) as f64 / 1000.0 + i as f64).unwrap();
+        }
+        app.append_histogram(
+            &Labels::from_pairs([("__name__", "norn_wal_hist")]),
+            t,
+            &hist(((t - now + 600_000) / 15_000) as u64 + 1),
+        )
+        .unwrap();
+        app.commit().unwrap();
+        t += 15_000;
+    }
+    eprintln!("now={now}");
+}
+
+#[test]
+fn concurrent_appenders_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let threads = 4;
+    let wants: Vec<Data> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|th| {
+                let h = &h;
+                s.spawn(move || {
+                    let mut want = Data::new();
+                    for step in 0..200i64 {
+                        let mut app = h.appender();
+                        for i in 0..25 {
+                            let l = Labels::from_pairs([("th", th.to_string()), ("i", i.to_string())]);
+                            // Every thread also writes the shared series; only in-order
+                            // samples are accepted, so it is checked for order only.
+                            let shared = Labels::from_pairs([("shared", "1")]);
+                            let _ = app.append(&shared, step * 1000 + th, 1.0);
+                            app.append(&l, step * 1000, step as f64).unwrap();
+                            want.entry(l.to_string()).or_default().push((step * 1000, (step as f64).to_bits()));
+                        }
+                        app.commit().unwrap();
+                        let _ = h.select(&[Matcher::equal("th", th.to_string())], 0, i64::MAX);
+                    }
+                    want
+                })
+            })
+            .collect();
+        hs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let mut want: Data = wants.into_iter().flatten().collect();
+    let got = head_data(&h);
+    let shared = got.get("{shared=\"1\"}").unwrap().clone();
+    assert!(shared.windows(2).all(|w| w[0].0 < w[1].0));
+    want.insert("{shared=\"1\"}".to_string(), shared);
+    assert_same(&got, &want);
+    h.close().unwrap();
+    let h = Head::open(dir.path(), opts()).unwrap();
+    assert_same(&head_data(&h), &want);
+}
+
+#[test]
+fn delete_hides_samples_survives_restart_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let mut want = Data::new();
+    {
+        let h = Head::open(dir.path(), opts()).unwrap();
+        fill(&h, 3, 0, 7 * H, 60_000, &mut want);
+        assert_eq!(h.delete(&[Matcher::equal("i", "1")], 30 * 60_000, 3 * H).unwrap(), 1);
+        assert_eq!(h.delete(&[Matcher::equal("i", "9")], 0, 10).unwrap(), 0);
+    }
+    want.get_mut(&lbl(1).to_string()).unwrap().retain(|(t, _)| !(30 * 60_000..=3 * H).contains(t));
+    let h = Head::open(dir.path(), opts()).unwrap();
+    assert_same(&head_data(&h), &want);
+    let metas = h.compact(&blocks).unwrap();
+    assert_eq!(metas.len(), 2);
+    let mut got = head_data(&h);
+    for m in metas.iter().rev() {
+        let b = Block::open(&blocks.join(m.ulid.to_string())).unwrap();
+        for (k, mut v) in collect(&b.select_all(i64::MIN, i64::MAX).unwrap(), i64::MIN, i64::MAX) {
+            let e = got.entry(k).or_default();
+            v.append(e);
+            *e = v;
+        }
+    }
+    assert_same(&got, &want);
+    // The checkpoint keeps tombstones that still matter (none here: all before 4h).
+    drop(h);
+    let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
+    assert_eq!(head_data(&h).values().map(Vec::len).sum::<usize>(), 3 * 180);
+}
+
+#[test]
+fn compaction_garbage_collects_persisted_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let gone = Labels::from_pairs([("__name__", "m"), ("i", "gone")]);
+    let mut app = h.appender();
+    app.append(&gone, 1000, 1.0).unwrap();
+    app.commit().unwrap();
+    let mut want = Data::new();
+    fill(&h, 2, 0, 7 * H, 60_000, &mut want);
+    assert_eq!(h.num_series(), 3);
+    h.compact(&blocks).unwrap();
+    assert_eq!(h.num_series(), 2);
+    assert_eq!(h.label_values("i"), vec!["0", "1"]);
+    assert!(h.select(&[Matcher::equal("i", "gone")], i64::MIN, i64::MAX).is_empty());
+    drop(h);
+    let h = Head::open(dir.path(), HeadOptions { min_valid_time: 4 * H, ..opts() }).unwrap();
+    assert_eq!(h.num_series(), 2, "checkpoint must drop the collected series");
+    // New series get refs above every replayed one.
+    let mut app = h.appender();
+    app.append(&gone, 8 * H, 1.0).unwrap();
+    app.commit().unwrap();
+    assert_eq!(h.num_series(), 3);
 }

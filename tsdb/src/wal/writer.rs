@@ -185,6 +185,16 @@ impl Wal {
     }
 }
 
+impl Drop for Wal {
+    /// Pads the last page like `close` (errors ignored: nothing to report them to), so a
+    /// cleanly dropped WAL ends on a page boundary as Prometheus's does.
+    fn drop(&mut self) {
+        if self.alloc > 0 {
+            let _ = self.flush_page(true);
+        }
+    }
+}
+
 fn create_segment(dir: &Path, n: u32) -> Result<File> {
     let p = segment_path(dir, n);
     let f = OpenOptions::new().create(true).write(true).truncate(true).open(&p).map_err(TsdbError::io("create", &p))?;
