@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Receive Prometheus remote write into per-tenant TSDBs (hashring, replication, StoreAPI, upload).
     Receive(Box<norn_receive::Args>),
+    /// Serve a Prometheus over StoreAPI and ship its blocks to object storage.
+    Sidecar(Box<norn_sidecar::Args>),
     /// Offline utilities (promtool-compatible).
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -36,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Tools(ToolsCommand::Tsdb(cmd))) => tools::tsdb::run(cmd),
         Some(Command::Receive(args)) => serve(|shutdown| norn_receive::run(*args, shutdown)),
+        Some(Command::Sidecar(args)) => serve(|shutdown| norn_sidecar::run(*args, shutdown)),
         None => Ok(()),
     }
 }
