@@ -21,6 +21,8 @@ enum Command {
     Receive(Box<norn_receive::Args>),
     /// Query StoreAPI endpoints: PromQL, the Prometheus HTTP API, replica dedup, UI.
     Query(Box<norn_query::Args>),
+    /// Serve a Prometheus over StoreAPI and ship its blocks to object storage.
+    Sidecar(Box<norn_sidecar::Args>),
     /// Offline utilities (promtool-compatible).
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Query(args)) => serve(|shutdown| norn_query::run(*args, shutdown)),
+        Some(Command::Sidecar(args)) => serve(|shutdown| norn_sidecar::run(*args, shutdown)),
         None => Ok(()),
     }
 }
