@@ -391,6 +391,7 @@ pub(crate) struct Evaluator<'a> {
     /// meet the same node at every step of a range query.
     memo: HashMap<(usize, Labels), Labels>,
     memo2: HashMap<(usize, Labels, Labels), Labels>,
+    interned: HashSet<Labels>,
     regexes: HashMap<String, Arc<regex::Regex>>,
     /// Inside a subquery, selections may reach before the query start.
     subquery_depth: usize,
@@ -430,6 +431,7 @@ impl<'a> Evaluator<'a> {
             pos_cache: HashMap::default(),
             memo: HashMap::default(),
             memo2: HashMap::default(),
+            interned: HashSet::default(),
             regexes: HashMap::default(),
             subquery_depth: 0,
             subq_cache: HashMap::default(),
@@ -460,9 +462,19 @@ impl<'a> Evaluator<'a> {
         if let Some(v) = self.memo.get(&(node, l.clone())) {
             return v.clone();
         }
-        let v = f(l);
+        let v = self.intern(f(l));
         self.memo.insert((node, l.clone()), v.clone());
         v
+    }
+
+    /// One shared copy of each derived label set, so that later comparisons (e.g. of group
+    /// keys in hash maps) succeed on pointer equality instead of comparing the text.
+    fn intern(&mut self, l: Labels) -> Labels {
+        if let Some(x) = self.interned.get(&l) {
+            return x.clone();
+        }
+        self.interned.insert(l.clone());
+        l
     }
 
     /// A compiled regex, cached for the query.
@@ -487,7 +499,7 @@ impl<'a> Evaluator<'a> {
         if let Some(v) = self.memo2.get(&key) {
             return v.clone();
         }
-        let v = f(a, b);
+        let v = self.intern(f(a, b));
         self.memo2.insert(key, v.clone());
         v
     }
