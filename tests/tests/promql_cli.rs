@@ -1,13 +1,12 @@
 //! `norn tools promql-test` on an upstream promqltest script: every case passes and the
 //! summary line has the promised shape.
 
-use std::path::Path;
 use std::process::Command;
 
 use norn_testkit::{norn_bin, run};
 
 fn conformance_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/promql")
+    norn_promql::conformance::testdata_dir()
 }
 
 #[test]

@@ -91,13 +91,26 @@ impl fmt::Display for FileReport {
     }
 }
 
-/// Where the upstream scripts live: `$NORN_PROMQL_TESTDATA`, else
-/// `<repo>/../shared/conformance/promql`.
+/// Where the upstream scripts live: `$NORN_PROMQL_TESTDATA`, else `<repo>/../shared/conformance/promql`
+/// (the project's documented layout). A clone checked out somewhere else finds the shared folder in
+/// an ancestor directory or at the workplace's fixed `/work/shared`; when none exists the documented
+/// path is returned, so tests fail loudly naming it rather than pass without data.
 pub fn testdata_dir() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("NORN_PROMQL_TESTDATA") {
         return p.into();
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/promql")
+    const REL: &str = "shared/conformance/promql";
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let documented = repo.join("..").join(REL);
+    let candidates = std::iter::once(documented.clone())
+        .chain(repo.ancestors().skip(1).map(|a| a.join(REL)))
+        .chain(std::iter::once(Path::new("/work").join(REL)));
+    for c in candidates {
+        if c.is_dir() {
+            return c;
+        }
+    }
+    documented
 }
 
 #[derive(Debug, Default)]
