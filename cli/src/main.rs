@@ -44,6 +44,18 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let result = run(cli);
+    // A reader that stops early (`norn tools tsdb dump DIR | head`) is not an error.
+    if let Err(e) = &result
+        && e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    {
+        return Ok(());
+    }
+    result
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Tools(ToolsCommand::Tsdb(cmd))) => tools::tsdb::run(cmd),
         Some(Command::Receive(args)) => serve(|shutdown| norn_receive::run(*args, shutdown)),
