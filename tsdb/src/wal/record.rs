@@ -108,24 +108,11 @@ pub fn decode(rec: &[u8]) -> Result<Record, DecodeError> {
             }
             Record::Series(out)
         }
-        SAMPLES => {
-            let mut out = Vec::new();
-            if d.remaining() > 0 {
-                let base_ref = d.be64()?;
-                let base_t = d.be64()? as i64;
-                while d.remaining() > 0 {
-                    let dref = d.varint()?;
-                    let dt = d.varint()?;
-                    let v = d.be_f64()?;
-                    out.push(RefSample {
-                        series_ref: base_ref.wrapping_add(dref as u64),
-                        t: base_t.wrapping_add(dt),
-                        v,
-                    });
-                }
-            }
-            Record::Samples(out)
-        }
+        SAMPLES => Record::Samples(decode_delta_samples(
+            &mut d,
+            |d| d.be_f64(),
+            |series_ref, t, v| RefSample { series_ref, t, v },
+        )?),
         TOMBSTONES => {
             let mut out = Vec::new();
             while d.remaining() > 0 {
@@ -134,40 +121,16 @@ pub fn decode(rec: &[u8]) -> Result<Record, DecodeError> {
             Record::Tombstones(out)
         }
         HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_HISTOGRAM_SAMPLES => {
-            let mut out = Vec::new();
-            if d.remaining() > 0 {
-                let base_ref = d.be64()?;
-                let base_t = d.be64()? as i64;
-                while d.remaining() > 0 {
-                    let dref = d.varint()?;
-                    let dt = d.varint()?;
-                    let h = decode_histogram(&mut d)?;
-                    out.push(RefHistogramSample {
-                        series_ref: base_ref.wrapping_add(dref as u64),
-                        t: base_t.wrapping_add(dt),
-                        h,
-                    });
-                }
-            }
-            Record::Histograms(out)
+            Record::Histograms(decode_delta_samples(&mut d, decode_histogram, |series_ref, t, h| RefHistogramSample {
+                series_ref,
+                t,
+                h,
+            })?)
         }
         FLOAT_HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_FLOAT_HISTOGRAM_SAMPLES => {
-            let mut out = Vec::new();
-            if d.remaining() > 0 {
-                let base_ref = d.be64()?;
-                let base_t = d.be64()? as i64;
-                while d.remaining() > 0 {
-                    let dref = d.varint()?;
-                    let dt = d.varint()?;
-                    let fh = decode_float_histogram(&mut d)?;
-                    out.push(RefFloatHistogramSample {
-                        series_ref: base_ref.wrapping_add(dref as u64),
-                        t: base_t.wrapping_add(dt),
-                        fh,
-                    });
-                }
-            }
-            Record::FloatHistograms(out)
+            Record::FloatHistograms(decode_delta_samples(&mut d, decode_float_histogram, |series_ref, t, fh| {
+                RefFloatHistogramSample { series_ref, t, fh }
+            })?)
         }
         other => Record::Unknown(other),
     };
@@ -252,6 +215,27 @@ fn encode_spans(spans: &[Span], out: &mut Vec<u8>) {
         put_varint(out, i64::from(s.offset));
         put_uvarint(out, u64::from(s.length));
     }
+}
+
+/// The framing every sample record shares: a BE64 base ref and base time, then per entry
+/// signed varint deltas to both and the value.
+fn decode_delta_samples<'a, V, S>(
+    d: &mut Decbuf<'a>,
+    mut value: impl FnMut(&mut Decbuf<'a>) -> Result<V, DecodeError>,
+    make: impl Fn(u64, i64, V) -> S,
+) -> Result<Vec<S>, DecodeError> {
+    let mut out = Vec::new();
+    if d.remaining() > 0 {
+        let base_ref = d.be64()?;
+        let base_t = d.be64()? as i64;
+        while d.remaining() > 0 {
+            let dref = d.varint()?;
+            let dt = d.varint()?;
+            let v = value(d)?;
+            out.push(make(base_ref.wrapping_add(dref as u64), base_t.wrapping_add(dt), v));
+        }
+    }
+    Ok(out)
 }
 
 fn decode_spans(d: &mut Decbuf<'_>) -> Result<Vec<Span>, DecodeError> {
