@@ -1,5 +1,6 @@
 //! The `norn` binary: flag parsing and wiring only; the work lives in the library crates.
 
+mod standalone;
 mod tools;
 
 #[cfg(feature = "jemalloc")]
@@ -21,6 +22,8 @@ enum Command {
     Receive(Box<norn_receive::Args>),
     /// Query StoreAPI endpoints: PromQL, the Prometheus HTTP API, replica dedup, UI.
     Query(Box<norn_query::Args>),
+    /// Receive and query in one process over one data directory: remote write in, PromQL out.
+    Standalone(Box<standalone::Args>),
     /// Serve a Prometheus over StoreAPI and ship its blocks to object storage.
     Sidecar(Box<norn_sidecar::Args>),
     /// Offline utilities (promtool-compatible).
@@ -67,6 +70,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Query(args)) => serve(|shutdown| norn_query::run(*args, shutdown)),
         Some(Command::Sidecar(args)) => serve(|shutdown| norn_sidecar::run(*args, shutdown)),
+        Some(Command::Standalone(args)) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async { standalone::run(*args, norn_service::shutdown_on_signals()).await })
+        }
         None => Ok(()),
     }
 }

@@ -60,6 +60,30 @@ pub async fn run_with_listeners(
     grpc: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    run_embedded(args, http, grpc, shutdown, |e| e.router).await
+}
+
+/// What [`run_embedded`] hands to its caller's wrapper.
+#[derive(Debug)]
+pub struct Embedded {
+    /// The HTTP API, UI and probes.
+    pub router: axum::Router,
+    /// True once the first endpoint refresh finished (what `/-/ready` reports).
+    pub ready: Arc<AtomicBool>,
+    /// The discovered endpoints, with their latest probe results.
+    pub endpoints: Arc<EndpointSet>,
+}
+
+/// [`run_with_listeners`], serving the router `wrap` returns instead of the querier's own,
+/// so a process embedding the querier (`norn standalone`) can add routes and its own
+/// readiness on the same address.
+pub async fn run_embedded(
+    args: Args,
+    http: TcpListener,
+    grpc: TcpListener,
+    shutdown: CancellationToken,
+    wrap: impl FnOnce(Embedded) -> axum::Router,
+) -> Result<(), Error> {
     let specs =
         args.endpoints.iter().map(|s| EndpointSpec::parse(s)).collect::<Result<Vec<_>, _>>().map_err(Error::Flag)?;
     let set = Arc::new(EndpointSet::new(EndpointSetConfig {
@@ -104,8 +128,8 @@ pub async fn run_with_listeners(
                 shutdown.cancelled().await
             })
     };
-    let state = Arc::new(api::ApiState::new(args, fanout, ready));
-    let app = api::router(state);
+    let state = Arc::new(api::ApiState::new(args, fanout, ready.clone()));
+    let app = wrap(Embedded { router: api::router(state), ready, endpoints: set });
     let http_server = {
         let shutdown = shutdown.clone();
         axum::serve(http, app).with_graceful_shutdown(async move { shutdown.cancelled().await })

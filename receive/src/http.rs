@@ -1,4 +1,5 @@
-//! `POST /api/v1/receive` (and `/api/v1/push`): Prometheus remote write 1.0 and 2.0.
+//! `POST /api/v1/receive` (and `/api/v1/push`, and Prometheus's own receiver path
+//! `/api/v1/write`): Prometheus remote write 1.0 and 2.0.
 
 use std::sync::Arc;
 
@@ -103,6 +104,7 @@ pub fn routes(api: Arc<WriteApi>) -> AxumRouter {
     AxumRouter::new()
         .route("/api/v1/receive", post(receive))
         .route("/api/v1/push", post(receive))
+        .route("/api/v1/write", post(receive))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(api)
 }

@@ -115,7 +115,7 @@ pub struct Args {
         default_value = "default-tenant"
     )]
     pub default_tenant: String,
-    /// External label carrying the tenant.
+    /// External label carrying the tenant; empty adds none.
     #[arg(long = "receive.tenant-label-name", env = "NORN_RECEIVE_TENANT_LABEL_NAME", default_value = "tenant_id")]
     pub tenant_label: String,
     /// Timeout of one forwarding RPC.
@@ -206,9 +206,38 @@ fn load_ring(text: &str, args: &Args) -> Result<MultiRing, String> {
     MultiRing::new(&cfg, args.hashrings_algorithm, args.replication_factor).map_err(|e| e.to_string())
 }
 
-/// Runs the receiver until `shutdown` is cancelled.
+/// Listeners bound by the caller of [`run_with_listeners`].
+#[derive(Debug)]
+pub struct Listeners {
+    /// `/metrics`, `/-/healthy`, `/-/ready`; `None` when the caller serves `health` itself.
+    pub http: Option<tokio::net::TcpListener>,
+    /// The remote-write endpoint.
+    pub remote_write: tokio::net::TcpListener,
+    /// StoreAPI, Info and forwarding.
+    pub grpc: tokio::net::TcpListener,
+}
+
+/// Runs the receiver until `shutdown` is cancelled, binding the flag addresses.
 pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
-    let health = Health::new();
+    // Listeners first, so the ports are taken before the (possibly long) WAL replay;
+    // /-/ready says 503 until replay is done.
+    let listeners = Listeners {
+        http: Some(norn_service::bind(&args.http_address).await?),
+        remote_write: norn_service::bind(&args.remote_write_address).await?,
+        grpc: norn_service::bind(&args.grpc_address).await?,
+    };
+    run_with_listeners(args, listeners, Health::new(), shutdown).await
+}
+
+/// Runs the receiver on already bound listeners until `shutdown` is cancelled (for
+/// `norn standalone`, which shares one process and one HTTP address with the querier).
+/// `health` gets the receiver's metrics and turns ready once every WAL is replayed.
+pub async fn run_with_listeners(
+    args: Args,
+    listeners: Listeners,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new(&mut health.registry.lock()));
     let retention = dur("--tsdb.retention", &args.tsdb_retention)?;
     let ooo = dur("--tsdb.out-of-order.time-window", &args.tsdb_ooo_window)?;
@@ -290,13 +319,9 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
         metrics: metrics.clone(),
     });
 
-    // Listeners first, so the ports are taken before the (possibly long) WAL replay;
-    // /-/ready says 503 until replay is done.
-    let http_l = norn_service::bind(&args.http_address).await?;
-    let rw_l = norn_service::bind(&args.remote_write_address).await?;
-    let grpc_l = norn_service::bind(&args.grpc_address).await?;
+    let Listeners { http: http_l, remote_write: rw_l, grpc: grpc_l } = listeners;
     tracing::info!(
-        http = ?http_l.local_addr()?,
+        http = ?http_l.as_ref().map(|l| l.local_addr()).transpose()?,
         remote_write = ?rw_l.local_addr()?,
         grpc = ?grpc_l.local_addr()?,
         local_endpoint = local,
@@ -304,7 +329,9 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
         "norn receive starting"
     );
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(norn_service::serve_http(http_l, norn_service::ops_router(health.clone()), shutdown.clone()));
+    if let Some(http_l) = http_l {
+        tasks.spawn(norn_service::serve_http(http_l, norn_service::ops_router(health.clone()), shutdown.clone()));
+    }
     let api = Arc::new(http::WriteApi {
         router: router.clone(),
         health: health.clone(),

@@ -155,7 +155,8 @@ pub struct TsdbSettings {
     pub head: HeadOptions,
     /// `--label` flags.
     pub labels: Vec<(String, String)>,
-    /// `--receive.tenant-label-name`.
+    /// `--receive.tenant-label-name`; empty adds no tenant label (single-tenant use, whose
+    /// answers then equal those of a Prometheus fed the same data).
     pub tenant_label: String,
 }
 
@@ -182,7 +183,9 @@ impl MultiTsdb {
         for (n, v) in &self.settings.labels {
             b.set(n, v);
         }
-        b.set(&self.settings.tenant_label, tenant);
+        if !self.settings.tenant_label.is_empty() {
+            b.set(&self.settings.tenant_label, tenant);
+        }
         b.build()
     }
 
@@ -282,6 +285,20 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].samples(0, 100_000).count(), 10);
         assert_eq!(db.min_time(), Some(0));
+    }
+
+    #[test]
+    fn tenant_label_name_empty_adds_no_label() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, want) in [("tenant_id", r#"{replica="r0", tenant_id="t1"}"#), ("", r#"{replica="r0"}"#)] {
+            let m = MultiTsdb::new(TsdbSettings {
+                root: dir.path().to_path_buf(),
+                head: HeadOptions::default(),
+                labels: vec![("replica".into(), "r0".into())],
+                tenant_label: name.into(),
+            });
+            assert_eq!(m.ext_labels("t1", &BTreeMap::new()).to_string(), want, "tenant label name {name:?}");
+        }
     }
 
     #[test]
