@@ -29,6 +29,12 @@ use tokio::net::TcpListener;
 /// cheap, and a short period keeps the querier's view of the receiver's time range fresh.
 const LOCAL_REFRESH: &str = "1s";
 
+/// External label on everything the receiver stores, and the querier's replica label.
+/// Thanos's block shipper (and ours) refuses blocks without external labels, and a store
+/// gateway or compactor groups blocks by them; as a replica label the querier strips it
+/// from every answer, so results still equal a Prometheus's.
+pub const REPLICA_LABEL: (&str, &str) = ("receive_replica", "standalone");
+
 /// Flags of `norn standalone`. Every flag also reads a `NORN_STANDALONE_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -164,6 +170,7 @@ fn receive_argv(a: &Args, tsdb: &Path, bucket_yaml: &str, rw: SocketAddr, grpc: 
         format!("--receive.default-tenant-id={}", a.default_tenant),
         format!("--receive.tenant-label-name={}", a.tenant_label),
         format!("--receive.limits.request-size-bytes={}", a.limit_request_bytes),
+        format!("--label={}=\"{}\"", REPLICA_LABEL.0, REPLICA_LABEL.1),
     ];
     v.extend(a.labels.iter().map(|l| format!("--label={l}")));
     v
@@ -183,6 +190,7 @@ fn query_argv(a: &Args, local: SocketAddr, http: SocketAddr, grpc: SocketAddr) -
         format!("--query.tenant-header={}", a.tenant_header),
         format!("--query.default-tenant-id={}", a.default_tenant),
         format!("--query.tenant-label-name={}", a.tenant_label),
+        format!("--query.replica-label={}", REPLICA_LABEL.0),
     ];
     v.extend(a.endpoints.iter().map(|e| format!("--endpoint={e}")));
     v.extend(a.replica_labels.iter().map(|l| format!("--query.replica-label={l}")));
@@ -301,7 +309,7 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let slot = probe_slot.clone();
     let local = local_addr.to_string();
     let probe_health = health.clone();
-    let query = norn_query::run_embedded(qargs, http, grpc, shutdown.clone(), move |e| {
+    let mut query = tokio::spawn(norn_query::run_embedded(qargs, http, grpc, shutdown.clone(), move |e| {
         let probe = Arc::new(Probe {
             health: probe_health,
             query_ready: e.ready,
@@ -317,24 +325,24 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             .route("/-/healthy", get(|| async { "Norn standalone is Healthy.\n" }))
             .with_state(probe)
             .fallback_service(api)
-    });
-    tokio::pin!(query);
+    }));
 
     // Note when the receiver is ready, so readiness waits for a querier probe after that.
     let mut ready_tick = tokio::time::interval(std::time::Duration::from_millis(50));
     let mut noted = false;
-    let result = loop {
+    loop {
         tokio::select! {
-            r = &mut query => break r.context("query"),
-            r = &mut receive => {
-                // The receiver stopped first: an error (or a shutdown); stop the querier too.
+            _ = shutdown.cancelled() => break,
+            r = &mut query => {
+                // The querier stopped on its own: an error. Stop the receiver too.
                 shutdown.cancel();
-                let q = query.await.context("query");
-                let r = match r {
-                    Ok(r) => r.context("receive"),
-                    Err(e) => Err(anyhow::Error::from(e).context("receive task")),
-                };
-                return r.and(q);
+                let q = joined("query", r);
+                return q.and(stop("receive", receive).await);
+            }
+            r = &mut receive => {
+                shutdown.cancel();
+                let r = joined("receive", r);
+                return r.and(stop("query", query).await);
             }
             _ = ready_tick.tick(), if !noted => {
                 if health.is_ready() && let Some(p) = probe_slot.lock().as_ref() {
@@ -344,13 +352,42 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 }
             }
         }
-    };
-    shutdown.cancel();
-    let r = match receive.await {
-        Ok(r) => r.context("receive"),
-        Err(e) => Err(anyhow::Error::from(e).context("receive task")),
-    };
-    result.and(r)
+    }
+    // The querier first: it holds the only connection to the receiver's StoreAPI, whose
+    // graceful stop waits for it.
+    let q = stop("query", query).await;
+    let r = stop("receive", receive).await;
+    q.and(r)
+}
+
+/// How long a component gets to finish in-flight requests after the shutdown signal.
+/// Clients holding connections open (a stacked querier's gRPC channel) would otherwise
+/// keep the process alive; acknowledged writes are already in the WAL.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn joined<E>(component: &str, r: Result<Result<(), E>, tokio::task::JoinError>) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match r {
+        Ok(r) => r.with_context(|| component.to_string()),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("{component} task"))),
+    }
+}
+
+/// Waits for a component to stop, at most [`SHUTDOWN_GRACE`]; then aborts it.
+async fn stop<E>(component: &str, mut task: tokio::task::JoinHandle<Result<(), E>>) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+        Ok(r) => joined(component, r),
+        Err(_) => {
+            tracing::warn!(component, grace = ?SHUTDOWN_GRACE, "still serving open connections; stopping it");
+            task.abort();
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -382,13 +419,14 @@ mod tests {
         assert_eq!(r.grpc_address, "127.0.0.1:40000");
         assert_eq!(r.local_endpoint.as_deref(), Some("127.0.0.1:40000"));
         assert_eq!(r.tsdb_path, PathBuf::from("/tmp/d/tsdb"));
-        assert_eq!(r.labels, vec!["site=\"lab\"".to_string()]);
+        assert_eq!(r.labels, vec!["receive_replica=\"standalone\"".to_string(), "site=\"lab\"".to_string()]);
         assert_eq!(r.objstore_config.as_deref(), Some(yaml.as_str()));
 
         let q: norn_query::Args = parse_component("query", &query_argv(&a, local, rw, local)).unwrap();
         assert_eq!(q.endpoints, vec!["127.0.0.1:40000".to_string(), "127.0.0.1:9999".to_string()]);
         assert_eq!(q.lookback_delta, std::time::Duration::from_secs(420));
         assert_eq!(q.endpoint_refresh_interval, std::time::Duration::from_secs(1));
+        assert_eq!(q.replica_labels, vec!["receive_replica".to_string()]);
     }
 
     #[test]
