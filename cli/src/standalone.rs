@@ -134,7 +134,7 @@ struct Flags<T: clap::Args> {
 fn parse_component<T: clap::Args + std::fmt::Debug>(component: &str, argv: &[String]) -> anyhow::Result<T> {
     Flags::<T>::try_parse_from(argv)
         .map(|f| f.args)
-        .map_err(|e| anyhow::anyhow!("{component} flags built by standalone ({argv:?}): {e}"))
+        .map_err(|e| anyhow::anyhow!("invalid setting for the embedded {component}: {}", e.to_string().trim_end()))
 }
 
 /// The FILESYSTEM bucket YAML for `dir`, with the path as a YAML double-quoted scalar.
@@ -436,7 +436,7 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let e = parse_component::<norn_receive::Args>("receive", &receive_argv(&a, Path::new("/d"), "", local, local))
             .unwrap_err();
-        assert!(e.to_string().contains("receive flags"), "{e}");
+        assert!(e.to_string().contains("embedded receive") && e.to_string().contains("sometimes"), "{e}");
         let mut a = defaults();
         a.query_timeout = "soon".into();
         let e = parse_component::<norn_query::Args>("query", &query_argv(&a, local, local, local)).unwrap_err();
