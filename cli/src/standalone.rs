@@ -357,6 +357,7 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // graceful stop waits for it.
     let q = stop("query", query).await;
     let r = stop("receive", receive).await;
+    tracing::info!("norn standalone stopped");
     q.and(r)
 }
 
