@@ -345,10 +345,13 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 return r.and(stop("query", query).await);
             }
             _ = ready_tick.tick(), if !noted => {
-                if health.is_ready() && let Some(p) = probe_slot.lock().as_ref() {
+                let probe = probe_slot.lock().clone();
+                if health.is_ready() && let Some(p) = probe {
                     *p.receive_ready_at.lock() = Some(SystemTime::now());
                     noted = true;
                     tracing::info!("norn standalone: receiver ready; ready once the querier has probed it");
+                    // Probe now rather than at the next periodic refresh.
+                    tokio::spawn(async move { p.endpoints.refresh().await });
                 }
             }
         }
