@@ -9,7 +9,7 @@ use prost::Message;
 
 use crate::io::prometheus::write::v2;
 use crate::prometheus_copy::TimeSeries;
-use crate::{ConvertError, RemoteWriteV1, V2Counts, labels_from_proto, thanos, v2_to_v1};
+use crate::{ConvertError, RemoteWriteV1, V2Counts, histogram_from_proto_checked, labels_from_proto, thanos, v2_to_v1};
 
 /// How a refused request should be answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,9 @@ pub fn validate(series: &[TimeSeries], limits: &Limits) -> Result<Vec<Labels>, R
         })?;
         if labels.metric_name().is_none_or(str::is_empty) {
             return Err(Rejected::bad(bad("no metric name (__name__ label)".into())));
+        }
+        for h in &ts.histograms {
+            histogram_from_proto_checked(h).map_err(|e| Rejected::bad(bad(e.to_string())))?;
         }
         out.push(labels);
     }
