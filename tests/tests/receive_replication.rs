@@ -6,10 +6,12 @@
 //! is lost.
 //!
 //! Prometheus is configured with `headers: {THANOS-TENANT: tenant-a}`. Debian's 2.42
-//! build (2.42.0+ds) never sends configured remote-write headers: its binary has no
-//! `injectHeadersRoundTripper` at all (the packaging's patch that drops OpenTelemetry
-//! replaces the transport chain the header wrapper lives in; the config still parses
-//! and `/api/v1/status/config` shows the headers). So Prometheus writes through a small
+//! build (2.42.0+ds) never sends configured remote-write headers, not even made-up
+//! ones like `X-Foo` (checked against a header-dumping server): the config parses and
+//! `/api/v1/status/config` lists the headers, but the binary has no
+//! `injectHeadersRoundTripper` (upstream's wrapper that sets them; `sigV4RoundTripper`
+//! from the same function is there). Debian patches OpenTelemetry out of that code,
+//! the likely cause. So Prometheus writes through a small
 //! loopback gateway that sets the tenant header when it is missing, as an
 //! authenticating proxy in front of receivers would; an upstream build's own header
 //! passes through unchanged. Either way every scraped series must land in
