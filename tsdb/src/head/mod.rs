@@ -338,7 +338,9 @@ impl Head {
         // a new series writes its series record, before that sample.
         let new: Vec<record::RefSeries> = series
             .iter()
-            .filter(|s| !s.logged.swap(true, Ordering::AcqRel))
+            // Load first: nearly every series is logged already, and a swap would
+            // write its cache line on every commit.
+            .filter(|s| !s.logged.load(Ordering::Acquire) && !s.logged.swap(true, Ordering::AcqRel))
             .map(|s| record::RefSeries { series_ref: s.series_ref, labels: s.labels.clone() })
             .collect();
         let mut srec = Vec::new();
