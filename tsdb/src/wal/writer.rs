@@ -120,12 +120,15 @@ impl Wal {
         let mut comp = std::mem::take(&mut self.compress_buf);
         let mut rec = rec;
         if self.opts.compression == Compression::Snappy && !rec.is_empty() {
-            comp.resize(snap::raw::max_compress_len(rec.len()), 0);
-            if let Ok(n) = self.encoder.compress(rec, &mut comp)
+            // Only ever grown, so records do not pay for re-zeroing it each time.
+            let need = snap::raw::max_compress_len(rec.len());
+            if comp.len() < need {
+                comp.resize(need, 0);
+            }
+            if let Ok(n) = self.encoder.compress(rec, &mut comp[..need])
                 && n < rec.len()
             {
-                comp.truncate(n);
-                rec = &comp;
+                rec = &comp[..n];
                 compressed = true;
             }
         }
