@@ -40,6 +40,7 @@ pub mod io {
     }
 }
 
+pub mod chunks;
 mod convert;
 pub mod remote_write;
 
