@@ -657,7 +657,8 @@ fn text_float(f: f64) -> String {
     }
 }
 
-/// `/api/v1/read`: Prometheus remote read, as sampled or streamed XOR chunks.
+/// `/api/v1/read`: Prometheus remote read, as samples or streamed chunks (XOR for floats,
+/// float-histogram chunks for native histograms).
 async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
     use norn_storeapi::prometheus as pb;
     use prost::Message;
@@ -706,23 +707,10 @@ async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
         let mut out = Vec::new();
         for (qi, series) in results.into_iter().enumerate() {
             for (l, samples) in series {
-                let mut chunks = Vec::new();
-                let floats: Vec<(i64, f64)> = samples
-                    .iter()
-                    .filter_map(|(t, v)| if let StoredValue::Float(f) = v { Some((*t, *f)) } else { None })
-                    .collect();
-                for part in floats.chunks(120) {
-                    let mut c = norn_tsdb::chunkenc::XorChunk::new();
-                    for (t, v) in part {
-                        c.append(*t, *v);
-                    }
-                    chunks.push(pb::Chunk {
-                        min_time_ms: part[0].0,
-                        max_time_ms: part[part.len() - 1].0,
-                        r#type: pb::chunk::Encoding::Xor as i32,
-                        data: c.bytes().to_vec(),
-                    });
-                }
+                let chunks = match crate::wire::remote_read_chunks(&samples) {
+                    Ok(c) => c,
+                    Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, format!("series {l}: {e}")),
+                };
                 if chunks.is_empty() {
                     continue;
                 }
@@ -751,17 +739,7 @@ async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
             .map(|series| pb::QueryResult {
                 timeseries: series
                     .into_iter()
-                    .map(|(l, samples)| pb::TimeSeries {
-                        labels: to_labels(&l),
-                        samples: samples
-                            .iter()
-                            .filter_map(|(t, v)| match v {
-                                StoredValue::Float(f) => Some(pb::Sample { value: *f, timestamp: *t }),
-                                StoredValue::Histogram(_) => None,
-                            })
-                            .collect(),
-                        ..Default::default()
-                    })
+                    .map(|(l, samples)| crate::wire::remote_read_series(to_labels(&l), &samples))
                     .collect(),
             })
             .collect(),

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod json;
 pub mod timeparse;
 mod ui;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
