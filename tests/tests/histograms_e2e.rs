@@ -1,0 +1,555 @@
+//! Native histograms end to end. The same remote-write requests (integer histograms of
+//! schemas 0, 3 and -2 with zero buckets, negative buckets, a bucket appearing and a
+//! counter reset; float histograms; a float counter beside them) go into a real
+//! Prometheus 2.42 (`--enable-feature=native-histograms`, its remote-write receiver) and
+//! into `norn receive`. Three queriers answer PromQL over them: one over `norn sidecar` in
+//! front of that Prometheus (remote read, histogram chunks), one over the receiver, one
+//! over both as replicas (deduplicated). Their JSON must equal Prometheus's for raw
+//! selects, `rate`, `histogram_quantile`, `histogram_count`/`_sum`/`_fraction`, `sum by`,
+//! instant and range; the querier's remote read must return the same histograms as
+//! Prometheus's own, and its StoreAPI must carry histogram chunks.
+
+mod receive_support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use norn_model::{FloatHistogram, Histogram, Span};
+use norn_service::Shutdown;
+use norn_storeapi::chunks::{float_histogram_to_proto, histogram_to_proto};
+use norn_storeapi::prometheus as pb;
+use norn_testkit::receive::{Receiver, http_post};
+use norn_testkit::{ProcessGuard, free_port, http_get, require_tool, tempdir, wait_ready};
+use prost::Message;
+use receive_support::now_ms;
+
+const TENANT: (&str, &str) = ("tenant_id", "default-tenant");
+const STEP_MS: i64 = 15_000;
+const SAMPLES: i64 = 240;
+/// The sample index where the counter of `int_s0` resets.
+const RESET_AT: i64 = 150;
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Spans and absolute counts from (bucket index, count) pairs ascending by index.
+fn layout(buckets: &[(i32, f64)]) -> (Vec<Span>, Vec<f64>) {
+    let mut spans: Vec<Span> = Vec::new();
+    let mut next = 0i32;
+    for (i, &(idx, _)) in buckets.iter().enumerate() {
+        if i > 0 && idx == next {
+            spans.last_mut().expect("a span").length += 1;
+        } else {
+            spans.push(Span { offset: if i == 0 { idx } else { idx - next }, length: 1 });
+        }
+        next = idx + 1;
+    }
+    (spans, buckets.iter().map(|b| b.1).collect())
+}
+
+fn deltas(abs: &[f64]) -> Vec<i64> {
+    let mut prev = 0i64;
+    abs.iter()
+        .map(|&c| {
+            let d = c as i64 - prev;
+            prev = c as i64;
+            d
+        })
+        .collect()
+}
+
+/// A histogram from its parts, float counts; `to_int` gives the integer form.
+fn float_hist(schema: i32, zero: f64, pos: &[(i32, f64)], neg: &[(i32, f64)], sum: f64) -> FloatHistogram {
+    let (ps, pc) = layout(pos);
+    let (ns, nc) = layout(neg);
+    FloatHistogram {
+        schema,
+        zero_threshold: 0.001,
+        zero_count: zero,
+        count: zero + pc.iter().sum::<f64>() + nc.iter().sum::<f64>(),
+        sum,
+        positive_spans: ps,
+        negative_spans: ns,
+        positive_buckets: pc,
+        negative_buckets: nc,
+        ..Default::default()
+    }
+}
+
+fn to_int(h: &FloatHistogram) -> Histogram {
+    Histogram {
+        counter_reset_hint: h.counter_reset_hint,
+        schema: h.schema,
+        zero_threshold: h.zero_threshold,
+        zero_count: h.zero_count as u64,
+        count: h.count as u64,
+        sum: h.sum,
+        positive_spans: h.positive_spans.clone(),
+        negative_spans: h.negative_spans.clone(),
+        positive_buckets: deltas(&h.positive_buckets),
+        negative_buckets: deltas(&h.negative_buckets),
+        custom_values: vec![],
+    }
+}
+
+/// The series written: labels and one value per step (`None` = no sample).
+struct Written {
+    labels: Vec<(&'static str, String)>,
+    ints: Vec<(i64, Histogram)>,
+    floats: Vec<(i64, FloatHistogram)>,
+    samples: Vec<(i64, f64)>,
+}
+
+fn dataset(start: i64) -> Vec<Written> {
+    let t = |k: i64| start + k * STEP_MS + 7;
+    let series = |name: &str, kind: &str| {
+        let mut l = vec![("__name__", name.to_string()), ("kind", kind.to_string()), (TENANT.0, TENANT.1.to_string())];
+        l.sort();
+        l
+    };
+    let mut out = Vec::new();
+    // Schema 0: zero bucket, positive buckets with a gap, negative buckets, a reset.
+    out.push(Written {
+        labels: series("e2e_hist", "int_s0"),
+        ints: (0..SAMPLES)
+            .map(|k| {
+                let n = if k >= RESET_AT { (k - RESET_AT) as f64 } else { k as f64 };
+                let h = float_hist(
+                    0,
+                    n,
+                    &[(-1, n), (0, 2.0 * n), (1, 3.0 * n + 1.0), (4, n)],
+                    &[(0, n), (2, 2.0 * n)],
+                    n * 7.25 - n * 3.0,
+                );
+                (t(k), to_int(&h))
+            })
+            .collect(),
+        floats: vec![],
+        samples: vec![],
+    });
+    // Schema 3: positive buckets only; a new bucket appears at k = 100.
+    out.push(Written {
+        labels: series("e2e_hist", "int_s3"),
+        ints: (0..SAMPLES)
+            .map(|k| {
+                let n = k as f64;
+                let mut pos = vec![(2, 5.0 * n), (3, 2.0 * n), (4, n)];
+                if k >= 100 {
+                    pos.push((9, (k - 99) as f64));
+                }
+                (t(k), to_int(&float_hist(3, 0.0, &pos, &[], n * 11.5)))
+            })
+            .collect(),
+        floats: vec![],
+        samples: vec![],
+    });
+    // Schema -2: wide buckets, mostly negative.
+    out.push(Written {
+        labels: series("e2e_hist", "int_sm2"),
+        ints: (0..SAMPLES)
+            .map(|k| {
+                let n = k as f64;
+                (t(k), to_int(&float_hist(-2, 2.0 * n, &[(1, n)], &[(0, 3.0 * n), (1, n), (3, 4.0 * n)], -40.0 * n)))
+            })
+            .collect(),
+        floats: vec![],
+        samples: vec![],
+    });
+    // Float histograms with fractional counts.
+    out.push(Written {
+        labels: series("e2e_fhist", "float_s1"),
+        ints: vec![],
+        floats: (0..SAMPLES)
+            .map(|k| {
+                let n = k as f64 * 0.5;
+                (t(k), float_hist(1, n * 0.25, &[(0, n), (1, 1.5 * n), (3, 0.75 * n)], &[(-1, n * 0.5)], n * 3.3))
+            })
+            .collect(),
+        samples: vec![],
+    });
+    out.push(Written {
+        labels: series("e2e_counter", "plain"),
+        ints: vec![],
+        floats: vec![],
+        samples: (0..SAMPLES).map(|k| (t(k), (k * 3) as f64)).collect(),
+    });
+    out
+}
+
+fn write_body(data: &[&Written]) -> Vec<u8> {
+    let req = pb::WriteRequest {
+        timeseries: data
+            .iter()
+            .map(|w| {
+                let mut hs: Vec<pb::Histogram> = w.ints.iter().map(|(t, h)| histogram_to_proto(*t, h)).collect();
+                hs.extend(w.floats.iter().map(|(t, h)| float_histogram_to_proto(*t, h)));
+                pb::TimeSeries {
+                    labels: w.labels.iter().map(|(n, v)| pb::Label { name: n.to_string(), value: v.clone() }).collect(),
+                    samples: w.samples.iter().map(|&(t, v)| pb::Sample { value: v, timestamp: t }).collect(),
+                    histograms: hs,
+                    ..Default::default()
+                }
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).expect("snappy")
+}
+
+const RW_HEADERS: [(&str, &str); 3] = [
+    ("Content-Type", "application/x-protobuf"),
+    ("Content-Encoding", "snappy"),
+    ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+];
+
+fn start_prometheus(bin: &Path, dir: &Path, port: u16) -> ProcessGuard {
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n  external_labels:\n    replica: r0\n").unwrap();
+    let log = dir.join("prometheus.log");
+    let guard = ProcessGuard::spawn(
+        "prometheus",
+        Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("prom-data").display()))
+            .arg("--enable-feature=native-histograms")
+            .arg("--web.enable-remote-write-receiver")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        &log,
+    );
+    assert!(
+        wait_ready(port, "/-/ready", Duration::from_secs(60)),
+        "prometheus not ready:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    guard
+}
+
+/// A querier in this process over `endpoints`, deduplicating on `replica`; returns its
+/// HTTP and gRPC ports.
+fn start_querier(rt: &tokio::runtime::Runtime, endpoints: Vec<String>, stop: &Shutdown) -> (u16, u16) {
+    let http = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let grpc = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let ports = (http.local_addr().unwrap().port(), grpc.local_addr().unwrap().port());
+    let args = norn_query::Args {
+        endpoints,
+        replica_labels: vec!["replica".into()],
+        endpoint_refresh_interval: Duration::from_millis(500),
+        endpoint_info_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    rt.spawn(norn_query::run_with_listeners(args, http, grpc, stop.clone()));
+    assert!(wait_ready(ports.0, "/-/ready", Duration::from_secs(30)), "querier not ready");
+    ports
+}
+
+/// Paths answered by both Prometheus and a querier.
+fn query_paths(end: i64) -> Vec<String> {
+    let s = |ms: i64| format!("{}.{:03}", ms / 1000, ms % 1000);
+    // Instants well inside the data (extrapolation at a series' start differs between
+    // Prometheus 2 and 3), one of them with the counter reset inside a 5m window.
+    let reset_t = end - (SAMPLES - RESET_AT) * STEP_MS + 60_000;
+    let mut out = Vec::new();
+    let instant = [
+        "e2e_hist",
+        "e2e_hist[1m]",
+        "e2e_counter",
+        "rate(e2e_hist[5m])",
+        "increase(e2e_hist[10m])",
+        "histogram_quantile(0.9, rate(e2e_hist[5m]))",
+        "histogram_quantile(0.5, e2e_hist)",
+        "histogram_quantile(0.1, e2e_hist)",
+        "histogram_count(e2e_hist)",
+        "histogram_sum(rate(e2e_hist[5m]))",
+        "histogram_count(rate(e2e_hist[5m]))",
+        "histogram_fraction(0, 4, e2e_hist)",
+        "histogram_fraction(-10, 0.5, rate(e2e_hist[5m]))",
+        "sum by (kind) (rate(e2e_hist[5m]))",
+        "sum(e2e_hist)",
+        "sum(rate(e2e_hist[5m]))",
+        "{__name__=~\"e2e_(hist|counter)\"}",
+    ];
+    for t in [end - 600_000, reset_t] {
+        for q in instant {
+            out.push(format!("/api/v1/query?query={}&time={}", enc(q), s(t)));
+        }
+    }
+    let range = [
+        "rate(e2e_hist[5m])",
+        "histogram_quantile(0.9, sum by (kind) (rate(e2e_hist[5m])))",
+        "e2e_hist",
+        "histogram_count(e2e_hist)",
+        "sum(e2e_hist)",
+    ];
+    for q in range {
+        out.push(format!(
+            "/api/v1/query_range?query={}&start={}&end={}&step=60",
+            enc(q),
+            s(end - 2_400_000),
+            s(end - 60_000)
+        ));
+    }
+    out.push(format!(
+        "/api/v1/series?match[]={}&start={}&end={}",
+        enc("{__name__=~\"e2e_(hist|counter)\"}"),
+        s(end - 3_000_000),
+        s(end)
+    ));
+    out
+}
+
+/// Differences between Prometheus's and the querier's answers (status and `data`).
+fn differences(prom: u16, q: u16, paths: &[String]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for p in paths {
+        let (pc, pb) = http_get(prom, p).unwrap();
+        let (nc, nb) = http_get(q, p).unwrap();
+        let (pv, nv) = (json(&pb), json(&nb));
+        if pc != nc || pv["data"] != nv["data"] || pv["status"] != nv["status"] {
+            bad.push(format!("{p}\n  prometheus {pc}: {pb}\n  norn {nc}: {nb}"));
+        }
+    }
+    bad
+}
+
+/// Decoded streamed remote-read answer: series (labels without `replica`) → samples,
+/// histograms as float histograms.
+fn remote_read(port: u16, re: &str, mint: i64, maxt: i64) -> BTreeMap<String, Vec<(i64, String)>> {
+    let req = pb::ReadRequest {
+        queries: vec![pb::Query {
+            start_timestamp_ms: mint,
+            end_timestamp_ms: maxt,
+            matchers: vec![pb::LabelMatcher { r#type: 2, name: "__name__".into(), value: re.into() }],
+            hints: None,
+        }],
+        accepted_response_types: vec![pb::read_request::ResponseType::StreamedXorChunks as i32],
+    };
+    let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap();
+    let h = [("Content-Type", "application/x-protobuf"), ("Content-Encoding", "snappy")];
+    let (code, text) = http_post_bytes(port, "/api/v1/read", &h, &body);
+    assert_eq!(code, 200, "remote read on {port}: {}", String::from_utf8_lossy(&text));
+    let mut buf = bytes::BytesMut::from(text.as_slice());
+    let frames = norn_sidecar::prom::take_frames(&mut buf, "test").unwrap();
+    assert!(buf.is_empty(), "trailing bytes in remote read answer");
+    let mut out: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for f in frames {
+        for s in f.chunked_series {
+            let key: Vec<String> =
+                s.labels.iter().filter(|l| l.name != "replica").map(|l| format!("{}={:?}", l.name, l.value)).collect();
+            let samples = out.entry(key.join(",")).or_default();
+            for c in s.chunks {
+                let e = norn_storeapi::chunks::encoding_from_remote_read(c.r#type).unwrap();
+                let chunk = norn_tsdb::chunkenc::Chunk::new(e, c.data);
+                for smp in chunk.iter().unwrap() {
+                    use norn_tsdb::chunkenc::Sample as S;
+                    let (t, v) = match smp {
+                        S::Float(t, v) => (t, format!("{v}")),
+                        S::Histogram(t, h) => (t, strip_hint(h.to_float())),
+                        S::FloatHistogram(t, h) => (t, strip_hint(*h)),
+                    };
+                    if (mint..=maxt).contains(&t) {
+                        samples.push((t, v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn strip_hint(h: FloatHistogram) -> String {
+    format!("{:?}", FloatHistogram { counter_reset_hint: Default::default(), ..h })
+}
+
+fn http_post_bytes(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    let mut body = buf[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (code, body)
+}
+
+/// Undoes HTTP/1.1 chunked transfer encoding.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..1_000_000 {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+#[test]
+fn native_histograms_through_sidecar_and_receive_match_prometheus() {
+    let Some(prom_bin) = require_tool("prometheus") else { return };
+    let work = tempdir().unwrap();
+    let prom_port = free_port();
+    let _prom = start_prometheus(&prom_bin, work.path(), prom_port);
+
+    let end = now_ms() / 1000 * 1000 - 60_000;
+    let start = end - SAMPLES * STEP_MS;
+    let data = dataset(start);
+    // Prometheus 2.42's remote-write receiver reads integer histograms only (it takes the
+    // deltas of a float histogram and rejects it), so float histograms go to receive alone
+    // and are checked against what was written.
+    let (floats, ints): (Vec<&Written>, Vec<&Written>) = data.iter().partition(|w| !w.floats.is_empty());
+    let body = write_body(&ints);
+    let (code, msg) = http_post(prom_port, "/api/v1/write", &RW_HEADERS, &body).unwrap();
+    assert!(code == 200 || code == 204, "prometheus write: {code} {msg}");
+
+    let mut recv = Receiver::new("recv", work.path(), &["--label=replica=\"r1\"".to_string()]);
+    recv.start();
+    let all: Vec<&Written> = data.iter().collect();
+    let recv_write = http_post(recv.rw_port, "/api/v1/receive", &RW_HEADERS, &write_body(&all)).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let stop = Shutdown::new();
+    let (sc_grpc, sc_http) = (free_port(), free_port());
+    let sidecar_args = norn_sidecar::Args {
+        prometheus_url: format!("http://127.0.0.1:{prom_port}"),
+        prometheus_ready_timeout: "30s".into(),
+        get_config_interval: "500ms".into(),
+        get_config_timeout: "2s".into(),
+        request_timeout: "30s".into(),
+        tsdb_path: work.path().join("prom-data"),
+        grpc_address: format!("127.0.0.1:{sc_grpc}"),
+        http_address: format!("127.0.0.1:{sc_http}"),
+        objstore_config_file: None,
+        objstore_config: None,
+        upload_compacted: false,
+        sync_interval: "500ms".into(),
+        min_time: "0000-01-01T00:00:00Z".into(),
+    };
+    let sidecar = rt.spawn(norn_sidecar::run(sidecar_args, stop.clone()));
+    assert!(wait_ready(sc_http, "/-/ready", Duration::from_secs(30)), "sidecar not ready");
+
+    let sc_addr = format!("127.0.0.1:{sc_grpc}");
+    let queriers = [
+        ("sidecar", start_querier(&rt, vec![sc_addr.clone()], &stop)),
+        ("receive", start_querier(&rt, vec![recv.grpc_addr()], &stop)),
+        ("both", start_querier(&rt, vec![sc_addr, recv.grpc_addr()], &stop)),
+    ];
+
+    let paths = query_paths(end);
+    // Endpoints are discovered asynchronously (Info probes); retry until every querier
+    // sees its endpoints, bounded.
+    for (name, (q, _)) in &queriers {
+        // The sidecar path is checked first; the receiver must have taken the write
+        // before its queriers are.
+        if *name == "receive" {
+            let (code, msg) = &recv_write;
+            assert!(*code == 200 || *code == 204, "receive write: {code} {msg}\n{}", recv.log_text());
+        }
+        let mut bad = Vec::new();
+        for _ in 0..60 {
+            bad = differences(prom_port, *q, &paths);
+            if bad.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(bad.is_empty(), "querier over {name}: {} of {} differ:\n{}", bad.len(), paths.len(), bad.join("\n"));
+    }
+
+    // Remote read of the querier returns Prometheus's histograms (as float histograms).
+    let (mint, maxt) = (end - 1_800_000, end);
+    let ints_re = "e2e_(hist|counter)";
+    let want = remote_read(prom_port, ints_re, mint, maxt);
+    assert_eq!(want.len(), ints.len(), "{:?}", want.keys());
+    for (name, (q, _)) in &queriers {
+        assert_eq!(remote_read(*q, ints_re, mint, maxt), want, "remote read through the querier over {name}");
+    }
+    // Float histograms: what was written, read back through the receiver.
+    let mut want_f: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for w in &floats {
+        let key: Vec<String> = w.labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+        want_f.insert(
+            key.join(","),
+            w.floats
+                .iter()
+                .filter(|(t, _)| (mint..=maxt).contains(t))
+                .map(|(t, h)| (*t, strip_hint(h.clone())))
+                .collect(),
+        );
+    }
+    for (name, (q, _)) in &queriers[1..] {
+        assert_eq!(
+            remote_read(*q, "e2e_fhist", mint, maxt),
+            want_f,
+            "float histograms through the querier over {name}"
+        );
+    }
+
+    // The querier's own StoreAPI carries float-histogram chunks for histogram series.
+    let (_, (_, q_grpc)) = &queriers[2];
+    let types = rt.block_on(chunk_types(format!("http://127.0.0.1:{q_grpc}"), mint, maxt));
+    let fh = norn_storeapi::thanos::chunk::Encoding::FloatHistogram as i32;
+    let xor = norn_storeapi::thanos::chunk::Encoding::Xor as i32;
+    assert_eq!(types.get("e2e_hist"), Some(&[fh].into()), "{types:?}");
+    assert_eq!(types.get("e2e_fhist"), Some(&[fh].into()), "{types:?}");
+    assert_eq!(types.get("e2e_counter"), Some(&[xor].into()), "{types:?}");
+
+    stop.cancel();
+    let _ = rt.block_on(sidecar);
+    recv.stop();
+}
+
+/// Chunk types per metric name in a querier's StoreAPI answer.
+async fn chunk_types(addr: String, mint: i64, maxt: i64) -> BTreeMap<String, std::collections::BTreeSet<i32>> {
+    use norn_storeapi::thanos::{LabelMatcher, SeriesRequest, series_response, store_client::StoreClient};
+    let mut c = StoreClient::connect(addr).await.unwrap();
+    let req = SeriesRequest {
+        min_time: mint,
+        max_time: maxt,
+        matchers: vec![LabelMatcher { r#type: 2, name: "__name__".into(), value: "e2e_.*".into() }],
+        ..Default::default()
+    };
+    let mut stream = c.series(req).await.unwrap().into_inner();
+    let mut out: BTreeMap<String, std::collections::BTreeSet<i32>> = BTreeMap::new();
+    while let Some(frame) = stream.message().await.unwrap() {
+        let list = match frame.result {
+            Some(series_response::Result::Series(s)) => vec![s],
+            Some(series_response::Result::Batch(b)) => b.series,
+            _ => continue,
+        };
+        for s in list {
+            let name = s.labels.iter().find(|l| l.name == "__name__").map(|l| l.value.clone()).unwrap_or_default();
+            out.entry(name).or_default().extend(s.chunks.iter().filter_map(|c| c.raw.as_ref().map(|r| r.r#type)));
+        }
+    }
+    out
+}
