@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use norn_service::Health;
 use norn_storeapi::V2Counts;
-use norn_storeapi::remote_write::{Decoded, Limits, decode_body, protocol};
+use norn_storeapi::remote_write::{Decoded, LabelCache, Limits, decode_body_cached, protocol};
 
 use crate::router::{Batch, Router};
 use crate::tenants::validate_tenant;
@@ -27,6 +27,8 @@ pub struct WriteApi {
     pub limits: Limits,
     pub tenant_header: String,
     pub default_tenant: String,
+    /// Validated label sets of recent series (validation depends only on `limits`).
+    pub label_cache: LabelCache,
 }
 
 fn error_response(e: &WriteError) -> Response {
@@ -53,7 +55,8 @@ fn decode(api: &WriteApi, headers: &HeaderMap, body: &[u8]) -> Result<(Batch, i6
     };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let proto = protocol(ct).map_err(WriteError::BadRequest)?;
-    let Decoded { series, labels, counts } = decode_body(body, proto, &api.limits).map_err(WriteError::from)?;
+    let Decoded { series, labels, counts } =
+        decode_body_cached(body, proto, &api.limits, Some(&api.label_cache)).map_err(WriteError::from)?;
     Ok((Batch { tenant, series, labels }, replica, counts))
 }
 

@@ -29,7 +29,11 @@ use crate::hashring::{Algorithm, MultiRing, parse_config};
 use crate::metrics::Metrics;
 use crate::router::{Peers, Router};
 use crate::tenants::{MultiTsdb, TsdbSettings, validate_tenant};
-use norn_storeapi::remote_write::Limits;
+use norn_storeapi::remote_write::{LabelCache, Limits};
+
+/// Label sets the remote-write handler keeps validated (shared with the heads' series,
+/// so a hit costs no extra label memory while the series lives).
+const LABEL_CACHE_SERIES: usize = 1 << 18;
 
 /// When a write is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -311,6 +315,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
         limits,
         tenant_header: args.tenant_header.clone(),
         default_tenant: args.default_tenant.clone(),
+        label_cache: LabelCache::new(LABEL_CACHE_SERIES),
     });
     tasks.spawn(norn_service::serve_http(rw_l, http::routes(api), shutdown.clone()));
 

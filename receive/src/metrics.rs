@@ -46,7 +46,7 @@ impl Metrics {
         };
         let r = reg.sub_registry_with_prefix("norn_receive");
         r.register("http_requests", "Remote-write HTTP requests by handler and status code", m.requests.clone());
-        r.register("samples", "Samples received, by outcome (appended, conflict, unsupported)", m.samples.clone());
+        r.register("samples", "Samples received, by outcome (appended, conflict)", m.samples.clone());
         r.register("forward_requests", "Forwarding RPCs to peers, by result", m.forwards.clone());
         r.register("forward_duration_seconds", "Latency of forwarding RPCs to peers", m.forward_duration.clone());
         r.register("quorum_failures", "Writes that did not reach the write quorum", m.quorum_failures.clone());
@@ -63,7 +63,6 @@ impl Metrics {
         let c = |o: &str| self.samples.get_or_create(&vec![("outcome".to_string(), o.to_string())]).clone();
         c("appended").inc_by(st.appended);
         c("conflict").inc_by(st.conflicts);
-        c("unsupported").inc_by(st.unsupported);
     }
 
     pub fn record_forward(&self, d: Duration, ok: bool) {

@@ -11,10 +11,64 @@ use std::sync::Arc;
 
 use norn_model::{Labels, LabelsBuilder, Matcher};
 use norn_tsdb::block::{Block, open_blocks};
-use norn_tsdb::head::{Head, HeadOptions};
+use norn_tsdb::head::{Head, HeadOptions, HeadSeries};
 use norn_tsdb::meta::BlockMeta;
 use norn_tsdb::series::{Series, merge_series};
 use parking_lot::{Mutex, RwLock};
+
+/// Where a series' chunks are, to be read when it is sent.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A series of a local block, by index id.
+    Block(Arc<Block>, u32),
+    /// A head series.
+    Head(HeadSeries),
+}
+
+/// A series found by [`TenantDb::select_lazy`]: its labels and the places holding its
+/// chunks.
+#[derive(Debug, Clone)]
+pub struct LazySeries {
+    pub labels: Labels,
+    pub sources: Vec<Source>,
+}
+
+/// Folds neighbours with equal labels into one entry (input sorted by labels).
+pub fn group_lazy(sorted: Vec<LazySeries>) -> Vec<LazySeries> {
+    let mut out: Vec<LazySeries> = Vec::with_capacity(sorted.len());
+    for s in sorted {
+        match out.last_mut() {
+            Some(last) if last.labels == s.labels => last.sources.extend(s.sources),
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+/// Reads the chunks of `s` overlapping `[mint, maxt]` from all its sources, merged as
+/// [`TenantDb::select`] merges them; `None` when nothing is left (e.g. the head
+/// dropped the data since the lookup).
+pub fn load_series(s: &LazySeries, mint: i64, maxt: i64) -> norn_tsdb::Result<Option<Series>> {
+    let mut refs = Vec::new();
+    let mut sets = Vec::with_capacity(s.sources.len());
+    for src in &s.sources {
+        let got = match src {
+            Source::Block(b, id) => b.series_by_id(*id, mint, maxt, &mut refs)?,
+            Source::Head(h) => h.series(mint, maxt),
+        };
+        // Sources of one entry may come from several tenants whose stored labels
+        // differ only by what external labels override; merge under the entry's labels.
+        sets.push(
+            got.into_iter()
+                .map(|mut x| {
+                    x.labels = s.labels.clone();
+                    x
+                })
+                .collect(),
+        );
+    }
+    Ok(merge_series(sets).pop())
+}
 
 /// Why a tenant name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +150,37 @@ impl TenantDb {
         }
         sets.push(self.head.select(matchers, mint, maxt));
         Ok(merge_series(sets))
+    }
+
+    /// Like [`TenantDb::select`], but reads only labels and chunk time ranges now:
+    /// each entry names where the series' chunks are, to be read by [`load_series`]
+    /// when the series is sent. Sorted by labels, one entry per label set.
+    pub fn select_lazy(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> norn_tsdb::Result<Vec<LazySeries>> {
+        let mut all: Vec<LazySeries> = Vec::new();
+        let mut refs = Vec::new();
+        for b in self.blocks() {
+            let m = b.meta();
+            if m.max_time <= mint || m.min_time > maxt {
+                continue;
+            }
+            let ids = if matchers.is_empty() {
+                b.index().all_postings()?
+            } else {
+                b.index().postings_for_matchers(matchers)?
+            };
+            for id in ids {
+                let labels = b.index().series_into(id, &mut refs)?;
+                if refs.iter().any(|r| r.max_time >= mint && r.min_time <= maxt) {
+                    all.push(LazySeries { labels, sources: vec![Source::Block(b.clone(), id)] });
+                }
+            }
+        }
+        for h in self.head.select_lazy(matchers) {
+            all.push(LazySeries { labels: h.labels().clone(), sources: vec![Source::Head(h)] });
+        }
+        // Stable: for one label set, blocks (oldest first) stay ahead of the head.
+        all.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(group_lazy(all))
     }
 
     /// Earliest sample time held (blocks or head); `None` when empty.

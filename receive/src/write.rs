@@ -4,7 +4,7 @@
 use norn_model::Labels;
 use norn_storeapi::prometheus_copy::TimeSeries;
 use norn_storeapi::remote_write::{RejectKind, Rejected, describe};
-use norn_tsdb::head::AppendError;
+use norn_storeapi::{HistogramSample, histogram_from_proto_checked};
 
 use crate::tenants::TenantDb;
 
@@ -83,7 +83,6 @@ impl WriteError {
 pub struct AppendStats {
     pub appended: u64,
     pub conflicts: u64,
-    pub unsupported: u64,
 }
 
 /// Appends the series `idx` of a request to `db` in one WAL-acknowledged commit.
@@ -101,35 +100,45 @@ pub fn append_local(
     let mut per = Vec::with_capacity(idx.len());
     for &i in idx {
         let (ts, l) = (&series[i], &labels[i]);
-        let mut first: Option<(AppendError, i64)> = None;
+        let mut first: Option<(String, i64)> = None;
         let mut refused = 0u64;
         for s in &ts.samples {
             match app.append(l, s.timestamp, s.value) {
                 Ok(()) => stats.appended += 1,
                 Err(e) => {
                     refused += 1;
-                    first.get_or_insert((e, s.timestamp));
+                    first.get_or_insert((e.to_string(), s.timestamp));
                 }
             }
         }
-        stats.conflicts += refused;
-        let mut err = first.map(|(e, t)| {
+        let mut hist_refused = 0u64;
+        for h in &ts.histograms {
+            // Validated with the request; a failure here is a bug upstream of us, but
+            // it is reported rather than trusted.
+            let r = match histogram_from_proto_checked(h) {
+                Ok(HistogramSample::Int(t, h)) => app.append_histogram(l, t, &h).map_err(|e| (e.to_string(), t)),
+                Ok(HistogramSample::Float(t, h)) => {
+                    app.append_float_histogram(l, t, &h).map_err(|e| (e.to_string(), t))
+                }
+                Err(e) => Err((e.msg, e.t)),
+            };
+            match r {
+                Ok(()) => stats.appended += 1,
+                Err((e, t)) => {
+                    hist_refused += 1;
+                    first.get_or_insert((e, t));
+                }
+            }
+        }
+        stats.conflicts += refused + hist_refused;
+        let total = ts.samples.len() + ts.histograms.len();
+        let err = first.map(|(e, t)| {
             WriteError::Conflict(format!(
-                "series {}: {e} at timestamp {t} ({refused} of {} samples refused)",
+                "series {}: {e} at timestamp {t} ({} of {total} samples refused)",
                 describe(&ts.labels),
-                ts.samples.len()
+                refused + hist_refused,
             ))
         });
-        if !ts.histograms.is_empty() {
-            stats.unsupported += ts.histograms.len() as u64;
-            err.get_or_insert_with(|| {
-                WriteError::BadRequest(format!(
-                    "series {}: native histogram samples are not supported yet ({} refused)",
-                    describe(&ts.labels),
-                    ts.histograms.len()
-                ))
-            });
-        }
         per.push(err);
     }
     app.commit().map_err(|e| WriteError::Internal(format!("WAL commit for tenant {}: {e}", db.tenant)))?;
@@ -150,5 +159,124 @@ mod tests {
         ] {
             assert_eq!(WriteError::from_status(&e.to_status()), e);
         }
+    }
+
+    use std::collections::BTreeMap;
+
+    use norn_model::Matcher;
+    use norn_storeapi::prometheus_copy::{self as pc, BucketSpan, Sample as WireSample};
+    use norn_storeapi::thanos::Label;
+    use norn_tsdb::chunkenc::{Encoding, Sample};
+    use norn_tsdb::head::HeadOptions;
+
+    use crate::tenants::{MultiTsdb, TsdbSettings};
+
+    fn wire_int(t: i64, n: i64) -> pc::Histogram {
+        pc::Histogram {
+            count: Some(pc::histogram::Count::CountInt((3 * n) as u64)),
+            sum: n as f64,
+            schema: 2,
+            zero_threshold: 0.001,
+            zero_count: Some(pc::histogram::ZeroCount::ZeroCountInt(n as u64)),
+            positive_spans: vec![BucketSpan { offset: 1, length: 2 }],
+            positive_deltas: vec![n, 0],
+            timestamp: t,
+            ..Default::default()
+        }
+    }
+
+    fn wire_float(t: i64, x: f64) -> pc::Histogram {
+        pc::Histogram {
+            count: Some(pc::histogram::Count::CountFloat(x)),
+            sum: x,
+            schema: norn_model::histogram::CUSTOM_BUCKETS_SCHEMA,
+            positive_spans: vec![BucketSpan { offset: 0, length: 1 }],
+            positive_counts: vec![x],
+            custom_values: vec![1.0, 2.0],
+            timestamp: t,
+            reset_hint: 3,
+            ..Default::default()
+        }
+    }
+
+    fn series(name: &str, hs: Vec<pc::Histogram>, floats: &[(i64, f64)]) -> TimeSeries {
+        TimeSeries {
+            labels: vec![Label { name: "__name__".into(), value: name.into() }],
+            samples: floats.iter().map(|&(timestamp, value)| WireSample { value, timestamp }).collect(),
+            histograms: hs,
+            ..Default::default()
+        }
+    }
+
+    /// Native histograms go to the head, survive a restart through the WAL and end up
+    /// in blocks as histogram chunks with their fields intact.
+    #[test]
+    fn histograms_appended_replayed_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TsdbSettings {
+            root: dir.path().to_path_buf(),
+            head: HeadOptions { chunk_range: 100_000, ..HeadOptions::default() },
+            labels: Vec::new(),
+            tenant_label: "tenant_id".into(),
+        };
+        let reqs = [
+            series("h_int", (0..50).map(|i| wire_int(i * 1000, i + 1)).collect(), &[]),
+            series("h_float", (0..50).map(|i| wire_float(i * 1000, i as f64 + 0.5)).collect(), &[]),
+        ];
+        let labels: Vec<Labels> =
+            norn_storeapi::remote_write::validate(&reqs, &Default::default()).expect("valid request");
+        {
+            let m = MultiTsdb::new(settings.clone());
+            let db = m.get_or_open("t", &BTreeMap::new()).unwrap();
+            let mut st = AppendStats::default();
+            let per = append_local(&db, &reqs, &labels, &[0, 1], &mut st).unwrap();
+            assert_eq!(per, vec![None, None]);
+            assert_eq!(st.appended, 100);
+            // Repeating an older histogram is refused as out of order, naming the series.
+            let late = [series("h_int", vec![wire_int(10_000, 99)], &[])];
+            let per = append_local(&db, &late, &labels[..1], &[0], &mut st).unwrap();
+            let e = per[0].clone().expect("refused");
+            assert_eq!(e.http_status(), 409, "{e}");
+            assert!(e.to_string().contains("h_int") && e.to_string().contains("timestamp 10000"), "{e}");
+        }
+        let check = |db: &TenantDb, n_int: usize| {
+            let got = db.select(&[Matcher::equal("__name__", "h_int")], 0, i64::MAX).unwrap();
+            let samples: Vec<Sample> = got[0].samples(0, i64::MAX).map(Result::unwrap).collect();
+            assert_eq!(samples.len(), n_int);
+            let Sample::Histogram(t, h) = &samples[7] else { panic!("{:?}", samples[7]) };
+            assert_eq!((*t, h.count, h.zero_count, h.schema), (7000, 24, 8, 2));
+            assert_eq!(h.positive_buckets, vec![8, 0]);
+            assert!(got[0].chunks.iter().all(|c| c.chunk.encoding == Encoding::Histogram));
+            let got = db.select(&[Matcher::equal("__name__", "h_float")], 0, i64::MAX).unwrap();
+            let samples: Vec<Sample> = got[0].samples(0, i64::MAX).map(Result::unwrap).collect();
+            let Sample::FloatHistogram(_, f) = &samples[3] else { panic!("{:?}", samples[3]) };
+            assert_eq!((f.count, f.custom_values.as_slice()), (3.5, &[1.0, 2.0][..]));
+            assert!(got[0].chunks.iter().all(|c| c.chunk.encoding == Encoding::FloatHistogram));
+        };
+        // WAL replay.
+        let m = MultiTsdb::new(settings.clone());
+        m.open_existing().unwrap();
+        let db = m.get("t").expect("reopened");
+        assert_eq!(db.head.replay_stats().samples, 100);
+        check(&db, 50);
+        // Into a block (more samples so the head spans 1.5 block ranges), then read back.
+        let more = [series("h_int", (50..200).map(|i| wire_int(i * 1000, i + 1)).collect(), &[])];
+        let mut st = AppendStats::default();
+        append_local(&db, &more, &labels[..1], &[0], &mut st).unwrap();
+        let metas = db.compact().unwrap();
+        assert!(!metas.is_empty());
+        assert!(metas.iter().all(|m| m.stats.num_histogram_samples > 0), "{metas:?}");
+        check(&db, 200);
+    }
+
+    #[test]
+    fn bad_histogram_refuses_the_request_naming_the_series() {
+        let mut h = wire_int(5, 2);
+        h.positive_deltas = vec![2, -3];
+        let req = [series("ok", vec![], &[(1, 1.0)]), series("broken_hist", vec![h], &[])];
+        let e = norn_storeapi::remote_write::validate(&req, &Default::default()).unwrap_err();
+        assert_eq!(e.http_status(), 400);
+        let msg = e.to_string();
+        assert!(msg.contains(r#"__name__="broken_hist""#) && msg.contains("observation count of -1"), "{msg}");
     }
 }

@@ -3,13 +3,17 @@
 //! the limit before allocating, protobuf decode of remote write 1.0 (straight into
 //! Thanos's series type) or 2.0 (translated to 1.0), limits, and label validation.
 
+use std::collections::HashMap;
+
 use norn_model::Labels;
 use norn_model::labels::is_valid_legacy_label_name;
+use parking_lot::Mutex;
 use prost::Message;
+use xxhash_rust::xxh64::Xxh64;
 
 use crate::io::prometheus::write::v2;
 use crate::prometheus_copy::TimeSeries;
-use crate::{ConvertError, RemoteWriteV1, V2Counts, labels_from_proto, thanos, v2_to_v1};
+use crate::{ConvertError, RemoteWriteV1, V2Counts, histogram_from_proto_checked, labels_from_proto, thanos, v2_to_v1};
 
 /// How a refused request should be answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +83,74 @@ pub fn describe(ls: &[thanos::Label]) -> String {
     s
 }
 
+/// Label sets that passed validation, by the hash of their wire form, so a series seen
+/// before skips validation and label building. Senders repeat the same series in every
+/// request, so after the first request nearly every lookup hits. Bounded: a shard that
+/// fills up is cleared (the next requests rebuild what is still in use).
+#[derive(Debug)]
+pub struct LabelCache {
+    shards: Box<[Mutex<HashMap<u64, Labels>>]>,
+    per_shard: usize,
+}
+
+const CACHE_SHARDS: usize = 64;
+
+impl LabelCache {
+    /// A cache holding at most about `capacity` label sets.
+    pub fn new(capacity: usize) -> LabelCache {
+        LabelCache {
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(CACHE_SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, h: u64) -> &Mutex<HashMap<u64, Labels>> {
+        &self.shards[(h >> 58) as usize % CACHE_SHARDS]
+    }
+
+    /// The cached label set equal to `ls`, if any.
+    fn get(&self, h: u64, ls: &[thanos::Label]) -> Option<Labels> {
+        let g = self.shard(h).lock();
+        let l = g.get(&h)?;
+        let same = l.len() == ls.len() && l.iter().zip(ls).all(|((n, v), w)| n == w.name && v == w.value);
+        same.then(|| l.clone())
+    }
+
+    fn insert(&self, h: u64, l: &Labels) {
+        let mut g = self.shard(h).lock();
+        if g.len() >= self.per_shard {
+            g.clear();
+        }
+        g.insert(h, l.clone());
+    }
+}
+
+/// The hash [`Labels::hash_value`] would give the wire labels (xxh64 over each name and
+/// value followed by 0xff), computed without building them.
+fn wire_hash(ls: &[thanos::Label]) -> u64 {
+    let mut h = Xxh64::new(0);
+    for l in ls {
+        h.update(l.name.as_bytes());
+        h.update(&[0xff]);
+        h.update(l.value.as_bytes());
+        h.update(&[0xff]);
+    }
+    h.digest()
+}
+
 /// Checks request-level limits and every series' labels; returns the label sets, in
 /// request order. The first bad series is named in the error.
 pub fn validate(series: &[TimeSeries], limits: &Limits) -> Result<Vec<Labels>, Rejected> {
+    validate_cached(series, limits, None)
+}
+
+/// [`validate`], taking label sets seen before from `cache` (which must only ever be
+/// used with the same `limits`) and adding new ones to it.
+pub fn validate_cached(
+    series: &[TimeSeries],
+    limits: &Limits,
+    cache: Option<&LabelCache>,
+) -> Result<Vec<Labels>, Rejected> {
     if limits.series > 0 && series.len() > limits.series {
         return Err(Rejected::too_large(format!("request has {} series, limit is {}", series.len(), limits.series)));
     }
@@ -94,6 +163,16 @@ pub fn validate(series: &[TimeSeries], limits: &Limits) -> Result<Vec<Labels>, R
     let mut out = Vec::with_capacity(series.len());
     for ts in series {
         let bad = |what: String| format!("series {}: {what}", describe(&ts.labels));
+        for h in &ts.histograms {
+            histogram_from_proto_checked(h).map_err(|e| Rejected::bad(bad(e.to_string())))?;
+        }
+        let hash = cache.map(|_| wire_hash(&ts.labels));
+        if let (Some(c), Some(h)) = (cache, hash)
+            && let Some(l) = c.get(h, &ts.labels)
+        {
+            out.push(l);
+            continue;
+        }
         if limits.labels_per_series > 0 && ts.labels.len() > limits.labels_per_series {
             return Err(Rejected::bad(bad(format!(
                 "{} labels, limit is {}",
@@ -124,6 +203,9 @@ pub fn validate(series: &[TimeSeries], limits: &Limits) -> Result<Vec<Labels>, R
         })?;
         if labels.metric_name().is_none_or(str::is_empty) {
             return Err(Rejected::bad(bad("no metric name (__name__ label)".into())));
+        }
+        if let (Some(c), Some(h)) = (cache, hash) {
+            c.insert(h, &labels);
         }
         out.push(labels);
     }
@@ -185,6 +267,16 @@ pub struct Decoded {
 /// Decodes a remote-write body (snappy, then protobuf of the given protocol) and
 /// validates its series; the entry point the fuzz target exercises.
 pub fn decode_body(body: &[u8], proto: Protocol, limits: &Limits) -> Result<Decoded, Rejected> {
+    decode_body_cached(body, proto, limits, None)
+}
+
+/// [`decode_body`] with a [`LabelCache`] for the label sets.
+pub fn decode_body_cached(
+    body: &[u8],
+    proto: Protocol,
+    limits: &Limits,
+    cache: Option<&LabelCache>,
+) -> Result<Decoded, Rejected> {
     let raw = decompress(body, limits.size_bytes)?;
     let (series, counts) = match proto {
         Protocol::V1 => {
@@ -200,7 +292,7 @@ pub fn decode_body(body: &[u8], proto: Protocol, limits: &Limits) -> Result<Deco
         }
     };
     drop(raw);
-    let labels = validate(&series, limits)?;
+    let labels = validate_cached(&series, limits, cache)?;
     Ok(Decoded { series, labels, counts })
 }
 
@@ -275,5 +367,31 @@ mod tests {
         assert_eq!(decompress(&[0x80], 1 << 20).unwrap_err().http_status(), 400);
         let ok = snap::raw::Encoder::new().compress_vec(b"hello").unwrap();
         assert_eq!(decompress(&ok, 1 << 20).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn label_cache_hits_only_equal_label_sets() {
+        let cache = LabelCache::new(4);
+        let lim = Limits { label_value_length: 5, ..Default::default() };
+        let a = [ts(&[("__name__", "up"), ("job", "a")])];
+        let first = validate_cached(&a, &lim, Some(&cache)).unwrap();
+        let again = validate_cached(&a, &lim, Some(&cache)).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first[0].hash_value(), wire_hash(&a[0].labels), "wire hash must equal the label hash");
+        // Same hash slot, different labels: a forged entry must not be returned.
+        cache.insert(wire_hash(&a[0].labels), &Labels::from_pairs([("__name__", "other")]));
+        assert_eq!(validate_cached(&a, &lim, Some(&cache)).unwrap(), first);
+        // Invalid series are never cached and still refused.
+        let bad = [ts(&[("__name__", "up"), ("job", "toolong")])];
+        for _ in 0..2 {
+            assert_eq!(validate_cached(&bad, &lim, Some(&cache)).unwrap_err().http_status(), 400);
+        }
+        // Bounded: many distinct series do not grow it past its capacity.
+        for i in 0..1000 {
+            let v = format!("{}", i % 100_000);
+            validate_cached(&[ts(&[("__name__", "m"), ("i", &v[..v.len().min(5)])])], &lim, Some(&cache)).unwrap();
+        }
+        let held: usize = cache.shards.iter().map(|s| s.lock().len()).sum();
+        assert!(held <= CACHE_SHARDS, "{held}");
     }
 }

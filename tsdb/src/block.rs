@@ -288,25 +288,32 @@ impl Block {
         let mut out = Vec::with_capacity(ids.len());
         let mut refs = Vec::new();
         for &id in ids {
-            let labels = self.index.series_into(id, &mut refs)?;
-            let deleted = self.tombstones.get(id);
-            let mut chunks = Vec::new();
-            for r in &refs {
-                if r.max_time < mint || r.min_time > maxt {
-                    continue;
-                }
-                if deleted.iter().any(|&(a, b)| a <= r.min_time && r.max_time <= b) {
-                    continue;
-                }
-                let chunk = self.chunks.chunk(r.chunk_ref)?;
-                chunks.push(ChunkMeta { min_time: r.min_time, max_time: r.max_time, chunk });
-            }
-            if chunks.is_empty() {
-                continue;
-            }
-            out.push(Series { labels, chunks, deleted: deleted.to_vec() });
+            out.extend(self.series_by_id(id, mint, maxt, &mut refs)?);
         }
         Ok(out)
+    }
+
+    /// The series with index id `id` (from [`IndexReader::postings_for_matchers`]) with
+    /// its chunks overlapping `[mint, maxt]`, as [`Block::select`] returns it; `None`
+    /// when no chunk is left. `refs` is scratch space reused across calls.
+    pub fn series_by_id(&self, id: u32, mint: i64, maxt: i64, refs: &mut Vec<ChunkRef>) -> Result<Option<Series>> {
+        let labels = self.index.series_into(id, refs)?;
+        let deleted = self.tombstones.get(id);
+        let mut chunks = Vec::new();
+        for r in refs.iter() {
+            if r.max_time < mint || r.min_time > maxt {
+                continue;
+            }
+            if deleted.iter().any(|&(a, b)| a <= r.min_time && r.max_time <= b) {
+                continue;
+            }
+            let chunk = self.chunks.chunk(r.chunk_ref)?;
+            chunks.push(ChunkMeta { min_time: r.min_time, max_time: r.max_time, chunk });
+        }
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Series { labels, chunks, deleted: deleted.to_vec() }))
     }
 }
 

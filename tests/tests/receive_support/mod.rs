@@ -3,6 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use norn_storeapi::prometheus::{Label, Sample, TimeSeries, WriteRequest};
 use norn_storeapi::thanos::store_client::StoreClient;
 use norn_storeapi::thanos::{self, LabelMatcher, SeriesRequest, series_response};
@@ -95,6 +100,116 @@ fn decode(s: thanos::Series) -> Result<Got, String> {
     samples.sort_by_key(|s| s.0);
     samples.dedup_by_key(|s| s.0);
     Ok(Got { labels: s.labels.into_iter().map(|l| (l.name, l.value)).collect(), samples })
+}
+
+/// Calls `thanos.Store/Series` on `addr` and returns the series as sent, chunks untouched.
+pub async fn series_raw(
+    addr: &str,
+    matchers: Vec<LabelMatcher>,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<thanos::Series>, String> {
+    let mut c = StoreClient::connect(format!("http://{addr}")).await.map_err(|e| e.to_string())?;
+    let req = SeriesRequest { min_time: mint, max_time: maxt, matchers, response_batch_size: 1, ..Default::default() };
+    let mut stream = c.series(req).await.map_err(|e| e.to_string())?.into_inner();
+    let mut out = Vec::new();
+    while let Some(frame) = stream.message().await.map_err(|e| e.to_string())? {
+        match frame.result {
+            Some(series_response::Result::Series(s)) => out.push(s),
+            Some(series_response::Result::Batch(b)) => out.extend(b.series),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A loopback HTTP/1.1 forwarder that adds a header to every request that lacks it,
+/// the way an authenticating gateway in front of receivers sets the tenant. Counts the
+/// requests that arrived with the header already set.
+pub struct HeaderProxy {
+    pub port: u16,
+    pub had_header: Arc<AtomicUsize>,
+    pub forwarded: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HeaderProxy {
+    /// Listens on an ephemeral loopback port and forwards to `127.0.0.1:upstream`.
+    pub fn start(upstream: u16, name: &'static str, value: &'static str) -> HeaderProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let had_header = Arc::new(AtomicUsize::new(0));
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, f, st) = (had_header.clone(), forwarded.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                let (h, f) = (h.clone(), f.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_conn(client, upstream, name, value, &h, &f);
+                });
+            }
+        });
+        HeaderProxy { port, had_header, forwarded, stop }
+    }
+}
+
+impl Drop for HeaderProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wakes the accept loop
+    }
+}
+
+/// Forwards requests of one keep-alive connection, each head rewritten, each body
+/// passed on by its Content-Length (remote-write senders always set it).
+fn proxy_conn(
+    client: TcpStream,
+    upstream: u16,
+    name: &str,
+    value: &str,
+    had: &AtomicUsize,
+    fwd: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let (mut up_read, mut client_write) = (up.try_clone()?, client.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut up_read, &mut client_write);
+        let _ = client_write.shutdown(std::net::Shutdown::Both);
+    });
+    let mut r = BufReader::new(client);
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let done = line == "\r\n";
+            head.push(line);
+            if done || head.len() > 200 {
+                break;
+            }
+        }
+        let lower = |l: &String| l.to_ascii_lowercase();
+        let len: u64 = head
+            .iter()
+            .find_map(|l| lower(l).strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        if head.iter().any(|l| lower(l).starts_with(&prefix)) {
+            had.fetch_add(1, Ordering::Relaxed);
+        } else {
+            head.insert(1, format!("{name}: {value}\r\n"));
+        }
+        up.write_all(head.concat().as_bytes())?;
+        std::io::copy(&mut (&mut r).take(len), &mut up)?;
+        fwd.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Milliseconds since the epoch.

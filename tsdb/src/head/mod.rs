@@ -103,6 +103,36 @@ pub enum AppendError {
     InvalidHistogram(&'static str),
 }
 
+/// One head series found by [`Head::select_lazy`]; its chunks are read when asked for.
+#[derive(Debug, Clone)]
+pub struct HeadSeries(Arc<MemSeries>);
+
+impl HeadSeries {
+    /// The series' labels.
+    pub fn labels(&self) -> &Labels {
+        &self.0.labels
+    }
+
+    /// The chunks overlapping `[mint, maxt]` as they are now (see [`Head::select`]);
+    /// `None` when there are none.
+    pub fn series(&self, mint: i64, maxt: i64) -> Option<Series> {
+        let mut chunks = Vec::new();
+        let deleted = {
+            let d = self.0.data.lock();
+            d.chunks_in(mint, maxt, &mut chunks);
+            d.ooo_chunks_in(mint, maxt, &mut chunks);
+            d.deleted.clone()
+        };
+        // Chunks wholly deleted are left out, as blocks do.
+        chunks.retain(|c| !deleted.iter().any(|&(a, b)| a <= c.min_time && c.max_time <= b));
+        if chunks.is_empty() {
+            return None;
+        }
+        chunks.sort_by_key(|c| c.min_time);
+        Some(Series { labels: self.0.labels.clone(), chunks, deleted })
+    }
+}
+
 /// What [`Head::open`] found in the WAL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayStats {
@@ -445,24 +475,14 @@ impl Head {
     /// possibly overlapping chunks), sorted by labels. Series without data in the range
     /// are left out.
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
-        let mut out = Vec::new();
-        for s in self.matching(matchers) {
-            let mut chunks = Vec::new();
-            let deleted = {
-                let d = s.data.lock();
-                d.chunks_in(mint, maxt, &mut chunks);
-                d.ooo_chunks_in(mint, maxt, &mut chunks);
-                d.deleted.clone()
-            };
-            // Chunks wholly deleted are left out, as blocks do.
-            chunks.retain(|c| !deleted.iter().any(|&(a, b)| a <= c.min_time && c.max_time <= b));
-            if chunks.is_empty() {
-                continue;
-            }
-            chunks.sort_by_key(|c| c.min_time);
-            out.push(Series { labels: s.labels.clone(), chunks, deleted });
-        }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        self.select_lazy(matchers).iter().filter_map(|s| s.series(mint, maxt)).collect()
+    }
+
+    /// Series matching all `matchers`, sorted by labels, without reading any chunk:
+    /// for streaming readers that fetch chunks series by series.
+    pub fn select_lazy(&self, matchers: &[Matcher]) -> Vec<HeadSeries> {
+        let mut out: Vec<HeadSeries> = self.matching(matchers).into_iter().map(HeadSeries).collect();
+        out.sort_by(|a, b| a.labels().cmp(b.labels()));
         out
     }
 
