@@ -182,6 +182,10 @@ fn dataset(start: i64) -> Vec<Written> {
             .collect(),
         samples: vec![],
     });
+    // The float twin of `int_s0` (same values, reset included, as float histograms):
+    // PromQL over it through receive must answer what Prometheus answers over `int_s0`.
+    let twin = out[0].ints.iter().map(|(t, h)| (*t, h.to_float())).collect();
+    out.push(Written { labels: series("e2e_fhist_twin", "int_s0"), ints: vec![], floats: twin, samples: vec![] });
     out.push(Written {
         labels: series("e2e_counter", "plain"),
         ints: vec![],
@@ -316,6 +320,45 @@ fn query_paths(end: i64) -> (Vec<String>, Vec<String>) {
         s(end)
     ));
     (parity, across)
+}
+
+/// Paths over the float twin of `int_s0`; `e2e_fhist_twin` is replaced by the original
+/// for Prometheus.
+fn twin_paths(end: i64) -> Vec<String> {
+    let s = |ms: i64| format!("{}.{:03}", ms / 1000, ms % 1000);
+    let reset_t = end - (SAMPLES - RESET_AT) * STEP_MS + 60_000;
+    let mut out = Vec::new();
+    for t in [end - 600_000, reset_t] {
+        for q in [
+            "e2e_fhist_twin",
+            "e2e_fhist_twin[1m]",
+            "rate(e2e_fhist_twin[5m])",
+            "increase(e2e_fhist_twin[10m])",
+            "histogram_count(e2e_fhist_twin)",
+            "histogram_sum(rate(e2e_fhist_twin[5m]))",
+            "sum by (kind) (rate(e2e_fhist_twin[5m]))",
+        ] {
+            out.push(format!("/api/v1/query?query={}&time={}", enc(q), s(t)));
+        }
+    }
+    out.push(format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=60",
+        enc("rate(e2e_fhist_twin[5m])"),
+        s(end - 2_400_000),
+        s(end - 60_000)
+    ));
+    out
+}
+
+/// Removes `__name__` from every result's metric.
+fn drop_names(v: &mut serde_json::Value) {
+    if let Some(rs) = v["data"]["result"].as_array_mut() {
+        for r in rs {
+            if let Some(m) = r["metric"].as_object_mut() {
+                m.remove("__name__");
+            }
+        }
+    }
 }
 
 /// The series (metric labels) of a query answer, in order.
@@ -508,6 +551,24 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
         assert_eq!(http_get(*q, &fed).unwrap(), (200, prom_fed.clone()), "federate on the querier over {name}");
     }
 
+    // Float histograms: norn over the float twin answers as Prometheus over `int_s0`
+    // (metric names aside).
+    let twin = "e2e_fhist_twin";
+    let orig = "e2e_hist{kind=\"int_s0\"}";
+    for path in twin_paths(end) {
+        let (pc, pb) = http_get(prom_port, &path.replace(&enc(twin), &enc(orig))).unwrap();
+        let mut want = json(&pb);
+        drop_names(&mut want);
+        assert_eq!(pc, 200, "{path}: {pb}");
+        assert!(!want["data"]["result"].as_array().is_none_or(Vec::is_empty), "{path}: {pb}");
+        for (name, (q, _)) in &queriers[1..] {
+            let (nc, nb) = http_get(*q, &path).unwrap();
+            let mut got = json(&nb);
+            drop_names(&mut got);
+            assert_eq!((nc, &got["data"]), (200, &want["data"]), "{path} on the querier over {name}\n{nb}\n{pb}");
+        }
+    }
+
     // Interpolating functions: the same answer on every path, the same series as Prometheus.
     for p in &across {
         let (_, pb) = http_get(prom_port, p).unwrap();
@@ -548,7 +609,7 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
     }
     for (name, (q, _)) in &queriers[1..] {
         assert_eq!(
-            remote_read(*q, "e2e_fhist", mint, maxt),
+            remote_read(*q, "e2e_fhist.*", mint, maxt),
             want_f,
             "float histograms through the querier over {name}"
         );
