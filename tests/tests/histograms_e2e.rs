@@ -1,13 +1,18 @@
 //! Native histograms end to end. The same remote-write requests (integer histograms of
 //! schemas 0, 3 and -2 with zero buckets, negative buckets, a bucket appearing and a
-//! counter reset; float histograms; a float counter beside them) go into a real
-//! Prometheus 2.42 (`--enable-feature=native-histograms`, its remote-write receiver) and
-//! into `norn receive`. Three queriers answer PromQL over them: one over `norn sidecar` in
-//! front of that Prometheus (remote read, histogram chunks), one over the receiver, one
-//! over both as replicas (deduplicated). Their JSON must equal Prometheus's for raw
-//! selects, `rate`, `histogram_quantile`, `histogram_count`/`_sum`/`_fraction`, `sum by`,
-//! instant and range; the querier's remote read must return the same histograms as
-//! Prometheus's own, and its StoreAPI must carry histogram chunks.
+//! counter reset; a float counter beside them) go into a real Prometheus 2.42
+//! (`--enable-feature=native-histograms`, its remote-write receiver) and into
+//! `norn receive`; float histograms go to receive only (2.42's receiver cannot take them).
+//! Four queriers answer over them: over `norn sidecar` in front of that Prometheus
+//! (streamed remote read, histogram chunks), over the receiver, over both as replicas
+//! (deduplicated), and over the deduplicating querier's own StoreAPI.
+//! - JSON of raw selects, `rate`, `increase`, `histogram_count`/`_sum`, `sum by`, instant
+//!   and range, and `/api/v1/series` equal Prometheus's; `histogram_quantile` and
+//!   `histogram_fraction` (whose interpolation changed after 2.42) agree across the paths;
+//! - a float-histogram twin of an integer series answers as Prometheus over the original;
+//! - `/api/v1/read` (streamed and sampled) returns Prometheus's histograms, and the float
+//!   histograms as written; `/federate` leaves histograms out as 2.42 does;
+//! - the querier's StoreAPI carries float-histogram chunks.
 
 mod receive_support;
 
@@ -558,10 +563,15 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
     assert!(wait_ready(sc_http, "/-/ready", Duration::from_secs(30)), "sidecar not ready");
 
     let sc_addr = format!("127.0.0.1:{sc_grpc}");
+    let both = start_querier(&rt, vec![sc_addr.clone(), recv.grpc_addr()], &stop);
+    // A querier over the deduplicating querier's StoreAPI: histograms cross a second hop
+    // as float-histogram chunks.
+    let stacked = start_querier(&rt, vec![format!("127.0.0.1:{}", both.1)], &stop);
     let queriers = [
-        ("sidecar", start_querier(&rt, vec![sc_addr.clone()], &stop)),
+        ("sidecar", start_querier(&rt, vec![sc_addr], &stop)),
         ("receive", start_querier(&rt, vec![recv.grpc_addr()], &stop)),
-        ("both", start_querier(&rt, vec![sc_addr, recv.grpc_addr()], &stop)),
+        ("both", both),
+        ("stacked", stacked),
     ];
 
     let (paths, across) = query_paths(end);
