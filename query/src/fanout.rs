@@ -82,10 +82,8 @@ fn client(ep: &EndpointState) -> StoreClient<tonic::transport::Channel> {
 
 /// Decodes one wire chunk (float or native histogram), keeping samples in `[mint, maxt]`.
 fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
-    let mut samples = Vec::new();
-    norn_storeapi::chunks::decode_aggr_chunk(c, mint, maxt, &mut samples).map_err(|e| e.to_string())?;
-    out.extend(samples.into_iter().map(crate::wire::from_sample));
-    Ok(())
+    norn_storeapi::chunks::for_each_sample(c, mint, maxt, |s| out.push(crate::wire::from_sample(s)))
+        .map_err(|e| e.to_string())
 }
 
 /// Sorts samples by time and drops repeated timestamps (chunks from one endpoint may

@@ -124,6 +124,17 @@ pub fn decode_aggr_chunk(
     maxt: i64,
     out: &mut Vec<Sample>,
 ) -> Result<(), ChunkConvertError> {
+    for_each_sample(c, mint, maxt, |s| out.push(s))
+}
+
+/// Like [`decode_aggr_chunk`], handing each sample in `[mint, maxt]` to `f` (no
+/// intermediate buffer on the querier's hot path).
+pub fn for_each_sample(
+    c: &thanos::AggrChunk,
+    mint: i64,
+    maxt: i64,
+    mut f: impl FnMut(Sample),
+) -> Result<(), ChunkConvertError> {
     let Some(raw) = &c.raw else { return Ok(()) };
     let enc = encoding_from_storepb(raw.r#type)?;
     if c.max_time < mint || c.min_time > maxt {
@@ -141,7 +152,7 @@ pub fn decode_aggr_chunk(
         if t > maxt {
             break;
         }
-        out.push(s);
+        f(s);
     }
     match it.err() {
         Some(e) => Err(corrupt(e.clone())),
