@@ -598,6 +598,7 @@ async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(
     let now = now_ms();
     let mint = now - st.args.lookback_delta.as_millis() as i64;
     let mut latest: std::collections::BTreeMap<Labels, (i64, f64)> = Default::default();
+    let mut latest_h: std::collections::BTreeMap<Labels, (i64, Arc<norn_model::FloatHistogram>)> = Default::default();
     for ms in sets {
         let sel = match st.fanout.select(&opts, &ms, mint, now, false).await {
             Ok(s) => s,
@@ -605,12 +606,27 @@ async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(
         };
         for (l, samples) in sel.series {
             // The last sample in the lookback window; a staleness marker means the series ended.
-            if let Some((t, StoredValue::Float(v))) = samples.iter().rev().find(|(t, _)| *t <= now && *t > mint)
-                && !norn_promql::value::is_stale_nan(*v)
-            {
-                latest.insert(l, (*t, *v));
+            match samples.iter().rev().find(|(t, _)| *t <= now && *t > mint) {
+                Some((t, StoredValue::Float(v))) if !norn_promql::value::is_stale_nan(*v) => {
+                    latest.insert(l, (*t, *v));
+                }
+                Some((t, StoredValue::Histogram(h))) if !norn_promql::value::is_stale_nan(h.sum) => {
+                    latest_h.insert(l, (*t, h.clone()));
+                }
+                _ => {}
             }
         }
+    }
+    // Native histograms only exist in the protobuf format; the text format leaves them out,
+    // as Prometheus does.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if crate::federate_proto::wants_protobuf(accept) {
+        use crate::federate_proto::{CONTENT_TYPE, Latest, render};
+        let mut all: Vec<(Labels, Latest)> = latest.into_iter().map(|(l, (t, v))| (l, Latest::Float(t, v))).collect();
+        all.extend(latest_h.into_iter().map(|(l, (t, h))| (l, Latest::Histogram(t, h))));
+        let mut r = (StatusCode::OK, render(&all)).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        return r;
     }
     let mut by_name: Vec<(&Labels, &(i64, f64))> = latest.iter().collect();
     by_name.sort_by(|a, b| a.0.metric_name().cmp(&b.0.metric_name()).then_with(|| a.0.cmp(b.0)));

@@ -13,6 +13,7 @@ pub mod args;
 pub mod dedup;
 pub mod endpoints;
 pub mod fanout;
+pub mod federate_proto;
 pub mod grpc;
 pub mod json;
 pub mod timeparse;

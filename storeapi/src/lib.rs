@@ -4,6 +4,7 @@
 //!
 //! - [`prometheus`]: remote write 1.0 and remote read.
 //! - [`io::prometheus::write::v2`]: remote write 2.0.
+//! - [`io::prometheus::client`]: the client data model, for federation in protobuf.
 //! - [`thanos`]: StoreAPI (`thanos.Store`), forwarding (`thanos.WriteableStore`) and
 //!   [`thanos::info`] (`thanos.info.Info`).
 //! - [`prometheus_copy`]: Thanos's copy of the remote-write series types.
@@ -36,6 +37,11 @@ pub mod io {
             pub mod v2 {
                 include!(concat!(env!("OUT_DIR"), "/io.prometheus.write.v2.rs"));
             }
+        }
+        /// The client data model (`io.prometheus.client`), for federation in the protobuf
+        /// exposition format.
+        pub mod client {
+            include!(concat!(env!("OUT_DIR"), "/io.prometheus.client.rs"));
         }
     }
 }

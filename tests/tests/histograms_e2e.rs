@@ -355,6 +355,31 @@ fn twin_paths(end: i64) -> Vec<String> {
     out
 }
 
+/// `/federate` asked for delimited protobuf, decoded.
+fn federate_proto(port: u16, path: &str) -> Vec<norn_storeapi::io::prometheus::client::MetricFamily> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+    write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut b = Vec::new();
+    c.read_to_end(&mut b).unwrap();
+    let split = b.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+    let head = String::from_utf8_lossy(&b[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: application/vnd.google.protobuf"), "{head}");
+    let mut body = b[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    let mut buf = body.as_slice();
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        out.push(norn_storeapi::io::prometheus::client::MetricFamily::decode_length_delimited(&mut buf).unwrap());
+    }
+    out
+}
+
 /// Removes `__name__` from every result's metric.
 fn drop_names(v: &mut serde_json::Value) {
     if let Some(rs) = v["data"]["result"].as_array_mut() {
@@ -623,6 +648,21 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
             drop_names(&mut got);
             assert_eq!((nc, &got["data"]), (200, &want["data"]), "{path} on the querier over {name}\n{nb}\n{pb}");
         }
+    }
+
+    // Federation in the protobuf format carries the histograms; the same families, minus
+    // the labels Prometheus adds.
+    let mut want_fams = federate_proto(prom_port, &fed);
+    for f in &mut want_fams {
+        for m in &mut f.metric {
+            m.label.retain(|l| {
+                !matches!((l.name.as_deref(), l.value.as_deref()), (Some("instance"), Some("")) | (Some("replica"), _))
+            });
+        }
+    }
+    assert!(want_fams.iter().any(|f| f.name.as_deref() == Some("e2e_hist")), "{want_fams:?}");
+    for (name, (q, _)) in &queriers {
+        assert_eq!(federate_proto(*q, &fed), want_fams, "protobuf federate on the querier over {name}");
     }
 
     // Interpolating functions: the same answer on every path, the same series as Prometheus.
