@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/prometheus/types.proto",
         "proto/prometheus/remote.proto",
         "proto/io/prometheus/write/v2/types.proto",
+        "proto/io/prometheus/client/metrics.proto",
         "proto/thanos/labels.proto",
         "proto/thanos/prompb.proto",
         "proto/thanos/types.proto",

@@ -81,14 +81,10 @@ pub fn to_schema(h: &FloatHistogram, target: i32) -> FloatHistogram {
     n
 }
 
-/// Upper bound of exponential bucket `idx` at `schema`.
+/// Upper bound of exponential bucket `idx` at `schema`, bit-exact with Prometheus (see
+/// [`crate::bounds`]).
 pub fn exp_upper(idx: i32, schema: i32) -> f64 {
-    if schema <= 0 {
-        let shift = -schema;
-        2f64.powf(idx as f64 * (1i64 << shift.min(62)) as f64)
-    } else {
-        2f64.powf(idx as f64 / (1i64 << schema.min(62)) as f64)
-    }
+    crate::bounds::exponential_upper_bound(idx, schema)
 }
 
 /// Removes empty buckets (a canonical form for comparisons).

@@ -19,6 +19,7 @@ pub mod rewrite;
 
 mod aggregate;
 mod binary;
+mod bounds;
 mod fasthash;
 mod functions;
 mod info;

@@ -598,6 +598,7 @@ async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(
     let now = now_ms();
     let mint = now - st.args.lookback_delta.as_millis() as i64;
     let mut latest: std::collections::BTreeMap<Labels, (i64, f64)> = Default::default();
+    let mut latest_h: std::collections::BTreeMap<Labels, (i64, Arc<norn_model::FloatHistogram>)> = Default::default();
     for ms in sets {
         let sel = match st.fanout.select(&opts, &ms, mint, now, false).await {
             Ok(s) => s,
@@ -605,12 +606,27 @@ async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(
         };
         for (l, samples) in sel.series {
             // The last sample in the lookback window; a staleness marker means the series ended.
-            if let Some((t, StoredValue::Float(v))) = samples.iter().rev().find(|(t, _)| *t <= now && *t > mint)
-                && !norn_promql::value::is_stale_nan(*v)
-            {
-                latest.insert(l, (*t, *v));
+            match samples.iter().rev().find(|(t, _)| *t <= now && *t > mint) {
+                Some((t, StoredValue::Float(v))) if !norn_promql::value::is_stale_nan(*v) => {
+                    latest.insert(l, (*t, *v));
+                }
+                Some((t, StoredValue::Histogram(h))) if !norn_promql::value::is_stale_nan(h.sum) => {
+                    latest_h.insert(l, (*t, h.clone()));
+                }
+                _ => {}
             }
         }
+    }
+    // Native histograms only exist in the protobuf format; the text format leaves them out,
+    // as Prometheus does.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if crate::federate_proto::wants_protobuf(accept) {
+        use crate::federate_proto::{CONTENT_TYPE, Latest, render};
+        let mut all: Vec<(Labels, Latest)> = latest.into_iter().map(|(l, (t, v))| (l, Latest::Float(t, v))).collect();
+        all.extend(latest_h.into_iter().map(|(l, (t, h))| (l, Latest::Histogram(t, h))));
+        let mut r = (StatusCode::OK, render(&all)).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        return r;
     }
     let mut by_name: Vec<(&Labels, &(i64, f64))> = latest.iter().collect();
     by_name.sort_by(|a, b| a.0.metric_name().cmp(&b.0.metric_name()).then_with(|| a.0.cmp(b.0)));
@@ -657,7 +673,8 @@ fn text_float(f: f64) -> String {
     }
 }
 
-/// `/api/v1/read`: Prometheus remote read, as sampled or streamed XOR chunks.
+/// `/api/v1/read`: Prometheus remote read, as samples or streamed chunks (XOR for floats,
+/// float-histogram chunks for native histograms).
 async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
     use norn_storeapi::prometheus as pb;
     use prost::Message;
@@ -706,23 +723,10 @@ async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
         let mut out = Vec::new();
         for (qi, series) in results.into_iter().enumerate() {
             for (l, samples) in series {
-                let mut chunks = Vec::new();
-                let floats: Vec<(i64, f64)> = samples
-                    .iter()
-                    .filter_map(|(t, v)| if let StoredValue::Float(f) = v { Some((*t, *f)) } else { None })
-                    .collect();
-                for part in floats.chunks(120) {
-                    let mut c = norn_tsdb::chunkenc::XorChunk::new();
-                    for (t, v) in part {
-                        c.append(*t, *v);
-                    }
-                    chunks.push(pb::Chunk {
-                        min_time_ms: part[0].0,
-                        max_time_ms: part[part.len() - 1].0,
-                        r#type: pb::chunk::Encoding::Xor as i32,
-                        data: c.bytes().to_vec(),
-                    });
-                }
+                let chunks = match crate::wire::remote_read_chunks(&samples) {
+                    Ok(c) => c,
+                    Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, format!("series {l}: {e}")),
+                };
                 if chunks.is_empty() {
                     continue;
                 }
@@ -751,17 +755,7 @@ async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
             .map(|series| pb::QueryResult {
                 timeseries: series
                     .into_iter()
-                    .map(|(l, samples)| pb::TimeSeries {
-                        labels: to_labels(&l),
-                        samples: samples
-                            .iter()
-                            .filter_map(|(t, v)| match v {
-                                StoredValue::Float(f) => Some(pb::Sample { value: *f, timestamp: *t }),
-                                StoredValue::Histogram(_) => None,
-                            })
-                            .collect(),
-                        ..Default::default()
-                    })
+                    .map(|(l, samples)| crate::wire::remote_read_series(to_labels(&l), &samples))
                     .collect(),
             })
             .collect(),

@@ -10,7 +10,6 @@ use norn_storeapi::thanos::store_client::StoreClient;
 use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest, series_response,
 };
-use norn_tsdb::chunkenc::{Chunk, Encoding, Sample};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
@@ -81,38 +80,10 @@ fn client(ep: &EndpointState) -> StoreClient<tonic::transport::Channel> {
     StoreClient::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Decodes one wire chunk, keeping samples in `[mint, maxt]`.
+/// Decodes one wire chunk (float or native histogram), keeping samples in `[mint, maxt]`.
 fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
-    let Some(raw) = &c.raw else { return Ok(()) };
-    let enc = match thanos::chunk::Encoding::try_from(raw.r#type) {
-        Ok(thanos::chunk::Encoding::Xor) => Encoding::Xor,
-        Ok(thanos::chunk::Encoding::Histogram) => Encoding::Histogram,
-        Ok(thanos::chunk::Encoding::FloatHistogram) => Encoding::FloatHistogram,
-        Err(_) => return Err(format!("unknown chunk encoding {}", raw.r#type)),
-    };
-    if c.max_time < mint || c.min_time > maxt {
-        return Ok(());
-    }
-    let chunk = Chunk::new(enc, raw.data.clone());
-    let mut it = chunk.iter().map_err(|e| e.to_string())?;
-    for s in it.by_ref() {
-        let t = s.timestamp();
-        if t < mint {
-            continue;
-        }
-        if t > maxt {
-            break;
-        }
-        out.push(match s {
-            Sample::Float(t, v) => (t, StoredValue::Float(v)),
-            Sample::Histogram(t, h) => (t, StoredValue::Histogram(Arc::new(h.to_float()))),
-            Sample::FloatHistogram(t, h) => (t, StoredValue::Histogram(Arc::new(*h))),
-        });
-    }
-    if let Some(e) = it.err() {
-        return Err(e.to_string());
-    }
-    Ok(())
+    norn_storeapi::chunks::for_each_sample(c, mint, maxt, |s| out.push(crate::wire::from_sample(s)))
+        .map_err(|e| e.to_string())
 }
 
 /// Sorts samples by time and drops repeated timestamps (chunks from one endpoint may

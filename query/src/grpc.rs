@@ -55,31 +55,13 @@ impl QuerierStore {
     }
 }
 
-fn series_msg(l: &Labels, samples: &[(i64, StoredValue)], skip_chunks: bool) -> thanos::Series {
-    let mut chunks = Vec::new();
-    if !skip_chunks {
-        let floats: Vec<(i64, f64)> = samples
-            .iter()
-            .filter_map(|(t, v)| if let StoredValue::Float(f) = v { Some((*t, *f)) } else { None })
-            .collect();
-        for part in floats.chunks(120) {
-            let mut c = norn_tsdb::chunkenc::XorChunk::new();
-            for (t, v) in part {
-                c.append(*t, *v);
-            }
-            chunks.push(thanos::AggrChunk {
-                min_time: part[0].0,
-                max_time: part[part.len() - 1].0,
-                raw: Some(thanos::Chunk {
-                    r#type: thanos::chunk::Encoding::Xor as i32,
-                    data: c.bytes().to_vec(),
-                    hash: 0,
-                }),
-                ..Default::default()
-            });
-        }
-    }
-    thanos::Series { labels: norn_storeapi::labels_to_proto(l), chunks }
+fn series_msg(l: &Labels, samples: &[(i64, StoredValue)], skip_chunks: bool) -> Result<thanos::Series, Status> {
+    let chunks = if skip_chunks {
+        Vec::new()
+    } else {
+        crate::wire::storepb_chunks(samples).map_err(|e| Status::internal(format!("series {l}: {e}")))?
+    };
+    Ok(thanos::Series { labels: norn_storeapi::labels_to_proto(l), chunks })
 }
 
 type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
@@ -104,7 +86,7 @@ impl Store for QuerierStore {
                 continue;
             }
             out.push(Ok(SeriesResponse {
-                result: Some(series_response::Result::Series(series_msg(l, samples, r.skip_chunks))),
+                result: Some(series_response::Result::Series(series_msg(l, samples, r.skip_chunks)?)),
             }));
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))

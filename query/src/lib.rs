@@ -13,10 +13,12 @@ pub mod args;
 pub mod dedup;
 pub mod endpoints;
 pub mod fanout;
+pub mod federate_proto;
 pub mod grpc;
 pub mod json;
 pub mod timeparse;
 mod ui;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

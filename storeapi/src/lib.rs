@@ -4,6 +4,7 @@
 //!
 //! - [`prometheus`]: remote write 1.0 and remote read.
 //! - [`io::prometheus::write::v2`]: remote write 2.0.
+//! - [`io::prometheus::client`]: the client data model, for federation in protobuf.
 //! - [`thanos`]: StoreAPI (`thanos.Store`), forwarding (`thanos.WriteableStore`) and
 //!   [`thanos::info`] (`thanos.info.Info`).
 //! - [`prometheus_copy`]: Thanos's copy of the remote-write series types.
@@ -37,9 +38,15 @@ pub mod io {
                 include!(concat!(env!("OUT_DIR"), "/io.prometheus.write.v2.rs"));
             }
         }
+        /// The client data model (`io.prometheus.client`), for federation in the protobuf
+        /// exposition format.
+        pub mod client {
+            include!(concat!(env!("OUT_DIR"), "/io.prometheus.client.rs"));
+        }
     }
 }
 
+pub mod chunks;
 mod convert;
 pub mod remote_write;
 
