@@ -41,6 +41,7 @@ pub mod io {
 }
 
 mod convert;
+pub mod metadata;
 pub mod remote_write;
 
 pub use convert::*;
