@@ -27,6 +27,8 @@ pub struct WriteApi {
     pub limits: Limits,
     pub tenant_header: String,
     pub default_tenant: String,
+    /// Where request metadata goes.
+    pub metadata: Arc<crate::metadata::MetadataStore>,
 }
 
 fn error_response(e: &WriteError) -> Response {
@@ -53,7 +55,9 @@ fn decode(api: &WriteApi, headers: &HeaderMap, body: &[u8]) -> Result<(Batch, i6
     };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let proto = protocol(ct).map_err(WriteError::BadRequest)?;
-    let Decoded { series, labels, counts } = decode_body(body, proto, &api.limits).map_err(WriteError::from)?;
+    let Decoded { series, labels, counts, metadata } =
+        decode_body(body, proto, &api.limits).map_err(WriteError::from)?;
+    api.metadata.record(&tenant, &metadata);
     Ok((Batch { tenant, series, labels }, replica, counts))
 }
 

@@ -107,16 +107,17 @@ impl ExemplarStorage {
     }
 
     /// Stores `e` for `series`, evicting the oldest exemplar in the buffer when full. A
-    /// duplicate of the series' newest exemplar is ignored, as Prometheus ignores it.
-    pub fn add(&self, series: &Labels, e: Exemplar) -> Result<(), ExemplarError> {
+    /// duplicate of the series' newest exemplar is ignored, as Prometheus ignores it:
+    /// `Ok(false)`.
+    pub fn add(&self, series: &Labels, e: Exemplar) -> Result<bool, ExemplarError> {
         let mut g = self.inner.lock();
         match g.validate(series, &e) {
             Ok(()) => {}
-            Err(ExemplarError::Duplicate) => return Ok(()),
+            Err(ExemplarError::Duplicate) => return Ok(false),
             Err(err) => return Err(err),
         }
         g.push(series, e);
-        Ok(())
+        Ok(true)
     }
 
     /// Exemplars in `[start, end]` of the series matching any of the matcher sets, in
@@ -258,7 +259,7 @@ mod tests {
             assert_eq!(s.validate(&a, &e), want, "{e:?}");
         }
         // A duplicate is ignored by add, other refusals are returned.
-        assert_eq!(s.add(&a, ex("x", 1.0, 10)), Ok(()));
+        assert_eq!(s.add(&a, ex("x", 1.0, 10)), Ok(false));
         assert_eq!(s.add(&a, ex("x", 1.0, 5)), Err(ExemplarError::OutOfOrder));
         assert_eq!(s.len(), 1);
         // Another series has its own order.
