@@ -12,9 +12,11 @@ pub mod api;
 pub mod args;
 pub mod dedup;
 pub mod endpoints;
+pub mod exemplars;
 pub mod fanout;
 pub mod grpc;
 pub mod json;
+pub mod metadata;
 pub mod timeparse;
 mod ui;
 
