@@ -3,6 +3,9 @@
 //! whose external labels the selectors can match; answers merged per series after
 //! removing the replica labels, as Thanos's querier deduplicates exemplars.
 
+// Helpers return the finished error response (as in api.rs).
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::Instant;
 

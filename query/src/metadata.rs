@@ -2,6 +2,9 @@
 //! service, merged per metric family (entries deduplicated), with Prometheus's `metric`,
 //! `limit` and `limit_per_metric` parameters and its JSON.
 
+// Helpers return the finished error response (as in api.rs).
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
