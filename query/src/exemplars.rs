@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use norn_model::{Labels, Matcher};
 use norn_storeapi::thanos::exemplars_client::ExemplarsClient;
 use norn_storeapi::thanos::{self, ExemplarsRequest, PartialResponseStrategy, exemplars_response};
@@ -175,8 +175,8 @@ pub async fn handler(
         Err(e) => return bad_data(e.to_string()),
     };
     if sets.is_empty() {
-        // Prometheus answers a query without selectors with no data at all.
-        return ok("null", &[], &[]);
+        // Prometheus answers a query without selectors with no content at all.
+        return StatusCode::NO_CONTENT.into_response();
     }
     let opts = match st.query_options(&p, &headers) {
         Ok(o) => o,
