@@ -216,7 +216,8 @@ pub async fn handler(
         }
         warnings.extend(errs);
     }
-    let merged = match merge(data, &st.args.replica_labels) {
+    let replica_labels: &[String] = if opts.dedup { &opts.replica_labels } else { &[] };
+    let merged = match merge(data, replica_labels) {
         Ok(m) => m,
         Err(e) => return respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &e, &warnings, &[])),
     };

@@ -2,11 +2,14 @@
 //! scrapes a loopback target serving OpenMetrics with exemplars and remote-writes
 //! (`send_exemplars: true`, metadata every second) into `norn receive`; `norn query` over
 //! the receiver must answer `/api/v1/query_exemplars` and `/api/v1/metadata` as Prometheus
-//! answers for its own scrape.
+//! answers for its own scrape. A `norn sidecar` next to the same Prometheus is a second
+//! path: `norn query` over the sidecar must give the same answers.
 //!
-//! The one unavoidable difference: receive attaches its tenant label
-//! (`tenant_id="default-tenant"`) to every series, as Thanos receive does, so it is
-//! removed from Norn's series labels before comparing.
+//! Prometheus has the external label `replica="p0"` (the sidecar needs one); both
+//! queriers use `replica` as their replica label, so it is removed from their answers as
+//! deduplication removes it. The one unavoidable difference: receive attaches its tenant
+//! label (`tenant_id="default-tenant"`) to every series, as Thanos receive does, so it is
+//! removed from the receive path's series labels before comparing.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use norn_testkit::receive::Receiver;
-use norn_testkit::{ProcessGuard, free_port, http_get, require_tool, wait_ready};
+use norn_testkit::{ProcessGuard, free_port, http_get, norn_bin, require_tool, wait_ready};
 use serde_json::Value;
 
 /// Distinct exemplars per series the target serves before it repeats the last one.
@@ -123,7 +126,7 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  external_labels:\n    replica: p0\n\
              scrape_configs:\n  - job_name: demo\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n\
              remote_write:\n  - url: http://127.0.0.1:{}/api/v1/receive\n    send_exemplars: true\n\
              \x20   queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n\
@@ -143,19 +146,39 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
     );
     assert!(wait_ready(prom_port, "/-/ready", Duration::from_secs(60)), "prometheus not ready");
 
+    let (sc_grpc, sc_http) = (free_port(), free_port());
+    let _sidecar = ProcessGuard::spawn(
+        "sidecar",
+        Command::new(norn_bin())
+            .arg("sidecar")
+            .arg(format!("--prometheus.url=http://127.0.0.1:{prom_port}"))
+            .arg(format!("--tsdb.path={}", work.path().join("prom-data").display()))
+            .arg(format!("--grpc-address=127.0.0.1:{sc_grpc}"))
+            .arg(format!("--http-address=127.0.0.1:{sc_http}")),
+        &work.path().join("sidecar.log"),
+    );
+    assert!(wait_ready(sc_http, "/-/ready", Duration::from_secs(60)), "sidecar not ready");
+
+    // Two queriers in process: one over the receiver, one over the sidecar.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let http = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let grpc = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let q_port = http.local_addr().unwrap().port();
-    let args = norn_query::Args {
-        endpoints: vec![recv.grpc_addr()],
-        endpoint_refresh_interval: Duration::from_millis(500),
-        endpoint_info_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
     let stop = tokio_util::sync::CancellationToken::new();
-    let querier = rt.spawn(norn_query::run_with_listeners(args, http, grpc, stop.clone()));
-    assert!(wait_ready(q_port, "/-/ready", Duration::from_secs(30)), "querier not ready");
+    let start_querier = |endpoint: String| {
+        let http = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let grpc = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = http.local_addr().unwrap().port();
+        let args = norn_query::Args {
+            endpoints: vec![endpoint],
+            replica_labels: vec!["replica".into()],
+            endpoint_refresh_interval: Duration::from_millis(500),
+            endpoint_info_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let task = rt.spawn(norn_query::run_with_listeners(args, http, grpc, stop.clone()));
+        assert!(wait_ready(port, "/-/ready", Duration::from_secs(30)), "querier not ready");
+        (port, task)
+    };
+    let (q_port, querier) = start_querier(recv.grpc_addr());
+    let (s_port, s_querier) = start_querier(format!("127.0.0.1:{sc_grpc}"));
 
     // Every series' exemplars have reached Prometheus (one per step) and then Norn.
     let series = 3;
@@ -171,12 +194,13 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
     loop {
         let p = get(prom_port, all);
         let n = without_tenant(get(q_port, all));
-        if exemplar_count(&p) == want_exemplars && n == p {
+        let s = get(s_port, all);
+        if exemplar_count(&p) == want_exemplars && n == p && s == p {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "exemplars did not converge after {} scrapes:\nprometheus {p}\nnorn       {n}",
+            "exemplars did not converge after {} scrapes:\nprometheus {p}\nreceive    {n}\nsidecar    {s}",
             scrapes.load(Ordering::SeqCst)
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -189,13 +213,22 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
     for q in &checks {
         let p = get(prom_port, q);
         let n = without_tenant(get(q_port, q));
-        assert_eq!(n, p, "{q}");
+        assert_eq!(n, p, "{q} through receive");
+        assert_eq!(get(s_port, q), p, "{q} through the sidecar");
     }
     let p = get(prom_port, &checks[4]);
     assert_eq!(exemplar_count(&p), 2, "range query should cut: {p}");
-    // Series labels as receive stores them carry the tenant label.
+    // Series labels as receive stores them carry the tenant label; without
+    // deduplication the replica label shows.
     let raw = get(q_port, queries[2]);
     assert_eq!(raw["data"][0]["seriesLabels"]["tenant_id"], "default-tenant", "{raw}");
+    let raw = get(s_port, &format!("{}&dedup=false", queries[2]));
+    assert_eq!(raw["data"][0]["seriesLabels"]["replica"], "p0", "{raw}");
+    // Selecting on the external label works through the sidecar.
+    let q = "/api/v1/query_exemplars?query=demo_requests_total%7Breplica%3D%22p0%22%7D";
+    assert_eq!(get(s_port, q), get(prom_port, queries[0]), "{q}");
+    let q = "/api/v1/query_exemplars?query=demo_requests_total%7Breplica%3D%22p1%22%7D";
+    assert_eq!(get(s_port, q)["data"], serde_json::json!([]), "{q}");
 
     // Bad requests are refused as Prometheus refuses them.
     for q in ["/api/v1/query_exemplars?query=rate(", "/api/v1/query_exemplars?query=up&start=10&end=5"] {
@@ -213,16 +246,22 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
     loop {
         let p = get(prom_port, md);
         let n = get(q_port, md);
-        if p["data"].as_object().is_some_and(|o| o.len() == 3) && n == p {
+        let s = get(s_port, md);
+        if p["data"].as_object().is_some_and(|o| o.len() == 3) && n == p && s == p {
             break;
         }
-        assert!(Instant::now() < deadline, "metadata did not converge:\nprometheus {p}\nnorn       {n}");
+        assert!(
+            Instant::now() < deadline,
+            "metadata did not converge:\nprometheus {p}\nreceive    {n}\nsidecar    {s}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     for q in
         ["/api/v1/metadata?metric=demo_temperature_celsius", "/api/v1/metadata?metric=nope", "/api/v1/metadata?limit=0"]
     {
-        assert_eq!(get(q_port, q), get(prom_port, q), "{q}");
+        let p = get(prom_port, q);
+        assert_eq!(get(q_port, q), p, "{q} through receive");
+        assert_eq!(get(s_port, q), p, "{q} through the sidecar");
     }
     // Prometheus picks which metric survives a limit at random; the count must agree.
     let q = "/api/v1/metadata?limit=2";
@@ -233,5 +272,6 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
 
     stop.cancel();
     let _ = rt.block_on(querier);
+    let _ = rt.block_on(s_querier);
     recv.stop();
 }
