@@ -20,6 +20,7 @@ use norn_storeapi::thanos::{self, ExemplarsRequest, PartialResponseStrategy, exe
 use crate::api::{ApiState, Params, bad_data, ok, respond};
 use crate::dedup::strip_labels;
 use crate::endpoints::{EndpointState, ProbeStatus};
+use crate::fanout::Fanout;
 use crate::json;
 use crate::timeparse::{MAX_TIME, MIN_TIME, parse_time};
 
@@ -45,9 +46,9 @@ fn offers(st: &ProbeStatus, sets: &[Vec<Matcher>]) -> bool {
 }
 
 /// The endpoints to ask, and the errors of those that are down.
-fn endpoints(st: &ApiState, sets: &[Vec<Matcher>]) -> (Vec<Arc<EndpointState>>, Vec<String>) {
+fn endpoints(fanout: &Fanout, sets: &[Vec<Matcher>]) -> (Vec<Arc<EndpointState>>, Vec<String>) {
     let (mut up, mut down) = (Vec::new(), Vec::new());
-    for ep in st.fanout.endpoints.all() {
+    for ep in fanout.endpoints.all() {
         let s = ep.status.read();
         if !offers(&s, sets) {
             continue;
@@ -81,6 +82,53 @@ async fn fetch(
             Some(exemplars_response::Result::Warning(w)) => warnings.push(w),
             None => {}
         }
+    }
+    Ok((data, warnings))
+}
+
+/// Why a fan-out failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanError {
+    /// The deadline passed.
+    Timeout,
+    /// Endpoints failed and partial response is off.
+    Failed(String),
+}
+
+/// Asks every endpoint offering exemplars that `sets` may match, in parallel; failures
+/// become warnings when `partial` is set. Returns the raw answers and the warnings.
+pub async fn fan_out(
+    fanout: &Fanout,
+    sets: &[Vec<Matcher>],
+    req: ExemplarsRequest,
+    tenant: String,
+    partial: bool,
+    deadline: Instant,
+) -> Result<(Vec<thanos::ExemplarData>, Vec<String>), FanError> {
+    let (eps, mut errs) = endpoints(fanout, sets);
+    let mut set = tokio::task::JoinSet::new();
+    for ep in eps {
+        set.spawn(fetch(ep, req.clone(), tenant.clone()));
+    }
+    let (mut data, mut warnings) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::from_std(deadline.max(Instant::now()));
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Err(_) => return Err(FanError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Ok(Ok((d, w))))) => {
+                data.extend(d);
+                warnings.extend(w);
+            }
+            Ok(Some(Ok(Err(e)))) => errs.push(e),
+            Ok(Some(Err(e))) => errs.push(format!("exemplars fan-out task failed: {e}")),
+        }
+    }
+    if !errs.is_empty() {
+        if !partial {
+            return Err(FanError::Failed(errs.join("; ")));
+        }
+        warnings.extend(errs);
     }
     Ok((data, warnings))
 }
@@ -184,46 +232,71 @@ pub async fn handler(
     };
     let strategy = if opts.partial_response { PartialResponseStrategy::Warn } else { PartialResponseStrategy::Abort };
     let req = ExemplarsRequest { query, start, end, partial_response_strategy: strategy as i32 };
-    let (eps, mut errs) = endpoints(&st, &sets);
     let tenant = opts.tenant.clone().unwrap_or_default();
-    let mut set = tokio::task::JoinSet::new();
-    for ep in eps {
-        set.spawn(fetch(ep, req.clone(), tenant.clone()));
-    }
-    let (mut data, mut warnings) = (Vec::new(), Vec::new());
-    let deadline = tokio::time::Instant::from_std(opts.deadline.max(Instant::now()));
-    loop {
-        match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Err(_) => {
-                return respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json::error("timeout", "exemplars query timed out", &warnings, &[]),
-                );
-            }
-            Ok(None) => break,
-            Ok(Some(Ok(Ok((d, w))))) => {
-                data.extend(d);
-                warnings.extend(w);
-            }
-            Ok(Some(Ok(Err(e)))) => errs.push(e),
-            Ok(Some(Err(e))) => errs.push(format!("exemplars fan-out task failed: {e}")),
+    let (data, warnings) = match fan_out(&st.fanout, &sets, req, tenant, opts.partial_response, opts.deadline).await {
+        Ok(x) => x,
+        Err(FanError::Timeout) => {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json::error("timeout", "exemplars query timed out", &[], &[]),
+            );
         }
-    }
-    if !errs.is_empty() {
-        if !opts.partial_response {
-            let msg = format!("retrieving exemplars: {}", errs.join("; "));
-            return respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &msg, &warnings, &[]));
+        Err(FanError::Failed(e)) => {
+            let msg = format!("retrieving exemplars: {e}");
+            return respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &msg, &[], &[]));
         }
-        warnings.extend(errs);
-    }
+    };
     let replica_labels: &[String] = if opts.dedup { &opts.replica_labels } else { &[] };
     let merged = match merge(data, replica_labels) {
-        Ok(m) => m,
+        // With tenancy enforced, only the tenant's series are shown.
+        Ok(mut m) => {
+            m.retain(|s| opts.extra_matchers.iter().all(|x| x.matches(s.series.get(&x.name).unwrap_or(""))));
+            m
+        }
         Err(e) => return respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &e, &warnings, &[])),
     };
     let mut out = String::new();
     write_json(&mut out, &merged);
     ok(&out, &warnings, &[])
+}
+
+/// `thanos.Exemplars` on the querier's own gRPC server, so queriers stack: the request
+/// fanned out as is, answers passed on without deduplication (the querier above
+/// deduplicates), endpoint failures as warnings unless the request says abort.
+#[derive(Debug, Clone)]
+pub struct ExemplarsProxy {
+    pub fanout: Arc<Fanout>,
+    pub timeout: std::time::Duration,
+}
+
+#[tonic::async_trait]
+impl thanos::exemplars_server::Exemplars for ExemplarsProxy {
+    type ExemplarsStream = futures::stream::Iter<std::vec::IntoIter<Result<thanos::ExemplarsResponse, tonic::Status>>>;
+
+    async fn exemplars(
+        &self,
+        req: tonic::Request<ExemplarsRequest>,
+    ) -> Result<tonic::Response<Self::ExemplarsStream>, tonic::Status> {
+        let tenant = req.metadata().get("thanos-tenant").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let r = req.into_inner();
+        let expr = norn_promql::parse(&r.query).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let sets = norn_promql::selectors::extract_selectors(&expr)
+            .map_err(|e| tonic::Status::invalid_argument(format!("matchers: {e}")))?;
+        let partial = r.partial_response_strategy != PartialResponseStrategy::Abort as i32;
+        let (data, warnings) = fan_out(&self.fanout, &sets, r, tenant, partial, Instant::now() + self.timeout)
+            .await
+            .map_err(|e| match e {
+                FanError::Timeout => tonic::Status::deadline_exceeded("exemplars query timed out"),
+                FanError::Failed(m) => tonic::Status::unavailable(m),
+            })?;
+        let items: Vec<_> = warnings
+            .into_iter()
+            .map(exemplars_response::Result::Warning)
+            .chain(data.into_iter().map(exemplars_response::Result::Data))
+            .map(|r| Ok(thanos::ExemplarsResponse { result: Some(r) }))
+            .collect();
+        Ok(tonic::Response::new(futures::stream::iter(items)))
+    }
 }
 
 #[cfg(test)]

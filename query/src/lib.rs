@@ -102,6 +102,14 @@ pub async fn run_with_listeners(
                     .max_encoding_message_size(256 << 20),
             )
             .add_service(norn_storeapi::thanos::info::info_server::InfoServer::new(store))
+            .add_service(norn_storeapi::thanos::exemplars_server::ExemplarsServer::new(exemplars::ExemplarsProxy {
+                fanout: fanout.clone(),
+                timeout: args.timeout,
+            }))
+            .add_service(norn_storeapi::thanos::metadata_server::MetadataServer::new(metadata::MetadataProxy {
+                fanout: fanout.clone(),
+                timeout: args.timeout,
+            }))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
                 shutdown.cancelled().await
             })

@@ -14,10 +14,12 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use norn_storeapi::thanos::metadata_client::MetadataClient;
-use norn_storeapi::thanos::{MetricMetadataRequest, PartialResponseStrategy, metric_metadata_response};
+use norn_storeapi::thanos::{self, MetricMetadataRequest, PartialResponseStrategy, metric_metadata_response};
 
 use crate::api::{ApiState, Params, bad_data, ok, respond};
 use crate::endpoints::EndpointState;
+use crate::exemplars::FanError;
+use crate::fanout::Fanout;
 use crate::json;
 
 /// One metadata entry: type, help, unit.
@@ -122,8 +124,36 @@ pub async fn handler(
         limit: lim.clamp(-1, i32::MAX as i64) as i32,
         partial_response_strategy: strategy as i32,
     };
+    let tenant = opts.tenant.clone().unwrap_or_default();
+    let (merged, warnings) = match fan_out(&st.fanout, req, tenant, opts.partial_response, opts.deadline).await {
+        Ok(x) => x,
+        Err(FanError::Timeout) => {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json::error("timeout", "metadata query timed out", &[], &[]),
+            );
+        }
+        Err(FanError::Failed(e)) => {
+            let msg = format!("retrieving metadata: {e}");
+            return respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &msg, &[], &[]));
+        }
+    };
+    let mut out = String::new();
+    write_json(&mut out, &limit(merged, lim, per));
+    ok(&out, &warnings, &[])
+}
+
+/// Asks every endpoint offering metadata, in parallel, and merges the answers; failures
+/// become warnings when `partial` is set.
+pub async fn fan_out(
+    fanout: &Fanout,
+    req: MetricMetadataRequest,
+    tenant: String,
+    partial: bool,
+    deadline: Instant,
+) -> Result<(BTreeMap<String, BTreeSet<Meta>>, Vec<String>), FanError> {
     let (mut eps, mut errs) = (Vec::new(), Vec::new());
-    for ep in st.fanout.endpoints.all() {
+    for ep in fanout.endpoints.all() {
         let s = ep.status.read();
         if !s.info.as_ref().is_some_and(|i| i.has_metadata) {
             continue;
@@ -133,21 +163,15 @@ pub async fn handler(
             Some(e) => errs.push(e.clone()),
         }
     }
-    let tenant = opts.tenant.clone().unwrap_or_default();
     let mut set = tokio::task::JoinSet::new();
     for ep in eps {
         set.spawn(fetch(ep, req.clone(), tenant.clone()));
     }
     let (mut merged, mut warnings) = (BTreeMap::<String, BTreeSet<Meta>>::new(), Vec::new());
-    let deadline = tokio::time::Instant::from_std(opts.deadline.max(Instant::now()));
+    let deadline = tokio::time::Instant::from_std(deadline.max(Instant::now()));
     loop {
         match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Err(_) => {
-                return respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json::error("timeout", "metadata query timed out", &warnings, &[]),
-                );
-            }
+            Err(_) => return Err(FanError::Timeout),
             Ok(None) => break,
             Ok(Some(Ok(Ok((m, w))))) => {
                 for (k, v) in m {
@@ -160,15 +184,55 @@ pub async fn handler(
         }
     }
     if !errs.is_empty() {
-        if !opts.partial_response {
-            let msg = format!("retrieving metadata: {}", errs.join("; "));
-            return respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &msg, &warnings, &[]));
+        if !partial {
+            return Err(FanError::Failed(errs.join("; ")));
         }
         warnings.extend(errs);
     }
-    let mut out = String::new();
-    write_json(&mut out, &limit(merged, lim, per));
-    ok(&out, &warnings, &[])
+    Ok((merged, warnings))
+}
+
+/// `thanos.Metadata` on the querier's own gRPC server, so queriers stack.
+#[derive(Debug, Clone)]
+pub struct MetadataProxy {
+    pub fanout: Arc<Fanout>,
+    pub timeout: std::time::Duration,
+}
+
+#[tonic::async_trait]
+impl thanos::metadata_server::Metadata for MetadataProxy {
+    type MetricMetadataStream =
+        futures::stream::Iter<std::vec::IntoIter<Result<thanos::MetricMetadataResponse, tonic::Status>>>;
+
+    async fn metric_metadata(
+        &self,
+        req: tonic::Request<MetricMetadataRequest>,
+    ) -> Result<tonic::Response<Self::MetricMetadataStream>, tonic::Status> {
+        let tenant = req.metadata().get("thanos-tenant").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let r = req.into_inner();
+        let (lim, partial) = (r.limit, r.partial_response_strategy != PartialResponseStrategy::Abort as i32);
+        let (m, warnings) =
+            fan_out(&self.fanout, r, tenant, partial, Instant::now() + self.timeout).await.map_err(|e| match e {
+                FanError::Timeout => tonic::Status::deadline_exceeded("metadata query timed out"),
+                FanError::Failed(m) => tonic::Status::unavailable(m),
+            })?;
+        let md = thanos::MetricMetadata {
+            metadata: limit(m, lim as i64, -1)
+                .into_iter()
+                .map(|(name, set)| {
+                    let metas = set.into_iter().map(|(t, h, u)| thanos::Meta { r#type: t, help: h, unit: u }).collect();
+                    (name, thanos::MetricMetadataEntry { metas })
+                })
+                .collect(),
+        };
+        let items: Vec<_> = warnings
+            .into_iter()
+            .map(metric_metadata_response::Result::Warning)
+            .chain(std::iter::once(metric_metadata_response::Result::Metadata(md)))
+            .map(|r| Ok(thanos::MetricMetadataResponse { result: Some(r) }))
+            .collect();
+        Ok(tonic::Response::new(futures::stream::iter(items)))
+    }
 }
 
 #[cfg(test)]

@@ -166,6 +166,7 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
         let http = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let grpc = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = http.local_addr().unwrap().port();
+        let grpc_port = grpc.local_addr().unwrap().port();
         let args = norn_query::Args {
             endpoints: vec![endpoint],
             replica_labels: vec!["replica".into()],
@@ -175,10 +176,12 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
         };
         let task = rt.spawn(norn_query::run_with_listeners(args, http, grpc, stop.clone()));
         assert!(wait_ready(port, "/-/ready", Duration::from_secs(30)), "querier not ready");
-        (port, task)
+        (port, grpc_port, task)
     };
-    let (q_port, querier) = start_querier(recv.grpc_addr());
-    let (s_port, s_querier) = start_querier(format!("127.0.0.1:{sc_grpc}"));
+    let (q_port, q_grpc, querier) = start_querier(recv.grpc_addr());
+    let (s_port, _, s_querier) = start_querier(format!("127.0.0.1:{sc_grpc}"));
+    // A querier stacked on the receive querier's gRPC services.
+    let (t_port, _, t_querier) = start_querier(format!("127.0.0.1:{q_grpc}"));
 
     // Every series' exemplars have reached Prometheus (one per step) and then Norn.
     let series = 3;
@@ -195,12 +198,13 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
         let p = get(prom_port, all);
         let n = without_tenant(get(q_port, all));
         let s = get(s_port, all);
-        if exemplar_count(&p) == want_exemplars && n == p && s == p {
+        let t = without_tenant(get(t_port, all));
+        if exemplar_count(&p) == want_exemplars && n == p && s == p && t == p {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "exemplars did not converge after {} scrapes:\nprometheus {p}\nreceive    {n}\nsidecar    {s}",
+            "exemplars did not converge after {} scrapes:\nprometheus {p}\nreceive    {n}\nsidecar    {s}\nstacked    {t}",
             scrapes.load(Ordering::SeqCst)
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -215,6 +219,7 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
         let n = without_tenant(get(q_port, q));
         assert_eq!(n, p, "{q} through receive");
         assert_eq!(get(s_port, q), p, "{q} through the sidecar");
+        assert_eq!(without_tenant(get(t_port, q)), p, "{q} through stacked queriers");
     }
     let p = get(prom_port, &checks[4]);
     assert_eq!(exemplar_count(&p), 2, "range query should cut: {p}");
@@ -247,12 +252,13 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
         let p = get(prom_port, md);
         let n = get(q_port, md);
         let s = get(s_port, md);
-        if p["data"].as_object().is_some_and(|o| o.len() == 3) && n == p && s == p {
+        let t = get(t_port, md);
+        if p["data"].as_object().is_some_and(|o| o.len() == 3) && n == p && s == p && t == p {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "metadata did not converge:\nprometheus {p}\nreceive    {n}\nsidecar    {s}"
+            "metadata did not converge:\nprometheus {p}\nreceive    {n}\nsidecar    {s}\nstacked    {t}"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -273,5 +279,6 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
     stop.cancel();
     let _ = rt.block_on(querier);
     let _ = rt.block_on(s_querier);
+    let _ = rt.block_on(t_querier);
     recv.stop();
 }
