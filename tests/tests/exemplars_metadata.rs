@@ -282,3 +282,137 @@ fn exemplars_and_metadata_through_receive_match_prometheus() {
     let _ = rt.block_on(t_querier);
     recv.stop();
 }
+
+fn snappy(b: &[u8]) -> Vec<u8> {
+    snap::raw::Encoder::new().compress_vec(b).unwrap()
+}
+
+/// Remote write 2.0 (exemplars and per-series metadata) and 1.0 (metadata field, refused
+/// exemplars) straight into a receiver with two tenants; the querier's JSON is checked
+/// exactly.
+#[test]
+fn remote_write_2_and_1_exemplars_and_metadata_reach_the_querier() {
+    use norn_storeapi::io::prometheus::write::v2;
+    use norn_storeapi::prometheus::{self, metric_metadata::MetricType};
+    use prost::Message;
+
+    let work = norn_testkit::tempdir().unwrap();
+    let mut recv = Receiver::new("r0", work.path(), &["--tsdb.max-exemplars=3".to_string()]);
+    recv.start();
+    let t0 = 1_700_000_000_000i64;
+
+    let syms: Vec<String> = ["", "__name__", "rw2_total", "job", "a", "trace_id", "x1", "x2", "Requests.", "bytes"]
+        .map(String::from)
+        .into();
+    let ex = |trace: u32, v: f64, t: i64| v2::Exemplar { labels_refs: vec![5, trace], value: v, timestamp: t };
+    let req = v2::Request {
+        symbols: syms,
+        timeseries: vec![v2::TimeSeries {
+            labels_refs: vec![1, 2, 3, 4],
+            samples: vec![v2::Sample { value: 1.0, timestamp: t0, start_timestamp: 0 }],
+            exemplars: vec![ex(6, 0.5, t0 - 500), ex(7, 1.5, t0)],
+            metadata: Some(v2::Metadata { r#type: 1, help_ref: 8, unit_ref: 9 }),
+            ..Default::default()
+        }],
+    };
+    let h2 = [
+        ("Content-Type", "application/x-protobuf;proto=io.prometheus.write.v2.Request"),
+        ("Content-Encoding", "snappy"),
+        ("X-Prometheus-Remote-Write-Version", "2.0.0"),
+        ("THANOS-TENANT", "team-a"),
+    ];
+    let (code, body) =
+        norn_testkit::receive::http_post(recv.rw_port, "/api/v1/receive", &h2, &snappy(&req.encode_to_vec())).unwrap();
+    assert_eq!(code, 204, "{body}");
+
+    // 1.0: an exemplar older than the series' newest is refused without failing the
+    // write; metadata arrives in the request's own field (here with no series at all).
+    let l = |n: &str, v: &str| prometheus::Label { name: n.into(), value: v.into() };
+    let v1 = prometheus::WriteRequest {
+        timeseries: vec![prometheus::TimeSeries {
+            labels: vec![l("__name__", "rw1_seconds"), l("job", "b")],
+            samples: vec![prometheus::Sample { value: 2.0, timestamp: t0 }],
+            exemplars: vec![
+                prometheus::Exemplar { labels: vec![l("trace_id", "y1")], value: 0.25, timestamp: t0 },
+                prometheus::Exemplar { labels: vec![l("trace_id", "y0")], value: 0.5, timestamp: t0 - 1 },
+            ],
+            ..Default::default()
+        }],
+        metadata: vec![],
+    };
+    let post1 = |tenant: &str, r: &prometheus::WriteRequest| {
+        let h = [
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            ("THANOS-TENANT", tenant),
+        ];
+        norn_testkit::receive::http_post(recv.rw_port, "/api/v1/receive", &h, &snappy(&r.encode_to_vec())).unwrap()
+    };
+    assert_eq!(post1("team-b", &v1).0, 204);
+    let md_only = prometheus::WriteRequest {
+        timeseries: vec![],
+        metadata: vec![prometheus::MetricMetadata {
+            r#type: MetricType::Gauge as i32,
+            metric_family_name: "rw1_seconds".into(),
+            help: "Latency \"p99\".".into(),
+            unit: "seconds".into(),
+        }],
+    };
+    assert_eq!(post1("team-b", &md_only).0, 204);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let http = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let grpc = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let q_port = http.local_addr().unwrap().port();
+    let args = norn_query::Args {
+        endpoints: vec![recv.grpc_addr()],
+        endpoint_refresh_interval: Duration::from_millis(500),
+        endpoint_info_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let querier = rt.spawn(norn_query::run_with_listeners(args, http, grpc, stop.clone()));
+    assert!(wait_ready(q_port, "/-/ready", Duration::from_secs(30)), "querier not ready");
+
+    let (code, body) = http_get(q_port, "/api/v1/query_exemplars?query=rw2_total%20or%20rw1_seconds").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"status":"success","data":[{"seriesLabels":{"__name__":"rw1_seconds","job":"b","tenant_id":"team-b"},"exemplars":[{"labels":{"trace_id":"y1"},"value":"0.25","timestamp":1700000000}]},{"seriesLabels":{"__name__":"rw2_total","job":"a","tenant_id":"team-a"},"exemplars":[{"labels":{"trace_id":"x1"},"value":"0.5","timestamp":1699999999.500},{"labels":{"trace_id":"x2"},"value":"1.5","timestamp":1700000000}]}]}"#
+    );
+    // Selecting on the tenant label (an external label) narrows to one tenant.
+    let q = "/api/v1/query_exemplars?query=%7Btenant_id%3D%22team-a%22%2Cjob%3D~%22.%2B%22%7D&start=1699999999.9";
+    let v = get(q_port, q);
+    assert_eq!(exemplar_count(&v), 1, "{v}");
+    assert_eq!(v["data"][0]["exemplars"][0]["labels"]["trace_id"], "x2", "{v}");
+
+    let (code, body) = http_get(q_port, "/api/v1/metadata").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"status":"success","data":{"rw1_seconds":[{"type":"gauge","help":"Latency \"p99\".","unit":"seconds"}],"rw2_total":[{"type":"counter","help":"Requests.","unit":"bytes"}]}}"#
+    );
+
+    // The buffer holds 3 exemplars per tenant: a fourth evicts the oldest.
+    let more = |t: i64, trace: &str| prometheus::WriteRequest {
+        timeseries: vec![prometheus::TimeSeries {
+            labels: vec![l("__name__", "rw1_seconds"), l("job", "b")],
+            samples: vec![prometheus::Sample { value: 2.0, timestamp: t }],
+            exemplars: vec![prometheus::Exemplar { labels: vec![l("trace_id", trace)], value: 1.0, timestamp: t }],
+            ..Default::default()
+        }],
+        metadata: vec![],
+    };
+    for (i, trace) in ["y2", "y3", "y4"].iter().enumerate() {
+        assert_eq!(post1("team-b", &more(t0 + 1000 * (i as i64 + 1), trace)).0, 204);
+    }
+    let v = get(q_port, "/api/v1/query_exemplars?query=rw1_seconds");
+    let traces: Vec<_> =
+        v["data"][0]["exemplars"].as_array().unwrap().iter().map(|e| e["labels"]["trace_id"].clone()).collect();
+    assert_eq!(traces, ["y2", "y3", "y4"], "{v}");
+
+    stop.cancel();
+    let _ = rt.block_on(querier);
+    recv.stop();
+}
