@@ -15,6 +15,10 @@ use norn_storeapi::thanos::{self, ExemplarData, ExemplarsRequest, ExemplarsRespo
 use norn_storeapi::{labels_from_proto, labels_to_proto};
 use norn_tsdb::exemplar::{Exemplar, ExemplarError, ExemplarStorage};
 use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::{tenant_matchers, with_ext};
@@ -34,12 +38,23 @@ pub struct ExemplarStats {
 pub struct TenantExemplars {
     max: usize,
     tenants: RwLock<HashMap<String, Arc<ExemplarStorage>>>,
+    /// Exemplars received, by outcome (appended, out_of_order, label_length, invalid_labels).
+    outcomes: Family<Vec<(String, String)>, Counter>,
 }
 
 impl TenantExemplars {
     /// Buffers of `max` exemplars per tenant; 0 disables exemplar storage.
     pub fn new(max: usize) -> TenantExemplars {
-        TenantExemplars { max, tenants: RwLock::new(HashMap::new()) }
+        TenantExemplars { max, tenants: RwLock::new(HashMap::new()), outcomes: Family::default() }
+    }
+
+    /// Registers `norn_receive_exemplars` (by outcome) and `norn_receive_max_exemplars`.
+    pub fn register(&self, reg: &mut Registry) {
+        let r = reg.sub_registry_with_prefix("norn_receive");
+        r.register("exemplars", "Exemplars received, by outcome", self.outcomes.clone());
+        let max = Gauge::<i64>::default();
+        max.set(self.max as i64);
+        r.register("max_exemplars", "Exemplars kept per tenant (--tsdb.max-exemplars)", max);
     }
 
     /// The tenant's buffer, if it has one.
@@ -80,6 +95,16 @@ impl TenantExemplars {
                     Err(ExemplarError::LabelLength) => st.label_length += 1,
                     Err(ExemplarError::Disabled | ExemplarError::Duplicate) => {}
                 }
+            }
+        }
+        for (outcome, n) in [
+            ("appended", st.appended),
+            ("out_of_order", st.out_of_order),
+            ("label_length", st.label_length),
+            ("invalid_labels", st.invalid_labels),
+        ] {
+            if n > 0 {
+                self.outcomes.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc_by(n);
             }
         }
         if st.out_of_order + st.label_length + st.invalid_labels > 0 {

@@ -298,6 +298,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
         metrics: metrics.clone(),
         exemplars: Arc::new(exemplars::TenantExemplars::new(args.tsdb_max_exemplars)),
     });
+    router.exemplars.register(&mut health.registry.lock());
     let metadata = Arc::new(metadata::MetadataStore::new());
 
     // Listeners first, so the ports are taken before the (possibly long) WAL replay;

@@ -360,6 +360,14 @@ fn remote_write_2_and_1_exemplars_and_metadata_reach_the_querier() {
         }],
     };
     assert_eq!(post1("team-b", &md_only).0, 204);
+    let (_, metrics) = http_get(recv.http_port, "/metrics").unwrap();
+    for line in [
+        r#"norn_receive_exemplars_total{outcome="appended"} 3"#,
+        r#"norn_receive_exemplars_total{outcome="out_of_order"} 1"#,
+        "norn_receive_max_exemplars 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from\n{metrics}");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let http = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
