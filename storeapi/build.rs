@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/thanos/types.proto",
         "proto/thanos/rpc.proto",
         "proto/thanos/info.proto",
+        "proto/thanos/exemplars.proto",
+        "proto/thanos/metadata.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

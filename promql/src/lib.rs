@@ -16,6 +16,7 @@ pub mod storage;
 pub mod value;
 
 pub mod rewrite;
+pub mod selectors;
 
 mod aggregate;
 mod binary;

@@ -61,8 +61,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/series", get(series).post(series))
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
-        .route("/api/v1/metadata", get(metadata))
-        .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
+        .route("/api/v1/metadata", get(crate::metadata::handler))
+        .route("/api/v1/query_exemplars", get(crate::exemplars::handler).post(crate::exemplars::handler))
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/status/flags", get(flags))
         .route("/api/v1/format_query", get(format_query).post(format_query))
@@ -77,10 +77,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 /// Request parameters from the URL and, for POST forms, the body.
 #[derive(Debug, Default)]
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn from(q: Option<String>, headers: &HeaderMap, method: &Method, body: &[u8]) -> Params {
+    pub(crate) fn from(q: Option<String>, headers: &HeaderMap, method: &Method, body: &[u8]) -> Params {
         let mut v: Vec<(String, String)> = Vec::new();
         if let Some(q) = q {
             v.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
@@ -97,7 +97,7 @@ impl Params {
         }
         Params(v)
     }
-    fn get(&self, k: &str) -> Option<&str> {
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
     fn all(&self, k: &str) -> Vec<&str> {
@@ -105,17 +105,17 @@ impl Params {
     }
 }
 
-fn respond(status: StatusCode, body: String) -> Response {
+pub(crate) fn respond(status: StatusCode, body: String) -> Response {
     let mut r = (status, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn ok(data: &str, warnings: &[String], infos: &[String]) -> Response {
+pub(crate) fn ok(data: &str, warnings: &[String], infos: &[String]) -> Response {
     respond(StatusCode::OK, json::success(data, warnings, infos))
 }
 
-fn bad_data(msg: impl AsRef<str>) -> Response {
+pub(crate) fn bad_data(msg: impl AsRef<str>) -> Response {
     respond(StatusCode::BAD_REQUEST, json::error("bad_data", msg.as_ref(), &[], &[]))
 }
 
@@ -144,7 +144,7 @@ fn parse_bool(v: Option<&str>, default: bool) -> Result<bool, String> {
 }
 
 impl ApiState {
-    fn query_options(&self, p: &Params, headers: &HeaderMap) -> Result<QueryOptions, Response> {
+    pub(crate) fn query_options(&self, p: &Params, headers: &HeaderMap) -> Result<QueryOptions, Response> {
         let dedup = parse_bool(p.get("dedup"), self.args.dedup)
             .map_err(|e| bad_data(format!("invalid parameter \"dedup\": {e}")))?;
         let partial = parse_bool(p.get("partial_response"), self.args.partial_response)
@@ -472,20 +472,6 @@ fn unescape_label_name(n: &str) -> String {
         }
     }
     out
-}
-
-async fn metadata() -> Response {
-    // Metric metadata is not carried by the StoreAPI; Prometheus answers `{}` when it has none.
-    ok("{}", &[], &[])
-}
-
-async fn exemplars(method: Method, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    let p = Params::from(q, &headers, &method, &body);
-    if let Err(r) = parse_query(&p) {
-        return r;
-    }
-    // No endpoint serves the Exemplars API yet, so there are none to return.
-    ok("[]", &[], &[])
 }
 
 async fn buildinfo() -> Response {

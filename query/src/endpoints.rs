@@ -64,6 +64,10 @@ pub struct EndpointInfo {
     pub max_time: i64,
     /// Whether it serves the StoreAPI at all.
     pub has_store: bool,
+    /// Whether it serves the Exemplars service.
+    pub has_exemplars: bool,
+    /// Whether it serves the Metadata service.
+    pub has_metadata: bool,
 }
 
 impl EndpointInfo {
@@ -77,6 +81,8 @@ impl EndpointInfo {
             min_time,
             max_time,
             has_store: r.store.is_some(),
+            has_exemplars: r.exemplars.is_some(),
+            has_metadata: r.metric_metadata.is_some(),
         }
     }
 
@@ -365,6 +371,7 @@ mod tests {
             min_time: 1000,
             max_time: 2000,
             has_store: true,
+            ..Default::default()
         };
         let m = |k, n: &str, v: &str| Matcher::new(k, n, v).unwrap();
         let cases = [

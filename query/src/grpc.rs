@@ -137,6 +137,8 @@ impl Info for QuerierStore {
             label_sets: sets.iter().map(|l| ZLabelSet { labels: norn_storeapi::labels_to_proto(l) }).collect(),
             component_type: "query".into(),
             store: Some(StoreInfo { min_time: mint, max_time: maxt, ..Default::default() }),
+            exemplars: Some(norn_storeapi::thanos::info::ExemplarsInfo { min_time: i64::MIN, max_time: i64::MAX }),
+            metric_metadata: Some(norn_storeapi::thanos::info::MetricMetadataInfo {}),
             ..Default::default()
         }))
     }

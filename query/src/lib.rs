@@ -12,10 +12,12 @@ pub mod api;
 pub mod args;
 pub mod dedup;
 pub mod endpoints;
+pub mod exemplars;
 pub mod fanout;
 pub mod federate_proto;
 pub mod grpc;
 pub mod json;
+pub mod metadata;
 pub mod timeparse;
 mod ui;
 pub mod wire;
@@ -126,6 +128,14 @@ pub async fn run_embedded(
                     .max_encoding_message_size(256 << 20),
             )
             .add_service(norn_storeapi::thanos::info::info_server::InfoServer::new(store))
+            .add_service(norn_storeapi::thanos::exemplars_server::ExemplarsServer::new(exemplars::ExemplarsProxy {
+                fanout: fanout.clone(),
+                timeout: args.timeout,
+            }))
+            .add_service(norn_storeapi::thanos::metadata_server::MetadataServer::new(metadata::MetadataProxy {
+                fanout: fanout.clone(),
+                timeout: args.timeout,
+            }))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
                 shutdown.cancelled().await
             })

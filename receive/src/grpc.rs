@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use norn_model::{Labels, Matcher};
 use norn_service::Health;
-use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo, info_server};
+use norn_storeapi::thanos::info::{
+    ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo, info_server,
+};
 use norn_storeapi::thanos::{
     self, AggrChunk, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, WriteRequest, WriteResponse, series_response, store_server, writeable_store_server,
@@ -70,7 +72,7 @@ impl writeable_store_server::WriteableStore for WriteService {
 
 /// Matchers left for the TSDB after checking those on external labels; `None` when an
 /// external label rules the tenant out.
-fn tenant_matchers(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
+pub(crate) fn tenant_matchers(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
     let mut rest = Vec::new();
     for m in ms {
         match ext.get(&m.name) {
@@ -86,7 +88,7 @@ fn tenant_matchers(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
 }
 
 /// Series labels with the TSDB's external labels added (external labels win).
-fn with_ext(l: &Labels, ext: &Labels) -> Labels {
+pub(crate) fn with_ext(l: &Labels, ext: &Labels) -> Labels {
     if ext.is_empty() {
         return l.clone();
     }
@@ -301,6 +303,8 @@ impl info_server::Info for StoreService {
         Ok(Response::new(InfoResponse {
             label_sets,
             component_type: "receive".into(),
+            exemplars: Some(ExemplarsInfo { min_time: i64::MIN, max_time: i64::MAX }),
+            metric_metadata: Some(MetricMetadataInfo {}),
             store: Some(StoreInfo {
                 min_time,
                 max_time: i64::MAX,

@@ -30,6 +30,8 @@ pub struct WriteApi {
     pub default_tenant: String,
     /// Validated label sets of recent series (validation depends only on `limits`).
     pub label_cache: LabelCache,
+    /// Where request metadata goes.
+    pub metadata: Arc<crate::metadata::MetadataStore>,
 }
 
 fn error_response(e: &WriteError) -> Response {
@@ -56,8 +58,9 @@ fn decode(api: &WriteApi, headers: &HeaderMap, body: &[u8]) -> Result<(Batch, i6
     };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let proto = protocol(ct).map_err(WriteError::BadRequest)?;
-    let Decoded { series, labels, counts } =
+    let Decoded { series, labels, counts, metadata } =
         decode_body_cached(body, proto, &api.limits, Some(&api.label_cache)).map_err(WriteError::from)?;
+    api.metadata.record(&tenant, &metadata);
     Ok((Batch { tenant, series, labels }, replica, counts))
 }
 

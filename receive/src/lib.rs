@@ -2,10 +2,12 @@
 //! hashring, replication with write quorum, per-tenant TSDBs (WAL-acknowledged writes),
 //! a Thanos StoreAPI server, and block upload to a bucket.
 
+pub mod exemplars;
 pub mod grpc;
 pub mod grpc_snappy;
 pub mod hashring;
 pub mod http;
+pub mod metadata;
 pub mod metrics;
 pub mod router;
 pub mod ship;
@@ -17,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use norn_service::{Health, Shutdown};
+use norn_storeapi::thanos::exemplars_server::ExemplarsServer;
 use norn_storeapi::thanos::info::info_server::InfoServer;
+use norn_storeapi::thanos::metadata_server::MetadataServer;
 use norn_storeapi::thanos::store_server::StoreServer;
 use norn_storeapi::thanos::writeable_store_server::WriteableStoreServer;
 use norn_tsdb::head::HeadOptions;
@@ -161,6 +165,10 @@ pub struct Args {
         default_value_t = 0
     )]
     pub limit_value_len: usize,
+    /// Exemplars kept per tenant (a circular buffer: the oldest is evicted when full);
+    /// 0 disables exemplar storage.
+    #[arg(long = "tsdb.max-exemplars", env = "NORN_RECEIVE_TSDB_MAX_EXEMPLARS", default_value_t = 0)]
+    pub tsdb_max_exemplars: usize,
     /// How often heads are checked for block cutting, upload and retention.
     #[arg(
         long = "tsdb.maintenance-interval",
@@ -321,7 +329,10 @@ pub async fn run_with_listeners(
         tsdb: tsdb.clone(),
         peers: Peers::new(Duration::from_millis(fwd_timeout as u64), max_msg),
         metrics: metrics.clone(),
+        exemplars: Arc::new(exemplars::TenantExemplars::new(args.tsdb_max_exemplars)),
     });
+    router.exemplars.register(&mut health.registry.lock());
+    let metadata = Arc::new(metadata::MetadataStore::new());
 
     let Listeners { http: http_l, remote_write: rw_l, grpc: grpc_l } = listeners;
     tracing::info!(
@@ -343,6 +354,7 @@ pub async fn run_with_listeners(
         tenant_header: args.tenant_header.clone(),
         default_tenant: args.default_tenant.clone(),
         label_cache: LabelCache::new(LABEL_CACHE_SERIES),
+        metadata: metadata.clone(),
     });
     tasks.spawn(norn_service::serve_http(rw_l, http::routes(api), shutdown.clone()));
 
@@ -361,6 +373,11 @@ pub async fn run_with_listeners(
         )
         .add_service(StoreServer::new(store.clone()).max_encoding_message_size(usize::MAX))
         .add_service(InfoServer::new(store))
+        .add_service(ExemplarsServer::new(exemplars::ExemplarsService {
+            tsdb: tsdb.clone(),
+            exemplars: router.exemplars.clone(),
+        }))
+        .add_service(MetadataServer::new(metadata::MetadataService { store: metadata }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_l), async move { grpc_shutdown.cancelled().await });
     let grpc = tokio::spawn(grpc);
 

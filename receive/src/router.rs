@@ -138,6 +138,8 @@ pub struct Router {
     pub tsdb: Arc<MultiTsdb>,
     pub peers: Peers,
     pub metrics: Arc<Metrics>,
+    /// Every tenant's exemplar buffer.
+    pub exemplars: Arc<crate::exemplars::TenantExemplars>,
 }
 
 type Outcome = (Arc<Vec<usize>>, Result<Vec<Option<WriteError>>, WriteError>);
@@ -163,6 +165,7 @@ impl Router {
                 .map_err(|e| WriteError::Internal(format!("opening TSDB of tenant {}: {e}", batch.tenant)))?;
             let mut st = AppendStats::default();
             let r = append_local(&db, &batch.series, &batch.labels, &idx, &mut st);
+            me.exemplars.append(&batch.tenant, &batch.series, &batch.labels, &idx);
             me.metrics.record_append(&st);
             r
         })

@@ -3,6 +3,8 @@
 //! API), ships each block Prometheus persists to object storage with a Thanos meta.json,
 //! and reports Prometheus's health at `/-/ready`.
 
+pub mod exemplars;
+pub mod metadata;
 pub mod metrics;
 pub mod prom;
 pub mod shipper;
@@ -14,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use norn_model::Labels;
 use norn_service::{Health, Shutdown};
+use norn_storeapi::thanos::exemplars_server::ExemplarsServer;
 use norn_storeapi::thanos::info::info_server::InfoServer;
+use norn_storeapi::thanos::metadata_server::MetadataServer;
 use norn_storeapi::thanos::store_server::StoreServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -355,6 +359,8 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
         tonic::transport::Server::builder()
             .add_service(StoreServer::new(store.clone()).max_encoding_message_size(usize::MAX))
             .add_service(InfoServer::new(store.clone()))
+            .add_service(ExemplarsServer::new(exemplars::ExemplarsProxy { prom: prom.clone(), meta: meta.clone() }))
+            .add_service(MetadataServer::new(metadata::MetadataProxy { prom: prom.clone() }))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_l),
                 async move { grpc_shutdown.cancelled().await },

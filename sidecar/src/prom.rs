@@ -274,7 +274,7 @@ impl PromClient {
         format!("{}{path}", self.base)
     }
 
-    async fn api<T: serde::de::DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
+    pub(crate) async fn api<T: serde::de::DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
         let url = self.url_of(path);
         let resp = self
             .http

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use norn_model::{Labels, Matcher};
-use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo, info_server};
+use norn_storeapi::thanos::info::{
+    ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo, info_server,
+};
 use norn_storeapi::thanos::{
     self, AggrChunk, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, series_response, store_server,
@@ -316,6 +318,8 @@ impl info_server::Info for SidecarStore {
         Ok(Response::new(InfoResponse {
             label_sets: vec![ext.clone()],
             component_type: "sidecar".into(),
+            exemplars: Some(ExemplarsInfo { min_time: i64::MIN, max_time: i64::MAX }),
+            metric_metadata: Some(MetricMetadataInfo {}),
             store: Some(StoreInfo {
                 min_time,
                 max_time: i64::MAX,

@@ -12,11 +12,13 @@ use crate::{prometheus_copy, thanos};
 ///
 /// `prometheus.WriteRequest` field 1 and `prometheus_copy.TimeSeries` share their wire
 /// form, so the body of a remote write decodes into this without a second conversion;
-/// metadata (field 3) is skipped as an unknown field, as Thanos ignores it too.
+/// metric metadata (field 3) is kept for the receiver's metadata store.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RemoteWriteV1 {
     #[prost(message, repeated, tag = "1")]
     pub timeseries: Vec<prometheus_copy::TimeSeries>,
+    #[prost(message, repeated, tag = "3")]
+    pub metadata: Vec<crate::prometheus::MetricMetadata>,
 }
 
 /// Why a wire message could not be turned into model types.

@@ -262,6 +262,8 @@ pub struct Decoded {
     pub labels: Vec<Labels>,
     /// Remote write 2.0 only: what the request carried.
     pub counts: Option<V2Counts>,
+    /// Metric metadata (1.0: the request's field; 2.0: per series, by metric name).
+    pub metadata: Vec<crate::prometheus::MetricMetadata>,
 }
 
 /// Decodes a remote-write body (snappy, then protobuf of the given protocol) and
@@ -278,22 +280,23 @@ pub fn decode_body_cached(
     cache: Option<&LabelCache>,
 ) -> Result<Decoded, Rejected> {
     let raw = decompress(body, limits.size_bytes)?;
-    let (series, counts) = match proto {
+    let (series, counts, metadata) = match proto {
         Protocol::V1 => {
             let req = RemoteWriteV1::decode(raw.as_slice())
                 .map_err(|e| Rejected::bad(format!("protobuf decode of prometheus.WriteRequest: {e}")))?;
-            (req.timeseries, None)
+            (req.timeseries, None, req.metadata)
         }
         Protocol::V2 => {
             let req = v2::Request::decode(raw.as_slice())
                 .map_err(|e| Rejected::bad(format!("protobuf decode of io.prometheus.write.v2.Request: {e}")))?;
+            let md = crate::metadata::v2_metadata(&req);
             let (s, c) = v2_to_v1(req).map_err(|e| Rejected::bad(e.to_string()))?;
-            (s, Some(c))
+            (s, Some(c), md)
         }
     };
     drop(raw);
     let labels = validate_cached(&series, limits, cache)?;
-    Ok(Decoded { series, labels, counts })
+    Ok(Decoded { series, labels, counts, metadata })
 }
 
 #[cfg(test)]

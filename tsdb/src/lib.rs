@@ -13,6 +13,7 @@ pub mod compact;
 pub mod db;
 pub mod encoding;
 pub mod error;
+pub mod exemplar;
 pub mod head;
 pub mod index;
 pub mod meta;

@@ -1,0 +1,259 @@
+//! Exemplars from remote write, kept per tenant in a bounded circular buffer
+//! (`--tsdb.max-exemplars`, 0 disables), and the Thanos `Exemplars` gRPC service over
+//! them with each tenant's external labels attached to the series labels, as Thanos
+//! receive answers.
+//!
+//! Like Thanos receive, a refused exemplar (out of order, label set too long) never fails
+//! the write: it is counted and logged. Exemplars live in memory only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use norn_model::{Labels, Matcher};
+use norn_storeapi::prometheus_copy::TimeSeries;
+use norn_storeapi::thanos::{self, ExemplarData, ExemplarsRequest, ExemplarsResponse, exemplars_response};
+use norn_storeapi::{labels_from_proto, labels_to_proto};
+use norn_tsdb::exemplar::{Exemplar, ExemplarError, ExemplarStorage};
+use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tonic::{Request, Response, Status};
+
+use crate::grpc::{tenant_matchers, with_ext};
+use crate::tenants::MultiTsdb;
+
+/// What appending a request's exemplars did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExemplarStats {
+    pub appended: u64,
+    pub out_of_order: u64,
+    pub label_length: u64,
+    pub invalid_labels: u64,
+}
+
+/// Every tenant's exemplar buffer.
+#[derive(Debug)]
+pub struct TenantExemplars {
+    max: usize,
+    tenants: RwLock<HashMap<String, Arc<ExemplarStorage>>>,
+    /// Exemplars received, by outcome (appended, out_of_order, label_length, invalid_labels).
+    outcomes: Family<Vec<(String, String)>, Counter>,
+}
+
+impl TenantExemplars {
+    /// Buffers of `max` exemplars per tenant; 0 disables exemplar storage.
+    pub fn new(max: usize) -> TenantExemplars {
+        TenantExemplars { max, tenants: RwLock::new(HashMap::new()), outcomes: Family::default() }
+    }
+
+    /// Registers `norn_receive_exemplars` (by outcome) and `norn_receive_max_exemplars`.
+    pub fn register(&self, reg: &mut Registry) {
+        let r = reg.sub_registry_with_prefix("norn_receive");
+        r.register("exemplars", "Exemplars received, by outcome", self.outcomes.clone());
+        let max = Gauge::<i64>::default();
+        max.set(self.max as i64);
+        r.register("max_exemplars", "Exemplars kept per tenant (--tsdb.max-exemplars)", max);
+    }
+
+    /// The tenant's buffer, if it has one.
+    pub fn get(&self, tenant: &str) -> Option<Arc<ExemplarStorage>> {
+        self.tenants.read().get(tenant).cloned()
+    }
+
+    fn get_or_create(&self, tenant: &str) -> Option<Arc<ExemplarStorage>> {
+        if self.max == 0 {
+            return None;
+        }
+        if let Some(s) = self.get(tenant) {
+            return Some(s);
+        }
+        let mut w = self.tenants.write();
+        Some(w.entry(tenant.to_string()).or_insert_with(|| Arc::new(ExemplarStorage::new(self.max))).clone())
+    }
+
+    /// Stores the exemplars of series `idx` of a request (`labels[i]` is the label set of
+    /// `series[i]`). Refusals are counted, never returned.
+    pub fn append(&self, tenant: &str, series: &[TimeSeries], labels: &[Labels], idx: &[usize]) -> ExemplarStats {
+        let mut st = ExemplarStats::default();
+        if idx.iter().all(|&i| series.get(i).is_none_or(|s| s.exemplars.is_empty())) {
+            return st;
+        }
+        let Some(store) = self.get_or_create(tenant) else { return st };
+        for &i in idx {
+            let (Some(ts), Some(l)) = (series.get(i), labels.get(i)) else { continue };
+            for e in &ts.exemplars {
+                let Ok(el) = labels_from_proto(&e.labels) else {
+                    st.invalid_labels += 1;
+                    continue;
+                };
+                match store.add(l, Exemplar { labels: el, value: e.value, ts: e.timestamp }) {
+                    Ok(true) => st.appended += 1,
+                    Ok(false) => {}
+                    Err(ExemplarError::OutOfOrder) => st.out_of_order += 1,
+                    Err(ExemplarError::LabelLength) => st.label_length += 1,
+                    Err(ExemplarError::Disabled | ExemplarError::Duplicate) => {}
+                }
+            }
+        }
+        for (outcome, n) in [
+            ("appended", st.appended),
+            ("out_of_order", st.out_of_order),
+            ("label_length", st.label_length),
+            ("invalid_labels", st.invalid_labels),
+        ] {
+            if n > 0 {
+                self.outcomes.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc_by(n);
+            }
+        }
+        if st.out_of_order + st.label_length + st.invalid_labels > 0 {
+            tracing::debug!(
+                tenant,
+                out_of_order = st.out_of_order,
+                label_length = st.label_length,
+                invalid_labels = st.invalid_labels,
+                "exemplars refused"
+            );
+        }
+        st
+    }
+}
+
+/// Matcher sets with the matchers on `ext`'s labels removed, as Thanos's
+/// `selectorsMatchesExternalLabels`: `None` when no set is compatible with `ext`; sets
+/// left empty are dropped.
+pub fn sets_for_tenant(sets: &[Vec<Matcher>], ext: &Labels) -> Option<Vec<Vec<Matcher>>> {
+    let mut matched = false;
+    let mut out = Vec::new();
+    for s in sets {
+        if let Some(rest) = tenant_matchers(ext, s) {
+            matched = true;
+            if !rest.is_empty() {
+                out.push(rest);
+            }
+        }
+    }
+    matched.then_some(out)
+}
+
+/// `thanos.Exemplars` over every tenant.
+#[derive(Debug, Clone)]
+pub struct ExemplarsService {
+    pub tsdb: Arc<MultiTsdb>,
+    pub exemplars: Arc<TenantExemplars>,
+}
+
+impl ExemplarsService {
+    /// The answer to a request, one `ExemplarData` per series, tenants in name order.
+    pub fn collect(&self, req: &ExemplarsRequest) -> Result<Vec<ExemplarData>, Status> {
+        let expr = norn_promql::parse(&req.query).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sets = norn_promql::selectors::extract_selectors(&expr)
+            .map_err(|e| Status::invalid_argument(format!("matchers: {e}")))?;
+        let mut out = Vec::new();
+        for db in self.tsdb.all() {
+            let Some(store) = self.exemplars.get(&db.tenant) else { continue };
+            let Some(sets) = sets_for_tenant(&sets, &db.ext_labels) else { continue };
+            if sets.is_empty() {
+                return Err(Status::invalid_argument("no matchers specified (excluding external labels)"));
+            }
+            for r in store.select(req.start, req.end, &sets) {
+                out.push(ExemplarData {
+                    series_labels: Some(thanos::LabelSet {
+                        labels: labels_to_proto(&with_ext(&r.series, &db.ext_labels)),
+                    }),
+                    exemplars: r
+                        .exemplars
+                        .into_iter()
+                        .map(|e| thanos::Exemplar {
+                            labels: Some(thanos::LabelSet { labels: labels_to_proto(&e.labels) }),
+                            value: e.value,
+                            ts: e.ts,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl thanos::exemplars_server::Exemplars for ExemplarsService {
+    type ExemplarsStream = futures::stream::Iter<std::vec::IntoIter<Result<ExemplarsResponse, Status>>>;
+
+    async fn exemplars(&self, req: Request<ExemplarsRequest>) -> Result<Response<Self::ExemplarsStream>, Status> {
+        let data = self.collect(req.get_ref())?;
+        let items: Vec<_> = data
+            .into_iter()
+            .map(|d| Ok(ExemplarsResponse { result: Some(exemplars_response::Result::Data(d)) }))
+            .collect();
+        Ok(Response::new(futures::stream::iter(items)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use norn_storeapi::prometheus_copy;
+
+    use super::*;
+
+    fn l(n: &str, v: &str) -> thanos::Label {
+        thanos::Label { name: n.into(), value: v.into() }
+    }
+
+    fn series(name: &str, ex: &[(&str, i64)]) -> TimeSeries {
+        TimeSeries {
+            labels: vec![l("__name__", name)],
+            exemplars: ex
+                .iter()
+                .map(|(trace, t)| prometheus_copy::Exemplar {
+                    labels: vec![l("trace_id", trace)],
+                    value: 1.0,
+                    timestamp: *t,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_counts_refusals() {
+        let te = TenantExemplars::new(10);
+        let s = vec![
+            series("a", &[("x", 10), ("x", 10), ("y", 5), ("z", 20)]),
+            series("b", &[(&"t".repeat(200), 1)]),
+            TimeSeries {
+                exemplars: vec![prometheus_copy::Exemplar {
+                    labels: vec![l("b", "1"), l("a", "1")],
+                    ..Default::default()
+                }],
+                ..series("c", &[])
+            },
+        ];
+        let labels: Vec<Labels> = s.iter().map(|t| labels_from_proto(&t.labels).unwrap()).collect();
+        let st = te.append("t1", &s, &labels, &[0, 1, 2]);
+        assert_eq!(st, ExemplarStats { appended: 2, out_of_order: 1, label_length: 1, invalid_labels: 1 });
+        assert!(te.get("t2").is_none());
+        // Disabled storage takes nothing and creates nothing.
+        let off = TenantExemplars::new(0);
+        assert_eq!(off.append("t1", &s, &labels, &[0]), ExemplarStats::default());
+        assert!(off.get("t1").is_none());
+    }
+
+    #[test]
+    fn external_label_selection() {
+        let ext = Labels::from_pairs([("tenant_id", "a")]);
+        let eq = |n: &str, v: &str| Matcher::equal(n, v);
+        let cases: Vec<(Vec<Vec<Matcher>>, Option<usize>)> = vec![
+            (vec![vec![eq("__name__", "x")]], Some(1)),
+            (vec![vec![eq("__name__", "x"), eq("tenant_id", "a")]], Some(1)),
+            (vec![vec![eq("__name__", "x"), eq("tenant_id", "b")]], None),
+            (vec![vec![eq("tenant_id", "b")], vec![eq("__name__", "y")]], Some(1)),
+            (vec![vec![eq("tenant_id", "a")]], Some(0)),
+        ];
+        for (sets, want) in cases {
+            assert_eq!(sets_for_tenant(&sets, &ext).map(|s| s.len()), want, "{sets:?}");
+        }
+    }
+}
