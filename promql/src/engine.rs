@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use norn_model::{Labels, MatchType, Matcher};
 use promql_parser::label::MatchOp;
-use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
 
 use norn_model::format::go_quote;
 
@@ -249,6 +249,8 @@ impl Engine {
     /// Evaluates a parsed expression at one instant; `text` is used for annotation positions.
     pub fn instant_expr(&self, q: &dyn Queryable, e: &Expr, text: &str, ts: i64) -> QueryResult {
         let mut ev = Evaluator::new(q, &self.opts, ts, ts, 0, text);
+        // Subqueries inside take their inner steps from this one-step grid.
+        ev.grid = StepGrid::new(ts, ts, 1);
         let value = ev.eval(e, ts).and_then(|v| finish_value(v, &self.opts));
         ev.into_result(value)
     }
@@ -404,6 +406,54 @@ pub(crate) struct Evaluator<'a> {
     /// mostly ascend, so the next position is usually a few samples further on.
     cursors: HashMap<(usize, u8), Vec<usize>>,
     deadline: Option<std::time::Instant>,
+    /// The steps the expression being evaluated will be asked for: the query's steps, or a
+    /// subquery's inner steps. Range functions over selectors evaluate series by series
+    /// over all of them at once ([`crate::series_major`]).
+    pub(crate) grid: Option<StepGrid>,
+    /// Per range-function call and grid, the results still to be handed out.
+    pub(crate) precomputed: HashMap<(usize, StepGrid), crate::series_major::Precomputed>,
+}
+
+/// Evaluation steps `first, first + step, …, last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct StepGrid {
+    first: i64,
+    last: i64,
+    step: i64,
+}
+
+impl StepGrid {
+    /// Most steps a grid may have: beyond this, precomputing every step could hold far more
+    /// than the steps a query actually visits.
+    const MAX_STEPS: i64 = 100_000;
+
+    /// A grid, if it is well formed and not too long.
+    pub(crate) fn new(first: i64, last: i64, step: i64) -> Option<StepGrid> {
+        if step <= 0 || last < first || (last as i128 - first as i128) / step as i128 >= Self::MAX_STEPS as i128 {
+            return None;
+        }
+        // Keep `last` on the grid.
+        let last = first + (last - first) / step * step;
+        Some(StepGrid { first, last, step })
+    }
+
+    /// Number of steps.
+    pub(crate) fn len(&self) -> usize {
+        ((self.last - self.first) / self.step + 1) as usize
+    }
+
+    /// Time of step `k`.
+    pub(crate) fn at(&self, k: usize) -> i64 {
+        self.first + k as i64 * self.step
+    }
+
+    /// Index of the step at `ts`, if `ts` is one.
+    pub(crate) fn index(&self, ts: i64) -> Option<usize> {
+        if ts < self.first || ts > self.last || (ts - self.first) % self.step != 0 {
+            return None;
+        }
+        Some(((ts - self.first) / self.step) as usize)
+    }
 }
 
 impl<'a> Evaluator<'a> {
@@ -437,7 +487,24 @@ impl<'a> Evaluator<'a> {
             subq_cache: HashMap::default(),
             cursors: HashMap::default(),
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
+            grid: None,
+            precomputed: HashMap::default(),
         }
+    }
+
+    /// An evaluator for a helper thread: same query and settings, own caches and annotations.
+    pub(crate) fn side_evaluator(&self) -> Evaluator<'a> {
+        let mut e = Evaluator::new(self.q, self.opts, self.start, self.end, self.interval, self.text);
+        e.deadline = self.deadline;
+        e.stats_hints = self.stats_hints;
+        e.subquery_depth = self.subquery_depth;
+        e
+    }
+
+    /// Takes over the annotations a [`Self::side_evaluator`] collected.
+    pub(crate) fn absorb(&mut self, other: Evaluator<'_>) {
+        self.annos.warnings.extend(other.annos.warnings);
+        self.annos.infos.extend(other.annos.infos);
     }
 
     fn into_result(self, value: EvalResult<Value>) -> QueryResult {
@@ -559,6 +626,10 @@ impl<'a> Evaluator<'a> {
                     .into(),
             ));
         }
+        self.grid = StepGrid::new(start, end, step);
+        if let Some(m) = self.range_eval_series_major(e)? {
+            return self.finish_matrix(m);
+        }
         let mut order: Vec<Series> = Vec::new();
         let mut index: HashMap<(Labels, bool), usize> = HashMap::default();
         let mut ts = start;
@@ -597,6 +668,11 @@ impl<'a> Evaluator<'a> {
                 None => break,
             };
         }
+        self.finish_matrix(order)
+    }
+
+    /// Names dropped, clashes rejected, series sorted: the range query's result.
+    fn finish_matrix(&self, order: Vec<Series>) -> EvalResult<Value> {
         let mut v = match finish_value(Value::Matrix(order), self.opts)? {
             Value::Matrix(m) => m,
             _ => unreachable!("finish_value keeps the variant"),
@@ -605,7 +681,36 @@ impl<'a> Evaluator<'a> {
         Ok(Value::Matrix(v))
     }
 
-    fn check_deadline(&self) -> EvalResult<()> {
+    /// A range query that is a single range function over a selector, evaluated series by
+    /// series straight into the result matrix; `None` for any other query.
+    fn range_eval_series_major(&mut self, e: &Expr) -> EvalResult<Option<Vec<Series>>> {
+        let mut inner = e;
+        while let Expr::Paren(p) = inner {
+            inner = &p.expr;
+        }
+        let Expr::Call(c) = inner else { return Ok(None) };
+        let Some(grid) = self.grid else { return Ok(None) };
+        if !crate::functions::is_range_function(c.func.name) {
+            return Ok(None);
+        }
+        let Some(ms) = crate::series_major::eligible(self, c) else { return Ok(None) };
+        self.check_deadline()?;
+        let pre = crate::series_major::compute(self, c, ms, grid)?;
+        let mut out = Vec::with_capacity(pre.len());
+        for p in pre {
+            let mut s = Series { metric: p.metric, drop_name: p.drop_name, ..Default::default() };
+            for (k, f, h) in p.points {
+                match h {
+                    Some(h) => s.histograms.push((grid.at(k as usize), h)),
+                    None => s.floats.push((grid.at(k as usize), f)),
+                }
+            }
+            out.push(s);
+        }
+        Ok(Some(out))
+    }
+
+    pub(crate) fn check_deadline(&self) -> EvalResult<()> {
         match self.deadline {
             Some(d) if std::time::Instant::now() > d => Err(QueryError::Timeout),
             _ => Ok(()),
@@ -749,6 +854,12 @@ impl<'a> Evaluator<'a> {
         let arc = Arc::new(result);
         self.cache.insert(key, arc.clone());
         Ok(arc)
+    }
+
+    /// The series a matrix selector selects (with its range as the selection hint).
+    pub(crate) fn select_range(&mut self, ms: &MatrixSelector) -> EvalResult<Arc<Vec<Arc<StoredSeries>>>> {
+        self.pending_range = Some(dur_ms(&ms.range));
+        self.selected(&ms.vs)
     }
 
     pub(crate) fn vector_select(&mut self, vs: &VectorSelector, ts: i64) -> EvalResult<Vec<Sample>> {
@@ -1026,6 +1137,20 @@ impl<'a> Evaluator<'a> {
                     }
                     _ => SubqMatrix { step, first, next: first, series: Vec::new(), index: HashMap::default() },
                 };
+                // The inner steps of this subquery over the whole enclosing grid, when the outer
+                // steps are close enough for their windows to cover it.
+                let outer_grid = self.grid;
+                self.grid = outer_grid.and_then(|g| {
+                    if g.len() > 1 && g.step > range {
+                        return None;
+                    }
+                    let lo0 = self.ref_time(&sq.at, &sq.offset, g.first).saturating_sub(range);
+                    let mut first0 = step * (lo0 / step);
+                    if first0 <= lo0 {
+                        first0 = first0.checked_add(step)?;
+                    }
+                    StepGrid::new(first0, self.ref_time(&sq.at, &sq.offset, g.last), step)
+                });
                 let mut t = m.next;
                 let mut overflowed = false;
                 while t <= rt {
@@ -1048,6 +1173,7 @@ impl<'a> Evaluator<'a> {
                     };
                     m.next = t;
                 }
+                self.grid = outer_grid;
                 let mut order = m.window(first, rt);
                 // At the end of time `next` cannot be represented; such a matrix is not kept.
                 if !overflowed {

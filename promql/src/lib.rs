@@ -22,6 +22,7 @@ mod binary;
 mod fasthash;
 mod functions;
 mod info;
+mod series_major;
 
 pub use engine::{Engine, EngineOptions, QueryError, QueryResult, parse};
 pub use storage::{MemStorage, Queryable, SelectHints, StoredSeries, StoredValue};
