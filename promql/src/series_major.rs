@@ -238,3 +238,203 @@ impl Job<'_> {
         Ok((out, per_step))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::conformance::script::parse_histogram;
+    use crate::engine::{Engine, StepGrid};
+    use crate::storage::{MemStorage, StoredValue};
+    use crate::value::{Value, stale_nan};
+    use norn_model::Labels;
+    use std::sync::Arc;
+
+    /// Counters with resets and a staleness marker, a gauge with gaps and NaN, a series with
+    /// start timestamps, and native histograms (one series mixing in floats).
+    fn storage(series: usize, samples: i64) -> MemStorage {
+        let mut m = MemStorage::new();
+        for i in 0..series {
+            let l = Labels::from_pairs([("__name__", "c_total"), ("i", &i.to_string())]);
+            m.append(
+                &l,
+                (0..samples).map(|k| {
+                    let v = if k == samples / 2 { stale_nan() } else { ((k * 7 + i as i64) % 50) as f64 };
+                    (k * 15_000 + i as i64 * 1000, StoredValue::Float(v))
+                }),
+            );
+            let g = Labels::from_pairs([("__name__", "g"), ("i", &i.to_string())]);
+            m.append(
+                &g,
+                (0..samples).filter(|k| k % 9 != 4).map(|k| {
+                    let v = if k % 31 == 7 { f64::NAN } else { ((k * 13 + i as i64) % 17) as f64 - 8.0 };
+                    (k * 15_000 + 500, StoredValue::Float(v))
+                }),
+            );
+        }
+        let st = Labels::from_pairs([("__name__", "st_total")]);
+        m.append_with_st(
+            &st,
+            (0..samples).map(|k| (k * 15_000, StoredValue::Float((k % 10) as f64), k / 10 * 150_000)),
+        );
+        let (h1, _) = parse_histogram("schema:0 count:4 sum:10 buckets:[1 2 1]").unwrap();
+        let (h2, _) = parse_histogram("schema:0 count:9 sum:20 buckets:[2 4 3]").unwrap();
+        let h = Labels::from_pairs([("__name__", "h")]);
+        m.append(
+            &h,
+            (0..samples).map(|k| {
+                (k * 15_000, StoredValue::Histogram(Arc::new(if k % 3 == 0 { h1.clone() } else { h2.clone() })))
+            }),
+        );
+        let mixed = Labels::from_pairs([("__name__", "mixed")]);
+        m.append(
+            &mixed,
+            (0..samples).map(|k| {
+                let v = if k % 5 == 0 {
+                    StoredValue::Float(k as f64)
+                } else {
+                    StoredValue::Histogram(Arc::new(h1.clone()))
+                };
+                (k * 15_000, v)
+            }),
+        );
+        m
+    }
+
+    /// The range query's result and annotations, and the same assembled from instant
+    /// queries at each step (which evaluate step by step).
+    fn both(m: &MemStorage, q: &str, start: i64, end: i64, step: i64) -> (String, String) {
+        let e = Engine::default();
+        let r = e.range_query(m, q, start, end, step);
+        let got = match r.value {
+            Ok(Value::Matrix(mx)) => {
+                let mut pts: Vec<String> = Vec::new();
+                for s in mx {
+                    for (t, f) in s.floats {
+                        pts.push(format!("{} {t} {:?}", s.metric, f.to_bits()));
+                    }
+                    for (t, h) in s.histograms {
+                        pts.push(format!("{} {t} {}", s.metric, crate::value::format_histogram(&h)));
+                    }
+                }
+                pts.sort();
+                format!("{pts:?} {:?} {:?}", r.warnings, r.infos)
+            }
+            other => format!("{other:?}"),
+        };
+        let (mut pts, mut warns, mut infos) = (Vec::new(), Vec::new(), Vec::new());
+        let mut t = start;
+        while t <= end {
+            let r = e.instant_query(m, q, t);
+            match r.value {
+                Ok(Value::Vector(v)) => {
+                    for s in v {
+                        match s.h {
+                            Some(h) => pts.push(format!("{} {t} {}", s.metric, crate::value::format_histogram(&h))),
+                            None => pts.push(format!("{} {t} {:?}", s.metric, s.f.to_bits())),
+                        }
+                    }
+                }
+                Ok(Value::Scalar(f)) => pts.push(format!("{{}} {t} {:?}", f.to_bits())),
+                other => return (got, format!("{other:?}")),
+            }
+            warns.extend(r.warnings);
+            infos.extend(r.infos);
+            t += step;
+        }
+        pts.sort();
+        for v in [&mut warns, &mut infos] {
+            v.sort();
+            v.dedup();
+        }
+        (got, format!("{pts:?} {warns:?} {infos:?}"))
+    }
+
+    #[test]
+    fn series_major_agrees_with_step_by_step() {
+        let m = storage(3, 200);
+        let queries = [
+            "rate(c_total[2m])",
+            "increase(c_total[5m])",
+            "delta(g[3m])",
+            "irate(c_total[1m])",
+            "idelta(g[1m])",
+            "deriv(g[4m])",
+            "predict_linear(g[4m], 60)",
+            "changes(g[5m])",
+            "resets(c_total[5m])",
+            "count_over_time(g[1m])",
+            "sum_over_time(g[2m])",
+            "avg_over_time(g[2m])",
+            "min_over_time(g[2m])",
+            "max_over_time(g[2m])",
+            "stddev_over_time(g[3m])",
+            "stdvar_over_time(g[3m])",
+            "quantile_over_time(0.3, g[3m])",
+            "quantile_over_time(1.5, g[3m])",
+            "mad_over_time(g[3m])",
+            "last_over_time(g[1m])",
+            "first_over_time(g[1m])",
+            "present_over_time(g[1m])",
+            "ts_of_max_over_time(g[2m])",
+            "ts_of_last_over_time(g[2m])",
+            "double_exponential_smoothing(g[5m], 0.5, 0.5)",
+            "rate(g[2m])",
+            "rate(st_total[3m])",
+            "irate(st_total[3m])",
+            "resets(st_total[3m])",
+            "rate(h[2m])",
+            "sum_over_time(h[2m])",
+            "rate(mixed[2m])",
+            "max_over_time(mixed[2m])",
+            "rate(c_total[2m] offset 1m)",
+            "rate(c_total[2m] @ 600)",
+            "sum(rate(c_total[2m]))",
+            "rate(c_total[2m]) / on (i) avg_over_time(g[2m])",
+            "max_over_time(rate(c_total[1m])[5m:30s])",
+            "max_over_time(rate(c_total[1m])[5m:45s] offset 20s)",
+            "sum_over_time(deriv(g[2m])[3m:])",
+        ];
+        for q in queries {
+            for (start, end, step) in [(0, 3_000_000, 30_000), (7_000, 2_000_000, 61_000), (600_000, 600_000, 1000)] {
+                let (range, steps) = both(&m, q, start, end, step);
+                assert_eq!(range, steps, "{q} from {start} to {end} every {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_evaluation_agrees_with_step_by_step() {
+        // Enough samples × steps to take the two-thread path.
+        let m = storage(8, 1500);
+        for q in ["rate(c_total[5m])", "sum by (i) (avg_over_time(g[10m]))", "rate(h[5m])"] {
+            let (range, steps) = both(&m, q, 0, 20_000_000, 60_000);
+            assert_eq!(range, steps, "{q}");
+        }
+    }
+
+    #[test]
+    fn per_step_sample_limit_holds() {
+        let m = storage(3, 200);
+        let mut e = Engine::default();
+        // Each step's 2m window holds 8 samples of each of the three counters.
+        e.opts.max_samples = 23;
+        let r = e.range_query(&m, "rate(c_total[2m])", 600_000, 1_200_000, 30_000);
+        assert!(r.value.is_err(), "{:?}", r.value);
+        e.opts.max_samples = 24;
+        assert!(e.range_query(&m, "rate(c_total[2m])", 600_000, 1_200_000, 30_000).value.is_ok());
+    }
+
+    #[test]
+    fn step_grid() {
+        let g = StepGrid::new(10, 100, 30).unwrap();
+        assert_eq!((g.len(), g.at(0), g.at(3)), (4, 10, 100));
+        let g = StepGrid::new(10, 99, 30).unwrap();
+        assert_eq!(g.len(), 3);
+        let cases = [(10, Some(0)), (40, Some(1)), (70, Some(2)), (100, None), (39, None), (9, None), (-20, None)];
+        for (ts, want) in cases {
+            assert_eq!(g.index(ts), want, "{ts}");
+        }
+        assert!(StepGrid::new(10, 9, 1).is_none());
+        assert!(StepGrid::new(0, 10, 0).is_none());
+        assert!(StepGrid::new(i64::MIN, i64::MAX, 1).is_none());
+    }
+}
