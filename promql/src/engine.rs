@@ -1135,7 +1135,14 @@ impl<'a> Evaluator<'a> {
                     {
                         c
                     }
-                    _ => SubqMatrix { step, first, next: first, series: Vec::new(), index: HashMap::default() },
+                    _ => SubqMatrix {
+                        step,
+                        first,
+                        next: first,
+                        series: Vec::new(),
+                        index: HashMap::default(),
+                        sorted: Vec::new(),
+                    },
                 };
                 // The inner steps of this subquery over the whole enclosing grid, when the outer
                 // steps are close enough for their windows to cover it.
@@ -1174,14 +1181,13 @@ impl<'a> Evaluator<'a> {
                     m.next = t;
                 }
                 self.grid = outer_grid;
-                let mut order = m.window(first, rt);
+                let order = m.window(first, rt);
                 // At the end of time `next` cannot be represented; such a matrix is not kept.
                 if !overflowed {
                     self.subq_cache.insert(node, m);
                 }
                 self.stats_hints = saved_stats;
                 self.subquery_depth -= 1;
-                order.sort_by(|a, b| a.metric.cmp(&b.metric));
                 Ok(RangeArg { series: order, range_start: lo, range_end: rt, range, ext: None })
             }
             _ => Err(QueryError::Eval("expected range vector".into())),
@@ -1197,6 +1203,9 @@ pub(crate) struct SubqMatrix {
     next: i64,
     series: Vec<Series>,
     index: HashMap<(Labels, bool), usize>,
+    /// Indexes of `series` ordered by labels (ties in order of appearance), kept up to date
+    /// by [`Self::window`], so windows come out sorted without sorting them at every step.
+    sorted: Vec<usize>,
 }
 
 impl SubqMatrix {
@@ -1216,10 +1225,15 @@ impl SubqMatrix {
         }
     }
 
-    /// Copies of the points in `[from, to]`; series without any are left out.
-    fn window(&self, from: i64, to: i64) -> Vec<Series> {
+    /// Copies of the points in `[from, to]`, ordered by labels; series without any are left out.
+    fn window(&mut self, from: i64, to: i64) -> Vec<Series> {
+        if self.sorted.len() != self.series.len() {
+            self.sorted = (0..self.series.len()).collect();
+            let series = &self.series;
+            self.sorted.sort_by(|a, b| series[*a].metric.cmp(&series[*b].metric));
+        }
         let mut out = Vec::new();
-        for s in &self.series {
+        for s in self.sorted.iter().map(|i| &self.series[*i]) {
             let fa = s.floats.partition_point(|p| p.0 < from);
             let fb = s.floats.partition_point(|p| p.0 <= to);
             let ha = s.histograms.partition_point(|p| p.0 < from);
