@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use norn_model::{Labels, MatchType, Matcher};
 use promql_parser::label::MatchOp;
-use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
+use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector};
 
 use norn_model::format::go_quote;
 
@@ -442,6 +442,11 @@ impl StepGrid {
         ((self.last - self.first) / self.step + 1) as usize
     }
 
+    /// Time between steps.
+    pub(crate) fn step(&self) -> i64 {
+        self.step
+    }
+
     /// Time of step `k`.
     pub(crate) fn at(&self, k: usize) -> i64 {
         self.first + k as i64 * self.step
@@ -693,9 +698,9 @@ impl<'a> Evaluator<'a> {
         if !crate::functions::is_range_function(c.func.name) {
             return Ok(None);
         }
-        let Some(ms) = crate::series_major::eligible(self, c) else { return Ok(None) };
+        let Some(src) = crate::series_major::eligible(self, c) else { return Ok(None) };
         self.check_deadline()?;
-        let pre = crate::series_major::compute(self, c, ms, grid)?;
+        let Some(pre) = crate::series_major::compute(self, c, src, grid)? else { return Ok(None) };
         let mut out = Vec::with_capacity(pre.len());
         for p in pre {
             let mut s = Series { metric: p.metric, drop_name: p.drop_name, ..Default::default() };
@@ -1105,94 +1110,119 @@ impl<'a> Evaluator<'a> {
                 Ok(RangeArg { series: out, range_start: lo, range_end: rt, range, ext })
             }
             Expr::Subquery(sq) => {
-                let rt = self.ref_time(&sq.at, &sq.offset, ts);
-                let range = dur_ms(&sq.range);
-                let step = sq.step.as_ref().map(dur_ms).unwrap_or(self.opts.default_subquery_step);
-                if step <= 0 {
-                    return Err(QueryError::Eval("subquery step must be positive".into()));
-                }
-                let lo = rt.saturating_sub(range);
-                if range / step > MAX_SUBQUERY_STEPS {
-                    return Err(QueryError::TooManySamples);
-                }
-                // Go's integer division truncates; the first step is the first multiple of
-                // `step` strictly after the window start.
-                let mut first = step * (lo / step);
-                if first <= lo {
-                    first += step;
-                }
-                let saved_stats = std::mem::replace(&mut self.stats_hints, false);
-                // An error ends the whole query, so the depth need not be restored on it.
-                self.subquery_depth += 1;
-                self.pending_func = None;
-                let node = sq as *const _ as usize;
-                let mut m = match self.subq_cache.remove(&node) {
-                    Some(c)
-                        if c.step == step
-                            && first >= c.first
-                            && first <= c.next
-                            && (first as i128 - c.first as i128) % step as i128 == 0 =>
-                    {
-                        c
-                    }
-                    _ => SubqMatrix {
-                        step,
-                        first,
-                        next: first,
-                        series: Vec::new(),
-                        index: HashMap::default(),
-                        sorted: Vec::new(),
-                    },
-                };
-                // The inner steps of this subquery over the whole enclosing grid, when the outer
-                // steps are close enough for their windows to cover it.
-                let outer_grid = self.grid;
-                self.grid = outer_grid.and_then(|g| {
-                    if g.len() > 1 && g.step > range {
-                        return None;
-                    }
-                    let lo0 = self.ref_time(&sq.at, &sq.offset, g.first).saturating_sub(range);
-                    let mut first0 = step * (lo0 / step);
-                    if first0 <= lo0 {
-                        first0 = first0.checked_add(step)?;
-                    }
-                    StepGrid::new(first0, self.ref_time(&sq.at, &sq.offset, g.last), step)
-                });
-                let mut t = m.next;
-                let mut overflowed = false;
-                while t <= rt {
-                    self.check_deadline()?;
-                    match self.eval(&sq.expr, t)? {
-                        Value::Scalar(v) => m.push(Labels::empty(), false, t, v, None),
-                        Value::Vector(vec) => {
-                            for s in vec {
-                                m.push(s.metric, s.drop_name, t, s.f, s.h);
-                            }
-                        }
-                        v => return Err(QueryError::Eval(format!("subquery of {} is not allowed", v.type_name()))),
-                    }
-                    t = match t.checked_add(step) {
-                        Some(x) => x,
-                        None => {
-                            overflowed = true;
-                            break;
-                        }
-                    };
-                    m.next = t;
-                }
-                self.grid = outer_grid;
-                let order = m.window(first, rt);
+                let f = self.subquery_fill(sq, ts)?;
+                let mut m = f.matrix;
+                let order = m.window(f.first, f.rt);
                 // At the end of time `next` cannot be represented; such a matrix is not kept.
-                if !overflowed {
-                    self.subq_cache.insert(node, m);
+                if !f.overflowed {
+                    self.subq_cache.insert(sq as *const _ as usize, m);
                 }
-                self.stats_hints = saved_stats;
-                self.subquery_depth -= 1;
-                Ok(RangeArg { series: order, range_start: lo, range_end: rt, range, ext: None })
+                Ok(RangeArg { series: order, range_start: f.lo, range_end: f.rt, range: f.range, ext: None })
             }
             _ => Err(QueryError::Eval("expected range vector".into())),
         }
     }
+
+    /// Puts a subquery's matrix (back) into the cache.
+    pub(crate) fn subq_cache_put(&mut self, node: usize, m: SubqMatrix) {
+        self.subq_cache.insert(node, m);
+    }
+
+    /// Evaluates the inner steps of subquery `sq` its window at `ts` needs and are not yet
+    /// in the subquery's cached matrix, which is taken out of the cache and returned.
+    pub(crate) fn subquery_fill(&mut self, sq: &SubqueryExpr, ts: i64) -> EvalResult<SubqFill> {
+        let rt = self.ref_time(&sq.at, &sq.offset, ts);
+        let range = dur_ms(&sq.range);
+        let step = sq.step.as_ref().map(dur_ms).unwrap_or(self.opts.default_subquery_step);
+        if step <= 0 {
+            return Err(QueryError::Eval("subquery step must be positive".into()));
+        }
+        let lo = rt.saturating_sub(range);
+        if range / step > MAX_SUBQUERY_STEPS {
+            return Err(QueryError::TooManySamples);
+        }
+        // Go's integer division truncates; the first step is the first multiple of
+        // `step` strictly after the window start.
+        let mut first = step * (lo / step);
+        if first <= lo {
+            first += step;
+        }
+        let saved_stats = std::mem::replace(&mut self.stats_hints, false);
+        // An error ends the whole query, so the depth need not be restored on it.
+        self.subquery_depth += 1;
+        self.pending_func = None;
+        let node = sq as *const _ as usize;
+        let mut m = match self.subq_cache.remove(&node) {
+            Some(c)
+                if c.step == step
+                    && first >= c.first
+                    && first <= c.next
+                    && (first as i128 - c.first as i128) % step as i128 == 0 =>
+            {
+                c
+            }
+            _ => SubqMatrix {
+                step,
+                first,
+                next: first,
+                series: Vec::new(),
+                index: HashMap::default(),
+                sorted: Vec::new(),
+            },
+        };
+        // The inner steps of this subquery over the whole enclosing grid, when the outer
+        // steps are close enough for their windows to cover it.
+        let outer_grid = self.grid;
+        self.grid = outer_grid.and_then(|g| {
+            if g.len() > 1 && g.step > range {
+                return None;
+            }
+            let lo0 = self.ref_time(&sq.at, &sq.offset, g.first).saturating_sub(range);
+            let mut first0 = step * (lo0 / step);
+            if first0 <= lo0 {
+                first0 = first0.checked_add(step)?;
+            }
+            StepGrid::new(first0, self.ref_time(&sq.at, &sq.offset, g.last), step)
+        });
+        let mut t = m.next;
+        let mut overflowed = false;
+        while t <= rt {
+            self.check_deadline()?;
+            match self.eval(&sq.expr, t)? {
+                Value::Scalar(v) => m.push(Labels::empty(), false, t, v, None),
+                Value::Vector(vec) => {
+                    for s in vec {
+                        m.push(s.metric, s.drop_name, t, s.f, s.h);
+                    }
+                }
+                v => return Err(QueryError::Eval(format!("subquery of {} is not allowed", v.type_name()))),
+            }
+            t = match t.checked_add(step) {
+                Some(x) => x,
+                None => {
+                    overflowed = true;
+                    break;
+                }
+            };
+            m.next = t;
+        }
+        self.grid = outer_grid;
+        self.stats_hints = saved_stats;
+        self.subquery_depth -= 1;
+        Ok(SubqFill { matrix: m, first, lo, rt, range, overflowed })
+    }
+}
+
+/// What [`Evaluator::subquery_fill`] returns: the subquery's matrix and the window at the
+/// asked time, `(lo, rt]`, whose first inner step is `first`.
+pub(crate) struct SubqFill {
+    pub matrix: SubqMatrix,
+    pub first: i64,
+    pub lo: i64,
+    pub rt: i64,
+    pub range: i64,
+    /// The last inner step reached the end of time; the matrix must not be cached.
+    pub overflowed: bool,
 }
 
 /// A subquery's inner results for the contiguous inner steps `first, first+step, …` before
@@ -1225,15 +1255,25 @@ impl SubqMatrix {
         }
     }
 
-    /// Copies of the points in `[from, to]`, ordered by labels; series without any are left out.
-    fn window(&mut self, from: i64, to: i64) -> Vec<Series> {
+    /// The series ordered by labels (ties in order of appearance).
+    pub(crate) fn sorted_series(&mut self) -> impl Iterator<Item = &Series> {
         if self.sorted.len() != self.series.len() {
             self.sorted = (0..self.series.len()).collect();
             let series = &self.series;
             self.sorted.sort_by(|a, b| series[*a].metric.cmp(&series[*b].metric));
         }
+        self.sorted.iter().map(|i| &self.series[*i])
+    }
+
+    /// Whether the matrix holds every inner step from `from` to `to`.
+    pub(crate) fn covers(&self, from: i64, to: i64) -> bool {
+        self.first <= from && self.next > to
+    }
+
+    /// Copies of the points in `[from, to]`, ordered by labels; series without any are left out.
+    fn window(&mut self, from: i64, to: i64) -> Vec<Series> {
         let mut out = Vec::new();
-        for s in self.sorted.iter().map(|i| &self.series[*i]) {
+        for s in self.sorted_series() {
             let fa = s.floats.partition_point(|p| p.0 < from);
             let fb = s.floats.partition_point(|p| p.0 <= to);
             let ha = s.histograms.partition_point(|p| p.0 < from);

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use norn_model::{FloatHistogram, Labels};
-use promql_parser::parser::{Call, Expr, MatrixSelector};
+use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr};
 
 use crate::engine::{EvalResult, Evaluator, QueryError, RangeArg, StepGrid, dur_ms, ext_mode, seek_le};
 use crate::functions::{FH, apply_range_fn, counter_name_info, range_arg_index, range_fn_keeps_name, range_fn_scalars};
@@ -43,20 +43,29 @@ fn unparen(e: &Expr) -> &Expr {
     }
 }
 
-/// The matrix selector of a range-function call this module can evaluate: a plain one
-/// (no `anchored`/`smoothed`), outside the histogram-statistics mode whose per-sample
-/// hints depend on the caller.
-pub(crate) fn eligible<'e>(ev: &Evaluator<'_>, c: &'e Call) -> Option<&'e MatrixSelector> {
+/// The range argument of a range-function call this module can evaluate.
+#[derive(Clone, Copy)]
+pub(crate) enum RangeSource<'e> {
+    /// A plain matrix selector (no `anchored`/`smoothed`).
+    Selector(&'e MatrixSelector),
+    /// A subquery.
+    Subquery(&'e SubqueryExpr),
+}
+
+/// The range argument of `c` if this module can evaluate the call: a plain matrix selector
+/// or a subquery, outside the histogram-statistics mode whose per-sample hints depend on
+/// the caller.
+pub(crate) fn eligible<'e>(ev: &Evaluator<'_>, c: &'e Call) -> Option<RangeSource<'e>> {
     if ev.stats_hints {
         return None;
     }
     let args = &c.args.args;
     let mi = range_arg_index(c.func.name);
-    let Expr::MatrixSelector(ms) = unparen(args.get(mi)?) else { return None };
-    if ext_mode(&ms.vs).is_some() {
-        return None;
+    match unparen(args.get(mi)?) {
+        Expr::MatrixSelector(ms) if ext_mode(&ms.vs).is_none() => Some(RangeSource::Selector(ms)),
+        Expr::Subquery(sq) => Some(RangeSource::Subquery(sq)),
+        _ => None,
     }
-    Some(ms)
 }
 
 /// The result of `c` at `ts` when `ts` lies on the current evaluation grid and `c` is
@@ -70,8 +79,8 @@ pub(crate) fn lookup(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Op
     let Some(k) = grid.index(ts) else { return Ok(None) };
     let key = (c as *const Call as usize, grid);
     if !ev.precomputed.contains_key(&key) {
-        let Some(ms) = eligible(ev, c) else { return Ok(None) };
-        let series = compute(ev, c, ms, grid)?;
+        let Some(src) = eligible(ev, c) else { return Ok(None) };
+        let Some(series) = compute(ev, c, src, grid)? else { return Ok(None) };
         let mut steps: Vec<Vec<Sample>> = (0..grid.len()).map(|_| Vec::new()).collect();
         for s in series {
             for (i, f, h) in s.points {
@@ -90,68 +99,108 @@ pub(crate) fn lookup(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Op
     Ok(ev.precomputed.get_mut(&key).and_then(|p| p.steps.get_mut(k)).and_then(Option::take))
 }
 
-/// Evaluates range function `c` over matrix selector `ms` at every step of `grid`, series
-/// by series.
+/// Evaluates range function `c` over `src` at every step of `grid`, series by series.
+/// `None` when the subquery's inner results cannot be kept for the whole grid (its outer
+/// windows do not overlap, or it reaches the end of time): evaluate step by step then.
 pub(crate) fn compute(
     ev: &mut Evaluator<'_>,
     c: &Call,
-    ms: &MatrixSelector,
+    src: RangeSource<'_>,
     grid: StepGrid,
-) -> EvalResult<Vec<PreSeries>> {
+) -> EvalResult<Option<Vec<PreSeries>>> {
     let name = c.func.name;
     let args: Vec<&Expr> = c.args.args.iter().map(|b| b.as_ref()).collect();
     let mi = range_arg_index(name);
+    if let RangeSource::Subquery(sq) = src
+        && grid.len() > 1
+        && grid.step() > dur_ms(&sq.range)
+    {
+        return Ok(None);
+    }
     // Scalar arguments may vary by step (`quantile_over_time(scalar(x), …)`).
     let mut scalars: Vec<Vec<f64>> = Vec::with_capacity(grid.len());
     for k in 0..grid.len() {
         scalars.push(range_fn_scalars(ev, name, &args, grid.at(k))?);
     }
     let arg_pos = ev.pos_cached(args[mi]);
-    let range = dur_ms(&ms.range);
-    ev.pending_func = Some(name.to_string());
-    let selected = ev.select_range(ms)?;
-    ev.pending_func = None;
-    let vs = &ms.vs;
-    // The window of every step: (lo, rt].
-    let windows: Vec<(i64, i64)> = (0..grid.len())
-        .map(|k| {
-            let rt = ev.ref_time(&vs.at, &vs.offset, grid.at(k));
-            (rt.saturating_sub(range), rt)
-        })
-        .collect();
-    let job = Job { name, windows: &windows, scalars: &scalars, grid, range, arg_pos: &arg_pos };
-    let total: usize = selected.iter().map(|s| s.ts.len()).sum::<usize>().saturating_mul(grid.len());
-    let threads = if total >= PARALLEL_MIN_SAMPLES && selected.len() >= 2 {
-        std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1)
-    } else {
-        1
-    };
-    let (out, per_step) = if threads > 1 {
-        let mid = selected.len() / 2;
-        let (a, b) = selected.split_at(mid);
-        let mut side = ev.side_evaluator();
-        let (ra, rb) = std::thread::scope(|scope| {
-            let h = scope.spawn(|| job.run(&mut side, b));
-            let ra = job.run(ev, a);
-            (ra, h.join())
-        });
-        let rb = rb.map_err(|_| QueryError::Eval("range function evaluation thread failed".into()))?;
-        ev.absorb(side);
-        let (mut oa, mut pa) = ra?;
-        let (ob, pb) = rb?;
-        oa.extend(ob);
-        for (x, y) in pa.iter_mut().zip(pb) {
-            *x += y;
+    match src {
+        RangeSource::Selector(ms) => {
+            let range = dur_ms(&ms.range);
+            ev.pending_func = Some(name.to_string());
+            let selected = ev.select_range(ms)?;
+            ev.pending_func = None;
+            let vs = &ms.vs;
+            // The window of every step: (lo, rt].
+            let windows: Vec<(i64, i64)> = (0..grid.len())
+                .map(|k| {
+                    let rt = ev.ref_time(&vs.at, &vs.offset, grid.at(k));
+                    (rt.saturating_sub(range), rt)
+                })
+                .collect();
+            let job = Job { name, windows: &windows, scalars: &scalars, grid, range, arg_pos: &arg_pos };
+            let sources: Vec<Source<'_>> = selected.iter().map(Source::Stored).collect();
+            let (out, per_step) = job.run_maybe_parallel(ev, &sources)?;
+            // As in the step path: no step may hold more samples than the limit.
+            if per_step.iter().any(|n| *n > ev.opts.max_samples) {
+                return Err(QueryError::TooManySamples);
+            }
+            Ok(Some(out))
         }
-        (oa, pa)
-    } else {
-        job.run(ev, &selected)?
-    };
-    // As in the step path: no step may hold more samples than the limit.
-    if per_step.iter().any(|n| *n > ev.opts.max_samples) {
-        return Err(QueryError::TooManySamples);
+        RangeSource::Subquery(sq) => {
+            // Fill the subquery's matrix step by step (each inner step is evaluated once, as
+            // in the step path), then slide every outer window over it.
+            ev.pending_func = None;
+            let node = sq as *const SubqueryExpr as usize;
+            let mut windows = Vec::with_capacity(grid.len());
+            let (mut range, mut first) = (0, 0);
+            let mut m = None;
+            for k in 0..grid.len() {
+                let f = ev.subquery_fill(sq, grid.at(k))?;
+                windows.push((f.lo, f.rt));
+                range = f.range;
+                if k == 0 {
+                    first = f.first;
+                }
+                if f.overflowed {
+                    return Ok(None);
+                }
+                if k + 1 == grid.len() {
+                    m = Some(f.matrix);
+                } else {
+                    ev.subq_cache_put(node, f.matrix);
+                }
+            }
+            let Some(mut m) = m else { return Ok(None) };
+            let covered = windows.last().is_some_and(|w| m.covers(first, w.1));
+            let res = if covered {
+                let job = Job { name, windows: &windows, scalars: &scalars, grid, range, arg_pos: &arg_pos };
+                let sources: Vec<Source<'_>> = m.sorted_series().map(Source::Computed).collect();
+                Some(job.run_maybe_parallel(ev, &sources)?.0)
+            } else {
+                None
+            };
+            ev.subq_cache_put(node, m);
+            Ok(res)
+        }
     }
-    Ok(out)
+}
+
+/// One input series of a range function.
+#[derive(Clone, Copy)]
+enum Source<'s> {
+    /// From storage: stale markers are not samples.
+    Stored(&'s Arc<StoredSeries>),
+    /// A subquery's inner result.
+    Computed(&'s Series),
+}
+
+/// The number of points in `pts` at or before `target`, searched forward from `hint`
+/// (windows only move forward).
+fn advance<T>(pts: &[(i64, T)], mut hint: usize, target: i64) -> usize {
+    while hint < pts.len() && pts[hint].0 <= target {
+        hint += 1;
+    }
+    hint
 }
 
 /// What every series of one [`compute`] shares.
@@ -165,61 +214,119 @@ struct Job<'j> {
 }
 
 impl Job<'_> {
-    /// The results for `series`, and the window samples per step (for the sample limit).
-    fn run(&self, ev: &mut Evaluator<'_>, series: &[Arc<StoredSeries>]) -> EvalResult<(Vec<PreSeries>, Vec<usize>)> {
+    /// [`Self::run`], on two threads when there is enough work.
+    fn run_maybe_parallel(
+        &self,
+        ev: &mut Evaluator<'_>,
+        sources: &[Source<'_>],
+    ) -> EvalResult<(Vec<PreSeries>, Vec<usize>)> {
+        let points = |s: &Source<'_>| match s {
+            Source::Stored(s) => s.ts.len(),
+            Source::Computed(s) => s.floats.len() + s.histograms.len(),
+        };
+        let total = sources.iter().map(points).sum::<usize>().saturating_mul(self.windows.len());
+        let threads = if total >= PARALLEL_MIN_SAMPLES && sources.len() >= 2 {
+            std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1)
+        } else {
+            1
+        };
+        if threads < 2 {
+            return self.run(ev, sources);
+        }
+        let (a, b) = sources.split_at(sources.len() / 2);
+        let mut side = ev.side_evaluator();
+        let (ra, rb) = std::thread::scope(|scope| {
+            let h = scope.spawn(|| self.run(&mut side, b));
+            let ra = self.run(ev, a);
+            (ra, h.join())
+        });
+        let rb = rb.map_err(|_| QueryError::Eval("range function evaluation thread failed".into()))?;
+        ev.absorb(side);
+        let (mut oa, mut pa) = ra?;
+        let (ob, pb) = rb?;
+        oa.extend(ob);
+        for (x, y) in pa.iter_mut().zip(pb) {
+            *x += y;
+        }
+        Ok((oa, pa))
+    }
+
+    /// The results for `sources`, and the window samples per step (for the sample limit).
+    fn run(&self, ev: &mut Evaluator<'_>, sources: &[Source<'_>]) -> EvalResult<(Vec<PreSeries>, Vec<usize>)> {
         let keep_name = range_fn_keeps_name(self.name);
         let counter_fn = matches!(self.name, "rate" | "increase");
         let mut per_step = vec![0usize; self.grid.len()];
-        let mut out = Vec::with_capacity(series.len());
+        let mut out = Vec::with_capacity(sources.len());
         let mut win = Series::default();
-        for (n, s) in series.iter().enumerate() {
+        for (n, src) in sources.iter().enumerate() {
             if n % 64 == 0 {
                 ev.check_deadline()?;
             }
+            let (labels, in_drop) = match src {
+                Source::Stored(s) => (&s.labels, false),
+                Source::Computed(s) => (&s.metric, s.drop_name),
+            };
             let (metric, drop_name) = if keep_name {
-                (s.labels.clone(), false)
+                (labels.clone(), in_drop)
             } else {
-                let mut smp = Sample { metric: s.labels.clone(), t: 0, f: 0.0, h: None, drop_name: false };
+                let mut smp = Sample { metric: labels.clone(), t: 0, f: 0.0, h: None, drop_name: in_drop };
                 ev.mark_drop_name(&mut smp);
                 (smp.metric, smp.drop_name)
             };
-            win.metric = s.labels.clone();
-            let with_st = !s.st.is_empty();
-            let (mut a, mut b) = (0usize, 0usize);
+            win.metric = labels.clone();
+            win.drop_name = in_drop;
+            // Window bounds: sample indexes for stored series, float and histogram indexes
+            // for computed ones.
+            let (mut a, mut b, mut ha, mut hb) = (0usize, 0usize, 0usize, 0usize);
             let mut points = Vec::new();
             let mut had_floats = false;
             for (k, &(lo, rt)) in self.windows.iter().enumerate() {
-                a = seek_le(&s.ts, a, lo);
-                b = seek_le(&s.ts, b, rt);
-                if a >= b {
-                    continue;
-                }
                 win.floats.clear();
                 win.histograms.clear();
                 win.floats_st.clear();
                 win.histograms_st.clear();
-                for i in a..b {
-                    match &s.values[i] {
-                        StoredValue::Float(f) => {
-                            if !is_stale_nan(*f) {
-                                win.floats.push((s.ts[i], *f));
-                                if with_st {
-                                    win.floats_st.push(s.st[i]);
+                match src {
+                    Source::Stored(s) => {
+                        a = seek_le(&s.ts, a, lo);
+                        b = seek_le(&s.ts, b, rt);
+                        if a >= b {
+                            continue;
+                        }
+                        let with_st = !s.st.is_empty();
+                        for i in a..b {
+                            match &s.values[i] {
+                                StoredValue::Float(f) => {
+                                    if !is_stale_nan(*f) {
+                                        win.floats.push((s.ts[i], *f));
+                                        if with_st {
+                                            win.floats_st.push(s.st[i]);
+                                        }
+                                    }
+                                }
+                                StoredValue::Histogram(h) => {
+                                    win.histograms.push((s.ts[i], h.clone()));
+                                    if with_st {
+                                        win.histograms_st.push(s.st[i]);
+                                    }
                                 }
                             }
                         }
-                        StoredValue::Histogram(h) => {
-                            win.histograms.push((s.ts[i], h.clone()));
-                            if with_st {
-                                win.histograms_st.push(s.st[i]);
-                            }
-                        }
+                    }
+                    Source::Computed(s) => {
+                        a = advance(&s.floats, a, lo);
+                        b = advance(&s.floats, b.max(a), rt);
+                        ha = advance(&s.histograms, ha, lo);
+                        hb = advance(&s.histograms, hb.max(ha), rt);
+                        win.floats.extend_from_slice(&s.floats[a..b]);
+                        win.histograms.extend_from_slice(&s.histograms[ha..hb]);
                     }
                 }
                 if win.floats.is_empty() && win.histograms.is_empty() {
                     continue;
                 }
-                per_step[k] += win.floats.len() + win.histograms.len();
+                if matches!(src, Source::Stored(_)) {
+                    per_step[k] += win.floats.len() + win.histograms.len();
+                }
                 had_floats |= !win.floats.is_empty();
                 let r = RangeArg { series: Vec::new(), range_start: lo, range_end: rt, range: self.range, ext: None };
                 let res: Option<FH> =
@@ -229,7 +336,7 @@ impl Job<'_> {
                 }
             }
             if counter_fn && had_floats {
-                counter_name_info(ev, &s.labels, self.arg_pos);
+                counter_name_info(ev, labels, self.arg_pos);
             }
             if !points.is_empty() {
                 out.push(PreSeries { metric: metric.clone(), drop_name, points });
@@ -392,6 +499,12 @@ mod tests {
             "max_over_time(rate(c_total[1m])[5m:30s])",
             "max_over_time(rate(c_total[1m])[5m:45s] offset 20s)",
             "sum_over_time(deriv(g[2m])[3m:])",
+            "max_over_time(g[1m:15s])",
+            "max_over_time(max_over_time(g[2m:30s])[4m:1m])",
+            "last_over_time((-g)[2m:30s])",
+            "count_over_time((-g)[2m:30s])",
+            "rate(h[2m:15s])",
+            "quantile_over_time(0.5, rate(c_total[1m])[4m:20s] @ 900)",
         ];
         for q in queries {
             for (start, end, step) in [(0, 3_000_000, 30_000), (7_000, 2_000_000, 61_000), (600_000, 600_000, 1000)] {
