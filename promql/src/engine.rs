@@ -24,7 +24,9 @@ pub struct EngineOptions {
     pub lookback_delta: i64,
     /// Step (ms) of subqueries written without one (`[5m:]`).
     pub default_subquery_step: i64,
-    /// Most samples a query may hold at once in a single step's evaluation.
+    /// Most samples a query may hold in memory at once: the points of the result built so
+    /// far and of kept intermediate results (subquery matrices, range functions evaluated
+    /// for all steps) plus the samples the current step has loaded, as Prometheus counts.
     pub max_samples: usize,
     /// Keep `__name__` until the end of the query (Prometheus's delayed name removal).
     pub delayed_name_removal: bool,
@@ -412,6 +414,10 @@ pub(crate) struct Evaluator<'a> {
     pub(crate) grid: Option<StepGrid>,
     /// Per range-function call and grid, the results still to be handed out.
     pub(crate) precomputed: HashMap<(usize, StepGrid), crate::series_major::Precomputed>,
+    /// Samples held across steps (see [`EngineOptions::max_samples`]).
+    pub(crate) held: usize,
+    /// The most samples held at once so far.
+    pub(crate) peak: usize,
 }
 
 /// Evaluation steps `first, first + step, …, last`.
@@ -494,7 +500,19 @@ impl<'a> Evaluator<'a> {
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
             grid: None,
             precomputed: HashMap::default(),
+            held: 0,
+            peak: 0,
         }
+    }
+
+    /// Checks the sample limit with `in_flight` samples loaded on top of those held.
+    pub(crate) fn check_samples(&mut self, in_flight: usize) -> EvalResult<()> {
+        let now = self.held.saturating_add(in_flight);
+        self.peak = self.peak.max(now);
+        if now > self.opts.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        Ok(())
     }
 
     /// An evaluator for a helper thread: same query and settings, own caches and annotations.
@@ -640,7 +658,14 @@ impl<'a> Evaluator<'a> {
         let mut ts = start;
         while ts <= end {
             self.check_deadline()?;
-            match self.eval(e, ts)? {
+            let v = self.eval(e, ts)?;
+            // The step's output joins the result held until the end of the query.
+            self.held = self.held.saturating_add(match &v {
+                Value::Vector(vec) => vec.len(),
+                _ => 1,
+            });
+            self.check_samples(0)?;
+            match v {
                 Value::Scalar(v) => {
                     let key = (Labels::empty(), false);
                     let i = *index.entry(key).or_insert_with(|| {
@@ -972,9 +997,7 @@ impl<'a> Evaluator<'a> {
             }
         }
         self.cursors.insert(ckey, cur);
-        if out.len() > self.opts.max_samples {
-            return Err(QueryError::TooManySamples);
-        }
+        self.check_samples(out.len())?;
         Ok(out)
     }
 
@@ -1104,9 +1127,7 @@ impl<'a> Evaluator<'a> {
                 }
                 self.cursors.insert((key, 1), cur_a);
                 self.cursors.insert((key, 2), cur_b);
-                if total > self.opts.max_samples {
-                    return Err(QueryError::TooManySamples);
-                }
+                self.check_samples(total)?;
                 Ok(RangeArg { series: out, range_start: lo, range_end: rt, range, ext })
             }
             Expr::Subquery(sq) => {
@@ -1188,9 +1209,15 @@ impl<'a> Evaluator<'a> {
         let mut overflowed = false;
         while t <= rt {
             self.check_deadline()?;
-            match self.eval(&sq.expr, t)? {
-                Value::Scalar(v) => m.push(Labels::empty(), false, t, v, None),
+            let inner = self.eval(&sq.expr, t)?;
+            match inner {
+                Value::Scalar(v) => {
+                    m.push(Labels::empty(), false, t, v, None);
+                    self.held = self.held.saturating_add(1);
+                }
                 Value::Vector(vec) => {
+                    // The subquery's matrix is kept for the rest of the query.
+                    self.held = self.held.saturating_add(vec.len());
                     for s in vec {
                         m.push(s.metric, s.drop_name, t, s.f, s.h);
                     }

@@ -96,7 +96,12 @@ pub(crate) fn lookup(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Op
         ev.precomputed.insert(key, Precomputed { steps: steps.into_iter().map(Some).collect() });
     }
     // A step asked for twice (not the usual pattern) is evaluated the ordinary way.
-    Ok(ev.precomputed.get_mut(&key).and_then(|p| p.steps.get_mut(k)).and_then(Option::take))
+    let v = ev.precomputed.get_mut(&key).and_then(|p| p.steps.get_mut(k)).and_then(Option::take);
+    if let Some(v) = &v {
+        // Handed out: from here on the caller's step accounts for these samples.
+        ev.held = ev.held.saturating_sub(v.len());
+    }
+    Ok(v)
 }
 
 /// Evaluates range function `c` over `src` at every step of `grid`, series by series.
@@ -140,10 +145,11 @@ pub(crate) fn compute(
             let job = Job { name, windows: &windows, scalars: &scalars, grid, range, arg_pos: &arg_pos };
             let sources: Vec<Source<'_>> = selected.iter().map(Source::Stored).collect();
             let (out, per_step) = job.run_maybe_parallel(ev, &sources)?;
-            // As in the step path: no step may hold more samples than the limit.
-            if per_step.iter().any(|n| *n > ev.opts.max_samples) {
-                return Err(QueryError::TooManySamples);
+            // What the step path would have loaded at each step, on top of what is held.
+            for n in &per_step {
+                ev.check_samples(*n)?;
             }
+            hold(ev, &out)?;
             Ok(Some(out))
         }
         RangeSource::Subquery(sq) => {
@@ -175,7 +181,9 @@ pub(crate) fn compute(
             let res = if covered {
                 let job = Job { name, windows: &windows, scalars: &scalars, grid, range, arg_pos: &arg_pos };
                 let sources: Vec<Source<'_>> = m.sorted_series().map(Source::Computed).collect();
-                Some(job.run_maybe_parallel(ev, &sources)?.0)
+                let out = job.run_maybe_parallel(ev, &sources)?.0;
+                hold(ev, &out)?;
+                Some(out)
             } else {
                 None
             };
@@ -183,6 +191,13 @@ pub(crate) fn compute(
             Ok(res)
         }
     }
+}
+
+/// Counts results computed for all steps as held until they are handed out.
+fn hold(ev: &mut Evaluator<'_>, out: &[PreSeries]) -> EvalResult<()> {
+    let n: usize = out.iter().map(|s| s.points.len()).sum();
+    ev.held = ev.held.saturating_add(n);
+    ev.check_samples(0)
 }
 
 /// One input series of a range function.
@@ -525,15 +540,35 @@ mod tests {
     }
 
     #[test]
-    fn per_step_sample_limit_holds() {
+    fn sample_limit_counts_the_peak_held() {
         let m = storage(3, 200);
+        let (start, end, step) = (600_000, 1_200_000, 30_000);
+        // 21 steps × 3 series; each step's 2m window holds 8 samples of each counter.
+        let cases = [
+            // The result of 63 points is held at the end.
+            ("rate(c_total[2m])", 62, false),
+            ("rate(c_total[2m])", 63, true),
+            // Step by step (a selector, a binary operation) the result accumulates just the same.
+            ("c_total", 62, false),
+            ("c_total", 63, true),
+            ("-rate(c_total[2m])", 62, false),
+            ("-rate(c_total[2m])", 63, true),
+            // A subquery's matrix (3 series × 28 inner steps) is held as well as the result.
+            ("max_over_time(c_total[4m:30s])", 63 + 83, false),
+            ("max_over_time(c_total[4m:30s])", 63 + 84, true),
+        ];
+        for (q, limit, ok) in cases {
+            let mut e = Engine::default();
+            e.opts.max_samples = limit;
+            let r = e.range_query(&m, q, start, end, step);
+            assert_eq!(r.value.is_ok(), ok, "{q} with limit {limit}: {:?}", r.value.err());
+        }
+        // An instant query loads 24 samples for the windows at its one step.
         let mut e = Engine::default();
-        // Each step's 2m window holds 8 samples of each of the three counters.
         e.opts.max_samples = 23;
-        let r = e.range_query(&m, "rate(c_total[2m])", 600_000, 1_200_000, 30_000);
-        assert!(r.value.is_err(), "{:?}", r.value);
+        assert!(e.instant_query(&m, "rate(c_total[2m])", end).value.is_err());
         e.opts.max_samples = 24;
-        assert!(e.range_query(&m, "rate(c_total[2m])", 600_000, 1_200_000, 30_000).value.is_ok());
+        assert!(e.instant_query(&m, "rate(c_total[2m])", end).value.is_ok());
     }
 
     #[test]
