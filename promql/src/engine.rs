@@ -393,7 +393,7 @@ pub(crate) struct Evaluator<'a> {
     pos_cache: HashMap<usize, String>,
     /// Per-node memo of derived label sets (signatures, result labels): the same series
     /// meet the same node at every step of a range query.
-    memo: HashMap<(usize, Labels), Labels>,
+    memo: HashMap<usize, HashMap<Labels, Labels>>,
     memo2: HashMap<(usize, Labels, Labels), Labels>,
     interned: HashSet<Labels>,
     regexes: HashMap<String, Arc<regex::Regex>>,
@@ -549,11 +549,12 @@ impl<'a> Evaluator<'a> {
 
     /// `f(l)`, memoised per `node` (an AST node address combined with a call-site tag).
     pub(crate) fn memo_labels(&mut self, node: usize, l: &Labels, f: impl FnOnce(&Labels) -> Labels) -> Labels {
-        if let Some(v) = self.memo.get(&(node, l.clone())) {
+        // Looked up by reference: no key is built (and no label set cloned) on a hit.
+        if let Some(v) = self.memo.get(&node).and_then(|m| m.get(l)) {
             return v.clone();
         }
         let v = self.intern(f(l));
-        self.memo.insert((node, l.clone()), v.clone());
+        self.memo.entry(node).or_default().insert(l.clone(), v.clone());
         v
     }
 
@@ -655,6 +656,9 @@ impl<'a> Evaluator<'a> {
         }
         let mut order: Vec<Series> = Vec::new();
         let mut index: HashMap<(Labels, bool), usize> = HashMap::default();
+        // Output series by position in the previous step's vector: consecutive steps mostly
+        // list the same series in the same order, so the hash lookup is rarely needed.
+        let mut by_pos: Vec<usize> = Vec::new();
         let mut ts = start;
         while ts <= end {
             self.check_deadline()?;
@@ -675,16 +679,26 @@ impl<'a> Evaluator<'a> {
                     order[i].floats.push((ts, v));
                 }
                 Value::Vector(vec) => {
-                    for s in vec {
-                        let key = (s.metric.clone(), s.drop_name);
-                        let i = *index.entry(key).or_insert_with(|| {
-                            order.push(Series {
-                                metric: s.metric.clone(),
-                                drop_name: s.drop_name,
-                                ..Default::default()
-                            });
-                            order.len() - 1
-                        });
+                    by_pos.resize(by_pos.len().max(vec.len()), usize::MAX);
+                    for (j, s) in vec.into_iter().enumerate() {
+                        let hint = by_pos[j];
+                        let i = if hint < order.len()
+                            && order[hint].drop_name == s.drop_name
+                            && order[hint].metric == s.metric
+                        {
+                            hint
+                        } else {
+                            let key = (s.metric.clone(), s.drop_name);
+                            *index.entry(key).or_insert_with(|| {
+                                order.push(Series {
+                                    metric: s.metric.clone(),
+                                    drop_name: s.drop_name,
+                                    ..Default::default()
+                                });
+                                order.len() - 1
+                            })
+                        };
+                        by_pos[j] = i;
                         match s.h {
                             Some(h) => order[i].histograms.push((ts, h)),
                             None => order[i].floats.push((ts, s.f)),
@@ -718,8 +732,15 @@ impl<'a> Evaluator<'a> {
         while let Expr::Paren(p) = inner {
             inner = &p.expr;
         }
-        let Expr::Call(c) = inner else { return Ok(None) };
         let Some(grid) = self.grid else { return Ok(None) };
+        if let Expr::VectorSelector(vs) = inner {
+            // Interpolation (`smoothed`) and its annotations stay with the step path.
+            if ext_mode(vs) == Some(Ext::Smoothed) {
+                return Ok(None);
+            }
+            return self.select_series_major(vs, grid).map(Some);
+        }
+        let Expr::Call(c) = inner else { return Ok(None) };
         if !crate::functions::is_range_function(c.func.name) {
             return Ok(None);
         }
@@ -884,6 +905,52 @@ impl<'a> Evaluator<'a> {
         let arc = Arc::new(result);
         self.cache.insert(key, arc.clone());
         Ok(arc)
+    }
+
+    /// A range query that is a plain instant selector: each series walked once across all
+    /// steps (what [`Self::vector_select`] picks at every step).
+    fn select_series_major(&mut self, vs: &VectorSelector, grid: StepGrid) -> EvalResult<Vec<Series>> {
+        let series = self.selected(vs)?;
+        let windows: Vec<(i64, i64)> = (0..grid.len())
+            .map(|k| {
+                let rt = self.ref_time(&vs.at, &vs.offset, grid.at(k));
+                (rt.saturating_sub(self.opts.lookback_delta), rt)
+            })
+            .collect();
+        let mut per_step = vec![0usize; grid.len()];
+        let mut out = Vec::with_capacity(series.len());
+        for (n, s) in series.iter().enumerate() {
+            if n % 64 == 0 {
+                self.check_deadline()?;
+            }
+            let mut ser = Series { metric: s.labels.clone(), ..Default::default() };
+            let mut idx = 0;
+            for (k, &(lo, rt)) in windows.iter().enumerate() {
+                idx = seek_le(&s.ts, idx, rt);
+                if idx == 0 || s.ts[idx - 1] <= lo {
+                    continue;
+                }
+                match &s.values[idx - 1] {
+                    StoredValue::Float(f) if is_stale_nan(*f) => continue,
+                    StoredValue::Float(f) => ser.floats.push((grid.at(k), *f)),
+                    StoredValue::Histogram(h) => {
+                        let h = if self.stats_hints { stats_hint(s, idx - 1) } else { h.clone() };
+                        ser.histograms.push((grid.at(k), h));
+                    }
+                }
+                per_step[k] += 1;
+            }
+            if !ser.floats.is_empty() || !ser.histograms.is_empty() {
+                out.push(ser);
+            }
+        }
+        for n in per_step {
+            self.check_samples(n)?;
+        }
+        let total: usize = out.iter().map(|s| s.floats.len() + s.histograms.len()).sum();
+        self.held = self.held.saturating_add(total);
+        self.check_samples(0)?;
+        Ok(out)
     }
 
     /// The series a matrix selector selects (with its range as the selection hint).

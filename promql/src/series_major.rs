@@ -474,6 +474,12 @@ mod tests {
     fn series_major_agrees_with_step_by_step() {
         let m = storage(3, 200);
         let queries = [
+            "c_total",
+            "g offset 1m",
+            "c_total @ 600",
+            "h",
+            "mixed",
+            "(st_total)",
             "rate(c_total[2m])",
             "increase(c_total[5m])",
             "delta(g[3m])",
