@@ -747,7 +747,8 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
     let keep_name = range_fn_keeps_name(name);
     let mut out = Vec::with_capacity(r.series.len());
     for s in &r.series {
-        if let Some((f, h)) = apply_range_fn(ev, name, s, &r, &scalars, ts, &arg_pos)? {
+        let metric_name = s.metric.get(METRIC_NAME).unwrap_or("");
+        if let Some((f, h)) = apply_range_fn(ev, name, s, metric_name, &r, &scalars, ts, &arg_pos)? {
             let mut smp = Sample { metric: s.metric.clone(), t: ts, f, h: h.map(Arc::new), drop_name: s.drop_name };
             if !keep_name {
                 ev.mark_drop_name(&mut smp);
@@ -836,17 +837,19 @@ pub(crate) fn counter_name_info(ev: &mut Evaluator<'_>, metric: &Labels, pos: &s
     }
 }
 
-/// One range function applied to one series' samples in the window `r` describes.
+/// One range function applied to one series' samples in the window `r` describes
+/// (`metric_name` is the series' name, for annotations).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_range_fn(
     ev: &mut Evaluator<'_>,
     name: &str,
     s: &Series,
+    metric_name: &str,
     r: &RangeArg,
     scalars: &[f64],
     ts: i64,
     arg_pos: &str,
 ) -> EvalResult<Option<FH>> {
-    let metric_name = s.metric.get(METRIC_NAME).unwrap_or("");
     Ok(match name {
         "rate" | "increase" | "delta" if r.ext.is_some() => {
             extended_rate(ev, s, r, name != "delta", name == "rate", metric_name, arg_pos)

@@ -200,6 +200,36 @@ fn hold(ev: &mut Evaluator<'_>, out: &[PreSeries]) -> EvalResult<()> {
     ev.check_samples(0)
 }
 
+fn clear(win: &mut Series) {
+    win.floats.clear();
+    win.histograms.clear();
+    win.floats_st.clear();
+    win.histograms_st.clear();
+}
+
+/// Appends the usable samples `from..to` of `s` (stale markers are not samples).
+fn load(win: &mut Series, s: &StoredSeries, from: usize, to: usize) {
+    let with_st = !s.st.is_empty();
+    for i in from..to {
+        match &s.values[i] {
+            StoredValue::Float(f) => {
+                if !is_stale_nan(*f) {
+                    win.floats.push((s.ts[i], *f));
+                    if with_st {
+                        win.floats_st.push(s.st[i]);
+                    }
+                }
+            }
+            StoredValue::Histogram(h) => {
+                win.histograms.push((s.ts[i], h.clone()));
+                if with_st {
+                    win.histograms_st.push(s.st[i]);
+                }
+            }
+        }
+    }
+}
+
 /// One input series of a range function.
 #[derive(Clone, Copy)]
 enum Source<'s> {
@@ -289,45 +319,44 @@ impl Job<'_> {
                 (smp.metric, smp.drop_name)
             };
             win.metric = labels.clone();
+            let metric_name = labels.get(norn_model::METRIC_NAME).unwrap_or("");
             win.drop_name = in_drop;
             // Window bounds: sample indexes for stored series, float and histogram indexes
             // for computed ones.
             let (mut a, mut b, mut ha, mut hb) = (0usize, 0usize, 0usize, 0usize);
             let mut points = Vec::new();
             let mut had_floats = false;
+            clear(&mut win);
             for (k, &(lo, rt)) in self.windows.iter().enumerate() {
-                win.floats.clear();
-                win.histograms.clear();
-                win.floats_st.clear();
-                win.histograms_st.clear();
                 match src {
                     Source::Stored(s) => {
-                        a = seek_le(&s.ts, a, lo);
-                        b = seek_le(&s.ts, b, rt);
-                        if a >= b {
-                            continue;
-                        }
-                        let with_st = !s.st.is_empty();
-                        for i in a..b {
-                            match &s.values[i] {
-                                StoredValue::Float(f) => {
-                                    if !is_stale_nan(*f) {
-                                        win.floats.push((s.ts[i], *f));
-                                        if with_st {
-                                            win.floats_st.push(s.st[i]);
-                                        }
-                                    }
-                                }
-                                StoredValue::Histogram(h) => {
-                                    win.histograms.push((s.ts[i], h.clone()));
-                                    if with_st {
-                                        win.histograms_st.push(s.st[i]);
-                                    }
+                        // `win` holds the usable samples of `a..b`; consecutive windows
+                        // overlap, so only the samples leaving and entering are touched.
+                        let (na, nb) = (seek_le(&s.ts, a, lo), seek_le(&s.ts, b, rt));
+                        if na >= b || na < a || nb < b {
+                            clear(&mut win);
+                            load(&mut win, s, na, nb);
+                        } else {
+                            let (mut df, mut dh) = (0, 0);
+                            for v in &s.values[a..na] {
+                                match v {
+                                    StoredValue::Float(f) if is_stale_nan(*f) => {}
+                                    StoredValue::Float(_) => df += 1,
+                                    StoredValue::Histogram(_) => dh += 1,
                                 }
                             }
+                            win.floats.drain(..df);
+                            win.histograms.drain(..dh);
+                            if !s.st.is_empty() {
+                                win.floats_st.drain(..df);
+                                win.histograms_st.drain(..dh);
+                            }
+                            load(&mut win, s, b, nb);
                         }
+                        (a, b) = (na, nb);
                     }
                     Source::Computed(s) => {
+                        clear(&mut win);
                         a = advance(&s.floats, a, lo);
                         b = advance(&s.floats, b.max(a), rt);
                         ha = advance(&s.histograms, ha, lo);
@@ -344,8 +373,16 @@ impl Job<'_> {
                 }
                 had_floats |= !win.floats.is_empty();
                 let r = RangeArg { series: Vec::new(), range_start: lo, range_end: rt, range: self.range, ext: None };
-                let res: Option<FH> =
-                    apply_range_fn(ev, self.name, &win, &r, &self.scalars[k], self.grid.at(k), self.arg_pos)?;
+                let res: Option<FH> = apply_range_fn(
+                    ev,
+                    self.name,
+                    &win,
+                    metric_name,
+                    &r,
+                    &self.scalars[k],
+                    self.grid.at(k),
+                    self.arg_pos,
+                )?;
                 if let Some((f, h)) = res {
                     points.push((k as u32, f, h.map(Arc::new)));
                 }
