@@ -1,6 +1,9 @@
-//! Query evaluation. Every expression is evaluated step by step (a range query is the
+//! Query evaluation. Expressions are evaluated step by step (a range query is the
 //! instant evaluation at each step, exactly as Prometheus's range evaluation defines
 //! it); selections are fetched from storage once per selector and then sliced per step.
+//! Range functions over selectors and subqueries, and range queries of a plain selector,
+//! walk each series once across all steps instead ([`crate::series_major`]), with the
+//! same arithmetic, so both orders give identical results.
 
 use std::collections::BTreeSet;
 
