@@ -249,7 +249,8 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
     for g in &groups {
         let fl: Vec<f64> = g.members.iter().filter(|&&i| input[i].h.is_none()).map(|&i| input[i].f).collect();
         let hs: Vec<&Arc<FloatHistogram>> = g.members.iter().filter_map(|&i| input[i].h.as_ref()).collect();
-        let metric_name = input[g.members[0]].metric.get(METRIC_NAME).unwrap_or("").to_string();
+        // Only a warning needs it: looked up then, not for every group at every step.
+        let metric_name = || input[g.members[0]].metric.get(METRIC_NAME).unwrap_or("");
         let group_drop = g.members.iter().any(|&i| input[i].drop_name);
         let mk = |f: f64| Sample { metric: g.labels.clone(), t: ts, f, h: None, drop_name: group_drop };
         match op.as_str() {
@@ -276,7 +277,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
                         if let Err(e) = acc.add(h) {
                             if e == hist::MIXED_SCHEMAS {
                                 ev.warn(
-                                    format!("{e} for metric name {}", norn_model::format::go_quote(&metric_name)),
+                                    format!("{e} for metric name {}", norn_model::format::go_quote(metric_name())),
                                     pos.clone(),
                                 );
                             } else {

@@ -1,6 +1,9 @@
-//! Query evaluation. Every expression is evaluated step by step (a range query is the
+//! Query evaluation. Expressions are evaluated step by step (a range query is the
 //! instant evaluation at each step, exactly as Prometheus's range evaluation defines
 //! it); selections are fetched from storage once per selector and then sliced per step.
+//! Range functions over selectors and subqueries, and range queries of a plain selector,
+//! walk each series once across all steps instead ([`crate::series_major`]), with the
+//! same arithmetic, so both orders give identical results.
 
 use std::collections::BTreeSet;
 
@@ -10,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use norn_model::{Labels, MatchType, Matcher};
 use promql_parser::label::MatchOp;
-use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector};
 
 use norn_model::format::go_quote;
 
@@ -24,7 +27,9 @@ pub struct EngineOptions {
     pub lookback_delta: i64,
     /// Step (ms) of subqueries written without one (`[5m:]`).
     pub default_subquery_step: i64,
-    /// Most samples a query may hold at once in a single step's evaluation.
+    /// Most samples a query may hold in memory at once: the points of the result built so
+    /// far and of kept intermediate results (subquery matrices, range functions evaluated
+    /// for all steps) plus the samples the current step has loaded, as Prometheus counts.
     pub max_samples: usize,
     /// Keep `__name__` until the end of the query (Prometheus's delayed name removal).
     pub delayed_name_removal: bool,
@@ -249,6 +254,8 @@ impl Engine {
     /// Evaluates a parsed expression at one instant; `text` is used for annotation positions.
     pub fn instant_expr(&self, q: &dyn Queryable, e: &Expr, text: &str, ts: i64) -> QueryResult {
         let mut ev = Evaluator::new(q, &self.opts, ts, ts, 0, text);
+        // Subqueries inside take their inner steps from this one-step grid.
+        ev.grid = StepGrid::new(ts, ts, 1);
         let value = ev.eval(e, ts).and_then(|v| finish_value(v, &self.opts));
         ev.into_result(value)
     }
@@ -389,7 +396,7 @@ pub(crate) struct Evaluator<'a> {
     pos_cache: HashMap<usize, String>,
     /// Per-node memo of derived label sets (signatures, result labels): the same series
     /// meet the same node at every step of a range query.
-    memo: HashMap<(usize, Labels), Labels>,
+    memo: HashMap<usize, HashMap<Labels, Labels>>,
     memo2: HashMap<(usize, Labels, Labels), Labels>,
     interned: HashSet<Labels>,
     regexes: HashMap<String, Arc<regex::Regex>>,
@@ -404,6 +411,63 @@ pub(crate) struct Evaluator<'a> {
     /// mostly ascend, so the next position is usually a few samples further on.
     cursors: HashMap<(usize, u8), Vec<usize>>,
     deadline: Option<std::time::Instant>,
+    /// The steps the expression being evaluated will be asked for: the query's steps, or a
+    /// subquery's inner steps. Range functions over selectors evaluate series by series
+    /// over all of them at once ([`crate::series_major`]).
+    pub(crate) grid: Option<StepGrid>,
+    /// Per range-function call and grid, the results still to be handed out.
+    pub(crate) precomputed: HashMap<(usize, StepGrid), crate::series_major::Precomputed>,
+    /// Samples held across steps (see [`EngineOptions::max_samples`]).
+    pub(crate) held: usize,
+    /// The most samples held at once so far.
+    pub(crate) peak: usize,
+}
+
+/// Evaluation steps `first, first + step, …, last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct StepGrid {
+    first: i64,
+    last: i64,
+    step: i64,
+}
+
+impl StepGrid {
+    /// Most steps a grid may have: beyond this, precomputing every step could hold far more
+    /// than the steps a query actually visits.
+    const MAX_STEPS: i64 = 100_000;
+
+    /// A grid, if it is well formed and not too long.
+    pub(crate) fn new(first: i64, last: i64, step: i64) -> Option<StepGrid> {
+        if step <= 0 || last < first || (last as i128 - first as i128) / step as i128 >= Self::MAX_STEPS as i128 {
+            return None;
+        }
+        // Keep `last` on the grid.
+        let last = first + (last - first) / step * step;
+        Some(StepGrid { first, last, step })
+    }
+
+    /// Number of steps.
+    pub(crate) fn len(&self) -> usize {
+        ((self.last - self.first) / self.step + 1) as usize
+    }
+
+    /// Time between steps.
+    pub(crate) fn step(&self) -> i64 {
+        self.step
+    }
+
+    /// Time of step `k`.
+    pub(crate) fn at(&self, k: usize) -> i64 {
+        self.first + k as i64 * self.step
+    }
+
+    /// Index of the step at `ts`, if `ts` is one.
+    pub(crate) fn index(&self, ts: i64) -> Option<usize> {
+        if ts < self.first || ts > self.last || (ts - self.first) % self.step != 0 {
+            return None;
+        }
+        Some(((ts - self.first) / self.step) as usize)
+    }
 }
 
 impl<'a> Evaluator<'a> {
@@ -437,7 +501,36 @@ impl<'a> Evaluator<'a> {
             subq_cache: HashMap::default(),
             cursors: HashMap::default(),
             deadline: opts.timeout.map(|t| std::time::Instant::now() + t),
+            grid: None,
+            precomputed: HashMap::default(),
+            held: 0,
+            peak: 0,
         }
+    }
+
+    /// Checks the sample limit with `in_flight` samples loaded on top of those held.
+    pub(crate) fn check_samples(&mut self, in_flight: usize) -> EvalResult<()> {
+        let now = self.held.saturating_add(in_flight);
+        self.peak = self.peak.max(now);
+        if now > self.opts.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        Ok(())
+    }
+
+    /// An evaluator for a helper thread: same query and settings, own caches and annotations.
+    pub(crate) fn side_evaluator(&self) -> Evaluator<'a> {
+        let mut e = Evaluator::new(self.q, self.opts, self.start, self.end, self.interval, self.text);
+        e.deadline = self.deadline;
+        e.stats_hints = self.stats_hints;
+        e.subquery_depth = self.subquery_depth;
+        e
+    }
+
+    /// Takes over the annotations a [`Self::side_evaluator`] collected.
+    pub(crate) fn absorb(&mut self, other: Evaluator<'_>) {
+        self.annos.warnings.extend(other.annos.warnings);
+        self.annos.infos.extend(other.annos.infos);
     }
 
     fn into_result(self, value: EvalResult<Value>) -> QueryResult {
@@ -459,11 +552,12 @@ impl<'a> Evaluator<'a> {
 
     /// `f(l)`, memoised per `node` (an AST node address combined with a call-site tag).
     pub(crate) fn memo_labels(&mut self, node: usize, l: &Labels, f: impl FnOnce(&Labels) -> Labels) -> Labels {
-        if let Some(v) = self.memo.get(&(node, l.clone())) {
+        // Looked up by reference: no key is built (and no label set cloned) on a hit.
+        if let Some(v) = self.memo.get(&node).and_then(|m| m.get(l)) {
             return v.clone();
         }
         let v = self.intern(f(l));
-        self.memo.insert((node, l.clone()), v.clone());
+        self.memo.entry(node).or_default().insert(l.clone(), v.clone());
         v
     }
 
@@ -559,12 +653,26 @@ impl<'a> Evaluator<'a> {
                     .into(),
             ));
         }
+        self.grid = StepGrid::new(start, end, step);
+        if let Some(m) = self.range_eval_series_major(e)? {
+            return self.finish_matrix(m);
+        }
         let mut order: Vec<Series> = Vec::new();
         let mut index: HashMap<(Labels, bool), usize> = HashMap::default();
+        // Output series by position in the previous step's vector: consecutive steps mostly
+        // list the same series in the same order, so the hash lookup is rarely needed.
+        let mut by_pos: Vec<usize> = Vec::new();
         let mut ts = start;
         while ts <= end {
             self.check_deadline()?;
-            match self.eval(e, ts)? {
+            let v = self.eval(e, ts)?;
+            // The step's output joins the result held until the end of the query.
+            self.held = self.held.saturating_add(match &v {
+                Value::Vector(vec) => vec.len(),
+                _ => 1,
+            });
+            self.check_samples(0)?;
+            match v {
                 Value::Scalar(v) => {
                     let key = (Labels::empty(), false);
                     let i = *index.entry(key).or_insert_with(|| {
@@ -574,16 +682,26 @@ impl<'a> Evaluator<'a> {
                     order[i].floats.push((ts, v));
                 }
                 Value::Vector(vec) => {
-                    for s in vec {
-                        let key = (s.metric.clone(), s.drop_name);
-                        let i = *index.entry(key).or_insert_with(|| {
-                            order.push(Series {
-                                metric: s.metric.clone(),
-                                drop_name: s.drop_name,
-                                ..Default::default()
-                            });
-                            order.len() - 1
-                        });
+                    by_pos.resize(by_pos.len().max(vec.len()), usize::MAX);
+                    for (j, s) in vec.into_iter().enumerate() {
+                        let hint = by_pos[j];
+                        let i = if hint < order.len()
+                            && order[hint].drop_name == s.drop_name
+                            && order[hint].metric == s.metric
+                        {
+                            hint
+                        } else {
+                            let key = (s.metric.clone(), s.drop_name);
+                            *index.entry(key).or_insert_with(|| {
+                                order.push(Series {
+                                    metric: s.metric.clone(),
+                                    drop_name: s.drop_name,
+                                    ..Default::default()
+                                });
+                                order.len() - 1
+                            })
+                        };
+                        by_pos[j] = i;
                         match s.h {
                             Some(h) => order[i].histograms.push((ts, h)),
                             None => order[i].floats.push((ts, s.f)),
@@ -597,6 +715,11 @@ impl<'a> Evaluator<'a> {
                 None => break,
             };
         }
+        self.finish_matrix(order)
+    }
+
+    /// Names dropped, clashes rejected, series sorted: the range query's result.
+    fn finish_matrix(&self, order: Vec<Series>) -> EvalResult<Value> {
         let mut v = match finish_value(Value::Matrix(order), self.opts)? {
             Value::Matrix(m) => m,
             _ => unreachable!("finish_value keeps the variant"),
@@ -605,7 +728,43 @@ impl<'a> Evaluator<'a> {
         Ok(Value::Matrix(v))
     }
 
-    fn check_deadline(&self) -> EvalResult<()> {
+    /// A range query that is a single range function over a selector, evaluated series by
+    /// series straight into the result matrix; `None` for any other query.
+    fn range_eval_series_major(&mut self, e: &Expr) -> EvalResult<Option<Vec<Series>>> {
+        let mut inner = e;
+        while let Expr::Paren(p) = inner {
+            inner = &p.expr;
+        }
+        let Some(grid) = self.grid else { return Ok(None) };
+        if let Expr::VectorSelector(vs) = inner {
+            // Interpolation (`smoothed`) and its annotations stay with the step path.
+            if ext_mode(vs) == Some(Ext::Smoothed) {
+                return Ok(None);
+            }
+            return self.select_series_major(vs, grid).map(Some);
+        }
+        let Expr::Call(c) = inner else { return Ok(None) };
+        if !crate::functions::is_range_function(c.func.name) {
+            return Ok(None);
+        }
+        let Some(src) = crate::series_major::eligible(self, c) else { return Ok(None) };
+        self.check_deadline()?;
+        let Some(pre) = crate::series_major::compute(self, c, src, grid)? else { return Ok(None) };
+        let mut out = Vec::with_capacity(pre.len());
+        for p in pre {
+            let mut s = Series { metric: p.metric, drop_name: p.drop_name, ..Default::default() };
+            for (k, f, h) in p.points {
+                match h {
+                    Some(h) => s.histograms.push((grid.at(k as usize), h)),
+                    None => s.floats.push((grid.at(k as usize), f)),
+                }
+            }
+            out.push(s);
+        }
+        Ok(Some(out))
+    }
+
+    pub(crate) fn check_deadline(&self) -> EvalResult<()> {
         match self.deadline {
             Some(d) if std::time::Instant::now() > d => Err(QueryError::Timeout),
             _ => Ok(()),
@@ -751,6 +910,58 @@ impl<'a> Evaluator<'a> {
         Ok(arc)
     }
 
+    /// A range query that is a plain instant selector: each series walked once across all
+    /// steps (what [`Self::vector_select`] picks at every step).
+    fn select_series_major(&mut self, vs: &VectorSelector, grid: StepGrid) -> EvalResult<Vec<Series>> {
+        let series = self.selected(vs)?;
+        let windows: Vec<(i64, i64)> = (0..grid.len())
+            .map(|k| {
+                let rt = self.ref_time(&vs.at, &vs.offset, grid.at(k));
+                (rt.saturating_sub(self.opts.lookback_delta), rt)
+            })
+            .collect();
+        let mut per_step = vec![0usize; grid.len()];
+        let mut out = Vec::with_capacity(series.len());
+        for (n, s) in series.iter().enumerate() {
+            if n % 64 == 0 {
+                self.check_deadline()?;
+            }
+            let mut ser = Series { metric: s.labels.clone(), ..Default::default() };
+            let mut idx = 0;
+            for (k, &(lo, rt)) in windows.iter().enumerate() {
+                idx = seek_le(&s.ts, idx, rt);
+                if idx == 0 || s.ts[idx - 1] <= lo {
+                    continue;
+                }
+                match &s.values[idx - 1] {
+                    StoredValue::Float(f) if is_stale_nan(*f) => continue,
+                    StoredValue::Float(f) => ser.floats.push((grid.at(k), *f)),
+                    StoredValue::Histogram(h) => {
+                        let h = if self.stats_hints { stats_hint(s, idx - 1) } else { h.clone() };
+                        ser.histograms.push((grid.at(k), h));
+                    }
+                }
+                per_step[k] += 1;
+            }
+            if !ser.floats.is_empty() || !ser.histograms.is_empty() {
+                out.push(ser);
+            }
+        }
+        for n in per_step {
+            self.check_samples(n)?;
+        }
+        let total: usize = out.iter().map(|s| s.floats.len() + s.histograms.len()).sum();
+        self.held = self.held.saturating_add(total);
+        self.check_samples(0)?;
+        Ok(out)
+    }
+
+    /// The series a matrix selector selects (with its range as the selection hint).
+    pub(crate) fn select_range(&mut self, ms: &MatrixSelector) -> EvalResult<Arc<Vec<Arc<StoredSeries>>>> {
+        self.pending_range = Some(dur_ms(&ms.range));
+        self.selected(&ms.vs)
+    }
+
     pub(crate) fn vector_select(&mut self, vs: &VectorSelector, ts: i64) -> EvalResult<Vec<Sample>> {
         let series = self.selected(vs)?;
         let rt = self.ref_time(&vs.at, &vs.offset, ts);
@@ -856,9 +1067,7 @@ impl<'a> Evaluator<'a> {
             }
         }
         self.cursors.insert(ckey, cur);
-        if out.len() > self.opts.max_samples {
-            return Err(QueryError::TooManySamples);
-        }
+        self.check_samples(out.len())?;
         Ok(out)
     }
 
@@ -988,79 +1197,129 @@ impl<'a> Evaluator<'a> {
                 }
                 self.cursors.insert((key, 1), cur_a);
                 self.cursors.insert((key, 2), cur_b);
-                if total > self.opts.max_samples {
-                    return Err(QueryError::TooManySamples);
-                }
+                self.check_samples(total)?;
                 Ok(RangeArg { series: out, range_start: lo, range_end: rt, range, ext })
             }
             Expr::Subquery(sq) => {
-                let rt = self.ref_time(&sq.at, &sq.offset, ts);
-                let range = dur_ms(&sq.range);
-                let step = sq.step.as_ref().map(dur_ms).unwrap_or(self.opts.default_subquery_step);
-                if step <= 0 {
-                    return Err(QueryError::Eval("subquery step must be positive".into()));
-                }
-                let lo = rt.saturating_sub(range);
-                if range / step > MAX_SUBQUERY_STEPS {
-                    return Err(QueryError::TooManySamples);
-                }
-                // Go's integer division truncates; the first step is the first multiple of
-                // `step` strictly after the window start.
-                let mut first = step * (lo / step);
-                if first <= lo {
-                    first += step;
-                }
-                let saved_stats = std::mem::replace(&mut self.stats_hints, false);
-                // An error ends the whole query, so the depth need not be restored on it.
-                self.subquery_depth += 1;
-                self.pending_func = None;
-                let node = sq as *const _ as usize;
-                let mut m = match self.subq_cache.remove(&node) {
-                    Some(c)
-                        if c.step == step
-                            && first >= c.first
-                            && first <= c.next
-                            && (first as i128 - c.first as i128) % step as i128 == 0 =>
-                    {
-                        c
-                    }
-                    _ => SubqMatrix { step, first, next: first, series: Vec::new(), index: HashMap::default() },
-                };
-                let mut t = m.next;
-                let mut overflowed = false;
-                while t <= rt {
-                    self.check_deadline()?;
-                    match self.eval(&sq.expr, t)? {
-                        Value::Scalar(v) => m.push(Labels::empty(), false, t, v, None),
-                        Value::Vector(vec) => {
-                            for s in vec {
-                                m.push(s.metric, s.drop_name, t, s.f, s.h);
-                            }
-                        }
-                        v => return Err(QueryError::Eval(format!("subquery of {} is not allowed", v.type_name()))),
-                    }
-                    t = match t.checked_add(step) {
-                        Some(x) => x,
-                        None => {
-                            overflowed = true;
-                            break;
-                        }
-                    };
-                    m.next = t;
-                }
-                let mut order = m.window(first, rt);
+                let f = self.subquery_fill(sq, ts)?;
+                let mut m = f.matrix;
+                let order = m.window(f.first, f.rt);
                 // At the end of time `next` cannot be represented; such a matrix is not kept.
-                if !overflowed {
-                    self.subq_cache.insert(node, m);
+                if !f.overflowed {
+                    self.subq_cache.insert(sq as *const _ as usize, m);
                 }
-                self.stats_hints = saved_stats;
-                self.subquery_depth -= 1;
-                order.sort_by(|a, b| a.metric.cmp(&b.metric));
-                Ok(RangeArg { series: order, range_start: lo, range_end: rt, range, ext: None })
+                Ok(RangeArg { series: order, range_start: f.lo, range_end: f.rt, range: f.range, ext: None })
             }
             _ => Err(QueryError::Eval("expected range vector".into())),
         }
     }
+
+    /// Puts a subquery's matrix (back) into the cache.
+    pub(crate) fn subq_cache_put(&mut self, node: usize, m: SubqMatrix) {
+        self.subq_cache.insert(node, m);
+    }
+
+    /// Evaluates the inner steps of subquery `sq` its window at `ts` needs and are not yet
+    /// in the subquery's cached matrix, which is taken out of the cache and returned.
+    pub(crate) fn subquery_fill(&mut self, sq: &SubqueryExpr, ts: i64) -> EvalResult<SubqFill> {
+        let rt = self.ref_time(&sq.at, &sq.offset, ts);
+        let range = dur_ms(&sq.range);
+        let step = sq.step.as_ref().map(dur_ms).unwrap_or(self.opts.default_subquery_step);
+        if step <= 0 {
+            return Err(QueryError::Eval("subquery step must be positive".into()));
+        }
+        let lo = rt.saturating_sub(range);
+        if range / step > MAX_SUBQUERY_STEPS {
+            return Err(QueryError::TooManySamples);
+        }
+        // Go's integer division truncates; the first step is the first multiple of
+        // `step` strictly after the window start.
+        let mut first = step * (lo / step);
+        if first <= lo {
+            first += step;
+        }
+        let saved_stats = std::mem::replace(&mut self.stats_hints, false);
+        // An error ends the whole query, so the depth need not be restored on it.
+        self.subquery_depth += 1;
+        self.pending_func = None;
+        let node = sq as *const _ as usize;
+        let mut m = match self.subq_cache.remove(&node) {
+            Some(c)
+                if c.step == step
+                    && first >= c.first
+                    && first <= c.next
+                    && (first as i128 - c.first as i128) % step as i128 == 0 =>
+            {
+                c
+            }
+            _ => SubqMatrix {
+                step,
+                first,
+                next: first,
+                series: Vec::new(),
+                index: HashMap::default(),
+                sorted: Vec::new(),
+            },
+        };
+        // The inner steps of this subquery over the whole enclosing grid, when the outer
+        // steps are close enough for their windows to cover it.
+        let outer_grid = self.grid;
+        self.grid = outer_grid.and_then(|g| {
+            if g.len() > 1 && g.step > range {
+                return None;
+            }
+            let lo0 = self.ref_time(&sq.at, &sq.offset, g.first).saturating_sub(range);
+            let mut first0 = step * (lo0 / step);
+            if first0 <= lo0 {
+                first0 = first0.checked_add(step)?;
+            }
+            StepGrid::new(first0, self.ref_time(&sq.at, &sq.offset, g.last), step)
+        });
+        let mut t = m.next;
+        let mut overflowed = false;
+        while t <= rt {
+            self.check_deadline()?;
+            let inner = self.eval(&sq.expr, t)?;
+            match inner {
+                Value::Scalar(v) => {
+                    m.push(Labels::empty(), false, t, v, None);
+                    self.held = self.held.saturating_add(1);
+                }
+                Value::Vector(vec) => {
+                    // The subquery's matrix is kept for the rest of the query.
+                    self.held = self.held.saturating_add(vec.len());
+                    for s in vec {
+                        m.push(s.metric, s.drop_name, t, s.f, s.h);
+                    }
+                }
+                v => return Err(QueryError::Eval(format!("subquery of {} is not allowed", v.type_name()))),
+            }
+            t = match t.checked_add(step) {
+                Some(x) => x,
+                None => {
+                    overflowed = true;
+                    break;
+                }
+            };
+            m.next = t;
+        }
+        self.grid = outer_grid;
+        self.stats_hints = saved_stats;
+        self.subquery_depth -= 1;
+        Ok(SubqFill { matrix: m, first, lo, rt, range, overflowed })
+    }
+}
+
+/// What [`Evaluator::subquery_fill`] returns: the subquery's matrix and the window at the
+/// asked time, `(lo, rt]`, whose first inner step is `first`.
+pub(crate) struct SubqFill {
+    pub matrix: SubqMatrix,
+    pub first: i64,
+    pub lo: i64,
+    pub rt: i64,
+    pub range: i64,
+    /// The last inner step reached the end of time; the matrix must not be cached.
+    pub overflowed: bool,
 }
 
 /// A subquery's inner results for the contiguous inner steps `first, first+step, …` before
@@ -1071,6 +1330,9 @@ pub(crate) struct SubqMatrix {
     next: i64,
     series: Vec<Series>,
     index: HashMap<(Labels, bool), usize>,
+    /// Indexes of `series` ordered by labels (ties in order of appearance), kept up to date
+    /// by [`Self::window`], so windows come out sorted without sorting them at every step.
+    sorted: Vec<usize>,
 }
 
 impl SubqMatrix {
@@ -1090,10 +1352,25 @@ impl SubqMatrix {
         }
     }
 
-    /// Copies of the points in `[from, to]`; series without any are left out.
-    fn window(&self, from: i64, to: i64) -> Vec<Series> {
+    /// The series ordered by labels (ties in order of appearance).
+    pub(crate) fn sorted_series(&mut self) -> impl Iterator<Item = &Series> {
+        if self.sorted.len() != self.series.len() {
+            self.sorted = (0..self.series.len()).collect();
+            let series = &self.series;
+            self.sorted.sort_by(|a, b| series[*a].metric.cmp(&series[*b].metric));
+        }
+        self.sorted.iter().map(|i| &self.series[*i])
+    }
+
+    /// Whether the matrix holds every inner step from `from` to `to`.
+    pub(crate) fn covers(&self, from: i64, to: i64) -> bool {
+        self.first <= from && self.next > to
+    }
+
+    /// Copies of the points in `[from, to]`, ordered by labels; series without any are left out.
+    fn window(&mut self, from: i64, to: i64) -> Vec<Series> {
         let mut out = Vec::new();
-        for s in &self.series {
+        for s in self.sorted_series() {
             let fa = s.floats.partition_point(|p| p.0 < from);
             let fb = s.floats.partition_point(|p| p.0 <= to);
             let ha = s.histograms.partition_point(|p| p.0 < from);

@@ -8,7 +8,7 @@ use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 
 use crate::aggregate::{kahan_inc, quantile_of};
-use crate::engine::{EvalResult, Evaluator, Ext, QueryError, RangeArg, drop_metric_name};
+use crate::engine::{EvalResult, Evaluator, Ext, QueryError, RangeArg};
 use crate::histogram as hist;
 use crate::value::{Sample, Series, Value};
 
@@ -716,16 +716,13 @@ fn histogram_fraction(ev: &mut Evaluator<'_>, args: &[&Expr], ts: i64) -> EvalRe
 }
 
 fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> EvalResult<Value> {
+    if let Some(v) = crate::series_major::lookup(ev, c, ts)? {
+        return Ok(Value::Vector(v));
+    }
     let name = c.func.name;
     // Index of the range argument, and scalar arguments evaluated first.
-    let (mi, scalars): (usize, Vec<f64>) = match name {
-        "quantile_over_time" => (1, vec![ev.eval_scalar(args[0], ts)?]),
-        "predict_linear" => (0, vec![ev.eval_scalar(args[1], ts)?]),
-        "double_exponential_smoothing" | "holt_winters" => {
-            (0, vec![ev.eval_scalar(args[1], ts)?, ev.eval_scalar(args[2], ts)?])
-        }
-        _ => (0, vec![]),
-    };
+    let mi = range_arg_index(name);
+    let scalars = range_fn_scalars(ev, name, args, ts)?;
     if args.len() <= mi {
         return Err(QueryError::Eval(format!("unsupported function {name}")));
     }
@@ -747,25 +744,11 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
     ev.pending_func = Some(name.to_string());
     let r = ev.eval_range_arg(args[mi], ts)?;
     ev.pending_func = None;
-    let keep_name = matches!(name, "last_over_time" | "first_over_time");
+    let keep_name = range_fn_keeps_name(name);
     let mut out = Vec::with_capacity(r.series.len());
     for s in &r.series {
         let metric_name = s.metric.get(METRIC_NAME).unwrap_or("");
-        let res = match name {
-            "rate" | "increase" | "delta" if r.ext.is_some() => {
-                extended_rate(ev, s, &r, name != "delta", name == "rate", metric_name, &arg_pos)
-            }
-            "rate" | "increase" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => {
-                st_rate(ev, s, &r, name == "rate", metric_name, &arg_pos)
-            }
-            "rate" | "increase" | "delta" => {
-                extrapolated_rate(ev, s, &r, name != "delta", name == "rate", metric_name, &arg_pos)
-            }
-            "irate" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => st_irate(s),
-            "irate" | "idelta" => instant_value(ev, s, name == "irate", metric_name, &arg_pos),
-            _ => over_time(ev, name, s, &scalars, ts, metric_name, &arg_pos)?,
-        };
-        if let Some((f, h)) = res {
+        if let Some((f, h)) = apply_range_fn(ev, name, s, metric_name, &r, &scalars, ts, &arg_pos)? {
             let mut smp = Sample { metric: s.metric.clone(), t: ts, f, h: h.map(Arc::new), drop_name: s.drop_name };
             if !keep_name {
                 ev.mark_drop_name(&mut smp);
@@ -775,25 +758,115 @@ fn range_function(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> 
     }
     if matches!(name, "rate" | "increase") {
         for s in &r.series {
-            let n = s.metric.get(METRIC_NAME).unwrap_or("");
-            let counter_like =
-                n.ends_with("_total") || n.ends_with("_sum") || n.ends_with("_count") || n.ends_with("_bucket");
-            if !s.floats.is_empty() && !counter_like {
-                ev.info(
-                    format!(
-                        "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {}",
-                        norn_model::format::go_quote(n)
-                    ),
-                    arg_pos.clone(),
-                );
+            if !s.floats.is_empty() {
+                counter_name_info(ev, &s.metric, &arg_pos);
             }
         }
     }
-    let _ = drop_metric_name;
     Ok(Value::Vector(out))
 }
 
-type FH = (f64, Option<FloatHistogram>);
+/// Whether `name` is a function over a range vector that [`apply_range_fn`] evaluates.
+pub(crate) fn is_range_function(name: &str) -> bool {
+    matches!(
+        name,
+        "rate"
+            | "increase"
+            | "delta"
+            | "irate"
+            | "idelta"
+            | "deriv"
+            | "predict_linear"
+            | "double_exponential_smoothing"
+            | "holt_winters"
+            | "changes"
+            | "resets"
+            | "count_over_time"
+            | "present_over_time"
+            | "last_over_time"
+            | "first_over_time"
+            | "sum_over_time"
+            | "avg_over_time"
+            | "min_over_time"
+            | "max_over_time"
+            | "stddev_over_time"
+            | "stdvar_over_time"
+            | "quantile_over_time"
+            | "mad_over_time"
+            | "ts_of_min_over_time"
+            | "ts_of_max_over_time"
+            | "ts_of_last_over_time"
+            | "ts_of_first_over_time"
+    )
+}
+
+/// Position of the range argument among a range function's arguments.
+pub(crate) fn range_arg_index(name: &str) -> usize {
+    if name == "quantile_over_time" { 1 } else { 0 }
+}
+
+/// Whether a range function keeps the metric name of its input.
+pub(crate) fn range_fn_keeps_name(name: &str) -> bool {
+    matches!(name, "last_over_time" | "first_over_time")
+}
+
+/// The scalar arguments of a range function, evaluated at `ts`.
+pub(crate) fn range_fn_scalars(ev: &mut Evaluator<'_>, name: &str, args: &[&Expr], ts: i64) -> EvalResult<Vec<f64>> {
+    Ok(match name {
+        "quantile_over_time" => vec![ev.eval_scalar(args[0], ts)?],
+        "predict_linear" => vec![ev.eval_scalar(args[1], ts)?],
+        "double_exponential_smoothing" | "holt_winters" => {
+            vec![ev.eval_scalar(args[1], ts)?, ev.eval_scalar(args[2], ts)?]
+        }
+        _ => vec![],
+    })
+}
+
+/// The info `rate` and `increase` give for float series whose name does not say counter.
+pub(crate) fn counter_name_info(ev: &mut Evaluator<'_>, metric: &Labels, pos: &str) {
+    let n = metric.get(METRIC_NAME).unwrap_or("");
+    let counter_like = n.ends_with("_total") || n.ends_with("_sum") || n.ends_with("_count") || n.ends_with("_bucket");
+    if !counter_like {
+        ev.info(
+            format!(
+                "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {}",
+                norn_model::format::go_quote(n)
+            ),
+            pos.to_string(),
+        );
+    }
+}
+
+/// One range function applied to one series' samples in the window `r` describes
+/// (`metric_name` is the series' name, for annotations).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply_range_fn(
+    ev: &mut Evaluator<'_>,
+    name: &str,
+    s: &Series,
+    metric_name: &str,
+    r: &RangeArg,
+    scalars: &[f64],
+    ts: i64,
+    arg_pos: &str,
+) -> EvalResult<Option<FH>> {
+    Ok(match name {
+        "rate" | "increase" | "delta" if r.ext.is_some() => {
+            extended_rate(ev, s, r, name != "delta", name == "rate", metric_name, arg_pos)
+        }
+        "rate" | "increase" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => {
+            st_rate(ev, s, r, name == "rate", metric_name, arg_pos)
+        }
+        "rate" | "increase" | "delta" => {
+            extrapolated_rate(ev, s, r, name != "delta", name == "rate", metric_name, arg_pos)
+        }
+        "irate" if !s.floats_st.is_empty() || !s.histograms_st.is_empty() => st_irate(s),
+        "irate" | "idelta" => instant_value(ev, s, name == "irate", metric_name, arg_pos),
+        _ => over_time(ev, name, s, scalars, ts, metric_name, arg_pos)?,
+    })
+}
+
+pub(crate) type FH = (f64, Option<FloatHistogram>);
 
 fn extrapolated_rate(
     ev: &mut Evaluator<'_>,

@@ -24,6 +24,7 @@ mod bounds;
 mod fasthash;
 mod functions;
 mod info;
+mod series_major;
 
 pub use engine::{Engine, EngineOptions, QueryError, QueryResult, parse};
 pub use storage::{MemStorage, Queryable, SelectHints, StoredSeries, StoredValue};
