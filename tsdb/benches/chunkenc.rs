@@ -61,6 +61,12 @@ fn gauge(rng: &mut Rng) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// A series that never changes (`up`, a build-info gauge) at an exact 15 s interval:
+/// two bits a sample.
+fn constant() -> Vec<(i64, f64)> {
+    (0..SAMPLES as i64).map(|i| (1_700_000_000_000 + i * 15_000, 1.0)).collect()
+}
+
 fn encode(samples: &[(i64, f64)]) -> Vec<u8> {
     let mut c = XorChunk::new();
     for &(t, v) in samples {
@@ -71,7 +77,7 @@ fn encode(samples: &[(i64, f64)]) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let sets = [("counter", counter(&mut rng)), ("gauge", gauge(&mut rng))];
+    let sets = [("counter", counter(&mut rng)), ("gauge", gauge(&mut rng)), ("constant", constant())];
     let mut g = c.benchmark_group("xor");
     g.throughput(Throughput::Elements(SAMPLES as u64));
     for (name, samples) in &sets {
@@ -88,6 +94,16 @@ fn bench(c: &mut Criterion) {
                     last = t;
                 }
                 (acc, last)
+            })
+        });
+        g.bench_function(format!("decode_into/{name}"), |b| {
+            let (mut ts, mut vs) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
+            b.iter(|| {
+                ts.clear();
+                vs.clear();
+                let mut it = norn_tsdb::chunkenc::XorIterator::new(black_box(&bytes)).unwrap();
+                it.decode_into(&mut ts, &mut vs).unwrap();
+                (vs.iter().sum::<f64>(), ts.last().copied())
             })
         });
         let chunk = Chunk::new(Encoding::Xor, bytes.clone());

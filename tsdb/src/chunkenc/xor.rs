@@ -272,7 +272,7 @@ pub struct XorIterator<'a> {
     buf_v: [u64; BATCH],
     buf_pos: u8,
     buf_len: u8,
-    /// The last sample returned (for `seek`), if any.
+    /// The last sample returned before the buffered ones (for `seek`), if any.
     cur: Option<(i64, u64)>,
     /// An error found while decoding ahead; reported once the samples before it are returned.
     pending_err: Option<ChunkError>,
@@ -344,9 +344,7 @@ impl<'a> XorIterator<'a> {
         }
         let i = usize::from(self.buf_pos) % BATCH;
         self.buf_pos += 1;
-        let s = (self.buf_t[i], self.buf_v[i]);
-        self.cur = Some(s);
-        Some((s.0, f64::from_bits(s.1)))
+        Some((self.buf_t[i], f64::from_bits(self.buf_v[i])))
     }
 
     /// Decodes the next batch into the buffer; `false` at the end (or on an error, which
@@ -356,6 +354,9 @@ impl<'a> XorIterator<'a> {
         let mut ts = [0i64; BATCH];
         let mut vs = [0u64; BATCH];
         let n = self.decode_raw(&mut ts, &mut vs);
+        if self.buf_len > 0 {
+            self.cur = self.last_returned();
+        }
         self.buf_t = ts;
         self.buf_v = vs;
         self.buf_pos = 0;
@@ -379,6 +380,8 @@ impl<'a> XorIterator<'a> {
             vs.push(v);
             added += 1;
         }
+        self.cur = self.last_returned();
+        (self.buf_pos, self.buf_len) = (0, 0);
         let mut bt = [0i64; BATCH];
         let mut bv = [0u64; BATCH];
         loop {
@@ -397,6 +400,14 @@ impl<'a> XorIterator<'a> {
         match &self.err {
             Some(e) => Err(e.clone()),
             None => Ok(added),
+        }
+    }
+
+    /// The sample `next` returned last, if any.
+    fn last_returned(&self) -> Option<(i64, u64)> {
+        match usize::from(self.buf_pos).checked_sub(1) {
+            Some(i) if i < BATCH => Some((self.buf_t[i], self.buf_v[i])),
+            _ => self.cur,
         }
     }
 
@@ -591,7 +602,7 @@ impl<'a> XorIterator<'a> {
 
     /// Advances to the first sample with timestamp ≥ `t`.
     pub fn seek(&mut self, t: i64) -> Option<(i64, f64)> {
-        if let Some((ct, cv)) = self.cur
+        if let Some((ct, cv)) = self.last_returned()
             && ct >= t
         {
             return Some((ct, f64::from_bits(cv)));
