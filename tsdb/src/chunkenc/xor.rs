@@ -454,10 +454,11 @@ impl<'a> XorIterator<'a> {
         let end_bits = stream.len() * 8;
         let (mut pos, mut buf, mut avail) = (self.br.pos, self.br.buf, self.br.avail);
         let (mut t, mut t_delta, mut val) = (self.t, self.t_delta, self.val);
-        let mut any_new = false;
-        // The current window as (shift, width); before any window, Prometheus reads 64 bits.
+        // The current window as (shift, width). Before any window, Prometheus reads 64 bits;
+        // the shift is then 64, which marks "no window yet" and is never used to shift: a
+        // 64-bit read takes the slow path.
         let (mut wshift, mut wm) = if self.leading == 0xff {
-            (0u32, 64u32)
+            (64u32, 64u32)
         } else {
             (u32::from(self.trailing), 64 - u32::from(self.leading) - u32::from(self.trailing))
         };
@@ -521,7 +522,6 @@ impl<'a> XorIterator<'a> {
                 };
                 (buf, pos, avail) = (nbuf, npos, navail);
                 (wm, wshift) = (m, shift);
-                any_new |= hdr == 13;
                 val ^= payload << shift;
             } else {
                 buf <<= dlen + 1;
@@ -540,7 +540,7 @@ impl<'a> XorIterator<'a> {
         }
         (self.br.pos, self.br.buf, self.br.avail) = (pos, buf, avail);
         (self.t, self.t_delta, self.val) = (t, t_delta, val);
-        if any_new {
+        if wshift < 64 {
             (self.leading, self.trailing) = ((64 - wm - wshift) as u8, wshift as u8);
         }
         self.num_read += n as u16;
