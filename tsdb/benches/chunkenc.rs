@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use norn_model::{Histogram, Span};
 use norn_tsdb::chunkenc::{Chunk, Encoding, HistogramChunk, XorChunk};
 
@@ -149,5 +149,60 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Decode speed as the best of many short trials, printed per data set. On a loaded machine
+/// criterion's means mostly measure the scheduler; the fastest of many ~10 µs trials is one
+/// that ran undisturbed. Run with `NORN_BENCH_BEST_OF=1`.
+fn best_of_trials() {
+    const TRIALS: usize = 20_000;
+    const REPS: usize = 10;
+    let best = |f: &mut dyn FnMut()| {
+        let mut best = f64::MAX;
+        for _ in 0..TRIALS {
+            let start = std::time::Instant::now();
+            for _ in 0..REPS {
+                f();
+            }
+            best = best.min(start.elapsed().as_nanos() as f64 / (REPS * SAMPLES) as f64);
+        }
+        best
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for (name, samples) in [("counter", counter(&mut rng)), ("gauge", gauge(&mut rng)), ("constant", constant())] {
+        let bytes = encode(&samples);
+        let next = best(&mut || {
+            let mut it = norn_tsdb::chunkenc::XorIterator::new(black_box(&bytes)).unwrap();
+            let (mut acc, mut last) = (0.0, 0);
+            while let Some((t, v)) = it.next() {
+                acc += v;
+                last = t;
+            }
+            black_box((acc, last));
+        });
+        let (mut ts, mut vs) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
+        let batch = best(&mut || {
+            ts.clear();
+            vs.clear();
+            let mut it = norn_tsdb::chunkenc::XorIterator::new(black_box(&bytes)).unwrap();
+            it.decode_into(&mut ts, &mut vs).unwrap();
+            black_box((&ts, &vs));
+        });
+        let encode = best(&mut || {
+            black_box(encode(black_box(&samples)));
+        });
+        println!(
+            "{name:8} {:5} B  decode next() {next:5.2}  decode_into {batch:5.2}  encode {encode:5.2} ns/sample (best of {TRIALS})",
+            bytes.len()
+        );
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("NORN_BENCH_BEST_OF").is_some() {
+        best_of_trials();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
