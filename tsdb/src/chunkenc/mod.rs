@@ -115,9 +115,6 @@ impl Chunk {
 }
 
 /// A lazy decoder over a chunk of any encoding.
-// The XOR iterator carries a batch of decoded samples (see `xor::BATCH`); a SampleIter lives
-// while one chunk is read, so its size does not matter the way a stored value's would.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SampleIter<'a> {
     /// Encoding 1.

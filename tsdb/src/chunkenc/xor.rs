@@ -248,33 +248,25 @@ pub(crate) fn xor_read_lenient(br: &mut BitReader<'_>, value: &mut u64, leading:
     true
 }
 
-/// Samples decoded per batch by [`XorIterator::next`]. Decoding a batch at a time keeps the
-/// decoder state in registers; sample by sample it round-trips through memory on every
-/// call, which doubles the latency of the bit-reader dependency chain.
+/// Samples [`XorIterator::decode_into`] decodes per pass of its hot loop, into stack
+/// buffers: each pass keeps the decoder state in registers throughout.
 const BATCH: usize = 32;
 
-/// Decodes an XOR chunk lazily, a batch of samples at a time.
+/// Decodes an XOR chunk lazily.
 #[derive(Debug, Clone)]
 pub struct XorIterator<'a> {
     br: BitReader<'a>,
     data_bits: usize,
     num_total: u16,
-    /// Samples decoded so far (returned or buffered).
+    /// Samples decoded so far.
     num_read: u16,
-    /// Decoder state after the last decoded sample.
+    /// Decoder state after the last decoded sample, which is the last one returned.
     t: i64,
     val: u64,
     t_delta: u64,
     leading: u8,
     trailing: u8,
-    /// Decoded samples not yet returned: `buf_t[pos..len]`, `buf_v[pos..len]`.
-    buf_t: [i64; BATCH],
-    buf_v: [u64; BATCH],
-    buf_pos: u8,
-    buf_len: u8,
-    /// The last sample returned before the buffered ones (for `seek`), if any.
-    cur: Option<(i64, u64)>,
-    /// An error found while decoding ahead; reported once the samples before it are returned.
+    /// An error found by the decoder, made visible through `err` once iteration ends.
     pending_err: Option<ChunkError>,
     err: Option<ChunkError>,
 }
@@ -303,11 +295,6 @@ impl<'a> XorIterator<'a> {
             t_delta: 0,
             leading: 0xff,
             trailing: 0,
-            buf_t: [0; BATCH],
-            buf_v: [0; BATCH],
-            buf_pos: 0,
-            buf_len: 0,
-            cur: None,
             pending_err: None,
             err: None,
         }
@@ -323,8 +310,7 @@ impl<'a> XorIterator<'a> {
         self.err.as_ref()
     }
 
-    /// Bits of the chunk consumed so far by decoding (which runs up to a batch ahead of the
-    /// samples returned), including the 16-bit header.
+    /// Bits of the chunk consumed so far, including the 16-bit header.
     pub(crate) fn bits_consumed(&self) -> usize {
         16 + self.data_bits - self.br.bits_remaining()
     }
@@ -339,49 +325,34 @@ impl<'a> XorIterator<'a> {
     #[inline]
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<(i64, f64)> {
-        if self.buf_pos >= self.buf_len && !self.refill_batch() {
-            return None;
+        if self.num_read >= 2 && self.num_read < self.num_total {
+            let (mut t, mut v) = ([0i64; 1], [0u64; 1]);
+            if self.decode_run(&mut t, &mut v) == 1 {
+                return Some((t[0], f64::from_bits(v[0])));
+            }
         }
-        let i = usize::from(self.buf_pos) % BATCH;
-        self.buf_pos += 1;
-        Some((self.buf_t[i], f64::from_bits(self.buf_v[i])))
+        self.next_cold()
     }
 
-    /// Decodes the next batch into the buffer; `false` at the end (or on an error, which
-    /// then becomes visible through [`Self::err`]).
+    /// The first two samples, samples the hot loop leaves to the slow path, and the end.
     #[inline(never)]
-    fn refill_batch(&mut self) -> bool {
-        let mut ts = [0i64; BATCH];
-        let mut vs = [0u64; BATCH];
-        let n = self.decode_raw(&mut ts, &mut vs);
-        if self.buf_len > 0 {
-            self.cur = self.last_returned();
-        }
-        self.buf_t = ts;
-        self.buf_v = vs;
-        self.buf_pos = 0;
-        self.buf_len = n as u8;
-        if n == 0 {
+    fn next_cold(&mut self) -> Option<(i64, f64)> {
+        let (mut t, mut v) = ([0i64; 1], [0u64; 1]);
+        if self.decode_raw(&mut t, &mut v) == 0 {
             if let Some(e) = self.pending_err.take() {
                 self.err = Some(e);
             }
-            return false;
+            return None;
         }
-        true
+        Some((t[0], f64::from_bits(v[0])))
     }
 
     /// Decodes all remaining samples, appending them to `ts` and `vs`; returns how many
-    /// were appended. The samples before a corrupt one are appended before the error is
-    /// returned (it is also kept for [`Self::err`]).
+    /// were appended. This is faster than calling [`Self::next`] per sample, as the decoder
+    /// state stays in registers. The samples before a corrupt one are appended before the
+    /// error is returned (it is also kept for [`Self::err`]).
     pub fn decode_into(&mut self, ts: &mut Vec<i64>, vs: &mut Vec<f64>) -> Result<usize, ChunkError> {
         let mut added = 0;
-        while let Some((t, v)) = self.next_buffered() {
-            ts.push(t);
-            vs.push(v);
-            added += 1;
-        }
-        self.cur = self.last_returned();
-        (self.buf_pos, self.buf_len) = (0, 0);
         let mut bt = [0i64; BATCH];
         let mut bv = [0u64; BATCH];
         loop {
@@ -391,7 +362,6 @@ impl<'a> XorIterator<'a> {
             }
             ts.extend_from_slice(&bt[..n]);
             vs.extend(bv[..n].iter().map(|b| f64::from_bits(*b)));
-            self.cur = Some((bt[n - 1], bv[n - 1]));
             added += n;
         }
         if let Some(e) = self.pending_err.take() {
@@ -401,22 +371,6 @@ impl<'a> XorIterator<'a> {
             Some(e) => Err(e.clone()),
             None => Ok(added),
         }
-    }
-
-    /// The sample `next` returned last, if any.
-    fn last_returned(&self) -> Option<(i64, u64)> {
-        match usize::from(self.buf_pos).checked_sub(1) {
-            Some(i) if i < BATCH => Some((self.buf_t[i], self.buf_v[i])),
-            _ => self.cur,
-        }
-    }
-
-    /// Returns a buffered sample without decoding more.
-    fn next_buffered(&mut self) -> Option<(i64, f64)> {
-        if self.buf_pos >= self.buf_len {
-            return None;
-        }
-        self.next()
     }
 
     /// Decodes up to `min(ts.len(), vs.len())` samples into `ts` and the value bits into
@@ -602,10 +556,8 @@ impl<'a> XorIterator<'a> {
 
     /// Advances to the first sample with timestamp ≥ `t`.
     pub fn seek(&mut self, t: i64) -> Option<(i64, f64)> {
-        if let Some((ct, cv)) = self.last_returned()
-            && ct >= t
-        {
-            return Some((ct, f64::from_bits(cv)));
+        if self.num_read > 0 && self.t >= t {
+            return Some((self.t, f64::from_bits(self.val)));
         }
         while let Some(s) = self.next() {
             if s.0 >= t {
