@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use norn_model::{Histogram, Span};
 use norn_tsdb::chunkenc::{Chunk, Encoding, HistogramChunk, XorChunk};
 
@@ -61,6 +61,12 @@ fn gauge(rng: &mut Rng) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// A series that never changes (`up`, a build-info gauge) at an exact 15 s interval:
+/// two bits a sample.
+fn constant() -> Vec<(i64, f64)> {
+    (0..SAMPLES as i64).map(|i| (1_700_000_000_000 + i * 15_000, 1.0)).collect()
+}
+
 fn encode(samples: &[(i64, f64)]) -> Vec<u8> {
     let mut c = XorChunk::new();
     for &(t, v) in samples {
@@ -71,7 +77,7 @@ fn encode(samples: &[(i64, f64)]) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let sets = [("counter", counter(&mut rng)), ("gauge", gauge(&mut rng))];
+    let sets = [("counter", counter(&mut rng)), ("gauge", gauge(&mut rng)), ("constant", constant())];
     let mut g = c.benchmark_group("xor");
     g.throughput(Throughput::Elements(SAMPLES as u64));
     for (name, samples) in &sets {
@@ -88,6 +94,16 @@ fn bench(c: &mut Criterion) {
                     last = t;
                 }
                 (acc, last)
+            })
+        });
+        g.bench_function(format!("decode_into/{name}"), |b| {
+            let (mut ts, mut vs) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
+            b.iter(|| {
+                ts.clear();
+                vs.clear();
+                let mut it = norn_tsdb::chunkenc::XorIterator::new(black_box(&bytes)).unwrap();
+                it.decode_into(&mut ts, &mut vs).unwrap();
+                (vs.iter().sum::<f64>(), ts.last().copied())
             })
         });
         let chunk = Chunk::new(Encoding::Xor, bytes.clone());
@@ -133,5 +149,60 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Decode speed as the best of many short trials, printed per data set. On a loaded machine
+/// criterion's means mostly measure the scheduler; the fastest of many ~10 µs trials is one
+/// that ran undisturbed. Run with `NORN_BENCH_BEST_OF=1`.
+fn best_of_trials() {
+    const TRIALS: usize = 20_000;
+    const REPS: usize = 10;
+    let best = |f: &mut dyn FnMut()| {
+        let mut best = f64::MAX;
+        for _ in 0..TRIALS {
+            let start = std::time::Instant::now();
+            for _ in 0..REPS {
+                f();
+            }
+            best = best.min(start.elapsed().as_nanos() as f64 / (REPS * SAMPLES) as f64);
+        }
+        best
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for (name, samples) in [("counter", counter(&mut rng)), ("gauge", gauge(&mut rng)), ("constant", constant())] {
+        let bytes = encode(&samples);
+        let next = best(&mut || {
+            let mut it = norn_tsdb::chunkenc::XorIterator::new(black_box(&bytes)).unwrap();
+            let (mut acc, mut last) = (0.0, 0);
+            while let Some((t, v)) = it.next() {
+                acc += v;
+                last = t;
+            }
+            black_box((acc, last));
+        });
+        let (mut ts, mut vs) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
+        let batch = best(&mut || {
+            ts.clear();
+            vs.clear();
+            let mut it = norn_tsdb::chunkenc::XorIterator::new(black_box(&bytes)).unwrap();
+            it.decode_into(&mut ts, &mut vs).unwrap();
+            black_box((&ts, &vs));
+        });
+        let encode = best(&mut || {
+            black_box(encode(black_box(&samples)));
+        });
+        println!(
+            "{name:8} {:5} B  decode next() {next:5.2}  decode_into {batch:5.2}  encode {encode:5.2} ns/sample (best of {TRIALS})",
+            bytes.len()
+        );
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("NORN_BENCH_BEST_OF").is_some() {
+        best_of_trials();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

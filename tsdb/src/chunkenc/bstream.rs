@@ -135,6 +135,26 @@ impl BitWriter {
     }
 }
 
+/// The eight bytes of `stream` at `pos` as a big-endian word, zero past the end.
+#[inline(always)]
+pub(crate) fn load_word(stream: &[u8], pos: usize) -> u64 {
+    match stream.get(pos..pos.wrapping_add(8)) {
+        Some(w) => u64::from_be_bytes(w.try_into().unwrap_or([0; 8])),
+        None => load_word_tail(stream, pos),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn load_word_tail(stream: &[u8], pos: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(rest) = stream.get(pos..) {
+        let n = rest.len().min(8);
+        a[..n].copy_from_slice(&rest[..n]);
+    }
+    u64::from_be_bytes(a)
+}
+
 /// Reads an MSB-first bit stream.
 ///
 /// Bits are buffered left-aligned in a 64-bit word refilled eight bytes at a time
@@ -144,12 +164,12 @@ impl BitWriter {
 /// [`BitReader::overrun`] once per sample.
 #[derive(Debug, Clone)]
 pub struct BitReader<'a> {
-    stream: &'a [u8],
+    pub(crate) stream: &'a [u8],
     /// Next byte to load (may run past the end: those bytes read as zero).
-    pos: usize,
+    pub(crate) pos: usize,
     /// Buffered bits, left-aligned; `avail` of them are counted as loaded.
-    buf: u64,
-    avail: u32,
+    pub(crate) buf: u64,
+    pub(crate) avail: u32,
 }
 
 impl<'a> BitReader<'a> {
@@ -161,24 +181,9 @@ impl<'a> BitReader<'a> {
     /// Tops the buffer up to at least 56 bits.
     #[inline(always)]
     pub(crate) fn refill(&mut self) {
-        if let Some(w) = self.stream.get(self.pos..self.pos + 8) {
-            let w = u64::from_be_bytes(w.try_into().expect("8 bytes"));
-            self.buf |= w >> self.avail;
-        } else {
-            self.refill_tail();
-        }
+        self.buf |= load_word(self.stream, self.pos) >> self.avail;
         self.pos += ((63 - self.avail) >> 3) as usize;
         self.avail |= 56;
-    }
-
-    #[cold]
-    fn refill_tail(&mut self) {
-        let mut a = [0u8; 8];
-        if self.pos < self.stream.len() {
-            let rest = &self.stream[self.pos..];
-            a[..rest.len()].copy_from_slice(rest);
-        }
-        self.buf |= u64::from_be_bytes(a) >> self.avail;
     }
 
     /// Bits consumed so far.

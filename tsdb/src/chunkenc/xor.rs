@@ -1,7 +1,7 @@
 //! The XOR (Gorilla) float chunk, bit-exact with `tsdb/chunkenc/xor.go`.
 
 use super::ChunkError;
-use super::bstream::{BitReader, BitWriter};
+use super::bstream::{BitReader, BitWriter, load_word};
 
 /// Worst-case bytes one appended sample can add; the head cuts a chunk before it grows
 /// past 1024 bytes with this much headroom.
@@ -248,18 +248,26 @@ pub(crate) fn xor_read_lenient(br: &mut BitReader<'_>, value: &mut u64, leading:
     true
 }
 
-/// Decodes an XOR chunk sample by sample, lazily.
+/// Samples [`XorIterator::decode_into`] decodes per pass of its hot loop, into stack
+/// buffers: each pass keeps the decoder state in registers throughout.
+const BATCH: usize = 32;
+
+/// Decodes an XOR chunk lazily.
 #[derive(Debug, Clone)]
 pub struct XorIterator<'a> {
     br: BitReader<'a>,
     data_bits: usize,
     num_total: u16,
+    /// Samples decoded so far.
     num_read: u16,
+    /// Decoder state after the last decoded sample, which is the last one returned.
     t: i64,
     val: u64,
     t_delta: u64,
     leading: u8,
     trailing: u8,
+    /// An error found by the decoder, made visible through `err` once iteration ends.
+    pending_err: Option<ChunkError>,
     err: Option<ChunkError>,
 }
 
@@ -287,6 +295,7 @@ impl<'a> XorIterator<'a> {
             t_delta: 0,
             leading: 0xff,
             trailing: 0,
+            pending_err: None,
             err: None,
         }
     }
@@ -307,118 +316,242 @@ impl<'a> XorIterator<'a> {
     }
 
     #[cold]
-    fn fail(&mut self) -> Option<(i64, f64)> {
-        self.err = Some(ChunkError::Corrupt { encoding: "XOR", reason: "truncated or invalid sample data" });
+    fn fail(&mut self) {
+        self.pending_err = Some(ChunkError::Corrupt { encoding: "XOR", reason: "truncated or invalid sample data" });
         self.num_read = self.num_total;
-        None
     }
 
     /// The next `(timestamp, value)`.
-    #[inline(always)]
+    #[inline]
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<(i64, f64)> {
-        if self.num_read >= self.num_total {
-            return None;
-        }
-        if self.num_read < 2 {
-            return self.next_head();
-        }
-        let br = &mut self.br;
-        // One refill covers the dod (≤ 24 bits unless raw) and a value header (≤ 13);
-        // both are decoded from this word with a single skip at the end, which keeps
-        // the buffer updates off the dependency chain.
-        br.refill();
-        let w = br.word();
-        let ones = w.leading_ones();
-        let (dod, dlen): (i64, u32) = match ones {
-            0 => (0, 1),
-            1..=3 => {
-                let sz = match ones {
-                    1 => 14,
-                    2 => 17,
-                    _ => 20,
-                };
-                let bits = (w << (ones + 1)) >> (64 - sz);
-                // bitRange decoding: values above 2^(sz-1) are negative.
-                (bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64, ones + 1 + sz)
+        if self.num_read >= 2 && self.num_read < self.num_total {
+            let (mut t, mut v) = ([0i64; 1], [0u64; 1]);
+            if self.decode_run(&mut t, &mut v) == 1 {
+                return Some((t[0], f64::from_bits(v[0])));
             }
-            _ => return self.next_raw_dod(),
-        };
-        self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
-        self.t = self.t.wrapping_add(self.t_delta as i64);
-        let rem = br.avail() - dlen;
-        let v = w << dlen;
-        if v >> 63 == 0 {
-            br.skip(dlen + 1);
-        } else {
-            let (hdr, shift, m) = if (v >> 62) & 1 == 0 {
-                if self.leading == 0xff {
-                    (2, 0, 64)
-                } else {
-                    let (l, t) = (u32::from(self.leading), u32::from(self.trailing));
-                    (2, t, 64 - l - t)
-                }
-            } else {
-                let l = ((v >> 57) & 0x1f) as u32;
-                let m = match ((v >> 51) & 0x3f) as u32 {
-                    0 => 64,
-                    m => m,
-                };
-                if l + m > 64 {
-                    return self.fail();
-                }
-                self.leading = l as u8;
-                self.trailing = (64 - l - m) as u8;
-                (13, 64 - l - m, m)
-            };
-            let bits = if hdr + m <= rem {
-                br.skip(dlen + hdr + m);
-                (v << hdr) >> (64 - m)
-            } else {
-                br.skip(dlen + hdr);
-                br.read_bits_lenient(m)
-            };
-            self.val ^= bits << shift;
         }
-        if br.overrun() {
-            return self.fail();
-        }
-        self.num_read += 1;
-        Some((self.t, f64::from_bits(self.val)))
+        self.next_cold()
     }
 
-    /// A sample whose dod needed the raw 64-bit form.
+    /// The first two samples, samples the hot loop leaves to the slow path, and the end.
+    #[inline(never)]
+    fn next_cold(&mut self) -> Option<(i64, f64)> {
+        let (mut t, mut v) = ([0i64; 1], [0u64; 1]);
+        if self.decode_raw(&mut t, &mut v) == 0 {
+            if let Some(e) = self.pending_err.take() {
+                self.err = Some(e);
+            }
+            return None;
+        }
+        Some((t[0], f64::from_bits(v[0])))
+    }
+
+    /// Decodes all remaining samples, appending them to `ts` and `vs`; returns how many
+    /// were appended. This is faster than calling [`Self::next`] per sample, as the decoder
+    /// state stays in registers. The samples before a corrupt one are appended before the
+    /// error is returned (it is also kept for [`Self::err`]).
+    pub fn decode_into(&mut self, ts: &mut Vec<i64>, vs: &mut Vec<f64>) -> Result<usize, ChunkError> {
+        let mut added = 0;
+        let mut bt = [0i64; BATCH];
+        let mut bv = [0u64; BATCH];
+        loop {
+            let n = self.decode_raw(&mut bt, &mut bv);
+            if n == 0 {
+                break;
+            }
+            ts.extend_from_slice(&bt[..n]);
+            vs.extend(bv[..n].iter().map(|b| f64::from_bits(*b)));
+            added += n;
+        }
+        if let Some(e) = self.pending_err.take() {
+            self.err = Some(e);
+        }
+        match &self.err {
+            Some(e) => Err(e.clone()),
+            None => Ok(added),
+        }
+    }
+
+    /// Decodes up to `min(ts.len(), vs.len())` samples into `ts` and the value bits into
+    /// `vs`; returns how many. Fewer means the chunk ended or is corrupt (`pending_err`).
+    fn decode_raw(&mut self, ts: &mut [i64], vs: &mut [u64]) -> usize {
+        let want = ts.len().min(vs.len()).min(usize::from(self.num_total - self.num_read));
+        let mut i = 0;
+        while i < want && self.num_read < 2 {
+            let Some((t, v)) = self.next_head() else { return i };
+            ts[i] = t;
+            vs[i] = v;
+            i += 1;
+        }
+        while i < want {
+            let n = self.decode_run(&mut ts[i..want], &mut vs[i..want]);
+            i += n;
+            if i < want {
+                // The run stopped at a sample it does not handle inline.
+                let Some((t, v)) = self.next_slow() else { return i };
+                ts[i] = t;
+                vs[i] = v;
+                i += 1;
+            }
+        }
+        i
+    }
+
+    /// The hot loop: decodes samples from the third on, with all state in locals, until
+    /// the output is full or a sample needs the slow path (raw 64-bit dod, a value longer
+    /// than the loaded word, a corrupt window, or the end of the data).
+    #[inline(always)]
+    fn decode_run(&mut self, ts: &mut [i64], vs: &mut [u64]) -> usize {
+        // The bit reader's state, unpacked so that it stays in registers (see BitReader::refill).
+        let stream = self.br.stream;
+        let end_bits = stream.len() * 8;
+        let (mut pos, mut buf, mut avail) = (self.br.pos, self.br.buf, self.br.avail);
+        let (mut t, mut t_delta, mut val) = (self.t, self.t_delta, self.val);
+        // The current window as (shift, width). Before any window, Prometheus reads 64 bits;
+        // the shift is then 64, which marks "no window yet" and is never used to shift: a
+        // 64-bit read takes the slow path.
+        let (mut wshift, mut wm) = if self.leading == 0xff {
+            (64u32, 64u32)
+        } else {
+            (u32::from(self.trailing), 64 - u32::from(self.leading) - u32::from(self.trailing))
+        };
+        let mut n = 0;
+        for (ts_out, vs_out) in ts.iter_mut().zip(vs.iter_mut()) {
+            // Refill only when fewer than 37 bits (a 24-bit dod and a 13-bit value header)
+            // are buffered: a refill puts a load on the sample-to-sample dependency chain,
+            // and a predictable branch keeps it off when the bits are already there.
+            if avail < 37 {
+                buf |= load_word(stream, pos) >> avail;
+                pos += ((63 - avail) >> 3) as usize;
+                avail |= 56;
+            }
+            let w = buf;
+            // One test per prefix bit, with constant widths after each: which bucket comes
+            // next is usually predictable (regular scrapes keep to one), and this is fewer
+            // instructions than counting leading ones without lzcnt.
+            let (dod, dlen): (i64, u32) = if w >> 63 == 0 {
+                (0, 1)
+            } else if w >> 62 & 1 == 0 {
+                (dod_field::<2, 14>(w), 16)
+            } else if w >> 61 & 1 == 0 {
+                (dod_field::<3, 17>(w), 20)
+            } else if w >> 60 & 1 == 0 {
+                (dod_field::<4, 20>(w), 24)
+            } else {
+                break;
+            };
+            let v = w << dlen;
+            // Value: control "0" (unchanged), "10" (current window) or "11" (new window:
+            // 5 bits of leading zeros, 6 of width with 64 written as 0).
+            if v >> 63 != 0 {
+                let (hdr, m, shift) = if v >> 62 & 1 == 0 {
+                    (2, wm, wshift)
+                } else {
+                    let l = ((v >> 57) & 0x1f) as u32;
+                    let m = match ((v >> 51) & 0x3f) as u32 {
+                        0 => 64,
+                        m => m,
+                    };
+                    if l + m > 64 {
+                        break;
+                    }
+                    (13, m, 64 - l - m)
+                };
+                let len = dlen + hdr + m;
+                let (payload, nbuf, npos, navail) = if len <= avail {
+                    // len ≤ avail ≤ 63, so the shift is in range.
+                    ((v << hdr) >> (64 - m), buf << len, pos, avail - len)
+                } else {
+                    // The value runs past the buffered bits: read its payload from where it
+                    // starts in the stream and restart the buffer after it.
+                    if m > 56 {
+                        break;
+                    }
+                    let start = pos * 8 - avail as usize + (dlen + hdr) as usize;
+                    let p = load_word(stream, start >> 3) << (start & 7);
+                    let next = start + m as usize;
+                    let nbuf = load_word(stream, next >> 3) << (next & 7);
+                    (p >> (64 - m), nbuf, (next >> 3) + 7, 56 - (next & 7) as u32)
+                };
+                (buf, pos, avail) = (nbuf, npos, navail);
+                (wm, wshift) = (m, shift);
+                val ^= payload << shift;
+            } else {
+                buf <<= dlen + 1;
+                avail -= dlen + 1;
+            }
+            if pos * 8 - avail as usize > end_bits {
+                // Truncated. The state has moved past the sample, which is harmless: the
+                // slow path then fails on the same overrun.
+                break;
+            }
+            t_delta = (t_delta as i64).wrapping_add(dod) as u64;
+            t = t.wrapping_add(t_delta as i64);
+            *ts_out = t;
+            *vs_out = val;
+            n += 1;
+        }
+        (self.br.pos, self.br.buf, self.br.avail) = (pos, buf, avail);
+        (self.t, self.t_delta, self.val) = (t, t_delta, val);
+        if wshift < 64 {
+            (self.leading, self.trailing) = ((64 - wm - wshift) as u8, wshift as u8);
+        }
+        self.num_read += n as u16;
+        n
+    }
+
+    /// One sample from the third on, reading field by field: for what [`Self::decode_run`]
+    /// leaves out.
     #[cold]
-    fn next_raw_dod(&mut self) -> Option<(i64, f64)> {
-        self.br.skip(4);
-        let dod = self.br.read_bits_lenient(64) as i64;
+    fn next_slow(&mut self) -> Option<(i64, u64)> {
+        let br = &mut self.br;
+        br.refill();
+        let ones = br.word().leading_ones().min(4);
+        br.skip(ones + u32::from(ones < 4));
+        let dod = match ones {
+            0 => 0,
+            4 => br.read_bits_lenient(64) as i64,
+            _ => {
+                let sz = [14, 17, 20][ones as usize - 1];
+                let bits = br.read_bits_lenient(sz);
+                bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64
+            }
+        };
+        if !xor_read_lenient(br, &mut self.val, &mut self.leading, &mut self.trailing) || br.overrun() {
+            self.fail();
+            return None;
+        }
         self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
         self.t = self.t.wrapping_add(self.t_delta as i64);
-        if !xor_read_lenient(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing) || self.br.overrun() {
-            return self.fail();
-        }
         self.num_read += 1;
-        Some((self.t, f64::from_bits(self.val)))
+        Some((self.t, self.val))
     }
 
     /// Samples 0 and 1, whose timestamps are whole-byte varints.
     #[cold]
-    fn next_head(&mut self) -> Option<(i64, f64)> {
+    fn next_head(&mut self) -> Option<(i64, u64)> {
         if self.num_read == 0 {
-            let Some(t) = self.br.read_varint() else { return self.fail() };
-            let Some(v) = self.br.read_bits(64) else { return self.fail() };
+            let (Some(t), Some(v)) = (self.br.read_varint(), self.br.read_bits(64)) else {
+                self.fail();
+                return None;
+            };
             self.t = t;
             self.val = v;
         } else {
-            let Some(d) = self.br.read_uvarint() else { return self.fail() };
+            let Some(d) = self.br.read_uvarint() else {
+                self.fail();
+                return None;
+            };
             self.t_delta = d;
             self.t = self.t.wrapping_add(d as i64);
             if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
-                return self.fail();
+                self.fail();
+                return None;
             }
         }
         self.num_read += 1;
-        Some((self.t, f64::from_bits(self.val)))
+        Some((self.t, self.val))
     }
 
     /// Advances to the first sample with timestamp ≥ `t`.
@@ -433,6 +566,15 @@ impl<'a> XorIterator<'a> {
         }
         None
     }
+}
+
+/// The `SZ`-bit dod field after a `PREFIX`-bit prefix at the top of `w`, in Prometheus's
+/// `bitRange` form (`-(2^(SZ-1) - 1) ..= 2^(SZ-1)`, values above 2^(SZ-1) stand for
+/// negatives). Subtracting one maps that range onto the two's-complement one, so an
+/// arithmetic shift sign-extends it; adding one back gives the dod.
+#[inline(always)]
+fn dod_field<const PREFIX: u32, const SZ: u32>(w: u64) -> i64 {
+    (((w << PREFIX).wrapping_sub(1 << (64 - SZ)) as i64) >> (64 - SZ)) + 1
 }
 
 impl Iterator for XorIterator<'_> {
@@ -511,6 +653,131 @@ mod tests {
         assert!(it.err().is_some());
     }
 
+    /// A straightforward field-by-field decoder after `xor.go`'s iterator, to check the
+    /// batched one against: the samples before the first error, and whether there was one.
+    fn reference_decode(data: &[u8]) -> (Vec<(i64, u64)>, bool) {
+        let mut out = Vec::new();
+        let Some(hdr) = data.get(..2) else { return (out, true) };
+        let num = u16::from_be_bytes([hdr[0], hdr[1]]);
+        let mut br = BitReader::new(&data[2..]);
+        let (mut t, mut td, mut val, mut leading, mut trailing) = (0i64, 0u64, 0u64, 0u32, 0u32);
+        for i in 0..num {
+            let ok = (|| -> Option<()> {
+                if i == 0 {
+                    t = br.read_varint()?;
+                    val = br.read_bits(64)?;
+                    return Some(());
+                }
+                if i == 1 {
+                    td = br.read_uvarint()?;
+                } else {
+                    let mut d = 0u8;
+                    for _ in 0..4 {
+                        d <<= 1;
+                        if !br.read_bit()? {
+                            break;
+                        }
+                        d |= 1;
+                    }
+                    let sz = match d {
+                        0b0 => 0,
+                        0b10 => 14,
+                        0b110 => 17,
+                        0b1110 => 20,
+                        _ => 64,
+                    };
+                    let mut dod = 0i64;
+                    if sz != 0 {
+                        let mut bits = br.read_bits(sz)?;
+                        if sz != 64 && bits > (1 << (sz - 1)) {
+                            bits = bits.wrapping_sub(1 << sz);
+                        }
+                        dod = bits as i64;
+                    }
+                    td = (td as i64).wrapping_add(dod) as u64;
+                }
+                t = t.wrapping_add(td as i64);
+                if br.read_bit()? {
+                    if br.read_bit()? {
+                        leading = br.read_bits(5)? as u32;
+                        let mut m = br.read_bits(6)? as u32;
+                        if m == 0 {
+                            m = 64;
+                        }
+                        if leading + m > 64 {
+                            return None;
+                        }
+                        trailing = 64 - leading - m;
+                    }
+                    let m = 64 - leading - trailing;
+                    val ^= br.read_bits(m)? << trailing;
+                }
+                Some(())
+            })();
+            if ok.is_none() {
+                return (out, true);
+            }
+            out.push((t, val));
+        }
+        (out, false)
+    }
+
+    /// What the iterator yields: samples until it stops, and whether it stopped on an error.
+    fn fast_decode(data: &[u8]) -> (Vec<(i64, u64)>, bool) {
+        let Ok(mut it) = XorIterator::new(data) else { return (Vec::new(), true) };
+        let got = it.by_ref().map(|(t, v)| (t, v.to_bits())).collect();
+        (got, it.err().is_some())
+    }
+
+    #[test]
+    fn batch_api_and_seek_across_batches() {
+        let s: Vec<(i64, f64)> = (0..150).map(|i| (i * 1000 + (i % 3), (i as f64) * 0.25)).collect();
+        let mut c = XorChunk::new();
+        for (t, v) in &s {
+            c.append(*t, *v);
+        }
+        let (mut ts, mut vs) = (Vec::new(), Vec::new());
+        assert_eq!(c.iter().decode_into(&mut ts, &mut vs), Ok(150));
+        assert_eq!(ts.iter().copied().zip(vs.iter().copied()).collect::<Vec<_>>(), s);
+        // Partly consumed, then the rest in one go.
+        let mut it = c.iter();
+        for _ in 0..40 {
+            it.next();
+        }
+        let (mut ts, mut vs) = (vec![-1], vec![-1.0]);
+        assert_eq!(it.decode_into(&mut ts, &mut vs), Ok(110));
+        assert_eq!(ts[1..], s[40..].iter().map(|x| x.0).collect::<Vec<_>>()[..]);
+        assert_eq!(it.next(), None);
+        // seek keeps returning the current sample until it is passed, across batch ends.
+        let mut it = c.iter();
+        for target in [0, 31_000, 31_000, 32_001, 99_000, 149_001] {
+            let want = s.iter().find(|x| x.0 >= target).copied();
+            assert_eq!(it.seek(target), want, "seek {target}");
+        }
+        assert_eq!(it.seek(150_000), None);
+    }
+
+    #[test]
+    fn truncated_chunks_match_the_reference() {
+        let s: Vec<(i64, f64)> =
+            (0..100).map(|i| (i * 15_000 + (i * 7919) % 50, ((i * 31) % 17) as f64 * 1.5e-3)).collect();
+        let mut c = XorChunk::new();
+        for (t, v) in &s {
+            c.append(*t, *v);
+        }
+        let full = c.bytes();
+        for cut in 0..full.len() {
+            let data = &full[..cut];
+            let (fast, fast_err) = fast_decode(data);
+            let (want, want_err) = reference_decode(data);
+            assert_eq!((fast, fast_err), (want, want_err), "cut at {cut}");
+        }
+        let mut it = XorIterator::new(&full[..full.len() / 2]).unwrap();
+        let (mut ts, mut vs) = (Vec::new(), Vec::new());
+        assert!(it.decode_into(&mut ts, &mut vs).is_err());
+        assert_eq!(ts.len(), reference_decode(&full[..full.len() / 2]).0.len());
+    }
+
     /// Strictly increasing timestamps with gaps from 1 ms to 2^52 ms, starting anywhere
     /// (negative included), and arbitrary f64 bit patterns.
     fn arb_samples() -> impl Strategy<Value = Vec<(i64, u64)>> {
@@ -542,6 +809,27 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn prop_matches_reference_on_any_bytes(count in 0u16..400, body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut data = count.to_be_bytes().to_vec();
+            data.extend_from_slice(&body);
+            prop_assert_eq!(fast_decode(&data), reference_decode(&data));
+        }
+
+        #[test]
+        fn prop_matches_reference_on_encoded(samples in arb_samples(), flip in any::<prop::sample::Index>()) {
+            let mut c = XorChunk::new();
+            for (t, b) in &samples {
+                c.append(*t, f64::from_bits(*b));
+            }
+            let mut data = c.bytes().to_vec();
+            prop_assert_eq!(fast_decode(&data), reference_decode(&data));
+            // One flipped bit: the two still agree on every sample and on failing.
+            let bit = flip.index(data.len() * 8);
+            data[bit / 8] ^= 0x80 >> (bit % 8);
+            prop_assert_eq!(fast_decode(&data), reference_decode(&data));
+        }
+
         #[test]
         fn prop_round_trip_bitwise(samples in arb_samples()) {
             let mut c = XorChunk::new();
