@@ -60,7 +60,7 @@ impl XorChunk {
         // never changed reopens exactly as a continuously appended one would. (Prometheus'
         // reopened appender starts from a zero window instead, which costs bits but reads
         // the same.)
-        let (leading, trailing) = (it.leading, it.trailing);
+        let (leading, trailing) = it.leading_trailing();
         Ok(XorChunk {
             b: BitWriter::resume(data, used_bits),
             num,
@@ -264,8 +264,12 @@ pub struct XorIterator<'a> {
     t: i64,
     val: u64,
     t_delta: u64,
-    leading: u8,
-    trailing: u8,
+    /// The value window as (shift, width), i.e. (trailing zeros, significant bits); kept in
+    /// this form because the hot loop uses it so. Before any window the shift is 64, which
+    /// marks "no window yet" (Prometheus then reads all 64 bits) and is never used to shift:
+    /// a 64-bit read takes the slow path.
+    wshift: u32,
+    wm: u32,
     /// An error found by the decoder, made visible through `err` once iteration ends.
     pending_err: Option<ChunkError>,
     err: Option<ChunkError>,
@@ -293,8 +297,8 @@ impl<'a> XorIterator<'a> {
             t: 0,
             val: 0,
             t_delta: 0,
-            leading: 0xff,
-            trailing: 0,
+            wshift: 64,
+            wm: 64,
             pending_err: None,
             err: None,
         }
@@ -308,6 +312,19 @@ impl<'a> XorIterator<'a> {
     /// The error that ended iteration early, if any.
     pub fn err(&self) -> Option<&ChunkError> {
         self.err.as_ref()
+    }
+
+    /// The window as the encoder keeps it: leading and trailing zeros, leading 0xff for none.
+    fn leading_trailing(&self) -> (u8, u8) {
+        if self.wshift >= 64 { (0xff, 0) } else { ((64 - self.wm - self.wshift) as u8, self.wshift as u8) }
+    }
+
+    fn set_window(&mut self, leading: u8, trailing: u8) {
+        (self.wshift, self.wm) = if leading == 0xff {
+            (64, 64)
+        } else {
+            (u32::from(trailing), 64 - u32::from(leading) - u32::from(trailing))
+        };
     }
 
     /// Bits of the chunk consumed so far, including the 16-bit header.
@@ -408,14 +425,7 @@ impl<'a> XorIterator<'a> {
         let end_bits = stream.len() * 8;
         let (mut pos, mut buf, mut avail) = (self.br.pos, self.br.buf, self.br.avail);
         let (mut t, mut t_delta, mut val) = (self.t, self.t_delta, self.val);
-        // The current window as (shift, width). Before any window, Prometheus reads 64 bits;
-        // the shift is then 64, which marks "no window yet" and is never used to shift: a
-        // 64-bit read takes the slow path.
-        let (mut wshift, mut wm) = if self.leading == 0xff {
-            (64u32, 64u32)
-        } else {
-            (u32::from(self.trailing), 64 - u32::from(self.leading) - u32::from(self.trailing))
-        };
+        let (mut wshift, mut wm) = (self.wshift, self.wm);
         let mut n = 0;
         for (ts_out, vs_out) in ts.iter_mut().zip(vs.iter_mut()) {
             // Refill only when fewer than 37 bits (a 24-bit dod and a 13-bit value header)
@@ -494,9 +504,7 @@ impl<'a> XorIterator<'a> {
         }
         (self.br.pos, self.br.buf, self.br.avail) = (pos, buf, avail);
         (self.t, self.t_delta, self.val) = (t, t_delta, val);
-        if wshift < 64 {
-            (self.leading, self.trailing) = ((64 - wm - wshift) as u8, wshift as u8);
-        }
+        (self.wshift, self.wm) = (wshift, wm);
         self.num_read += n as u16;
         n
     }
@@ -518,10 +526,13 @@ impl<'a> XorIterator<'a> {
                 bits.wrapping_sub(u64::from(bits > (1u64 << (sz - 1))) << sz) as i64
             }
         };
-        if !xor_read_lenient(br, &mut self.val, &mut self.leading, &mut self.trailing) || br.overrun() {
+        let (mut leading, mut trailing) = self.leading_trailing();
+        let br = &mut self.br;
+        if !xor_read_lenient(br, &mut self.val, &mut leading, &mut trailing) || br.overrun() {
             self.fail();
             return None;
         }
+        self.set_window(leading, trailing);
         self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
         self.t = self.t.wrapping_add(self.t_delta as i64);
         self.num_read += 1;
@@ -545,10 +556,12 @@ impl<'a> XorIterator<'a> {
             };
             self.t_delta = d;
             self.t = self.t.wrapping_add(d as i64);
-            if xor_read(&mut self.br, &mut self.val, &mut self.leading, &mut self.trailing).is_none() {
+            let (mut leading, mut trailing) = self.leading_trailing();
+            if xor_read(&mut self.br, &mut self.val, &mut leading, &mut trailing).is_none() {
                 self.fail();
                 return None;
             }
+            self.set_window(leading, trailing);
         }
         self.num_read += 1;
         Some((self.t, self.val))
