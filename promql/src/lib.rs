@@ -19,9 +19,11 @@ pub mod rewrite;
 
 mod aggregate;
 mod binary;
+mod check;
 mod fasthash;
 mod functions;
 mod info;
+pub mod parse;
 
 pub use engine::{Engine, EngineOptions, QueryError, QueryResult, parse};
 pub use storage::{MemStorage, Queryable, SelectHints, StoredSeries, StoredValue};
