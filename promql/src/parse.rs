@@ -47,6 +47,9 @@ impl ParseError {
 pub fn check_query(query: &str) -> Result<(), ParseError> {
     let mut p = Parser::new(query);
     let node = p.parse_start();
+    if p.gave_up {
+        return Ok(());
+    }
     if let Some(e) = p.errors.into_iter().next() {
         return Err(e);
     }
@@ -867,9 +870,13 @@ struct Stop;
 
 type PResult<T> = Result<T, Stop>;
 
-/// Most nesting the parser follows before giving up (the real parser evaluates such
-/// queries, so this only bounds our own stack; promql-parser's answer is used then).
+/// Most nesting the parser follows before giving up (this only bounds our own stack;
+/// promql-parser's answer is used then).
 const MAX_DEPTH: usize = 200;
+
+/// Most binary operators in a query: chains build trees as deep as they are long, and
+/// the checks walk them recursively.
+const MAX_BINARY: usize = 2000;
 
 struct Parser<'a> {
     lex: Lexer<'a>,
@@ -883,6 +890,8 @@ struct Parser<'a> {
     /// current position; the innermost one names an otherwise unhandled syntax error.
     contexts: Vec<&'static str>,
     depth: usize,
+    binaries: usize,
+    gave_up: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -895,6 +904,8 @@ impl<'a> Parser<'a> {
             errors: Vec::new(),
             contexts: Vec::new(),
             depth: 0,
+            binaries: 0,
+            gave_up: false,
         }
     }
 
@@ -931,6 +942,12 @@ impl<'a> Parser<'a> {
             self.last_end = t.pos + t.val.len();
         }
         t
+    }
+
+    /// Stops without an error of our own: the query is beyond what this checker follows.
+    fn give_up(&mut self) -> Stop {
+        self.gave_up = true;
+        Stop
     }
 
     fn semantic(&mut self, pos: Pos, msg: String) {
@@ -974,8 +991,7 @@ impl<'a> Parser<'a> {
     fn expr(&mut self, min_prec: u8) -> PResult<Node> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            self.peeked = Some(Tok { kind: Kind::Error, pos: 0, val: String::new() });
-            return Err(Stop);
+            return Err(self.give_up());
         }
         let r = self.expr_inner(min_prec);
         self.depth -= 1;
@@ -994,6 +1010,10 @@ impl<'a> Parser<'a> {
                 return Ok(lhs);
             }
             self.take();
+            self.binaries += 1;
+            if self.binaries > MAX_BINARY {
+                return Err(self.give_up());
+            }
             let (bool_, matching) = self.bin_modifiers()?;
             // `^` is right-associative, the others left-associative.
             let next = if op == Op::Pow { prec } else { prec + 1 };
@@ -1523,5 +1543,65 @@ impl<'a> Parser<'a> {
         }
         e.set_end(end);
         Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(q: &str) -> String {
+        check_query(q).map_or_else(|e| e.render(q), |()| String::new())
+    }
+
+    #[test]
+    fn positions_count_lines_and_bytes() {
+        let cases = [
+            ("sum(\nfoo", "2:4: parse error: unclosed left parenthesis"),
+            (
+                "foo +\n\n  bar[5m]",
+                "3:3: parse error: binary expression must contain only scalar and instant vector types",
+            ),
+            ("\"ä\" + 1", "1:1: parse error: binary expression must contain only scalar and instant vector types"),
+            // Columns count bytes, as Prometheus's do.
+            ("{a=\"ä\"} + $", "1:12: parse error: unexpected character: '$'"),
+            ("foo # comment\n)", "2:2: parse error: unexpected right parenthesis ')'"),
+        ];
+        for (q, want) in cases {
+            assert_eq!(err(q), want, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn three_x_syntax_is_accepted() {
+        for q in [
+            "foo[5]",
+            "foo offset 5",
+            "{\"foo\"}",
+            "{\"a.b\"=\"c\"}",
+            "sum by (\"a.b\") (foo)",
+            "a + fill(0) b",
+            "a + fill_left(1) fill_right(-1) b",
+            "a + fill",
+            "predict_linear(foo[5m], 1h)",
+            "foo @ 100s",
+            "start() - end()",
+            "limitk(2, foo)",
+            "limit_ratio(0.5, foo)",
+            "sum(foo) by (a,)",
+        ] {
+            assert_eq!(err(q), "", "{q}");
+        }
+    }
+
+    #[test]
+    fn deep_and_long_queries_do_not_overflow_the_stack() {
+        let long = format!("1{}", "+1".repeat(200_000));
+        let deep = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let unary = format!("{}1", "-".repeat(100_000));
+        for q in [long, deep, unary] {
+            // Beyond the checker's limits the verdict is left to promql-parser.
+            let _ = check_query(&q);
+        }
     }
 }
