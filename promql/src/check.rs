@@ -2,7 +2,7 @@
 //! pieces error messages are made of: `%q` quoting, `strconv` number errors, duration
 //! parsing and the error texts of Go's `regexp` for the regexes of label matchers.
 
-use crate::parse::{Kind2, Node, ParseError, Pos, Type};
+use crate::parse::{MatchKind, Node, ParseError, Pos, Type};
 
 /// A function's signature, as Prometheus's `parser.Functions` declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,13 +371,13 @@ impl Checker<'_> {
 }
 
 /// Whether a matcher accepts the empty string (as `labels.Matcher.Matches("")`).
-fn matches_empty(op: Kind2, value: &str) -> bool {
+fn matches_empty(op: MatchKind, value: &str) -> bool {
     let re = || regex::Regex::new(&format!("^(?:{value})$")).map(|r| r.is_match("")).unwrap_or(false);
     match op {
-        Kind2::Eq => value.is_empty(),
-        Kind2::Neq => !value.is_empty(),
-        Kind2::Re => re(),
-        Kind2::Nre => !re(),
+        MatchKind::Eq => value.is_empty(),
+        MatchKind::Neq => !value.is_empty(),
+        MatchKind::Re => re(),
+        MatchKind::Nre => !re(),
     }
 }
 

@@ -86,8 +86,8 @@ pub struct Engine {
     pub opts: EngineOptions,
 }
 
-/// Parses a query. Errors read `line:col: parse error: …` as Prometheus's do; the
-/// position is where the query stops being the start of any valid query.
+/// Parses a query. Errors are Prometheus's: text and `line:col` position come from
+/// [`crate::parse::check_query`], which parses and type-checks as Prometheus does.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
     crate::rewrite::register_trim_functions();
     // Prometheus's own checks decide the error and its wording (see `parse.rs`).

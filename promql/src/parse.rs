@@ -703,13 +703,13 @@ impl Type {
 #[derive(Debug, Clone)]
 pub(crate) struct Matcher {
     pub name: String,
-    pub op: Kind2,
+    pub op: MatchKind,
     pub value: String,
 }
 
 /// Matcher operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind2 {
+pub(crate) enum MatchKind {
     Eq,
     Neq,
     Re,
@@ -1343,10 +1343,10 @@ impl<'a> Parser<'a> {
             let quoted = label.kind == Kind::Str;
             let name = if quoted { check::unquote(&label.val).unwrap_or_default() } else { label.val.clone() };
             let op = match self.kind() {
-                Kind::Eql => Some(Kind2::Eq),
-                Kind::Op(Op::Neq) => Some(Kind2::Neq),
-                Kind::Op(Op::EqlRegex) => Some(Kind2::Re),
-                Kind::Op(Op::NeqRegex) => Some(Kind2::Nre),
+                Kind::Eql => Some(MatchKind::Eq),
+                Kind::Op(Op::Neq) => Some(MatchKind::Neq),
+                Kind::Op(Op::EqlRegex) => Some(MatchKind::Re),
+                Kind::Op(Op::NeqRegex) => Some(MatchKind::Nre),
                 _ => None,
             };
             match op {
@@ -1357,7 +1357,7 @@ impl<'a> Parser<'a> {
                     }
                     let v = self.take();
                     let value = check::unquote(&v.val).unwrap_or_default();
-                    if matches!(op, Kind2::Re | Kind2::Nre)
+                    if matches!(op, MatchKind::Re | MatchKind::Nre)
                         && let Err(e) = check::go_regex_check(&value)
                     {
                         self.semantic(label.pos, e);
@@ -1366,7 +1366,7 @@ impl<'a> Parser<'a> {
                 }
                 // Prometheus 3.x: a lone quoted string is the metric name.
                 None if quoted && matches!(self.kind(), Kind::Comma | Kind::RBrace) => {
-                    out.push(Matcher { name: "__name__".into(), op: Kind2::Eq, value: name });
+                    out.push(Matcher { name: "__name__".into(), op: MatchKind::Eq, value: name });
                 }
                 None => return Err(self.unexpected(CTX, "label matching operator")),
             }
