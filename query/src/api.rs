@@ -251,7 +251,7 @@ async fn query(
         None => now_ms(),
         Some(t) => match parse_time(t) {
             Ok(t) => t,
-            Err(e) => return bad_data(format!("invalid parameter \"time\": {e}")),
+            Err(e) => return bad_data(format!("invalid parameter \"time\": Invalid time value for 'time': {e}")),
         },
     };
     let opts = match st.query_options(&p, &headers) {
