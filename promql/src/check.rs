@@ -667,12 +667,25 @@ fn go_regex_error(t: &str) -> Option<(&'static str, String)> {
                                 j += 1;
                             }
                             if at(j) != Some('>') || j == i + 4 {
-                                let end = if at(j).is_some() { off(j + 1) } else { t.len() };
+                                // Go names the text up to the `>`, or all the rest without one.
+                                let end = match cs[i..].iter().position(|x| x.1 == '>') {
+                                    Some(k) => off(i + k + 1),
+                                    None => t.len(),
+                                };
                                 return Some(("invalid named capture", t[off(i)..end].to_string()));
                             }
                             i = j + 1;
                         }
-                        Some('<') => {
+                        // `(?<name>` is Go 1.22+ (Prometheus 3.x); Go 1.19 rejects any `(?<`.
+                        Some('<')
+                            if {
+                                let mut j = i + 3;
+                                while at(j).is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                                    j += 1;
+                                }
+                                j > i + 3 && at(j) == Some('>')
+                            } =>
+                        {
                             let mut j = i + 3;
                             while at(j).is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
                                 j += 1;
@@ -684,21 +697,26 @@ fn go_regex_error(t: &str) -> Option<(&'static str, String)> {
                             i = j + 1;
                         }
                         _ => {
-                            // Flags: (?i) or (?i:...).
+                            // Flags: (?i) or (?i:...); after `-` at least one flag.
                             let mut j = i + 2;
-                            let mut seen = false;
+                            let (mut negated, mut seen) = (false, false);
                             loop {
                                 match at(j) {
-                                    Some('i' | 'm' | 's' | 'U' | '-') => {
+                                    Some('i' | 'm' | 's' | 'U') => {
                                         seen = true;
                                         j += 1;
                                     }
-                                    Some(')') if seen => {
+                                    Some('-') if !negated => {
+                                        negated = true;
+                                        seen = false;
+                                        j += 1;
+                                    }
+                                    Some(')') if seen || !negated => {
                                         i = j + 1;
                                         operand = false;
                                         break;
                                     }
-                                    Some(':') if seen => {
+                                    Some(':') if seen || !negated => {
                                         i = j + 1;
                                         break;
                                     }
@@ -793,14 +811,24 @@ fn go_regex_error(t: &str) -> Option<(&'static str, String)> {
                 if at(i + 1).is_none() {
                     return Some(("trailing backslash at end of expression", String::new()));
                 }
+                if at(i + 1) == Some('Q') {
+                    // \Q...\E (or to the end) is literal text.
+                    let mut k = i + 2;
+                    while k < cs.len() && !(cs[k].1 == '\\' && at(k + 1) == Some('E')) {
+                        k += 1;
+                    }
+                    i = (k + 2).min(cs.len());
+                    operand = true;
+                    last_repeat = None;
+                    continue;
+                }
                 match escape_len(&cs, i) {
                     Ok(n) => i += n,
                     Err(code) => {
-                        let end = off((i + 2).min(cs.len()));
                         let frag = if code == "invalid character class range" {
                             class_escape_frag(t, &cs, i)
                         } else {
-                            t[off(i)..end].to_string()
+                            escape_frag(t, &cs, i)
                         };
                         return Some((code, frag));
                     }
@@ -852,10 +880,16 @@ fn escape_len(cs: &[(usize, char)], i: usize) -> Result<usize, &'static str> {
         'x' => {
             if at(i + 2) == Some('{') {
                 let mut k = i + 3;
-                while at(k).is_some_and(|c| c.is_ascii_hexdigit()) {
+                let mut v: u32 = 0;
+                while let Some(d) = at(k).and_then(|c| c.to_digit(16)) {
+                    v = v.saturating_mul(16).saturating_add(d);
                     k += 1;
                 }
-                if at(k) == Some('}') && k > i + 3 { Ok(k + 1 - i) } else { Err("invalid escape sequence") }
+                if at(k) == Some('}') && k > i + 3 && v <= 0x10FFFF {
+                    Ok(k + 1 - i)
+                } else {
+                    Err("invalid escape sequence")
+                }
             } else if at(i + 2).is_some_and(|c| c.is_ascii_hexdigit())
                 && at(i + 3).is_some_and(|c| c.is_ascii_hexdigit())
             {
@@ -892,14 +926,39 @@ fn escape_len(cs: &[(usize, char)], i: usize) -> Result<usize, &'static str> {
                 Err("invalid character class range")
             }
         }
-        c if c.is_ascii_punctuation() => Ok(2),
+        // Escaped ASCII non-word characters stand for themselves.
+        c if c.is_ascii() && !c.is_ascii_alphanumeric() => Ok(2),
         _ => Err("invalid escape sequence"),
     }
 }
 
+/// The text Go names for a bad escape at `i`: what it consumed before giving up.
+fn escape_frag(t: &str, cs: &[(usize, char)], i: usize) -> String {
+    let at = |k: usize| cs.get(k).map(|x| x.1);
+    let off = |k: usize| cs.get(k).map_or(t.len(), |x| x.0);
+    let mut k = i + 2;
+    if at(i + 1) == Some('x') {
+        if at(k) == Some('{') {
+            k += 1;
+            let mut v: u32 = 0;
+            while let Some(c) = at(k) {
+                k += 1;
+                let Some(d) = c.to_digit(16) else { break };
+                v = v.saturating_mul(16).saturating_add(d);
+                if v > 0x10FFFF {
+                    break;
+                }
+            }
+        } else {
+            k += 2;
+        }
+    }
+    t[off(i)..off(k.min(cs.len()))].to_string()
+}
+
 /// Go knows general categories and scripts by their exact (case-sensitive) names.
 fn unicode_name_ok(name: &str) -> bool {
-    name == "Any" || name.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !name.contains([' ', '_', '-', '='])
+    name == "Any" || name.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !name.contains([' ', '-', '='])
 }
 
 fn class_escape_frag(t: &str, cs: &[(usize, char)], i: usize) -> String {
@@ -962,6 +1021,10 @@ fn class_end(t: &str, cs: &[(usize, char)], i: usize) -> Result<usize, (&'static
         };
         if at(k) == Some('-') && at(k + 1).is_some_and(|c| c != ']') {
             k += 1;
+            // The end of a range must be one character: `\d` or `\p` there is a bad escape.
+            if at(k) == Some('\\') && at(k + 1).is_some_and(|c| PERL_CLASSES.contains(c) || c == 'p' || c == 'P') {
+                return Err(("invalid escape sequence", t[off(k)..off(k + 2)].to_string()));
+            }
             let hi = match class_char(t, cs, k) {
                 Ok((ch, n)) => {
                     k += n;
@@ -982,7 +1045,6 @@ fn class_end(t: &str, cs: &[(usize, char)], i: usize) -> Result<usize, (&'static
 #[allow(clippy::type_complexity)]
 fn class_char(t: &str, cs: &[(usize, char)], k: usize) -> Result<(Option<char>, usize), (&'static str, String)> {
     let at = |k: usize| cs.get(k).map(|x| x.1);
-    let off = |k: usize| cs.get(k).map_or(t.len(), |x| x.0);
     match at(k) {
         Some('\\') => match escape_len(cs, k) {
             Ok(n) => {
@@ -1000,7 +1062,7 @@ fn class_char(t: &str, cs: &[(usize, char)], k: usize) -> Result<(Option<char>, 
                 let frag = if code == "invalid character class range" {
                     class_escape_frag(t, cs, k)
                 } else {
-                    t[off(k)..off((k + 2).min(cs.len()))].to_string()
+                    escape_frag(t, cs, k)
                 };
                 Err((code, frag))
             }
