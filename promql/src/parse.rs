@@ -59,6 +59,38 @@ pub fn check_query(query: &str) -> Result<(), ParseError> {
     }
 }
 
+/// A label matcher of a series selector: name, operator (`=`, `!=`, `=~`, `!~`), value.
+pub type SelectorMatcher = (String, &'static str, String);
+
+/// Parses a series selector (`match[]`) as Prometheus's `ParseMetricSelector` does: only a
+/// vector selector, no type checks. The metric name comes back as a `__name__` matcher.
+pub fn parse_selector(text: &str) -> Result<Vec<SelectorMatcher>, ParseError> {
+    let mut p = Parser::new(text);
+    let node = p.selector_only();
+    if let Some(e) = p.errors.into_iter().next() {
+        return Err(e);
+    }
+    let Some(Node::Selector { name, matchers, .. }) = node else {
+        return Err(ParseError { pos: 0, msg: "no selector found".into() });
+    };
+    let mut out: Vec<SelectorMatcher> = matchers
+        .into_iter()
+        .map(|m| {
+            let op = match m.op {
+                MatchKind::Eq => "=",
+                MatchKind::Neq => "!=",
+                MatchKind::Re => "=~",
+                MatchKind::Nre => "!~",
+            };
+            (m.name, op, m.value)
+        })
+        .collect();
+    if let Some(n) = name {
+        out.insert(0, ("__name__".into(), "=", n));
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------
 // Lexer
 // ---------------------------------------------------------------------------------------
@@ -985,6 +1017,28 @@ impl<'a> Parser<'a> {
             return None;
         }
         Some(e)
+    }
+
+    /// A lone vector selector up to the end of the input.
+    fn selector_only(&mut self) -> Option<Node> {
+        let r = match self.kind() {
+            Kind::LBrace => self.selector(None),
+            Kind::Ident
+            | Kind::MetricIdent
+            | Kind::Agg
+            | Kind::Op(Op::And | Op::Or | Op::Unless)
+            | Kind::Kw(Kw::By | Kw::Without | Kw::Offset | Kw::Start | Kw::End) => {
+                let t = self.take();
+                self.selector(Some(t))
+            }
+            _ => Err(self.unexpected(None, "")),
+        };
+        let node = r.ok()?;
+        if self.kind() != Kind::Eof {
+            let _ = self.unexpected(None, "");
+            return None;
+        }
+        Some(node)
     }
 
     /// An expression whose binary operators bind at least as tightly as `min_prec`.

@@ -608,7 +608,7 @@ struct Case {
     range: Option<(i64, i64, &'static str)>,
     extra: &'static str,
     /// A whole request path instead of one built from the fields above.
-    path: Option<&'static str>,
+    path: Option<String>,
 }
 
 const fn instant(query: &'static str) -> Case {
@@ -619,13 +619,28 @@ const fn range(query: &'static str, start: i64, end: i64, step: &'static str, ex
     Case { query, range: Some((start, end, step)), extra, path: None }
 }
 
-const fn raw(path: &'static str) -> Case {
-    Case { query: "", range: None, extra: "", path: Some(path) }
+fn raw(path: &str) -> Case {
+    Case { query: "", range: None, extra: "", path: Some(path.to_string()) }
 }
+
+/// Series selectors that `/api/v1/series`, `/labels` and `/label/<name>/values` reject.
+const BAD_SELECTORS: &[&str] = &[
+    "{}",
+    "{a=\"\"}",
+    "{a=~\".*\"}",
+    "foo{",
+    "rate(foo[5m])",
+    "foo{a=~\"(\"}",
+    "foo bar",
+    "foo[5m]",
+    "foo offset 5m",
+    "1",
+    "sum(foo)",
+];
 
 /// Failures that need data, a range query or request parameters.
 fn runtime_cases() -> Vec<Case> {
-    vec![
+    let mut v = vec![
         instant("m * on() m"),
         instant("m * on(instance) group_left m"),
         instant("label_replace(m, \"job\", \"x\", \"\", \"\")"),
@@ -654,7 +669,13 @@ fn runtime_cases() -> Vec<Case> {
         raw("/api/v1/query_range?query=1&start=2&end=1&step=1"),
         raw("/api/v1/query?query=1&timeout=-1s"),
         raw("/api/v1/query"),
-    ]
+    ];
+    for sel in BAD_SELECTORS {
+        for ep in ["series", "labels", "label/job/values"] {
+            v.push(raw(&format!("/api/v1/{ep}?match[]={}", urlencode(sel))));
+        }
+    }
+    v
 }
 
 /// `(status, errorType, error)` of an answer.
@@ -666,8 +687,8 @@ fn outcome(status: u16, body: &str) -> (u16, String, String) {
 }
 
 fn path(c: &Case, now: i64) -> String {
-    if let Some(p) = c.path {
-        return p.to_string();
+    if let Some(p) = &c.path {
+        return p.clone();
     }
     match c.range {
         None => format!("/api/v1/query?query={}&time={}{}", urlencode(c.query), secs(now), c.extra),
@@ -758,7 +779,7 @@ fn bad_queries_are_answered_as_prometheus_answers_them() {
     // Every runtime case is a failure in Prometheus too.
     for c in runtime_cases() {
         let (status, body) = http_get(prom, &path(&c, now)).expect("prometheus query");
-        assert_ne!(status, 200, "{}: {body}", c.query);
+        assert_ne!(status, 200, "{}: {body}", path(&c, now));
     }
     let known: BTreeMap<&str, &str> = KNOWN.iter().copied().collect();
     let mut cases: Vec<Case> = BAD.iter().map(|q| instant(q)).collect();
