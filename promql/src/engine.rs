@@ -91,13 +91,17 @@ pub struct Engine {
     pub opts: EngineOptions,
 }
 
-/// Parses a query. Errors read `line:col: parse error: …` as Prometheus's do; the
-/// position is where the query stops being the start of any valid query.
+/// Parses a query. Errors are Prometheus's: text and `line:col` position come from
+/// [`crate::parse::check_query`], which parses and type-checks as Prometheus does.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
     crate::rewrite::register_trim_functions();
-    match raw_parse(query) {
-        Ok(e) => Ok(e),
-        Err(msg) => {
+    // Prometheus's own checks decide the error and its wording (see `parse.rs`).
+    let checked = crate::parse::check_query(query).map_err(|e| QueryError::Parse(e.render(query)));
+    match (raw_parse(query), checked) {
+        (Ok(e), Ok(())) => Ok(e),
+        (_, Err(e)) => Err(e),
+        // promql-parser rejects what Prometheus accepts: its message, at a guessed position.
+        (Err(msg), Ok(())) => {
             let off = error_offset(query);
             let before = &query[..off];
             let line = before.matches('\n').count() + 1;

@@ -389,7 +389,7 @@ fn label_replace(ev: &mut Evaluator<'_>, c: &Call, args: &[&Expr], ts: i64) -> E
     let re_s = string_arg(ev, args[4], ts)?;
     let re = ev
         .regex(&format!("^(?s:{re_s})$"))
-        .map_err(|e| QueryError::Eval(format!("invalid regular expression in label_replace(): {re_s}: {e}")))?;
+        .map_err(|_| QueryError::Eval(format!("invalid regular expression in label_replace(): {re_s}")))?;
     if !crate::aggregate::is_valid_label_name(&dst) {
         return Err(QueryError::Eval(format!("invalid destination label name in label_replace(): {dst}")));
     }

@@ -21,9 +21,11 @@ pub mod selectors;
 mod aggregate;
 mod binary;
 mod bounds;
+mod check;
 mod fasthash;
 mod functions;
 mod info;
+pub mod parse;
 mod series_major;
 
 pub use engine::{Engine, EngineOptions, QueryError, QueryResult, parse};

@@ -30,7 +30,8 @@ fn parse_errors_carry_positions() {
         ("sum by (a) foo", "1:12: parse error: "),
         ("sum(", "1:5: parse error: unclosed left parenthesis"),
         ("foo +\n bar baz", "2:6: parse error: "),
-        (")", "1:1: parse error: "),
+        // As Prometheus: the lexer reports a stray `)` just after it.
+        (")", "1:2: parse error: unexpected right parenthesis ')'"),
     ];
     for (q, want) in cases {
         match norn_promql::parse(q) {

@@ -251,7 +251,7 @@ async fn query(
         None => now_ms(),
         Some(t) => match parse_time(t) {
             Ok(t) => t,
-            Err(e) => return bad_data(format!("invalid parameter \"time\": {e}")),
+            Err(e) => return bad_data(format!("invalid parameter \"time\": Invalid time value for 'time': {e}")),
         },
     };
     let opts = match st.query_options(&p, &headers) {
@@ -316,31 +316,33 @@ async fn query_range(
 }
 
 fn to_matchers(sel: &str) -> Result<Vec<Matcher>, String> {
-    let e = norn_promql::parse(sel).map_err(|e| e.to_string())?;
-    let Expr::VectorSelector(vs) = e else {
-        return Err(format!("1:1: parse error: unexpected expression type {:?}, expected a vector selector", sel));
-    };
+    // Worded as Prometheus's `ParseMetricSelector`.
+    let parsed = norn_promql::parse::parse_selector(sel).map_err(|e| e.render(sel))?;
     let mut out = Vec::new();
-    if let Some(n) = &vs.name {
-        out.push(Matcher::equal(norn_model::METRIC_NAME, n.clone()));
-    }
-    for m in vs.matchers.matchers.iter().chain(vs.matchers.or_matchers.iter().flatten()) {
-        use promql_parser::label::MatchOp;
-        let kind = match &m.op {
-            MatchOp::Equal => MatchType::Equal,
-            MatchOp::NotEqual => MatchType::NotEqual,
-            MatchOp::Re(_) => MatchType::Regex,
-            MatchOp::NotRe(_) => MatchType::NotRegex,
+    for (name, op, value) in parsed {
+        let kind = match op {
+            "=" => MatchType::Equal,
+            "!=" => MatchType::NotEqual,
+            "=~" => MatchType::Regex,
+            _ => MatchType::NotRegex,
         };
-        out.push(Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| e.to_string())?);
+        out.push(Matcher::new(kind, name, value).map_err(|e| e.to_string())?);
+    }
+    if out.iter().all(|m| m.matches_empty()) {
+        return Err("match[] must contain at least one non-empty matcher".into());
     }
     Ok(out)
 }
 
-fn match_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, Response> {
+/// The matcher sets of `match[]`; `/series` words errors as an invalid parameter, the
+/// label endpoints give the bare message, as Prometheus does.
+fn match_sets(p: &Params, prefixed: bool) -> Result<Vec<Vec<Matcher>>, Response> {
     p.all("match[]")
         .into_iter()
-        .map(|s| to_matchers(s).map_err(|e| bad_data(format!("invalid parameter \"match[]\": {e}"))))
+        .map(|s| {
+            to_matchers(s)
+                .map_err(|e| bad_data(if prefixed { format!("invalid parameter \"match[]\": {e}") } else { e }))
+        })
         .collect()
 }
 
@@ -371,7 +373,7 @@ async fn series(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let sets = match match_sets(&p) {
+    let sets = match match_sets(&p, true) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -406,7 +408,7 @@ async fn label_strings(st: &ApiState, p: &Params, headers: &HeaderMap, name: Opt
         Ok(x) => x,
         Err(r) => return r,
     };
-    let sets = match match_sets(p) {
+    let sets = match match_sets(p, false) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -573,7 +575,7 @@ async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(
     if p.all("match[]").is_empty() {
         return (StatusCode::BAD_REQUEST, "no match[] parameter provided\n").into_response();
     }
-    let sets = match match_sets(&p) {
+    let sets = match match_sets(&p, true) {
         Ok(s) => s,
         Err(r) => return r,
     };
