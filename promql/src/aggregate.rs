@@ -159,8 +159,7 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
                     }
                     members.push(i);
                 }
-                // Stable sort: equal values keep input order.
-                members.sort_by(|&x, &y| {
+                let cmp = |x: usize, y: usize| {
                     let (a, b) = (input[x].f, input[y].f);
                     match (a.is_nan(), b.is_nan()) {
                         (true, true) => std::cmp::Ordering::Equal,
@@ -174,8 +173,25 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
                             }
                         }
                     }
-                });
-                for &i in members.iter().take(k) {
+                };
+                // The first k of a stable sort (equal values keep input order). For small k
+                // a bounded insertion does that without sorting every member at every step.
+                let best = if k < members.len() {
+                    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+                    for &i in &members {
+                        if best.len() == k && best.last().is_some_and(|&b| cmp(i, b) != std::cmp::Ordering::Less) {
+                            continue;
+                        }
+                        let pos = best.partition_point(|&b| cmp(i, b) != std::cmp::Ordering::Less);
+                        best.insert(pos, i);
+                        best.truncate(k);
+                    }
+                    best
+                } else {
+                    members.sort_by(|&x, &y| cmp(x, y));
+                    members
+                };
+                for &i in &best {
                     out.push(input[i].clone());
                 }
             }
@@ -364,4 +380,45 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
 /// reaches us as private-use stand-ins, see `rewrite::mark_invalid_utf8`).
 pub(crate) fn is_valid_label_name(s: &str) -> bool {
     !s.is_empty() && !crate::rewrite::has_raw_bytes(s)
+}
+
+#[cfg(test)]
+mod topk_tests {
+    use crate::engine::Engine;
+    use crate::storage::{MemStorage, StoredValue};
+    use crate::value::Value;
+    use norn_model::Labels;
+
+    #[test]
+    fn topk_and_bottomk_are_the_first_k_of_a_stable_sort() {
+        // Ties, NaNs and signed zeros; series are selected in label order a0, a1, ….
+        let values = [3.0, f64::NAN, 1.0, 3.0, -0.0, 7.0, 0.0, 1.0, f64::NAN, 7.0, -2.0];
+        let mut m = MemStorage::new();
+        for (i, v) in values.iter().enumerate() {
+            let l = Labels::from_pairs([("__name__", "x"), ("s", &format!("a{i:02}"))]);
+            m.append(&l, [(0, StoredValue::Float(*v))]);
+        }
+        for top in [true, false] {
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.sort_by(|&x, &y| {
+                let (a, b) = (values[x], values[y]);
+                match (a.is_nan(), b.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ if top => b.partial_cmp(&a).unwrap(),
+                    _ => a.partial_cmp(&b).unwrap(),
+                }
+            });
+            for k in 1..=values.len() + 1 {
+                let q = format!("{}({k}, x)", if top { "topk" } else { "bottomk" });
+                let Ok(Value::Vector(v)) = Engine::default().instant_query(&m, &q, 1000).value else {
+                    panic!("{q}: not a vector");
+                };
+                let got: Vec<String> = v.iter().map(|s| s.metric.get("s").unwrap_or("").to_string()).collect();
+                let want: Vec<String> = order.iter().take(k).map(|i| format!("a{i:02}")).collect();
+                assert_eq!(got, want, "{q}");
+            }
+        }
+    }
 }
