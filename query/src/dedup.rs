@@ -16,7 +16,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use norn_model::Labels;
 use norn_promql::StoredValue;
@@ -147,7 +147,7 @@ impl Ord for HeapItem {
 }
 
 /// Decodes a replica's chunks into samples ascending by time.
-pub type Decoder<'a> = dyn Fn(&[AggrChunk]) -> Result<Samples, String> + 'a;
+pub type Decoder<'a> = dyn Fn(&[&AggrChunk]) -> Result<Samples, String> + 'a;
 
 fn chunk_id(c: &AggrChunk) -> Option<(i64, i64, i32, &[u8])> {
     c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.r#type, r.data.as_slice()))
@@ -156,16 +156,20 @@ fn chunk_id(c: &AggrChunk) -> Option<(i64, i64, i32, &[u8])> {
 /// Combines one group: identical chunks of later replicas dropped, the rest decoded,
 /// replicas chained through [`dedup_pair`].
 fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decoder<'_>) -> Result<Samples, String> {
-    let mut seen: HashMap<(i64, i64, i32, &[u8]), ()> = HashMap::new();
+    // One replica (RF=1, or no dedup): nothing to compare against.
+    if replicas.len() == 1 {
+        let (_, chunks, pre) = replicas.into_iter().next().expect("one replica");
+        let refs: Vec<&AggrChunk> = chunks.iter().collect();
+        let samples = if refs.is_empty() { Vec::new() } else { decode(&refs)? };
+        return Ok(if pre.is_empty() { samples } else { union(samples, pre) });
+    }
+    let mut seen: HashSet<(i64, i64, i32, &[u8])> = HashSet::new();
     let mut acc: Option<Samples> = None;
     for (_, chunks, pre) in &replicas {
-        let keep: Vec<AggrChunk> =
-            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !seen.contains_key(&id))).cloned().collect();
-        for c in chunks {
-            if let Some(id) = chunk_id(c) {
-                seen.insert(id, ());
-            }
-        }
+        // Borrowed, not cloned: chunk data is the bulk of a response.
+        let keep: Vec<&AggrChunk> =
+            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !seen.contains(&id))).collect();
+        seen.extend(chunks.iter().filter_map(chunk_id));
         let mut samples = if keep.is_empty() { Vec::new() } else { decode(&keep)? };
         if !pre.is_empty() {
             samples = union(samples, pre.clone());
@@ -283,7 +287,7 @@ mod tests {
         assert!(matches!(got[0].1, StoredValue::Float(v) if v == 1.0));
     }
 
-    fn no_decode(_: &[AggrChunk]) -> Result<Samples, String> {
+    fn no_decode(_: &[&AggrChunk]) -> Result<Samples, String> {
         Err("no chunks expected".into())
     }
 
@@ -340,7 +344,7 @@ mod tests {
             RawSeries { key: strip_labels(&full, &rl), full, chunks, samples: vec![] }
         };
         let decoded = std::cell::RefCell::new(Vec::new());
-        let decode = |cs: &[AggrChunk]| -> Result<Samples, String> {
+        let decode = |cs: &[&AggrChunk]| -> Result<Samples, String> {
             decoded.borrow_mut().extend(cs.iter().map(|c| c.min_time));
             Ok(fl(&cs.iter().flat_map(|c| [c.min_time, c.max_time]).collect::<Vec<_>>()))
         };

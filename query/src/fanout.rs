@@ -10,7 +10,7 @@ use norn_storeapi::thanos::store_client::StoreClient;
 use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest, series_response,
 };
-use norn_tsdb::chunkenc::{Chunk, Encoding, Sample};
+use norn_tsdb::chunkenc::{Chunk, Encoding, Sample, XorIterator};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
@@ -81,6 +81,11 @@ fn client(ep: &EndpointState) -> StoreClient<tonic::transport::Channel> {
     StoreClient::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// Samples a chunk's header announces (all encodings start with a BE16 count).
+fn header_count(data: &[u8]) -> usize {
+    if data.len() >= 2 { usize::from(u16::from_be_bytes([data[0], data[1]])) } else { 0 }
+}
+
 /// Decodes one wire chunk, keeping samples in `[mint, maxt]`.
 fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
     let Some(raw) = &c.raw else { return Ok(()) };
@@ -92,6 +97,23 @@ fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64,
     };
     if c.max_time < mint || c.min_time > maxt {
         return Ok(());
+    }
+    if enc == Encoding::Xor {
+        // Floats straight from the message's bytes, without copying the chunk.
+        let mut it = XorIterator::new(&raw.data).map_err(|e| e.to_string())?;
+        while let Some((t, v)) = it.next() {
+            if t < mint {
+                continue;
+            }
+            if t > maxt {
+                break;
+            }
+            out.push((t, StoredValue::Float(v)));
+        }
+        return match it.err() {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        };
     }
     let chunk = Chunk::new(enc, raw.data.clone());
     let mut it = chunk.iter().map_err(|e| e.to_string())?;
@@ -175,8 +197,7 @@ async fn fetch_series(
                 continue;
             }
             if let Some(raw) = &ch.raw {
-                added +=
-                    if raw.data.len() >= 2 { usize::from(u16::from_be_bytes([raw.data[0], raw.data[1]])) } else { 0 };
+                added += header_count(&raw.data);
             }
             out[idx].chunks.push(ch);
         }
@@ -285,8 +306,10 @@ impl Fanout {
         }
         Self::absorb(opts, errs, &mut warnings)?;
         let (mint, maxt) = (call.mint, call.maxt);
-        let decode = |chunks: &[thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
-            let mut samples = Vec::new();
+        let decode = |chunks: &[&thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+            // Chunk headers announce their sample counts: one allocation per series.
+            let n = chunks.iter().filter_map(|c| c.raw.as_ref()).map(|r| header_count(&r.data)).sum();
+            let mut samples = Vec::with_capacity(n);
             for c in chunks {
                 decode_chunk(c, mint, maxt, &mut samples)?;
             }
