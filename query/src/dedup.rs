@@ -16,8 +16,6 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use std::collections::HashSet;
-
 use norn_model::Labels;
 use norn_promql::StoredValue;
 use norn_storeapi::thanos::AggrChunk;
@@ -153,6 +151,12 @@ fn chunk_id(c: &AggrChunk) -> Option<(i64, i64, i32, &[u8])> {
     c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.r#type, r.data.as_slice()))
 }
 
+/// Whether `seen` (sorted by time range) holds a chunk equal to `id`.
+fn contains(seen: &[(i64, i64, i32, &[u8])], id: (i64, i64, i32, &[u8])) -> bool {
+    let from = seen.partition_point(|s| (s.0, s.1) < (id.0, id.1));
+    seen[from..].iter().take_while(|s| (s.0, s.1) == (id.0, id.1)).any(|s| s.2 == id.2 && s.3 == id.3)
+}
+
 /// Combines one group: identical chunks of later replicas dropped, the rest decoded,
 /// replicas chained through [`dedup_pair`].
 fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decoder<'_>) -> Result<Samples, String> {
@@ -163,13 +167,16 @@ fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decode
         let samples = if refs.is_empty() { Vec::new() } else { decode(&refs)? };
         return Ok(if pre.is_empty() { samples } else { union(samples, pre) });
     }
-    let mut seen: HashSet<(i64, i64, i32, &[u8])> = HashSet::new();
+    // Chunks of earlier replicas, sorted by time range: a binary search and a memcmp per
+    // chunk, instead of hashing every chunk's bytes.
+    let mut seen: Vec<(i64, i64, i32, &[u8])> = Vec::new();
     let mut acc: Option<Samples> = None;
     for (_, chunks, pre) in &replicas {
         // Borrowed, not cloned: chunk data is the bulk of a response.
         let keep: Vec<&AggrChunk> =
-            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !seen.contains(&id))).collect();
+            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !contains(&seen, id))).collect();
         seen.extend(chunks.iter().filter_map(chunk_id));
+        seen.sort_unstable_by_key(|id| (id.0, id.1));
         let mut samples = if keep.is_empty() { Vec::new() } else { decode(&keep)? };
         if !pre.is_empty() {
             samples = union(samples, pre.clone());
