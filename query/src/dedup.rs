@@ -286,6 +286,27 @@ mod tests {
     }
 
     #[test]
+    fn contains_matches_time_range_encoding_and_bytes() {
+        let mut seen: Vec<(i64, i64, i32, &[u8])> = vec![(0, 10, 1, b"a"), (0, 10, 1, b"b"), (20, 30, 1, b"c")];
+        seen.sort_unstable_by_key(|id| (id.0, id.1));
+        // (candidate, expected)
+        let cases: Vec<((i64, i64, i32, &[u8]), bool)> = vec![
+            ((0, 10, 1, b"a"), true),
+            ((0, 10, 1, b"b"), true),
+            ((20, 30, 1, b"c"), true),
+            ((0, 10, 2, b"a"), false),
+            ((0, 11, 1, b"a"), false),
+            ((20, 30, 1, b"a"), false),
+            ((40, 50, 1, b"c"), false),
+            ((-5, 0, 1, b"a"), false),
+        ];
+        for (id, want) in cases {
+            assert_eq!(contains(&seen, id), want, "{id:?}");
+        }
+        assert!(!contains(&[], (0, 0, 1, b"")));
+    }
+
+    #[test]
     fn union_prefers_first() {
         let a = vec![(1, StoredValue::Float(1.0)), (3, StoredValue::Float(3.0))];
         let b = vec![(1, StoredValue::Float(9.0)), (2, StoredValue::Float(2.0)), (4, StoredValue::Float(4.0))];
