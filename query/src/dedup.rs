@@ -26,16 +26,16 @@ const INITIAL_PENALTY: i64 = 5000;
 /// Samples of one series, ascending by time.
 pub type Samples = Vec<(i64, StoredValue)>;
 
-/// A series key and its replicas (full labels, undecoded chunks, decoded samples).
+/// A series key and its replicas (replica labels, undecoded chunks, decoded samples).
 type Group = (Labels, Vec<(Labels, Vec<AggrChunk>, Samples)>);
 
 /// A series as one endpoint returned it, decoded.
 #[derive(Debug, Clone)]
 pub struct RawSeries {
-    /// Labels with replica labels removed (equal to `full` without dedup).
+    /// Labels with replica labels removed (all labels without dedup).
     pub key: Labels,
-    /// Labels as the endpoint sent them.
-    pub full: Labels,
+    /// Only the replica labels (empty without dedup): with `key`, identifies the replica.
+    pub replica: Labels,
     /// Chunks as received, decoded only when no earlier replica sent the same chunk.
     pub chunks: Vec<AggrChunk>,
     /// Already decoded samples, ascending by time.
@@ -122,7 +122,7 @@ pub fn union(a: Vec<(i64, StoredValue)>, b: Vec<(i64, StoredValue)>) -> Vec<(i64
 
 struct HeapItem {
     key: Labels,
-    full: Labels,
+    replica: Labels,
     src: usize,
 }
 
@@ -140,7 +140,7 @@ impl PartialOrd for HeapItem {
 impl Ord for HeapItem {
     // Reversed: BinaryHeap is a max-heap and we pop the smallest label set first.
     fn cmp(&self, o: &Self) -> Ordering {
-        o.key.cmp(&self.key).then_with(|| o.full.cmp(&self.full)).then_with(|| o.src.cmp(&self.src))
+        o.key.cmp(&self.key).then_with(|| o.replica.cmp(&self.replica)).then_with(|| o.src.cmp(&self.src))
     }
 }
 
@@ -192,10 +192,10 @@ fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decode
     Ok(acc.unwrap_or_default())
 }
 
-/// K-way merges per-endpoint series lists (each sorted by `key`, then `full`) into one
-/// list sorted by `key`; series with equal keys are combined: equal full labels by
-/// concatenating their chunks and [`union`] of their samples, different full labels
-/// (replicas) by [`dedup_pair`] in label order. Series left without samples are kept
+/// K-way merges per-endpoint series lists (each sorted by `key`, then `replica`) into one
+/// list sorted by `key`; series with equal keys are combined: equal replica labels by
+/// concatenating their chunks and [`union`] of their samples, different replica labels
+/// (replicas) by [`dedup_pair`] in replica label order. Series left without samples are kept
 /// (label-only selections need them).
 pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Result<Vec<(Labels, Samples)>, String> {
     let mut iters: Vec<std::vec::IntoIter<RawSeries>> = sources.into_iter().map(Vec::into_iter).collect();
@@ -203,7 +203,7 @@ pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Re
     let mut heap = BinaryHeap::new();
     for (src, p) in pending.iter().enumerate() {
         if let Some(s) = p {
-            heap.push(HeapItem { key: s.key.clone(), full: s.full.clone(), src });
+            heap.push(HeapItem { key: s.key.clone(), replica: s.replica.clone(), src });
         }
     }
     let mut out: Vec<(Labels, Samples)> = Vec::new();
@@ -212,23 +212,23 @@ pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Re
     while let Some(item) = heap.pop() {
         let s = pending[item.src].take().expect("heap entry has a pending series");
         if let Some(next) = iters[item.src].next() {
-            heap.push(HeapItem { key: next.key.clone(), full: next.full.clone(), src: item.src });
+            heap.push(HeapItem { key: next.key.clone(), replica: next.replica.clone(), src: item.src });
             pending[item.src] = Some(next);
         }
         match &mut group {
             Some((k, reps)) if *k == s.key => match reps.last_mut() {
-                Some((full, chunks, samples)) if *full == s.full => {
+                Some((replica, chunks, samples)) if *replica == s.replica => {
                     chunks.extend(s.chunks);
                     let prev = std::mem::take(samples);
                     *samples = union(prev, s.samples);
                 }
-                _ => reps.push((s.full, s.chunks, s.samples)),
+                _ => reps.push((s.replica, s.chunks, s.samples)),
             },
             _ => {
                 if let Some((k, reps)) = group.take() {
                     out.push((k, flush_group(reps, decode)?));
                 }
-                group = Some((s.key, vec![(s.full, s.chunks, s.samples)]));
+                group = Some((s.key, vec![(s.replica, s.chunks, s.samples)]));
             }
         }
     }
@@ -321,7 +321,8 @@ mod tests {
 
     fn raw(l: &[(&str, &str)], replicas: &[String], ts: &[i64]) -> RawSeries {
         let full = Labels::from_pairs(l.iter().copied());
-        RawSeries { key: strip_labels(&full, replicas), full, chunks: vec![], samples: fl(ts) }
+        let replica = Labels::from_pairs(l.iter().copied().filter(|(n, _)| replicas.iter().any(|r| r == n)));
+        RawSeries { key: strip_labels(&full, replicas), replica, chunks: vec![], samples: fl(ts) }
     }
 
     #[test]
@@ -369,7 +370,12 @@ mod tests {
         let rl = vec!["replica".to_string()];
         let mk = |r: &str, chunks: Vec<AggrChunk>| {
             let full = Labels::from_pairs([("__name__", "a"), ("replica", r)]);
-            RawSeries { key: strip_labels(&full, &rl), full, chunks, samples: vec![] }
+            RawSeries {
+                key: strip_labels(&full, &rl),
+                replica: Labels::from_pairs([("replica", r)]),
+                chunks,
+                samples: vec![],
+            }
         };
         let decoded = std::cell::RefCell::new(Vec::new());
         let decode = |cs: &[&AggrChunk]| -> Result<Samples, String> {

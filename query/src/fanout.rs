@@ -14,7 +14,7 @@ use norn_tsdb::chunkenc::{Chunk, Encoding, Sample, XorIterator};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::dedup::{RawSeries, merge_and_dedup, strip_labels};
+use crate::dedup::{RawSeries, merge_and_dedup};
 use crate::endpoints::{EndpointSet, EndpointState};
 
 /// Largest gRPC message accepted from an endpoint.
@@ -179,14 +179,28 @@ async fn fetch_series(
         c.series(with_tenant(call.req.clone(), &call.tenant)).await.map_err(|s| status_msg(&ep.addr, &s))?.into_inner();
     let mut out: Vec<RawSeries> = Vec::new();
     let mut warnings = Vec::new();
+    let no_replica = Labels::empty();
+    let is_replica = |n: &str| call.replica_labels.iter().any(|r| r == n);
     let handle = |s: thanos::Series, out: &mut Vec<RawSeries>| -> Result<(), FetchError> {
-        let full = norn_storeapi::labels_from_proto(&s.labels).map_err(|e| format!("{}: {e}", ep.addr))?;
+        if let Some(l) = s.labels.iter().find(|l| l.value.is_empty()) {
+            return Err(format!("{}: empty value for label {:?}", ep.addr, l.name).into());
+        }
+        // The key is built straight from the wire labels, without the replica labels, and
+        // the replica labels on their own: no full label set is built just to strip it.
+        let pairs = |rep: bool| {
+            s.labels.iter().filter(move |l| is_replica(&l.name) == rep).map(|l| (l.name.as_str(), l.value.as_str()))
+        };
+        let key = Labels::from_sorted(pairs(false)).map_err(|e| format!("{}: {e}", ep.addr))?;
+        let replica = if call.replica_labels.is_empty() || !s.labels.iter().any(|l| is_replica(&l.name)) {
+            no_replica.clone()
+        } else {
+            Labels::from_sorted(pairs(true)).map_err(|e| format!("{}: {e}", ep.addr))?
+        };
         // A series may be split over several frames; the pieces are adjacent.
         let idx = match out.last() {
-            Some(last) if last.full == full => out.len() - 1,
+            Some(last) if last.key == key && last.replica == replica => out.len() - 1,
             _ => {
-                let key = strip_labels(&full, &call.replica_labels);
-                out.push(RawSeries { key, full, chunks: Vec::new(), samples: Vec::new() });
+                out.push(RawSeries { key, replica, chunks: Vec::new(), samples: Vec::new() });
                 out.len() - 1
             }
         };
@@ -219,9 +233,9 @@ async fn fetch_series(
             Some(series_response::Result::Hints(_)) | None => {}
         }
     }
-    let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].full) <= (&w[1].key, &w[1].full));
+    let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].replica) <= (&w[1].key, &w[1].replica));
     if !sorted {
-        out.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.full.cmp(&b.full)));
+        out.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.replica.cmp(&b.replica)));
     }
     Ok((out, warnings))
 }
