@@ -147,12 +147,15 @@ impl Ord for HeapItem {
 /// Decodes a replica's chunks into samples ascending by time.
 pub type Decoder<'a> = dyn Fn(&[&AggrChunk]) -> Result<Samples, String> + 'a;
 
-fn chunk_id(c: &AggrChunk) -> Option<(i64, i64, i32, &[u8])> {
+/// What makes two wire chunks equal: time range, encoding and bytes.
+type ChunkId<'a> = (i64, i64, i32, &'a [u8]);
+
+fn chunk_id(c: &AggrChunk) -> Option<ChunkId<'_>> {
     c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.r#type, r.data.as_slice()))
 }
 
 /// Whether `seen` (sorted by time range) holds a chunk equal to `id`.
-fn contains(seen: &[(i64, i64, i32, &[u8])], id: (i64, i64, i32, &[u8])) -> bool {
+fn contains(seen: &[ChunkId<'_>], id: ChunkId<'_>) -> bool {
     let from = seen.partition_point(|s| (s.0, s.1) < (id.0, id.1));
     seen[from..].iter().take_while(|s| (s.0, s.1) == (id.0, id.1)).any(|s| s.2 == id.2 && s.3 == id.3)
 }
@@ -169,7 +172,7 @@ fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decode
     }
     // Chunks of earlier replicas, sorted by time range: a binary search and a memcmp per
     // chunk, instead of hashing every chunk's bytes.
-    let mut seen: Vec<(i64, i64, i32, &[u8])> = Vec::new();
+    let mut seen: Vec<ChunkId<'_>> = Vec::new();
     let mut acc: Option<Samples> = None;
     for (_, chunks, pre) in &replicas {
         // Borrowed, not cloned: chunk data is the bulk of a response.
@@ -287,10 +290,10 @@ mod tests {
 
     #[test]
     fn contains_matches_time_range_encoding_and_bytes() {
-        let mut seen: Vec<(i64, i64, i32, &[u8])> = vec![(0, 10, 1, b"a"), (0, 10, 1, b"b"), (20, 30, 1, b"c")];
+        let mut seen: Vec<ChunkId<'_>> = vec![(0, 10, 1, b"a"), (0, 10, 1, b"b"), (20, 30, 1, b"c")];
         seen.sort_unstable_by_key(|id| (id.0, id.1));
         // (candidate, expected)
-        let cases: Vec<((i64, i64, i32, &[u8]), bool)> = vec![
+        let cases: Vec<(ChunkId<'_>, bool)> = vec![
             ((0, 10, 1, b"a"), true),
             ((0, 10, 1, b"b"), true),
             ((20, 30, 1, b"c"), true),
