@@ -16,8 +16,6 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use std::collections::HashMap;
-
 use norn_model::Labels;
 use norn_promql::StoredValue;
 use norn_storeapi::thanos::AggrChunk;
@@ -28,16 +26,16 @@ const INITIAL_PENALTY: i64 = 5000;
 /// Samples of one series, ascending by time.
 pub type Samples = Vec<(i64, StoredValue)>;
 
-/// A series key and its replicas (full labels, undecoded chunks, decoded samples).
+/// A series key and its replicas (replica labels, undecoded chunks, decoded samples).
 type Group = (Labels, Vec<(Labels, Vec<AggrChunk>, Samples)>);
 
 /// A series as one endpoint returned it, decoded.
 #[derive(Debug, Clone)]
 pub struct RawSeries {
-    /// Labels with replica labels removed (equal to `full` without dedup).
+    /// Labels with replica labels removed (all labels without dedup).
     pub key: Labels,
-    /// Labels as the endpoint sent them.
-    pub full: Labels,
+    /// Only the replica labels (empty without dedup): with `key`, identifies the replica.
+    pub replica: Labels,
     /// Chunks as received, decoded only when no earlier replica sent the same chunk.
     pub chunks: Vec<AggrChunk>,
     /// Already decoded samples, ascending by time.
@@ -124,7 +122,7 @@ pub fn union(a: Vec<(i64, StoredValue)>, b: Vec<(i64, StoredValue)>) -> Vec<(i64
 
 struct HeapItem {
     key: Labels,
-    full: Labels,
+    replica: Labels,
     src: usize,
 }
 
@@ -142,30 +140,46 @@ impl PartialOrd for HeapItem {
 impl Ord for HeapItem {
     // Reversed: BinaryHeap is a max-heap and we pop the smallest label set first.
     fn cmp(&self, o: &Self) -> Ordering {
-        o.key.cmp(&self.key).then_with(|| o.full.cmp(&self.full)).then_with(|| o.src.cmp(&self.src))
+        o.key.cmp(&self.key).then_with(|| o.replica.cmp(&self.replica)).then_with(|| o.src.cmp(&self.src))
     }
 }
 
 /// Decodes a replica's chunks into samples ascending by time.
-pub type Decoder<'a> = dyn Fn(&[AggrChunk]) -> Result<Samples, String> + 'a;
+pub type Decoder<'a> = dyn Fn(&[&AggrChunk]) -> Result<Samples, String> + 'a;
 
-fn chunk_id(c: &AggrChunk) -> Option<(i64, i64, i32, &[u8])> {
+/// What makes two wire chunks equal: time range, encoding and bytes.
+type ChunkId<'a> = (i64, i64, i32, &'a [u8]);
+
+fn chunk_id(c: &AggrChunk) -> Option<ChunkId<'_>> {
     c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.r#type, r.data.as_slice()))
+}
+
+/// Whether `seen` (sorted by time range) holds a chunk equal to `id`.
+fn contains(seen: &[ChunkId<'_>], id: ChunkId<'_>) -> bool {
+    let from = seen.partition_point(|s| (s.0, s.1) < (id.0, id.1));
+    seen[from..].iter().take_while(|s| (s.0, s.1) == (id.0, id.1)).any(|s| s.2 == id.2 && s.3 == id.3)
 }
 
 /// Combines one group: identical chunks of later replicas dropped, the rest decoded,
 /// replicas chained through [`dedup_pair`].
 fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decoder<'_>) -> Result<Samples, String> {
-    let mut seen: HashMap<(i64, i64, i32, &[u8]), ()> = HashMap::new();
+    // One replica (RF=1, or no dedup): nothing to compare against.
+    if replicas.len() == 1 {
+        let (_, chunks, pre) = replicas.into_iter().next().expect("one replica");
+        let refs: Vec<&AggrChunk> = chunks.iter().collect();
+        let samples = if refs.is_empty() { Vec::new() } else { decode(&refs)? };
+        return Ok(if pre.is_empty() { samples } else { union(samples, pre) });
+    }
+    // Chunks of earlier replicas, sorted by time range: a binary search and a memcmp per
+    // chunk, instead of hashing every chunk's bytes.
+    let mut seen: Vec<ChunkId<'_>> = Vec::new();
     let mut acc: Option<Samples> = None;
     for (_, chunks, pre) in &replicas {
-        let keep: Vec<AggrChunk> =
-            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !seen.contains_key(&id))).cloned().collect();
-        for c in chunks {
-            if let Some(id) = chunk_id(c) {
-                seen.insert(id, ());
-            }
-        }
+        // Borrowed, not cloned: chunk data is the bulk of a response.
+        let keep: Vec<&AggrChunk> =
+            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !contains(&seen, id))).collect();
+        seen.extend(chunks.iter().filter_map(chunk_id));
+        seen.sort_unstable_by_key(|id| (id.0, id.1));
         let mut samples = if keep.is_empty() { Vec::new() } else { decode(&keep)? };
         if !pre.is_empty() {
             samples = union(samples, pre.clone());
@@ -181,10 +195,10 @@ fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decode
     Ok(acc.unwrap_or_default())
 }
 
-/// K-way merges per-endpoint series lists (each sorted by `key`, then `full`) into one
-/// list sorted by `key`; series with equal keys are combined: equal full labels by
-/// concatenating their chunks and [`union`] of their samples, different full labels
-/// (replicas) by [`dedup_pair`] in label order. Series left without samples are kept
+/// K-way merges per-endpoint series lists (each sorted by `key`, then `replica`) into one
+/// list sorted by `key`; series with equal keys are combined: equal replica labels by
+/// concatenating their chunks and [`union`] of their samples, different replica labels
+/// (replicas) by [`dedup_pair`] in replica label order. Series left without samples are kept
 /// (label-only selections need them).
 pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Result<Vec<(Labels, Samples)>, String> {
     let mut iters: Vec<std::vec::IntoIter<RawSeries>> = sources.into_iter().map(Vec::into_iter).collect();
@@ -192,7 +206,7 @@ pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Re
     let mut heap = BinaryHeap::new();
     for (src, p) in pending.iter().enumerate() {
         if let Some(s) = p {
-            heap.push(HeapItem { key: s.key.clone(), full: s.full.clone(), src });
+            heap.push(HeapItem { key: s.key.clone(), replica: s.replica.clone(), src });
         }
     }
     let mut out: Vec<(Labels, Samples)> = Vec::new();
@@ -201,23 +215,23 @@ pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Re
     while let Some(item) = heap.pop() {
         let s = pending[item.src].take().expect("heap entry has a pending series");
         if let Some(next) = iters[item.src].next() {
-            heap.push(HeapItem { key: next.key.clone(), full: next.full.clone(), src: item.src });
+            heap.push(HeapItem { key: next.key.clone(), replica: next.replica.clone(), src: item.src });
             pending[item.src] = Some(next);
         }
         match &mut group {
             Some((k, reps)) if *k == s.key => match reps.last_mut() {
-                Some((full, chunks, samples)) if *full == s.full => {
+                Some((replica, chunks, samples)) if *replica == s.replica => {
                     chunks.extend(s.chunks);
                     let prev = std::mem::take(samples);
                     *samples = union(prev, s.samples);
                 }
-                _ => reps.push((s.full, s.chunks, s.samples)),
+                _ => reps.push((s.replica, s.chunks, s.samples)),
             },
             _ => {
                 if let Some((k, reps)) = group.take() {
                     out.push((k, flush_group(reps, decode)?));
                 }
-                group = Some((s.key, vec![(s.full, s.chunks, s.samples)]));
+                group = Some((s.key, vec![(s.replica, s.chunks, s.samples)]));
             }
         }
     }
@@ -275,6 +289,27 @@ mod tests {
     }
 
     #[test]
+    fn contains_matches_time_range_encoding_and_bytes() {
+        let mut seen: Vec<ChunkId<'_>> = vec![(0, 10, 1, b"a"), (0, 10, 1, b"b"), (20, 30, 1, b"c")];
+        seen.sort_unstable_by_key(|id| (id.0, id.1));
+        // (candidate, expected)
+        let cases: Vec<(ChunkId<'_>, bool)> = vec![
+            ((0, 10, 1, b"a"), true),
+            ((0, 10, 1, b"b"), true),
+            ((20, 30, 1, b"c"), true),
+            ((0, 10, 2, b"a"), false),
+            ((0, 11, 1, b"a"), false),
+            ((20, 30, 1, b"a"), false),
+            ((40, 50, 1, b"c"), false),
+            ((-5, 0, 1, b"a"), false),
+        ];
+        for (id, want) in cases {
+            assert_eq!(contains(&seen, id), want, "{id:?}");
+        }
+        assert!(!contains(&[], (0, 0, 1, b"")));
+    }
+
+    #[test]
     fn union_prefers_first() {
         let a = vec![(1, StoredValue::Float(1.0)), (3, StoredValue::Float(3.0))];
         let b = vec![(1, StoredValue::Float(9.0)), (2, StoredValue::Float(2.0)), (4, StoredValue::Float(4.0))];
@@ -283,13 +318,14 @@ mod tests {
         assert!(matches!(got[0].1, StoredValue::Float(v) if v == 1.0));
     }
 
-    fn no_decode(_: &[AggrChunk]) -> Result<Samples, String> {
+    fn no_decode(_: &[&AggrChunk]) -> Result<Samples, String> {
         Err("no chunks expected".into())
     }
 
     fn raw(l: &[(&str, &str)], replicas: &[String], ts: &[i64]) -> RawSeries {
         let full = Labels::from_pairs(l.iter().copied());
-        RawSeries { key: strip_labels(&full, replicas), full, chunks: vec![], samples: fl(ts) }
+        let replica = Labels::from_pairs(l.iter().copied().filter(|(n, _)| replicas.iter().any(|r| r == n)));
+        RawSeries { key: strip_labels(&full, replicas), replica, chunks: vec![], samples: fl(ts) }
     }
 
     #[test]
@@ -337,10 +373,15 @@ mod tests {
         let rl = vec!["replica".to_string()];
         let mk = |r: &str, chunks: Vec<AggrChunk>| {
             let full = Labels::from_pairs([("__name__", "a"), ("replica", r)]);
-            RawSeries { key: strip_labels(&full, &rl), full, chunks, samples: vec![] }
+            RawSeries {
+                key: strip_labels(&full, &rl),
+                replica: Labels::from_pairs([("replica", r)]),
+                chunks,
+                samples: vec![],
+            }
         };
         let decoded = std::cell::RefCell::new(Vec::new());
-        let decode = |cs: &[AggrChunk]| -> Result<Samples, String> {
+        let decode = |cs: &[&AggrChunk]| -> Result<Samples, String> {
             decoded.borrow_mut().extend(cs.iter().map(|c| c.min_time));
             Ok(fl(&cs.iter().flat_map(|c| [c.min_time, c.max_time]).collect::<Vec<_>>()))
         };

@@ -10,10 +10,11 @@ use norn_storeapi::thanos::store_client::StoreClient;
 use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest, series_response,
 };
+use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::dedup::{RawSeries, merge_and_dedup, strip_labels};
+use crate::dedup::{RawSeries, merge_and_dedup};
 use crate::endpoints::{EndpointSet, EndpointState};
 
 /// Largest gRPC message accepted from an endpoint.
@@ -80,8 +81,35 @@ fn client(ep: &EndpointState) -> StoreClient<tonic::transport::Channel> {
     StoreClient::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// Samples a chunk's header announces (all encodings start with a BE16 count).
+fn header_count(data: &[u8]) -> usize {
+    if data.len() >= 2 { usize::from(u16::from_be_bytes([data[0], data[1]])) } else { 0 }
+}
+
 /// Decodes one wire chunk (float or native histogram), keeping samples in `[mint, maxt]`.
 fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
+    if let Some(raw) = &c.raw
+        && raw.r#type == thanos::chunk::Encoding::Xor as i32
+    {
+        if c.max_time < mint || c.min_time > maxt {
+            return Ok(());
+        }
+        // Floats straight from the message's bytes, without copying the chunk.
+        let mut it = XorIterator::new(&raw.data).map_err(|e| e.to_string())?;
+        while let Some((t, v)) = it.next() {
+            if t < mint {
+                continue;
+            }
+            if t > maxt {
+                break;
+            }
+            out.push((t, StoredValue::Float(v)));
+        }
+        return match it.err() {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        };
+    }
     norn_storeapi::chunks::for_each_sample(c, mint, maxt, |s| out.push(crate::wire::from_sample(s)))
         .map_err(|e| e.to_string())
 }
@@ -128,14 +156,28 @@ async fn fetch_series(
         c.series(with_tenant(call.req.clone(), &call.tenant)).await.map_err(|s| status_msg(&ep.addr, &s))?.into_inner();
     let mut out: Vec<RawSeries> = Vec::new();
     let mut warnings = Vec::new();
+    let no_replica = Labels::empty();
+    let is_replica = |n: &str| call.replica_labels.iter().any(|r| r == n);
     let handle = |s: thanos::Series, out: &mut Vec<RawSeries>| -> Result<(), FetchError> {
-        let full = norn_storeapi::labels_from_proto(&s.labels).map_err(|e| format!("{}: {e}", ep.addr))?;
+        if let Some(l) = s.labels.iter().find(|l| l.value.is_empty()) {
+            return Err(format!("{}: empty value for label {:?}", ep.addr, l.name).into());
+        }
+        // The key is built straight from the wire labels, without the replica labels, and
+        // the replica labels on their own: no full label set is built just to strip it.
+        let pairs = |rep: bool| {
+            s.labels.iter().filter(move |l| is_replica(&l.name) == rep).map(|l| (l.name.as_str(), l.value.as_str()))
+        };
+        let key = Labels::from_sorted(pairs(false)).map_err(|e| format!("{}: {e}", ep.addr))?;
+        let replica = if call.replica_labels.is_empty() || !s.labels.iter().any(|l| is_replica(&l.name)) {
+            no_replica.clone()
+        } else {
+            Labels::from_sorted(pairs(true)).map_err(|e| format!("{}: {e}", ep.addr))?
+        };
         // A series may be split over several frames; the pieces are adjacent.
         let idx = match out.last() {
-            Some(last) if last.full == full => out.len() - 1,
+            Some(last) if last.key == key && last.replica == replica => out.len() - 1,
             _ => {
-                let key = strip_labels(&full, &call.replica_labels);
-                out.push(RawSeries { key, full, chunks: Vec::new(), samples: Vec::new() });
+                out.push(RawSeries { key, replica, chunks: Vec::new(), samples: Vec::new() });
                 out.len() - 1
             }
         };
@@ -146,8 +188,7 @@ async fn fetch_series(
                 continue;
             }
             if let Some(raw) = &ch.raw {
-                added +=
-                    if raw.data.len() >= 2 { usize::from(u16::from_be_bytes([raw.data[0], raw.data[1]])) } else { 0 };
+                added += header_count(&raw.data);
             }
             out[idx].chunks.push(ch);
         }
@@ -169,9 +210,9 @@ async fn fetch_series(
             Some(series_response::Result::Hints(_)) | None => {}
         }
     }
-    let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].full) <= (&w[1].key, &w[1].full));
+    let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].replica) <= (&w[1].key, &w[1].replica));
     if !sorted {
-        out.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.full.cmp(&b.full)));
+        out.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.replica.cmp(&b.replica)));
     }
     Ok((out, warnings))
 }
@@ -256,8 +297,10 @@ impl Fanout {
         }
         Self::absorb(opts, errs, &mut warnings)?;
         let (mint, maxt) = (call.mint, call.maxt);
-        let decode = |chunks: &[thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
-            let mut samples = Vec::new();
+        let decode = |chunks: &[&thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+            // Chunk headers announce their sample counts: one allocation per series.
+            let n = chunks.iter().filter_map(|c| c.raw.as_ref()).map(|r| header_count(&r.data)).sum();
+            let mut samples = Vec::with_capacity(n);
             for c in chunks {
                 decode_chunk(c, mint, maxt, &mut samples)?;
             }
