@@ -161,11 +161,11 @@ mod tests {
         let key = Labels::from_pairs([("__name__", "h")]);
         let raw = |r: &str, s: &[(i64, StoredValue)]| RawSeries {
             key: key.clone(),
-            full: Labels::from_pairs([("__name__", "h"), ("replica", r)]),
+            replica: Labels::from_pairs([("replica", r)]),
             chunks: storepb_chunks(s).unwrap(),
             samples: vec![],
         };
-        let decode = |cs: &[thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+        let decode = |cs: &[&thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             let mut out = Vec::new();
             for c in cs {
                 chunks::decode_aggr_chunk(c, i64::MIN, i64::MAX, &mut out).map_err(|e| e.to_string())?;
