@@ -549,16 +549,16 @@ impl Parser<'_> {
             }
             first = false;
             let t = self.rest();
-            if t.starts_with("[:") {
-                if let Some(end) = t[2..].find(":]") {
-                    let name = &t[..end + 4];
-                    let Some(body) = posix_class(&name[2..name.len() - 2]) else {
-                        return err("invalid character class range", name);
-                    };
-                    out.push_str(&body);
-                    self.pos += name.len();
-                    continue;
-                }
+            if let Some(inner) = t.strip_prefix("[:")
+                && let Some(end) = inner.find(":]")
+            {
+                let name = &t[..end + 4];
+                let Some(body) = posix_class(&inner[..end]) else {
+                    return err("invalid character class range", name);
+                };
+                out.push_str(&body);
+                self.pos += name.len();
+                continue;
             }
             if c == '\\' {
                 match t[1..].chars().next() {

@@ -575,12 +575,12 @@ impl<'a> Evaluator<'a> {
         l
     }
 
-    /// A compiled regex, cached for the query.
-    pub(crate) fn regex(&mut self, pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    /// A compiled regex in Go syntax (as Prometheus takes it), cached for the query.
+    pub(crate) fn regex(&mut self, pattern: &str) -> Result<Arc<regex::Regex>, norn_model::goregex::GoRegexError> {
         if let Some(r) = self.regexes.get(pattern) {
             return Ok(r.clone());
         }
-        let r = Arc::new(regex::Regex::new(pattern)?);
+        let r = Arc::new(norn_model::goregex::compile(pattern)?);
         self.regexes.insert(pattern.to_string(), r.clone());
         Ok(r)
     }
