@@ -432,8 +432,11 @@ impl Parser<'_> {
                 return Ok(());
             }
             _ => {
-                let ch = self.parse_escape()?;
-                cur.push(Node::Lit { c: ch, fold });
+                let cp = self.parse_escape()?;
+                cur.push(match char::from_u32(cp) {
+                    Some(c) => Node::Lit { c, fold },
+                    None => Node::Class(NOTHING.to_string()),
+                });
                 return Ok(());
             }
         }
@@ -442,7 +445,9 @@ impl Parser<'_> {
     }
 
     /// A single-character escape at `\`; Go's `parseEscape`.
-    fn parse_escape(&mut self) -> Result<char, GoRegexError> {
+    /// Returns a code point, not a `char`: Go accepts surrogates (`\x{D800}`), which no
+    /// string can contain.
+    fn parse_escape(&mut self) -> Result<u32, GoRegexError> {
         let start = self.pos;
         self.bump();
         let Some(c) = self.bump() else {
@@ -450,7 +455,7 @@ impl Parser<'_> {
         };
         let bad = |p: &Self| err("invalid escape sequence", &p.src[start..p.pos]);
         match c {
-            c if c.is_ascii() && !c.is_ascii_alphanumeric() => Ok(c),
+            c if c.is_ascii() && !c.is_ascii_alphanumeric() => Ok(c as u32),
             '1'..='7' if !matches!(self.peek(), Some('0'..='7')) => bad(self),
             '0'..='7' => {
                 // Up to three octal digits in all, so at most 0o777.
@@ -464,7 +469,7 @@ impl Parser<'_> {
                         _ => break,
                     }
                 }
-                Ok(char::from_u32(v).unwrap_or('\u{fffd}'))
+                Ok(v)
             }
             'x' => {
                 let hex = |p: &mut Self| p.bump().and_then(|d| d.to_digit(16));
@@ -485,21 +490,20 @@ impl Parser<'_> {
                             _ => return bad(self),
                         }
                     }
-                    // Go accepts surrogate code points here; no string can contain one.
-                    Ok(char::from_u32(v).unwrap_or('\u{fffd}'))
+                    Ok(v)
                 } else {
                     match (hex(self), hex(self)) {
-                        (Some(a), Some(b)) => Ok(char::from_u32(a * 16 + b).unwrap_or('\u{fffd}')),
+                        (Some(a), Some(b)) => Ok(a * 16 + b),
                         _ => bad(self),
                     }
                 }
             }
-            'a' => Ok('\x07'),
-            'f' => Ok('\x0c'),
-            'n' => Ok('\n'),
-            'r' => Ok('\r'),
-            't' => Ok('\t'),
-            'v' => Ok('\x0b'),
+            'a' => Ok(0x07),
+            'f' => Ok(0x0c),
+            'n' => Ok(0x0a),
+            'r' => Ok(0x0d),
+            't' => Ok(0x09),
+            'v' => Ok(0x0b),
             _ => bad(self),
         }
     }
@@ -589,23 +593,33 @@ impl Parser<'_> {
                     return err("invalid character class range", &self.src[item_start..self.pos]);
                 }
             }
-            out.push_str(&format!("\\x{{{:X}}}-\\x{{{:X}}}", lo as u32, hi as u32));
+            // Surrogates cannot be written in a Rust class; they match nothing anyway.
+            let (lo, hi) = (if (0xD800..0xE000).contains(&lo) { 0xE000 } else { lo }, hi.min(0x10FFFF));
+            let hi = if (0xD800..0xE000).contains(&hi) { 0xD7FF } else { hi };
+            if lo <= hi {
+                out.push_str(&format!("\\x{{{lo:X}}}-\\x{{{hi:X}}}"));
+            } else {
+                out.push_str(NOTHING);
+            }
         }
         out.push(']');
         Ok(wrap_fold(self.flags.fold, &out))
     }
 
-    fn class_char(&mut self, class_start: usize) -> Result<char, GoRegexError> {
+    fn class_char(&mut self, class_start: usize) -> Result<u32, GoRegexError> {
         match self.peek() {
             None => err("missing closing ]", &self.src[class_start..]),
             Some('\\') => self.parse_escape(),
             Some(c) => {
                 self.bump();
-                Ok(c)
+                Ok(c as u32)
             }
         }
     }
 }
+
+/// A Rust class that matches nothing (Rust has no `[]`).
+const NOTHING: &str = "[a&&b]";
 
 fn wrap_fold(fold: bool, class: &str) -> String {
     if fold { format!("(?i:{class})") } else { class.to_string() }
@@ -664,7 +678,7 @@ fn unicode_table(name: &str) -> Option<String> {
         return Some("\\p{gc=Cc}\\p{gc=Cf}\\p{gc=Co}".to_string());
     }
     if name == "Cs" {
-        return Some("a&&b".to_string());
+        return Some(NOTHING[1..NOTHING.len() - 1].to_string());
     }
     if GO_CATEGORIES.contains(&name) {
         return Some(format!("\\p{{gc={name}}}"));
@@ -687,8 +701,8 @@ fn unicode_table(name: &str) -> Option<String> {
 }
 
 fn emit_lit(c: char, fold: bool, out: &mut String) {
-    let has_case = c.to_lowercase().ne(std::iter::once(c)) || c.to_uppercase().ne(std::iter::once(c));
-    if fold && has_case {
+    // Digits and ASCII punctuation have no case; anything else is left to Rust's folding.
+    if fold && !(c.is_ascii() && !c.is_ascii_alphabetic()) {
         out.push_str(&format!("(?i:\\x{{{:X}}})", c as u32));
     } else if c.is_ascii_alphanumeric() {
         out.push(c);
@@ -817,6 +831,9 @@ mod tests {
             ("[]a]", &["]", "a"], &["b"]),
             ("[a-]", &["-", "a"], &["b"]),
             ("[^a]", &["\n", "b"], &["a"]),
+            (r"[^\x00-\x{10FFFF}]|b", &["b"], &["a", ""]),
+            (r"\x{D800}|[\x{D000}-\x{DFFF}]|[\x{D800}-\x{DBFF}]|b", &["b", "\u{D7FF}"], &["\u{fffd}", "\u{E000}"]),
+            ("(?i)ſ", &["s", "S", "ſ"], &["t"]),
             (r"[\]\\]", &["]", "\\"], &["a"]),
             // Escaped punctuation is a literal; `\<` is not a word boundary as in Rust.
             (r"\<a\>", &["<a>"], &["a"]),
