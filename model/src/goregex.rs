@@ -702,7 +702,7 @@ fn unicode_table(name: &str) -> Option<String> {
 
 fn emit_lit(c: char, fold: bool, out: &mut String) {
     // Digits and ASCII punctuation have no case; anything else is left to Rust's folding.
-    if fold && !(c.is_ascii() && !c.is_ascii_alphabetic()) {
+    if fold && (c.is_ascii_alphabetic() || !c.is_ascii()) {
         out.push_str(&format!("(?i:\\x{{{:X}}})", c as u32));
     } else if c.is_ascii_alphanumeric() {
         out.push(c);
