@@ -967,6 +967,16 @@ mod tests {
             }
         }
 
+        /// Where Go and Rust syntax and semantics coincide, the translation matches exactly
+        /// what the pattern fed to Rust directly matches.
+        #[test]
+        fn agrees_with_rust_on_common_syntax(p in r"[ab.()|*+?^$]{0,12}", hay in r"[ab\n]{0,6}") {
+            let rust = regex::Regex::new(&format!("^(?s:{p})$"));
+            if let (Ok(rust), Ok(go)) = (rust, anchored(&p)) {
+                proptest::prop_assert_eq!(rust.is_match(&hay), go.is_match(&hay), "{:?} on {:?}: {:?}", p, hay, translate(&p));
+            }
+        }
+
         #[test]
         fn never_panics_any(p in ".{0,40}") {
             let _ = compile(&p);
