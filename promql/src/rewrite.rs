@@ -802,6 +802,10 @@ mod ext_tests {
         let m = &vs.matchers.matchers[0];
         assert_eq!(go_regex_source(&m.value), r#"x{\Q.*\E""#);
         assert_eq!(vs.matchers.matchers[1].value, "c");
+        for v in [r"x{\Q\\E", "a\"b'c`", "\u{263a}{,3}\\", "", "\\\\\"", "#&-~ \n"] {
+            assert_eq!(go_regex_source(&format!("{GO_RE_MARK}{}", regex::escape(v))), v);
+        }
+        assert_eq!(go_regex_source("plain.*"), "plain.*");
     }
 
     #[test]
