@@ -5,6 +5,7 @@
 //! semantics, native histograms, and float formatting the way Go prints floats.
 
 pub mod format;
+pub mod goregex;
 pub mod histogram;
 pub mod labels;
 pub mod matcher;

@@ -1,5 +1,6 @@
-//! Label matchers with Prometheus's semantics: regexes are fully anchored and `.` matches
-//! newlines (`^(?s:…)$`), and a missing label matches as the empty string.
+//! Label matchers with Prometheus's semantics: regexes use Go's syntax (see [`crate::goregex`]),
+//! are fully anchored and `.` matches newlines (`^(?s:…)$`), and a missing label matches as
+//! the empty string.
 
 use std::fmt;
 
@@ -129,8 +130,9 @@ fn is_plain_literal(s: &str) -> bool {
 }
 
 fn compile(name: &str, pattern: &str) -> Result<Fast, MatcherError> {
-    // Compile even when a fast path applies, so invalid patterns are always rejected.
-    let re = Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| MatcherError::BadRegex {
+    // Compile even when a fast path applies, so invalid patterns are always rejected. The
+    // pattern is Go (RE2) syntax, as in Prometheus, translated to an equivalent Rust regex.
+    let re = crate::goregex::compile(&format!("^(?s:{pattern})$")).map_err(|e| MatcherError::BadRegex {
         name: name.to_string(),
         pattern: pattern.to_string(),
         reason: e.to_string(),
@@ -188,6 +190,14 @@ mod tests {
             (Regex, "", "", true),
             (Regex, "foo|bar|", "", true),
             (Regex, "(?i)FOO", "foo", true),
+            // Go syntax and Go's ASCII classes (details in goregex's tests).
+            (Regex, "x{", "x{", true),
+            (Regex, r"\Qa.b\E", "a.b", true),
+            (Regex, r"\Qa.b\E", "axb", false),
+            (Regex, r"\d+", "\u{663}", false),
+            (Regex, r"\s", "\u{a0}", false),
+            (Regex, r"\p{^L}", "1", true),
+            (NotRegex, r"\012", "\n", false),
         ];
         for (k, pat, v, want) in cases {
             let m = Matcher::new(*k, "l", *pat).unwrap();
@@ -198,7 +208,10 @@ mod tests {
     #[test]
     fn bad_regex_is_an_error() {
         let e = Matcher::new(MatchType::Regex, "job", "(").unwrap_err();
-        assert!(e.to_string().contains("job"));
+        assert_eq!(
+            e.to_string(),
+            r#"invalid regular expression "(" for label "job": error parsing regexp: missing closing ): `^(?s:()$`"#
+        );
     }
 
     #[test]

@@ -372,7 +372,7 @@ impl Checker<'_> {
 
 /// Whether a matcher accepts the empty string (as `labels.Matcher.Matches("")`).
 fn matches_empty(op: MatchKind, value: &str) -> bool {
-    let re = || regex::Regex::new(&format!("^(?:{value})$")).map(|r| r.is_match("")).unwrap_or(false);
+    let re = || norn_model::goregex::compile(&format!("^(?s:{value})$")).is_ok_and(|r| r.is_match(""));
     match op {
         MatchKind::Eq => value.is_empty(),
         MatchKind::Neq => !value.is_empty(),
@@ -637,7 +637,8 @@ pub(crate) fn go_regex_check(v: &str) -> Result<(), String> {
     let t = format!("^(?:{v})$");
     match go_regex_error(&t) {
         Some((code, frag)) => Err(format!("error parsing regexp: {code}: `{frag}`")),
-        None => Ok(()),
+        // The full Go parse that the matchers compile with has the last word.
+        None => norn_model::goregex::translate(&t).map(drop).map_err(|e| e.to_string()),
     }
 }
 
@@ -1093,7 +1094,10 @@ mod tests {
         for (re, want) in cases {
             assert_eq!(go_regex_check(re).unwrap_err(), *want, "{re}");
         }
+        let go_only = ["x{", "a{,3}", "{foo", r"\Qa.b\E", r"\0", r"\012", r"\123", r"\p{^L}", r"\<", "[a&&b]", "a(?)b"];
         for ok in ["a.*b", "(?i)foo", "[[:alpha:]]+", "\\d{2,3}", "a{", "x|y|", "\\p{L}", "(?P<n>x)", "[]a]", "\\.", ""]
+            .into_iter()
+            .chain(go_only)
         {
             assert!(go_regex_check(ok).is_ok(), "{ok}: {:?}", go_regex_check(ok));
         }

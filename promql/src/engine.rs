@@ -97,7 +97,7 @@ pub fn parse(query: &str) -> Result<Expr, QueryError> {
     crate::rewrite::register_trim_functions();
     // Prometheus's own checks decide the error and its wording (see `parse.rs`).
     let checked = crate::parse::check_query(query).map_err(|e| QueryError::Parse(e.render(query)));
-    match (raw_parse(query), checked) {
+    match (raw_parse(&crate::rewrite::mark_go_regex(query)), checked) {
         (Ok(e), Ok(())) => Ok(e),
         (_, Err(e)) => Err(e),
         // promql-parser rejects what Prometheus accepts: its message, at a guessed position.
@@ -575,12 +575,12 @@ impl<'a> Evaluator<'a> {
         l
     }
 
-    /// A compiled regex, cached for the query.
-    pub(crate) fn regex(&mut self, pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    /// A compiled regex in Go syntax (as Prometheus takes it), cached for the query.
+    pub(crate) fn regex(&mut self, pattern: &str) -> Result<Arc<regex::Regex>, norn_model::goregex::GoRegexError> {
         if let Some(r) = self.regexes.get(pattern) {
             return Ok(r.clone());
         }
-        let r = Arc::new(regex::Regex::new(pattern)?);
+        let r = Arc::new(norn_model::goregex::compile(pattern)?);
         self.regexes.insert(pattern.to_string(), r.clone());
         Ok(r)
     }
@@ -863,7 +863,8 @@ impl<'a> Evaluator<'a> {
                 MatchOp::Re(_) => MatchType::Regex,
                 MatchOp::NotRe(_) => MatchType::NotRegex,
             };
-            Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| QueryError::Parse(e.to_string()))
+            let value = crate::rewrite::go_regex_source(&m.value);
+            Matcher::new(kind, m.name.clone(), value).map_err(|e| QueryError::Parse(e.to_string()))
         };
         // The time range every step of this query may read for this selector.
         let (mut start, mut end) = match &vs.at {

@@ -21,7 +21,8 @@ fn conv(m: &promql_parser::label::Matcher) -> EvalResult<Matcher> {
         MatchOp::Re(_) => MatchType::Regex,
         MatchOp::NotRe(_) => MatchType::NotRegex,
     };
-    Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| QueryError::Parse(e.to_string()))
+    Matcher::new(kind, m.name.clone(), crate::rewrite::go_regex_source(&m.value))
+        .map_err(|e| QueryError::Parse(e.to_string()))
 }
 
 /// The time at which the first argument read its samples (after `@` and offsets), so the

@@ -635,6 +635,73 @@ fn go_unquote_bytes(lit: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Prefix of a regex matcher operand that promql-parser could not compile (it uses Rust's
+/// regex syntax, Prometheus Go's): the Go pattern follows, escaped so that Rust accepts it.
+/// [`go_regex_source`] recovers the pattern, which the matchers then compile as Go does.
+pub const GO_RE_MARK: &str = "__norn_go_re__:";
+
+/// Replaces the operands of `=~`/`!~` that are valid Go but not Rust regexes (`x{`,
+/// `\Q…\E`, `\012`) by a marked, escaped form (see [`GO_RE_MARK`]). Invalid Go patterns
+/// are left alone for the checks to report.
+pub fn mark_go_regex(query: &str) -> Cow<'_, str> {
+    if !query.contains("=~") && !query.contains("!~") {
+        return Cow::Borrowed(query);
+    }
+    let b = query.as_bytes();
+    let (mut out, mut last, mut i) = (String::new(), 0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'"' | b'\'' | b'`' => i = skip_string(b, i),
+            b'=' | b'!' if b.get(i + 1) == Some(&b'~') => {
+                let mut j = i + 2;
+                while j < b.len() && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if j < b.len() && matches!(b[j], b'"' | b'\'' | b'`') {
+                    let end = skip_string(b, j);
+                    if let Some(v) = crate::check::unquote(&query[j..end])
+                        && regex::Regex::new(&format!("^(?:{v})$")).is_err()
+                        && norn_model::goregex::translate(&format!("^(?:{v})$")).is_ok()
+                    {
+                        out.push_str(&query[last..j]);
+                        out.push_str(&norn_model::format::go_quote(&format!("{GO_RE_MARK}{}", regex::escape(&v))));
+                        last = end;
+                    }
+                    i = end;
+                } else {
+                    i = j;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    if last == 0 {
+        return Cow::Borrowed(query);
+    }
+    out.push_str(&query[last..]);
+    Cow::Owned(out)
+}
+
+/// The Go pattern of a matcher operand, undoing [`mark_go_regex`].
+pub fn go_regex_source(value: &str) -> String {
+    let Some(escaped) = value.strip_prefix(GO_RE_MARK) else {
+        return value.to_string();
+    };
+    // `regex::escape` only puts a backslash before metacharacters.
+    let mut out = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Function names standing in for the trim operators (`</` keeps what is below, `>/`
 /// what is above); the parser does not know the operators, so `a </ b` is rewritten to
 /// `a > __norn_trim_upper_v(b)` (or `_s` for a scalar `b`) and evaluated as the trim.
@@ -713,6 +780,33 @@ mod tests {
 #[cfg(test)]
 mod ext_tests {
     use super::*;
+
+    #[test]
+    fn marks_go_only_regexes() {
+        let cases = [
+            (r#"m{a=~"x{"}"#, true),
+            (r#"m{a!~ "\\Q.*\\E", b="x{"}"#, true),
+            (r#"m{a=~`\012|{`}"#, true),
+            (r#"m{a=~'a{,3}'}"#, true),
+            (r#"m{a=~"a.*"}"#, false),
+            (r#"m{a=~"("}"#, false),
+            (r#"m{a="x{"}"#, false),
+        ];
+        for (q, marked) in cases {
+            let out = mark_go_regex(q);
+            assert_eq!(out.contains(GO_RE_MARK), marked, "{q} -> {out}");
+        }
+        let out = mark_go_regex(r#"m{a=~"x{\\Q.*\\E\"", b="c"}"#);
+        let expr = crate::engine::parse(&out).unwrap();
+        let promql_parser::parser::Expr::VectorSelector(vs) = expr else { panic!("{out}") };
+        let m = &vs.matchers.matchers[0];
+        assert_eq!(go_regex_source(&m.value), r#"x{\Q.*\E""#);
+        assert_eq!(vs.matchers.matchers[1].value, "c");
+        for v in [r"x{\Q\\E", "a\"b'c`", "\u{263a}{,3}\\", "", "\\\\\"", "#&-~ \n"] {
+            assert_eq!(go_regex_source(&format!("{GO_RE_MARK}{}", regex::escape(v))), v);
+        }
+        assert_eq!(go_regex_source("plain.*"), "plain.*");
+    }
 
     #[test]
     fn marks() {

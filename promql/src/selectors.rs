@@ -48,7 +48,7 @@ fn selector(vs: &VectorSelector, out: &mut Vec<Vec<Matcher>>) -> Result<(), Matc
                 MatchOp::Re(_) => MatchType::Regex,
                 MatchOp::NotRe(_) => MatchType::NotRegex,
             };
-            set.push(Matcher::new(kind, m.name.clone(), m.value.clone())?);
+            set.push(Matcher::new(kind, m.name.clone(), crate::rewrite::go_regex_source(&m.value))?);
         }
         Ok(set)
     };

@@ -559,6 +559,18 @@ const BAD: &[&str] = &[
     "foo{a=~\"\\\\Q.*\\\\E\"}",
     "foo{a=~\"\\\\0\"}",
     "foo{a=~\"\\\\012\"}",
+    // Go regex syntax and semantics on real series (instance a|b, job x|y).
+    "m{instance=~\"\\\\Qa\\\\E\"}",
+    "m{instance=~\"a{,1}|b{\"}",
+    "m{instance=~\"\\\\141\"}",
+    "m{instance=~\"\\\\x{62}|[[:digit:]]\"}",
+    "m{instance!~\"\\\\p{^L}\"}",
+    "m{job=~\"(?i)X\"}",
+    "m{job=~\"[\\\\w&&]\"}",
+    "m{instance=~\"\\\\<|a\"}",
+    "label_replace(m, \"d\", \"$1-$name\", \"instance\", \"(?P<name>\\\\w)\")",
+    "label_replace(m, \"d\", \"<$1>\", \"job\", \"\\\\Q(\\\\E?(x{,2})\")",
+    "label_replace(m, \"d\", \"$1\", \"job\", \"(\\\\p{Greek}|\\\\s|y)\")",
 ];
 
 /// Where Norn answers differently on purpose, with the reason. Norn implements
@@ -582,16 +594,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("count_values(\"a b\", m)", "3.x accepts UTF-8 label names"),
     ("m * on() m", "3.x lists the duplicate series in label order (operators.test), 2.42 the later one first"),
     ("m * on(instance) group_left m", "as above"),
-    // Valid in Go, rejected by Rust's regex crate, which compiles matcher regexes in
-    // norn-model (model/src/matcher.rs): to be translated there.
-    ("foo{a=~\"a{,3}\"}", "literal `{` (Rust: repetition)"),
-    ("foo{a=~\"x{\"}", "literal `{` (Rust: repetition)"),
-    ("foo{a=~\"x{1\"}", "literal `{` (Rust: repetition)"),
-    ("foo{a=~\"x{1,\"}", "literal `{` (Rust: repetition)"),
-    ("foo{a=~\"\\\\p{^L}\"}", "negated class name (Rust: \\P{L})"),
-    ("foo{a=~\"\\\\Q.*\\\\E\"}", "quoted literal text (Rust has none)"),
-    ("foo{a=~\"\\\\0\"}", "octal escape (Rust: off by default)"),
-    ("foo{a=~\"\\\\012\"}", "octal escape (Rust: off by default)"),
     (
         "count_over_time(m[10m:1s])",
         "Norn counts the samples of range selections against --query.max-samples, not those a subquery produces",
