@@ -594,10 +594,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("count_values(\"a b\", m)", "3.x accepts UTF-8 label names"),
     ("m * on() m", "3.x lists the duplicate series in label order (operators.test), 2.42 the later one first"),
     ("m * on(instance) group_left m", "as above"),
-    (
-        "count_over_time(m[10m:1s])",
-        "Norn counts the samples of range selections against --query.max-samples, not those a subquery produces",
-    ),
 ];
 
 /// The tenant label `norn receive` adds to every series; Prometheus has no such label.
