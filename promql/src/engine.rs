@@ -916,7 +916,7 @@ impl<'a> Evaluator<'a> {
 
     /// A range query that is a plain instant selector: each series walked once across all
     /// steps (what [`Self::vector_select`] picks at every step).
-    fn select_series_major(&mut self, vs: &VectorSelector, grid: StepGrid) -> EvalResult<Vec<Series>> {
+    pub(crate) fn select_series_major(&mut self, vs: &VectorSelector, grid: StepGrid) -> EvalResult<Vec<Series>> {
         let series = self.selected(vs)?;
         let windows: Vec<(i64, i64)> = (0..grid.len())
             .map(|k| {
