@@ -17,7 +17,7 @@ use crate::series_major::{PreSeries, Precomputed, RangeSource, take, to_steps};
 use crate::value::Sample;
 
 /// The aggregation operators this module evaluates.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq)]
 enum Op {
     Sum,
     Avg,
@@ -25,6 +25,10 @@ enum Op {
     Group,
     Min,
     Max,
+    /// `stddev` (`true`) or `stdvar` (`false`).
+    Dev(bool),
+    /// `quantile` with φ in [0, 1] (others bring a warning).
+    Quantile(f64),
     /// `topk` (`true`) or `bottomk` (`false`) with k ≥ 1.
     K(bool, usize),
 }
@@ -52,6 +56,9 @@ fn op_of(a: &AggregateExpr) -> Option<Op> {
         ("group", None) => Op::Group,
         ("min", None) => Op::Min,
         ("max", None) => Op::Max,
+        ("stddev", None) => Op::Dev(true),
+        ("stdvar", None) => Op::Dev(false),
+        ("quantile", Some(q)) if (0.0..=1.0).contains(&q) => Op::Quantile(q),
         ("topk" | "bottomk", Some(k)) if k >= 1.0 => {
             let k = if k >= usize::MAX as f64 { usize::MAX } else { k as usize };
             Op::K(op == "topk", k)
@@ -173,7 +180,8 @@ fn precompute(ev: &mut Evaluator<'_>, a: &AggregateExpr, grid: StepGrid) -> Eval
     let mut order: Vec<usize> = Vec::new();
     let (mut acc, mut comp, mut cnt) = (vec![0.0f64; ng], vec![0.0f64; ng], vec![0usize; ng]);
     let mut drop = vec![false; ng];
-    let mut members: Vec<Vec<u32>> = if matches!(op, Op::K(..)) { vec![Vec::new(); ng] } else { Vec::new() };
+    let mut members: Vec<Vec<u32>> =
+        if matches!(op, Op::K(..) | Op::Quantile(_)) { vec![Vec::new(); ng] } else { Vec::new() };
     let mut steps: Vec<Vec<Sample>> = Vec::with_capacity(grid.len());
     let mut held_out = 0usize;
     for (k, col) in cols.iter().enumerate() {
@@ -206,7 +214,13 @@ fn precompute(ev: &mut Evaluator<'_>, a: &AggregateExpr, grid: StepGrid) -> Eval
                         acc[g] = f;
                     }
                 }
-                Op::K(..) => members[g].push(j as u32),
+                Op::Dev(_) => {
+                    // Welford's update, as the step path runs it (`acc` mean, `comp` M2).
+                    let delta = f - acc[g];
+                    acc[g] += delta / cnt[g] as f64;
+                    comp[g] += delta * (f - acc[g]);
+                }
+                Op::K(..) | Op::Quantile(_) => members[g].push(j as u32),
                 Op::Count | Op::Group => {}
             }
         }
@@ -229,6 +243,14 @@ fn precompute(ev: &mut Evaluator<'_>, a: &AggregateExpr, grid: StepGrid) -> Eval
                 Op::Count => out.push(mk(cnt[g] as f64)),
                 Op::Group => out.push(mk(1.0)),
                 Op::Min | Op::Max => out.push(mk(acc[g])),
+                Op::Dev(sd) => {
+                    let var = comp[g] / cnt[g] as f64;
+                    out.push(mk(if sd { var.sqrt() } else { var }));
+                }
+                Op::Quantile(q) => {
+                    let mut vals: Vec<f64> = members[g].iter().map(|&x| col[x as usize].1).collect();
+                    out.push(mk(crate::aggregate::quantile_of(q, &mut vals)));
+                }
                 Op::K(top, kk) => {
                     let m = &mut members[g];
                     let cmp = |x: u32, y: u32| k_cmp(top, col[x as usize].1, col[y as usize].1);
@@ -314,6 +336,12 @@ mod tests {
             "topk(NaN, x)",
             "topk(scalar(g), x)",
             "quantile(0.5, x)",
+            "quantile by (job) (0, x)",
+            "quantile(0.9, rate(c_total[2m]))",
+            "quantile(1.5, x)",
+            "stddev by (job) (x)",
+            "stdvar(x)",
+            "stddev(g)",
             "sum(rate(c_total[2m]))",
             "sum by (i) (rate(c_total[2m]))",
             "avg by (i) (avg_over_time(g[2m]))",
