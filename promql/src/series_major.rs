@@ -180,6 +180,14 @@ pub(crate) fn compute(
             Ok(Some(out))
         }
         RangeSource::Subquery(sq) => {
+            ev.pending_func = None;
+            if let Some((series, windows, range)) = ev.subquery_whole(sq, grid)? {
+                let job = Job { name, windows: &windows, scalars: &scalars, grid, range, arg_pos: &arg_pos };
+                let sources: Vec<Source<'_>> = series.iter().map(Source::Computed).collect();
+                let out = job.run_maybe_parallel(ev, &sources)?.0;
+                hold(ev, &out)?;
+                return Ok(Some(out));
+            }
             // Fill the subquery's matrix step by step (each inner step is evaluated once, as
             // in the step path), then slide every outer window over it.
             ev.pending_func = None;
