@@ -1241,11 +1241,7 @@ impl<'a> Evaluator<'a> {
     /// each outer step's window `(lo, rt]`, when its expression is a range function the
     /// series-major path evaluates: computed series by series over the inner grid, with the
     /// very values [`Self::subquery_fill`] would collect step by step. `None`: fill it step by step.
-    pub(crate) fn subquery_whole(
-        &mut self,
-        sq: &SubqueryExpr,
-        g: StepGrid,
-    ) -> EvalResult<Option<(Vec<Series>, Vec<(i64, i64)>, i64)>> {
+    pub(crate) fn subquery_whole(&mut self, sq: &SubqueryExpr, g: StepGrid) -> EvalResult<Option<SubqWhole>> {
         let node = sq as *const _ as usize;
         let range = dur_ms(&sq.range);
         let step = sq.step.as_ref().map(dur_ms).unwrap_or(self.opts.default_subquery_step);
@@ -1274,7 +1270,7 @@ impl<'a> Evaluator<'a> {
         let saved_stats = std::mem::replace(&mut self.stats_hints, false);
         self.subquery_depth += 1;
         self.pending_func = None;
-        let outer_grid = std::mem::replace(&mut self.grid, Some(ig));
+        let outer_grid = self.grid.replace(ig);
         let pre = match crate::series_major::eligible(self, c) {
             Some(src) => crate::series_major::compute(self, c, src, ig),
             None => Ok(None),
@@ -1388,6 +1384,10 @@ impl<'a> Evaluator<'a> {
         Ok(SubqFill { matrix: m, first, lo, rt, range, overflowed })
     }
 }
+
+/// What [`Evaluator::subquery_whole`] returns: the subquery's series in label order, each
+/// outer step's window `(lo, rt]`, and the subquery's range.
+pub(crate) type SubqWhole = (Vec<Series>, Vec<(i64, i64)>, i64);
 
 /// What [`Evaluator::subquery_fill`] returns: the subquery's matrix and the window at the
 /// asked time, `(lo, rt]`, whose first inner step is `first`.
