@@ -56,7 +56,7 @@ struct Group {
     members: Vec<usize>,
 }
 
-fn grouping_labels(metric: &Labels, modifier: &Option<LabelModifier>) -> Labels {
+pub(crate) fn grouping_labels(metric: &Labels, modifier: &Option<LabelModifier>) -> Labels {
     match modifier {
         None => Labels::empty(),
         Some(LabelModifier::Include(l)) => {
@@ -72,6 +72,9 @@ fn grouping_labels(metric: &Labels, modifier: &Option<LabelModifier>) -> Labels 
 }
 
 pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> EvalResult<Value> {
+    if let Some(v) = crate::aggregate_major::lookup(ev, a, ts)? {
+        return Ok(Value::Vector(v));
+    }
     let op = a.op.to_string().to_lowercase();
     let pos = match &a.param {
         Some(p) => ev.pos_cached(p),

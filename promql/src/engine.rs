@@ -917,7 +917,7 @@ impl<'a> Evaluator<'a> {
 
     /// A range query that is a plain instant selector: each series walked once across all
     /// steps (what [`Self::vector_select`] picks at every step).
-    fn select_series_major(&mut self, vs: &VectorSelector, grid: StepGrid) -> EvalResult<Vec<Series>> {
+    pub(crate) fn select_series_major(&mut self, vs: &VectorSelector, grid: StepGrid) -> EvalResult<Vec<Series>> {
         let series = self.selected(vs)?;
         let windows: Vec<(i64, i64)> = (0..grid.len())
             .map(|k| {
@@ -1224,6 +1224,87 @@ impl<'a> Evaluator<'a> {
         self.subq_cache.insert(node, m);
     }
 
+    /// The inner steps of subquery `sq` (range and step given) over the whole outer grid `g`,
+    /// when the outer steps are close enough for their windows to cover it.
+    fn subquery_grid(&self, sq: &SubqueryExpr, g: StepGrid, range: i64, step: i64) -> Option<StepGrid> {
+        if g.len() > 1 && g.step > range {
+            return None;
+        }
+        let lo0 = self.ref_time(&sq.at, &sq.offset, g.first).saturating_sub(range);
+        let mut first0 = step * (lo0 / step);
+        if first0 <= lo0 {
+            first0 = first0.checked_add(step)?;
+        }
+        StepGrid::new(first0, self.ref_time(&sq.at, &sq.offset, g.last), step)
+    }
+
+    /// The whole matrix of subquery `sq` over the outer grid `g` (series in label order) and
+    /// each outer step's window `(lo, rt]`, when its expression is a range function the
+    /// series-major path evaluates: computed series by series over the inner grid, with the
+    /// very values [`Self::subquery_fill`] would collect step by step. `None`: fill it step by step.
+    pub(crate) fn subquery_whole(&mut self, sq: &SubqueryExpr, g: StepGrid) -> EvalResult<Option<SubqWhole>> {
+        let node = sq as *const _ as usize;
+        let range = dur_ms(&sq.range);
+        let step = sq.step.as_ref().map(dur_ms).unwrap_or(self.opts.default_subquery_step);
+        if step <= 0 || range / step > MAX_SUBQUERY_STEPS || self.subq_cache.contains_key(&node) {
+            return Ok(None);
+        }
+        let mut inner = sq.expr.as_ref();
+        while let Expr::Paren(p) = inner {
+            inner = &p.expr;
+        }
+        let Expr::Call(c) = inner else { return Ok(None) };
+        if !crate::functions::is_range_function(c.func.name) {
+            return Ok(None);
+        }
+        let Some(ig) = self.subquery_grid(sq, g, range, step) else { return Ok(None) };
+        // The last inner step must have a successor, as in the step-by-step fill.
+        if ig.len() < 2 || ig.at(ig.len() - 1).checked_add(step).is_none() {
+            return Ok(None);
+        }
+        let windows: Vec<(i64, i64)> = (0..g.len())
+            .map(|k| {
+                let rt = self.ref_time(&sq.at, &sq.offset, g.at(k));
+                (rt.saturating_sub(range), rt)
+            })
+            .collect();
+        let saved_stats = std::mem::replace(&mut self.stats_hints, false);
+        self.subquery_depth += 1;
+        self.pending_func = None;
+        let outer_grid = self.grid.replace(ig);
+        let pre = match crate::series_major::eligible(self, c) {
+            Some(src) => crate::series_major::compute(self, c, src, ig),
+            None => Ok(None),
+        };
+        self.grid = outer_grid;
+        self.stats_hints = saved_stats;
+        self.subquery_depth -= 1;
+        let Some(pre) = pre? else { return Ok(None) };
+        let mut seen = HashSet::default();
+        if !pre.iter().all(|p| seen.insert((p.metric.clone(), p.drop_name))) {
+            // Series that merge in the subquery's matrix: left to the step-by-step fill.
+            let n: usize = pre.iter().map(|p| p.points.len()).sum();
+            self.held = self.held.saturating_sub(n);
+            return Ok(None);
+        }
+        // The points stay held as the subquery's matrix, as in the step-by-step fill.
+        let mut series: Vec<Series> = pre
+            .into_iter()
+            .map(|p| {
+                let mut s = Series { metric: p.metric, drop_name: p.drop_name, ..Default::default() };
+                for (k, f, h) in p.points {
+                    match h {
+                        Some(h) => s.histograms.push((ig.at(k as usize), h)),
+                        None => s.floats.push((ig.at(k as usize), f)),
+                    }
+                }
+                s
+            })
+            .collect();
+        series.sort_by(|a, b| a.metric.cmp(&b.metric));
+        Ok(Some((series, windows, range)))
+    }
+
     /// Evaluates the inner steps of subquery `sq` its window at `ts` needs and are not yet
     /// in the subquery's cached matrix, which is taken out of the cache and returned.
     pub(crate) fn subquery_fill(&mut self, sq: &SubqueryExpr, ts: i64) -> EvalResult<SubqFill> {
@@ -1269,17 +1350,7 @@ impl<'a> Evaluator<'a> {
         // The inner steps of this subquery over the whole enclosing grid, when the outer
         // steps are close enough for their windows to cover it.
         let outer_grid = self.grid;
-        self.grid = outer_grid.and_then(|g| {
-            if g.len() > 1 && g.step > range {
-                return None;
-            }
-            let lo0 = self.ref_time(&sq.at, &sq.offset, g.first).saturating_sub(range);
-            let mut first0 = step * (lo0 / step);
-            if first0 <= lo0 {
-                first0 = first0.checked_add(step)?;
-            }
-            StepGrid::new(first0, self.ref_time(&sq.at, &sq.offset, g.last), step)
-        });
+        self.grid = outer_grid.and_then(|g| self.subquery_grid(sq, g, range, step));
         let mut t = m.next;
         let mut overflowed = false;
         while t <= rt {
@@ -1314,6 +1385,10 @@ impl<'a> Evaluator<'a> {
         Ok(SubqFill { matrix: m, first, lo, rt, range, overflowed })
     }
 }
+
+/// What [`Evaluator::subquery_whole`] returns: the subquery's series in label order, each
+/// outer step's window `(lo, rt]`, and the subquery's range.
+pub(crate) type SubqWhole = (Vec<Series>, Vec<(i64, i64)>, i64);
 
 /// What [`Evaluator::subquery_fill`] returns: the subquery's matrix and the window at the
 /// asked time, `(lo, rt]`, whose first inner step is `first`.

@@ -1511,7 +1511,8 @@ fn over_time(
             pos.to_string(),
         );
     };
-    let vals: Vec<f64> = fl.iter().map(|p| p.1).collect();
+    // Only some functions need the values alone: not copied for every window of the others.
+    let vals = std::cell::LazyCell::new(|| fl.iter().map(|p| p.1).collect::<Vec<f64>>());
     Ok(match name {
         "count_over_time" => Some(((fl.len() + hs.len()) as f64, None)),
         "present_over_time" => Some((1.0, None)),
@@ -1574,7 +1575,7 @@ fn over_time(
             }
             if name == "sum_over_time" {
                 let (mut sum, mut c) = (0.0, 0.0);
-                for v in &vals {
+                for v in vals.iter() {
                     (sum, c) = kahan_inc(*v, sum, c);
                 }
                 Some((sum + c, None))
@@ -1617,7 +1618,7 @@ fn over_time(
                 }
                 "stddev_over_time" | "stdvar_over_time" => {
                     let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
-                    for v in &vals {
+                    for v in vals.iter() {
                         count += 1.0;
                         let delta = v - (mean + cm);
                         (mean, cm) = kahan_inc(delta / count, mean, cm);

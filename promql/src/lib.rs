@@ -19,6 +19,7 @@ pub mod rewrite;
 pub mod selectors;
 
 mod aggregate;
+mod aggregate_major;
 mod binary;
 mod bounds;
 mod check;

@@ -39,6 +39,48 @@ pub(crate) struct Precomputed {
     steps: Vec<Option<Vec<Sample>>>,
 }
 
+impl Precomputed {
+    /// Results for every step of the grid, held (for the sample limit) until handed out.
+    pub(crate) fn new(steps: Vec<Vec<Sample>>) -> Self {
+        Precomputed { steps: steps.into_iter().map(Some).collect() }
+    }
+
+    /// No results: every step is evaluated the ordinary way (remembered so that the
+    /// whole-grid attempt is not repeated at every step).
+    pub(crate) fn declined() -> Self {
+        Precomputed { steps: Vec::new() }
+    }
+}
+
+/// Hands out step `k` of the node's precomputed results (`None`: evaluate step by step).
+pub(crate) fn take(ev: &mut Evaluator<'_>, key: (usize, StepGrid), k: usize) -> Option<Vec<Sample>> {
+    // A step asked for twice (not the usual pattern) is evaluated the ordinary way.
+    let v = ev.precomputed.get_mut(&key).and_then(|p| p.steps.get_mut(k)).and_then(Option::take);
+    if let Some(v) = &v {
+        // Handed out: from here on the caller's step accounts for these samples.
+        ev.held = ev.held.saturating_sub(v.len());
+    }
+    v
+}
+
+/// Per-step vectors of `series` on `grid`, in series order within each step (the order the
+/// step path lists them in).
+pub(crate) fn to_steps(series: Vec<PreSeries>, grid: StepGrid) -> Vec<Vec<Sample>> {
+    let mut steps: Vec<Vec<Sample>> = (0..grid.len()).map(|_| Vec::new()).collect();
+    for s in series {
+        for (i, f, h) in s.points {
+            steps[i as usize].push(Sample {
+                metric: s.metric.clone(),
+                t: grid.at(i as usize),
+                f,
+                h,
+                drop_name: s.drop_name,
+            });
+        }
+    }
+    steps
+}
+
 fn unparen(e: &Expr) -> &Expr {
     match e {
         Expr::Paren(p) => unparen(&p.expr),
@@ -84,27 +126,9 @@ pub(crate) fn lookup(ev: &mut Evaluator<'_>, c: &Call, ts: i64) -> EvalResult<Op
     if !ev.precomputed.contains_key(&key) {
         let Some(src) = eligible(ev, c) else { return Ok(None) };
         let Some(series) = compute(ev, c, src, grid)? else { return Ok(None) };
-        let mut steps: Vec<Vec<Sample>> = (0..grid.len()).map(|_| Vec::new()).collect();
-        for s in series {
-            for (i, f, h) in s.points {
-                steps[i as usize].push(Sample {
-                    metric: s.metric.clone(),
-                    t: grid.at(i as usize),
-                    f,
-                    h,
-                    drop_name: s.drop_name,
-                });
-            }
-        }
-        ev.precomputed.insert(key, Precomputed { steps: steps.into_iter().map(Some).collect() });
+        ev.precomputed.insert(key, Precomputed::new(to_steps(series, grid)));
     }
-    // A step asked for twice (not the usual pattern) is evaluated the ordinary way.
-    let v = ev.precomputed.get_mut(&key).and_then(|p| p.steps.get_mut(k)).and_then(Option::take);
-    if let Some(v) = &v {
-        // Handed out: from here on the caller's step accounts for these samples.
-        ev.held = ev.held.saturating_sub(v.len());
-    }
-    Ok(v)
+    Ok(take(ev, key, k))
 }
 
 /// Evaluates range function `c` over `src` at every step of `grid`, series by series.
@@ -156,6 +180,14 @@ pub(crate) fn compute(
             Ok(Some(out))
         }
         RangeSource::Subquery(sq) => {
+            ev.pending_func = None;
+            if let Some((series, windows, range)) = ev.subquery_whole(sq, grid)? {
+                let job = Job { name, windows: &windows, scalars: &scalars, grid, range, arg_pos: &arg_pos };
+                let sources: Vec<Source<'_>> = series.iter().map(Source::Computed).collect();
+                let out = job.run_maybe_parallel(ev, &sources)?.0;
+                hold(ev, &out)?;
+                return Ok(Some(out));
+            }
             // Fill the subquery's matrix step by step (each inner step is evaluated once, as
             // in the step path), then slide every outer window over it.
             ev.pending_func = None;
@@ -402,7 +434,7 @@ impl Job<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::conformance::script::parse_histogram;
     use crate::engine::{Engine, StepGrid};
     use crate::storage::{MemStorage, StoredValue};
@@ -412,7 +444,7 @@ mod tests {
 
     /// Counters with resets and a staleness marker, a gauge with gaps and NaN, a series with
     /// start timestamps, and native histograms (one series mixing in floats).
-    fn storage(series: usize, samples: i64) -> MemStorage {
+    pub(crate) fn storage(series: usize, samples: i64) -> MemStorage {
         let mut m = MemStorage::new();
         for i in 0..series {
             let l = Labels::from_pairs([("__name__", "c_total"), ("i", &i.to_string())]);
@@ -463,7 +495,7 @@ mod tests {
 
     /// The range query's result and annotations, and the same assembled from instant
     /// queries at each step (which evaluate step by step).
-    fn both(m: &MemStorage, q: &str, start: i64, end: i64, step: i64) -> (String, String) {
+    pub(crate) fn both(m: &MemStorage, q: &str, start: i64, end: i64, step: i64) -> (String, String) {
         let e = Engine::default();
         let r = e.range_query(m, q, start, end, step);
         let got = match r.value {
