@@ -165,19 +165,14 @@ async fn fetch_series(
     let no_replica = Labels::empty();
     let is_replica = |n: &str| call.replica_labels.iter().any(|r| r == n);
     let handle = |s: SeriesView, out: &mut Vec<RawSeries>| -> Result<(), FetchError> {
-        if let Some(l) = s.labels.iter().find(|l| l.value.as_str().is_empty()) {
-            return Err(format!("{}: empty value for label {:?}", ep.addr, l.name.as_str()).into());
+        if let Some((n, _)) = s.labels().find(|(_, v)| v.is_empty()) {
+            return Err(format!("{}: empty value for label {n:?}", ep.addr).into());
         }
         // The key is built straight from the wire labels, without the replica labels, and
         // the replica labels on their own: no full label set is built just to strip it.
-        let pairs = |rep: bool| {
-            s.labels
-                .iter()
-                .filter(move |l| is_replica(l.name.as_str()) == rep)
-                .map(|l| (l.name.as_str(), l.value.as_str()))
-        };
+        let pairs = |rep: bool| s.labels().filter(move |(n, _)| is_replica(n) == rep);
         let key = Labels::from_sorted(pairs(false)).map_err(|e| format!("{}: {e}", ep.addr))?;
-        let replica = if call.replica_labels.is_empty() || !s.labels.iter().any(|l| is_replica(l.name.as_str())) {
+        let replica = if call.replica_labels.is_empty() || !s.labels().any(|(n, _)| is_replica(n)) {
             no_replica.clone()
         } else {
             Labels::from_sorted(pairs(true)).map_err(|e| format!("{}: {e}", ep.addr))?
