@@ -16,9 +16,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use crate::seriesview::WireChunk;
 use norn_model::Labels;
 use norn_promql::StoredValue;
-use norn_storeapi::thanos::AggrChunk;
 
 /// Penalty (ms) applied before any sample gap is known, as Thanos does.
 const INITIAL_PENALTY: i64 = 5000;
@@ -27,7 +27,7 @@ const INITIAL_PENALTY: i64 = 5000;
 pub type Samples = Vec<(i64, StoredValue)>;
 
 /// A series key and its replicas (replica labels, undecoded chunks, decoded samples).
-type Group = (Labels, Vec<(Labels, Vec<AggrChunk>, Samples)>);
+type Group = (Labels, Vec<(Labels, Vec<WireChunk>, Samples)>);
 
 /// A series as one endpoint returned it, decoded.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct RawSeries {
     /// Only the replica labels (empty without dedup): with `key`, identifies the replica.
     pub replica: Labels,
     /// Chunks as received, decoded only when no earlier replica sent the same chunk.
-    pub chunks: Vec<AggrChunk>,
+    pub chunks: Vec<WireChunk>,
     /// Already decoded samples, ascending by time.
     pub samples: Vec<(i64, StoredValue)>,
 }
@@ -145,13 +145,13 @@ impl Ord for HeapItem {
 }
 
 /// Decodes a replica's chunks into samples ascending by time.
-pub type Decoder<'a> = dyn Fn(&[&AggrChunk]) -> Result<Samples, String> + 'a;
+pub type Decoder<'a> = dyn Fn(&[&WireChunk]) -> Result<Samples, String> + 'a;
 
 /// What makes two wire chunks equal: time range, encoding and bytes.
 type ChunkId<'a> = (i64, i64, i32, &'a [u8]);
 
-fn chunk_id(c: &AggrChunk) -> Option<ChunkId<'_>> {
-    c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.r#type, r.data.as_slice()))
+fn chunk_id(c: &WireChunk) -> Option<ChunkId<'_>> {
+    c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.encoding, &r.data[..]))
 }
 
 /// Whether `seen` (sorted by time range) holds a chunk equal to `id`.
@@ -162,11 +162,11 @@ fn contains(seen: &[ChunkId<'_>], id: ChunkId<'_>) -> bool {
 
 /// Combines one group: identical chunks of later replicas dropped, the rest decoded,
 /// replicas chained through [`dedup_pair`].
-fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decoder<'_>) -> Result<Samples, String> {
+fn flush_group(replicas: Vec<(Labels, Vec<WireChunk>, Samples)>, decode: &Decoder<'_>) -> Result<Samples, String> {
     // One replica (RF=1, or no dedup): nothing to compare against.
     if replicas.len() == 1 {
         let (_, chunks, pre) = replicas.into_iter().next().expect("one replica");
-        let refs: Vec<&AggrChunk> = chunks.iter().collect();
+        let refs: Vec<&WireChunk> = chunks.iter().collect();
         let samples = if refs.is_empty() { Vec::new() } else { decode(&refs)? };
         return Ok(if pre.is_empty() { samples } else { union(samples, pre) });
     }
@@ -176,7 +176,7 @@ fn flush_group(replicas: Vec<(Labels, Vec<AggrChunk>, Samples)>, decode: &Decode
     let mut acc: Option<Samples> = None;
     for (_, chunks, pre) in &replicas {
         // Borrowed, not cloned: chunk data is the bulk of a response.
-        let keep: Vec<&AggrChunk> =
+        let keep: Vec<&WireChunk> =
             chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !contains(&seen, id))).collect();
         seen.extend(chunks.iter().filter_map(chunk_id));
         seen.sort_unstable_by_key(|id| (id.0, id.1));
@@ -252,7 +252,6 @@ pub fn strip_labels(l: &Labels, replica_labels: &[String]) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use norn_storeapi::thanos;
 
     fn fl(ts: &[i64]) -> Vec<(i64, StoredValue)> {
         ts.iter().map(|&t| (t, StoredValue::Float(t as f64))).collect()
@@ -318,7 +317,7 @@ mod tests {
         assert!(matches!(got[0].1, StoredValue::Float(v) if v == 1.0));
     }
 
-    fn no_decode(_: &[&AggrChunk]) -> Result<Samples, String> {
+    fn no_decode(_: &[&WireChunk]) -> Result<Samples, String> {
         Err("no chunks expected".into())
     }
 
@@ -364,14 +363,13 @@ mod tests {
 
     #[test]
     fn identical_chunks_of_later_replicas_are_not_decoded() {
-        let chunk = |min: i64, max: i64, data: &[u8]| AggrChunk {
+        let chunk = |min: i64, max: i64, data: &[u8]| WireChunk {
             min_time: min,
             max_time: max,
-            raw: Some(thanos::Chunk { r#type: 0, data: data.to_vec(), hash: 0 }),
-            ..Default::default()
+            raw: Some(crate::seriesview::RawChunk { encoding: 0, data: bytes::Bytes::copy_from_slice(data), hash: 0 }),
         };
         let rl = vec!["replica".to_string()];
-        let mk = |r: &str, chunks: Vec<AggrChunk>| {
+        let mk = |r: &str, chunks: Vec<WireChunk>| {
             let full = Labels::from_pairs([("__name__", "a"), ("replica", r)]);
             RawSeries {
                 key: strip_labels(&full, &rl),
@@ -381,7 +379,7 @@ mod tests {
             }
         };
         let decoded = std::cell::RefCell::new(Vec::new());
-        let decode = |cs: &[&AggrChunk]| -> Result<Samples, String> {
+        let decode = |cs: &[&WireChunk]| -> Result<Samples, String> {
             decoded.borrow_mut().extend(cs.iter().map(|c| c.min_time));
             Ok(fl(&cs.iter().flat_map(|c| [c.min_time, c.max_time]).collect::<Vec<_>>()))
         };

@@ -7,15 +7,14 @@ use norn_model::{Labels, Matcher};
 use norn_promql::storage::StorageError;
 use norn_promql::{Queryable, SelectHints, StoredSeries, StoredValue};
 use norn_storeapi::thanos::store_client::StoreClient;
-use norn_storeapi::thanos::{
-    self, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest, series_response,
-};
+use norn_storeapi::thanos::{self, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest};
 use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::dedup::{RawSeries, merge_and_dedup};
 use crate::endpoints::{EndpointSet, EndpointState};
+use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
 
 /// Largest gRPC message accepted from an endpoint.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -87,14 +86,13 @@ fn header_count(data: &[u8]) -> usize {
 }
 
 /// Decodes one wire chunk (float or native histogram), keeping samples in `[mint, maxt]`.
-fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
-    if let Some(raw) = &c.raw
-        && raw.r#type == thanos::chunk::Encoding::Xor as i32
-    {
+fn decode_chunk(c: &WireChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
+    let Some(raw) = &c.raw else { return Ok(()) };
+    if raw.encoding == thanos::chunk::Encoding::Xor as i32 {
         if c.max_time < mint || c.min_time > maxt {
             return Ok(());
         }
-        // Floats straight from the message's bytes, without copying the chunk.
+        // Floats straight from the received message's bytes, without copying the chunk.
         let mut it = XorIterator::new(&raw.data).map_err(|e| e.to_string())?;
         while let Some((t, v)) = it.next() {
             if t < mint {
@@ -110,7 +108,9 @@ fn decode_chunk(c: &thanos::AggrChunk, mint: i64, maxt: i64, out: &mut Vec<(i64,
             None => Ok(()),
         };
     }
-    norn_storeapi::chunks::for_each_sample(c, mint, maxt, |s| out.push(crate::wire::from_sample(s)))
+    // Histogram chunks go through storeapi's decoder, which wants the prost form (a copy;
+    // the TSDB chunk iterator owns its bytes anyway).
+    norn_storeapi::chunks::for_each_sample(&c.to_proto(), mint, maxt, |s| out.push(crate::wire::from_sample(s)))
         .map_err(|e| e.to_string())
 }
 
@@ -151,24 +151,28 @@ async fn fetch_series(
     ep: Arc<EndpointState>,
     call: Arc<SeriesCall>,
 ) -> Result<(Vec<RawSeries>, Vec<String>), FetchError> {
-    let mut c = client(&ep);
-    let mut stream =
-        c.series(with_tenant(call.req.clone(), &call.tenant)).await.map_err(|s| status_msg(&ep.addr, &s))?.into_inner();
+    // The zero-copy codec: labels and chunk bytes stay slices of the received messages.
+    let mut grpc = tonic::client::Grpc::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    grpc.ready().await.map_err(|e| format!("receive series from {}: service was not ready: {e}", ep.addr))?;
+    let path = axum::http::uri::PathAndQuery::from_static("/thanos.Store/Series");
+    let mut stream = grpc
+        .server_streaming(with_tenant(call.req.clone(), &call.tenant), path, SeriesViewCodec)
+        .await
+        .map_err(|s| status_msg(&ep.addr, &s))?
+        .into_inner();
     let mut out: Vec<RawSeries> = Vec::new();
     let mut warnings = Vec::new();
     let no_replica = Labels::empty();
     let is_replica = |n: &str| call.replica_labels.iter().any(|r| r == n);
-    let handle = |s: thanos::Series, out: &mut Vec<RawSeries>| -> Result<(), FetchError> {
-        if let Some(l) = s.labels.iter().find(|l| l.value.is_empty()) {
-            return Err(format!("{}: empty value for label {:?}", ep.addr, l.name).into());
+    let handle = |s: SeriesView, out: &mut Vec<RawSeries>| -> Result<(), FetchError> {
+        if let Some((n, _)) = s.labels().find(|(_, v)| v.is_empty()) {
+            return Err(format!("{}: empty value for label {n:?}", ep.addr).into());
         }
         // The key is built straight from the wire labels, without the replica labels, and
         // the replica labels on their own: no full label set is built just to strip it.
-        let pairs = |rep: bool| {
-            s.labels.iter().filter(move |l| is_replica(&l.name) == rep).map(|l| (l.name.as_str(), l.value.as_str()))
-        };
+        let pairs = |rep: bool| s.labels().filter(move |(n, _)| is_replica(n) == rep);
         let key = Labels::from_sorted(pairs(false)).map_err(|e| format!("{}: {e}", ep.addr))?;
-        let replica = if call.replica_labels.is_empty() || !s.labels.iter().any(|l| is_replica(&l.name)) {
+        let replica = if call.replica_labels.is_empty() || !s.labels().any(|(n, _)| is_replica(n)) {
             no_replica.clone()
         } else {
             Labels::from_sorted(pairs(true)).map_err(|e| format!("{}: {e}", ep.addr))?
@@ -199,15 +203,15 @@ async fn fetch_series(
         Ok(())
     };
     while let Some(msg) = stream.message().await.map_err(|s| status_msg(&ep.addr, &s))? {
-        match msg.result {
-            Some(series_response::Result::Series(s)) => handle(s, &mut out)?,
-            Some(series_response::Result::Batch(b)) => {
-                for s in b.series {
+        match msg {
+            SeriesFrame::Series(s) => handle(s, &mut out)?,
+            SeriesFrame::Batch(b) => {
+                for s in b {
                     handle(s, &mut out)?;
                 }
             }
-            Some(series_response::Result::Warning(w)) => warnings.push(w),
-            Some(series_response::Result::Hints(_)) | None => {}
+            SeriesFrame::Warning(w) => warnings.push(w),
+            SeriesFrame::Hints | SeriesFrame::Empty => {}
         }
     }
     let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].replica) <= (&w[1].key, &w[1].replica));
@@ -297,7 +301,7 @@ impl Fanout {
         }
         Self::absorb(opts, errs, &mut warnings)?;
         let (mint, maxt) = (call.mint, call.maxt);
-        let decode = |chunks: &[&thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+        let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             // Chunk headers announce their sample counts: one allocation per series.
             let n = chunks.iter().filter_map(|c| c.raw.as_ref()).map(|r| header_count(&r.data)).sum();
             let mut samples = Vec::with_capacity(n);

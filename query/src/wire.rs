@@ -162,13 +162,13 @@ mod tests {
         let raw = |r: &str, s: &[(i64, StoredValue)]| RawSeries {
             key: key.clone(),
             replica: Labels::from_pairs([("replica", r)]),
-            chunks: storepb_chunks(s).unwrap(),
+            chunks: storepb_chunks(s).unwrap().iter().map(crate::seriesview::WireChunk::from_proto).collect(),
             samples: vec![],
         };
-        let decode = |cs: &[&thanos::AggrChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+        let decode = |cs: &[&crate::seriesview::WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             let mut out = Vec::new();
             for c in cs {
-                chunks::decode_aggr_chunk(c, i64::MIN, i64::MAX, &mut out).map_err(|e| e.to_string())?;
+                chunks::decode_aggr_chunk(&c.to_proto(), i64::MIN, i64::MAX, &mut out).map_err(|e| e.to_string())?;
             }
             Ok(out.into_iter().map(from_sample).collect())
         };
