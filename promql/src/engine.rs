@@ -347,6 +347,17 @@ pub(crate) fn labels_without(l: &Labels, names: &[&str]) -> Labels {
     Labels::from_sorted_unchecked_iter(l.iter().filter(|(n, _)| !names.contains(n)))
 }
 
+/// The parts of a classic bucket series' labels that histogram functions group by.
+#[derive(Clone)]
+pub(crate) struct ClassicKey {
+    /// The labels without `le` (interned, so group lookups compare pointers).
+    pub key: Labels,
+    /// The parsed `le` bound.
+    pub upper: f64,
+    /// The metric name, empty if none.
+    pub name: Arc<str>,
+}
+
 /// Labels with only the given names.
 pub(crate) fn labels_only(l: &Labels, names: &[&str]) -> Labels {
     Labels::from_sorted_unchecked_iter(l.iter().filter(|(n, _)| names.contains(n)))
@@ -403,6 +414,10 @@ pub(crate) struct Evaluator<'a> {
     memo: HashMap<usize, HashMap<Labels, Labels>>,
     memo2: HashMap<(usize, Labels, Labels), Labels>,
     interned: HashSet<Labels>,
+    /// What `histogram_quantile`/`histogram_fraction` derive from a classic bucket's labels
+    /// (group key without `le`, parsed `le`, metric name): a pure function of the label set,
+    /// computed once per series instead of once per series and step.
+    pub(crate) classic_keys: HashMap<Labels, ClassicKey>,
     regexes: HashMap<String, Arc<regex::Regex>>,
     /// Inside a subquery, selections may reach before the query start.
     subquery_depth: usize,
@@ -500,6 +515,7 @@ impl<'a> Evaluator<'a> {
             memo: HashMap::default(),
             memo2: HashMap::default(),
             interned: HashSet::default(),
+            classic_keys: HashMap::default(),
             regexes: HashMap::default(),
             subquery_depth: 0,
             subq_cache: HashMap::default(),
@@ -567,7 +583,7 @@ impl<'a> Evaluator<'a> {
 
     /// One shared copy of each derived label set, so that later comparisons (e.g. of group
     /// keys in hash maps) succeed on pointer equality instead of comparing the text.
-    fn intern(&mut self, l: Labels) -> Labels {
+    pub(crate) fn intern(&mut self, l: Labels) -> Labels {
         if let Some(x) = self.interned.get(&l) {
             return x.clone();
         }

@@ -558,22 +558,39 @@ fn classic_groups(
             natives.push(s);
             continue;
         }
-        let name = s.metric.get(METRIC_NAME).unwrap_or("").to_string();
-        let le = s.metric.get("le");
-        let Some(upper) = le.and_then(parse_le) else {
-            ev.warn(
-                format!(
-                    "bucket label \"le\" is missing or has a malformed value of {} for metric name {}",
-                    norn_model::format::go_quote(le.unwrap_or("")),
-                    norn_model::format::go_quote(&name)
-                ),
-                pos.to_string(),
-            );
-            continue;
+        let ck = match ev.classic_keys.get(&s.metric) {
+            Some(ck) => ck.clone(),
+            None => {
+                let le = s.metric.get("le");
+                let Some(upper) = le.and_then(parse_le) else {
+                    // Not cached: the warning is emitted at every step, as on the step path.
+                    ev.warn(
+                        format!(
+                            "bucket label \"le\" is missing or has a malformed value of {} for metric name {}",
+                            norn_model::format::go_quote(le.unwrap_or("")),
+                            norn_model::format::go_quote(s.metric.get(METRIC_NAME).unwrap_or(""))
+                        ),
+                        pos.to_string(),
+                    );
+                    continue;
+                };
+                let key = ev.intern(crate::engine::labels_without(&s.metric, &["le"]));
+                let name: Arc<str> = Arc::from(s.metric.get(METRIC_NAME).unwrap_or(""));
+                let ck = crate::engine::ClassicKey { key, upper, name };
+                ev.classic_keys.insert(s.metric.clone(), ck.clone());
+                ck
+            }
         };
-        let key = crate::engine::labels_without(&s.metric, &["le"]);
+        let upper = ck.upper;
+        let key = ck.key;
         let gi = *idx.entry(key.clone()).or_insert_with(|| {
-            groups.push(ClassicGroup { labels: key, buckets: vec![], has_native: false, name, drop_name: s.drop_name });
+            groups.push(ClassicGroup {
+                labels: key,
+                buckets: vec![],
+                has_native: false,
+                name: ck.name.to_string(),
+                drop_name: s.drop_name,
+            });
             groups.len() - 1
         });
         groups[gi].buckets.push((upper, s.f));
