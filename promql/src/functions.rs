@@ -1822,6 +1822,83 @@ fn go_fmt_f6(v: f64) -> String {
 mod tests {
     use super::*;
 
+    /// Range queries derive each bucket series' group key once (cached across steps); the
+    /// results, warnings and infos must match evaluating every step on its own.
+    #[test]
+    fn classic_histogram_functions_agree_with_step_by_step() {
+        use crate::conformance::script::parse_histogram;
+        use crate::series_major::tests::{both, storage};
+        use crate::storage::StoredValue;
+        let mut m = storage(1, 200);
+        // (job, le, phase): appended out of `le` order; group "c" lacks +Inf, "d" has a bucket
+        // without `le` and one with a malformed `le`, "e" is mixed with a native histogram.
+        let buckets: [(&str, Option<&str>, i64); 17] = [
+            ("a", Some("+Inf"), 0),
+            ("a", Some("0.5"), 1),
+            ("a", Some("0.1"), 2),
+            ("a", Some("1"), 3),
+            ("b", Some("1e0"), 4),
+            ("b", Some("+Inf"), 5),
+            ("b", Some("0.25"), 6),
+            ("b", Some("1.0"), 7),
+            ("c", Some("0.5"), 8),
+            ("c", Some("1"), 9),
+            ("d", Some("+Inf"), 10),
+            ("d", None, 11),
+            ("d", Some("x"), 12),
+            ("d", Some("2"), 13),
+            ("e", Some("1"), 14),
+            ("e", Some("+Inf"), 15),
+            ("f", Some("-1"), 16),
+        ];
+        for (job, le, ph) in buckets {
+            let mut pairs = vec![("__name__", "lat_bucket"), ("job", job)];
+            if let Some(le) = le {
+                pairs.push(("le", le));
+            }
+            let l = Labels::from_pairs(pairs);
+            m.append(
+                &l,
+                (0..200i64).filter(|k| (k + ph) % 11 != 5).map(|k| {
+                    // Counters that mostly grow with the bound, with NaNs and non-monotonic dips.
+                    let v = if (k + ph) % 17 == 3 {
+                        f64::NAN
+                    } else if (k + ph) % 13 == 0 {
+                        (k * 2) as f64
+                    } else {
+                        (k * (ph % 4 + 1)) as f64
+                    };
+                    (k * 15_000 + ph * 300, StoredValue::Float(v))
+                }),
+            );
+        }
+        let (h, _) = parse_histogram("schema:0 count:9 sum:20 buckets:[2 4 3]").expect("histogram");
+        let native = Labels::from_pairs([("__name__", "lat_bucket"), ("job", "e")]);
+        m.append(
+            &native,
+            (0..200i64).filter(|k| k % 3 != 0).map(|k| (k * 15_000, StoredValue::Histogram(Arc::new(h.clone())))),
+        );
+        let queries = [
+            "histogram_quantile(0.9, lat_bucket)",
+            "histogram_quantile(0.5, rate(lat_bucket[5m]))",
+            "histogram_quantile(0.9, sum by (le, job) (rate(lat_bucket[5m])))",
+            "histogram_quantile(0.9, sum by (le) (rate(lat_bucket[5m])))",
+            "histogram_quantile(0, lat_bucket)",
+            "histogram_quantile(1.5, lat_bucket)",
+            "histogram_quantile(NaN, lat_bucket)",
+            "histogram_quantile(scalar(g), lat_bucket)",
+            "histogram_fraction(0, 0.5, rate(lat_bucket[5m]))",
+            "histogram_fraction(-Inf, 1, lat_bucket)",
+            "histogram_quantile(0.9, lat_bucket) + histogram_quantile(0.5, lat_bucket)",
+        ];
+        for q in queries {
+            for (start, end, step) in [(0, 3_000_000, 30_000), (7_000, 2_000_000, 61_000), (600_000, 600_000, 1000)] {
+                let (range, steps) = both(&m, q, start, end, step);
+                assert_eq!(range, steps, "{q} from {start} to {end} every {step}");
+            }
+        }
+    }
+
     #[test]
     fn time_parts() {
         // 2020-02-29T13:45:00Z
