@@ -11,11 +11,10 @@ use norn_storeapi::thanos::info::{
     ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo, info_server,
 };
 use norn_storeapi::thanos::{
-    self, AggrChunk, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
+    self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, WriteRequest, WriteResponse, series_response, store_server, writeable_store_server,
 };
 use norn_storeapi::{labels_to_proto, matchers_from_proto};
-use norn_tsdb::chunkenc::Encoding;
 use norn_tsdb::series::Series;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -99,32 +98,11 @@ pub(crate) fn with_ext(l: &Labels, ext: &Labels) -> Labels {
     b.build()
 }
 
-fn chunk_type(e: Encoding) -> i32 {
-    use thanos::chunk::Encoding as T;
-    (match e {
-        Encoding::Xor => T::Xor,
-        Encoding::Histogram => T::Histogram,
-        Encoding::FloatHistogram => T::FloatHistogram,
-    }) as i32
-}
-
 fn to_proto(labels: &Labels, s: &Series, skip_chunks: bool) -> thanos::Series {
     let chunks = if skip_chunks {
         Vec::new()
     } else {
-        s.chunks
-            .iter()
-            .map(|c| AggrChunk {
-                min_time: c.min_time,
-                max_time: c.max_time,
-                raw: Some(thanos::Chunk {
-                    r#type: chunk_type(c.chunk.encoding),
-                    hash: xxh64(&c.chunk.data, 0),
-                    data: c.chunk.data.to_vec(),
-                }),
-                ..Default::default()
-            })
-            .collect()
+        s.chunks.iter().map(|c| norn_storeapi::chunks::aggr_chunk(c, xxh64(&c.chunk.data, 0))).collect()
     };
     thanos::Series { labels: labels_to_proto(labels), chunks }
 }

@@ -11,11 +11,10 @@ use norn_storeapi::thanos::info::{
     ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo, info_server,
 };
 use norn_storeapi::thanos::{
-    self, AggrChunk, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
+    self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, series_response, store_server,
 };
 use norn_storeapi::{labels_to_proto, matchers_from_proto, prometheus};
-use norn_tsdb::chunkenc::Encoding;
 use norn_tsdb::chunks::ChunkMeta;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
@@ -109,31 +108,10 @@ pub fn clamp_min_time(req_min: i64, available: i64, step_ms: i64) -> i64 {
     t
 }
 
-fn chunk_type(e: Encoding) -> i32 {
-    use thanos::chunk::Encoding as T;
-    (match e {
-        Encoding::Xor => T::Xor,
-        Encoding::Histogram => T::Histogram,
-        Encoding::FloatHistogram => T::FloatHistogram,
-    }) as i32
-}
-
 fn to_proto(labels: &Labels, chunks: &[ChunkMeta]) -> thanos::Series {
     thanos::Series {
         labels: labels_to_proto(labels),
-        chunks: chunks
-            .iter()
-            .map(|c| AggrChunk {
-                min_time: c.min_time,
-                max_time: c.max_time,
-                raw: Some(thanos::Chunk {
-                    r#type: chunk_type(c.chunk.encoding),
-                    hash: xxh64(&c.chunk.data, 0),
-                    data: c.chunk.data.to_vec(),
-                }),
-                ..Default::default()
-            })
-            .collect(),
+        chunks: chunks.iter().map(|c| norn_storeapi::chunks::aggr_chunk(c, xxh64(&c.chunk.data, 0))).collect(),
     }
 }
 
@@ -339,6 +317,7 @@ mod tests {
     use norn_tsdb::chunkenc::Chunk;
 
     use super::*;
+    use norn_tsdb::chunkenc::Encoding;
 
     #[test]
     fn external_label_matchers() {
