@@ -7,6 +7,18 @@ mod tools;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's start-up options (read before `main`; `_RJEM_MALLOC_CONF` in the environment
+/// still overrides them). With its defaults (4 arenas per CPU, 10 s decay) a query that
+/// allocates on the gRPC threads and frees on the engine's thread left freed pages spread
+/// over many arenas: peak RSS of `norn standalone` over the peer harness's query set was
+/// 520–750 MiB while the live heap stayed near 160 MiB. One arena per CPU and purging
+/// freed pages after 0.5 s on a background thread brought it to ~265 MiB, with the same
+/// ingest CPU (measured in docs/benchmarks.md).
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 79] = b"percpu_arena:percpu,background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0\0";
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
