@@ -107,7 +107,7 @@ fn same(a: &[(String, serde_json::Value)], b: &[(String, serde_json::Value)]) ->
     fn points(v: &serde_json::Value) -> Vec<(f64, String)> {
         let arr = v.as_array().unwrap();
         if arr.first().is_some_and(|x| x.is_array()) {
-            arr.iter().flat_map(|p| points(p)).collect()
+            arr.iter().flat_map(points).collect()
         } else {
             vec![(arr[0].as_f64().unwrap(), arr[1].as_str().unwrap().to_string())]
         }
