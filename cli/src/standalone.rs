@@ -3,9 +3,10 @@
 //! Components never import each other, so this is wiring only: the standalone flags become
 //! a `norn_receive::Args`, a `norn_store::Args` and a `norn_query::Args`, all run on one
 //! runtime with one shutdown token. The embedded store gateway serves the blocks the
-//! receiver uploaded to the bucket, so history outlives `--tsdb.retention`; while a block
-//! is both local and in the bucket the querier merges the identical copies (same labels,
-//! same replica). The receiver's StoreAPI listens on an ephemeral loopback port that only
+//! receiver uploaded to the bucket, so history outlives `--tsdb.retention`. A block still
+//! on the receiver's disk is left out by the gateway (checked per request), so no query
+//! reads data twice and answers are those of the receiver alone until retention removes
+//! its copy. The receiver's StoreAPI listens on an ephemeral loopback port that only
 //! the in-process querier uses; the user-facing addresses are the remote-write endpoint,
 //! the querier's HTTP API (which also serves the receiver's `/metrics` and a readiness that
 //! covers both) and the querier's StoreAPI.
@@ -334,8 +335,11 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let health = Health::new();
     // The store gateway's metrics go to the one /metrics; its readiness is its own flag.
-    let gateway =
-        Arc::new(norn_store::Gateway::new(&sargs, &mut health.registry.lock()).context("embedded store gateway")?);
+    let mut gateway =
+        norn_store::Gateway::new(&sargs, &mut health.registry.lock()).context("embedded store gateway")?;
+    let local_tsdb = tsdb_dir.clone();
+    gateway.set_served_elsewhere(move || local_block_ids(&local_tsdb));
+    let gateway = Arc::new(gateway);
     let store_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut store = tokio::spawn(run_store(gateway, store_grpc, store_synced.clone(), shutdown.clone()));
     let listeners = norn_receive::Listeners { http: None, remote_write: rw, grpc: local_grpc };
@@ -406,6 +410,22 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let s = stop("store", store).await;
     tracing::info!("norn standalone stopped");
     q.and(r).and(s)
+}
+
+/// IDs of the blocks in the receiver's tenant TSDBs (`<tsdb>/<tenant>/<ulid>/meta.json`):
+/// the same IDs they carry in the bucket once uploaded.
+fn local_block_ids(tsdb: &Path) -> std::collections::HashSet<norn_store::Ulid> {
+    let mut out = std::collections::HashSet::new();
+    for tenant in std::fs::read_dir(tsdb).into_iter().flatten().flatten() {
+        for b in std::fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
+            if let Some(id) = b.file_name().to_str().and_then(|n| norn_store::Ulid::from_string(n).ok())
+                && b.path().join("meta.json").is_file()
+            {
+                out.insert(id);
+            }
+        }
+    }
+    out
 }
 
 /// The embedded store gateway: StoreAPI on `listener`, a first sync (retried until the

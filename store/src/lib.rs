@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod service;
 pub mod sync;
 
+pub use ulid::Ulid;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,8 +156,15 @@ impl Gateway {
             set.clone(),
             metrics.clone(),
         ));
-        let store = BucketStore { set, fetcher: ChunkFetcher { bucket, metrics }, min_time, max_time };
+        let store =
+            BucketStore { set, fetcher: ChunkFetcher { bucket, metrics }, min_time, max_time, served_elsewhere: None };
         Ok(Gateway { syncer, store, sync_every: Duration::from_millis(every as u64) })
+    }
+
+    /// Leaves out, at each request, the blocks `f` names (blocks another component in the
+    /// same process serves from its disk).
+    pub fn set_served_elsewhere(&mut self, f: impl Fn() -> std::collections::HashSet<Ulid> + Send + Sync + 'static) {
+        self.store.served_elsewhere = Some(service::ServedElsewhere(Arc::new(f)));
     }
 
     /// One sync pass, logged and counted. Returns false when the bucket could not be

@@ -7,7 +7,7 @@
 //! series at a time, as the frames are built, and sent through a bounded channel, so
 //! memory holds one batch of chunks however large the answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use norn_model::{Labels, Matcher};
@@ -21,6 +21,7 @@ use norn_tsdb::chunks::{ChunkMeta, ChunkRef};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use ulid::Ulid;
 use xxhash_rust::xxh64::xxh64;
 
 use crate::fetch::ChunkFetcher;
@@ -112,6 +113,17 @@ fn bad_matchers(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("matchers: {e}"))
 }
 
+/// IDs of blocks another component serves from its own disk right now; the gateway
+/// leaves them out (`norn standalone`: its receiver's blocks until retention removes them).
+#[derive(Clone)]
+pub struct ServedElsewhere(pub Arc<dyn Fn() -> HashSet<Ulid> + Send + Sync>);
+
+impl std::fmt::Debug for ServedElsewhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServedElsewhere(..)")
+    }
+}
+
 /// The StoreAPI and Info services of the gateway.
 #[derive(Debug, Clone)]
 pub struct BucketStore {
@@ -120,9 +132,22 @@ pub struct BucketStore {
     /// `--min-time` / `--max-time`: nothing outside is served.
     pub min_time: i64,
     pub max_time: i64,
+    /// Blocks to leave out at the time of each request.
+    pub served_elsewhere: Option<ServedElsewhere>,
 }
 
 impl BucketStore {
+    /// The blocks to answer from now: the synced set less those served elsewhere.
+    pub fn blocks(&self) -> Arc<Vec<Arc<StoreBlock>>> {
+        let all = self.set.snapshot();
+        let Some(ServedElsewhere(f)) = &self.served_elsewhere else { return all };
+        let skip = f();
+        if !all.iter().any(|b| skip.contains(&b.id)) {
+            return all;
+        }
+        Arc::new(all.iter().filter(|b| !skip.contains(&b.id)).cloned().collect())
+    }
+
     fn clamp(&self, mint: i64, maxt: i64) -> (i64, i64) {
         (mint.max(self.min_time), maxt.min(self.max_time))
     }
@@ -217,7 +242,7 @@ impl store_server::Store for BucketStore {
         self.fetcher.metrics.series_requests.inc();
         let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
         let (mint, maxt) = self.clamp(req.min_time, req.max_time);
-        let blocks = self.set.snapshot();
+        let blocks = self.blocks();
         let selected = if mint > maxt {
             Vec::new()
         } else {
@@ -251,7 +276,7 @@ impl store_server::Store for BucketStore {
         let req = req.into_inner();
         let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
         let (mint, maxt) = self.clamp(req.start, req.end);
-        let blocks = self.set.snapshot();
+        let blocks = self.blocks();
         let mut names: Vec<String> = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
             let mut set: BTreeSet<String> = BTreeSet::new();
             for b in blocks.iter().filter(|b| mint <= maxt && b.overlaps(mint, maxt)) {
@@ -289,7 +314,7 @@ impl store_server::Store for BucketStore {
         }
         let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
         let (mint, maxt) = self.clamp(req.start, req.end);
-        let blocks = self.set.snapshot();
+        let blocks = self.blocks();
         let name = req.label.clone();
         let mut values: Vec<String> = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
             let mut set: BTreeSet<String> = BTreeSet::new();
@@ -334,7 +359,7 @@ impl BucketStore {
     /// Label sets and time range of the blocks served now. Without blocks the range is
     /// empty (`min_time` > `max_time`), so queriers skip this store, as Thanos's does.
     pub fn info_now(&self) -> InfoResponse {
-        let blocks = self.set.snapshot();
+        let blocks = self.blocks();
         let mut sets: Vec<(Labels, i64, i64)> = Vec::new();
         for b in blocks.iter() {
             let (mint, maxt) = (b.meta.min_time.max(self.min_time), b.meta.max_time.min(self.max_time));

@@ -258,3 +258,18 @@ fn time_or_duration() {
     assert!(parse_time_or_duration("9999-12-31T23:59:59Z", now).unwrap() > now);
     assert!(parse_time_or_duration("yesterday", now).is_err());
 }
+
+#[tokio::test]
+async fn blocks_served_elsewhere_are_left_out() {
+    let mut f = fixture().await;
+    let b = f.gw.store.set.snapshot().iter().find(|b| b.ext == Labels::from_pairs([("replica", "b")])).unwrap().id;
+    f.gw.set_served_elsewhere(move || std::collections::HashSet::from([b]));
+    let st = &f.gw.store;
+    let req =
+        SeriesRequest { min_time: 0, max_time: i64::MAX, matchers: vec![eq("__name__", "up")], ..Default::default() };
+    let got = series(st, req).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|g| g.0.contains("replica=\"a\"")), "{got:?}");
+    let info = st.info(Request::new(Default::default())).await.unwrap().into_inner();
+    assert_eq!(info.label_sets.len(), 1);
+}
