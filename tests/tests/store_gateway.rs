@@ -3,6 +3,11 @@
 //! query of a table answers as Prometheus 2.42 does over a copy of the same blocks. A
 //! block with a corrupt index is skipped with a log line naming it, a deletion-marked
 //! block is not served, and the rest still answers.
+//!
+//! `norn standalone`'s embedded gateway keeps history queryable after local retention
+//! removed the block it uploaded.
+
+mod receive_support;
 
 use std::path::Path;
 use std::process::Command;
@@ -10,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use norn_model::Labels;
 use norn_testkit::{ProcessGuard, free_port, http_get, norn_bin, require_tool, run_ok, tempdir, wait_ready};
+use receive_support::{now_ms, post, write_body};
 
 /// Start of the data (s): a fixed time in the past, so every block is "history".
 const T0: i64 = 1_700_000_000;
@@ -295,4 +301,80 @@ fn store_gateway_answers_like_prometheus_over_the_same_blocks() {
     assert!(!values.iter().any(|x| x == "broken" || x == "deleted"), "{v}");
     let v = api(qhttp, &format!("/api/v1/label/__name__/values?start={T0}&end={end}"));
     assert_eq!(v["data"], serde_json::json!(["g", "only_b"]), "{v}");
+}
+
+/// Block directories (ULID names) under `dir`, one level down per tenant.
+fn local_blocks(tsdb: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(tsdb).into_iter().flatten().flatten() {
+        for b in std::fs::read_dir(t.path()).into_iter().flatten().flatten() {
+            let n = b.file_name().to_string_lossy().into_owned();
+            if ulid::Ulid::from_string(&n).is_ok() && b.path().join("meta.json").is_file() {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn standalone_history_survives_local_retention() {
+    let tmp = tempdir().unwrap();
+    let work = tmp.path();
+    let data = work.join("sa");
+    let (http, grpc, rw) = (free_port(), free_port(), free_port());
+    let log = work.join("standalone.log");
+    let _sa = ProcessGuard::spawn(
+        "norn standalone",
+        Command::new(norn_bin())
+            .arg("standalone")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+            .arg(format!("--remote-write.address=127.0.0.1:{rw}"))
+            // A block cut from 4 h of data is older than 1 h: shipped, then deleted locally.
+            .arg("--tsdb.retention=1h")
+            .arg("--tsdb.maintenance-interval=200ms")
+            .arg("--store.sync-block-duration=200ms"),
+        &log,
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(60)), "standalone not ready:\n{}", log_text());
+
+    let end = now_ms() / 60_000 * 60_000;
+    let samples: Vec<(i64, f64)> = (0..240).map(|i| (end - (239 - i) * 60_000, i as f64)).collect();
+    let (code, msg) = post(rw, None, &write_body(&[(vec![("__name__", "hist"), ("job", "b")], samples)]));
+    assert_eq!(code, 204, "{msg}");
+
+    // The cut block reaches the bucket and leaves the receiver's disk.
+    let bucket = data.join("bucket");
+    let tsdb = data.join("tsdb");
+    let mut shipped = String::new();
+    wait_until("a block shipped and removed by retention", Duration::from_secs(60), || {
+        let in_bucket: Vec<String> = std::fs::read_dir(&bucket)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("meta.json").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let local = local_blocks(&tsdb);
+        match in_bucket.iter().find(|b| !local.contains(b)) {
+            Some(b) => {
+                shipped = b.clone();
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(log_text().contains(&shipped), "the store's sync log names block {shipped}:\n{}", log_text());
+
+    // Every sample is still there: the old ones from the bucket.
+    let q = format!("/api/v1/query?query={}&time={}", enc("count_over_time(hist[4h])"), end / 1000);
+    wait_until("the store gateway serving the removed block", Duration::from_secs(30), || {
+        api(http, &q)["data"]["result"][0]["value"][1] == "240"
+    });
+    let v = api(http, &format!("/api/v1/query?query=hist&time={}", (end - 230 * 60_000) / 1000));
+    assert_eq!(v["data"]["result"][0]["value"][1], "9", "{v}");
+    assert!(!v.to_string().contains("receive_replica"), "{v}");
 }
