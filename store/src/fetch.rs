@@ -249,6 +249,41 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Every offset lands in exactly one read that starts at or before it, reads are
+        /// ascending and disjoint, and none runs past the segment.
+        #[test]
+        fn partition_covers_each_offset_once(
+            mut offs in proptest::collection::vec(8u64..1_000_000, 0..60),
+            est in 1u64..20_000,
+            gap in 0u64..100_000,
+        ) {
+            offs.sort_unstable();
+            offs.dedup();
+            let size = 1_000_000;
+            let parts = partition(&offs, size, est, gap);
+            let mut next = 0;
+            for (i, p) in parts.iter().enumerate() {
+                proptest::prop_assert_eq!(p.offsets.start, next);
+                next = p.offsets.end;
+                proptest::prop_assert!(p.range.end <= size);
+                for &o in &offs[p.offsets.clone()] {
+                    proptest::prop_assert!(p.range.start <= o && o < p.range.end);
+                }
+                if i > 0 {
+                    proptest::prop_assert!(parts[i - 1].range.end + gap < p.range.start);
+                }
+            }
+            proptest::prop_assert_eq!(next, offs.len());
+        }
+
+        /// Arbitrary bytes never panic the record parser.
+        #[test]
+        fn records_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..64), eof: bool) {
+            let _ = parse_record(&Bytes::from(data), eof);
+        }
+    }
+
     fn record(enc: u8, data: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         put_uvarint(&mut v, data.len() as u64);
