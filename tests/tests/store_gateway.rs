@@ -4,6 +4,9 @@
 //! block with a corrupt index is skipped with a log line naming it, a deletion-marked
 //! block is not served, and the rest still answers.
 //!
+//! Over S3 (a real `moto_server`) the gateway lists, downloads indexes and reads chunk
+//! ranges, answering as over the same blocks in a FILESYSTEM bucket.
+//!
 //! `norn standalone`'s embedded gateway keeps history queryable after local retention
 //! removed the block it uploaded.
 
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use norn_model::Labels;
 use norn_testkit::{ProcessGuard, free_port, http_get, norn_bin, require_tool, run_ok, tempdir, wait_ready};
-use receive_support::{now_ms, post, write_body};
+use receive_support::{eq, now_ms, post, series, write_body};
 
 /// Start of the data (s): a fixed time in the past, so every block is "history".
 const T0: i64 = 1_700_000_000;
@@ -377,4 +380,72 @@ fn standalone_history_survives_local_retention() {
     let v = api(http, &format!("/api/v1/query?query=hist&time={}", (end - 230 * 60_000) / 1000));
     assert_eq!(v["data"]["result"][0]["value"][1], "9", "{v}");
     assert!(!v.to_string().contains("receive_replica"), "{v}");
+}
+
+/// Starts `norn store` on `bucket_yaml`; returns its process, gRPC address and log path.
+fn start_store(work: &Path, name: &str, bucket_yaml: &str) -> (ProcessGuard, String) {
+    let (http, grpc) = (free_port(), free_port());
+    let log = work.join(format!("{name}.log"));
+    let g = ProcessGuard::spawn(
+        name,
+        Command::new(norn_bin())
+            .arg("store")
+            .arg(format!("--data-dir={}", work.join(format!("{name}-cache")).display()))
+            .arg(format!("--objstore.config={bucket_yaml}"))
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}")),
+        &log,
+    );
+    let ready = wait_ready(http, "/-/ready", Duration::from_secs(60));
+    assert!(ready, "{name} not ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    (g, format!("127.0.0.1:{grpc}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_bucket_answers_as_a_filesystem_bucket() {
+    let Some(promtool) = require_tool("promtool") else { return };
+    let Some(moto) = require_tool("moto_server") else { return };
+    let tmp = tempdir().unwrap();
+    let work = tmp.path();
+    let port = free_port();
+    let _moto = ProcessGuard::spawn(
+        "moto_server",
+        Command::new(moto).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+        &work.join("moto.log"),
+    );
+    assert!(wait_ready(port, "/", Duration::from_secs(60)), "moto_server not ready");
+    let s3_yaml = format!(
+        "type: S3\nconfig:\n  bucket: norn\n  endpoint: 127.0.0.1:{port}\n  insecure: true\n  access_key: test\n  secret_key: test\n  region: us-east-1\nprefix: history\n"
+    );
+    let create = Command::new("python3")
+        .args(["-c", "import sys, boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:' + sys.argv[1], aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='norn')", &port.to_string()])
+        .output()
+        .expect("python3");
+    assert!(create.status.success(), "{}", String::from_utf8_lossy(&create.stderr));
+
+    // Blocks with series big enough for several chunks per series and segment reads of
+    // more than one coalesced range.
+    let blocks = backfill(&promtool, work, "a", &openmetrics(T0, T0 + 6 * 3600, 15, 1.0, ""));
+    let fs_bucket = work.join("bucket");
+    let s3 = norn_objstore::Bucket::from_yaml(&s3_yaml).unwrap();
+    for blk in &blocks {
+        let id = blk.file_name().unwrap().to_str().unwrap().to_string();
+        let dst = put_in_bucket(blk, &fs_bucket, &id, &[("cluster", "c1")]);
+        let mut files = vec!["index".to_string()];
+        for e in std::fs::read_dir(dst.join("chunks")).unwrap() {
+            files.push(format!("chunks/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+        files.push("meta.json".into());
+        for f in files {
+            s3.upload_file(&format!("{id}/{f}"), &dst.join(&f)).await.unwrap();
+        }
+    }
+    let (_fs, fs_addr) =
+        start_store(work, "store-fs", &format!("type: FILESYSTEM\nconfig:\n  directory: {}\n", fs_bucket.display()));
+    let (_s3, s3_addr) = start_store(work, "store-s3", &s3_yaml);
+    let from_fs = series(&fs_addr, vec![eq("__name__", "g")], T0 * 1000, (T0 + 6 * 3600) * 1000).await.unwrap();
+    let from_s3 = series(&s3_addr, vec![eq("__name__", "g")], T0 * 1000, (T0 + 6 * 3600) * 1000).await.unwrap();
+    assert_eq!(from_fs.len(), 3);
+    assert!(from_fs.iter().all(|g| g.samples.len() == 6 * 240 && g.label("cluster") == Some("c1")), "{from_fs:?}");
+    assert_eq!(from_s3, from_fs);
 }
