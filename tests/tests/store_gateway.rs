@@ -294,6 +294,17 @@ fn store_gateway_answers_like_prometheus_over_the_same_blocks() {
             "{path}: norn query over norn store differs from Prometheus\nours: {ours:?}\ntheirs: {theirs:?}"
         );
     }
+    let (_, metrics) = http_get(shttp, "/metrics").unwrap();
+    let figure = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(' ').nth(1)).unwrap_or("?").to_string()
+    };
+    eprintln!(
+        "{} queries: {} Series calls, {} ranged GETs, {} bytes read from the bucket",
+        cases.len(),
+        figure("norn_bucket_store_series_requests_total"),
+        figure("norn_bucket_store_chunk_fetches_total"),
+        figure("norn_bucket_store_chunk_fetched_bytes_total")
+    );
     // Not vacuous: most of the table has data.
     let nonempty = cases.iter().filter(|p| !result(&api(pport, p)).is_empty()).count();
     assert!(nonempty >= cases.len() - 3, "{nonempty} of {} cases have data", cases.len());
