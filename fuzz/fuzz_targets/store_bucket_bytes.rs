@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     offs.sort_unstable();
     offs.dedup();
     let size = offs.last().copied().unwrap_or(0).saturating_add(data.len() as u64);
-    for p in partition(&offs, size, 16_000, 512 * 1024) {
+    for p in partition(&offs, size, 16_000, 512 * 1024, 8 << 20) {
         assert!(p.range.start <= p.range.end && p.range.end <= size.max(p.range.start));
     }
 });

@@ -22,6 +22,9 @@ pub const CHUNK_SIZE_ESTIMATE: u64 = 16_000;
 /// Chunks whose estimated ranges are at most this far apart are read in one request:
 /// a few hundred KiB more is cheaper than another round trip to object storage.
 pub const MAX_GAP: u64 = 512 * 1024;
+/// Largest coalesced read: joining stops here, so one request never pulls a large part of
+/// a 512 MiB segment into memory for sparse references.
+pub const MAX_RANGE: u64 = 8 * 1024 * 1024;
 /// Ranged GETs in flight per batch.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -36,13 +39,16 @@ pub struct Part {
 
 /// Coalesces sorted record offsets of one segment of `size` bytes into ranged reads:
 /// each record is assumed to span `estimate` bytes (cut at the end of the file), and
-/// ranges closer than `max_gap` are joined.
-pub fn partition(offsets: &[u64], size: u64, estimate: u64, max_gap: u64) -> Vec<Part> {
+/// ranges closer than `max_gap` are joined while the joined read stays within
+/// `max_range` bytes.
+pub fn partition(offsets: &[u64], size: u64, estimate: u64, max_gap: u64, max_range: u64) -> Vec<Part> {
     let mut out: Vec<Part> = Vec::new();
     for (i, &off) in offsets.iter().enumerate() {
         let end = off.saturating_add(estimate).min(size).max(off);
         match out.last_mut() {
-            Some(p) if off <= p.range.end.saturating_add(max_gap) => {
+            Some(p)
+                if off <= p.range.end.saturating_add(max_gap) && end.max(p.range.end) - p.range.start <= max_range =>
+            {
                 p.range.end = p.range.end.max(end);
                 p.offsets.end = i + 1;
             }
@@ -99,7 +105,9 @@ pub fn parse_record(buf: &Bytes, at_eof: bool) -> Result<Record, String> {
         return Err(format!("chunk checksum mismatch: stored {want:#010x}, computed {got:#010x}"));
     }
     let encoding = Encoding::from_u8(enc_byte).map_err(|e| e.to_string())?;
-    Ok(Record::Chunk(Chunk { encoding, data: buf.slice(body) }))
+    // A copy, not a slice: a slice would keep the whole coalesced read (gaps included)
+    // alive until the batch is sent.
+    Ok(Record::Chunk(Chunk { encoding, data: Bytes::copy_from_slice(&buf[body]) }))
 }
 
 /// Fetches chunks from the bucket.
@@ -145,7 +153,7 @@ impl ChunkFetcher {
                 return Err(err(bad, format!("offset outside the segment of {size} bytes")));
             }
             let key = format!("{}/chunks/{}", block.id, segment_name(seg as u64 + 1));
-            for p in partition(&offs, size, CHUNK_SIZE_ESTIMATE, MAX_GAP) {
+            for p in partition(&offs, size, CHUNK_SIZE_ESTIMATE, MAX_GAP, MAX_RANGE) {
                 let offsets = offs[p.offsets.clone()].to_vec();
                 jobs.push((b, seg, key.clone(), size, p.range, offsets));
             }
@@ -229,23 +237,28 @@ mod tests {
     #[test]
     fn coalescing() {
         // (offsets, segment size, estimate, gap) -> (ranges, offset positions)
-        type Case = (&'static [u64], u64, u64, u64, &'static [(Range<u64>, Range<usize>)]);
+        type Case = (&'static [u64], u64, u64, u64, u64, &'static [(Range<u64>, Range<usize>)]);
         let cases: &[Case] = &[
-            (&[], 1000, 100, 0, &[]),
-            (&[8], 1000, 100, 0, &[(8..108, 0..1)]),
-            (&[8], 50, 100, 0, &[(8..50, 0..1)]),
+            (&[], 1000, 100, 0, u64::MAX, &[]),
+            (&[8], 1000, 100, 0, u64::MAX, &[(8..108, 0..1)]),
+            (&[8], 50, 100, 0, u64::MAX, &[(8..50, 0..1)]),
             // Overlapping estimates join even without a gap allowance.
-            (&[8, 50, 120], 1000, 100, 0, &[(8..220, 0..3)]),
+            (&[8, 50, 120], 1000, 100, 0, u64::MAX, &[(8..220, 0..3)]),
             // Far apart: separate reads unless the gap allows joining.
-            (&[8, 500], 1000, 100, 0, &[(8..108, 0..1), (500..600, 1..2)]),
-            (&[8, 500], 1000, 100, 392, &[(8..600, 0..2)]),
-            (&[8, 500], 1000, 100, 391, &[(8..108, 0..1), (500..600, 1..2)]),
-            (&[8, 20, 900, 990], 1000, 100, 10, &[(8..120, 0..2), (900..1000, 2..4)]),
+            (&[8, 500], 1000, 100, 0, u64::MAX, &[(8..108, 0..1), (500..600, 1..2)]),
+            (&[8, 500], 1000, 100, 392, u64::MAX, &[(8..600, 0..2)]),
+            (&[8, 500], 1000, 100, 391, u64::MAX, &[(8..108, 0..1), (500..600, 1..2)]),
+            (&[8, 20, 900, 990], 1000, 100, 10, u64::MAX, &[(8..120, 0..2), (900..1000, 2..4)]),
+            // The size cap splits what the gap would join.
+            (&[8, 50, 120], 1000, 100, 0, 150, &[(8..150, 0..2), (120..220, 2..3)]),
+            (&[8, 500], 1000, 100, 1000, 200, &[(8..108, 0..1), (500..600, 1..2)]),
+            // A lone record longer than the cap is still read whole.
+            (&[8], 1000, 100, 0, 10, &[(8..108, 0..1)]),
         ];
-        for (offs, size, est, gap, want) in cases {
+        for (offs, size, est, gap, cap, want) in cases {
             let got: Vec<(Range<u64>, Range<usize>)> =
-                partition(offs, *size, *est, *gap).into_iter().map(|p| (p.range, p.offsets)).collect();
-            assert_eq!(got, want.to_vec(), "{offs:?} size {size} est {est} gap {gap}");
+                partition(offs, *size, *est, *gap, *cap).into_iter().map(|p| (p.range, p.offsets)).collect();
+            assert_eq!(got, want.to_vec(), "{offs:?} size {size} est {est} gap {gap} cap {cap}");
         }
     }
 
@@ -257,11 +270,12 @@ mod tests {
             mut offs in proptest::collection::vec(8u64..1_000_000, 0..60),
             est in 1u64..20_000,
             gap in 0u64..100_000,
+            cap in 1u64..200_000,
         ) {
             offs.sort_unstable();
             offs.dedup();
             let size = 1_000_000;
-            let parts = partition(&offs, size, est, gap);
+            let parts = partition(&offs, size, est, gap, cap);
             let mut next = 0;
             for (i, p) in parts.iter().enumerate() {
                 proptest::prop_assert_eq!(p.offsets.start, next);
@@ -270,8 +284,17 @@ mod tests {
                 for &o in &offs[p.offsets.clone()] {
                     proptest::prop_assert!(p.range.start <= o && o < p.range.end);
                 }
+                if p.offsets.len() > 1 {
+                    proptest::prop_assert!(p.range.end - p.range.start <= cap);
+                }
                 if i > 0 {
-                    proptest::prop_assert!(parts[i - 1].range.end + gap < p.range.start);
+                    // Split because of the gap or the cap, never for no reason.
+                    let prev = &parts[i - 1];
+                    let first = offs[p.offsets.start];
+                    let first_end = (first + est).min(size);
+                    proptest::prop_assert!(
+                        first > prev.range.end + gap || first_end.max(prev.range.end) - prev.range.start > cap
+                    );
                 }
             }
             proptest::prop_assert_eq!(next, offs.len());
