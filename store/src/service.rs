@@ -281,8 +281,10 @@ impl store_server::Store for BucketStore {
             let mut set: BTreeSet<String> = BTreeSet::new();
             for b in blocks.iter().filter(|b| mint <= maxt && b.overlaps(mint, maxt)) {
                 let Some(rest) = strip_external(&b.ext, &ms) else { continue };
+                // Matchers only on external labels select the whole block: its index
+                // answers without a walk over the series.
                 let mut any = false;
-                if ms.is_empty() {
+                if rest.is_empty() {
                     let ns = b.index.label_names();
                     any = !ns.is_empty();
                     set.extend(ns.into_iter().map(str::to_string));
@@ -320,7 +322,7 @@ impl store_server::Store for BucketStore {
             let mut set: BTreeSet<String> = BTreeSet::new();
             for b in blocks.iter().filter(|b| mint <= maxt && b.overlaps(mint, maxt)) {
                 let Some(rest) = strip_external(&b.ext, &ms) else { continue };
-                if ms.is_empty() {
+                if rest.is_empty() {
                     match b.ext.get(&name) {
                         Some(v) if !b.index.label_names().is_empty() => {
                             set.insert(v.to_string());
