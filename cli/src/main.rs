@@ -38,6 +38,8 @@ enum Command {
     Standalone(Box<standalone::Args>),
     /// Serve a Prometheus over StoreAPI and ship its blocks to object storage.
     Sidecar(Box<norn_sidecar::Args>),
+    /// Store gateway: serve the blocks in object storage over StoreAPI.
+    Store(Box<norn_store::Args>),
     /// Offline utilities (promtool-compatible).
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -82,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Query(args)) => serve(|shutdown| norn_query::run(*args, shutdown)),
         Some(Command::Sidecar(args)) => serve(|shutdown| norn_sidecar::run(*args, shutdown)),
+        Some(Command::Store(args)) => serve(|shutdown| norn_store::run(*args, shutdown)),
         Some(Command::Standalone(args)) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async { standalone::run(*args, norn_service::shutdown_on_signals()).await })

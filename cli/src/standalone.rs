@@ -1,8 +1,12 @@
 //! `norn standalone`: receive and query in one process over one data directory.
 //!
 //! Components never import each other, so this is wiring only: the standalone flags become
-//! a `norn_receive::Args` and a `norn_query::Args`, both run on one runtime with one
-//! shutdown token. The receiver's StoreAPI listens on an ephemeral loopback port that only
+//! a `norn_receive::Args`, a `norn_store::Args` and a `norn_query::Args`, all run on one
+//! runtime with one shutdown token. The embedded store gateway serves the blocks the
+//! receiver uploaded to the bucket, so history outlives `--tsdb.retention`. A block still
+//! on the receiver's disk is left out by the gateway (checked per request), so no query
+//! reads data twice and answers are those of the receiver alone until retention removes
+//! its copy. The receiver's StoreAPI listens on an ephemeral loopback port that only
 //! the in-process querier uses; the user-facing addresses are the remote-write endpoint,
 //! the querier's HTTP API (which also serves the receiver's `/metrics` and a readiness that
 //! covers both) and the querier's StoreAPI.
@@ -119,6 +123,15 @@ pub struct Args {
     /// Most samples one query may hold in memory.
     #[arg(long = "query.max-samples", env = "NORN_STANDALONE_QUERY_MAX_SAMPLES", default_value_t = 50_000_000)]
     pub max_samples: usize,
+    /// How often the embedded store gateway lists the bucket for blocks the receiver
+    /// uploaded (it must see a block before retention removes the local copy).
+    #[arg(
+        long = "store.sync-block-duration",
+        env = "NORN_STANDALONE_STORE_SYNC_BLOCK_DURATION",
+        default_value = "1m",
+        hide = true
+    )]
+    pub store_sync: String,
 }
 
 /// Wrapper to parse a component's flags from the argument list standalone builds, so the
@@ -176,12 +189,23 @@ fn receive_argv(a: &Args, tsdb: &Path, bucket_yaml: &str, rw: SocketAddr, grpc: 
     v
 }
 
-/// The querier's flags: the local receiver first, then any further endpoints.
-fn query_argv(a: &Args, local: SocketAddr, http: SocketAddr, grpc: SocketAddr) -> Vec<String> {
+/// The embedded store gateway's flags: its index cache beside the TSDB, the bucket.
+fn store_argv(a: &Args, cache: &Path, bucket_yaml: &str) -> Vec<String> {
+    vec![
+        format!("--data-dir={}", cache.display()),
+        format!("--objstore.config={bucket_yaml}"),
+        format!("--sync-block-duration={}", a.store_sync),
+    ]
+}
+
+/// The querier's flags: the local receiver and store gateway first, then any further
+/// endpoints.
+fn query_argv(a: &Args, local: SocketAddr, store: SocketAddr, http: SocketAddr, grpc: SocketAddr) -> Vec<String> {
     let mut v = vec![
         format!("--http-address={http}"),
         format!("--grpc-address={grpc}"),
         format!("--endpoint={local}"),
+        format!("--endpoint={store}"),
         format!("--endpoint.refresh-interval={LOCAL_REFRESH}"),
         format!("--query.lookback-delta={}", a.lookback_delta),
         format!("--query.timeout={}", a.query_timeout),
@@ -211,13 +235,18 @@ struct Probe {
     local: String,
     /// When the receiver finished replaying its WAL.
     receive_ready_at: Mutex<Option<SystemTime>>,
+    /// Whether the embedded store gateway has listed the bucket once.
+    store_synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Probe {
     /// Ready once the receiver has replayed its WAL and the querier has probed it
     /// successfully since then (so its view of the receiver's data is the replayed one).
     fn ready(&self) -> bool {
-        if !self.health.is_ready() || !self.query_ready.load(Ordering::Acquire) {
+        if !self.health.is_ready()
+            || !self.query_ready.load(Ordering::Acquire)
+            || !self.store_synced.load(Ordering::Acquire)
+        {
             return false;
         }
         let Some(since) = *self.receive_ready_at.lock() else { return false };
@@ -267,7 +296,8 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
         .with_context(|| format!("--data-dir {}: cannot make it absolute", a.data_dir.display()))?;
     let tsdb_dir = data_dir.join("tsdb");
     let bucket_dir = data_dir.join("bucket");
-    for d in [&tsdb_dir, &bucket_dir] {
+    let store_dir = data_dir.join("store");
+    for d in [&tsdb_dir, &bucket_dir, &store_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let bucket_yaml = filesystem_bucket_yaml(&bucket_dir)?;
@@ -280,12 +310,15 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     let grpc = bind("--grpc-address", a.grpc_address.clone()).await?;
     let rw = bind("--remote-write.address", a.remote_write_address.clone()).await?;
     let local_grpc = bind("receiver StoreAPI", "127.0.0.1:0".into()).await?;
-    let (http_addr, grpc_addr, rw_addr, local_addr) =
-        (http.local_addr()?, grpc.local_addr()?, rw.local_addr()?, local_grpc.local_addr()?);
+    let store_grpc = bind("store gateway StoreAPI", "127.0.0.1:0".into()).await?;
+    let (http_addr, grpc_addr, rw_addr, local_addr, store_addr) =
+        (http.local_addr()?, grpc.local_addr()?, rw.local_addr()?, local_grpc.local_addr()?, store_grpc.local_addr()?);
 
     let rargs: norn_receive::Args =
         parse_component("receive", &receive_argv(&a, &tsdb_dir, &bucket_yaml, rw_addr, local_addr))?;
-    let qargs: norn_query::Args = parse_component("query", &query_argv(&a, local_addr, http_addr, grpc_addr))?;
+    let sargs: norn_store::Args = parse_component("store", &store_argv(&a, &store_dir, &bucket_yaml))?;
+    let qargs: norn_query::Args =
+        parse_component("query", &query_argv(&a, local_addr, store_addr, http_addr, grpc_addr))?;
 
     tracing::info!(
         data_dir = %data_dir.display(),
@@ -301,6 +334,14 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!("Queriers: StoreAPI (gRPC) on {}", url_host(grpc_addr));
 
     let health = Health::new();
+    // The store gateway's metrics go to the one /metrics; its readiness is its own flag.
+    let mut gateway =
+        norn_store::Gateway::new(&sargs, &mut health.registry.lock()).context("embedded store gateway")?;
+    let local_tsdb = tsdb_dir.clone();
+    gateway.set_served_elsewhere(move || local_block_ids(&local_tsdb));
+    let gateway = Arc::new(gateway);
+    let store_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut store = tokio::spawn(run_store(gateway, store_grpc, store_synced.clone(), shutdown.clone()));
     let listeners = norn_receive::Listeners { http: None, remote_write: rw, grpc: local_grpc };
     let mut receive =
         tokio::spawn(norn_receive::run_with_listeners(rargs, listeners, health.clone(), shutdown.clone()));
@@ -316,6 +357,7 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
             endpoints: e.endpoints,
             local,
             receive_ready_at: Mutex::new(None),
+            store_synced,
         });
         *slot.lock() = Some(probe.clone());
         let api = e.router.layer(axum::middleware::from_fn_with_state(probe.clone(), fresh_view));
@@ -337,12 +379,17 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
                 // The querier stopped on its own: an error. Stop the receiver too.
                 shutdown.cancel();
                 let q = joined("query", r);
-                return q.and(stop("receive", receive).await);
+                return q.and(stop("receive", receive).await).and(stop("store", store).await);
             }
             r = &mut receive => {
                 shutdown.cancel();
                 let r = joined("receive", r);
-                return r.and(stop("query", query).await);
+                return r.and(stop("query", query).await).and(stop("store", store).await);
+            }
+            r = &mut store => {
+                shutdown.cancel();
+                let s = joined("store", r);
+                return s.and(stop("query", query).await).and(stop("receive", receive).await);
             }
             _ = ready_tick.tick(), if !noted => {
                 let probe = probe_slot.lock().clone();
@@ -360,8 +407,50 @@ pub async fn run(a: Args, shutdown: Shutdown) -> anyhow::Result<()> {
     // graceful stop waits for it.
     let q = stop("query", query).await;
     let r = stop("receive", receive).await;
+    let s = stop("store", store).await;
     tracing::info!("norn standalone stopped");
-    q.and(r)
+    q.and(r).and(s)
+}
+
+/// IDs of the blocks in the receiver's tenant TSDBs (`<tsdb>/<tenant>/<ulid>/meta.json`):
+/// the same IDs they carry in the bucket once uploaded.
+fn local_block_ids(tsdb: &Path) -> std::collections::HashSet<norn_store::Ulid> {
+    let mut out = std::collections::HashSet::new();
+    for tenant in std::fs::read_dir(tsdb).into_iter().flatten().flatten() {
+        for b in std::fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
+            if let Some(id) = b.file_name().to_str().and_then(|n| norn_store::Ulid::from_string(n).ok())
+                && b.path().join("meta.json").is_file()
+            {
+                out.insert(id);
+            }
+        }
+    }
+    out
+}
+
+/// The embedded store gateway: StoreAPI on `listener`, a first sync (retried until the
+/// bucket lists) that sets `synced`, then periodic syncs.
+async fn run_store(
+    gw: Arc<norn_store::Gateway>,
+    listener: TcpListener,
+    synced: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
+) -> Result<(), norn_store::RunError> {
+    let g = gw.clone();
+    let s = shutdown.clone();
+    let grpc = tokio::spawn(async move { g.serve_grpc(listener, s).await });
+    loop {
+        if gw.sync_once().await {
+            synced.store(true, Ordering::Release);
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+    gw.clone().sync_loop(shutdown).await;
+    Ok(grpc.await??)
 }
 
 /// How long a component gets to finish in-flight requests after the shutdown signal.
@@ -426,8 +515,16 @@ mod tests {
         assert_eq!(r.labels, vec!["receive_replica=\"standalone\"".to_string(), "site=\"lab\"".to_string()]);
         assert_eq!(r.objstore_config.as_deref(), Some(yaml.as_str()));
 
-        let q: norn_query::Args = parse_component("query", &query_argv(&a, local, rw, local)).unwrap();
-        assert_eq!(q.endpoints, vec!["127.0.0.1:40000".to_string(), "127.0.0.1:9999".to_string()]);
+        let store: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let q: norn_query::Args = parse_component("query", &query_argv(&a, local, store, rw, local)).unwrap();
+        assert_eq!(
+            q.endpoints,
+            vec!["127.0.0.1:40000".to_string(), "127.0.0.1:40001".to_string(), "127.0.0.1:9999".to_string()]
+        );
+        let s: norn_store::Args = parse_component("store", &store_argv(&a, Path::new("/tmp/d/store"), &yaml)).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/d/store"));
+        assert_eq!(s.objstore_config.as_deref(), Some(yaml.as_str()));
+        assert_eq!(s.sync_block_duration, "1m");
         assert_eq!(q.lookback_delta, std::time::Duration::from_secs(420));
         assert_eq!(q.endpoint_refresh_interval, std::time::Duration::from_secs(1));
         assert_eq!(q.replica_labels, vec!["receive_replica".to_string()]);
@@ -443,7 +540,7 @@ mod tests {
         assert!(e.to_string().contains("embedded receive") && e.to_string().contains("sometimes"), "{e}");
         let mut a = defaults();
         a.query_timeout = "soon".into();
-        let e = parse_component::<norn_query::Args>("query", &query_argv(&a, local, local, local)).unwrap_err();
+        let e = parse_component::<norn_query::Args>("query", &query_argv(&a, local, local, local, local)).unwrap_err();
         assert!(e.to_string().contains("soon"), "{e}");
     }
 

@@ -1,0 +1,48 @@
+//! The store gateway's Prometheus metrics (under `norn_bucket_store_`, after Thanos's
+//! `thanos_bucket_store_` names).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges registered at start-up.
+#[derive(Debug)]
+pub struct Metrics {
+    pub blocks_loaded: Gauge,
+    pub block_loads: Counter,
+    pub block_load_failures: Counter,
+    pub block_drops: Counter,
+    pub syncs: Counter,
+    pub sync_failures: Counter,
+    pub chunk_fetches: Counter,
+    pub chunk_fetched_bytes: Counter,
+    pub series_requests: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `reg`.
+    pub fn new(reg: &mut Registry) -> Metrics {
+        let m = Metrics {
+            blocks_loaded: Gauge::default(),
+            block_loads: Counter::default(),
+            block_load_failures: Counter::default(),
+            block_drops: Counter::default(),
+            syncs: Counter::default(),
+            sync_failures: Counter::default(),
+            chunk_fetches: Counter::default(),
+            chunk_fetched_bytes: Counter::default(),
+            series_requests: Counter::default(),
+        };
+        let r = reg.sub_registry_with_prefix("norn_bucket_store");
+        r.register("blocks_loaded", "Blocks served", m.blocks_loaded.clone());
+        r.register("block_loads", "Attempts to load a block", m.block_loads.clone());
+        r.register("block_load_failures", "Blocks that failed to load (skipped)", m.block_load_failures.clone());
+        r.register("block_drops", "Blocks no longer served", m.block_drops.clone());
+        r.register("syncs", "Bucket sync passes", m.syncs.clone());
+        r.register("sync_failures", "Bucket sync passes that could not list the bucket", m.sync_failures.clone());
+        r.register("chunk_fetches", "Ranged GETs of chunk segment files", m.chunk_fetches.clone());
+        r.register("chunk_fetched_bytes", "Bytes read by ranged GETs of chunk segments", m.chunk_fetched_bytes.clone());
+        r.register("series_requests", "Store/Series calls", m.series_requests.clone());
+        m
+    }
+}

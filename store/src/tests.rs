@@ -1,0 +1,275 @@
+//! The gateway end to end in-process: blocks written and uploaded to a FILESYSTEM bucket,
+//! synced, then asked through the StoreAPI service methods.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use norn_block::ThanosMeta;
+use norn_model::{Histogram, Labels, MatchType, Matcher, Span};
+use norn_storeapi::thanos::info::info_server::Info;
+use norn_storeapi::thanos::store_server::Store;
+use norn_storeapi::thanos::{self, LabelNamesRequest, LabelValuesRequest, SeriesRequest, series_response};
+use norn_storeapi::{labels_from_proto, matcher_to_proto};
+use norn_tsdb::block::BlockWriter;
+use norn_tsdb::chunkenc::Sample;
+use norn_tsdb::series::encode_samples;
+use tokio_stream::StreamExt;
+use tonic::Request;
+
+use super::*;
+
+type SeriesData = Vec<(Labels, Vec<Sample>)>;
+
+async fn upload(bucket: &Bucket, tmp: &Path, mint: i64, maxt: i64, ext: &[(&str, &str)], series: &SeriesData) {
+    let mut w = BlockWriter::new(tmp, mint, maxt).unwrap();
+    let mut sorted = series.clone();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (l, samples) in &sorted {
+        w.add_series(l, &encode_samples(samples.iter().cloned(), 120).unwrap()).unwrap();
+    }
+    let meta = w.finish().unwrap();
+    let t = ThanosMeta {
+        labels: ext.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>(),
+        source: "test".into(),
+        resolution: 0,
+    };
+    norn_block::upload(bucket, &tmp.join(meta.ulid.to_string()), &t).await.unwrap();
+}
+
+fn floats(l: &[(&str, &str)], ts: std::ops::Range<i64>, v: f64) -> (Labels, Vec<Sample>) {
+    (Labels::from_pairs(l.iter().copied()), ts.map(|t| Sample::Float(t * 1000, v + t as f64)).collect())
+}
+
+fn hist(t: i64) -> Sample {
+    Sample::Histogram(
+        t * 1000,
+        Box::new(Histogram {
+            count: 3 + t as u64,
+            sum: 1.5 * t as f64,
+            zero_threshold: 0.001,
+            zero_count: 1,
+            positive_spans: vec![Span { offset: 0, length: 2 }],
+            positive_buckets: vec![1, 1 + t],
+            ..Default::default()
+        }),
+    )
+}
+
+struct Fixture {
+    _dirs: Vec<tempfile::TempDir>,
+    gw: Gateway,
+}
+
+async fn fixture() -> Fixture {
+    let bdir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = Bucket::filesystem(bdir.path()).unwrap();
+    // Two overlapping blocks of replica a (the second repeats 50..100 and goes on),
+    // one of replica b, the histogram series in the first.
+    let a1: SeriesData = vec![
+        floats(&[("__name__", "up"), ("job", "x")], 0..100, 0.0),
+        floats(&[("__name__", "up"), ("job", "y")], 0..100, 10.0),
+        (Labels::from_pairs([("__name__", "h")]), (0..30).map(hist).collect()),
+    ];
+    let a2: SeriesData = vec![floats(&[("__name__", "up"), ("job", "x")], 50..300, 0.0)];
+    let b: SeriesData = vec![floats(&[("__name__", "up"), ("job", "x")], 0..10, 100.0)];
+    upload(&bucket, tmp.path(), 0, 100_000, &[("replica", "a")], &a1).await;
+    upload(&bucket, tmp.path(), 50_000, 300_000, &[("replica", "a")], &a2).await;
+    upload(&bucket, tmp.path(), 0, 10_000, &[("replica", "b")], &b).await;
+    let yaml = format!("type: FILESYSTEM\nconfig:\n  directory: {}\n", bdir.path().display());
+    let args = Args {
+        data_dir: cache.path().to_path_buf(),
+        objstore_config_file: None,
+        objstore_config: Some(yaml),
+        http_address: String::new(),
+        grpc_address: String::new(),
+        sync_block_duration: "15m".into(),
+        block_sync_concurrency: 2,
+        min_time: "0000-01-01T00:00:00Z".into(),
+        max_time: "9999-12-31T23:59:59Z".into(),
+    };
+    let gw = Gateway::new(&args, &mut Registry::default()).unwrap();
+    assert!(gw.sync_once().await);
+    assert_eq!(gw.store.set.snapshot().len(), 3);
+    Fixture { _dirs: vec![bdir, cache, tmp], gw }
+}
+
+fn eq(n: &str, v: &str) -> thanos::LabelMatcher {
+    matcher_to_proto(&Matcher::equal(n, v))
+}
+
+/// Series as (labels, samples), and the chunk min times per series.
+async fn series(store: &BucketStore, req: SeriesRequest) -> Vec<(String, Vec<Sample>, Vec<i64>)> {
+    let mut s = store.series(Request::new(req.clone())).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.next().await {
+        let list = match r.unwrap().result.unwrap() {
+            series_response::Result::Series(s) => vec![s],
+            series_response::Result::Batch(b) => b.series,
+            other => panic!("unexpected frame {other:?}"),
+        };
+        for s in list {
+            let l = labels_from_proto(&s.labels).unwrap();
+            let mut samples = Vec::new();
+            for c in &s.chunks {
+                norn_storeapi::chunks::decode_aggr_chunk(c, req.min_time, req.max_time, &mut samples).unwrap();
+            }
+            out.push((l.to_string(), samples, s.chunks.iter().map(|c| c.min_time).collect()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn series_merge_blocks_add_external_labels_and_filter() {
+    let f = fixture().await;
+    let st = &f.gw.store;
+    let req = |ms: Vec<thanos::LabelMatcher>, mint: i64, maxt: i64| SeriesRequest {
+        min_time: mint,
+        max_time: maxt,
+        matchers: ms,
+        response_batch_size: 2,
+        ..Default::default()
+    };
+    let got = series(st, req(vec![eq("__name__", "up")], 0, i64::MAX)).await;
+    let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            r#"{__name__="up", job="x", replica="a"}"#,
+            r#"{__name__="up", job="x", replica="b"}"#,
+            r#"{__name__="up", job="y", replica="a"}"#
+        ]
+    );
+    // x/a: both blocks' chunks, in time order; samples 50..99 appear twice (overlap).
+    let (_, xs, mins) = &got[0];
+    assert!(mins.windows(2).all(|w| w[0] <= w[1]), "{mins:?}");
+    assert_eq!(xs.len(), 100 + 250);
+    assert_eq!(got[1].1.len(), 10);
+
+    // External-label matchers pick blocks; other matchers go to the index.
+    let got = series(st, req(vec![eq("__name__", "up"), eq("replica", "b")], 0, i64::MAX)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1[0], Sample::Float(0, 100.0));
+    let only_ext = series(st, req(vec![eq("replica", "b")], 0, i64::MAX)).await;
+    assert_eq!(only_ext.len(), 1);
+    let re = matcher_to_proto(&Matcher::new(MatchType::Regex, "job", "y|z").unwrap());
+    assert_eq!(series(st, req(vec![re], 0, i64::MAX)).await.len(), 1);
+
+    // Time range: only the second block's chunks after 100 s.
+    let got = series(st, req(vec![eq("__name__", "up")], 200_000, 250_000)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.len(), 51);
+
+    // Native histograms come through as stored.
+    let got = series(st, req(vec![eq("__name__", "h")], 0, i64::MAX)).await;
+    // (Counter-reset hints are the chunk's business: compare without them.)
+    let plain = |s: &Sample| match s {
+        Sample::Histogram(t, h) => {
+            Sample::Histogram(*t, Box::new(Histogram { counter_reset_hint: Default::default(), ..(**h).clone() }))
+        }
+        s => s.clone(),
+    };
+    assert_eq!(got[0].1.iter().map(plain).collect::<Vec<_>>(), (0..30).map(hist).collect::<Vec<_>>());
+
+    // skip_chunks and limit.
+    let mut r = req(vec![eq("__name__", "up")], 0, i64::MAX);
+    r.skip_chunks = true;
+    r.limit = 2;
+    let got = series(st, r).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|g| g.2.is_empty()));
+}
+
+#[tokio::test]
+async fn labels_and_info() {
+    let f = fixture().await;
+    let st = &f.gw.store;
+    let names = st
+        .label_names(Request::new(LabelNamesRequest { start: 0, end: i64::MAX, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .names;
+    assert_eq!(names, ["__name__", "job", "replica"]);
+    let names = st
+        .label_names(Request::new(LabelNamesRequest {
+            start: 0,
+            end: i64::MAX,
+            matchers: vec![eq("__name__", "h")],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .names;
+    assert_eq!(names, ["__name__", "replica"]);
+    let values = |label: &str, ms: Vec<thanos::LabelMatcher>, start: i64| {
+        let req = LabelValuesRequest { label: label.into(), start, end: i64::MAX, matchers: ms, ..Default::default() };
+        async move { st.label_values(Request::new(req)).await.unwrap().into_inner().values }
+    };
+    assert_eq!(values("job", vec![], 0).await, ["x", "y"]);
+    assert_eq!(values("replica", vec![], 0).await, ["a", "b"]);
+    assert_eq!(values("replica", vec![eq("job", "y")], 0).await, ["a"]);
+    assert_eq!(values("job", vec![eq("replica", "b")], 0).await, ["x"]);
+    assert_eq!(values("job", vec![], 200_000).await, ["x"], "only the late block");
+    assert!(st.label_values(Request::new(LabelValuesRequest::default())).await.is_err());
+
+    let info = st.info(Request::new(Default::default())).await.unwrap().into_inner();
+    assert_eq!(info.component_type, "store");
+    let s = info.store.unwrap();
+    assert_eq!((s.min_time, s.max_time), (0, 300_000));
+    let sets: Vec<Labels> = info.label_sets.iter().map(|z| labels_from_proto(&z.labels).unwrap()).collect();
+    assert_eq!(sets, [Labels::from_pairs([("replica", "a")]), Labels::from_pairs([("replica", "b")])]);
+    assert_eq!(s.tsdb_infos.len(), 2);
+}
+
+#[tokio::test]
+async fn corrupt_chunk_bytes_fail_the_query_with_block_and_offset() {
+    let f = fixture().await;
+    let st = &f.gw.store;
+    let b = st.set.snapshot().iter().find(|b| b.ext == Labels::from_pairs([("replica", "b")])).unwrap().clone();
+    let key = format!("{}/chunks/000001", b.id);
+    let mut data = st.fetcher.bucket.get(&key).await.unwrap().to_vec();
+    let n = data.len();
+    data[n - 6] ^= 0x55; // inside the last chunk's data
+    st.fetcher.bucket.put(&key, bytes::Bytes::from(data)).await.unwrap();
+    let req =
+        SeriesRequest { min_time: 0, max_time: i64::MAX, matchers: vec![eq("replica", "b")], ..Default::default() };
+    let mut s = st.series(Request::new(req)).await.unwrap().into_inner();
+    let mut err = None;
+    while let Some(r) = s.next().await {
+        if let Err(e) = r {
+            err = Some(e);
+        }
+    }
+    let e = err.expect("an error frame");
+    assert!(e.message().contains(&b.id.to_string()) && e.message().contains("checksum"), "{}", e.message());
+}
+
+#[test]
+fn time_or_duration() {
+    let now = 1_000_000_000;
+    assert_eq!(parse_time_or_duration("1970-01-01T00:00:01Z", now).unwrap(), 1000);
+    assert_eq!(parse_time_or_duration("-1h", now).unwrap(), now - 3_600_000);
+    assert_eq!(parse_time_or_duration("2d", now).unwrap(), now + 2 * 86_400_000);
+    assert!(parse_time_or_duration("0000-01-01T00:00:00Z", now).unwrap() < 0);
+    assert!(parse_time_or_duration("9999-12-31T23:59:59Z", now).unwrap() > now);
+    assert!(parse_time_or_duration("yesterday", now).is_err());
+}
+
+#[tokio::test]
+async fn blocks_served_elsewhere_are_left_out() {
+    let mut f = fixture().await;
+    let b = f.gw.store.set.snapshot().iter().find(|b| b.ext == Labels::from_pairs([("replica", "b")])).unwrap().id;
+    f.gw.set_served_elsewhere(move || std::collections::HashSet::from([b]));
+    let st = &f.gw.store;
+    let req =
+        SeriesRequest { min_time: 0, max_time: i64::MAX, matchers: vec![eq("__name__", "up")], ..Default::default() };
+    let got = series(st, req).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|g| g.0.contains("replica=\"a\"")), "{got:?}");
+    let info = st.info(Request::new(Default::default())).await.unwrap().into_inner();
+    assert_eq!(info.label_sets.len(), 1);
+}
