@@ -40,6 +40,8 @@ enum Command {
     Sidecar(Box<norn_sidecar::Args>),
     /// Store gateway: serve the blocks in object storage over StoreAPI.
     Store(Box<norn_store::Args>),
+    /// Compactor: merge the bucket's blocks into larger ones, apply retention, delete marked blocks.
+    Compact(Box<norn_compact::Args>),
     /// Offline utilities (promtool-compatible).
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -85,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Query(args)) => serve(|shutdown| norn_query::run(*args, shutdown)),
         Some(Command::Sidecar(args)) => serve(|shutdown| norn_sidecar::run(*args, shutdown)),
         Some(Command::Store(args)) => serve(|shutdown| norn_store::run(*args, shutdown)),
+        Some(Command::Compact(args)) => serve(|shutdown| norn_compact::run(*args, shutdown)),
         Some(Command::Standalone(args)) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async { standalone::run(*args, norn_service::shutdown_on_signals()).await })
