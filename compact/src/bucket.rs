@@ -373,6 +373,157 @@ impl Compactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use norn_model::Labels;
+    use norn_tsdb::block::BlockWriter;
+    use norn_tsdb::chunkenc::Sample;
+    use norn_tsdb::series::encode_float_chunks;
+
+    const H: i64 = 3_600_000;
+
+    /// Uploads a block over `[mint, maxt)` h with one sample a minute of `up{i}` for each
+    /// `i < n`, under external labels `ext`.
+    async fn upload_block(bucket: &Bucket, mint: i64, maxt: i64, n: usize, ext: &str) -> Ulid {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = BlockWriter::new(dir.path(), mint * H, maxt * H).unwrap();
+        let mut series: Vec<Labels> =
+            (0..n).map(|i| Labels::from_pairs([("__name__", "up"), ("i", &i.to_string())])).collect();
+        series.sort();
+        for l in &series {
+            let samples = (mint * 60..maxt * 60).map(|m| (m * 60_000, m as f64));
+            w.add_series(l, &encode_float_chunks(samples, 120)).unwrap();
+        }
+        let meta = w.finish().unwrap();
+        let t = ThanosMeta { labels: BTreeMap::from([("r".into(), ext.into())]), source: "test".into(), resolution: 0 };
+        norn_block::upload(bucket, &dir.path().join(meta.ulid.to_string()), &t).await.unwrap();
+        meta.ulid
+    }
+
+    fn compactor(bucket: &Bucket, data: &Path, delete_delay_ms: i64, retention_raw_ms: i64) -> Compactor {
+        let cfg = Config {
+            data_dir: data.to_path_buf(),
+            retention_raw_ms,
+            delete_delay_ms,
+            concurrency: 2,
+            ranges: crate::plan::DEFAULT_RANGES.to_vec(),
+        };
+        Compactor::new(bucket.clone(), cfg, Arc::new(Metrics::default()))
+    }
+
+    async fn listing(bucket: &Bucket) -> BTreeMap<Ulid, Listed> {
+        group_listing(&bucket.list_with_sizes("").await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn pass_compacts_marks_and_later_deletes() {
+        let bdir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let bucket = Bucket::filesystem(bdir.path()).unwrap();
+        let mut sources = Vec::new();
+        for h in [0, 2, 4, 6] {
+            sources.push(upload_block(&bucket, h, h + 2, 3, "a").await);
+        }
+        let newest = upload_block(&bucket, 8, 10, 3, "a").await;
+        // Another stream's blocks are a group of their own: two blocks, nothing to do.
+        let other = [upload_block(&bucket, 0, 2, 1, "b").await, upload_block(&bucket, 2, 4, 1, "b").await];
+        // A broken block is left alone.
+        let broken = Ulid::generate();
+        bucket.put(&format!("{broken}/meta.json"), Bytes::from_static(b"{not json")).await.unwrap();
+
+        let c = compactor(&bucket, data.path(), 48 * H, 0);
+        let r = c.pass().await.unwrap();
+        assert_eq!(r, PassReport { compactions: 1, marked: 4, cleaned: 0, broken: 1 });
+        let l = listing(&bucket).await;
+        for id in &sources {
+            assert!(l[id].deletion_mark, "{id} marked");
+        }
+        assert!(!l[&newest].deletion_mark && !l[&other[0]].deletion_mark && !l[&broken].deletion_mark);
+        let new: Vec<_> = l
+            .keys()
+            .filter(|id| !sources.contains(id) && **id != newest && !other.contains(id) && **id != broken)
+            .collect();
+        assert_eq!(new.len(), 1);
+        let m = parse_meta(*new[0], &bucket.get(&format!("{}/meta.json", new[0])).await.unwrap()).unwrap();
+        assert_eq!((m.meta.min_time, m.meta.max_time, m.meta.compaction.level), (0, 8 * H, 2));
+        assert_eq!(m.meta.compaction.sources, {
+            let mut s = sources.clone();
+            s.sort();
+            s
+        });
+        assert_eq!(m.meta.stats.num_samples, 3 * 8 * 60);
+        let th = &m.meta.extra["thanos"];
+        assert_eq!((th["source"].as_str(), th["labels"]["r"].as_str()), (Some("compactor"), Some("a")));
+
+        // The merged block holds every sample of its sources.
+        let dl = data.path().join("check");
+        for f in &l[new[0]].files {
+            std::fs::create_dir_all(dl.join(f).parent().unwrap()).unwrap();
+            bucket.download_file(&format!("{}/{f}", new[0]), &dl.join(f)).await.unwrap();
+        }
+        let b = Block::open(&dl).unwrap();
+        let got = b.select_all(i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), 3);
+        for s in &got {
+            let v: Vec<(i64, f64)> = s
+                .samples(i64::MIN, i64::MAX)
+                .map(|x| match x.unwrap() {
+                    Sample::Float(t, v) => (t, v),
+                    o => panic!("{o:?}"),
+                })
+                .collect();
+            assert_eq!(v, (0..8 * 60).map(|m| (m * 60_000, m as f64)).collect::<Vec<_>>());
+        }
+
+        // Nothing more to do within the delay; the scratch space is emptied.
+        let r = c.pass().await.unwrap();
+        assert_eq!(r, PassReport { compactions: 0, marked: 0, cleaned: 0, broken: 1 });
+        assert_eq!(std::fs::read_dir(data.path().join("compact")).unwrap().count(), 0);
+
+        // With no delay the marked sources are deleted, every object of them.
+        let r = compactor(&bucket, data.path(), 0, 0).pass().await.unwrap();
+        assert_eq!(r.cleaned, 4);
+        let l = listing(&bucket).await;
+        assert!(sources.iter().all(|id| !l.contains_key(id)));
+        assert!(l.contains_key(new[0]) && l.contains_key(&newest));
+
+        // Retention marks raw blocks that ended before now - retention (all of these).
+        let r = compactor(&bucket, data.path(), 48 * H, H).pass().await.unwrap();
+        assert_eq!(r.marked, 4);
+        assert!(
+            listing(&bucket)
+                .await
+                .values()
+                .filter(|l| l.meta)
+                .all(|l| l.deletion_mark || !l.files.contains(&"index".to_string()))
+        );
+    }
+
+    #[tokio::test]
+    async fn no_compact_mark_and_leftover_duplicates() {
+        let bdir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let bucket = Bucket::filesystem(bdir.path()).unwrap();
+        let mut ids = Vec::new();
+        for h in [0, 2, 4, 6, 8] {
+            ids.push(upload_block(&bucket, h, h + 2, 1, "a").await);
+        }
+        let mark = json!({"id": ids[2].to_string(), "version": 1, "no_compact_time": 1, "reason": "manual"});
+        bucket.put(&format!("{}/{NO_COMPACT_MARK}", ids[2]), Bytes::from(mark.to_string())).await.unwrap();
+        let c = compactor(&bucket, data.path(), 48 * H, 0);
+        let r = c.pass().await.unwrap();
+        // [0,2) and [2,4) merge; the marked block splits the range, [6,8) stays alone.
+        assert_eq!((r.compactions, r.marked), (1, 2));
+        let l = listing(&bucket).await;
+        assert!(l[&ids[0]].deletion_mark && l[&ids[1]].deletion_mark);
+        assert!(ids[2..].iter().all(|id| !l[id].deletion_mark));
+
+        // A crash between upload and marking leaves sources unmarked: the next pass marks
+        // them as covered by the merged block.
+        for id in &ids[..2] {
+            bucket.delete(&format!("{id}/{DELETION_MARK}")).await.unwrap();
+        }
+        let r = c.pass().await.unwrap();
+        assert_eq!((r.compactions, r.marked), (0, 2));
+    }
 
     #[test]
     fn listing_groups_by_block() {
