@@ -205,3 +205,52 @@ fn compact_merges_an_8h_range_and_answers_stay_the_same() {
         assert_eq!(a, b, "{p} changed by compaction");
     }
 }
+
+/// With `--wait` the compactor keeps running, serves its readiness and metrics, compacts
+/// blocks that arrive later, and stops on SIGTERM with status 0.
+#[test]
+fn compact_wait_serves_http_and_compacts_later_blocks() {
+    let tmp = tempdir().unwrap();
+    let work = tmp.path();
+    let bucket = work.join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let port = free_port();
+    let log = work.join("compact.log");
+    let mut c = ProcessGuard::spawn(
+        "norn compact",
+        Command::new(norn_bin())
+            .arg("compact")
+            .arg("--wait")
+            .arg("--wait-interval=200ms")
+            .arg(format!("--data-dir={}", work.join("compact-data").display()))
+            .arg(bucket_yaml(&bucket))
+            .arg(format!("--http-address=127.0.0.1:{port}")),
+        &log,
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_ready(port, "/-/ready", Duration::from_secs(30)), "not ready:\n{}", read_log());
+    let (code, _) = http_get(port, "/-/healthy").unwrap();
+    assert_eq!(code, 200);
+
+    // Blocks uploaded while it runs are compacted at a later pass. Each appears in the
+    // bucket whole (renamed in), so no pass sees a half-written meta.json.
+    let staging = work.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let sources: Vec<String> = [0, 2, 4, 6, 8].iter().map(|&h| write_block(&staging, h)).collect();
+    for id in &sources {
+        std::fs::rename(staging.join(id), bucket.join(id)).unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = http_get(port, "/metrics").unwrap();
+        if metrics.contains("norn_compact_group_compactions_total 1") {
+            assert!(metrics.contains("norn_compact_blocks_marked_total 4"), "{metrics}");
+            break;
+        }
+        assert!(Instant::now() < end, "no compaction:\n{metrics}\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sources[..4].iter().all(|id| bucket.join(id).join("deletion-mark.json").exists()));
+    assert!(c.terminate(Duration::from_secs(30)), "did not stop:\n{}", read_log());
+    assert_eq!(c.try_wait().and_then(|s| s.code()), Some(0));
+}
