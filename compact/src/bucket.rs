@@ -498,6 +498,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn corrupt_source_fails_its_group_only() {
+        let bdir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let bucket = Bucket::filesystem(bdir.path()).unwrap();
+        let mut bad = Vec::new();
+        for h in [0, 2, 4, 6, 8] {
+            upload_block(&bucket, h, h + 2, 2, "good").await;
+            bad.push(upload_block(&bucket, h, h + 2, 2, "bad").await);
+        }
+        let key = format!("{}/index", bad[1]);
+        let mut idx = bucket.get(&key).await.unwrap().to_vec();
+        let n = idx.len();
+        for b in &mut idx[n / 3..n / 3 + 16] {
+            *b ^= 0x5a;
+        }
+        bucket.put(&key, Bytes::from(idx)).await.unwrap();
+        let c = compactor(&bucket, data.path(), 48 * H, 0);
+        match c.pass().await {
+            Err(RunError::Groups { failed: 1, groups: 2 }) => {}
+            other => panic!("{other:?}"),
+        }
+        let l = listing(&bucket).await;
+        assert!(bad.iter().all(|id| !l[id].deletion_mark), "the failed group's blocks stay unmarked");
+        assert_eq!(l.values().filter(|l| l.deletion_mark).count(), 4, "the good group was compacted");
+        assert_eq!(std::fs::read_dir(data.path().join("compact")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
     async fn no_compact_mark_and_leftover_duplicates() {
         let bdir = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
