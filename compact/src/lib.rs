@@ -149,12 +149,23 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            // A failed pass is retried at the next interval; its cause is in the log.
-            let _ = c.pass_logged().await;
+            // A failed pass is retried at the next interval; its cause is in the log. A
+            // signal stops a pass between objects: uploads write meta.json last and marks
+            // come after, so the bucket is left consistent.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = c.pass_logged() => {}
+            }
         }
         Ok(())
     } else {
-        c.pass_logged().await.map(|_| ())
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                tracing::info!("interrupted; the pass did not finish");
+                Ok(())
+            }
+            r = c.pass_logged() => r.map(|_| ()),
+        }
     };
     health.set_ready(false);
     shutdown.cancel();
