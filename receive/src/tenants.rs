@@ -50,6 +50,13 @@ pub fn group_lazy(sorted: Vec<LazySeries>) -> Vec<LazySeries> {
 /// dropped the data since the lookup).
 pub fn load_series(s: &LazySeries, mint: i64, maxt: i64) -> norn_tsdb::Result<Option<Series>> {
     let mut refs = Vec::new();
+    if let [one] = s.sources.as_slice() {
+        // Nothing to merge; the labels are the source's own.
+        return match one {
+            Source::Block(b, id) => b.series_by_id(*id, mint, maxt, &mut refs),
+            Source::Head(h) => Ok(h.series(mint, maxt)),
+        };
+    }
     let mut sets = Vec::with_capacity(s.sources.len());
     for src in &s.sources {
         let got = match src {
