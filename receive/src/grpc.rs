@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::router::{Batch, Router};
 pub use crate::series_frames::StoreGrpc;
-use crate::series_frames::{ExtLabels, Frame, FrameSeries, FrameSource};
+use crate::series_frames::{ExtLabels, Frame, FrameSource, OutSeries};
 use crate::tenants::{LazySeries, MultiTsdb, TenantDb, load_series, validate_tenant};
 use crate::write::WriteError;
 use norn_storeapi::remote_write::{Limits, validate};
@@ -154,10 +154,16 @@ impl StoreService {
         if tenants == 1 && noop {
             return Ok(out); // one tenant's series, sent as stored: already sorted and grouped
         }
-        // External labels and stripped labels can change the order of a tenant's series,
-        // and tenants interleave. The sort finds runs that are already in order, so the
-        // usual case (one tenant, order unchanged) costs one comparison per series.
-        out.sort_by(|a, b| a.0.merged(&a.1.labels).cmp(b.0.merged(&b.1.labels)));
+        let cmp = |a: &(Arc<ExtLabels>, LazySeries), b: &(Arc<ExtLabels>, LazySeries)| {
+            a.0.merged(&a.1.labels).cmp(b.0.merged(&b.1.labels))
+        };
+        // External labels and stripped labels can change the order of a tenant's series
+        // or make two equal, and tenants interleave; in the usual case (one tenant, order
+        // kept) one comparison per series shows there is nothing to do.
+        if out.windows(2).all(|w| cmp(&w[0], &w[1]).is_lt()) {
+            return Ok(out);
+        }
+        out.sort_by(cmp);
         let mut grouped: Vec<(Arc<ExtLabels>, LazySeries)> = Vec::with_capacity(out.len());
         for (ext, s) in out {
             match grouped.last_mut() {
@@ -193,21 +199,17 @@ impl StoreService {
             };
             sent += 1;
             let chunks = if req.skip_chunks { Vec::new() } else { s.chunks };
-            pending.push(FrameSeries::new(lazy.labels, ext, chunks));
+            pending.push(OutSeries { labels: lazy.labels, ext, chunks });
             if pending.len() >= batch {
-                let frame = if batch == 1 {
-                    let Some(one) = pending.pop() else { continue };
-                    Frame::Series(one)
-                } else {
-                    Frame::Batch(std::mem::replace(&mut pending, Vec::with_capacity(batch.min(1024))))
-                };
+                let frame = Frame::encode(&pending, batch > 1);
+                pending.clear();
                 if !send(frame) {
                     return Ok(()); // client went away
                 }
             }
         }
         if !pending.is_empty() {
-            send(Frame::Batch(pending));
+            send(Frame::encode(&pending, true));
         }
         Ok(())
     }
@@ -250,7 +252,7 @@ impl store_server::Store for StoreService {
     /// The prost form of the stream [`StoreGrpc`] serves with hand-encoded frames.
     async fn series(&self, req: Request<SeriesRequest>) -> Result<Response<Self::SeriesStream>, Status> {
         let frames = self.start_series(req.into_inner())?;
-        Ok(Response::new(Box::pin(frames.map(|f| f.map(|f| f.to_proto())))))
+        Ok(Response::new(Box::pin(frames.map(|f| f.and_then(|f| f.to_proto())))))
     }
 
     async fn label_names(&self, req: Request<LabelNamesRequest>) -> Result<Response<LabelNamesResponse>, Status> {
@@ -438,11 +440,7 @@ mod tests {
         let (mut frames, mut out) = (0, Vec::new());
         while let Some(f) = rx.blocking_recv() {
             frames += 1;
-            let f = f.unwrap();
-            let mut buf = Vec::new();
-            f.encode(&mut buf);
-            let decoded = SeriesResponse::decode(&buf[..]).unwrap();
-            assert_eq!(decoded, f.to_proto());
+            let decoded = SeriesResponse::decode(f.unwrap().bytes().clone()).unwrap();
             match decoded.result {
                 Some(series_response::Result::Series(s)) => out.push(s),
                 Some(series_response::Result::Batch(b)) => out.extend(b.series),

@@ -2,11 +2,12 @@
 //!
 //! The prost path built a `String` per label name and value, copied every chunk into a
 //! `Vec`, hashed it, built a fresh `Labels` per series only to add the external labels,
-//! then walked the message tree again to compute nested lengths. A [`Frame`] instead keeps
-//! each series' stored [`Labels`], the tenant's [`ExtLabels`] and the chunks' `Bytes`; the
-//! tonic encoder of [`FrameCodec`] writes the protobuf bytes straight from them into its
-//! send buffer, merging the external labels in as it goes. The bytes are those prost writes
-//! for the same message: fields in number order, proto3 defaults left out.
+//! then walked the message tree again to compute nested lengths, writing through `BufMut`
+//! calls. [`Frame::encode`] instead writes a whole `SeriesResponse` in one pass per series
+//! into one `Vec`: the series' stored [`Labels`] merged with the tenant's [`ExtLabels`] on
+//! the fly, the chunks' bytes as stored. The tonic encoder of [`FrameCodec`] then only
+//! copies that buffer. The bytes are those prost writes for the same message: fields in
+//! number order, proto3 defaults left out.
 //!
 //! Chunks go out without the optional `hash` field: Thanos's querier hashes chunks whose
 //! hash is 0 itself, and Norn's querier compares chunk bytes.
@@ -18,13 +19,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
 use norn_model::Labels;
 use norn_model::labels::LabelsIter;
 use norn_storeapi::chunks::storepb_encoding;
-use norn_storeapi::thanos::{self, SeriesRequest, SeriesResponse, series_response, store_server};
+use norn_storeapi::thanos::{SeriesRequest, SeriesResponse, store_server};
 use norn_tsdb::chunks::ChunkMeta;
+use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
@@ -120,110 +122,86 @@ impl<'a> Iterator for Merged<'a> {
     }
 }
 
-/// One series of a frame: stored labels, the tenant's external labels and the chunks to
-/// send (empty when the request skips chunks).
+/// One series to send: stored labels, the tenant's external labels and the chunks (empty
+/// when the request skips chunks).
 #[derive(Debug, Clone)]
-pub struct FrameSeries {
-    labels: Labels,
-    ext: Arc<ExtLabels>,
-    chunks: Vec<ChunkMeta>,
-    /// Length of the encoded `Series` message.
-    len: usize,
+pub struct OutSeries {
+    /// Labels as stored.
+    pub labels: Labels,
+    /// The tenant's external labels and the names to strip.
+    pub ext: Arc<ExtLabels>,
+    /// Chunks to send.
+    pub chunks: Vec<ChunkMeta>,
 }
 
-impl FrameSeries {
-    /// A series as it will be sent.
-    pub fn new(labels: Labels, ext: Arc<ExtLabels>, chunks: Vec<ChunkMeta>) -> Self {
-        let mut len = 0;
-        for (n, v) in ext.merged(&labels) {
-            len += nested_len(label_len(n, v));
-        }
-        for c in &chunks {
-            len += nested_len(aggr_chunk_len(c));
-        }
-        FrameSeries { labels, ext, chunks, len }
-    }
+/// Bytes kept free at the start of a frame buffer for the `batch` field's key and length
+/// (a varint of at most five bytes: frames stay below 4 GiB).
+const HEADER_ROOM: usize = 6;
 
-    /// Labels as sent.
-    pub fn labels(&self) -> Merged<'_> {
-        self.ext.merged(&self.labels)
-    }
-
-    fn write(&self, buf: &mut impl BufMut) {
-        for (n, v) in self.labels() {
-            buf.put_u8(tag(1, WT_LEN));
-            put_varint(buf, label_len(n, v) as u64);
-            put_bytes_field(buf, 1, n.as_bytes());
-            put_bytes_field(buf, 2, v.as_bytes());
-        }
-        for c in &self.chunks {
-            buf.put_u8(tag(2, WT_LEN));
-            put_varint(buf, aggr_chunk_len(c) as u64);
-            put_int64_field(buf, 1, c.min_time);
-            put_int64_field(buf, 2, c.max_time);
-            buf.put_u8(tag(3, WT_LEN));
-            put_varint(buf, raw_chunk_len(c) as u64);
-            put_int64_field(buf, 1, chunk_type(c));
-            put_bytes_field(buf, 2, &c.chunk.data);
-        }
-    }
-
-    /// The series as prost's type.
-    pub fn to_proto(&self) -> thanos::Series {
-        thanos::Series {
-            labels: self.labels().map(|(n, v)| thanos::Label { name: n.into(), value: v.into() }).collect(),
-            chunks: self.chunks.iter().map(|c| norn_storeapi::chunks::aggr_chunk(c, 0)).collect(),
-        }
-    }
-}
-
-/// One `SeriesResponse` of the Series stream.
-#[derive(Debug, Clone)]
-pub enum Frame {
-    /// `result.series`.
-    Series(FrameSeries),
-    /// `result.batch`.
-    Batch(Vec<FrameSeries>),
-}
+/// One encoded `SeriesResponse` of the Series stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
 
 impl Frame {
-    /// Length of the encoded `SeriesResponse`.
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            Frame::Series(s) => nested_len(s.len),
-            Frame::Batch(list) => nested_len(batch_len(list)),
+    /// Encodes `series` as one `SeriesResponse`: `result.batch` when `batch`, else
+    /// `result.series` (of the first series; `series` must then hold exactly one).
+    ///
+    /// Everything is written in one pass per series into one buffer: the series' labels are
+    /// merged once into a scratch list that gives both their length and their bytes, and
+    /// the batch's key and length go into room left at the front.
+    pub fn encode(series: &[OutSeries], batch: bool) -> Frame {
+        let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + series.len() * 256);
+        buf.resize(HEADER_ROOM, 0);
+        let mut scratch: Vec<(&str, &str)> = Vec::with_capacity(16);
+        for s in series {
+            scratch.clear();
+            scratch.extend(s.ext.merged(&s.labels));
+            let labels_len: usize = scratch.iter().map(|(n, v)| nested_len(label_len(n, v))).sum();
+            let chunks_len: usize = s.chunks.iter().map(|c| nested_len(aggr_chunk_len(c))).sum();
+            let len = labels_len + chunks_len;
+            buf.reserve(nested_len(len));
+            // `result.series` and `batch.series` are both field 1.
+            buf.push(tag(1, WT_LEN));
+            put_varint(&mut buf, len as u64);
+            for (n, v) in &scratch {
+                buf.push(tag(1, WT_LEN));
+                put_varint(&mut buf, label_len(n, v) as u64);
+                put_bytes_field(&mut buf, 1, n.as_bytes());
+                put_bytes_field(&mut buf, 2, v.as_bytes());
+            }
+            for c in &s.chunks {
+                buf.push(tag(2, WT_LEN));
+                put_varint(&mut buf, aggr_chunk_len(c) as u64);
+                put_int64_field(&mut buf, 1, c.min_time);
+                put_int64_field(&mut buf, 2, c.max_time);
+                buf.push(tag(3, WT_LEN));
+                put_varint(&mut buf, raw_chunk_len(c) as u64);
+                put_int64_field(&mut buf, 1, chunk_type(c));
+                put_bytes_field(&mut buf, 2, &c.chunk.data);
+            }
         }
+        let start = if batch {
+            let body = (buf.len() - HEADER_ROOM) as u64;
+            let mut head = Vec::with_capacity(HEADER_ROOM);
+            head.push(tag(4, WT_LEN));
+            put_varint(&mut head, body);
+            let start = HEADER_ROOM.saturating_sub(head.len());
+            buf[start..HEADER_ROOM].copy_from_slice(&head[..HEADER_ROOM - start]);
+            start
+        } else {
+            HEADER_ROOM
+        };
+        Frame(Bytes::from(buf).slice(start..))
     }
 
-    /// Writes the encoded `SeriesResponse` (exactly [`Frame::encoded_len`] bytes).
-    pub fn encode(&self, buf: &mut impl BufMut) {
-        match self {
-            Frame::Series(s) => {
-                buf.put_u8(tag(1, WT_LEN));
-                put_varint(buf, s.len as u64);
-                s.write(buf);
-            }
-            Frame::Batch(list) => {
-                buf.put_u8(tag(4, WT_LEN));
-                put_varint(buf, batch_len(list) as u64);
-                for s in list {
-                    buf.put_u8(tag(1, WT_LEN));
-                    put_varint(buf, s.len as u64);
-                    s.write(buf);
-                }
-            }
-        }
+    /// The encoded `SeriesResponse`.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
     }
 
     /// The frame as prost's type.
-    pub fn to_proto(&self) -> SeriesResponse {
-        let result = match self {
-            Frame::Series(s) => series_response::Result::Series(s.to_proto()),
-            Frame::Batch(list) => series_response::Result::Batch(thanos::SeriesBatch {
-                series: list.iter().map(|s| s.to_proto()).collect(),
-            }),
-        };
-        SeriesResponse { result: Some(result) }
+    pub fn to_proto(&self) -> Result<SeriesResponse, Status> {
+        SeriesResponse::decode(self.0.clone()).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
     }
 }
 
@@ -240,12 +218,12 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_varint(buf: &mut impl BufMut, mut v: u64) {
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
+        buf.push((v as u8) | 0x80);
         v >>= 7;
     }
-    buf.put_u8(v as u8);
+    buf.push(v as u8);
 }
 
 /// Length of a length-delimited field (below 16) holding `len` bytes.
@@ -258,11 +236,11 @@ fn bytes_field_len(len: usize) -> usize {
     if len == 0 { 0 } else { nested_len(len) }
 }
 
-fn put_bytes_field(buf: &mut impl BufMut, field: u8, b: &[u8]) {
+fn put_bytes_field(buf: &mut Vec<u8>, field: u8, b: &[u8]) {
     if !b.is_empty() {
-        buf.put_u8(tag(field, WT_LEN));
+        buf.push(tag(field, WT_LEN));
         put_varint(buf, b.len() as u64);
-        buf.put_slice(b);
+        buf.extend_from_slice(b);
     }
 }
 
@@ -271,9 +249,9 @@ fn int64_field_len(v: i64) -> usize {
     if v == 0 { 0 } else { 1 + varint_len(v as u64) }
 }
 
-fn put_int64_field(buf: &mut impl BufMut, field: u8, v: i64) {
+fn put_int64_field(buf: &mut Vec<u8>, field: u8, v: i64) {
     if v != 0 {
-        buf.put_u8(tag(field, WT_VARINT));
+        buf.push(tag(field, WT_VARINT));
         put_varint(buf, v as u64);
     }
 }
@@ -295,10 +273,6 @@ fn aggr_chunk_len(c: &ChunkMeta) -> usize {
     int64_field_len(c.min_time) + int64_field_len(c.max_time) + nested_len(raw_chunk_len(c))
 }
 
-fn batch_len(list: &[FrameSeries]) -> usize {
-    list.iter().map(|s| nested_len(s.len)).sum()
-}
-
 /// The codec of the receiver's `Store/Series` calls: prost-decoded requests, [`Frame`]
 /// responses written by hand.
 #[derive(Debug, Default, Clone, Copy)]
@@ -313,8 +287,7 @@ impl Encoder for FrameEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.encode(dst);
+        dst.put_slice(&item.0);
         Ok(())
     }
 }
@@ -408,9 +381,9 @@ impl<T: store_server::Store + FrameSource> tower::Service<http::Request<tonic::b
 
 #[cfg(test)]
 mod tests {
+    use norn_storeapi::thanos::{self, series_response};
     use norn_tsdb::chunkenc::{Chunk, Encoding};
     use proptest::prelude::*;
-    use prost::Message;
 
     use super::*;
 
@@ -438,11 +411,8 @@ mod tests {
         }
     }
 
-    fn encode(f: &Frame) -> Vec<u8> {
-        let mut v = Vec::new();
-        f.encode(&mut v);
-        assert_eq!(v.len(), f.encoded_len());
-        v
+    fn out(series: &[(Labels, Vec<ChunkMeta>)], ext: &Arc<ExtLabels>) -> Vec<OutSeries> {
+        series.iter().map(|(l, c)| OutSeries { labels: l.clone(), ext: ext.clone(), chunks: c.clone() }).collect()
     }
 
     #[test]
@@ -503,31 +473,37 @@ mod tests {
             let e = Arc::new(ExtLabels::new(&ext, &without));
             let want: Vec<thanos::Series> =
                 series.iter().map(|(ls, cs)| prost_series(ls, &ext, &without, cs)).collect();
-            let frames: Vec<FrameSeries> =
-                series.iter().map(|(ls, cs)| FrameSeries::new(ls.clone(), e.clone(), cs.clone())).collect();
-            for (f, w) in frames.iter().zip(&want) {
-                let frame = Frame::Series(f.clone());
-                let bytes = encode(&frame);
+            let all = out(&series, &e);
+            for (one, w) in all.chunks(1).zip(&want) {
+                let frame = Frame::encode(one, false);
                 let msg = SeriesResponse { result: Some(series_response::Result::Series(w.clone())) };
-                assert_eq!(SeriesResponse::decode(&bytes[..]).unwrap(), msg, "ext {ext} without {without:?}");
-                assert_eq!(bytes, msg.encode_to_vec());
-                assert_eq!(frame.to_proto(), msg);
+                let bytes = frame.bytes();
+                assert_eq!(SeriesResponse::decode(bytes.clone()).unwrap(), msg, "ext {ext} without {without:?}");
+                assert_eq!(bytes[..], msg.encode_to_vec());
+                assert_eq!(frame.to_proto().unwrap(), msg);
             }
             for size in [1, 2, 64] {
-                for (fs, ws) in frames.chunks(size).zip(want.chunks(size)) {
-                    let frame = Frame::Batch(fs.to_vec());
-                    let bytes = encode(&frame);
+                for (os, ws) in all.chunks(size).zip(want.chunks(size)) {
+                    let frame = Frame::encode(os, true);
                     let msg = SeriesResponse {
                         result: Some(series_response::Result::Batch(thanos::SeriesBatch { series: ws.to_vec() })),
                     };
-                    assert_eq!(SeriesResponse::decode(&bytes[..]).unwrap(), msg, "batch {size}");
-                    assert_eq!(bytes, msg.encode_to_vec());
+                    assert_eq!(SeriesResponse::decode(frame.bytes().clone()).unwrap(), msg, "batch {size}");
+                    assert_eq!(frame.bytes()[..], msg.encode_to_vec());
                 }
             }
         }
         // An empty batch is still a batch on the wire.
-        let bytes = encode(&Frame::Batch(Vec::new()));
-        assert_eq!(bytes, [0x22, 0x00]);
+        assert_eq!(Frame::encode(&[], true).bytes()[..], [0x22, 0x00]);
+        // A batch whose length takes a multi-byte varint.
+        let big = vec![(Labels::from_pairs([("a", "b")]), vec![chunk(Encoding::Xor, 1, 2, &[3; 70_000])]); 3];
+        let e = Arc::new(ExtLabels::default());
+        let msg = SeriesResponse {
+            result: Some(series_response::Result::Batch(thanos::SeriesBatch {
+                series: big.iter().map(|(l, c)| prost_series(l, &Labels::empty(), &[], c)).collect(),
+            })),
+        };
+        assert_eq!(Frame::encode(&out(&big, &e), true).bytes()[..], msg.encode_to_vec());
     }
 
     #[test]
@@ -568,15 +544,14 @@ mod tests {
             let e = Arc::new(ExtLabels::new(&ext, &without));
             let want: Vec<thanos::Series> =
                 series.iter().map(|(ls, cs)| prost_series(ls, &ext, &without, cs)).collect();
-            let fs: Vec<FrameSeries> =
-                series.iter().map(|(ls, cs)| FrameSeries::new(ls.clone(), e.clone(), cs.clone())).collect();
-            let (frame, msg) = if batch || fs.is_empty() {
-                (Frame::Batch(fs), series_response::Result::Batch(thanos::SeriesBatch { series: want }))
+            let os = out(&series, &e);
+            let (frame, msg) = if batch || os.len() != 1 {
+                (Frame::encode(&os, true), series_response::Result::Batch(thanos::SeriesBatch { series: want }))
             } else {
-                (Frame::Series(fs[0].clone()), series_response::Result::Series(want[0].clone()))
+                (Frame::encode(&os, false), series_response::Result::Series(want[0].clone()))
             };
             let msg = SeriesResponse { result: Some(msg) };
-            let bytes = encode(&frame);
+            let bytes = frame.bytes().to_vec();
             prop_assert_eq!(&bytes, &msg.encode_to_vec());
             prop_assert_eq!(SeriesResponse::decode(&bytes[..]).unwrap(), msg);
         }
