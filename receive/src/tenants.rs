@@ -182,8 +182,12 @@ impl TenantDb {
                 }
             }
         }
+        let from_blocks = !all.is_empty();
         for h in self.head.select_lazy(matchers) {
             all.push(LazySeries { labels: h.labels().clone(), sources: vec![Source::Head(h)] });
+        }
+        if !from_blocks {
+            return Ok(all); // the head's series alone: sorted, one per label set
         }
         // Stable: for one label set, blocks (oldest first) stay ahead of the head.
         all.sort_by(|a, b| a.labels.cmp(&b.labels));
