@@ -215,21 +215,21 @@ impl Ord for Labels {
     /// Prometheus's `labels.Compare`: label by label, name then value, bytewise; a set
     /// that is a prefix of another sorts first.
     fn cmp(&self, other: &Self) -> Ordering {
-        let mut a = self.iter();
-        let mut b = other.iter();
-        loop {
-            match (a.next(), b.next()) {
-                (None, None) => return Ordering::Equal,
-                (None, Some(_)) => return Ordering::Less,
-                (Some(_), None) => return Ordering::Greater,
-                (Some((an, av)), Some((bn, bv))) => {
-                    let c = an.cmp(bn).then_with(|| av.cmp(bv));
-                    if c != Ordering::Equal {
-                        return c;
-                    }
-                }
+        // Walks both offset tables directly: names and values alternate in `ends`, so
+        // comparing segment i of each is comparing name then value, label by label. Bytes,
+        // not `str` slices, to skip char-boundary checks (this is on every sort path).
+        let (a, b) = (&*self.0, &*other.0);
+        let (ta, tb) = (a.text.as_bytes(), b.text.as_bytes());
+        let (mut sa, mut sb) = (0usize, 0usize);
+        for (&ea, &eb) in a.ends.iter().zip(b.ends.iter()) {
+            let (ea, eb) = (ea as usize, eb as usize);
+            let c = ta.get(sa..ea).cmp(&tb.get(sb..eb));
+            if c != Ordering::Equal {
+                return c;
             }
+            (sa, sb) = (ea, eb);
         }
+        a.ends.len().cmp(&b.ends.len())
     }
 }
 
@@ -359,11 +359,18 @@ mod tests {
             (&[("a", "2")], &[("a", "1"), ("b", "1")], Ordering::Greater),
             (&[("a", "1")], &[("b", "0")], Ordering::Less),
             (&[], &[("a", "")], Ordering::Equal),
+            (&[("ab", "c")], &[("a", "bc")], Ordering::Greater),
+            (&[("a", "b")], &[("a", "bc")], Ordering::Less),
+            (&[("a", "1"), ("b", "2")], &[("a", "1"), ("c", "0")], Ordering::Less),
+            (&[("a", "1"), ("b", "2")], &[("a", "1"), ("b", "10")], Ordering::Greater),
+            (&[("é", "1")], &[("z", "1")], Ordering::Greater),
         ];
         for (a, b, want) in cases {
             let a = Labels::from_pairs(a.iter().copied());
             let b = Labels::from_pairs(b.iter().copied());
             assert_eq!(a.cmp(&b), *want, "{a} vs {b}");
+            assert_eq!(b.cmp(&a), want.reverse(), "{b} vs {a}");
+            assert_eq!(a.cmp(&b), a.iter().cmp(b.iter()), "{a} vs {b}: pairwise definition");
         }
     }
 

@@ -10,6 +10,7 @@ pub mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod router;
+pub mod series_frames;
 pub mod ship;
 pub mod tenants;
 pub mod write;
@@ -22,7 +23,6 @@ use norn_service::{Health, Shutdown};
 use norn_storeapi::thanos::exemplars_server::ExemplarsServer;
 use norn_storeapi::thanos::info::info_server::InfoServer;
 use norn_storeapi::thanos::metadata_server::MetadataServer;
-use norn_storeapi::thanos::store_server::StoreServer;
 use norn_storeapi::thanos::writeable_store_server::WriteableStoreServer;
 use norn_tsdb::head::HeadOptions;
 use norn_tsdb::wal::{Compression, SyncPolicy, WalOptions};
@@ -370,7 +370,7 @@ pub async fn run_with_listeners(
         .add_service(
             WriteableStoreServer::new(writer).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),
         )
-        .add_service(StoreServer::new(store.clone()).max_encoding_message_size(usize::MAX))
+        .add_service(grpc::StoreGrpc::new(store.clone()))
         .add_service(InfoServer::new(store))
         .add_service(ExemplarsServer::new(exemplars::ExemplarsService {
             tsdb: tsdb.clone(),

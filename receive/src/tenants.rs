@@ -50,6 +50,13 @@ pub fn group_lazy(sorted: Vec<LazySeries>) -> Vec<LazySeries> {
 /// dropped the data since the lookup).
 pub fn load_series(s: &LazySeries, mint: i64, maxt: i64) -> norn_tsdb::Result<Option<Series>> {
     let mut refs = Vec::new();
+    if let [one] = s.sources.as_slice() {
+        // Nothing to merge; the labels are the source's own.
+        return match one {
+            Source::Block(b, id) => b.series_by_id(*id, mint, maxt, &mut refs),
+            Source::Head(h) => Ok(h.series(mint, maxt)),
+        };
+    }
     let mut sets = Vec::with_capacity(s.sources.len());
     for src in &s.sources {
         let got = match src {
@@ -175,8 +182,12 @@ impl TenantDb {
                 }
             }
         }
+        let from_blocks = !all.is_empty();
         for h in self.head.select_lazy(matchers) {
             all.push(LazySeries { labels: h.labels().clone(), sources: vec![Source::Head(h)] });
+        }
+        if !from_blocks {
+            return Ok(all); // the head's series alone: sorted, one per label set
         }
         // Stable: for one label set, blocks (oldest first) stay ahead of the head.
         all.sort_by(|a, b| a.labels.cmp(&b.labels));
