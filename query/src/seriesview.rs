@@ -138,6 +138,17 @@ impl SeriesView {
         self.labels.iter().map(|l| (self.str_at(&l.name), self.str_at(&l.value)))
     }
 
+    /// A view of a prost series (encodes and decodes it; for tests).
+    #[cfg(test)]
+    pub(crate) fn from_proto(s: &thanos::Series) -> SeriesView {
+        use prost::Message;
+        let m = thanos::SeriesResponse { result: Some(thanos::series_response::Result::Series(s.clone())) };
+        match decode_response(Bytes::from(m.encode_to_vec())) {
+            Ok(SeriesFrame::Series(v)) => v,
+            other => panic!("a series encodes to a series frame, got {other:?}"),
+        }
+    }
+
     /// The series in its prost form (copies; for tests).
     pub fn to_proto(&self) -> thanos::Series {
         thanos::Series {
