@@ -92,6 +92,16 @@ pub fn check_labels(s: &SeriesView, rl: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// One endpoint's series, in [`cmp_series`] order.
+#[derive(Debug, Default)]
+pub struct Source {
+    /// The series as received.
+    pub series: Vec<SeriesView>,
+    /// The endpoint removed the replica labels (Thanos's `without_replica_labels`): its
+    /// series are replicas of equal series from other endpoints.
+    pub stripped: bool,
+}
+
 /// A source's next series in the merge heap.
 struct Head<'a> {
     view: &'a SeriesView,
@@ -139,18 +149,24 @@ fn contains(seen: &[ChunkId<'_>], id: ChunkId<'_>) -> bool {
 /// repeated timestamps), chunks of later replicas identical to earlier ones are dropped,
 /// the rest decoded once and the replicas deduplicated.
 fn flush_group(
-    group: &[&SeriesView],
+    group: &[(usize, &SeriesView)],
+    sources: &[Source],
     rl: &[String],
     counter: bool,
     decode: &Decoder<'_>,
 ) -> Result<(Labels, Samples), String> {
     // Checked sorted and unique by `check_labels` when received.
-    let key = Labels::from_sorted_unchecked_iter(key_of(group[0], rl));
+    let key = Labels::from_sorted_unchecked_iter(key_of(group[0].1, rl));
     let decode_some = |chunks: &[&WireChunk]| if chunks.is_empty() { Ok(Vec::new()) } else { decode(chunks) };
-    // Split into replicas: runs of equal replica labels.
+    // Split into replicas: runs of equal replica labels, and of one source where a source
+    // stripped them.
     let mut replicas: Vec<Vec<&WireChunk>> = Vec::with_capacity(group.len());
-    for (i, s) in group.iter().enumerate() {
-        let same = i > 0 && (rl.is_empty() || replica_of(group[i - 1], rl).eq(replica_of(s, rl)));
+    for (i, &(src, s)) in group.iter().enumerate() {
+        let same = i > 0 && {
+            let (prev_src, prev) = group[i - 1];
+            let apart = prev_src != src && (sources[prev_src].stripped || sources[src].stripped);
+            !apart && (rl.is_empty() || replica_of(prev, rl).eq(replica_of(s, rl)))
+        };
         match replicas.last_mut() {
             Some(last) if same => last.extend(s.chunks.iter()),
             _ => replicas.push(s.chunks.iter().collect()),
@@ -182,7 +198,7 @@ fn flush_group(
 /// `flush_group`), replicas deduplicated, as counters when `counter`. Series left without
 /// samples are kept (label-only selections need them).
 pub fn merge_and_dedup(
-    sources: &[Vec<SeriesView>],
+    sources: &[Source],
     rl: &[String],
     counter: bool,
     decode: &Decoder<'_>,
@@ -190,16 +206,16 @@ pub fn merge_and_dedup(
     let mut heap: BinaryHeap<Head<'_>> = sources
         .iter()
         .enumerate()
-        .filter_map(|(src, list)| list.first().map(|view| Head { view, rl, src, idx: 0 }))
+        .filter_map(|(src, s)| s.series.first().map(|view| Head { view, rl, src, idx: 0 }))
         .collect();
     let mut out: Vec<(Labels, Samples)> = Vec::new();
-    let mut group: Vec<&SeriesView> = Vec::new();
+    let mut group: Vec<(usize, &SeriesView)> = Vec::new();
     loop {
         // The top is replaced by its source's next series in place: one sift instead of two.
-        let view = {
+        let (src, view) = {
             let Some(mut top) = heap.peek_mut() else { break };
-            let view = top.view;
-            match sources[top.src].get(top.idx + 1) {
+            let (src, view) = (top.src, top.view);
+            match sources[src].series.get(top.idx + 1) {
                 Some(next) => {
                     top.view = next;
                     top.idx += 1;
@@ -208,18 +224,18 @@ pub fn merge_and_dedup(
                     PeekMut::pop(top);
                 }
             }
-            view
+            (src, view)
         };
-        if let Some(first) = group.first()
+        if let Some(&(_, first)) = group.first()
             && !key_of(first, rl).eq(key_of(view, rl))
         {
-            out.push(flush_group(&group, rl, counter, decode)?);
+            out.push(flush_group(&group, sources, rl, counter, decode)?);
             group.clear();
         }
-        group.push(view);
+        group.push((src, view));
     }
     if !group.is_empty() {
-        out.push(flush_group(&group, rl, counter, decode)?);
+        out.push(flush_group(&group, sources, rl, counter, decode)?);
     }
     Ok(out)
 }
@@ -640,6 +656,10 @@ mod tests {
         SeriesView::from_proto(&thanos::Series { labels, chunks })
     }
 
+    fn src(series: Vec<SeriesView>) -> Source {
+        Source { series, stripped: false }
+    }
+
     fn names(got: &[(Labels, Samples)]) -> Vec<String> {
         got.iter().map(|(l, _)| l.to_string()).collect()
     }
@@ -656,7 +676,7 @@ mod tests {
             view(&[("__name__", "a"), ("replica", "2")], vec![fake_chunk(&[500])]),
             view(&[("__name__", "c"), ("replica", "2")], vec![fake_chunk(&[7])]),
         ];
-        let got = merge_and_dedup(&[s0, s1, s2], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(&[src(s0), src(s1), src(s2)], &rl, false, &fake_decode).unwrap();
         assert_eq!(names(&got), vec![r#"{__name__="a"}"#, r#"{__name__="b"}"#, r#"{__name__="c"}"#]);
         // Replica 0 wins at 0 and 10s; replica 1's 21s sample lies within its penalty
         // (2 x 10s after 10s), so it is skipped as Thanos skips it.
@@ -671,7 +691,7 @@ mod tests {
             view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[1, 2])]),
             view(&[("__name__", "a"), ("replica", "1")], vec![fake_chunk(&[5])]),
         ];
-        let got = merge_and_dedup(&[s0, s1], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(&[src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
         assert_eq!(names(&got), vec![r#"{__name__="a", replica="0"}"#, r#"{__name__="a", replica="1"}"#]);
         assert_eq!(times(&got[0].1), vec![0, 1, 2]);
         assert_eq!(times(&got[1].1), vec![5]);
@@ -691,7 +711,7 @@ mod tests {
             view(&[("__name__", "m"), ("replica", "1"), ("zone", "b")], vec![fake_chunk(&[4])]),
             view(&[("__name__", "m"), ("replica", "1"), ("zone", "c")], vec![]),
         ];
-        let got = merge_and_dedup(&[s0, s1], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(&[src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
         let want = [r#"{__name__="m", zone="a"}"#, r#"{__name__="m", zone="b"}"#, r#"{__name__="m", zone="c"}"#];
         assert_eq!(names(&got), want);
         assert_eq!(times(&got[0].1), vec![0, 10_000]);
@@ -699,6 +719,27 @@ mod tests {
         assert_eq!(times(&got[1].1), vec![3]);
         // Label-only series are kept.
         assert!(got[2].1.is_empty());
+    }
+
+    #[test]
+    fn series_of_sources_that_stripped_replica_labels_are_replicas() {
+        let rl = vec!["replica".to_string()];
+        let stripped = |series| Source { series, stripped: true };
+        // Offset scrapes: a union would interleave them, dedup keeps the first source's.
+        let s0 = vec![view(&[("__name__", "a")], vec![fake_chunk(&[0, 10_000, 20_000])])];
+        let s1 = vec![view(&[("__name__", "a")], vec![fake_chunk(&[1000, 11_000, 21_000])])];
+        // A source that kept its replica label dedups with them too.
+        let s2 = vec![view(&[("__name__", "a"), ("replica", "2")], vec![fake_chunk(&[2000, 12_000, 22_000, 50_000])])];
+        let got = merge_and_dedup(&[stripped(s0), stripped(s1), src(s2)], &rl, false, &fake_decode).unwrap();
+        assert_eq!(names(&got), vec![r#"{__name__="a"}"#]);
+        assert_eq!(times(&got[0].1), vec![0, 10_000, 20_000, 50_000]);
+        // Pieces of one series from one stripped source are still joined.
+        let s0 = vec![
+            view(&[("__name__", "a")], vec![fake_chunk(&[0, 10_000])]),
+            view(&[("__name__", "a")], vec![fake_chunk(&[20_000])]),
+        ];
+        let got = merge_and_dedup(&[stripped(s0)], &rl, false, &fake_decode).unwrap();
+        assert_eq!(times(&got[0].1), vec![0, 10_000, 20_000]);
     }
 
     #[test]
@@ -715,7 +756,7 @@ mod tests {
             &[("__name__", "a"), ("replica", "1")],
             vec![fake_chunk(&[0, 10]), other, fake_chunk(&[40, 50])],
         )];
-        let got = merge_and_dedup(&[s0, s1], &rl, false, &decode).unwrap();
+        let got = merge_and_dedup(&[src(s0), src(s1)], &rl, false, &decode).unwrap();
         // Replica 1's first chunk equals replica 0's and is skipped; the others are decoded.
         assert_eq!(*decoded.borrow(), vec![0, 20, 20, 40]);
         assert_eq!(got.len(), 1);

@@ -12,7 +12,7 @@ use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::dedup::{check_labels, cmp_series, is_counter_func, merge_and_dedup};
+use crate::dedup::{Source, check_labels, cmp_series, is_counter_func, merge_and_dedup};
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
 
@@ -147,17 +147,23 @@ impl From<String> for FetchError {
 }
 
 /// Streams one endpoint's answer: its series as received (chunks outside the selection's
-/// range dropped), in merge order ([`cmp_series`]).
-async fn fetch_series(
-    ep: Arc<EndpointState>,
-    call: Arc<SeriesCall>,
-) -> Result<(Vec<SeriesView>, Vec<String>), FetchError> {
+/// range dropped), in merge order ([`cmp_series`]), and its warnings.
+async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(Source, Vec<String>), FetchError> {
+    // An endpoint that can strip the replica labels does (as Thanos asks its stores to):
+    // fewer bytes to send and compare. Its series are then told apart by where they came
+    // from rather than by their replica labels.
+    let stripped = !call.replica_labels.is_empty()
+        && ep.status.read().info.as_ref().is_some_and(|i| i.supports_without_replica_labels);
+    let mut req = call.req.clone();
+    if stripped {
+        req.without_replica_labels = call.replica_labels.clone();
+    }
     // The zero-copy codec: labels and chunk bytes stay slices of the received messages.
     let mut grpc = tonic::client::Grpc::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     grpc.ready().await.map_err(|e| format!("receive series from {}: service was not ready: {e}", ep.addr))?;
     let path = axum::http::uri::PathAndQuery::from_static("/thanos.Store/Series");
     let mut stream = grpc
-        .server_streaming(with_tenant(call.req.clone(), &call.tenant), path, SeriesViewCodec)
+        .server_streaming(with_tenant(req, &call.tenant), path, SeriesViewCodec)
         .await
         .map_err(|s| status_msg(&ep.addr, &s))?
         .into_inner();
@@ -202,7 +208,7 @@ async fn fetch_series(
     if !out.windows(2).all(|w| cmp_series(&w[0], &w[1], rl) != std::cmp::Ordering::Greater) {
         out.sort_by(|a, b| cmp_series(a, b, rl));
     }
-    Ok((out, warnings))
+    Ok((Source { series: out, stripped }, warnings))
 }
 
 /// Fans requests out to the endpoint set.
@@ -283,18 +289,21 @@ impl Fanout {
             maxt,
         });
         let mut set = tokio::task::JoinSet::new();
-        for ep in eps {
-            set.spawn(fetch_series(ep, call.clone()));
+        for (i, ep) in eps.into_iter().enumerate() {
+            let call = call.clone();
+            set.spawn(async move { fetch_series(ep, call).await.map(|(s, w)| (i, s, w)) });
         }
-        let mut sources = Vec::new();
+        // Sources in endpoint order, not in the order they finish: which replica comes first
+        // decides ties in dedup, and the answer must not depend on timing.
+        let mut sources: Vec<(usize, Source)> = Vec::new();
         let mut errs = Vec::new();
         let deadline = tokio::time::Instant::from_std(opts.deadline);
         loop {
             match tokio::time::timeout_at(deadline, set.join_next()).await {
                 Err(_) => return Err(FanoutError::Timeout),
                 Ok(None) => break,
-                Ok(Some(Ok(Ok((series, w))))) => {
-                    sources.push(series);
+                Ok(Some(Ok(Ok((i, series, w))))) => {
+                    sources.push((i, series));
                     warnings.extend(w);
                 }
                 Ok(Some(Ok(Err(FetchError::Endpoint(e))))) => errs.push(e),
@@ -314,6 +323,8 @@ impl Fanout {
             normalize(&mut samples);
             Ok(samples)
         };
+        sources.sort_unstable_by_key(|(i, _)| *i);
+        let sources: Vec<Source> = sources.into_iter().map(|(_, s)| s).collect();
         let counter = is_counter_func(func);
         let series =
             merge_and_dedup(&sources, &call.replica_labels, counter, &decode).map_err(FanoutError::Endpoint)?;

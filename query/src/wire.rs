@@ -151,7 +151,7 @@ mod tests {
     /// the gap with Thanos's penalty, and stays there.
     #[test]
     fn replicas_of_histograms_dedup_with_the_penalty() {
-        use crate::dedup::merge_and_dedup;
+        use crate::dedup::{Source, merge_and_dedup};
         use crate::seriesview::SeriesView;
         let mark = |sum: f64| Arc::new(FloatHistogram { sum, ..fh(0) });
         let a: Vec<(i64, StoredValue)> =
@@ -175,7 +175,8 @@ mod tests {
         let rl = vec!["replica".to_string()];
         // As counters too: histograms are never adjusted.
         for counter in [false, true] {
-            let got = merge_and_dedup(&[vec![raw("a", &a)], vec![raw("b", &b)]], &rl, counter, &decode).unwrap();
+            let sources = [raw("a", &a), raw("b", &b)].map(|s| Source { series: vec![s], stripped: false });
+            let got = merge_and_dedup(&sources, &rl, counter, &decode).unwrap();
             assert_eq!(got.len(), 1);
             let picked: Vec<(i64, f64)> = got[0]
                 .1

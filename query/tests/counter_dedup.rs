@@ -55,11 +55,23 @@ fn data_of(body: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counter_functions_see_no_reset_when_dedup_switches_replicas() {
+    check_counter_dedup(false).await;
+}
+
+/// The same with stores that strip the replica label when asked (Thanos's
+/// `without_replica_labels`): their series are told apart by endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_dedup_with_stores_stripping_replica_labels() {
+    check_counter_dedup(true).await;
+}
+
+async fn check_counter_dedup(strip: bool) {
     let mut stops = Vec::new();
     let mut addrs = Vec::new();
     for (r, samples) in [("r0", r0()), ("r1", r1()), ("r2", r1())] {
         let stop = CancellationToken::new();
-        let store = FakeStore::new(Labels::from_pairs([("replica", r)]), Arc::new(vec![(counter(), samples)]));
+        let mut store = FakeStore::new(Labels::from_pairs([("replica", r)]), Arc::new(vec![(counter(), samples)]));
+        store.strip = strip;
         addrs.push(serve_store(store, stop.clone()).await.to_string());
         stops.push(stop);
     }
