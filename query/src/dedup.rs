@@ -69,11 +69,11 @@ pub fn cmp_series(a: &SeriesView, b: &SeriesView, rl: &[String]) -> Ordering {
 /// Checks what building the key and replica label sets used to check: no empty value, and
 /// names non-empty, sorted and unique among the key labels and among the replica labels.
 pub fn check_labels(s: &SeriesView, rl: &[String]) -> Result<(), String> {
-    if let Some((n, _)) = s.labels().find(|(_, v)| v.is_empty()) {
-        return Err(format!("empty value for label {n:?}"));
-    }
     let (mut prev_key, mut prev_rep): (Option<&str>, Option<&str>) = (None, None);
-    for (n, _) in s.labels() {
+    for (n, v) in s.labels() {
+        if v.is_empty() {
+            return Err(format!("empty value for label {n:?}"));
+        }
         if n.is_empty() {
             return Err(LabelError::EmptyName.to_string());
         }
