@@ -242,9 +242,13 @@ pub fn merge_and_dedup(
 
 /// Deduplicates replicas (each ascending by time, in replica order) as Thanos's chained
 /// penalty iterators do: `dedup(dedup(r0, r1), r2)`, adjusted for counters when `counter`.
-pub fn dedup_replicas(mut replicas: Vec<Samples>, counter: bool) -> Samples {
-    if replicas.len() <= 1 {
-        return replicas.pop().unwrap_or_default();
+pub fn dedup_replicas(replicas: Vec<Samples>, counter: bool) -> Samples {
+    // When every later replica's timestamps are among the first's (replicas that lost
+    // writes the first one got), the penalty rule picks the first replica at every step
+    // and never switches: the first tie goes to it, and whatever a later replica offers
+    // after each pick is at or after the first's next sample. So no iterators are needed.
+    if replicas.len() <= 1 || replicas[1..].iter().all(|r| times_within(r, &replicas[0])) {
+        return replicas.into_iter().next().unwrap_or_default();
     }
     let mut it = Iter::Leaf(Leaf { s: &replicas[0], i: 0, started: false, adjust: 0.0, counter });
     for r in &replicas[1..] {
@@ -255,6 +259,20 @@ pub fn dedup_replicas(mut replicas: Vec<Samples>, counter: bool) -> Samples {
         out.push((it.at_t(), it.value()));
     }
     out
+}
+
+/// Whether every timestamp of `sub` is one of `of`'s (both ascending).
+fn times_within(sub: &[(i64, StoredValue)], of: &[(i64, StoredValue)]) -> bool {
+    let mut j = 0;
+    for (t, _) in sub {
+        while j < of.len() && of[j].0 < *t {
+            j += 1;
+        }
+        if j == of.len() || of[j].0 != *t {
+            return false;
+        }
+    }
+    true
 }
 
 /// One replica's samples as a Thanos series iterator: `next` moves to the next sample, `seek`
@@ -591,6 +609,41 @@ mod tests {
         assert_eq!(sums, vec![(0, 10.0), (10_000, 20.0), (41_000, 5.0)]);
         let got = dedup_replicas(vec![pts(&[(0, -0.0)]), pts(&[(5, 1.0)])], false);
         assert!(matches!(got[0].1, StoredValue::Float(v) if v == 0.0 && v.is_sign_negative()));
+    }
+
+    #[test]
+    fn replicas_missing_samples_of_the_first_change_nothing() {
+        // (replicas' timestamps): later replicas only have timestamps the first has, so the
+        // shortcut applies; the iterators, run on the same input, agree.
+        let cases: Vec<Vec<Vec<i64>>> = vec![
+            vec![vec![0, 15, 30, 45, 60], vec![0, 30, 60], vec![15, 45]],
+            vec![vec![0, 15, 30, 45, 60], vec![]],
+            vec![vec![0, 15_000, 30_000, 45_000, 60_000, 75_000], vec![45_000, 60_000, 75_000]],
+            vec![vec![0, 15_000, 30_000, 45_000, 60_000], vec![0, 15_000, 30_000, 45_000, 60_000]],
+        ];
+        for reps in cases {
+            for counter in [false, true] {
+                // Later replicas' values differ: the first replica's must come out.
+                let samples: Vec<Samples> = reps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ts)| ts.iter().map(|&t| (t, StoredValue::Float((t + i as i64) as f64))).collect())
+                    .collect();
+                assert!(samples[1..].iter().all(|r| times_within(r, &samples[0])));
+                let want = floats(&samples[0]);
+                assert_eq!(floats(&dedup_replicas(samples.clone(), counter)), want, "{reps:?}");
+                // The iterators alone (the shortcut defeated by an extra replica whose only
+                // sample comes after everything and is picked last).
+                let mut with_tail = samples.clone();
+                with_tail.push(vec![(10_000_000, StoredValue::Float(0.0))]);
+                let got = floats(&dedup_replicas(with_tail, counter));
+                assert_eq!(got[..got.len() - 1], want[..], "{reps:?} counter={counter}");
+            }
+        }
+        let a = fl(&[0, 15, 30]);
+        assert!(!times_within(&fl(&[0, 16]), &a));
+        assert!(!times_within(&fl(&[45]), &a));
+        assert!(times_within(&fl(&[]), &a));
     }
 
     #[test]
