@@ -24,8 +24,6 @@
 //! about as much as RF=1.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::collections::binary_heap::PeekMut;
 
 use crate::seriesview::{SeriesView, WireChunk};
 use norn_model::{LabelError, Labels};
@@ -92,41 +90,48 @@ pub fn check_labels(s: &SeriesView, rl: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// One endpoint's series, in [`cmp_series`] order.
+/// One endpoint's series, in the frames they arrived in (not copied into one list).
 #[derive(Debug, Default)]
 pub struct Source {
-    /// The series as received.
-    pub series: Vec<SeriesView>,
+    /// Series as received, batch by batch, normally in [`cmp_series`] order (the merge
+    /// sorts them when they are not).
+    pub batches: Vec<Vec<SeriesView>>,
     /// The endpoint removed the replica labels (Thanos's `without_replica_labels`): its
     /// series are replicas of equal series from other endpoints.
     pub stripped: bool,
 }
 
-/// A source's next series in the merge heap.
-struct Head<'a> {
-    view: &'a SeriesView,
-    rl: &'a [String],
-    src: usize,
-    idx: usize,
+/// A position in a [`Source`]: batch and index (past the end when the batch is).
+type Cursor = (usize, usize);
+
+impl Source {
+    /// A source of one list of series.
+    pub fn new(series: Vec<SeriesView>, stripped: bool) -> Self {
+        Source { batches: vec![series], stripped }
+    }
+
+    /// The first position at or after `(b, i)` holding a series.
+    fn settle(&self, (mut b, mut i): Cursor) -> Cursor {
+        while b < self.batches.len() && i >= self.batches[b].len() {
+            (b, i) = (b + 1, 0);
+        }
+        (b, i)
+    }
+
+    fn at(&self, (b, i): Cursor) -> Option<&SeriesView> {
+        self.batches.get(b).and_then(|l| l.get(i))
+    }
+
+    /// Sorts the series into [`cmp_series`] order (one batch).
+    fn sort(&mut self, rl: &[String]) {
+        let mut all: Vec<SeriesView> = std::mem::take(&mut self.batches).into_iter().flatten().collect();
+        all.sort_by(|a, b| cmp_series(a, b, rl));
+        self.batches = vec![all];
+    }
 }
 
-impl PartialEq for Head<'_> {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Head<'_> {}
-impl PartialOrd for Head<'_> {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Head<'_> {
-    // Reversed: BinaryHeap is a max-heap and we pop the smallest series first.
-    fn cmp(&self, o: &Self) -> Ordering {
-        cmp_series(o.view, self.view, self.rl).then_with(|| o.src.cmp(&self.src))
-    }
-}
+/// The merge found this source out of order.
+struct Unsorted(usize);
 
 /// Decodes a replica's chunks into samples ascending by time.
 pub type Decoder<'a> = dyn Fn(&[&WireChunk]) -> Result<Samples, String> + 'a;
@@ -193,51 +198,79 @@ fn flush_group(
     Ok((key, dedup_replicas(decoded, counter)))
 }
 
-/// K-way merges per-endpoint series lists (each sorted by [`cmp_series`]) into one list
-/// sorted by labels without `rl`; series with equal such labels are combined (see
-/// `flush_group`), replicas deduplicated, as counters when `counter`. Series left without
-/// samples are kept (label-only selections need them).
+/// K-way merges per-endpoint series lists into one list sorted by labels without `rl`;
+/// series with equal such labels are combined (see `flush_group`), replicas deduplicated,
+/// as counters when `counter`. Series left without samples are kept (label-only selections
+/// need them). Sources out of [`cmp_series`] order are sorted first.
 pub fn merge_and_dedup(
-    sources: &[Source],
+    mut sources: Vec<Source>,
     rl: &[String],
     counter: bool,
     decode: &Decoder<'_>,
 ) -> Result<Vec<(Labels, Samples)>, String> {
-    let mut heap: BinaryHeap<Head<'_>> = sources
-        .iter()
-        .enumerate()
-        .filter_map(|(src, s)| s.series.first().map(|view| Head { view, rl, src, idx: 0 }))
-        .collect();
+    // Stores send series sorted, which is the merge order unless a replica label sorts
+    // before another label and differs within a source: checked on the way, not up front.
+    loop {
+        match merge_sorted(&sources, rl, counter, decode)? {
+            Ok(out) => return Ok(out),
+            Err(Unsorted(src)) => sources[src].sort(rl),
+        }
+    }
+}
+
+/// [`merge_and_dedup`] of sources in order; `Err(Unsorted)` names a source that is not.
+#[allow(clippy::type_complexity)]
+fn merge_sorted(
+    sources: &[Source],
+    rl: &[String],
+    counter: bool,
+    decode: &Decoder<'_>,
+) -> Result<Result<Vec<(Labels, Samples)>, Unsorted>, String> {
+    let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
     let mut out: Vec<(Labels, Samples)> = Vec::new();
+    let mut members: Vec<usize> = Vec::with_capacity(sources.len());
     let mut group: Vec<(usize, &SeriesView)> = Vec::new();
     loop {
-        // The top is replaced by its source's next series in place: one sift instead of two.
-        let (src, view) = {
-            let Some(mut top) = heap.peek_mut() else { break };
-            let (src, view) = (top.src, top.view);
-            match sources[src].series.get(top.idx + 1) {
-                Some(next) => {
-                    top.view = next;
-                    top.idx += 1;
+        // The smallest key among the sources' next series, and the sources that have it:
+        // a group at a time, so a replica (equal key) costs one comparison.
+        members.clear();
+        let mut min: Option<&SeriesView> = None;
+        for (src, s) in sources.iter().enumerate() {
+            let Some(v) = s.at(pos[src]) else { continue };
+            match min.map_or(Ordering::Less, |m| key_of(v, rl).cmp(key_of(m, rl))) {
+                Ordering::Less => {
+                    min = Some(v);
+                    members.clear();
+                    members.push(src);
                 }
-                None => {
-                    PeekMut::pop(top);
+                Ordering::Equal => members.push(src),
+                Ordering::Greater => {}
+            }
+        }
+        if min.is_none() {
+            return Ok(Ok(out));
+        }
+        group.clear();
+        for &src in &members {
+            // The source's series with this key: pieces of one series, or its replicas.
+            let s = &sources[src];
+            while let Some(v) = s.at(pos[src]) {
+                group.push((src, v));
+                pos[src] = s.settle((pos[src].0, pos[src].1 + 1));
+                match s.at(pos[src]).map(|next| key_of(next, rl).cmp(key_of(v, rl))) {
+                    Some(Ordering::Equal) => {}
+                    Some(Ordering::Less) => return Ok(Err(Unsorted(src))),
+                    Some(Ordering::Greater) | None => break,
                 }
             }
-            (src, view)
-        };
-        if let Some(&(_, first)) = group.first()
-            && !key_of(first, rl).eq(key_of(view, rl))
-        {
-            out.push(flush_group(&group, sources, rl, counter, decode)?);
-            group.clear();
         }
-        group.push((src, view));
-    }
-    if !group.is_empty() {
+        // Replica label order; among equal ones, sources in endpoint order (a stable sort).
+        if group.len() > 1 && !rl.is_empty() && !group.is_sorted_by(|a, b| replica_of(a.1, rl).le(replica_of(b.1, rl)))
+        {
+            group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
+        }
         out.push(flush_group(&group, sources, rl, counter, decode)?);
     }
-    Ok(out)
 }
 
 /// Deduplicates replicas (each ascending by time, in replica order) as Thanos's chained
@@ -710,7 +743,7 @@ mod tests {
     }
 
     fn src(series: Vec<SeriesView>) -> Source {
-        Source { series, stripped: false }
+        Source::new(series, false)
     }
 
     fn names(got: &[(Labels, Samples)]) -> Vec<String> {
@@ -729,7 +762,7 @@ mod tests {
             view(&[("__name__", "a"), ("replica", "2")], vec![fake_chunk(&[500])]),
             view(&[("__name__", "c"), ("replica", "2")], vec![fake_chunk(&[7])]),
         ];
-        let got = merge_and_dedup(&[src(s0), src(s1), src(s2)], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(vec![src(s0), src(s1), src(s2)], &rl, false, &fake_decode).unwrap();
         assert_eq!(names(&got), vec![r#"{__name__="a"}"#, r#"{__name__="b"}"#, r#"{__name__="c"}"#]);
         // Replica 0 wins at 0 and 10s; replica 1's 21s sample lies within its penalty
         // (2 x 10s after 10s), so it is skipped as Thanos skips it.
@@ -744,7 +777,7 @@ mod tests {
             view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[1, 2])]),
             view(&[("__name__", "a"), ("replica", "1")], vec![fake_chunk(&[5])]),
         ];
-        let got = merge_and_dedup(&[src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(vec![src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
         assert_eq!(names(&got), vec![r#"{__name__="a", replica="0"}"#, r#"{__name__="a", replica="1"}"#]);
         assert_eq!(times(&got[0].1), vec![0, 1, 2]);
         assert_eq!(times(&got[1].1), vec![5]);
@@ -764,7 +797,7 @@ mod tests {
             view(&[("__name__", "m"), ("replica", "1"), ("zone", "b")], vec![fake_chunk(&[4])]),
             view(&[("__name__", "m"), ("replica", "1"), ("zone", "c")], vec![]),
         ];
-        let got = merge_and_dedup(&[src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(vec![src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
         let want = [r#"{__name__="m", zone="a"}"#, r#"{__name__="m", zone="b"}"#, r#"{__name__="m", zone="c"}"#];
         assert_eq!(names(&got), want);
         assert_eq!(times(&got[0].1), vec![0, 10_000]);
@@ -777,13 +810,13 @@ mod tests {
     #[test]
     fn series_of_sources_that_stripped_replica_labels_are_replicas() {
         let rl = vec!["replica".to_string()];
-        let stripped = |series| Source { series, stripped: true };
+        let stripped = |series| Source::new(series, true);
         // Offset scrapes: a union would interleave them, dedup keeps the first source's.
         let s0 = vec![view(&[("__name__", "a")], vec![fake_chunk(&[0, 10_000, 20_000])])];
         let s1 = vec![view(&[("__name__", "a")], vec![fake_chunk(&[1000, 11_000, 21_000])])];
         // A source that kept its replica label dedups with them too.
         let s2 = vec![view(&[("__name__", "a"), ("replica", "2")], vec![fake_chunk(&[2000, 12_000, 22_000, 50_000])])];
-        let got = merge_and_dedup(&[stripped(s0), stripped(s1), src(s2)], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(vec![stripped(s0), stripped(s1), src(s2)], &rl, false, &fake_decode).unwrap();
         assert_eq!(names(&got), vec![r#"{__name__="a"}"#]);
         assert_eq!(times(&got[0].1), vec![0, 10_000, 20_000, 50_000]);
         // Pieces of one series from one stripped source are still joined.
@@ -791,8 +824,38 @@ mod tests {
             view(&[("__name__", "a")], vec![fake_chunk(&[0, 10_000])]),
             view(&[("__name__", "a")], vec![fake_chunk(&[20_000])]),
         ];
-        let got = merge_and_dedup(&[stripped(s0)], &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(vec![stripped(s0)], &rl, false, &fake_decode).unwrap();
         assert_eq!(times(&got[0].1), vec![0, 10_000, 20_000]);
+    }
+
+    #[test]
+    fn merge_sorts_sources_out_of_key_order_and_reads_across_batches() {
+        let rl = vec!["replica".to_string()];
+        // In full-label order, but not in key order: replica 0's zone=b before replica 1's
+        // zone=a, within one source (e.g. a querier below without dedup).
+        let s0 = Source {
+            batches: vec![
+                vec![view(&[("__name__", "m"), ("replica", "0"), ("zone", "b")], vec![fake_chunk(&[0])])],
+                vec![],
+                vec![
+                    view(&[("__name__", "m"), ("replica", "1"), ("zone", "a")], vec![fake_chunk(&[1])]),
+                    view(&[("__name__", "m"), ("replica", "1"), ("zone", "b")], vec![fake_chunk(&[20_000])]),
+                ],
+            ],
+            stripped: false,
+        };
+        let s1 = Source {
+            batches: vec![
+                vec![view(&[("__name__", "m"), ("replica", "2"), ("zone", "a")], vec![fake_chunk(&[2])])],
+                vec![view(&[("__name__", "m"), ("replica", "2"), ("zone", "c")], vec![fake_chunk(&[3])])],
+            ],
+            stripped: false,
+        };
+        let got = merge_and_dedup(vec![s0, s1], &rl, false, &fake_decode).unwrap();
+        let want = [r#"{__name__="m", zone="a"}"#, r#"{__name__="m", zone="b"}"#, r#"{__name__="m", zone="c"}"#];
+        assert_eq!(names(&got), want);
+        let ts: Vec<Vec<i64>> = got.iter().map(|(_, s)| times(s)).collect();
+        assert_eq!(ts, vec![vec![1], vec![0, 20_000], vec![3]]);
     }
 
     #[test]
@@ -809,7 +872,7 @@ mod tests {
             &[("__name__", "a"), ("replica", "1")],
             vec![fake_chunk(&[0, 10]), other, fake_chunk(&[40, 50])],
         )];
-        let got = merge_and_dedup(&[src(s0), src(s1)], &rl, false, &decode).unwrap();
+        let got = merge_and_dedup(vec![src(s0), src(s1)], &rl, false, &decode).unwrap();
         // Replica 1's first chunk equals replica 0's and is skipped; the others are decoded.
         assert_eq!(*decoded.borrow(), vec![0, 20, 20, 40]);
         assert_eq!(got.len(), 1);

@@ -12,7 +12,7 @@ use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::dedup::{Source, check_labels, cmp_series, is_counter_func, merge_and_dedup};
+use crate::dedup::{Source, check_labels, is_counter_func, merge_and_dedup};
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
 
@@ -147,7 +147,7 @@ impl From<String> for FetchError {
 }
 
 /// Streams one endpoint's answer: its series as received (chunks outside the selection's
-/// range dropped), in merge order ([`cmp_series`]), and its warnings.
+/// range dropped), and its warnings.
 async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(Source, Vec<String>), FetchError> {
     // An endpoint that can strip the replica labels does (as Thanos asks its stores to):
     // fewer bytes to send and compare. Its series are then told apart by where they came
@@ -167,13 +167,14 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
         .await
         .map_err(|s| status_msg(&ep.addr, &s))?
         .into_inner();
-    let mut out: Vec<SeriesView> = Vec::new();
+    // Batches are kept as they arrived: no copying of every series into one growing list.
+    let mut batches: Vec<Vec<SeriesView>> = Vec::new();
     let mut warnings = Vec::new();
     let rl = &call.replica_labels;
     // No label set is built here: series stay views until the merge, which builds one per
     // group of replicas.
-    let handle = |mut s: SeriesView, out: &mut Vec<SeriesView>| -> Result<(), FetchError> {
-        check_labels(&s, rl).map_err(|e| format!("{}: {e}", ep.addr))?;
+    let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
+        check_labels(s, rl).map_err(|e| format!("{}: {e}", ep.addr))?;
         // The limit is checked on the chunk headers' sample counts, before decoding.
         let mut added = 0usize;
         s.chunks.retain(|ch| {
@@ -187,28 +188,30 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
         if call.max_samples > 0 && total > call.max_samples {
             return Err(FetchError::Limit);
         }
-        // A series split over several frames stays in pieces: the merge joins them.
-        out.push(s);
         Ok(())
     };
     while let Some(msg) = stream.message().await.map_err(|s| status_msg(&ep.addr, &s))? {
         match msg {
-            SeriesFrame::Series(s) => handle(s, &mut out)?,
-            SeriesFrame::Batch(b) => {
-                for s in b {
-                    handle(s, &mut out)?;
+            SeriesFrame::Series(mut s) => {
+                handle(&mut s)?;
+                // A lone series joins the last batch (a series split over several frames
+                // stays in pieces: the merge joins them).
+                match batches.last_mut() {
+                    Some(last) => last.push(s),
+                    None => batches.push(vec![s]),
                 }
+            }
+            SeriesFrame::Batch(mut b) => {
+                for s in &mut b {
+                    handle(s)?;
+                }
+                batches.push(b);
             }
             SeriesFrame::Warning(w) => warnings.push(w),
             SeriesFrame::Hints | SeriesFrame::Empty => {}
         }
     }
-    // Stores send series sorted by their full labels, which is the merge order unless a
-    // replica label sorts before another label.
-    if !out.windows(2).all(|w| cmp_series(&w[0], &w[1], rl) != std::cmp::Ordering::Greater) {
-        out.sort_by(|a, b| cmp_series(a, b, rl));
-    }
-    Ok((Source { series: out, stripped }, warnings))
+    Ok((Source { batches, stripped }, warnings))
 }
 
 /// Fans requests out to the endpoint set.
@@ -326,8 +329,7 @@ impl Fanout {
         sources.sort_unstable_by_key(|(i, _)| *i);
         let sources: Vec<Source> = sources.into_iter().map(|(_, s)| s).collect();
         let counter = is_counter_func(func);
-        let series =
-            merge_and_dedup(&sources, &call.replica_labels, counter, &decode).map_err(FanoutError::Endpoint)?;
+        let series = merge_and_dedup(sources, &call.replica_labels, counter, &decode).map_err(FanoutError::Endpoint)?;
         Ok(Selection { series, warnings })
     }
 

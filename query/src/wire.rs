@@ -175,8 +175,8 @@ mod tests {
         let rl = vec!["replica".to_string()];
         // As counters too: histograms are never adjusted.
         for counter in [false, true] {
-            let sources = [raw("a", &a), raw("b", &b)].map(|s| Source { series: vec![s], stripped: false });
-            let got = merge_and_dedup(&sources, &rl, counter, &decode).unwrap();
+            let sources = vec![Source::new(vec![raw("a", &a)], false), Source::new(vec![raw("b", &b)], false)];
+            let got = merge_and_dedup(sources, &rl, counter, &decode).unwrap();
             assert_eq!(got.len(), 1);
             let picked: Vec<(i64, f64)> = got[0]
                 .1
