@@ -204,6 +204,14 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, ViewError> {
+        // Tags and most lengths fit one byte.
+        if self.pos < self.end
+            && let Some(&b) = self.root.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.root.get(self.pos).filter(|_| self.pos < self.end) else {
@@ -392,7 +400,8 @@ fn any_msg(root: &Bytes, range: std::ops::Range<usize>) -> Result<(), ViewError>
 /// otherwise, as prost does.
 pub fn decode_response(buf: Bytes) -> Result<SeriesFrame, ViewError> {
     let root = &buf;
-    let new_series = || SeriesView { buf: buf.clone(), ..Default::default() };
+    // Room for a typical label set up front: one allocation instead of growing 4, 8, 16.
+    let new_series = || SeriesView { buf: buf.clone(), labels: Vec::with_capacity(8), chunks: Vec::new() };
     let mut r = Reader::new(root, 0..buf.len(), "SeriesResponse");
     let mut out = SeriesFrame::Empty;
     while !r.done() {
