@@ -1,5 +1,10 @@
 //! Merging of series from several endpoints and replica deduplication.
 //!
+//! Each endpoint's answer arrives as [`SeriesView`]s (labels and chunks still slices of the
+//! received messages). They are k-way merged on their label strings with the replica labels
+//! skipped, so a replica never builds a label set of its own: one [`Labels`] is built per
+//! group of replicas.
+//!
 //! Replicas (series equal once the replica labels are removed) are deduplicated with
 //! Thanos's penalty-based choice: both replicas are read in time order, the sample with
 //! the smaller timestamp wins, and the replica not chosen must then skip ahead by twice
@@ -8,16 +13,20 @@
 //! offset, and switches replicas across gaps. More than two replicas are chained:
 //! `dedup(dedup(r0, r1), r2)`, replicas ordered by their labels.
 //!
+//! When the selection feeds a counter function (`rate`, `increase`, `irate`, `resets`),
+//! a switch between replicas must not look like a counter reset: as Thanos does, at every
+//! switch each replica whose current float value is below the last value returned is
+//! raised by the difference, for the rest of the series.
+//!
 //! Before any decoding, a replica's chunks that are byte-identical to a chunk of an earlier
 //! replica (same time range and data) are dropped, as Thanos drops chunks with equal
 //! hashes: replicas fed the same samples usually cut identical chunks, so RF=3 decodes
 //! about as much as RF=1.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 
-use crate::seriesview::WireChunk;
-use norn_model::Labels;
+use crate::seriesview::{SeriesView, WireChunk};
+use norn_model::{LabelError, Labels};
 use norn_promql::StoredValue;
 
 /// Penalty (ms) applied before any sample gap is known, as Thanos does.
@@ -26,123 +35,103 @@ const INITIAL_PENALTY: i64 = 5000;
 /// Samples of one series, ascending by time.
 pub type Samples = Vec<(i64, StoredValue)>;
 
-/// A series key and its replicas (replica labels, undecoded chunks, decoded samples).
-type Group = (Labels, Vec<(Labels, Vec<WireChunk>, Samples)>);
-
-/// A series as one endpoint returned it, decoded.
-#[derive(Debug, Clone)]
-pub struct RawSeries {
-    /// Labels with replica labels removed (all labels without dedup).
-    pub key: Labels,
-    /// Only the replica labels (empty without dedup): with `key`, identifies the replica.
-    pub replica: Labels,
-    /// Chunks as received, decoded only when no earlier replica sent the same chunk.
-    pub chunks: Vec<WireChunk>,
-    /// Already decoded samples, ascending by time.
-    pub samples: Vec<(i64, StoredValue)>,
+/// Whether a selection feeding `func` reads its series as counters, as Thanos decides it
+/// (`isCounter` in its dedup package): only then are replica switches adjusted.
+pub fn is_counter_func(func: Option<&str>) -> bool {
+    matches!(func, Some("rate" | "increase" | "irate" | "resets"))
 }
 
-/// Combines two replicas with the penalty rule.
-pub fn dedup_pair(a: &[(i64, StoredValue)], b: &[(i64, StoredValue)]) -> Vec<(i64, StoredValue)> {
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut ia, mut ib) = (0usize, 0usize);
-    let (mut pen_a, mut pen_b) = (0i64, 0i64);
-    let mut last_t = i64::MIN;
-    let seek = |s: &[(i64, StoredValue)], i: &mut usize, t: i64| {
-        while *i < s.len() && s[*i].0 < t {
-            *i += 1;
+fn is_replica(replica_labels: &[String], name: &str) -> bool {
+    replica_labels.iter().any(|r| r == name)
+}
+
+/// A series' labels without the replica labels: what its replicas share.
+fn key_of<'v>(s: &'v SeriesView, rl: &'v [String]) -> impl Iterator<Item = (&'v str, &'v str)> + 'v {
+    s.labels().filter(move |(n, _)| !is_replica(rl, n))
+}
+
+/// Only a series' replica labels.
+fn replica_of<'v>(s: &'v SeriesView, rl: &'v [String]) -> impl Iterator<Item = (&'v str, &'v str)> + 'v {
+    s.labels().filter(move |(n, _)| is_replica(rl, n))
+}
+
+/// The merge order of series: by labels without the replica labels (Prometheus's label
+/// order), then by replica labels.
+pub fn cmp_series(a: &SeriesView, b: &SeriesView, rl: &[String]) -> Ordering {
+    if rl.is_empty() {
+        return a.labels().cmp(b.labels());
+    }
+    key_of(a, rl).cmp(key_of(b, rl)).then_with(|| replica_of(a, rl).cmp(replica_of(b, rl)))
+}
+
+/// Checks what building the key and replica label sets used to check: no empty value, and
+/// names non-empty, sorted and unique among the key labels and among the replica labels.
+pub fn check_labels(s: &SeriesView, rl: &[String]) -> Result<(), String> {
+    let (mut prev_key, mut prev_rep): (Option<&str>, Option<&str>) = (None, None);
+    for (n, v) in s.labels() {
+        if v.is_empty() {
+            return Err(format!("empty value for label {n:?}"));
         }
-    };
-    loop {
-        let floor = last_t.saturating_add(1);
-        seek(a, &mut ia, floor.saturating_add(pen_a));
-        seek(b, &mut ib, floor.saturating_add(pen_b));
-        let a_ok = ia < a.len();
-        let b_ok = ib < b.len();
-        match (a_ok, b_ok) {
-            (false, false) => break,
-            (true, false) => {
-                last_t = a[ia].0;
-                pen_a = 0;
-                out.push(a[ia].clone());
-            }
-            (false, true) => {
-                last_t = b[ib].0;
-                pen_b = 0;
-                out.push(b[ib].clone());
-            }
-            (true, true) => {
-                let (ta, tb) = (a[ia].0, b[ib].0);
-                if ta <= tb {
-                    pen_b = if last_t != i64::MIN { 2 * (ta - last_t) } else { INITIAL_PENALTY };
-                    pen_a = 0;
-                    last_t = ta;
-                    out.push(a[ia].clone());
-                } else {
-                    pen_a = if last_t != i64::MIN { 2 * (tb - last_t) } else { INITIAL_PENALTY };
-                    pen_b = 0;
-                    last_t = tb;
-                    out.push(b[ib].clone());
+        if n.is_empty() {
+            return Err(LabelError::EmptyName.to_string());
+        }
+        let prev = if is_replica(rl, n) { &mut prev_rep } else { &mut prev_key };
+        if let Some(p) = *prev {
+            match p.cmp(n) {
+                Ordering::Less => {}
+                Ordering::Equal => return Err(LabelError::Duplicate(n.to_string()).to_string()),
+                Ordering::Greater => {
+                    return Err(LabelError::Unsorted { prev: p.to_string(), next: n.to_string() }.to_string());
                 }
             }
         }
+        *prev = Some(n);
     }
-    out
+    Ok(())
 }
 
-/// Union of two sample lists of the same series (same labels from two endpoints, e.g.
-/// overlapping blocks): on equal timestamps the first list wins.
-pub fn union(a: Vec<(i64, StoredValue)>, b: Vec<(i64, StoredValue)>) -> Vec<(i64, StoredValue)> {
-    if b.is_empty() {
-        return a;
+/// One endpoint's series, in the frames they arrived in (not copied into one list).
+#[derive(Debug, Default)]
+pub struct Source {
+    /// Series as received, batch by batch, normally in [`cmp_series`] order (the merge
+    /// sorts them when they are not).
+    pub batches: Vec<Vec<SeriesView>>,
+    /// The endpoint removed the replica labels (Thanos's `without_replica_labels`): its
+    /// series are replicas of equal series from other endpoints.
+    pub stripped: bool,
+}
+
+/// A position in a [`Source`]: batch and index (past the end when the batch is).
+type Cursor = (usize, usize);
+
+impl Source {
+    /// A source of one list of series.
+    pub fn new(series: Vec<SeriesView>, stripped: bool) -> Self {
+        Source { batches: vec![series], stripped }
     }
-    if a.is_empty() {
-        return b;
-    }
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let mut ai = a.into_iter().peekable();
-    let mut bi = b.into_iter().peekable();
-    loop {
-        match (ai.peek(), bi.peek()) {
-            (Some(x), Some(y)) => match x.0.cmp(&y.0) {
-                Ordering::Less => out.push(ai.next().expect("peeked")),
-                Ordering::Greater => out.push(bi.next().expect("peeked")),
-                Ordering::Equal => {
-                    out.push(ai.next().expect("peeked"));
-                    bi.next();
-                }
-            },
-            (Some(_), None) => out.extend(ai.by_ref()),
-            (None, Some(_)) => out.extend(bi.by_ref()),
-            (None, None) => break,
+
+    /// The first position at or after `(b, i)` holding a series.
+    fn settle(&self, (mut b, mut i): Cursor) -> Cursor {
+        while b < self.batches.len() && i >= self.batches[b].len() {
+            (b, i) = (b + 1, 0);
         }
+        (b, i)
     }
-    out
+
+    fn at(&self, (b, i): Cursor) -> Option<&SeriesView> {
+        self.batches.get(b).and_then(|l| l.get(i))
+    }
+
+    /// Sorts the series into [`cmp_series`] order (one batch).
+    fn sort(&mut self, rl: &[String]) {
+        let mut all: Vec<SeriesView> = std::mem::take(&mut self.batches).into_iter().flatten().collect();
+        all.sort_by(|a, b| cmp_series(a, b, rl));
+        self.batches = vec![all];
+    }
 }
 
-struct HeapItem {
-    key: Labels,
-    replica: Labels,
-    src: usize,
-}
-
-impl PartialEq for HeapItem {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for HeapItem {}
-impl PartialOrd for HeapItem {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for HeapItem {
-    // Reversed: BinaryHeap is a max-heap and we pop the smallest label set first.
-    fn cmp(&self, o: &Self) -> Ordering {
-        o.key.cmp(&self.key).then_with(|| o.replica.cmp(&self.replica)).then_with(|| o.src.cmp(&self.src))
-    }
-}
+/// The merge found this source out of order.
+struct Unsorted(usize);
 
 /// Decodes a replica's chunks into samples ascending by time.
 pub type Decoder<'a> = dyn Fn(&[&WireChunk]) -> Result<Samples, String> + 'a;
@@ -160,85 +149,359 @@ fn contains(seen: &[ChunkId<'_>], id: ChunkId<'_>) -> bool {
     seen[from..].iter().take_while(|s| (s.0, s.1) == (id.0, id.1)).any(|s| s.2 == id.2 && s.3 == id.3)
 }
 
-/// Combines one group: identical chunks of later replicas dropped, the rest decoded,
-/// replicas chained through [`dedup_pair`].
-fn flush_group(replicas: Vec<(Labels, Vec<WireChunk>, Samples)>, decode: &Decoder<'_>) -> Result<Samples, String> {
+/// Combines one group (series with equal keys, in replica label order): pieces with equal
+/// replica labels are one replica (their chunks concatenated; the decoder sorts and drops
+/// repeated timestamps), chunks of later replicas identical to earlier ones are dropped,
+/// the rest decoded once and the replicas deduplicated.
+fn flush_group(
+    group: &[(usize, &SeriesView)],
+    sources: &[Source],
+    rl: &[String],
+    counter: bool,
+    decode: &Decoder<'_>,
+) -> Result<(Labels, Samples), String> {
+    // Checked sorted and unique by `check_labels` when received.
+    let key = Labels::from_sorted_unchecked_iter(key_of(group[0].1, rl));
+    let decode_some = |chunks: &[&WireChunk]| if chunks.is_empty() { Ok(Vec::new()) } else { decode(chunks) };
+    // Split into replicas: runs of equal replica labels, and of one source where a source
+    // stripped them.
+    let mut replicas: Vec<Vec<&WireChunk>> = Vec::with_capacity(group.len());
+    for (i, &(src, s)) in group.iter().enumerate() {
+        let same = i > 0 && {
+            let (prev_src, prev) = group[i - 1];
+            let apart = prev_src != src && (sources[prev_src].stripped || sources[src].stripped);
+            !apart && (rl.is_empty() || replica_of(prev, rl).eq(replica_of(s, rl)))
+        };
+        match replicas.last_mut() {
+            Some(last) if same => last.extend(s.chunks.iter()),
+            _ => replicas.push(s.chunks.iter().collect()),
+        }
+    }
     // One replica (RF=1, or no dedup): nothing to compare against.
     if replicas.len() == 1 {
-        let (_, chunks, pre) = replicas.into_iter().next().expect("one replica");
-        let refs: Vec<&WireChunk> = chunks.iter().collect();
-        let samples = if refs.is_empty() { Vec::new() } else { decode(&refs)? };
-        return Ok(if pre.is_empty() { samples } else { union(samples, pre) });
+        return Ok((key, decode_some(&replicas[0])?));
     }
     // Chunks of earlier replicas, sorted by time range: a binary search and a memcmp per
     // chunk, instead of hashing every chunk's bytes.
     let mut seen: Vec<ChunkId<'_>> = Vec::new();
-    let mut acc: Option<Samples> = None;
-    for (_, chunks, pre) in &replicas {
-        // Borrowed, not cloned: chunk data is the bulk of a response.
+    let mut decoded: Vec<Samples> = Vec::with_capacity(replicas.len());
+    for chunks in &replicas {
         let keep: Vec<&WireChunk> =
-            chunks.iter().filter(|c| chunk_id(c).is_none_or(|id| !contains(&seen, id))).collect();
-        seen.extend(chunks.iter().filter_map(chunk_id));
+            chunks.iter().copied().filter(|c| chunk_id(c).is_none_or(|id| !contains(&seen, id))).collect();
+        seen.extend(chunks.iter().filter_map(|c| chunk_id(c)));
         seen.sort_unstable_by_key(|id| (id.0, id.1));
-        let mut samples = if keep.is_empty() { Vec::new() } else { decode(&keep)? };
-        if !pre.is_empty() {
-            samples = union(samples, pre.clone());
+        let samples = decode_some(&keep)?;
+        if !samples.is_empty() {
+            decoded.push(samples);
         }
-        if samples.is_empty() {
-            continue;
-        }
-        acc = Some(match acc {
-            None => samples,
-            Some(a) => dedup_pair(&a, &samples),
-        });
     }
-    Ok(acc.unwrap_or_default())
+    Ok((key, dedup_replicas(decoded, counter)))
 }
 
-/// K-way merges per-endpoint series lists (each sorted by `key`, then `replica`) into one
-/// list sorted by `key`; series with equal keys are combined: equal replica labels by
-/// concatenating their chunks and [`union`] of their samples, different replica labels
-/// (replicas) by [`dedup_pair`] in replica label order. Series left without samples are kept
-/// (label-only selections need them).
-pub fn merge_and_dedup(sources: Vec<Vec<RawSeries>>, decode: &Decoder<'_>) -> Result<Vec<(Labels, Samples)>, String> {
-    let mut iters: Vec<std::vec::IntoIter<RawSeries>> = sources.into_iter().map(Vec::into_iter).collect();
-    let mut pending: Vec<Option<RawSeries>> = iters.iter_mut().map(Iterator::next).collect();
-    let mut heap = BinaryHeap::new();
-    for (src, p) in pending.iter().enumerate() {
-        if let Some(s) = p {
-            heap.push(HeapItem { key: s.key.clone(), replica: s.replica.clone(), src });
+/// K-way merges per-endpoint series lists into one list sorted by labels without `rl`;
+/// series with equal such labels are combined (see `flush_group`), replicas deduplicated,
+/// as counters when `counter`. Series left without samples are kept (label-only selections
+/// need them). Sources out of [`cmp_series`] order are sorted first.
+pub fn merge_and_dedup(
+    mut sources: Vec<Source>,
+    rl: &[String],
+    counter: bool,
+    decode: &Decoder<'_>,
+) -> Result<Vec<(Labels, Samples)>, String> {
+    // Stores send series sorted, which is the merge order unless a replica label sorts
+    // before another label and differs within a source: checked on the way, not up front.
+    loop {
+        match merge_sorted(&sources, rl, counter, decode)? {
+            Ok(out) => return Ok(out),
+            Err(Unsorted(src)) => sources[src].sort(rl),
         }
     }
+}
+
+/// [`merge_and_dedup`] of sources in order; `Err(Unsorted)` names a source that is not.
+#[allow(clippy::type_complexity)]
+fn merge_sorted(
+    sources: &[Source],
+    rl: &[String],
+    counter: bool,
+    decode: &Decoder<'_>,
+) -> Result<Result<Vec<(Labels, Samples)>, Unsorted>, String> {
+    let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
     let mut out: Vec<(Labels, Samples)> = Vec::new();
-    // The group being built: its key and its replicas in label order.
-    let mut group: Option<Group> = None;
-    while let Some(item) = heap.pop() {
-        let s = pending[item.src].take().expect("heap entry has a pending series");
-        if let Some(next) = iters[item.src].next() {
-            heap.push(HeapItem { key: next.key.clone(), replica: next.replica.clone(), src: item.src });
-            pending[item.src] = Some(next);
-        }
-        match &mut group {
-            Some((k, reps)) if *k == s.key => match reps.last_mut() {
-                Some((replica, chunks, samples)) if *replica == s.replica => {
-                    chunks.extend(s.chunks);
-                    let prev = std::mem::take(samples);
-                    *samples = union(prev, s.samples);
+    let mut members: Vec<usize> = Vec::with_capacity(sources.len());
+    let mut group: Vec<(usize, &SeriesView)> = Vec::new();
+    loop {
+        // The smallest key among the sources' next series, and the sources that have it:
+        // a group at a time, so a replica (equal key) costs one comparison.
+        members.clear();
+        let mut min: Option<&SeriesView> = None;
+        for (src, s) in sources.iter().enumerate() {
+            let Some(v) = s.at(pos[src]) else { continue };
+            match min.map_or(Ordering::Less, |m| key_of(v, rl).cmp(key_of(m, rl))) {
+                Ordering::Less => {
+                    min = Some(v);
+                    members.clear();
+                    members.push(src);
                 }
-                _ => reps.push((s.replica, s.chunks, s.samples)),
-            },
-            _ => {
-                if let Some((k, reps)) = group.take() {
-                    out.push((k, flush_group(reps, decode)?));
-                }
-                group = Some((s.key, vec![(s.replica, s.chunks, s.samples)]));
+                Ordering::Equal => members.push(src),
+                Ordering::Greater => {}
             }
         }
+        if min.is_none() {
+            return Ok(Ok(out));
+        }
+        group.clear();
+        for &src in &members {
+            // The source's series with this key: pieces of one series, or its replicas.
+            let s = &sources[src];
+            while let Some(v) = s.at(pos[src]) {
+                group.push((src, v));
+                pos[src] = s.settle((pos[src].0, pos[src].1 + 1));
+                match s.at(pos[src]).map(|next| key_of(next, rl).cmp(key_of(v, rl))) {
+                    Some(Ordering::Equal) => {}
+                    Some(Ordering::Less) => return Ok(Err(Unsorted(src))),
+                    Some(Ordering::Greater) | None => break,
+                }
+            }
+        }
+        // Replica label order; among equal ones, sources in endpoint order (a stable sort).
+        if group.len() > 1 && !rl.is_empty() && !group.is_sorted_by(|a, b| replica_of(a.1, rl).le(replica_of(b.1, rl)))
+        {
+            group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
+        }
+        out.push(flush_group(&group, sources, rl, counter, decode)?);
     }
-    if let Some((k, reps)) = group.take() {
-        out.push((k, flush_group(reps, decode)?));
+}
+
+/// Deduplicates replicas (each ascending by time, in replica order) as Thanos's chained
+/// penalty iterators do: `dedup(dedup(r0, r1), r2)`, adjusted for counters when `counter`.
+pub fn dedup_replicas(replicas: Vec<Samples>, counter: bool) -> Samples {
+    // When every later replica's timestamps are among the first's (replicas that lost
+    // writes the first one got), the penalty rule picks the first replica at every step
+    // and never switches: the first tie goes to it, and whatever a later replica offers
+    // after each pick is at or after the first's next sample. So no iterators are needed.
+    if replicas.len() <= 1 || replicas[1..].iter().all(|r| times_within(r, &replicas[0])) {
+        return replicas.into_iter().next().unwrap_or_default();
     }
-    Ok(out)
+    let mut it = Iter::Leaf(Leaf { s: &replicas[0], i: 0, started: false, adjust: 0.0, counter });
+    for r in &replicas[1..] {
+        it = Iter::Pair(Box::new(Pair::new(it, Iter::Leaf(Leaf { s: r, i: 0, started: false, adjust: 0.0, counter }))));
+    }
+    let mut out = Vec::with_capacity(replicas.iter().map(Vec::len).max().unwrap_or(0));
+    while it.next() {
+        out.push((it.at_t(), it.value()));
+    }
+    out
+}
+
+/// Whether every timestamp of `sub` is one of `of`'s (both ascending).
+fn times_within(sub: &[(i64, StoredValue)], of: &[(i64, StoredValue)]) -> bool {
+    let mut j = 0;
+    for (t, _) in sub {
+        while j < of.len() && of[j].0 < *t {
+            j += 1;
+        }
+        if j == of.len() || of[j].0 != *t {
+            return false;
+        }
+    }
+    true
+}
+
+/// One replica's samples as a Thanos series iterator: `next` moves to the next sample, `seek`
+/// to the first at or after a time (never backwards), and a counter replica carries the
+/// amount it was raised by at switches.
+struct Leaf<'a> {
+    s: &'a [(i64, StoredValue)],
+    i: usize,
+    started: bool,
+    adjust: f64,
+    counter: bool,
+}
+
+impl Leaf<'_> {
+    /// A counter replica's value with its adjustment; others as stored (so -0 stays -0).
+    fn adjusted(&self, v: f64) -> f64 {
+        if self.counter { v + self.adjust } else { v }
+    }
+}
+
+/// Two iterators deduplicated with the penalty rule: Thanos's `dedupSeriesIterator`.
+struct Pair<'a> {
+    a: Iter<'a>,
+    b: Iter<'a>,
+    /// Whether `a` / `b` are at a sample.
+    a_ok: bool,
+    b_ok: bool,
+    last_t: i64,
+    pen_a: i64,
+    pen_b: i64,
+    /// The current sample is `a`'s (else `b`'s).
+    use_a: bool,
+}
+
+enum Iter<'a> {
+    Leaf(Leaf<'a>),
+    Pair(Box<Pair<'a>>),
+}
+
+impl<'a> Pair<'a> {
+    fn new(mut a: Iter<'a>, mut b: Iter<'a>) -> Self {
+        let a_ok = a.next();
+        let b_ok = b.next();
+        Pair { a, b, a_ok, b_ok, last_t: i64::MIN, pen_a: 0, pen_b: 0, use_a: true }
+    }
+
+    fn ok(&self) -> bool {
+        if self.use_a { self.a_ok } else { self.b_ok }
+    }
+
+    fn cur(&self) -> &Iter<'a> {
+        if self.use_a { &self.a } else { &self.b }
+    }
+
+    fn next(&mut self) -> bool {
+        // The value returned last (before any sample, `a`'s first one, as in Thanos).
+        let last_float = if self.ok() { self.cur().float_at() } else { None };
+        let was_a = self.use_a;
+        let ok = self.step();
+        if self.use_a != was_a
+            && let Some(v) = last_float
+        {
+            // Switched replicas: neither may continue below the value returned last.
+            self.adjust(v);
+        }
+        ok
+    }
+
+    fn step(&mut self) -> bool {
+        let floor = self.last_t.saturating_add(1);
+        if self.a_ok {
+            self.a_ok = self.a.seek(floor.saturating_add(self.pen_a));
+        }
+        if self.b_ok {
+            self.b_ok = self.b.seek(floor.saturating_add(self.pen_b));
+        }
+        if !self.a_ok {
+            self.use_a = false;
+            if self.b_ok {
+                self.last_t = self.b.at_t();
+                self.pen_b = 0;
+            }
+            return self.b_ok;
+        }
+        if !self.b_ok {
+            self.use_a = true;
+            self.last_t = self.a.at_t();
+            self.pen_a = 0;
+            return true;
+        }
+        let (ta, tb) = (self.a.at_t(), self.b.at_t());
+        self.use_a = ta <= tb;
+        let t = if self.use_a { ta } else { tb };
+        let pen =
+            if self.last_t != i64::MIN { t.saturating_sub(self.last_t).saturating_mul(2) } else { INITIAL_PENALTY };
+        if self.use_a {
+            (self.pen_a, self.pen_b) = (0, pen);
+        } else {
+            (self.pen_a, self.pen_b) = (pen, 0);
+        }
+        self.last_t = t;
+        true
+    }
+
+    fn adjust(&mut self, last: f64) {
+        if self.a_ok {
+            self.a.adjust(last);
+        }
+        if self.b_ok {
+            self.b.adjust(last);
+        }
+    }
+}
+
+impl Iter<'_> {
+    fn next(&mut self) -> bool {
+        match self {
+            Iter::Leaf(l) => {
+                if !l.started {
+                    l.started = true;
+                } else if l.i < l.s.len() {
+                    l.i += 1;
+                }
+                l.i < l.s.len()
+            }
+            Iter::Pair(p) => p.next(),
+        }
+    }
+
+    /// Moves to the first sample at or after `t`; whether there is one. Only called while
+    /// at a sample.
+    fn seek(&mut self, t: i64) -> bool {
+        match self {
+            Iter::Leaf(l) => {
+                // Samples are few per seek: a linear walk, as a chunk iterator would do.
+                while l.i < l.s.len() && l.s[l.i].0 < t {
+                    l.i += 1;
+                }
+                l.i < l.s.len()
+            }
+            // As Thanos: through `next`, so that the pair's own choices (and counter
+            // adjustments) are made on the way.
+            Iter::Pair(p) => loop {
+                if p.cur().at_t() >= t {
+                    return true;
+                }
+                if !p.next() {
+                    return false;
+                }
+            },
+        }
+    }
+
+    fn at_t(&self) -> i64 {
+        match self {
+            Iter::Leaf(l) => l.s[l.i].0,
+            Iter::Pair(p) => p.cur().at_t(),
+        }
+    }
+
+    /// The current value if it is a float, adjusted.
+    fn float_at(&self) -> Option<f64> {
+        match self {
+            Iter::Leaf(l) => match l.s[l.i].1 {
+                StoredValue::Float(v) => Some(l.adjusted(v)),
+                StoredValue::Histogram(_) => None,
+            },
+            Iter::Pair(p) => p.cur().float_at(),
+        }
+    }
+
+    fn value(&self) -> StoredValue {
+        match self {
+            Iter::Leaf(l) => match &l.s[l.i].1 {
+                StoredValue::Float(v) => StoredValue::Float(l.adjusted(*v)),
+                h @ StoredValue::Histogram(_) => h.clone(),
+            },
+            Iter::Pair(p) => p.cur().value(),
+        }
+    }
+
+    /// Raises a counter replica whose current float is below `last` (a counter cannot go
+    /// down across a switch); histograms and non-counters are left alone, as in Thanos.
+    fn adjust(&mut self, last: f64) {
+        match self {
+            Iter::Leaf(l) => {
+                if l.counter
+                    && let StoredValue::Float(v) = l.s[l.i].1
+                    && last > l.adjusted(v)
+                {
+                    l.adjust += last - l.adjusted(v);
+                }
+            }
+            Iter::Pair(p) => p.adjust(last),
+        }
+    }
 }
 
 /// Labels without the replica labels.
@@ -252,16 +515,28 @@ pub fn strip_labels(l: &Labels, replica_labels: &[String]) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use norn_storeapi::thanos;
 
-    fn fl(ts: &[i64]) -> Vec<(i64, StoredValue)> {
+    fn fl(ts: &[i64]) -> Samples {
         ts.iter().map(|&t| (t, StoredValue::Float(t as f64))).collect()
+    }
+    fn pts(p: &[(i64, f64)]) -> Samples {
+        p.iter().map(|&(t, v)| (t, StoredValue::Float(v))).collect()
     }
     fn times(s: &[(i64, StoredValue)]) -> Vec<i64> {
         s.iter().map(|p| p.0).collect()
     }
+    fn floats(s: &[(i64, StoredValue)]) -> Vec<(i64, f64)> {
+        s.iter()
+            .map(|(t, v)| match v {
+                StoredValue::Float(f) => (*t, *f),
+                StoredValue::Histogram(_) => panic!("histogram at {t}"),
+            })
+            .collect()
+    }
 
     #[test]
-    fn dedup_pair_table() {
+    fn penalty_dedup_of_two_replicas() {
         // (replica a, replica b, expected timestamps)
         let cases: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = vec![
             // Identical replicas: one copy.
@@ -282,8 +557,141 @@ mod tests {
             (vec![10_000, 20_000], vec![2000, 12_000, 22_000], vec![2000, 10_000, 20_000]),
         ];
         for (a, b, want) in cases {
-            let got = dedup_pair(&fl(&a), &fl(&b));
-            assert_eq!(times(&got), want, "a={a:?} b={b:?}");
+            for counter in [false, true] {
+                let got = dedup_replicas(vec![fl(&a), fl(&b)], counter);
+                assert_eq!(times(&got), want, "a={a:?} b={b:?} counter={counter}");
+            }
+        }
+    }
+
+    #[test]
+    fn counter_dedup_never_steps_down_at_a_switch() {
+        // (name, replicas, expected as counters, expected otherwise)
+        type Case = (&'static str, Vec<Vec<(i64, f64)>>, Vec<(i64, f64)>, Vec<(i64, f64)>);
+        let a_gap =
+            vec![(0, 100.0), (10_000, 110.0), (20_000, 120.0), (30_000, 130.0), (70_000, 170.0), (80_000, 180.0)];
+        // Offset by 1 s and restarted earlier: its counter is 95 below a's.
+        let b_low: Vec<(i64, f64)> = (0..9).map(|i| (1000 + i * 10_000, 5.0 + 10.0 * i as f64)).collect();
+        let cases: Vec<Case> = vec![
+            (
+                "gap in a: b takes over 75 higher and keeps the offset",
+                vec![a_gap.clone(), b_low.clone()],
+                vec![(0, 100.0), (10_000, 110.0), (20_000, 120.0), (30_000, 130.0), (51_000, 130.0), (61_000, 140.0)]
+                    .into_iter()
+                    .chain([(71_000, 150.0), (81_000, 160.0)])
+                    .collect(),
+                vec![(0, 100.0), (10_000, 110.0), (20_000, 120.0), (30_000, 130.0), (51_000, 55.0), (61_000, 65.0)]
+                    .into_iter()
+                    .chain([(71_000, 75.0), (81_000, 85.0)])
+                    .collect(),
+            ),
+            (
+                "replicas agreeing in value: switching changes nothing",
+                vec![a_gap.clone(), (0..9).map(|i| (1000 + i * 10_000, 100.0 + 10.0 * i as f64)).collect()],
+                vec![(0, 100.0), (10_000, 110.0), (20_000, 120.0), (30_000, 130.0), (51_000, 150.0), (61_000, 160.0)]
+                    .into_iter()
+                    .chain([(71_000, 170.0), (81_000, 180.0)])
+                    .collect(),
+                vec![(0, 100.0), (10_000, 110.0), (20_000, 120.0), (30_000, 130.0), (51_000, 150.0), (61_000, 160.0)]
+                    .into_iter()
+                    .chain([(71_000, 170.0), (81_000, 180.0)])
+                    .collect(),
+            ),
+            (
+                "b ends: back to a, which is ahead and needs no adjustment",
+                vec![
+                    vec![(0, 10.0), (10_000, 20.0), (50_000, 60.0), (60_000, 70.0), (100_000, 110.0), (110_000, 120.0)],
+                    vec![(1000, 1.0), (11_000, 2.0), (21_000, 3.0), (31_000, 4.0), (41_000, 5.0)],
+                ],
+                // a's 50 s and 60 s samples fall in its penalty after the switch.
+                vec![(0, 10.0), (10_000, 20.0), (31_000, 20.0), (41_000, 21.0), (100_000, 110.0), (110_000, 120.0)],
+                vec![(0, 10.0), (10_000, 20.0), (31_000, 4.0), (41_000, 5.0), (100_000, 110.0), (110_000, 120.0)],
+            ),
+            (
+                "three replicas: the adjustment carries through the chain",
+                vec![
+                    vec![(0, 100.0), (10_000, 110.0)],
+                    vec![(1000, 50.0), (11_000, 60.0), (41_000, 90.0), (51_000, 100.0)],
+                    vec![(2000, 0.0), (12_000, 10.0), (42_000, 40.0), (52_000, 50.0), (120_000, 60.0), (130_000, 70.0)],
+                ],
+                vec![(0, 100.0), (10_000, 110.0), (41_000, 110.0), (51_000, 120.0), (120_000, 120.0), (130_000, 130.0)],
+                vec![(0, 100.0), (10_000, 110.0), (41_000, 90.0), (51_000, 100.0), (120_000, 60.0), (130_000, 70.0)],
+            ),
+        ];
+        for (name, replicas, want_counter, want_plain) in cases {
+            let reps: Vec<Samples> = replicas.iter().map(|r| pts(r)).collect();
+            assert_eq!(floats(&dedup_replicas(reps.clone(), true)), want_counter, "{name} (counter)");
+            assert_eq!(floats(&dedup_replicas(reps, false)), want_plain, "{name} (not a counter)");
+        }
+    }
+
+    #[test]
+    fn counter_dedup_leaves_histograms_and_negative_zero_alone() {
+        use norn_model::histogram::FloatHistogram;
+        let h = |sum: f64| StoredValue::Histogram(std::sync::Arc::new(FloatHistogram { sum, ..Default::default() }));
+        let a = vec![(0, h(10.0)), (10_000, h(20.0))];
+        let b = vec![(1000, h(1.0)), (11_000, h(2.0)), (41_000, h(5.0))];
+        let got = dedup_replicas(vec![a, b], true);
+        let sums: Vec<(i64, f64)> = got
+            .iter()
+            .map(|(t, v)| match v {
+                StoredValue::Histogram(h) => (*t, h.sum),
+                StoredValue::Float(_) => panic!("float at {t}"),
+            })
+            .collect();
+        assert_eq!(sums, vec![(0, 10.0), (10_000, 20.0), (41_000, 5.0)]);
+        let got = dedup_replicas(vec![pts(&[(0, -0.0)]), pts(&[(5, 1.0)])], false);
+        assert!(matches!(got[0].1, StoredValue::Float(v) if v == 0.0 && v.is_sign_negative()));
+    }
+
+    #[test]
+    fn replicas_missing_samples_of_the_first_change_nothing() {
+        // (replicas' timestamps): later replicas only have timestamps the first has, so the
+        // shortcut applies; the iterators, run on the same input, agree.
+        let cases: Vec<Vec<Vec<i64>>> = vec![
+            vec![vec![0, 15, 30, 45, 60], vec![0, 30, 60], vec![15, 45]],
+            vec![vec![0, 15, 30, 45, 60], vec![]],
+            vec![vec![0, 15_000, 30_000, 45_000, 60_000, 75_000], vec![45_000, 60_000, 75_000]],
+            vec![vec![0, 15_000, 30_000, 45_000, 60_000], vec![0, 15_000, 30_000, 45_000, 60_000]],
+        ];
+        for reps in cases {
+            for counter in [false, true] {
+                // Later replicas' values differ: the first replica's must come out.
+                let samples: Vec<Samples> = reps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ts)| ts.iter().map(|&t| (t, StoredValue::Float((t + i as i64) as f64))).collect())
+                    .collect();
+                assert!(samples[1..].iter().all(|r| times_within(r, &samples[0])));
+                let want = floats(&samples[0]);
+                assert_eq!(floats(&dedup_replicas(samples.clone(), counter)), want, "{reps:?}");
+                // The iterators alone (the shortcut defeated by an extra replica whose only
+                // sample comes after everything and is picked last).
+                let mut with_tail = samples.clone();
+                with_tail.push(vec![(10_000_000, StoredValue::Float(0.0))]);
+                let got = floats(&dedup_replicas(with_tail, counter));
+                assert_eq!(got[..got.len() - 1], want[..], "{reps:?} counter={counter}");
+            }
+        }
+        let a = fl(&[0, 15, 30]);
+        assert!(!times_within(&fl(&[0, 16]), &a));
+        assert!(!times_within(&fl(&[45]), &a));
+        assert!(times_within(&fl(&[]), &a));
+    }
+
+    #[test]
+    fn counter_functions_are_thanos_ones() {
+        let cases = [
+            (Some("rate"), true),
+            (Some("increase"), true),
+            (Some("irate"), true),
+            (Some("resets"), true),
+            (Some("delta"), false),
+            (Some("sum_over_time"), false),
+            (None, false),
+        ];
+        for (f, want) in cases {
+            assert_eq!(is_counter_func(f), want, "{f:?}");
         }
     }
 
@@ -308,40 +716,54 @@ mod tests {
         assert!(!contains(&[], (0, 0, 1, b"")));
     }
 
-    #[test]
-    fn union_prefers_first() {
-        let a = vec![(1, StoredValue::Float(1.0)), (3, StoredValue::Float(3.0))];
-        let b = vec![(1, StoredValue::Float(9.0)), (2, StoredValue::Float(2.0)), (4, StoredValue::Float(4.0))];
-        let got = union(a, b);
-        assert_eq!(times(&got), vec![1, 2, 3, 4]);
-        assert!(matches!(got[0].1, StoredValue::Float(v) if v == 1.0));
+    /// A chunk whose data lists its sample timestamps (read back by `fake_decode`).
+    fn fake_chunk(ts: &[i64]) -> thanos::AggrChunk {
+        thanos::AggrChunk {
+            min_time: ts.first().copied().unwrap_or(0),
+            max_time: ts.last().copied().unwrap_or(0),
+            raw: Some(thanos::Chunk { r#type: 0, data: ts.iter().flat_map(|t| t.to_be_bytes()).collect(), hash: 0 }),
+            ..Default::default()
+        }
     }
 
-    fn no_decode(_: &[&WireChunk]) -> Result<Samples, String> {
-        Err("no chunks expected".into())
+    fn fake_decode(cs: &[&WireChunk]) -> Result<Samples, String> {
+        let mut ts: Vec<i64> = Vec::new();
+        for c in cs {
+            let data = &c.raw.as_ref().ok_or("no raw chunk")?.data;
+            ts.extend(data.chunks_exact(8).map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes"))));
+        }
+        ts.sort_unstable();
+        ts.dedup();
+        Ok(fl(&ts))
     }
 
-    fn raw(l: &[(&str, &str)], replicas: &[String], ts: &[i64]) -> RawSeries {
-        let full = Labels::from_pairs(l.iter().copied());
-        let replica = Labels::from_pairs(l.iter().copied().filter(|(n, _)| replicas.iter().any(|r| r == n)));
-        RawSeries { key: strip_labels(&full, replicas), replica, chunks: vec![], samples: fl(ts) }
+    fn view(l: &[(&str, &str)], chunks: Vec<thanos::AggrChunk>) -> SeriesView {
+        let labels = l.iter().map(|(n, v)| thanos::Label { name: n.to_string(), value: v.to_string() }).collect();
+        SeriesView::from_proto(&thanos::Series { labels, chunks })
+    }
+
+    fn src(series: Vec<SeriesView>) -> Source {
+        Source::new(series, false)
+    }
+
+    fn names(got: &[(Labels, Samples)]) -> Vec<String> {
+        got.iter().map(|(l, _)| l.to_string()).collect()
     }
 
     #[test]
     fn merge_three_replicas_in_label_order() {
         let rl = vec!["replica".to_string()];
         let s0 = vec![
-            raw(&[("__name__", "a"), ("replica", "0")], &rl, &[0, 10_000]),
-            raw(&[("__name__", "b"), ("replica", "0")], &rl, &[0]),
+            view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[0, 10_000])]),
+            view(&[("__name__", "b"), ("replica", "0")], vec![fake_chunk(&[0])]),
         ];
-        let s1 = vec![raw(&[("__name__", "a"), ("replica", "1")], &rl, &[1000, 11_000, 21_000])];
+        let s1 = vec![view(&[("__name__", "a"), ("replica", "1")], vec![fake_chunk(&[1000, 11_000, 21_000])])];
         let s2 = vec![
-            raw(&[("__name__", "a"), ("replica", "2")], &rl, &[500]),
-            raw(&[("__name__", "c"), ("replica", "2")], &rl, &[7]),
+            view(&[("__name__", "a"), ("replica", "2")], vec![fake_chunk(&[500])]),
+            view(&[("__name__", "c"), ("replica", "2")], vec![fake_chunk(&[7])]),
         ];
-        let got = merge_and_dedup(vec![s0, s1, s2], &no_decode).unwrap();
-        let names: Vec<String> = got.iter().map(|(l, _)| l.to_string()).collect();
-        assert_eq!(names, vec![r#"{__name__="a"}"#, r#"{__name__="b"}"#, r#"{__name__="c"}"#]);
+        let got = merge_and_dedup(vec![src(s0), src(s1), src(s2)], &rl, false, &fake_decode).unwrap();
+        assert_eq!(names(&got), vec![r#"{__name__="a"}"#, r#"{__name__="b"}"#, r#"{__name__="c"}"#]);
         // Replica 0 wins at 0 and 10s; replica 1's 21s sample lies within its penalty
         // (2 x 10s after 10s), so it is skipped as Thanos skips it.
         assert_eq!(times(&got[0].1), vec![0, 10_000]);
@@ -350,44 +772,129 @@ mod tests {
     #[test]
     fn merge_without_dedup_keeps_replicas_apart_and_unions_equal_series() {
         let rl: Vec<String> = vec![];
-        let s0 = vec![raw(&[("__name__", "a"), ("replica", "0")], &rl, &[0, 2])];
+        let s0 = vec![view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[0, 2])])];
         let s1 = vec![
-            raw(&[("__name__", "a"), ("replica", "0")], &rl, &[1, 2]),
-            raw(&[("__name__", "a"), ("replica", "1")], &rl, &[5]),
+            view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[1, 2])]),
+            view(&[("__name__", "a"), ("replica", "1")], vec![fake_chunk(&[5])]),
         ];
-        let got = merge_and_dedup(vec![s0, s1], &no_decode).unwrap();
-        assert_eq!(got.len(), 2);
+        let got = merge_and_dedup(vec![src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
+        assert_eq!(names(&got), vec![r#"{__name__="a", replica="0"}"#, r#"{__name__="a", replica="1"}"#]);
         assert_eq!(times(&got[0].1), vec![0, 1, 2]);
         assert_eq!(times(&got[1].1), vec![5]);
     }
 
     #[test]
-    fn identical_chunks_of_later_replicas_are_not_decoded() {
-        let chunk = |min: i64, max: i64, data: &[u8]| WireChunk {
-            min_time: min,
-            max_time: max,
-            raw: Some(crate::seriesview::RawChunk { encoding: 0, data: bytes::Bytes::copy_from_slice(data), hash: 0 }),
-        };
+    fn merge_joins_pieces_and_orders_by_labels_without_replica_labels() {
+        // "replica" sorts before "zone": by full labels a source's order differs from the
+        // merge order, and series without a replica label group with those that have one.
         let rl = vec!["replica".to_string()];
-        let mk = |r: &str, chunks: Vec<WireChunk>| {
-            let full = Labels::from_pairs([("__name__", "a"), ("replica", r)]);
-            RawSeries {
-                key: strip_labels(&full, &rl),
-                replica: Labels::from_pairs([("replica", r)]),
-                chunks,
-                samples: vec![],
-            }
+        let s0 = vec![
+            view(&[("__name__", "m"), ("replica", "0"), ("zone", "a")], vec![fake_chunk(&[0])]),
+            view(&[("__name__", "m"), ("replica", "0"), ("zone", "a")], vec![fake_chunk(&[10_000])]),
+            view(&[("__name__", "m"), ("zone", "b")], vec![fake_chunk(&[3])]),
+        ];
+        let s1 = vec![
+            view(&[("__name__", "m"), ("replica", "1"), ("zone", "b")], vec![fake_chunk(&[4])]),
+            view(&[("__name__", "m"), ("replica", "1"), ("zone", "c")], vec![]),
+        ];
+        let got = merge_and_dedup(vec![src(s0), src(s1)], &rl, false, &fake_decode).unwrap();
+        let want = [r#"{__name__="m", zone="a"}"#, r#"{__name__="m", zone="b"}"#, r#"{__name__="m", zone="c"}"#];
+        assert_eq!(names(&got), want);
+        assert_eq!(times(&got[0].1), vec![0, 10_000]);
+        // The replica without the label sorts first and wins.
+        assert_eq!(times(&got[1].1), vec![3]);
+        // Label-only series are kept.
+        assert!(got[2].1.is_empty());
+    }
+
+    #[test]
+    fn series_of_sources_that_stripped_replica_labels_are_replicas() {
+        let rl = vec!["replica".to_string()];
+        let stripped = |series| Source::new(series, true);
+        // Offset scrapes: a union would interleave them, dedup keeps the first source's.
+        let s0 = vec![view(&[("__name__", "a")], vec![fake_chunk(&[0, 10_000, 20_000])])];
+        let s1 = vec![view(&[("__name__", "a")], vec![fake_chunk(&[1000, 11_000, 21_000])])];
+        // A source that kept its replica label dedups with them too.
+        let s2 = vec![view(&[("__name__", "a"), ("replica", "2")], vec![fake_chunk(&[2000, 12_000, 22_000, 50_000])])];
+        let got = merge_and_dedup(vec![stripped(s0), stripped(s1), src(s2)], &rl, false, &fake_decode).unwrap();
+        assert_eq!(names(&got), vec![r#"{__name__="a"}"#]);
+        assert_eq!(times(&got[0].1), vec![0, 10_000, 20_000, 50_000]);
+        // Pieces of one series from one stripped source are still joined.
+        let s0 = vec![
+            view(&[("__name__", "a")], vec![fake_chunk(&[0, 10_000])]),
+            view(&[("__name__", "a")], vec![fake_chunk(&[20_000])]),
+        ];
+        let got = merge_and_dedup(vec![stripped(s0)], &rl, false, &fake_decode).unwrap();
+        assert_eq!(times(&got[0].1), vec![0, 10_000, 20_000]);
+    }
+
+    #[test]
+    fn merge_sorts_sources_out_of_key_order_and_reads_across_batches() {
+        let rl = vec!["replica".to_string()];
+        // In full-label order, but not in key order: replica 0's zone=b before replica 1's
+        // zone=a, within one source (e.g. a querier below without dedup).
+        let s0 = Source {
+            batches: vec![
+                vec![view(&[("__name__", "m"), ("replica", "0"), ("zone", "b")], vec![fake_chunk(&[0])])],
+                vec![],
+                vec![
+                    view(&[("__name__", "m"), ("replica", "1"), ("zone", "a")], vec![fake_chunk(&[1])]),
+                    view(&[("__name__", "m"), ("replica", "1"), ("zone", "b")], vec![fake_chunk(&[20_000])]),
+                ],
+            ],
+            stripped: false,
         };
+        let s1 = Source {
+            batches: vec![
+                vec![view(&[("__name__", "m"), ("replica", "2"), ("zone", "a")], vec![fake_chunk(&[2])])],
+                vec![view(&[("__name__", "m"), ("replica", "2"), ("zone", "c")], vec![fake_chunk(&[3])])],
+            ],
+            stripped: false,
+        };
+        let got = merge_and_dedup(vec![s0, s1], &rl, false, &fake_decode).unwrap();
+        let want = [r#"{__name__="m", zone="a"}"#, r#"{__name__="m", zone="b"}"#, r#"{__name__="m", zone="c"}"#];
+        assert_eq!(names(&got), want);
+        let ts: Vec<Vec<i64>> = got.iter().map(|(_, s)| times(s)).collect();
+        assert_eq!(ts, vec![vec![1], vec![0, 20_000], vec![3]]);
+    }
+
+    #[test]
+    fn identical_chunks_of_later_replicas_are_not_decoded() {
+        let rl = vec!["replica".to_string()];
         let decoded = std::cell::RefCell::new(Vec::new());
         let decode = |cs: &[&WireChunk]| -> Result<Samples, String> {
             decoded.borrow_mut().extend(cs.iter().map(|c| c.min_time));
-            Ok(fl(&cs.iter().flat_map(|c| [c.min_time, c.max_time]).collect::<Vec<_>>()))
+            fake_decode(cs)
         };
-        let s0 = vec![mk("0", vec![chunk(0, 10, b"x"), chunk(20, 30, b"y")])];
-        let s1 = vec![mk("1", vec![chunk(0, 10, b"x"), chunk(20, 30, b"other"), chunk(40, 50, b"z")])];
-        let got = merge_and_dedup(vec![s0, s1], &decode).unwrap();
+        let other = thanos::AggrChunk { max_time: 30, ..fake_chunk(&[20, 25]) };
+        let s0 = vec![view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[0, 10]), fake_chunk(&[20, 30])])];
+        let s1 = vec![view(
+            &[("__name__", "a"), ("replica", "1")],
+            vec![fake_chunk(&[0, 10]), other, fake_chunk(&[40, 50])],
+        )];
+        let got = merge_and_dedup(vec![src(s0), src(s1)], &rl, false, &decode).unwrap();
         // Replica 1's first chunk equals replica 0's and is skipped; the others are decoded.
         assert_eq!(*decoded.borrow(), vec![0, 20, 20, 40]);
         assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn label_checks_name_the_problem() {
+        let rl = vec!["replica".to_string()];
+        // (labels, expected error)
+        type Case = (Vec<(&'static str, &'static str)>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
+            (vec![("a", "1"), ("b", "2")], None),
+            (vec![("a", "1"), ("replica", "0"), ("b", "2")], None),
+            (vec![("a", "")], Some(r#"empty value for label "a""#)),
+            (vec![("", "1")], Some("empty label name")),
+            (vec![("b", "1"), ("a", "2")], Some(r#"labels not sorted: "b" before "a""#)),
+            (vec![("a", "1"), ("a", "2")], Some(r#"duplicate label name "a""#)),
+            (vec![("replica", "1"), ("replica", "2")], Some(r#"duplicate label name "replica""#)),
+        ];
+        for (labels, want) in cases {
+            let got = check_labels(&view(&labels, vec![]), &rl).err();
+            assert_eq!(got.as_deref(), want, "{labels:?}");
+        }
     }
 }

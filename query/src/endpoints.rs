@@ -68,6 +68,8 @@ pub struct EndpointInfo {
     pub has_exemplars: bool,
     /// Whether it serves the Metadata service.
     pub has_metadata: bool,
+    /// Whether it strips replica labels from series when a request names them.
+    pub supports_without_replica_labels: bool,
 }
 
 impl EndpointInfo {
@@ -83,6 +85,7 @@ impl EndpointInfo {
             has_store: r.store.is_some(),
             has_exemplars: r.exemplars.is_some(),
             has_metadata: r.metric_metadata.is_some(),
+            supports_without_replica_labels: r.store.as_ref().is_some_and(|s| s.supports_without_replica_labels),
         }
     }
 

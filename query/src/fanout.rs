@@ -12,7 +12,7 @@ use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::dedup::{RawSeries, merge_and_dedup};
+use crate::dedup::{Source, check_labels, is_counter_func, merge_and_dedup};
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
 
@@ -146,56 +146,44 @@ impl From<String> for FetchError {
     }
 }
 
-/// Streams one endpoint's answer into decoded series, sorted by (key, full labels).
-async fn fetch_series(
-    ep: Arc<EndpointState>,
-    call: Arc<SeriesCall>,
-) -> Result<(Vec<RawSeries>, Vec<String>), FetchError> {
+/// Streams one endpoint's answer: its series as received (chunks outside the selection's
+/// range dropped), and its warnings.
+async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(Source, Vec<String>), FetchError> {
+    // An endpoint that can strip the replica labels does (as Thanos asks its stores to):
+    // fewer bytes to send and compare. Its series are then told apart by where they came
+    // from rather than by their replica labels.
+    let stripped = !call.replica_labels.is_empty()
+        && ep.status.read().info.as_ref().is_some_and(|i| i.supports_without_replica_labels);
+    let mut req = call.req.clone();
+    if stripped {
+        req.without_replica_labels = call.replica_labels.clone();
+    }
     // The zero-copy codec: labels and chunk bytes stay slices of the received messages.
     let mut grpc = tonic::client::Grpc::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     grpc.ready().await.map_err(|e| format!("receive series from {}: service was not ready: {e}", ep.addr))?;
     let path = axum::http::uri::PathAndQuery::from_static("/thanos.Store/Series");
     let mut stream = grpc
-        .server_streaming(with_tenant(call.req.clone(), &call.tenant), path, SeriesViewCodec)
+        .server_streaming(with_tenant(req, &call.tenant), path, SeriesViewCodec)
         .await
         .map_err(|s| status_msg(&ep.addr, &s))?
         .into_inner();
-    let mut out: Vec<RawSeries> = Vec::new();
+    // Batches are kept as they arrived: no copying of every series into one growing list.
+    let mut batches: Vec<Vec<SeriesView>> = Vec::new();
     let mut warnings = Vec::new();
-    let no_replica = Labels::empty();
-    let is_replica = |n: &str| call.replica_labels.iter().any(|r| r == n);
-    let handle = |s: SeriesView, out: &mut Vec<RawSeries>| -> Result<(), FetchError> {
-        if let Some((n, _)) = s.labels().find(|(_, v)| v.is_empty()) {
-            return Err(format!("{}: empty value for label {n:?}", ep.addr).into());
-        }
-        // The key is built straight from the wire labels, without the replica labels, and
-        // the replica labels on their own: no full label set is built just to strip it.
-        let pairs = |rep: bool| s.labels().filter(move |(n, _)| is_replica(n) == rep);
-        let key = Labels::from_sorted(pairs(false)).map_err(|e| format!("{}: {e}", ep.addr))?;
-        let replica = if call.replica_labels.is_empty() || !s.labels().any(|(n, _)| is_replica(n)) {
-            no_replica.clone()
-        } else {
-            Labels::from_sorted(pairs(true)).map_err(|e| format!("{}: {e}", ep.addr))?
-        };
-        // A series may be split over several frames; the pieces are adjacent.
-        let idx = match out.last() {
-            Some(last) if last.key == key && last.replica == replica => out.len() - 1,
-            _ => {
-                out.push(RawSeries { key, replica, chunks: Vec::new(), samples: Vec::new() });
-                out.len() - 1
-            }
-        };
+    let rl = &call.replica_labels;
+    // No label set is built here: series stay views until the merge, which builds one per
+    // group of replicas.
+    let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
+        check_labels(s, rl).map_err(|e| format!("{}: {e}", ep.addr))?;
         // The limit is checked on the chunk headers' sample counts, before decoding.
         let mut added = 0usize;
-        for ch in s.chunks {
-            if ch.max_time < call.mint || ch.min_time > call.maxt {
-                continue;
-            }
-            if let Some(raw) = &ch.raw {
+        s.chunks.retain(|ch| {
+            let keep = ch.max_time >= call.mint && ch.min_time <= call.maxt;
+            if keep && let Some(raw) = &ch.raw {
                 added += header_count(&raw.data);
             }
-            out[idx].chunks.push(ch);
-        }
+            keep
+        });
         let total = call.decoded.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
         if call.max_samples > 0 && total > call.max_samples {
             return Err(FetchError::Limit);
@@ -204,21 +192,26 @@ async fn fetch_series(
     };
     while let Some(msg) = stream.message().await.map_err(|s| status_msg(&ep.addr, &s))? {
         match msg {
-            SeriesFrame::Series(s) => handle(s, &mut out)?,
-            SeriesFrame::Batch(b) => {
-                for s in b {
-                    handle(s, &mut out)?;
+            SeriesFrame::Series(mut s) => {
+                handle(&mut s)?;
+                // A lone series joins the last batch (a series split over several frames
+                // stays in pieces: the merge joins them).
+                match batches.last_mut() {
+                    Some(last) => last.push(s),
+                    None => batches.push(vec![s]),
                 }
+            }
+            SeriesFrame::Batch(mut b) => {
+                for s in &mut b {
+                    handle(s)?;
+                }
+                batches.push(b);
             }
             SeriesFrame::Warning(w) => warnings.push(w),
             SeriesFrame::Hints | SeriesFrame::Empty => {}
         }
     }
-    let sorted = out.windows(2).all(|w| (&w[0].key, &w[0].replica) <= (&w[1].key, &w[1].replica));
-    if !sorted {
-        out.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.replica.cmp(&b.replica)));
-    }
-    Ok((out, warnings))
+    Ok((Source { batches, stripped }, warnings))
 }
 
 /// Fans requests out to the endpoint set.
@@ -255,6 +248,20 @@ impl Fanout {
         maxt: i64,
         skip_chunks: bool,
     ) -> Result<Selection, FanoutError> {
+        self.select_for(opts, matchers, mint, maxt, skip_chunks, None).await
+    }
+
+    /// [`Fanout::select`] for a selection feeding the PromQL function `func`: replicas of
+    /// series read by a counter function are deduplicated as counters (see `dedup`).
+    pub async fn select_for(
+        &self,
+        opts: &QueryOptions,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+        func: Option<&str>,
+    ) -> Result<Selection, FanoutError> {
         let mut all_matchers = matchers.to_vec();
         all_matchers.extend(opts.extra_matchers.iter().cloned());
         let (eps, down) = self.endpoints.select(&all_matchers, mint, maxt);
@@ -270,6 +277,11 @@ impl Fanout {
                 partial_response_strategy: Self::strategy(opts),
                 skip_chunks,
                 response_batch_size: 64,
+                // As Thanos's querier: stores (and queriers stacked below) see the function.
+                query_hints: func.map(|name| thanos::QueryHints {
+                    func: Some(thanos::Func { name: name.to_string() }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             decoded: Default::default(),
@@ -280,18 +292,21 @@ impl Fanout {
             maxt,
         });
         let mut set = tokio::task::JoinSet::new();
-        for ep in eps {
-            set.spawn(fetch_series(ep, call.clone()));
+        for (i, ep) in eps.into_iter().enumerate() {
+            let call = call.clone();
+            set.spawn(async move { fetch_series(ep, call).await.map(|(s, w)| (i, s, w)) });
         }
-        let mut sources = Vec::new();
+        // Sources in endpoint order, not in the order they finish: which replica comes first
+        // decides ties in dedup, and the answer must not depend on timing.
+        let mut sources: Vec<(usize, Source)> = Vec::new();
         let mut errs = Vec::new();
         let deadline = tokio::time::Instant::from_std(opts.deadline);
         loop {
             match tokio::time::timeout_at(deadline, set.join_next()).await {
                 Err(_) => return Err(FanoutError::Timeout),
                 Ok(None) => break,
-                Ok(Some(Ok(Ok((series, w))))) => {
-                    sources.push(series);
+                Ok(Some(Ok(Ok((i, series, w))))) => {
+                    sources.push((i, series));
                     warnings.extend(w);
                 }
                 Ok(Some(Ok(Err(FetchError::Endpoint(e))))) => errs.push(e),
@@ -311,7 +326,10 @@ impl Fanout {
             normalize(&mut samples);
             Ok(samples)
         };
-        let series = merge_and_dedup(sources, &decode).map_err(FanoutError::Endpoint)?;
+        sources.sort_unstable_by_key(|(i, _)| *i);
+        let sources: Vec<Source> = sources.into_iter().map(|(_, s)| s).collect();
+        let counter = is_counter_func(func);
+        let series = merge_and_dedup(sources, &call.replica_labels, counter, &decode).map_err(FanoutError::Endpoint)?;
         Ok(Selection { series, warnings })
     }
 
@@ -432,7 +450,14 @@ impl Queryable for StoreQueryable {
     fn select(&self, matchers: &[Matcher], hints: &SelectHints) -> Result<Vec<Arc<StoredSeries>>, StorageError> {
         let sel = self
             .handle
-            .block_on(self.fanout.select(&self.opts, matchers, hints.start, hints.end, false))
+            .block_on(self.fanout.select_for(
+                &self.opts,
+                matchers,
+                hints.start,
+                hints.end,
+                false,
+                hints.func.as_deref(),
+            ))
             .map_err(|e| StorageError(e.to_string()))?;
         self.warnings.lock().extend(sel.warnings);
         Ok(sel

@@ -76,7 +76,13 @@ impl Store for QuerierStore {
         let matchers =
             norn_storeapi::matchers_from_proto(&r.matchers).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let opts = self.opts(r.partial_response_strategy, r.partial_response_disabled, tenant);
-        let sel = self.fanout.select(&opts, &matchers, r.min_time, r.max_time, r.skip_chunks).await.map_err(status)?;
+        // A querier above us passes the PromQL function in the hints: counters dedup as such.
+        let func = r.query_hints.as_ref().and_then(|h| h.func.as_ref()).map(|f| f.name.as_str());
+        let sel = self
+            .fanout
+            .select_for(&opts, &matchers, r.min_time, r.max_time, r.skip_chunks, func)
+            .await
+            .map_err(status)?;
         let mut out: Vec<Result<SeriesResponse, Status>> = Vec::with_capacity(sel.series.len() + sel.warnings.len());
         for w in sel.warnings {
             out.push(Ok(SeriesResponse { result: Some(series_response::Result::Warning(w)) }));

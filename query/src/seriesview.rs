@@ -138,6 +138,17 @@ impl SeriesView {
         self.labels.iter().map(|l| (self.str_at(&l.name), self.str_at(&l.value)))
     }
 
+    /// A view of a prost series (encodes and decodes it; for tests).
+    #[cfg(test)]
+    pub(crate) fn from_proto(s: &thanos::Series) -> SeriesView {
+        use prost::Message;
+        let m = thanos::SeriesResponse { result: Some(thanos::series_response::Result::Series(s.clone())) };
+        match decode_response(Bytes::from(m.encode_to_vec())) {
+            Ok(SeriesFrame::Series(v)) => v,
+            other => panic!("a series encodes to a series frame, got {other:?}"),
+        }
+    }
+
     /// The series in its prost form (copies; for tests).
     pub fn to_proto(&self) -> thanos::Series {
         thanos::Series {
@@ -193,6 +204,14 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, ViewError> {
+        // Tags and most lengths fit one byte.
+        if self.pos < self.end
+            && let Some(&b) = self.root.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.root.get(self.pos).filter(|_| self.pos < self.end) else {
@@ -381,7 +400,8 @@ fn any_msg(root: &Bytes, range: std::ops::Range<usize>) -> Result<(), ViewError>
 /// otherwise, as prost does.
 pub fn decode_response(buf: Bytes) -> Result<SeriesFrame, ViewError> {
     let root = &buf;
-    let new_series = || SeriesView { buf: buf.clone(), ..Default::default() };
+    // Room for a typical label set up front: one allocation instead of growing 4, 8, 16.
+    let new_series = || SeriesView { buf: buf.clone(), labels: Vec::with_capacity(8), chunks: Vec::new() };
     let mut r = Reader::new(root, 0..buf.len(), "SeriesResponse");
     let mut out = SeriesFrame::Empty;
     while !r.done() {

@@ -151,19 +151,19 @@ mod tests {
     /// the gap with Thanos's penalty, and stays there.
     #[test]
     fn replicas_of_histograms_dedup_with_the_penalty() {
-        use crate::dedup::{RawSeries, merge_and_dedup};
-        use norn_model::Labels;
+        use crate::dedup::{Source, merge_and_dedup};
+        use crate::seriesview::SeriesView;
         let mark = |sum: f64| Arc::new(FloatHistogram { sum, ..fh(0) });
         let a: Vec<(i64, StoredValue)> =
             [0, 10, 20, 30, 100, 110].iter().map(|s| (s * 1000, StoredValue::Histogram(mark(1.0)))).collect();
         let b: Vec<(i64, StoredValue)> =
             (0..12).map(|i| (i * 10_000 + 1000, StoredValue::Histogram(mark(2.0)))).collect();
-        let key = Labels::from_pairs([("__name__", "h")]);
-        let raw = |r: &str, s: &[(i64, StoredValue)]| RawSeries {
-            key: key.clone(),
-            replica: Labels::from_pairs([("replica", r)]),
-            chunks: storepb_chunks(s).unwrap().iter().map(crate::seriesview::WireChunk::from_proto).collect(),
-            samples: vec![],
+        let raw = |r: &str, s: &[(i64, StoredValue)]| {
+            let labels = [("__name__", "h"), ("replica", r)]
+                .iter()
+                .map(|(n, v)| norn_storeapi::thanos::Label { name: n.to_string(), value: v.to_string() })
+                .collect();
+            SeriesView::from_proto(&norn_storeapi::thanos::Series { labels, chunks: storepb_chunks(s).unwrap() })
         };
         let decode = |cs: &[&crate::seriesview::WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             let mut out = Vec::new();
@@ -172,19 +172,25 @@ mod tests {
             }
             Ok(out.into_iter().map(from_sample).collect())
         };
-        let got = merge_and_dedup(vec![vec![raw("a", &a)], vec![raw("b", &b)]], &decode).unwrap();
-        assert_eq!(got.len(), 1);
-        let picked: Vec<(i64, f64)> = got[0]
-            .1
-            .iter()
-            .map(|(t, v)| match v {
-                StoredValue::Histogram(h) => (*t / 1000, h.sum),
-                StoredValue::Float(_) => panic!("float at {t}"),
-            })
-            .collect();
-        let want = [(0, 1.0), (10, 1.0), (20, 1.0), (30, 1.0), (51, 2.0), (61, 2.0), (71, 2.0), (81, 2.0), (91, 2.0)];
-        let mut want = want.to_vec();
-        want.extend([(101, 2.0), (111, 2.0)]);
-        assert_eq!(picked, want);
+        let rl = vec!["replica".to_string()];
+        // As counters too: histograms are never adjusted.
+        for counter in [false, true] {
+            let sources = vec![Source::new(vec![raw("a", &a)], false), Source::new(vec![raw("b", &b)], false)];
+            let got = merge_and_dedup(sources, &rl, counter, &decode).unwrap();
+            assert_eq!(got.len(), 1);
+            let picked: Vec<(i64, f64)> = got[0]
+                .1
+                .iter()
+                .map(|(t, v)| match v {
+                    StoredValue::Histogram(h) => (*t / 1000, h.sum),
+                    StoredValue::Float(_) => panic!("float at {t}"),
+                })
+                .collect();
+            let want =
+                [(0, 1.0), (10, 1.0), (20, 1.0), (30, 1.0), (51, 2.0), (61, 2.0), (71, 2.0), (81, 2.0), (91, 2.0)];
+            let mut want = want.to_vec();
+            want.extend([(101, 2.0), (111, 2.0)]);
+            assert_eq!(picked, want, "counter={counter}");
+        }
     }
 }

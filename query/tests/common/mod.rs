@@ -28,6 +28,8 @@ pub struct FakeStore {
     pub ext: Labels,
     pub data: Arc<Data>,
     encoded: Arc<Vec<(Labels, Vec<thanos::AggrChunk>)>>,
+    /// Advertises and honours `without_replica_labels` (strips those external labels).
+    pub strip: bool,
 }
 
 impl FakeStore {
@@ -55,7 +57,7 @@ impl FakeStore {
             })
             .collect();
         encoded.sort_by(|a, b| a.0.cmp(&b.0));
-        FakeStore { ext, data, encoded: Arc::new(encoded) }
+        FakeStore { ext, data, encoded: Arc::new(encoded), strip: false }
     }
 }
 
@@ -102,7 +104,11 @@ impl Store for FakeStore {
                 continue;
             }
             let chunks = if r.skip_chunks { vec![] } else { chunks };
-            let s = thanos::Series { labels: norn_storeapi::labels_to_proto(l), chunks };
+            let mut labels = norn_storeapi::labels_to_proto(l);
+            if self.strip {
+                labels.retain(|l| !(r.without_replica_labels.contains(&l.name) && self.ext.get(&l.name).is_some()));
+            }
+            let s = thanos::Series { labels, chunks };
             out.push(Ok(SeriesResponse { result: Some(series_response::Result::Series(s)) }));
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
@@ -142,7 +148,12 @@ impl Info for FakeStore {
         Ok(Response::new(InfoResponse {
             label_sets: vec![ZLabelSet { labels: norn_storeapi::labels_to_proto(&self.ext) }],
             component_type: "receive".into(),
-            store: Some(StoreInfo { min_time: mint, max_time: i64::MAX, ..Default::default() }),
+            store: Some(StoreInfo {
+                min_time: mint,
+                max_time: i64::MAX,
+                supports_without_replica_labels: self.strip,
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
