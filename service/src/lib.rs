@@ -1,5 +1,6 @@
 //! What every Norn component shares: the operational HTTP server (`/metrics`,
-//! `/-/healthy`, `/-/ready`), tracing setup, and graceful shutdown on SIGINT/SIGTERM.
+//! `/-/healthy`, `/-/ready`), tracing setup, graceful shutdown on SIGINT/SIGTERM, and the
+//! parsing of flag values every component takes (durations, times).
 //!
 //! Every component's `run(args, shutdown)` receives a [`Shutdown`] token; cancelling it
 //! asks every server and background loop to finish in-flight work and return.
@@ -211,6 +212,52 @@ mod duration_tests {
         }
         for bad in ["", "h", "1x", "1.5h", "-1s"] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Parses Thanos's time-or-duration flag values (`--min-time`, `--max-time`): RFC 3339,
+/// or a (possibly negative) Prometheus duration added to `now_ms`.
+pub fn parse_time_or_duration(s: &str, now_ms: i64) -> Result<i64, String> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        let ms = t.unix_timestamp_nanos() / 1_000_000;
+        return i64::try_from(ms).map_err(|_| format!("{s:?} is out of range"));
+    }
+    let (neg, d) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let ms = parse_duration_ms(d).map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration"))?;
+    Ok(if neg { now_ms.saturating_sub(ms) } else { now_ms.saturating_add(ms) })
+}
+
+#[cfg(test)]
+mod time_or_duration_tests {
+    use super::parse_time_or_duration;
+
+    #[test]
+    fn times_and_relative_durations() {
+        let now = 1_700_000_000_000;
+        for (s, want) in [
+            ("2023-11-14T22:13:20Z", now),
+            ("2023-11-14T22:13:20.5+01:00", now + 500 - 3_600_000),
+            ("1970-01-01T00:00:01Z", 1000),
+            ("-2d", now - 2 * 86_400_000),
+            ("-1h", now - 3_600_000),
+            ("1h30m", now + 5_400_000),
+            ("+2d", now + 2 * 86_400_000),
+        ] {
+            assert_eq!(parse_time_or_duration(s, now), Ok(want), "{s}");
+        }
+        assert!(parse_time_or_duration("0000-01-01T00:00:00Z", now).unwrap() < -62_000_000_000_000);
+        assert!(parse_time_or_duration("9999-12-31T23:59:59Z", now).unwrap() > now);
+        for bad in ["yesterday", "", "-", "1.5h"] {
+            assert!(parse_time_or_duration(bad, now).is_err(), "{bad}");
         }
     }
 }

@@ -248,17 +248,6 @@ async fn corrupt_chunk_bytes_fail_the_query_with_block_and_offset() {
     assert!(e.message().contains(&b.id.to_string()) && e.message().contains("checksum"), "{}", e.message());
 }
 
-#[test]
-fn time_or_duration() {
-    let now = 1_000_000_000;
-    assert_eq!(parse_time_or_duration("1970-01-01T00:00:01Z", now).unwrap(), 1000);
-    assert_eq!(parse_time_or_duration("-1h", now).unwrap(), now - 3_600_000);
-    assert_eq!(parse_time_or_duration("2d", now).unwrap(), now + 2 * 86_400_000);
-    assert!(parse_time_or_duration("0000-01-01T00:00:00Z", now).unwrap() < 0);
-    assert!(parse_time_or_duration("9999-12-31T23:59:59Z", now).unwrap() > now);
-    assert!(parse_time_or_duration("yesterday", now).is_err());
-}
-
 #[tokio::test]
 async fn blocks_served_elsewhere_are_left_out() {
     let mut f = fixture().await;
