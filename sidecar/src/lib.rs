@@ -118,6 +118,8 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("object storage: {0}")]
     Objstore(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Bucket(#[from] norn_service::BucketFlagError),
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -291,13 +293,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
     let prom = PromClient::new(&args.prometheus_url, req_timeout).map_err(flag)?;
     let hb = PromClient::new(&args.prometheus_url, cfg_timeout.max(Duration::from_millis(100))).map_err(flag)?;
     let bucket =
-        match (&args.objstore_config_file, &args.objstore_config) {
-            (Some(p), _) => Some(norn_objstore::Bucket::from_yaml(&std::fs::read_to_string(p).map_err(|e| {
-                RunError::Flag { flag: "--objstore.config-file", msg: format!("{}: {e}", p.display()) }
-            })?)?),
-            (None, Some(y)) => Some(norn_objstore::Bucket::from_yaml(y)?),
-            (None, None) => None,
-        };
+        norn_service::bucket_from_flags(args.objstore_config_file.as_deref(), args.objstore_config.as_deref())?;
 
     let health = Health::new();
     let metrics = Arc::new(Metrics::new(&mut health.registry.lock()));

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use norn_objstore::Bucket;
 use norn_service::{Health, Shutdown, now_ms, parse_time_or_duration};
 use norn_storeapi::thanos::info::info_server::InfoServer;
 use norn_storeapi::thanos::store_server::StoreServer;
@@ -85,6 +84,8 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("object storage: {0}")]
     Objstore(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Bucket(#[from] norn_service::BucketFlagError),
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -114,16 +115,8 @@ impl Gateway {
         if min_time > max_time {
             return Err(flag("--min-time", format!("{} is after --max-time {}", args.min_time, args.max_time)));
         }
-        let bucket = match (&args.objstore_config_file, &args.objstore_config) {
-            (Some(p), _) => Bucket::from_yaml(
-                &std::fs::read_to_string(p)
-                    .map_err(|e| flag("--objstore.config-file", format!("{}: {e}", p.display())))?,
-            )?,
-            (None, Some(y)) => Bucket::from_yaml(y)?,
-            (None, None) => {
-                return Err(flag("--objstore.config-file", "a bucket is required (or --objstore.config)".into()));
-            }
-        };
+        let bucket =
+            norn_service::required_bucket(args.objstore_config_file.as_deref(), args.objstore_config.as_deref())?;
         std::fs::create_dir_all(&args.data_dir)
             .map_err(|e| flag("--data-dir", format!("creating {}: {e}", args.data_dir.display())))?;
         let metrics = Arc::new(Metrics::new(registry));

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use norn_block::ThanosMeta;
 use norn_model::{Histogram, Labels, MatchType, Matcher, Span};
+use norn_objstore::Bucket;
 use norn_storeapi::thanos::info::info_server::Info;
 use norn_storeapi::thanos::store_server::Store;
 use norn_storeapi::thanos::{self, LabelNamesRequest, LabelValuesRequest, SeriesRequest, series_response};
