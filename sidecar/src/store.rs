@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use norn_model::Labels;
-use norn_storeapi::external::{request_matchers, strip_external, with_external};
+use norn_storeapi::external::{check_label_name, request_limit, request_matchers, strip_external, with_external};
 use norn_storeapi::thanos::info::{
     ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo, info_server,
 };
@@ -181,7 +181,7 @@ impl store_server::Store for SidecarStore {
     async fn series(&self, req: Request<SeriesRequest>) -> Result<Response<Self::SeriesStream>, Status> {
         let req = req.into_inner();
         let (all, warnings) = self.select(&req).await?;
-        let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+        let limit = request_limit(req.limit);
         let batch = req.response_batch_size.max(1) as usize;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -227,17 +227,13 @@ impl store_server::Store for SidecarStore {
             set.extend(ext.iter().map(|(n, _)| n.to_string()));
         }
         let mut names: Vec<String> = set.into_iter().collect();
-        if req.limit > 0 {
-            names.truncate(req.limit as usize);
-        }
+        names.truncate(request_limit(req.limit));
         Ok(Response::new(LabelNamesResponse { names, ..Default::default() }))
     }
 
     async fn label_values(&self, req: Request<LabelValuesRequest>) -> Result<Response<LabelValuesResponse>, Status> {
         let req = req.into_inner();
-        if req.label.is_empty() {
-            return Err(Status::invalid_argument("label name parameter cannot be empty"));
-        }
+        check_label_name(&req.label)?;
         let ms = request_matchers(&req.matchers)?;
         let ext = self.meta.labels();
         let Some(rest) = strip_external(&ext, &ms) else { return Ok(Response::new(LabelValuesResponse::default())) };
@@ -252,9 +248,7 @@ impl store_server::Store for SidecarStore {
         };
         values.sort();
         values.dedup();
-        if req.limit > 0 {
-            values.truncate(req.limit as usize);
-        }
+        values.truncate(request_limit(req.limit));
         Ok(Response::new(LabelValuesResponse { values, ..Default::default() }))
     }
 }

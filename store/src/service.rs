@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use norn_model::{Labels, Matcher};
-use norn_storeapi::external::{request_matchers, strip_external, with_external};
+use norn_storeapi::external::{check_label_name, request_limit, request_matchers, strip_external, with_external};
 use norn_storeapi::labels_to_proto;
 use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo, info_server};
 use norn_storeapi::thanos::{
@@ -222,7 +222,7 @@ impl store_server::Store for BucketStore {
                 .await
                 .map_err(|e| Status::internal(format!("series selection task: {e}")))??
         };
-        let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+        let limit = request_limit(req.limit);
         let selected = if selected.len() > limit { selected[..limit].to_vec() } else { selected };
         let batch = req.response_batch_size.max(1) as usize;
         let (tx, rx) = mpsc::channel(4);
@@ -274,17 +274,13 @@ impl store_server::Store for BucketStore {
         })
         .await
         .map_err(|e| Status::internal(format!("label names task: {e}")))??;
-        if req.limit > 0 {
-            names.truncate(req.limit as usize);
-        }
+        names.truncate(request_limit(req.limit));
         Ok(Response::new(LabelNamesResponse { names, ..Default::default() }))
     }
 
     async fn label_values(&self, req: Request<LabelValuesRequest>) -> Result<Response<LabelValuesResponse>, Status> {
         let req = req.into_inner();
-        if req.label.is_empty() {
-            return Err(Status::invalid_argument("label name parameter cannot be empty"));
-        }
+        check_label_name(&req.label)?;
         let ms = request_matchers(&req.matchers)?;
         let (mint, maxt) = self.clamp(req.start, req.end);
         let blocks = self.blocks();
@@ -314,9 +310,7 @@ impl store_server::Store for BucketStore {
         })
         .await
         .map_err(|e| Status::internal(format!("label values task: {e}")))??;
-        if req.limit > 0 {
-            values.truncate(req.limit as usize);
-        }
+        values.truncate(request_limit(req.limit));
         Ok(Response::new(LabelValuesResponse { values, ..Default::default() }))
     }
 }

@@ -12,6 +12,19 @@ pub fn request_matchers(ms: &[thanos::LabelMatcher]) -> Result<Vec<Matcher>, Sta
     matchers_from_proto(ms).map_err(|e| Status::invalid_argument(format!("matchers: {e}")))
 }
 
+/// How many entries a request's `limit` field allows: 0 or less means no limit (Thanos).
+pub fn request_limit(limit: i64) -> usize {
+    if limit > 0 { usize::try_from(limit).unwrap_or(usize::MAX) } else { usize::MAX }
+}
+
+/// Checks the label a LabelValues request asks about: Thanos refuses an empty name.
+pub fn check_label_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("label name parameter cannot be empty"));
+    }
+    Ok(())
+}
+
 /// Matchers left for the data once those on external labels `ext` are checked; `None`
 /// when an external label rules the whole source (a block, a Prometheus) out.
 pub fn strip_external(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
@@ -72,6 +85,15 @@ mod tests {
         let l = Labels::from_pairs([("__name__", "up"), ("replica", "x"), ("z", "1")]);
         assert_eq!(with_external(&l, &ext), Labels::from_pairs([("__name__", "up"), ("replica", "a"), ("z", "1")]));
         assert_eq!(with_external(&l, &Labels::empty()), l);
+    }
+
+    #[test]
+    fn limits_and_label_names() {
+        for (limit, want) in [(0, usize::MAX), (-1, usize::MAX), (1, 1), (500, 500)] {
+            assert_eq!(request_limit(limit), want, "{limit}");
+        }
+        assert_eq!(check_label_name("").unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert!(check_label_name("job").is_ok());
     }
 
     #[test]
