@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use norn_objstore::Bucket;
 use norn_service::{Health, Shutdown};
 
 use crate::bucket::Compactor;
@@ -67,6 +66,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("object storage: {0}")]
     Objstore(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Bucket(#[from] norn_service::BucketFlagError),
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("{failed} of {groups} group(s) failed to compact (see the log)")]
@@ -83,17 +84,6 @@ pub struct Config {
     pub concurrency: usize,
     /// Level ranges in ms (`plan::DEFAULT_RANGES`).
     pub ranges: Vec<i64>,
-}
-
-fn open_bucket(args: &Args) -> Result<Bucket, RunError> {
-    let flag = |flag, msg| RunError::Flag { flag, msg };
-    match (&args.objstore_config_file, &args.objstore_config) {
-        (Some(p), _) => Ok(Bucket::from_yaml(
-            &std::fs::read_to_string(p).map_err(|e| flag("--objstore.config-file", format!("{}: {e}", p.display())))?,
-        )?),
-        (None, Some(y)) => Ok(Bucket::from_yaml(y)?),
-        (None, None) => Err(flag("--objstore.config-file", "a bucket is required (or --objstore.config)".into())),
-    }
 }
 
 /// Checks the flags.
@@ -124,7 +114,7 @@ pub fn config(args: &Args) -> Result<(Config, Duration), RunError> {
 /// `--wait` a pass every `--wait-interval` until `shutdown`.
 pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
     let (cfg, every) = config(&args)?;
-    let bucket = open_bucket(&args)?;
+    let bucket = norn_service::required_bucket(args.objstore_config_file.as_deref(), args.objstore_config.as_deref())?;
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| RunError::Flag { flag: "--data-dir", msg: format!("creating {}: {e}", cfg.data_dir.display()) })?;
     let health = Health::new();

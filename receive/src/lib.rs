@@ -193,6 +193,8 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("object storage: {0}")]
     Objstore(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Bucket(#[from] norn_service::BucketFlagError),
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -267,11 +269,8 @@ pub async fn run_with_listeners(
         .map(|l| parse_label(l))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|msg| RunError::Flag { flag: "--label", msg })?;
-    let bucket = match (&args.objstore_config_file, &args.objstore_config) {
-        (Some(p), _) => Some(norn_objstore::Bucket::from_yaml(&std::fs::read_to_string(p)?)?),
-        (None, Some(y)) => Some(norn_objstore::Bucket::from_yaml(y)?),
-        (None, None) => None,
-    };
+    let bucket =
+        norn_service::bucket_from_flags(args.objstore_config_file.as_deref(), args.objstore_config.as_deref())?;
 
     // The ring: a file (watched), inline JSON, or just this node.
     let local = args.local_endpoint.clone().unwrap_or_else(|| args.grpc_address.clone());

@@ -1,10 +1,12 @@
 //! What every Norn component shares: the operational HTTP server (`/metrics`,
-//! `/-/healthy`, `/-/ready`), tracing setup, and graceful shutdown on SIGINT/SIGTERM.
+//! `/-/healthy`, `/-/ready`), tracing setup, graceful shutdown on SIGINT/SIGTERM, and the
+//! parsing of flag values every component takes (durations, times, the bucket).
 //!
 //! Every component's `run(args, shutdown)` receives a [`Shutdown`] token; cancelling it
 //! asks every server and background loop to finish in-flight work and return.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,6 +15,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use norn_objstore::Bucket;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -212,5 +215,111 @@ mod duration_tests {
         for bad in ["", "h", "1x", "1.5h", "-1s"] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Parses Thanos's time-or-duration flag values (`--min-time`, `--max-time`): RFC 3339,
+/// or a (possibly negative) Prometheus duration added to `now_ms`.
+pub fn parse_time_or_duration(s: &str, now_ms: i64) -> Result<i64, String> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        let ms = t.unix_timestamp_nanos() / 1_000_000;
+        return i64::try_from(ms).map_err(|_| format!("{s:?} is out of range"));
+    }
+    let (neg, d) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let ms = parse_duration_ms(d).map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration"))?;
+    Ok(if neg { now_ms.saturating_sub(ms) } else { now_ms.saturating_add(ms) })
+}
+
+#[cfg(test)]
+mod time_or_duration_tests {
+    use super::parse_time_or_duration;
+
+    #[test]
+    fn times_and_relative_durations() {
+        let now = 1_700_000_000_000;
+        for (s, want) in [
+            ("2023-11-14T22:13:20Z", now),
+            ("2023-11-14T22:13:20.5+01:00", now + 500 - 3_600_000),
+            ("1970-01-01T00:00:01Z", 1000),
+            ("-2d", now - 2 * 86_400_000),
+            ("-1h", now - 3_600_000),
+            ("1h30m", now + 5_400_000),
+            ("+2d", now + 2 * 86_400_000),
+        ] {
+            assert_eq!(parse_time_or_duration(s, now), Ok(want), "{s}");
+        }
+        assert!(parse_time_or_duration("0000-01-01T00:00:00Z", now).unwrap() < -62_000_000_000_000);
+        assert!(parse_time_or_duration("9999-12-31T23:59:59Z", now).unwrap() > now);
+        for bad in ["yesterday", "", "-", "1.5h"] {
+            assert!(parse_time_or_duration(bad, now).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Why the bucket named by `--objstore.config-file` or `--objstore.config` could not be
+/// opened. The messages read as the components' own flag errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketFlagError {
+    /// `--objstore.config-file` could not be read.
+    #[error("invalid flag --objstore.config-file: {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Neither flag was given to a component that needs a bucket.
+    #[error("invalid flag --objstore.config-file: a bucket is required (or --objstore.config)")]
+    Missing,
+    /// The YAML does not describe a bucket Norn can open.
+    #[error("object storage: {0}")]
+    Objstore(#[from] norn_objstore::Error),
+}
+
+/// The bucket of Thanos's `--objstore.config-file` (read from disk) or, without it,
+/// `--objstore.config` (inline YAML); `None` when neither is given.
+pub fn bucket_from_flags(file: Option<&Path>, inline: Option<&str>) -> Result<Option<Bucket>, BucketFlagError> {
+    let yaml = match (file, inline) {
+        (Some(p), _) => {
+            std::fs::read_to_string(p).map_err(|source| BucketFlagError::Read { path: p.into(), source })?
+        }
+        (None, Some(y)) => y.to_string(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Bucket::from_yaml(&yaml)?))
+}
+
+/// As [`bucket_from_flags`], for components that cannot run without a bucket.
+pub fn required_bucket(file: Option<&Path>, inline: Option<&str>) -> Result<Bucket, BucketFlagError> {
+    bucket_from_flags(file, inline)?.ok_or(BucketFlagError::Missing)
+}
+
+#[cfg(test)]
+mod bucket_flag_tests {
+    use super::*;
+
+    #[test]
+    fn file_wins_over_inline_and_errors_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!("type: FILESYSTEM\nconfig:\n  directory: {}\n", dir.path().display());
+        let file = dir.path().join("bucket.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+
+        assert!(bucket_from_flags(None, None).unwrap().is_none());
+        let e = required_bucket(None, None).unwrap_err().to_string();
+        assert_eq!(e, "invalid flag --objstore.config-file: a bucket is required (or --objstore.config)");
+        assert_eq!(required_bucket(None, Some(&yaml)).unwrap().kind(), "FILESYSTEM");
+        assert_eq!(bucket_from_flags(None, Some(&yaml)).unwrap().unwrap().kind(), "FILESYSTEM");
+        // The file is used even when inline YAML (here unusable) is given too.
+        assert_eq!(bucket_from_flags(Some(&file), Some("type: NOPE")).unwrap().unwrap().kind(), "FILESYSTEM");
+
+        let missing = dir.path().join("missing.yaml");
+        let e = bucket_from_flags(Some(&missing), None).unwrap_err().to_string();
+        assert!(e.starts_with("invalid flag --objstore.config-file: ") && e.contains("missing.yaml"), "{e}");
+        let e = bucket_from_flags(None, Some("type: NOPE")).unwrap_err().to_string();
+        assert!(e.starts_with("object storage: "), "{e}");
     }
 }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use crate::prom::{PromClient, api_time, selector};
-use crate::store::{PromMeta, strip_external, with_external};
+use crate::store::PromMeta;
+use norn_storeapi::external::{strip_external, with_external};
 
 /// The query to send Prometheus for `query`: one selector per selector of the expression
 /// with external-label matchers removed, joined with `or`. `Ok(None)` when the external

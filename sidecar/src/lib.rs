@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use norn_model::Labels;
-use norn_service::{Health, Shutdown};
+use norn_service::{Health, Shutdown, now_ms, parse_time_or_duration};
 use norn_storeapi::thanos::exemplars_server::ExemplarsServer;
 use norn_storeapi::thanos::info::info_server::InfoServer;
 use norn_storeapi::thanos::metadata_server::MetadataServer;
@@ -118,6 +118,8 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("object storage: {0}")]
     Objstore(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Bucket(#[from] norn_service::BucketFlagError),
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -125,25 +127,6 @@ pub enum RunError {
 fn dur(flag: &'static str, v: &str) -> Result<Duration, RunError> {
     let ms = norn_service::parse_duration_ms(v).map_err(|msg| RunError::Flag { flag, msg })?;
     Ok(Duration::from_millis(ms.max(0) as u64))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Parses `--min-time`: RFC 3339, or a (possibly negative) duration added to `now_ms`.
-pub fn parse_time_or_duration(s: &str, now_ms: i64) -> Result<i64, String> {
-    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        let ms = t.unix_timestamp_nanos() / 1_000_000;
-        return i64::try_from(ms).map_err(|_| format!("{s:?} is out of range"));
-    }
-    let (neg, d) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let ms =
-        norn_service::parse_duration_ms(d).map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration"))?;
-    Ok(if neg { now_ms.saturating_sub(ms) } else { now_ms.saturating_add(ms) })
 }
 
 /// The oldest sample time Prometheus holds: its oldest local block or, without blocks,
@@ -310,13 +293,7 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
     let prom = PromClient::new(&args.prometheus_url, req_timeout).map_err(flag)?;
     let hb = PromClient::new(&args.prometheus_url, cfg_timeout.max(Duration::from_millis(100))).map_err(flag)?;
     let bucket =
-        match (&args.objstore_config_file, &args.objstore_config) {
-            (Some(p), _) => Some(norn_objstore::Bucket::from_yaml(&std::fs::read_to_string(p).map_err(|e| {
-                RunError::Flag { flag: "--objstore.config-file", msg: format!("{}: {e}", p.display()) }
-            })?)?),
-            (None, Some(y)) => Some(norn_objstore::Bucket::from_yaml(y)?),
-            (None, None) => None,
-        };
+        norn_service::bucket_from_flags(args.objstore_config_file.as_deref(), args.objstore_config.as_deref())?;
 
     let health = Health::new();
     let metrics = Arc::new(Metrics::new(&mut health.registry.lock()));

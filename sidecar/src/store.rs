@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use norn_model::{Labels, Matcher};
+use norn_model::Labels;
+use norn_storeapi::external::{check_label_name, request_limit, request_matchers, strip_external, with_external};
 use norn_storeapi::thanos::info::{
     ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo, info_server,
 };
@@ -14,7 +15,7 @@ use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, series_response, store_server,
 };
-use norn_storeapi::{labels_to_proto, matchers_from_proto, prometheus};
+use norn_storeapi::{labels_to_proto, prometheus};
 use norn_tsdb::chunks::ChunkMeta;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
@@ -62,32 +63,6 @@ impl PromMeta {
         let t = t.unwrap_or(i64::MIN).max(self.limit_min_time);
         self.min_time.store(t, Ordering::Release);
     }
-}
-
-/// Matchers left for Prometheus after those on external labels are checked; `None`
-/// when an external label rules this Prometheus out.
-pub fn strip_external(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
-    let mut rest = Vec::new();
-    for m in ms {
-        match ext.get(&m.name) {
-            Some(v) if !m.matches(v) => return None,
-            Some(_) => {}
-            None => rest.push(m.clone()),
-        }
-    }
-    Some(rest)
-}
-
-/// Labels with the external labels set over them (external labels win, as in Thanos).
-pub fn with_external(l: &Labels, ext: &Labels) -> Labels {
-    if ext.is_empty() {
-        return l.clone();
-    }
-    let mut b = l.to_builder();
-    for (n, v) in ext.iter() {
-        b.set(n, v);
-    }
-    b.build()
 }
 
 /// Moves a request's start up to the first time served. With a query step the start is
@@ -140,10 +115,6 @@ fn prom_status(e: PromError) -> Status {
     if e.is_unreachable() { Status::unavailable(e.to_string()) } else { Status::internal(e.to_string()) }
 }
 
-fn bad_matchers(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("matchers: {e}"))
-}
-
 /// The StoreAPI and Info services.
 #[derive(Debug, Clone)]
 pub struct SidecarStore {
@@ -168,7 +139,7 @@ impl SidecarStore {
 
     /// The series of a request, external labels on, sorted; and warnings.
     async fn select(&self, req: &SeriesRequest) -> Result<(Vec<(Labels, Vec<ChunkMeta>)>, Vec<String>), Status> {
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let ms = request_matchers(&req.matchers)?;
         let ext = self.meta.labels();
         let Some(rest) = strip_external(&ext, &ms) else { return Ok((Vec::new(), Vec::new())) };
         if rest.is_empty() {
@@ -210,7 +181,7 @@ impl store_server::Store for SidecarStore {
     async fn series(&self, req: Request<SeriesRequest>) -> Result<Response<Self::SeriesStream>, Status> {
         let req = req.into_inner();
         let (all, warnings) = self.select(&req).await?;
-        let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+        let limit = request_limit(req.limit);
         let batch = req.response_batch_size.max(1) as usize;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -243,7 +214,7 @@ impl store_server::Store for SidecarStore {
 
     async fn label_names(&self, req: Request<LabelNamesRequest>) -> Result<Response<LabelNamesResponse>, Status> {
         let req = req.into_inner();
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let ms = request_matchers(&req.matchers)?;
         let ext = self.meta.labels();
         let Some(rest) = strip_external(&ext, &ms) else { return Ok(Response::new(LabelNamesResponse::default())) };
         let start = clamp_min_time(req.start, self.meta.min_time(), 0);
@@ -256,18 +227,14 @@ impl store_server::Store for SidecarStore {
             set.extend(ext.iter().map(|(n, _)| n.to_string()));
         }
         let mut names: Vec<String> = set.into_iter().collect();
-        if req.limit > 0 {
-            names.truncate(req.limit as usize);
-        }
+        names.truncate(request_limit(req.limit));
         Ok(Response::new(LabelNamesResponse { names, ..Default::default() }))
     }
 
     async fn label_values(&self, req: Request<LabelValuesRequest>) -> Result<Response<LabelValuesResponse>, Status> {
         let req = req.into_inner();
-        if req.label.is_empty() {
-            return Err(Status::invalid_argument("label name parameter cannot be empty"));
-        }
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        check_label_name(&req.label)?;
+        let ms = request_matchers(&req.matchers)?;
         let ext = self.meta.labels();
         let Some(rest) = strip_external(&ext, &ms) else { return Ok(Response::new(LabelValuesResponse::default())) };
         if let Some(v) = ext.get(&req.label) {
@@ -281,9 +248,7 @@ impl store_server::Store for SidecarStore {
         };
         values.sort();
         values.dedup();
-        if req.limit > 0 {
-            values.truncate(req.limit as usize);
-        }
+        values.truncate(request_limit(req.limit));
         Ok(Response::new(LabelValuesResponse { values, ..Default::default() }))
     }
 }
@@ -313,29 +278,11 @@ impl info_server::Info for SidecarStore {
 
 #[cfg(test)]
 mod tests {
-    use norn_model::MatchType;
+    use norn_model::Matcher;
     use norn_tsdb::chunkenc::Chunk;
 
     use super::*;
     use norn_tsdb::chunkenc::Encoding;
-
-    #[test]
-    fn external_label_matchers() {
-        let ext = Labels::from_pairs([("replica", "a"), ("cluster", "eu")]);
-        let re = |n: &str, v: &str| Matcher::new(MatchType::Regex, n, v).unwrap();
-        let cases: Vec<(Vec<Matcher>, Option<usize>)> = vec![
-            (vec![Matcher::equal("__name__", "up")], Some(1)),
-            (vec![Matcher::equal("__name__", "up"), Matcher::equal("replica", "a")], Some(1)),
-            (vec![Matcher::equal("__name__", "up"), Matcher::equal("replica", "b")], None),
-            (vec![re("cluster", "e.*"), re("job", ".+")], Some(1)),
-            (vec![re("cluster", "us|ap")], None),
-            (vec![Matcher::new(MatchType::NotEqual, "cluster", "eu").unwrap()], None),
-            (vec![Matcher::equal("replica", "a")], Some(0)),
-        ];
-        for (ms, want) in cases {
-            assert_eq!(strip_external(&ext, &ms).map(|r| r.len()), want, "{ms:?}");
-        }
-    }
 
     #[test]
     fn min_time_clamping() {

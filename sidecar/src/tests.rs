@@ -26,17 +26,6 @@ use prost::Message;
 use super::*;
 
 #[test]
-fn min_time_flag() {
-    let now = 1_700_000_000_000;
-    assert_eq!(parse_time_or_duration("2023-11-14T22:13:20Z", now), Ok(now));
-    assert_eq!(parse_time_or_duration("2023-11-14T22:13:20.5+01:00", now), Ok(now + 500 - 3_600_000));
-    assert_eq!(parse_time_or_duration("-2d", now), Ok(now - 2 * 86_400_000));
-    assert_eq!(parse_time_or_duration("1h30m", now), Ok(now + 5_400_000));
-    assert!(parse_time_or_duration("0000-01-01T00:00:00Z", now).unwrap() < -62_000_000_000_000);
-    assert!(parse_time_or_duration("yesterday", now).is_err());
-}
-
-#[test]
 fn compaction_detection() {
     let flags = |min: &str, max: &str| {
         BTreeMap::from([

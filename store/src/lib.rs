@@ -18,8 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use norn_objstore::Bucket;
-use norn_service::{Health, Shutdown};
+use norn_service::{Health, Shutdown, now_ms, parse_time_or_duration};
 use norn_storeapi::thanos::info::info_server::InfoServer;
 use norn_storeapi::thanos::store_server::StoreServer;
 use prometheus_client::registry::Registry;
@@ -85,28 +84,10 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("object storage: {0}")]
     Objstore(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Bucket(#[from] norn_service::BucketFlagError),
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Parses Thanos's time-or-duration flag values: RFC 3339, or a (possibly negative)
-/// duration added to `now_ms`.
-pub fn parse_time_or_duration(s: &str, now_ms: i64) -> Result<i64, String> {
-    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        let ms = t.unix_timestamp_nanos() / 1_000_000;
-        return i64::try_from(ms).map_err(|_| format!("{s:?} is out of range"));
-    }
-    let (neg, d) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let ms =
-        norn_service::parse_duration_ms(d).map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration"))?;
-    Ok(if neg { now_ms.saturating_sub(ms) } else { now_ms.saturating_add(ms) })
 }
 
 /// A configured gateway: the block set, its syncer and the gRPC services. `run` wires it
@@ -134,16 +115,8 @@ impl Gateway {
         if min_time > max_time {
             return Err(flag("--min-time", format!("{} is after --max-time {}", args.min_time, args.max_time)));
         }
-        let bucket = match (&args.objstore_config_file, &args.objstore_config) {
-            (Some(p), _) => Bucket::from_yaml(
-                &std::fs::read_to_string(p)
-                    .map_err(|e| flag("--objstore.config-file", format!("{}: {e}", p.display())))?,
-            )?,
-            (None, Some(y)) => Bucket::from_yaml(y)?,
-            (None, None) => {
-                return Err(flag("--objstore.config-file", "a bucket is required (or --objstore.config)".into()));
-            }
-        };
+        let bucket =
+            norn_service::required_bucket(args.objstore_config_file.as_deref(), args.objstore_config.as_deref())?;
         std::fs::create_dir_all(&args.data_dir)
             .map_err(|e| flag("--data-dir", format!("creating {}: {e}", args.data_dir.display())))?;
         let metrics = Arc::new(Metrics::new(registry));

@@ -11,12 +11,13 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use norn_model::{Labels, Matcher};
+use norn_storeapi::external::{check_label_name, request_limit, request_matchers, strip_external, with_external};
+use norn_storeapi::labels_to_proto;
 use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo, info_server};
 use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, series_response, store_server,
 };
-use norn_storeapi::{labels_to_proto, matchers_from_proto};
 use norn_tsdb::chunks::{ChunkMeta, ChunkRef};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,32 +32,6 @@ use crate::sync::{BlockSet, StoreBlock};
 const FETCH_BATCH_CHUNKS: usize = 4096;
 /// Most series per fetch batch, whatever their chunk counts.
 const FETCH_BATCH_SERIES: usize = 1024;
-
-/// Matchers left for a block's index once those on its external labels are checked;
-/// `None` when an external label rules the block out.
-pub fn strip_external(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
-    let mut rest = Vec::new();
-    for m in ms {
-        match ext.get(&m.name) {
-            Some(v) if !m.matches(v) => return None,
-            Some(_) => {}
-            None => rest.push(m.clone()),
-        }
-    }
-    Some(rest)
-}
-
-/// Labels with the external labels set over them (external labels win, as in Thanos).
-pub fn with_external(l: &Labels, ext: &Labels) -> Labels {
-    if ext.is_empty() {
-        return l.clone();
-    }
-    let mut b = l.to_builder();
-    for (n, v) in ext.iter() {
-        b.set(n, v);
-    }
-    b.build()
-}
 
 /// One series of an answer: its labels and, per block holding it, the chunk references
 /// inside the requested range.
@@ -107,10 +82,6 @@ pub fn select(blocks: &[Arc<StoreBlock>], ms: &[Matcher], mint: i64, maxt: i64) 
 
 fn block_err(b: &StoreBlock, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("block {}: {e}", b.id))
-}
-
-fn bad_matchers(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("matchers: {e}"))
 }
 
 /// IDs of blocks another component serves from its own disk right now; the gateway
@@ -240,7 +211,7 @@ impl store_server::Store for BucketStore {
     async fn series(&self, req: Request<SeriesRequest>) -> Result<Response<Self::SeriesStream>, Status> {
         let req = req.into_inner();
         self.fetcher.metrics.series_requests.inc();
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let ms = request_matchers(&req.matchers)?;
         let (mint, maxt) = self.clamp(req.min_time, req.max_time);
         let blocks = self.blocks();
         let selected = if mint > maxt {
@@ -251,7 +222,7 @@ impl store_server::Store for BucketStore {
                 .await
                 .map_err(|e| Status::internal(format!("series selection task: {e}")))??
         };
-        let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+        let limit = request_limit(req.limit);
         let selected = if selected.len() > limit { selected[..limit].to_vec() } else { selected };
         let batch = req.response_batch_size.max(1) as usize;
         let (tx, rx) = mpsc::channel(4);
@@ -274,7 +245,7 @@ impl store_server::Store for BucketStore {
 
     async fn label_names(&self, req: Request<LabelNamesRequest>) -> Result<Response<LabelNamesResponse>, Status> {
         let req = req.into_inner();
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let ms = request_matchers(&req.matchers)?;
         let (mint, maxt) = self.clamp(req.start, req.end);
         let blocks = self.blocks();
         let mut names: Vec<String> = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
@@ -303,18 +274,14 @@ impl store_server::Store for BucketStore {
         })
         .await
         .map_err(|e| Status::internal(format!("label names task: {e}")))??;
-        if req.limit > 0 {
-            names.truncate(req.limit as usize);
-        }
+        names.truncate(request_limit(req.limit));
         Ok(Response::new(LabelNamesResponse { names, ..Default::default() }))
     }
 
     async fn label_values(&self, req: Request<LabelValuesRequest>) -> Result<Response<LabelValuesResponse>, Status> {
         let req = req.into_inner();
-        if req.label.is_empty() {
-            return Err(Status::invalid_argument("label name parameter cannot be empty"));
-        }
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        check_label_name(&req.label)?;
+        let ms = request_matchers(&req.matchers)?;
         let (mint, maxt) = self.clamp(req.start, req.end);
         let blocks = self.blocks();
         let name = req.label.clone();
@@ -343,9 +310,7 @@ impl store_server::Store for BucketStore {
         })
         .await
         .map_err(|e| Status::internal(format!("label values task: {e}")))??;
-        if req.limit > 0 {
-            values.truncate(req.limit as usize);
-        }
+        values.truncate(request_limit(req.limit));
         Ok(Response::new(LabelValuesResponse { values, ..Default::default() }))
     }
 }
@@ -398,38 +363,8 @@ impl BucketStore {
 
 #[cfg(test)]
 mod tests {
-    use norn_model::MatchType;
 
     use super::*;
-
-    #[test]
-    fn external_label_matching() {
-        let ext = Labels::from_pairs([("replica", "a"), ("cluster", "eu")]);
-        let re = |n: &str, v: &str| Matcher::new(MatchType::Regex, n, v).unwrap();
-        // matchers -> None (block ruled out) or the number left for the index
-        let cases: Vec<(Vec<Matcher>, Option<usize>)> = vec![
-            (vec![Matcher::equal("__name__", "up")], Some(1)),
-            (vec![Matcher::equal("__name__", "up"), Matcher::equal("replica", "a")], Some(1)),
-            (vec![Matcher::equal("__name__", "up"), Matcher::equal("replica", "b")], None),
-            (vec![re("cluster", "e.*"), re("job", ".+")], Some(1)),
-            (vec![re("cluster", "us|ap")], None),
-            (vec![Matcher::new(MatchType::NotEqual, "cluster", "eu").unwrap()], None),
-            (vec![Matcher::new(MatchType::NotEqual, "cluster", "us").unwrap()], Some(0)),
-            (vec![Matcher::equal("replica", "a")], Some(0)),
-            (vec![Matcher::equal("zone", "")], Some(1)),
-        ];
-        for (ms, want) in cases {
-            assert_eq!(strip_external(&ext, &ms).map(|r| r.len()), want, "{ms:?}");
-        }
-        assert_eq!(strip_external(&Labels::empty(), &[Matcher::equal("replica", "a")]).map(|r| r.len()), Some(1));
-    }
-
-    #[test]
-    fn external_labels_win() {
-        let ext = Labels::from_pairs([("replica", "a")]);
-        let l = Labels::from_pairs([("__name__", "up"), ("replica", "x"), ("z", "1")]);
-        assert_eq!(with_external(&l, &ext), Labels::from_pairs([("__name__", "up"), ("replica", "a"), ("z", "1")]));
-    }
 
     #[test]
     fn fetch_batches_bound_chunks_and_series() {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use norn_block::ThanosMeta;
 use norn_model::{Histogram, Labels, MatchType, Matcher, Span};
+use norn_objstore::Bucket;
 use norn_storeapi::thanos::info::info_server::Info;
 use norn_storeapi::thanos::store_server::Store;
 use norn_storeapi::thanos::{self, LabelNamesRequest, LabelValuesRequest, SeriesRequest, series_response};
@@ -246,17 +247,6 @@ async fn corrupt_chunk_bytes_fail_the_query_with_block_and_offset() {
     }
     let e = err.expect("an error frame");
     assert!(e.message().contains(&b.id.to_string()) && e.message().contains("checksum"), "{}", e.message());
-}
-
-#[test]
-fn time_or_duration() {
-    let now = 1_000_000_000;
-    assert_eq!(parse_time_or_duration("1970-01-01T00:00:01Z", now).unwrap(), 1000);
-    assert_eq!(parse_time_or_duration("-1h", now).unwrap(), now - 3_600_000);
-    assert_eq!(parse_time_or_duration("2d", now).unwrap(), now + 2 * 86_400_000);
-    assert!(parse_time_or_duration("0000-01-01T00:00:00Z", now).unwrap() < 0);
-    assert!(parse_time_or_duration("9999-12-31T23:59:59Z", now).unwrap() > now);
-    assert!(parse_time_or_duration("yesterday", now).is_err());
 }
 
 #[tokio::test]

@@ -48,6 +48,7 @@ pub mod io {
 
 pub mod chunks;
 mod convert;
+pub mod external;
 pub mod metadata;
 pub mod remote_write;
 
