@@ -99,6 +99,11 @@ pub struct Source {
     /// The endpoint removed the replica labels (Thanos's `without_replica_labels`): its
     /// series are replicas of equal series from other endpoints.
     pub stripped: bool,
+    /// For a stripped source: the replica labels its Info label sets all carry, which stand
+    /// for the labels it removed (a receiver and a store gateway over the blocks that
+    /// receiver uploaded are then one replica, merged, not deduplicated against each other).
+    /// Empty: the source is a replica of its own.
+    pub identity: Vec<(String, String)>,
 }
 
 /// A position in a [`Source`]: batch and index (past the end when the batch is).
@@ -107,7 +112,7 @@ type Cursor = (usize, usize);
 impl Source {
     /// A source of one list of series.
     pub fn new(series: Vec<SeriesView>, stripped: bool) -> Self {
-        Source { batches: vec![series], stripped }
+        Source { batches: vec![series], stripped, identity: Vec::new() }
     }
 
     /// The first position at or after `(b, i)` holding a series.
@@ -166,11 +171,25 @@ fn flush_group(
     // Split into replicas: runs of equal replica labels, and of one source where a source
     // stripped them.
     let mut replicas: Vec<Vec<&WireChunk>> = Vec::with_capacity(group.len());
+    let replica = |src: usize, s: &'_ SeriesView| -> Vec<(String, String)> {
+        if sources[src].stripped {
+            sources[src].identity.clone()
+        } else {
+            replica_of(s, rl).map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        }
+    };
     for (i, &(src, s)) in group.iter().enumerate() {
         let same = i > 0 && {
             let (prev_src, prev) = group[i - 1];
-            let apart = prev_src != src && (sources[prev_src].stripped || sources[src].stripped);
-            !apart && (rl.is_empty() || replica_of(prev, rl).eq(replica_of(s, rl)))
+            let anonymous = |x: usize| sources[x].stripped && sources[x].identity.is_empty();
+            let apart = prev_src != src && (anonymous(prev_src) || anonymous(src));
+            !apart
+                && (rl.is_empty()
+                    || if sources[prev_src].stripped || sources[src].stripped {
+                        replica(prev_src, prev) == replica(src, s)
+                    } else {
+                        replica_of(prev, rl).eq(replica_of(s, rl))
+                    })
         };
         match replicas.last_mut() {
             Some(last) if same => last.extend(s.chunks.iter()),
@@ -843,6 +862,7 @@ mod tests {
                 ],
             ],
             stripped: false,
+            identity: Vec::new(),
         };
         let s1 = Source {
             batches: vec![
@@ -850,6 +870,7 @@ mod tests {
                 vec![view(&[("__name__", "m"), ("replica", "2"), ("zone", "c")], vec![fake_chunk(&[3])])],
             ],
             stripped: false,
+            identity: Vec::new(),
         };
         let got = merge_and_dedup(vec![s0, s1], &rl, false, &fake_decode).unwrap();
         let want = [r#"{__name__="m", zone="a"}"#, r#"{__name__="m", zone="b"}"#, r#"{__name__="m", zone="c"}"#];

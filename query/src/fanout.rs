@@ -152,8 +152,23 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
     // An endpoint that can strip the replica labels does (as Thanos asks its stores to):
     // fewer bytes to send and compare. Its series are then told apart by where they came
     // from rather than by their replica labels.
-    let stripped = !call.replica_labels.is_empty()
-        && ep.status.read().info.as_ref().is_some_and(|i| i.supports_without_replica_labels);
+    // Only when its Info label sets agree on the replica labels' values: those values then
+    // stand for what it removed, so its series stay one replica with the same labels'
+    // series elsewhere (e.g. the store gateway over the blocks this receiver uploaded).
+    let identity = ep.status.read().info.as_ref().and_then(|i| {
+        if call.replica_labels.is_empty() || !i.supports_without_replica_labels {
+            return None;
+        }
+        let of = |ls: &Labels| -> Vec<(String, String)> {
+            ls.iter()
+                .filter(|(n, _)| call.replica_labels.iter().any(|r| r == n))
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let first = of(i.label_sets.first()?);
+        i.label_sets.iter().all(|ls| of(ls) == first).then_some(first)
+    });
+    let stripped = identity.is_some();
     let mut req = call.req.clone();
     if stripped {
         req.without_replica_labels = call.replica_labels.clone();
@@ -211,7 +226,7 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
             SeriesFrame::Hints | SeriesFrame::Empty => {}
         }
     }
-    Ok((Source { batches, stripped }, warnings))
+    Ok((Source { batches, stripped, identity: identity.unwrap_or_default() }, warnings))
 }
 
 /// Fans requests out to the endpoint set.
