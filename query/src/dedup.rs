@@ -55,6 +55,21 @@ fn replica_of<'v>(s: &'v SeriesView, rl: &'v [String]) -> impl Iterator<Item = (
     s.labels().filter(move |(n, _)| is_replica(rl, n))
 }
 
+/// A series' replica labels: as received, or for a source that stripped them, the ones its
+/// Info label sets carry (no allocation: compared per group entry on the hot path).
+fn replica_pairs<'v>(
+    src: &'v Source,
+    s: &'v SeriesView,
+    rl: &'v [String],
+) -> impl Iterator<Item = (&'v str, &'v str)> + 'v {
+    let stripped = src.stripped;
+    src.identity
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .filter(move |_| stripped)
+        .chain(replica_of(s, rl).filter(move |_| !stripped))
+}
+
 /// The merge order of series: by labels without the replica labels (Prometheus's label
 /// order), then by replica labels.
 pub fn cmp_series(a: &SeriesView, b: &SeriesView, rl: &[String]) -> Ordering {
@@ -171,13 +186,6 @@ fn flush_group(
     // Split into replicas: runs of equal replica labels, and of one source where a source
     // stripped them.
     let mut replicas: Vec<Vec<&WireChunk>> = Vec::with_capacity(group.len());
-    let replica = |src: usize, s: &'_ SeriesView| -> Vec<(String, String)> {
-        if sources[src].stripped {
-            sources[src].identity.clone()
-        } else {
-            replica_of(s, rl).map(|(n, v)| (n.to_string(), v.to_string())).collect()
-        }
-    };
     for (i, &(src, s)) in group.iter().enumerate() {
         let same = i > 0 && {
             let (prev_src, prev) = group[i - 1];
@@ -185,11 +193,7 @@ fn flush_group(
             let apart = prev_src != src && (anonymous(prev_src) || anonymous(src));
             !apart
                 && (rl.is_empty()
-                    || if sources[prev_src].stripped || sources[src].stripped {
-                        replica(prev_src, prev) == replica(src, s)
-                    } else {
-                        replica_of(prev, rl).eq(replica_of(s, rl))
-                    })
+                    || replica_pairs(&sources[prev_src], prev, rl).eq(replica_pairs(&sources[src], s, rl)))
         };
         match replicas.last_mut() {
             Some(last) if same => last.extend(s.chunks.iter()),
