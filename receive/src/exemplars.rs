@@ -21,8 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::{tenant_matchers, with_ext};
 use crate::tenants::MultiTsdb;
+use norn_storeapi::external::{strip_external, with_external};
 
 /// What appending a request's exemplars did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,7 +127,7 @@ pub fn sets_for_tenant(sets: &[Vec<Matcher>], ext: &Labels) -> Option<Vec<Vec<Ma
     let mut matched = false;
     let mut out = Vec::new();
     for s in sets {
-        if let Some(rest) = tenant_matchers(ext, s) {
+        if let Some(rest) = strip_external(ext, s) {
             matched = true;
             if !rest.is_empty() {
                 out.push(rest);
@@ -160,7 +160,7 @@ impl ExemplarsService {
             for r in store.select(req.start, req.end, &sets) {
                 out.push(ExemplarData {
                     series_labels: Some(thanos::LabelSet {
-                        labels: labels_to_proto(&with_ext(&r.series, &db.ext_labels)),
+                        labels: labels_to_proto(&with_external(&r.series, &db.ext_labels)),
                     }),
                     exemplars: r
                         .exemplars

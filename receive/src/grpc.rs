@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use norn_model::{Labels, Matcher};
 use norn_service::Health;
+use norn_storeapi::external::{strip_external, with_external};
+use norn_storeapi::labels_to_proto;
 use norn_storeapi::thanos::info::{
     ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo, info_server,
 };
@@ -14,7 +16,6 @@ use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, WriteRequest, WriteResponse, store_server, writeable_store_server,
 };
-use norn_storeapi::{labels_to_proto, matchers_from_proto};
 use norn_tsdb::series::Series;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -71,35 +72,6 @@ impl writeable_store_server::WriteableStore for WriteService {
     }
 }
 
-/// Matchers left for the TSDB after checking those on external labels; `None` when an
-/// external label rules the tenant out.
-pub(crate) fn tenant_matchers(ext: &Labels, ms: &[Matcher]) -> Option<Vec<Matcher>> {
-    let mut rest = Vec::new();
-    for m in ms {
-        match ext.get(&m.name) {
-            Some(v) => {
-                if !m.matches(v) {
-                    return None;
-                }
-            }
-            None => rest.push(m.clone()),
-        }
-    }
-    Some(rest)
-}
-
-/// Series labels with the TSDB's external labels added (external labels win).
-pub(crate) fn with_ext(l: &Labels, ext: &Labels) -> Labels {
-    if ext.is_empty() {
-        return l.clone();
-    }
-    let mut b = l.to_builder();
-    for (n, v) in ext.iter() {
-        b.set(n, v);
-    }
-    b.build()
-}
-
 /// Frames of Series responses buffered between the reader and the gRPC stream.
 const SERIES_CHANNEL_FRAMES: usize = 4;
 
@@ -109,20 +81,16 @@ pub struct StoreService {
     pub tsdb: Arc<MultiTsdb>,
 }
 
-fn bad_matchers(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("matchers: {e}"))
-}
-
 impl StoreService {
     /// Series of every tenant matching `ms` in `[mint, maxt]`, labels extended with the
     /// tenant's external labels, sorted by those labels.
     fn select(&self, ms: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<(Labels, Series)>, Status> {
         let mut out = Vec::new();
         for db in self.tsdb.all() {
-            let Some(rest) = tenant_matchers(&db.ext_labels, ms) else { continue };
+            let Some(rest) = strip_external(&db.ext_labels, ms) else { continue };
             let got =
                 db.select(&rest, mint, maxt).map_err(|e| Status::internal(format!("tenant {}: {e}", db.tenant)))?;
-            out.extend(got.into_iter().map(|s| (with_ext(&s.labels, &db.ext_labels), s)));
+            out.extend(got.into_iter().map(|s| (with_external(&s.labels, &db.ext_labels), s)));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -142,7 +110,7 @@ impl StoreService {
         let mut tenants = 0;
         let mut noop = true;
         for db in self.tsdb.all() {
-            let Some(rest) = tenant_matchers(&db.ext_labels, ms) else { continue };
+            let Some(rest) = strip_external(&db.ext_labels, ms) else { continue };
             let got = db
                 .select_lazy(&rest, mint, maxt)
                 .map_err(|e| Status::internal(format!("tenant {}: {e}", db.tenant)))?;
@@ -216,7 +184,7 @@ impl StoreService {
 
     /// Starts [`StoreService::stream_series`] on a blocking thread.
     fn start_series(&self, req: SeriesRequest) -> Result<ReceiverStream<Result<Frame, Status>>, Status> {
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let ms = norn_storeapi::external::request_matchers(&req.matchers)?;
         let me = self.clone();
         // Bounded: a slow client stops the reader after a few frames instead of the
         // whole response piling up in memory.
@@ -257,7 +225,7 @@ impl store_server::Store for StoreService {
 
     async fn label_names(&self, req: Request<LabelNamesRequest>) -> Result<Response<LabelNamesResponse>, Status> {
         let req = req.into_inner();
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let ms = norn_storeapi::external::request_matchers(&req.matchers)?;
         let me = self.clone();
         let names = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
             let mut set = BTreeSet::new();
@@ -277,7 +245,7 @@ impl store_server::Store for StoreService {
 
     async fn label_values(&self, req: Request<LabelValuesRequest>) -> Result<Response<LabelValuesResponse>, Status> {
         let req = req.into_inner();
-        let ms = matchers_from_proto(&req.matchers).map_err(bad_matchers)?;
+        let ms = norn_storeapi::external::request_matchers(&req.matchers)?;
         let me = self.clone();
         let values = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
             let mut set = BTreeSet::new();
@@ -336,11 +304,11 @@ mod tests {
     fn external_label_matching() {
         let ext = Labels::from_pairs([("tenant_id", "a"), ("replica", "r0")]);
         let eq = |n: &str, v: &str| Matcher::equal(n, v);
-        assert_eq!(tenant_matchers(&ext, &[eq("tenant_id", "a"), eq("job", "x")]).unwrap().len(), 1);
-        assert!(tenant_matchers(&ext, &[eq("tenant_id", "b")]).is_none());
+        assert_eq!(strip_external(&ext, &[eq("tenant_id", "a"), eq("job", "x")]).unwrap().len(), 1);
+        assert!(strip_external(&ext, &[eq("tenant_id", "b")]).is_none());
         let re = Matcher::new(MatchType::Regex, "replica", "r.*").unwrap();
-        assert_eq!(tenant_matchers(&ext, &[re]).unwrap().len(), 0);
-        let l = with_ext(&Labels::from_pairs([("__name__", "up"), ("replica", "x")]), &ext);
+        assert_eq!(strip_external(&ext, &[re]).unwrap().len(), 0);
+        let l = with_external(&Labels::from_pairs([("__name__", "up"), ("replica", "x")]), &ext);
         assert_eq!(l.to_string(), r#"{__name__="up", replica="r0", tenant_id="a"}"#);
     }
 
@@ -398,11 +366,11 @@ mod tests {
         store_with(&[], "c")
     }
 
-    /// What the prost path sent: the eager select (labels built with `with_ext`), the
+    /// What the prost path sent: the eager select (labels built with `with_external`), the
     /// `without` labels removed, re-sorted and merged by label set, every chunk through
     /// `aggr_chunk` (without hash, as now sent).
     fn reference(svc: &StoreService, req: &SeriesRequest) -> Vec<thanos::Series> {
-        let ms = matchers_from_proto(&req.matchers).unwrap();
+        let ms = norn_storeapi::matchers_from_proto(&req.matchers).unwrap();
         let all = svc.select(&ms, req.min_time, req.max_time).unwrap();
         let stripped: Vec<Series> = all
             .into_iter()
@@ -433,7 +401,7 @@ mod tests {
 
     /// Runs `stream_series`, encoding every frame by hand and decoding it with prost.
     fn collect(svc: &StoreService, req: SeriesRequest, cap: usize) -> (usize, Vec<thanos::Series>) {
-        let ms = matchers_from_proto(&req.matchers).unwrap();
+        let ms = norn_storeapi::matchers_from_proto(&req.matchers).unwrap();
         let (tx, mut rx) = mpsc::channel(cap);
         let svc = svc.clone();
         let h = std::thread::spawn(move || svc.stream_series(&ms, &req, &tx));
