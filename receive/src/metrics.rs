@@ -20,6 +20,9 @@ pub struct Metrics {
     pub forwards: Family<Labels, Counter>,
     pub forward_duration: Histogram,
     pub quorum_failures: Counter,
+    /// Replica writes that failed or were still running at the forward timeout in
+    /// writes that reached quorum (and were answered as successful), by reason.
+    pub replica_failures: Family<Labels, Counter>,
     pub head_series: Gauge,
     pub tenants: Gauge,
     pub ring_reloads: Family<Labels, Counter>,
@@ -37,6 +40,7 @@ impl Metrics {
             forwards: Family::default(),
             forward_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             quorum_failures: Counter::default(),
+            replica_failures: Family::default(),
             head_series: Gauge::default(),
             tenants: Gauge::default(),
             ring_reloads: Family::default(),
@@ -46,10 +50,16 @@ impl Metrics {
         };
         let r = reg.sub_registry_with_prefix("norn_receive");
         r.register("http_requests", "Remote-write HTTP requests by handler and status code", m.requests.clone());
-        r.register("samples", "Samples received, by outcome (appended, conflict)", m.samples.clone());
+        r.register("samples", "Samples received, by outcome: appended, conflict (refused, the client is told), or dropped at commit after a concurrent write to the series (out_of_order, duplicate_timestamp, out_of_bounds, too_old)", m.samples.clone());
         r.register("forward_requests", "Forwarding RPCs to peers, by result", m.forwards.clone());
         r.register("forward_duration_seconds", "Latency of forwarding RPCs to peers", m.forward_duration.clone());
         r.register("quorum_failures", "Writes that did not reach the write quorum", m.quorum_failures.clone());
+        r.register(
+            "replica_failures",
+            "Replica writes (local or forwarded) that failed (reason=error) or were still running at the forward \
+             timeout (reason=timeout) in writes answered as successful: that replica may miss the samples",
+            m.replica_failures.clone(),
+        );
         r.register("head_series", "Series in the heads of all tenants", m.head_series.clone());
         r.register("tenants", "Tenant TSDBs open", m.tenants.clone());
         r.register("hashring_reloads", "Hashring file (re)loads, by result", m.ring_reloads.clone());
@@ -63,12 +73,27 @@ impl Metrics {
         let c = |o: &str| self.samples.get_or_create(&vec![("outcome".to_string(), o.to_string())]).clone();
         c("appended").inc_by(st.appended);
         c("conflict").inc_by(st.conflicts);
+        // Commit-time drops are rare: create their series only once one happens.
+        for (o, n) in [
+            ("out_of_order", st.out_of_order),
+            ("duplicate_timestamp", st.duplicate_timestamp),
+            ("out_of_bounds", st.out_of_bounds),
+            ("too_old", st.too_old),
+        ] {
+            if n > 0 {
+                c(o).inc_by(n);
+            }
+        }
     }
 
     pub fn record_forward(&self, d: Duration, ok: bool) {
         self.forward_duration.observe(d.as_secs_f64());
         let r = if ok { "success" } else { "error" };
         self.forwards.get_or_create(&vec![("result".to_string(), r.to_string())]).inc();
+    }
+
+    pub fn record_replica_failure(&self, reason: &str, n: u64) {
+        self.replica_failures.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(n);
     }
 
     pub fn record_request(&self, handler: &str, code: u16) {

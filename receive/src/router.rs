@@ -2,6 +2,9 @@
 //! ring; local replicas are appended in-process, remote ones forwarded over gRPC
 //! (`thanos.WriteableStore/RemoteWrite`, fields 1–3, replica = n + 1) in parallel. A
 //! write succeeds when every series reached the write quorum.
+//!
+//! Unlike Thanos, a successful write is answered only once every replica has answered
+//! too (or the forward timeout has passed): see [`Router::write`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,17 +40,39 @@ struct Peer {
     backoff: Duration,
 }
 
+/// Shortest interval between two warnings about lagging replicas: with a peer down,
+/// every request would log one.
+const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// gRPC connections to peers, with a backoff for peers that answered `Unavailable`.
 #[derive(Debug)]
 pub struct Peers {
     peers: Mutex<HashMap<String, Peer>>,
     timeout: Duration,
     max_message: usize,
+    /// When a lagging-replica warning was last logged, and how many were held back since.
+    lag_log: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Peers {
+    /// Peers reached with `timeout` per forward (also the longest a successful write
+    /// waits for its slowest replica) and messages up to `max_message` bytes.
     pub fn new(timeout: Duration, max_message: usize) -> Peers {
-        Peers { peers: Mutex::new(HashMap::new()), timeout, max_message }
+        Peers { peers: Mutex::new(HashMap::new()), timeout, max_message, lag_log: Mutex::new((None, 0)) }
+    }
+
+    /// Whether to log a lagging-replica warning now; `Some(n)` with the number of
+    /// warnings suppressed since the last one.
+    fn lag_log_due(&self) -> Option<u64> {
+        let mut g = self.lag_log.lock();
+        let now = Instant::now();
+        if g.0.is_some_and(|t| now.duration_since(t) < LAG_LOG_INTERVAL) {
+            g.1 += 1;
+            return None;
+        }
+        let held = g.1;
+        *g = (Some(now), 0);
+        Some(held)
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, WriteError> {
@@ -142,7 +167,16 @@ pub struct Router {
     pub exemplars: Arc<crate::exemplars::TenantExemplars>,
 }
 
-type Outcome = (Arc<Vec<usize>>, Result<Vec<Option<WriteError>>, WriteError>);
+/// One replica write's answer: where it went (a peer address, or `None` for the local
+/// append), the series it carried, and per series the error if any.
+type Outcome = (Option<String>, Arc<Vec<usize>>, Result<Vec<Option<WriteError>>, WriteError>);
+
+/// A replica write that failed or did not answer in a write that reached quorum.
+#[derive(Debug)]
+enum Lagging {
+    Failed { target: String, error: String },
+    Timeout { running: usize },
+}
 
 impl Router {
     /// The current ring.
@@ -176,6 +210,22 @@ impl Router {
     /// Writes a batch. `replica` is the 1-based replica number carried by a forwarded
     /// request (0 for a fresh one); a forwarded request is stored locally and never
     /// forwarded again.
+    ///
+    /// A fresh request is sent to all replicas at once. Once the outcome is a failure
+    /// (some series can no longer reach the write quorum) it is answered at once. Once
+    /// it is a success, the answer still waits for the replicas that are running until
+    /// all have answered or the forward timeout has passed since the forwards started;
+    /// their failures are then logged and counted
+    /// (`norn_receive_replica_failures_total`), not returned.
+    ///
+    /// This deliberately differs from Thanos, which answers at quorum and lets the last
+    /// replica finish in the background. A client that sends a series' next batch only
+    /// after this one was answered (Prometheus's remote write does, per shard) could
+    /// then have that batch reach the lagging replica first, which drops the late
+    /// batch's samples as out of order: replicas drift apart. Waiting keeps them equal,
+    /// so a querier's deduplication can rely on identical replica chunks. A peer that is
+    /// down fails fast and costs nothing; a slow one costs latency, bounded by the
+    /// forward timeout.
     pub async fn write(self: &Arc<Self>, batch: Batch, replica: i64) -> Result<(), WriteError> {
         if replica < 0 || replica as usize > self.rf {
             return Err(WriteError::BadRequest(format!(
@@ -225,27 +275,30 @@ impl Router {
             }
         }
 
+        // The forward timeout counts from here, for the wait after quorum.
+        let deadline = tokio::time::Instant::now() + self.peers.timeout;
+        let mut running = usize::from(!local_idx.is_empty()) + remote.len();
         let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
         if !local_idx.is_empty() {
             let (me, b, tx) = (self.clone(), batch.clone(), tx.clone());
             let idx = Arc::new(local_idx);
             tokio::spawn(async move {
                 let r = me.local(b, idx.clone()).await;
-                let _ = tx.send((idx, r));
+                let _ = tx.send((None, idx, r));
             });
         }
         for ((addr, n), idx) in remote {
             let (me, b, tx) = (self.clone(), batch.clone(), tx.clone());
             let idx = Arc::new(idx);
-            // Spawned, so a forward still running when quorum is reached completes
-            // (within the forward timeout) and the extra replica is not lost.
+            // Spawned, so a forward still running when a failure is answered, or at the
+            // forward timeout, still completes (within its own timeout).
             tokio::spawn(async move {
                 let ts: Vec<TimeSeries> = idx.iter().map(|&i| b.series[i].clone()).collect();
                 let start = Instant::now();
                 let r = me.peers.forward(&addr, &b.tenant, ts, n as i64 + 1).await;
                 me.metrics.record_forward(start.elapsed(), r.is_ok());
                 let r = r.map(|()| vec![None; idx.len()]);
-                let _ = tx.send((idx, r));
+                let _ = tx.send((Some(addr), idx, r));
             });
         }
         drop(tx);
@@ -256,12 +309,29 @@ impl Router {
         let mut ok = vec![0usize; n];
         let mut errs: Vec<Vec<WriteError>> = vec![Vec::new(); n];
         let mut undecided = n;
-        while undecided > 0 {
-            let Some((idx, res)) = rx.recv().await else { break };
+        let mut any_failed = false;
+        let mut lagging: Vec<Lagging> = Vec::new();
+        while running > 0 {
+            let next = if undecided > 0 {
+                // Undecided: every replica's answer may matter; the forwards carry their
+                // own timeout.
+                rx.recv().await
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        lagging.push(Lagging::Timeout { running });
+                        break;
+                    }
+                }
+            };
+            let Some((target, idx, res)) = next else { break };
+            running -= 1;
+            let mut first_err: Option<&WriteError> = None;
             for (k, &i) in idx.iter().enumerate() {
                 let was_decided = ok[i] >= q || errs[i].len() >= fail_at;
                 let e = match &res {
-                    Ok(per) => per[k].clone(),
+                    Ok(per) => per.get(k).cloned().flatten(),
                     Err(e) => Some(e.clone()),
                 };
                 match e {
@@ -270,11 +340,25 @@ impl Router {
                 }
                 if !was_decided && (ok[i] >= q || errs[i].len() >= fail_at) {
                     undecided -= 1;
+                    any_failed |= ok[i] < q;
                 }
+            }
+            match &res {
+                Err(e) => first_err = Some(e),
+                Ok(per) => first_err = first_err.or(per.iter().flatten().next()),
+            }
+            if let Some(e) = first_err {
+                let target = target.unwrap_or_else(|| format!("local ({})", self.local_endpoint));
+                lagging.push(Lagging::Failed { target, error: e.to_string() });
+            }
+            if any_failed {
+                // Decided as a failure: waiting for the rest gains nothing.
+                break;
             }
         }
         let failed: Vec<usize> = (0..n).filter(|&i| ok[i] < q).collect();
         if failed.is_empty() {
+            self.report_lagging(&batch.tenant, n, &lagging);
             return Ok(());
         }
         self.metrics.quorum_failures.inc();
@@ -297,6 +381,43 @@ impl Router {
         } else {
             WriteError::Unavailable(msg)
         })
+    }
+}
+
+impl Router {
+    /// Logs and counts the replica writes of a successful write that failed or did not
+    /// answer in time: the write was acknowledged, but those replicas may miss it.
+    fn report_lagging(&self, tenant: &str, series: usize, lagging: &[Lagging]) {
+        for l in lagging {
+            let reason = match l {
+                Lagging::Failed { .. } => "error",
+                Lagging::Timeout { .. } => "timeout",
+            };
+            let n = match l {
+                Lagging::Failed { .. } => 1,
+                Lagging::Timeout { running } => *running as u64,
+            };
+            self.metrics.record_replica_failure(reason, n);
+            let Some(suppressed) = self.peers.lag_log_due() else { continue };
+            match l {
+                Lagging::Failed { target, error } => tracing::warn!(
+                    tenant,
+                    series,
+                    replica = %target,
+                    error = %error,
+                    suppressed,
+                    "replica write failed in a write that reached quorum; that replica may miss samples"
+                ),
+                Lagging::Timeout { running } => tracing::warn!(
+                    tenant,
+                    series,
+                    replicas = running,
+                    timeout = ?self.peers.timeout,
+                    suppressed,
+                    "replica writes still running at the forward timeout in a write that reached quorum; answered"
+                ),
+            }
+        }
     }
 }
 

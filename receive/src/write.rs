@@ -78,11 +78,27 @@ impl WriteError {
     }
 }
 
-/// What a local append did.
+/// What a local append did, in samples.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendStats {
+    /// Stored (or identical to what was stored).
     pub appended: u64,
+    /// Refused when appended (out of order, duplicate, out of bounds …): the client is told.
     pub conflicts: u64,
+    /// Accepted when appended but dropped at commit because a concurrent commit to the
+    /// same series got there first (see [`norn_tsdb::head::CommitStats`]); the client is
+    /// not told, the receiver counts and logs them.
+    pub out_of_order: u64,
+    pub duplicate_timestamp: u64,
+    pub out_of_bounds: u64,
+    pub too_old: u64,
+}
+
+impl AppendStats {
+    /// Samples dropped at commit, all reasons together.
+    pub fn dropped_at_commit(&self) -> u64 {
+        self.out_of_order + self.duplicate_timestamp + self.out_of_bounds + self.too_old
+    }
 }
 
 /// Appends the series `idx` of a request to `db` in one WAL-acknowledged commit.
@@ -141,7 +157,28 @@ pub fn append_local(
         });
         per.push(err);
     }
-    app.commit().map_err(|e| WriteError::Internal(format!("WAL commit for tenant {}: {e}", db.tenant)))?;
+    let c = app.commit().map_err(|e| WriteError::Internal(format!("WAL commit for tenant {}: {e}", db.tenant)))?;
+    let dropped = c.dropped();
+    if dropped > 0 {
+        // Counted as appended above, when they were accepted.
+        stats.appended = stats.appended.saturating_sub(dropped);
+        stats.out_of_order += c.out_of_order;
+        stats.duplicate_timestamp += c.duplicate_timestamp;
+        stats.out_of_bounds += c.out_of_bounds;
+        stats.too_old += c.too_old;
+        // Once per request, not per sample. Such drops mean two writes of one series
+        // raced on this receiver (a client not waiting for its answers, or replicas
+        // answered before they had stored: see the router).
+        tracing::warn!(
+            tenant = %db.tenant,
+            dropped,
+            out_of_order = c.out_of_order,
+            duplicate_timestamp = c.duplicate_timestamp,
+            out_of_bounds = c.out_of_bounds,
+            too_old = c.too_old,
+            "samples dropped at commit: a concurrent write to the same series committed newer samples first"
+        );
+    }
     Ok(per)
 }
 

@@ -31,6 +31,46 @@ pub struct Appender<'a> {
     batch_max: i64,
 }
 
+/// What [`Appender::commit`] did with the batch. Samples are checked when appended, but
+/// a concurrent commit to the same series may land first and make them invalid; those
+/// are dropped at commit (as Prometheus does) and counted here by reason, so callers can
+/// report them instead of counting them as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Samples made visible (in order, or into the out-of-order window).
+    pub applied: u64,
+    /// Bit-identical to a sample already stored at that timestamp: nothing to do, not an
+    /// error (the write was idempotent).
+    pub duplicates: u64,
+    /// Dropped: older than the series' newest sample, out-of-order ingestion off.
+    pub out_of_order: u64,
+    /// Dropped: another value is stored at that timestamp.
+    pub duplicate_timestamp: u64,
+    /// Dropped: older than the head's appendable window, out-of-order ingestion off.
+    pub out_of_bounds: u64,
+    /// Dropped: older than the out-of-order window allows.
+    pub too_old: u64,
+}
+
+impl CommitStats {
+    /// Samples dropped at commit, all reasons together.
+    pub fn dropped(&self) -> u64 {
+        self.out_of_order + self.duplicate_timestamp + self.out_of_bounds + self.too_old
+    }
+
+    fn record(&mut self, r: std::result::Result<(), AppendError>) {
+        match r {
+            Ok(()) => self.applied += 1,
+            Err(AppendError::OutOfOrder) => self.out_of_order += 1,
+            Err(AppendError::DuplicateSampleForTimestamp) => self.duplicate_timestamp += 1,
+            Err(AppendError::OutOfBounds) => self.out_of_bounds += 1,
+            // The OOO window, or (never at commit: checked at append) a bad label set
+            // or histogram: all mean the sample is not stored.
+            Err(_) => self.too_old += 1,
+        }
+    }
+}
+
 /// A pinned series and its newest in-order sample in this batch.
 type Pin = (Arc<MemSeries>, Option<(i64, LastValue)>);
 
@@ -157,8 +197,9 @@ impl<'a> Appender<'a> {
     /// Writes the batch to the WAL (series records for series not yet logged, then the
     /// sample records), syncs per the WAL's policy, then makes the samples visible.
     /// Samples that became invalid since `append` because of concurrent commits are
-    /// dropped, as Prometheus does.
-    pub fn commit(mut self) -> Result<()> {
+    /// dropped, as Prometheus does, and counted in the returned [`CommitStats`]. On
+    /// error nothing was stored.
+    pub fn commit(mut self) -> Result<CommitStats> {
         let res = self.commit_inner();
         self.release();
         res
@@ -169,9 +210,9 @@ impl<'a> Appender<'a> {
         self.release();
     }
 
-    fn commit_inner(&mut self) -> Result<()> {
+    fn commit_inner(&mut self) -> Result<CommitStats> {
         if self.is_empty() {
-            return Ok(());
+            return Ok(CommitStats::default());
         }
         let head = self.head;
         let mut recs = Vec::new();
@@ -203,22 +244,26 @@ impl<'a> Appender<'a> {
         let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _)| s.clone()).collect();
         head.log_wal(&series, &recs, || {
             let mut range = (i64::MAX, i64::MIN);
+            let mut st = CommitStats::default();
             for p in &self.floats {
-                self.apply(&p.series, p.t, Incoming::Float(p.v), &mut range);
+                self.apply(&p.series, p.t, Incoming::Float(p.v), &mut range, &mut st);
             }
             for p in &self.histograms {
-                self.apply(&p.series, p.t, Incoming::Histogram(&p.v), &mut range);
+                self.apply(&p.series, p.t, Incoming::Histogram(&p.v), &mut range, &mut st);
             }
             for p in &self.float_histograms {
-                self.apply(&p.series, p.t, Incoming::FloatHistogram(&p.v), &mut range);
+                self.apply(&p.series, p.t, Incoming::FloatHistogram(&p.v), &mut range, &mut st);
             }
             if range.0 <= range.1 {
                 head.note_in_order(range.0, range.1);
             }
+            st
         })
     }
 
-    fn apply(&self, series: &MemSeries, t: i64, v: Incoming<'_>, range: &mut (i64, i64)) {
+    /// Applies one sample, re-deciding its placement against the state left by the
+    /// commits that landed since it was appended.
+    fn apply(&self, series: &MemSeries, t: i64, v: Incoming<'_>, range: &mut (i64, i64), st: &mut CommitStats) {
         let head = self.head;
         let min_valid = head.appendable_min_valid_time();
         let mut d = series.data.lock();
@@ -228,14 +273,32 @@ impl<'a> Appender<'a> {
                 d.append(t, v);
                 range.0 = range.0.min(t);
                 range.1 = range.1.max(t);
+                st.record(Ok(()));
             }
             Ok(Placement::OutOfOrder) => {
-                if let Incoming::Float(f) = v {
-                    d.ooo.entry(t).or_insert(f);
-                    head.note_ooo(t);
+                let Incoming::Float(f) = v else {
+                    // `placement` only places floats out of order.
+                    st.record(Err(AppendError::OutOfOrder));
+                    return;
+                };
+                // One value per timestamp, as `check` ensures at append: a concurrent
+                // commit may have stored this timestamp since.
+                let existing = match d.ooo.get(&t) {
+                    Some(x) => Some(Some(x.to_bits())),
+                    None => d.inorder_at(t),
+                };
+                match existing {
+                    Some(Some(bits)) if bits == f.to_bits() => st.duplicates += 1,
+                    Some(_) => st.record(Err(AppendError::DuplicateSampleForTimestamp)),
+                    None => {
+                        d.ooo.insert(t, f);
+                        head.note_ooo(t);
+                        st.record(Ok(()));
+                    }
                 }
             }
-            Ok(Placement::Duplicate) | Err(_) => {}
+            Ok(Placement::Duplicate) => st.duplicates += 1,
+            Err(e) => st.record(Err(e)),
         }
     }
 

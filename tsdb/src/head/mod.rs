@@ -38,7 +38,7 @@ use crate::wal::record::{self, Record};
 use crate::wal::{self, Truncation, Wal, WalOptions};
 use crate::{Result, TsdbError};
 
-pub use appender::Appender;
+pub use appender::{Appender, CommitStats};
 pub use cutter::{ChunkCutter, DEFAULT_SAMPLES_PER_CHUNK, compute_chunk_end_time, range_for_timestamp};
 
 use builder::ChunkBuilder;

@@ -112,6 +112,76 @@ fn append_rules() {
     assert_eq!((h.min_time(), h.max_time()), (10, 10));
 }
 
+/// Two appenders on one series whose checks both passed; the second one commits first,
+/// so the first one's sample may have become invalid by the time it commits. The
+/// commit must say what it dropped (nothing used to), and the stored data must be the
+/// first-committed value.
+#[test]
+fn commit_reports_samples_dropped_by_concurrent_commits() {
+    let st = |f: fn(&mut CommitStats)| {
+        let mut s = CommitStats::default();
+        f(&mut s);
+        s
+    };
+    // (ooo window, committed before, late appender's sample, early committer's samples,
+    // late commit's stats, sample at the late sample's timestamp afterwards).
+    type Case = (i64, &'static [(i64, f64)], (i64, f64), &'static [(i64, f64)], CommitStats, Option<f64>);
+    let cases: Vec<(&str, Case)> = vec![
+        ("out of order", (0, &[], (100, 1.0), &[(200, 2.0)], st(|s| s.out_of_order = 1), None)),
+        ("same ts other value", (0, &[], (200, 1.0), &[(200, 2.0)], st(|s| s.duplicate_timestamp = 1), Some(2.0))),
+        ("same ts same value", (0, &[], (200, 2.0), &[(200, 2.0)], st(|s| s.duplicates = 1), Some(2.0))),
+        ("out of bounds", (0, &[], (1, 1.0), &[(3 * H, 2.0)], st(|s| s.out_of_bounds = 1), None)),
+        ("in order still", (0, &[], (300, 1.0), &[(200, 2.0)], st(|s| s.applied = 1), Some(1.0))),
+        // With an OOO window the late sample is still stored, unless its timestamp was
+        // taken meanwhile (by in-order data) or it fell out of the window.
+        ("ooo accepted", (H, &[], (100, 1.0), &[(200, 2.0)], st(|s| s.applied = 1), Some(1.0))),
+        (
+            "ooo ts taken in order, other value",
+            (H, &[(100, 0.0)], (150, 1.0), &[(150, 2.0), (200, 3.0)], st(|s| s.duplicate_timestamp = 1), Some(2.0)),
+        ),
+        (
+            "ooo ts taken in order, same value",
+            (H, &[(100, 0.0)], (150, 2.0), &[(150, 2.0), (200, 3.0)], st(|s| s.duplicates = 1), Some(2.0)),
+        ),
+        ("ooo too old", (H, &[], (1, 1.0), &[(3 * H, 2.0)], st(|s| s.too_old = 1), None)),
+    ];
+    for (name, (window, before, (lt, lv), early, want, at)) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Head::open(dir.path(), HeadOptions { out_of_order_time_window: window, ..opts() }).unwrap();
+        let mut app = h.appender();
+        for &(t, v) in before {
+            app.append(&lbl(0), t, v).unwrap();
+        }
+        app.commit().unwrap();
+        let mut late = h.appender();
+        late.append(&lbl(0), lt, lv).unwrap_or_else(|e| panic!("{name}: late append: {e}"));
+        let mut first = h.appender();
+        for &(t, v) in early {
+            first.append(&lbl(0), t, v).unwrap_or_else(|e| panic!("{name}: early append: {e}"));
+        }
+        let fs = first.commit().unwrap();
+        assert_eq!((fs.applied, fs.dropped()), (early.len() as u64, 0), "{name}: first commit");
+        let got = late.commit().unwrap();
+        assert_eq!(got, want, "{name}");
+        assert_eq!(got.dropped() > 0, at != Some(lv) && got.duplicates == 0, "{name}: dropped() agrees");
+        let stored: Vec<(i64, u64)> = head_data(&h).into_values().next().unwrap_or_default();
+        let value_at = stored.iter().find(|&&(t, _)| t == lt).map(|&(_, b)| f64::from_bits(b));
+        assert_eq!(value_at, at, "{name}: stored at {lt}: {stored:?}");
+        // The WAL holds both batches in commit order: replay drops the same sample.
+        // Except one known gap: replay takes every OOO sample of the WAL whatever the
+        // window (they used to be all accepted), so a commit-time "too old" drop comes
+        // back after a restart. Prometheus logs OOO samples to its WBL only once
+        // accepted; we would have to decide placement before logging.
+        if want.too_old > 0 {
+            continue;
+        }
+        let data = head_data(&h);
+        drop(h);
+        let h = Head::open(dir.path(), HeadOptions { out_of_order_time_window: window, ..opts() }).unwrap();
+        assert_eq!(head_data(&h), data, "{name}: after replay");
+    }
+}
+
 fn fill(h: &Head, series: usize, from: i64, to: i64, step: i64, want: &mut Data) {
     let mut t = from;
     while t < to {
