@@ -107,3 +107,26 @@ impl Metrics {
         self.ring_reloads.get_or_create(&vec![("result".to_string(), r.to_string())]).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commit-time drops get their own outcomes, created only once one happens.
+    #[test]
+    fn append_outcomes() {
+        let mut reg = Registry::default();
+        let m = Metrics::new(&mut reg);
+        m.record_append(&AppendStats { appended: 5, conflicts: 1, out_of_order: 2, ..Default::default() });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for (line, want) in [
+            (r#"norn_receive_samples_total{outcome="appended"} 5"#, true),
+            (r#"norn_receive_samples_total{outcome="conflict"} 1"#, true),
+            (r#"norn_receive_samples_total{outcome="out_of_order"} 2"#, true),
+            (r#"outcome="too_old""#, false),
+        ] {
+            assert_eq!(text.contains(line), want, "{line} in\n{text}");
+        }
+    }
+}

@@ -425,6 +425,183 @@ impl Router {
 mod tests {
     use super::*;
 
+    use norn_storeapi::prometheus_copy::Sample;
+    use norn_storeapi::thanos::writeable_store_server::{WriteableStore, WriteableStoreServer};
+    use norn_storeapi::thanos::{Label, WriteRequest, WriteResponse};
+    use norn_tsdb::head::HeadOptions;
+    use prometheus_client::registry::Registry;
+
+    use crate::exemplars::TenantExemplars;
+    use crate::hashring::{Algorithm, parse_config};
+    use crate::tenants::TsdbSettings;
+
+    /// How a test peer answers a forward.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        /// After this long, having recorded the request.
+        After(Duration),
+        /// Never (the request stays open until the client gives up).
+        Never,
+    }
+
+    /// A peer receiver: records the forwarded requests it accepted.
+    #[derive(Debug, Clone)]
+    struct TestPeer {
+        answer: Answer,
+        got: Arc<Mutex<Vec<WriteRequest>>>,
+    }
+
+    #[tonic::async_trait]
+    impl WriteableStore for TestPeer {
+        async fn remote_write(
+            &self,
+            req: tonic::Request<WriteRequest>,
+        ) -> Result<tonic::Response<WriteResponse>, tonic::Status> {
+            match self.answer {
+                Answer::After(d) => {
+                    tokio::time::sleep(d).await;
+                    self.got.lock().push(req.into_inner());
+                    Ok(tonic::Response::new(WriteResponse {}))
+                }
+                Answer::Never => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Starts a peer on an ephemeral port of 127.0.0.1.
+    async fn start_peer(answer: Answer) -> (String, Arc<Mutex<Vec<WriteRequest>>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let peer = TestPeer { answer, got: Arc::default() };
+        let got = peer.got.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(WriteableStoreServer::new(peer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l));
+        tokio::spawn(server);
+        (addr, got)
+    }
+
+    /// An address nothing listens on (bound, then released).
+    fn dead_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    const LOCAL: &str = "local-receiver:10901";
+
+    /// An RF=3 router on a three-endpoint ring (itself and `peers`): every series goes
+    /// to all three.
+    fn router(dir: &std::path::Path, peers: [&str; 2], timeout: Duration) -> Arc<Router> {
+        let json = format!(r#"[{{"endpoints": ["{LOCAL}", "{}", "{}"]}}]"#, peers[0], peers[1]);
+        let ring = MultiRing::new(&parse_config(&json).unwrap(), Algorithm::Hashmod, 3).unwrap();
+        let tsdb = MultiTsdb::new(TsdbSettings {
+            root: dir.to_path_buf(),
+            head: HeadOptions::default(),
+            labels: Vec::new(),
+            tenant_label: "tenant_id".into(),
+        });
+        Arc::new(Router {
+            rf: 3,
+            local_endpoint: LOCAL.into(),
+            ring: RwLock::new(Arc::new(ring)),
+            tsdb: Arc::new(tsdb),
+            peers: Peers::new(timeout, 1 << 20),
+            metrics: Arc::new(Metrics::new(&mut Registry::default())),
+            exemplars: Arc::new(TenantExemplars::new(0)),
+        })
+    }
+
+    fn batch(t: i64) -> Batch {
+        let series: Vec<TimeSeries> = (0..4)
+            .map(|i| TimeSeries {
+                labels: vec![
+                    Label { name: "__name__".into(), value: "m".into() },
+                    Label { name: "i".into(), value: i.to_string() },
+                ],
+                samples: vec![Sample { value: i as f64, timestamp: t }],
+                ..Default::default()
+            })
+            .collect();
+        let labels = norn_storeapi::remote_write::validate(&series, &Default::default()).unwrap();
+        Batch { tenant: "t".into(), series, labels }
+    }
+
+    /// The (series, timestamp) pairs a peer accepted, in arrival order: a batch reaches
+    /// a peer as up to three requests (one per replica number it holds).
+    fn samples(got: &Mutex<Vec<WriteRequest>>) -> Vec<(String, i64)> {
+        let g = got.lock();
+        let each = g.iter().flat_map(|w| &w.timeseries);
+        each.flat_map(|ts| ts.samples.iter().map(|s| (ts.labels[1].value.clone(), s.timestamp))).collect()
+    }
+
+    fn failures(r: &Router, reason: &str) -> u64 {
+        r.metrics.replica_failures.get_or_create(&vec![("reason".to_string(), reason.to_string())]).get()
+    }
+
+    /// Bounds a write so a hang fails the test instead of blocking it.
+    async fn bounded(r: &Arc<Router>, b: Batch) -> Result<(), WriteError> {
+        tokio::time::timeout(Duration::from_secs(60), r.write(b, 0)).await.expect("write did not return")
+    }
+
+    /// Quorum (local + the fast peer) is reached long before the slow peer answers; the
+    /// write must still return only after the slow peer stored the batch, so the
+    /// client's next batch cannot overtake it there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn success_waits_for_a_slow_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fast, fast_got) = start_peer(Answer::After(Duration::ZERO)).await;
+        let (slow, slow_got) = start_peer(Answer::After(Duration::from_millis(300))).await;
+        let r = router(dir.path(), [&fast, &slow], Duration::from_secs(30));
+        for t in 0..3 {
+            bounded(&r, batch(t * 1000)).await.unwrap();
+            assert_eq!(samples(&slow_got).len(), 4 * (t as usize + 1), "the slow replica has batch {t} when answered");
+            assert_eq!(samples(&fast_got).len(), 4 * (t as usize + 1));
+        }
+        let mut got = samples(&slow_got);
+        got.sort();
+        let want: Vec<(String, i64)> = (0..4).flat_map(|i| (0..3).map(move |t| (i.to_string(), t * 1000))).collect();
+        assert_eq!(got, want);
+        assert_eq!((failures(&r, "error"), failures(&r, "timeout")), (0, 0));
+        let db = r.tsdb.get("t").expect("local tenant");
+        assert_eq!(db.head.num_series(), 4);
+    }
+
+    /// A replica that never answers delays a successful write by at most the forward
+    /// timeout; the write still succeeds and the lag is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn success_is_answered_at_the_forward_timeout_when_a_replica_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fast, fast_got) = start_peer(Answer::After(Duration::ZERO)).await;
+        let (hung, hung_got) = start_peer(Answer::Never).await;
+        let r = router(dir.path(), [&fast, &hung], Duration::from_millis(300));
+        bounded(&r, batch(0)).await.unwrap();
+        assert_eq!((samples(&fast_got).len(), samples(&hung_got).len()), (4, 0));
+        // The hung peer holds one to three replica requests; each ends by its own
+        // deadline or by the wait's end, which come at the same time.
+        let lag = failures(&r, "error") + failures(&r, "timeout");
+        assert!((1..=3).contains(&lag), "{lag}");
+    }
+
+    /// A down peer fails fast: the write succeeds with the other two and its failure
+    /// is counted, not returned. With both peers down quorum fails and the error says so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn down_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fast, fast_got) = start_peer(Answer::After(Duration::ZERO)).await;
+        let r = router(dir.path(), [&fast, &dead_addr()], Duration::from_secs(30));
+        bounded(&r, batch(0)).await.unwrap();
+        assert_eq!(samples(&fast_got).len(), 4);
+        assert!((1..=3).contains(&failures(&r, "error")), "one per replica request to the down peer");
+        assert_eq!(failures(&r, "timeout"), 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path(), [&dead_addr(), &dead_addr()], Duration::from_secs(30));
+        let e = bounded(&r, batch(0)).await.unwrap_err();
+        assert!(matches!(e, WriteError::Unavailable(_)), "{e:?}");
+        assert!(e.to_string().contains("quorum (2 of 3) not reached for 4 of 4 series"), "{e}");
+        assert_eq!(r.metrics.quorum_failures.get(), 1);
+    }
+
     #[test]
     fn quorum_table() {
         for (rf, q) in [(1, 1), (2, 1), (3, 2), (4, 3), (5, 3), (6, 4)] {
