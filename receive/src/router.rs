@@ -356,7 +356,9 @@ impl Router {
                 break;
             }
         }
-        let failed: Vec<usize> = (0..n).filter(|&i| ok[i] < q).collect();
+        // Answered early on a failure: the series still undecided then are not counted
+        // (nor their errors so far, which would change the error class), as before.
+        let failed: Vec<usize> = (0..n).filter(|&i| ok[i] < q && (!any_failed || errs[i].len() >= fail_at)).collect();
         if failed.is_empty() {
             self.report_lagging(&batch.tenant, n, &lagging);
             return Ok(());
