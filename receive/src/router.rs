@@ -600,7 +600,9 @@ mod tests {
         let r = router(dir.path(), [&dead_addr(), &dead_addr()], Duration::from_secs(30));
         let e = bounded(&r, batch(0)).await.unwrap_err();
         assert!(matches!(e, WriteError::Unavailable(_)), "{e:?}");
-        assert!(e.to_string().contains("quorum (2 of 3) not reached for 4 of 4 series"), "{e}");
+        // Answered as soon as one series failed: how many are counted depends on which
+        // replica requests failed first.
+        assert!(e.to_string().contains("quorum (2 of 3) not reached for "), "{e}");
         assert_eq!(r.metrics.quorum_failures.get(), 1);
     }
 
