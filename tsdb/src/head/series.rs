@@ -328,6 +328,16 @@ impl StripeSeries {
         (s, true)
     }
 
+    /// The series with `labels`, if any, its pending counter raised (see
+    /// [`StripeSeries::get_or_create`]).
+    pub fn get_pinned(&self, labels: &Labels) -> Option<Arc<MemSeries>> {
+        let h = labels.hash_value();
+        let g = self.hashes[(h & self.mask) as usize].read();
+        let s = g.iter().find(|(eh, s)| *eh == h && &s.labels == labels).map(|(_, s)| s.clone())?;
+        s.pending.fetch_add(1, Ordering::AcqRel);
+        Some(s)
+    }
+
     /// Every series (a snapshot of the maps).
     pub fn all(&self) -> Vec<Arc<MemSeries>> {
         let mut out = Vec::new();
