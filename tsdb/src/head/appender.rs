@@ -36,6 +36,11 @@ pub struct Appender<'a> {
     pinned: U64Map<Pin>,
     /// Newest in-order timestamp in this batch (`i64::MIN` if none).
     batch_max: i64,
+    /// The head's epoch before this batch's first check (`None` before it).
+    epoch: Option<u64>,
+    /// Whether a sample of the batch was placed out of order at append (its check did
+    /// not see the batch's own samples at that timestamp).
+    has_ooo: bool,
 }
 
 /// What [`Appender::commit`] did with the batch. Samples are checked when appended, but
@@ -103,6 +108,8 @@ impl<'a> Appender<'a> {
             exemplar_last: U64Map::default(),
             pinned: U64Map::with_capacity_and_hasher(head.batch_hint.load(Ordering::Relaxed), Default::default()),
             batch_max: i64::MIN,
+            epoch: None,
+            has_ooo: false,
         }
     }
 
@@ -122,6 +129,7 @@ impl<'a> Appender<'a> {
     /// newest exemplar is ignored (`Ok`), as Prometheus ignores it. On commit it is
     /// logged in an exemplar record after the samples, then stored.
     pub fn append_exemplar(&mut self, labels: &Labels, e: Exemplar) -> Result<(), ExemplarError> {
+        self.epoch.get_or_insert_with(|| self.head.epoch());
         match self.head.exemplars.validate(labels, &e) {
             Ok(()) => {}
             Err(ExemplarError::Duplicate) => return Ok(()),
@@ -189,6 +197,7 @@ impl<'a> Appender<'a> {
             return Err(AppendError::EmptyLabels);
         }
         let head = self.head;
+        self.epoch.get_or_insert_with(|| head.epoch());
         let window = head.opts.out_of_order_time_window;
         let min_valid = head.appendable_min_valid_time();
         if window <= 0 && t < min_valid {
@@ -237,7 +246,10 @@ impl<'a> Appender<'a> {
                 self.batch_max = self.batch_max.max(t);
                 Ok(Some(series))
             }
-            Placement::OutOfOrder => Ok(Some(series)),
+            Placement::OutOfOrder => {
+                self.has_ooo = true;
+                Ok(Some(series))
+            }
         }
     }
 
@@ -271,12 +283,30 @@ impl<'a> Appender<'a> {
             // Under the WAL lock, so no other commit changes the series between this
             // decision and `apply`: what is logged is exactly what is applied.
             || {
-                let decided = this.decide();
+                let decided = if !this.has_ooo && this.epoch == Some(head.epoch()) {
+                    // Nothing changed since the checks, which saw the batch's in-order
+                    // samples: they all stand.
+                    this.all_stand()
+                } else {
+                    this.decide()
+                };
                 let recs = this.encode(&decided);
                 (recs, decided)
             },
             |decided| this.apply(&decided),
         )
+    }
+
+    /// The decisions when every check made at append still holds: all in order.
+    fn all_stand(&self) -> Decided {
+        let n = self.len() as u64;
+        Decided {
+            floats: vec![Decision::InOrder; self.floats.len()],
+            histograms: vec![Decision::InOrder; self.histograms.len()],
+            float_histograms: vec![Decision::InOrder; self.float_histograms.len()],
+            exemplars: vec![true; self.exemplars.len()],
+            stats: CommitStats { applied: n, ..Default::default() },
+        }
     }
 
     /// Where each sample of the batch goes given the committed state (which may have
@@ -417,6 +447,9 @@ impl<'a> Appender<'a> {
                 Ok(false) | Err(_) => st.exemplars_out_of_order += 1,
             }
         }
+        // After every change: an appender that read the old epoch may have checked
+        // against the state before them, and must re-decide.
+        head.bump_epoch();
         st
     }
 
@@ -426,6 +459,8 @@ impl<'a> Appender<'a> {
         self.float_histograms.clear();
         self.exemplars.clear();
         self.exemplar_last.clear();
+        self.epoch = None;
+        self.has_ooo = false;
         if !self.pinned.is_empty() {
             self.head.batch_hint.store(self.pinned.len(), Ordering::Relaxed);
         }

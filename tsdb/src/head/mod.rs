@@ -191,6 +191,11 @@ pub struct Head {
     batch_hint: AtomicUsize,
     /// Exemplars of all series, newest `max_exemplars` kept.
     exemplars: ExemplarStorage,
+    /// Bumped (release) after every change that can alter what a pending sample's
+    /// placement would be: commits, and compaction raising the min valid time or
+    /// dropping data. An appender that saw the same value before its first check knows
+    /// its checks still hold at commit.
+    epoch: AtomicU64,
 }
 
 impl Head {
@@ -217,6 +222,7 @@ impl Head {
             replay: ReplayStats::default(),
             batch_hint: AtomicUsize::new(0),
             exemplars: ExemplarStorage::new(opts.max_exemplars),
+            epoch: AtomicU64::new(0),
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
@@ -341,6 +347,14 @@ impl Head {
     pub(crate) fn note_in_order(&self, mint: i64, maxt: i64) {
         self.min_time.fetch_min(mint, Ordering::AcqRel);
         self.max_time.fetch_max(maxt, Ordering::AcqRel);
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn note_ooo(&self, t: i64) {
@@ -602,12 +616,14 @@ impl Head {
             let maxt = range_for_timestamp(mint, range);
             // No new in-order sample can land before maxt from now on.
             self.min_valid_time.fetch_max(maxt, Ordering::AcqRel);
+            self.bump_epoch();
             let snap = self.snapshot(maxt, true);
             if let Some(meta) = self.write_block(blocks_dir, &snap, mint.min(snap_min(&snap)), maxt, false)? {
                 on_block(&meta)?;
                 metas.push(meta);
             }
             self.truncate(&snap, maxt);
+            self.bump_epoch();
             if self.min_time() <= mint {
                 break; // no progress (cannot happen unless the bookkeeping is off)
             }
@@ -624,6 +640,7 @@ impl Head {
                 metas.push(meta);
             }
             self.truncate(&snap, end);
+            self.bump_epoch();
             if snap.is_empty() || self.ooo_min_time.load(Ordering::Acquire) <= lo {
                 break;
             }
