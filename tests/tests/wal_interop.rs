@@ -15,8 +15,10 @@ fn snappy(b: &[u8]) -> Vec<u8> {
     snap::raw::Encoder::new().compress_vec(b).unwrap()
 }
 
-/// `(series name, [(trace id, value, timestamp ms)])` as an answer lists them.
-fn exemplars_of(v: &Value) -> Vec<(String, Vec<(String, String, String)>)> {
+/// Per series name (sorted), its exemplars as `(trace id, value, timestamp)`, JSON-printed.
+type SeriesExemplars = Vec<(String, Vec<(String, String, String)>)>;
+
+fn exemplars_of(v: &Value) -> SeriesExemplars {
     let mut out: Vec<_> = v["data"]
         .as_array()
         .unwrap_or_else(|| panic!("no data: {v}"))
@@ -98,7 +100,7 @@ fn prometheus_replays_a_receive_wal_with_exemplars() {
         assert!(Instant::now() < deadline, "no answer to {q}:\n{}", log_text());
         std::thread::sleep(Duration::from_millis(250));
     };
-    let want: Vec<(String, Vec<(String, String, String)>)> = ["wal_a", "wal_b"]
+    let want: SeriesExemplars = ["wal_a", "wal_b"]
         .iter()
         .map(|name| {
             let ex = (0..3)
