@@ -36,8 +36,8 @@ pub struct Appender<'a> {
     pinned: U64Map<Pin>,
     /// Newest in-order timestamp in this batch (`i64::MIN` if none).
     batch_max: i64,
-    /// The head's epoch before this batch's first check (`None` before it).
-    epoch: Option<u64>,
+    /// Oldest in-order timestamp in this batch (`i64::MAX` if none).
+    batch_min: i64,
     /// Whether a sample of the batch was placed out of order at append (its check did
     /// not see the batch's own samples at that timestamp).
     has_ooo: bool,
@@ -87,8 +87,9 @@ impl CommitStats {
     }
 }
 
-/// A pinned series and its newest in-order sample in this batch.
-type Pin = (Arc<MemSeries>, Option<(i64, LastValue)>);
+/// A pinned series, its newest in-order sample in this batch, and its version when
+/// this appender first checked something against it.
+type Pin = (Arc<MemSeries>, Option<(i64, LastValue)>, Option<u64>);
 
 #[derive(Debug)]
 struct Pending<V> {
@@ -108,7 +109,7 @@ impl<'a> Appender<'a> {
             exemplar_last: U64Map::default(),
             pinned: U64Map::with_capacity_and_hasher(head.batch_hint.load(Ordering::Relaxed), Default::default()),
             batch_max: i64::MIN,
-            epoch: None,
+            batch_min: i64::MAX,
             has_ooo: false,
         }
     }
@@ -129,20 +130,22 @@ impl<'a> Appender<'a> {
     /// newest exemplar is ignored (`Ok`), as Prometheus ignores it. On commit it is
     /// logged in an exemplar record after the samples, then stored.
     pub fn append_exemplar(&mut self, labels: &Labels, e: Exemplar) -> Result<(), ExemplarError> {
-        self.epoch.get_or_insert_with(|| self.head.epoch());
+        let series = self.head.series.get_pinned(labels).ok_or(ExemplarError::UnknownSeries)?;
+        let entry = match self.pinned.entry(series.series_ref) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                series.pending.fetch_sub(1, Ordering::AcqRel);
+                o.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert((series, None, None)),
+        };
+        // Read before validating: a commit storing an exemplar bumps it afterwards.
+        entry.2.get_or_insert_with(|| entry.0.version.load(Ordering::Acquire));
+        let series = entry.0.clone();
         match self.head.exemplars.validate(labels, &e) {
             Ok(()) => {}
             Err(ExemplarError::Duplicate) => return Ok(()),
             Err(err) => return Err(err),
         }
-        let series = self.head.series.get_pinned(labels).ok_or(ExemplarError::UnknownSeries)?;
-        let series = match self.pinned.entry(series.series_ref) {
-            std::collections::hash_map::Entry::Occupied(o) => {
-                series.pending.fetch_sub(1, Ordering::AcqRel);
-                o.get().0.clone()
-            }
-            std::collections::hash_map::Entry::Vacant(v) => v.insert((series, None)).0.clone(),
-        };
         if let Some(&last) = self.exemplar_last.get(&series.series_ref) {
             if let Some(p) = self.exemplars.iter().rev().find(|p| p.series.series_ref == series.series_ref)
                 && p.v == e
@@ -197,7 +200,6 @@ impl<'a> Appender<'a> {
             return Err(AppendError::EmptyLabels);
         }
         let head = self.head;
-        self.epoch.get_or_insert_with(|| head.epoch());
         let window = head.opts.out_of_order_time_window;
         let min_valid = head.appendable_min_valid_time();
         if window <= 0 && t < min_valid {
@@ -210,10 +212,11 @@ impl<'a> Appender<'a> {
                 series.pending.fetch_sub(1, Ordering::AcqRel);
                 e.into_mut()
             }
-            std::collections::hash_map::Entry::Vacant(e) => e.insert((series.clone(), None)),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert((series.clone(), None, None)),
         };
         let place = {
             let d = series.data.lock();
+            entry.2.get_or_insert_with(|| series.version.load(Ordering::Relaxed));
             let committed = d.last.as_ref().map(|(t, v)| (*t, v));
             let batch = entry.1.as_ref().map(|(t, v)| (*t, v));
             let last = match (committed, batch) {
@@ -244,6 +247,7 @@ impl<'a> Appender<'a> {
             Placement::InOrder => {
                 entry.1 = Some((t, v.to_last()));
                 self.batch_max = self.batch_max.max(t);
+                self.batch_min = self.batch_min.min(t);
                 Ok(Some(series))
             }
             Placement::OutOfOrder => {
@@ -276,25 +280,30 @@ impl<'a> Appender<'a> {
         let head = self.head;
         // Pinned series are exactly the distinct series of the batch (plus any whose
         // samples were all rejected, which get logged harmlessly).
-        let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _)| s.clone()).collect();
+        let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _, _)| s.clone()).collect();
         let this = &*self;
         head.log_wal(
             &series,
             // Under the WAL lock, so no other commit changes the series between this
             // decision and `apply`: what is logged is exactly what is applied.
             || {
-                let decided = if !this.has_ooo && this.epoch == Some(head.epoch()) {
-                    // Nothing changed since the checks, which saw the batch's in-order
-                    // samples: they all stand.
-                    this.all_stand()
-                } else {
-                    this.decide()
-                };
+                let decided = if this.checks_stand() { this.all_stand() } else { this.decide() };
                 let recs = this.encode(&decided);
                 (recs, decided)
             },
             |decided| this.apply(&decided),
         )
+    }
+
+    /// Whether every check made at append still holds (called under the WAL lock, so
+    /// no commit runs meanwhile): no series of the batch changed since (the checks
+    /// saw the batch's own in-order samples), no in-order sample fell below the
+    /// appendable window, and none was placed out of order (whose check did not see
+    /// the batch's samples at its timestamp).
+    fn checks_stand(&self) -> bool {
+        !self.has_ooo
+            && (self.batch_min == i64::MAX || self.batch_min >= self.head.appendable_min_valid_time())
+            && self.pinned.values().all(|(s, _, v)| *v == Some(s.version.load(Ordering::Acquire)))
     }
 
     /// The decisions when every check made at append still holds: all in order.
@@ -415,13 +424,17 @@ impl<'a> Appender<'a> {
         let mut range = (i64::MAX, i64::MIN);
         let mut put = |series: &MemSeries, t: i64, v: Incoming<'_>, d: Decision| match d {
             Decision::InOrder => {
-                series.data.lock().append(t, v);
+                let mut d = series.data.lock();
+                d.append(t, v);
+                series.version.fetch_add(1, Ordering::Relaxed);
                 range.0 = range.0.min(t);
                 range.1 = range.1.max(t);
             }
             Decision::OutOfOrder => {
                 if let Incoming::Float(f) = v {
-                    series.data.lock().ooo.insert(t, f);
+                    let mut d = series.data.lock();
+                    d.ooo.insert(t, f);
+                    series.version.fetch_add(1, Ordering::Relaxed);
                     head.note_ooo(t);
                 }
             }
@@ -446,10 +459,8 @@ impl<'a> Appender<'a> {
                 // Validated under the same WAL lock just before: cannot happen.
                 Ok(false) | Err(_) => st.exemplars_out_of_order += 1,
             }
+            p.series.version.fetch_add(1, Ordering::Release);
         }
-        // After every change: an appender that read the old epoch may have checked
-        // against the state before them, and must re-decide.
-        head.bump_epoch();
         st
     }
 
@@ -459,12 +470,12 @@ impl<'a> Appender<'a> {
         self.float_histograms.clear();
         self.exemplars.clear();
         self.exemplar_last.clear();
-        self.epoch = None;
+        self.batch_min = i64::MAX;
         self.has_ooo = false;
         if !self.pinned.is_empty() {
             self.head.batch_hint.store(self.pinned.len(), Ordering::Relaxed);
         }
-        for (_, (s, _)) in self.pinned.drain() {
+        for (_, (s, _, _)) in self.pinned.drain() {
             s.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }

@@ -191,11 +191,6 @@ pub struct Head {
     batch_hint: AtomicUsize,
     /// Exemplars of all series, newest `max_exemplars` kept.
     exemplars: ExemplarStorage,
-    /// Bumped (release) after every change that can alter what a pending sample's
-    /// placement would be: commits, and compaction raising the min valid time or
-    /// dropping data. An appender that saw the same value before its first check knows
-    /// its checks still hold at commit.
-    epoch: AtomicU64,
 }
 
 impl Head {
@@ -222,7 +217,6 @@ impl Head {
             replay: ReplayStats::default(),
             batch_hint: AtomicUsize::new(0),
             exemplars: ExemplarStorage::new(opts.max_exemplars),
-            epoch: AtomicU64::new(0),
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
@@ -308,6 +302,7 @@ impl Head {
             labels: labels.clone(),
             logged: AtomicBool::new(false),
             pending: AtomicU32::new(0),
+            version: AtomicU64::new(0),
             data: Mutex::new(SeriesData::new(self.opts.chunk_range, self.opts.samples_per_chunk)),
         }
     }
@@ -347,14 +342,6 @@ impl Head {
     pub(crate) fn note_in_order(&self, mint: i64, maxt: i64) {
         self.min_time.fetch_min(mint, Ordering::AcqRel);
         self.max_time.fetch_max(maxt, Ordering::AcqRel);
-    }
-
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn bump_epoch(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn note_ooo(&self, t: i64) {
@@ -616,14 +603,12 @@ impl Head {
             let maxt = range_for_timestamp(mint, range);
             // No new in-order sample can land before maxt from now on.
             self.min_valid_time.fetch_max(maxt, Ordering::AcqRel);
-            self.bump_epoch();
             let snap = self.snapshot(maxt, true);
             if let Some(meta) = self.write_block(blocks_dir, &snap, mint.min(snap_min(&snap)), maxt, false)? {
                 on_block(&meta)?;
                 metas.push(meta);
             }
             self.truncate(&snap, maxt);
-            self.bump_epoch();
             if self.min_time() <= mint {
                 break; // no progress (cannot happen unless the bookkeeping is off)
             }
@@ -640,7 +625,6 @@ impl Head {
                 metas.push(meta);
             }
             self.truncate(&snap, end);
-            self.bump_epoch();
             if snap.is_empty() || self.ooo_min_time.load(Ordering::Acquire) <= lo {
                 break;
             }

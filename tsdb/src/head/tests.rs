@@ -881,3 +881,32 @@ mod exemplars {
         assert_eq!(got[0].exemplars, want);
     }
 }
+
+#[test]
+fn commit_rechecks_when_another_series_moved_the_window() {
+    // The late sample's own series is untouched, but another series' commit moves the
+    // head's max time so far that the sample falls out of the appendable window.
+    for (window, want) in [
+        (0, CommitStats { out_of_bounds: 1, ..Default::default() }),
+        (H, CommitStats { too_old: 1, ..Default::default() }),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = HeadOptions { out_of_order_time_window: window, ..opts() };
+        let h = Head::open(dir.path(), o).unwrap();
+        let mut app = h.appender();
+        app.append(&lbl(0), 1, 1.0).unwrap();
+        app.append(&lbl(1), 1, 1.0).unwrap();
+        app.commit().unwrap();
+        let mut late = h.appender();
+        late.append(&lbl(0), 2, 2.0).unwrap();
+        let mut other = h.appender();
+        other.append(&lbl(1), 3 * H, 1.0).unwrap();
+        other.commit().unwrap();
+        assert_eq!(late.commit().unwrap(), want, "window {window}");
+        let data = head_data(&h);
+        drop(h);
+        let h = Head::open(dir.path(), o).unwrap();
+        assert_eq!(head_data(&h), data, "window {window}: after replay");
+        assert_eq!(h.replay_stats().dropped_samples, 0);
+    }
+}
