@@ -324,7 +324,12 @@ impl<'a> Appender<'a> {
         let head = self.head;
         let min_valid = head.appendable_min_valid_time();
         let window = head.opts.out_of_order_time_window;
-        let mut sim = Sim { head_max: head.max_time(), ..Sim::default() };
+        let mut sim = Sim {
+            last: U64Map::with_capacity_and_hasher(self.pinned.len(), Default::default()),
+            head_max: head.max_time(),
+            float_kept: Vec::with_capacity(self.floats.len()),
+            ..Sim::default()
+        };
         let mut st = CommitStats::default();
         let mut floats = Vec::with_capacity(self.floats.len());
         for (i, p) in self.floats.iter().enumerate() {
