@@ -5,7 +5,10 @@
 //! mutex, so appends to different series do not contend. An [`Appender`] validates
 //! samples against the committed state, then on commit writes series and samples
 //! records to the WAL (series records always before samples that refer to them) and only
-//! then makes the samples visible.
+//! then makes the samples visible. What a commit logs is exactly what it stores: the
+//! append-time checks are kept when none of the batch's series changed since (per-series
+//! versions), else each sample's placement is decided again under the WAL lock before
+//! logging; samples dropped then are neither logged nor applied.
 //!
 //! Differences from Prometheus's head, on purpose or not yet done: all chunks stay in
 //! memory (no `chunks_head/` m-mapping, no chunk snapshots), so restart replays the WAL;
