@@ -1,27 +1,26 @@
-//! Exemplars from remote write, kept per tenant in a bounded circular buffer
-//! (`--tsdb.max-exemplars`, 0 disables), and the Thanos `Exemplars` gRPC service over
-//! them with each tenant's external labels attached to the series labels, as Thanos
-//! receive answers.
+//! Exemplars from remote write, kept per tenant in the tenant head's bounded circular
+//! buffer (`--tsdb.max-exemplars`, 0 disables) and logged in the tenant's WAL, so they
+//! survive a restart as in Prometheus and Thanos; and the Thanos `Exemplars` gRPC
+//! service over them with each tenant's external labels attached to the series labels,
+//! as Thanos receive answers.
 //!
-//! Like Thanos receive, a refused exemplar (out of order, label set too long) never fails
-//! the write: it is counted and logged. Exemplars live in memory only.
+//! Like Thanos receive, a refused exemplar (out of order, label set too long, series
+//! without a stored sample) never fails the write: it is counted and logged.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use norn_model::{Labels, Matcher};
 use norn_storeapi::prometheus_copy::TimeSeries;
 use norn_storeapi::thanos::{self, ExemplarData, ExemplarsRequest, ExemplarsResponse, exemplars_response};
 use norn_storeapi::{labels_from_proto, labels_to_proto};
-use norn_tsdb::exemplar::{Exemplar, ExemplarError, ExemplarStorage};
-use parking_lot::RwLock;
+use norn_tsdb::exemplar::{Exemplar, ExemplarError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 
-use crate::tenants::MultiTsdb;
+use crate::tenants::{MultiTsdb, TenantDb};
 use norn_storeapi::external::{strip_external, with_external};
 
 /// What appending a request's exemplars did.
@@ -31,21 +30,26 @@ pub struct ExemplarStats {
     pub out_of_order: u64,
     pub label_length: u64,
     pub invalid_labels: u64,
+    /// The series has no sample in the head (all its samples were refused).
+    pub unknown_series: u64,
+    /// Logging them failed (the WAL error is logged).
+    pub failed: u64,
 }
 
-/// Every tenant's exemplar buffer.
+/// Appends exemplars into the tenants' heads and counts the outcomes.
 #[derive(Debug)]
 pub struct TenantExemplars {
     max: usize,
-    tenants: RwLock<HashMap<String, Arc<ExemplarStorage>>>,
-    /// Exemplars received, by outcome (appended, out_of_order, label_length, invalid_labels).
+    /// Exemplars received, by outcome (appended, out_of_order, label_length,
+    /// invalid_labels, unknown_series, failed).
     outcomes: Family<Vec<(String, String)>, Counter>,
 }
 
 impl TenantExemplars {
-    /// Buffers of `max` exemplars per tenant; 0 disables exemplar storage.
+    /// `max` is `--tsdb.max-exemplars` (each head's buffer is sized by its
+    /// `HeadOptions::max_exemplars`); 0 disables exemplar storage.
     pub fn new(max: usize) -> TenantExemplars {
-        TenantExemplars { max, tenants: RwLock::new(HashMap::new()), outcomes: Family::default() }
+        TenantExemplars { max, outcomes: Family::default() }
     }
 
     /// Registers `norn_receive_exemplars` (by outcome) and `norn_receive_max_exemplars`.
@@ -57,30 +61,17 @@ impl TenantExemplars {
         r.register("max_exemplars", "Exemplars kept per tenant (--tsdb.max-exemplars)", max);
     }
 
-    /// The tenant's buffer, if it has one.
-    pub fn get(&self, tenant: &str) -> Option<Arc<ExemplarStorage>> {
-        self.tenants.read().get(tenant).cloned()
-    }
-
-    fn get_or_create(&self, tenant: &str) -> Option<Arc<ExemplarStorage>> {
-        if self.max == 0 {
-            return None;
-        }
-        if let Some(s) = self.get(tenant) {
-            return Some(s);
-        }
-        let mut w = self.tenants.write();
-        Some(w.entry(tenant.to_string()).or_insert_with(|| Arc::new(ExemplarStorage::new(self.max))).clone())
-    }
-
     /// Stores the exemplars of series `idx` of a request (`labels[i]` is the label set of
-    /// `series[i]`). Refusals are counted, never returned.
-    pub fn append(&self, tenant: &str, series: &[TimeSeries], labels: &[Labels], idx: &[usize]) -> ExemplarStats {
+    /// `series[i]`) in the tenant's head, after the request's samples were committed (an
+    /// exemplar needs its series in the head): one commit, hence one WAL write, for
+    /// them all. Refusals are counted, never returned.
+    pub fn append(&self, db: &TenantDb, series: &[TimeSeries], labels: &[Labels], idx: &[usize]) -> ExemplarStats {
         let mut st = ExemplarStats::default();
-        if idx.iter().all(|&i| series.get(i).is_none_or(|s| s.exemplars.is_empty())) {
+        if self.max == 0 || idx.iter().all(|&i| series.get(i).is_none_or(|s| s.exemplars.is_empty())) {
             return st;
         }
-        let Some(store) = self.get_or_create(tenant) else { return st };
+        let tenant = db.tenant.as_str();
+        let mut app = db.head.appender();
         for &i in idx {
             let (Some(ts), Some(l)) = (series.get(i), labels.get(i)) else { continue };
             for e in &ts.exemplars {
@@ -88,13 +79,23 @@ impl TenantExemplars {
                     st.invalid_labels += 1;
                     continue;
                 };
-                match store.add(l, Exemplar { labels: el, value: e.value, ts: e.timestamp }) {
-                    Ok(true) => st.appended += 1,
-                    Ok(false) => {}
+                match app.append_exemplar(l, Exemplar { labels: el, value: e.value, ts: e.timestamp }) {
+                    Ok(()) => {}
                     Err(ExemplarError::OutOfOrder) => st.out_of_order += 1,
                     Err(ExemplarError::LabelLength) => st.label_length += 1,
+                    Err(ExemplarError::UnknownSeries) => st.unknown_series += 1,
                     Err(ExemplarError::Disabled | ExemplarError::Duplicate) => {}
                 }
+            }
+        }
+        match app.commit() {
+            Ok(c) => {
+                st.appended += c.exemplars;
+                st.out_of_order += c.exemplars_out_of_order;
+            }
+            Err(e) => {
+                st.failed += 1;
+                tracing::error!(tenant, error = %e, "logging exemplars");
             }
         }
         for (outcome, n) in [
@@ -102,17 +103,20 @@ impl TenantExemplars {
             ("out_of_order", st.out_of_order),
             ("label_length", st.label_length),
             ("invalid_labels", st.invalid_labels),
+            ("unknown_series", st.unknown_series),
+            ("failed", st.failed),
         ] {
             if n > 0 {
                 self.outcomes.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc_by(n);
             }
         }
-        if st.out_of_order + st.label_length + st.invalid_labels > 0 {
+        if st.out_of_order + st.label_length + st.invalid_labels + st.unknown_series > 0 {
             tracing::debug!(
                 tenant,
                 out_of_order = st.out_of_order,
                 label_length = st.label_length,
                 invalid_labels = st.invalid_labels,
+                unknown_series = st.unknown_series,
                 "exemplars refused"
             );
         }
@@ -152,7 +156,7 @@ impl ExemplarsService {
             .map_err(|e| Status::invalid_argument(format!("matchers: {e}")))?;
         let mut out = Vec::new();
         for db in self.tsdb.all() {
-            let Some(store) = self.exemplars.get(&db.tenant) else { continue };
+            let store = db.head.exemplars();
             let Some(sets) = sets_for_tenant(&sets, &db.ext_labels) else { continue };
             if sets.is_empty() {
                 return Err(Status::invalid_argument("no matchers specified (excluding external labels)"));
@@ -218,7 +222,11 @@ mod tests {
     }
 
     #[test]
-    fn append_counts_refusals() {
+    fn append_counts_refusals_and_survives_reopen() {
+        use norn_tsdb::head::HeadOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = HeadOptions { max_exemplars: 10, ..HeadOptions::default() };
+        let db = TenantDb::open(dir.path(), "t1", Labels::empty(), opts).unwrap();
         let te = TenantExemplars::new(10);
         let s = vec![
             series("a", &[("x", 10), ("x", 10), ("y", 5), ("z", 20)]),
@@ -230,15 +238,35 @@ mod tests {
                 }],
                 ..series("c", &[])
             },
+            series("d", &[("w", 1)]),
         ];
         let labels: Vec<Labels> = s.iter().map(|t| labels_from_proto(&t.labels).unwrap()).collect();
-        let st = te.append("t1", &s, &labels, &[0, 1, 2]);
-        assert_eq!(st, ExemplarStats { appended: 2, out_of_order: 1, label_length: 1, invalid_labels: 1 });
-        assert!(te.get("t2").is_none());
-        // Disabled storage takes nothing and creates nothing.
+        // Samples of a, b, c are in the head; d has none.
+        let mut app = db.head.appender();
+        for l in &labels[..3] {
+            app.append(l, 1, 1.0).unwrap();
+        }
+        app.commit().unwrap();
+        let st = te.append(&db, &s, &labels, &[0, 1, 2, 3]);
+        let want = ExemplarStats {
+            appended: 2,
+            out_of_order: 1,
+            label_length: 1,
+            invalid_labels: 1,
+            unknown_series: 1,
+            failed: 0,
+        };
+        assert_eq!(st, want);
+        let all = vec![vec![Matcher::new(norn_model::MatchType::Regex, "__name__", ".+").unwrap()]];
+        let before = db.head.exemplars().select(i64::MIN, i64::MAX, &all);
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].exemplars.iter().map(|e| e.ts).collect::<Vec<_>>(), vec![10, 20]);
+        drop(db);
+        let db = TenantDb::open(dir.path(), "t1", Labels::empty(), opts).unwrap();
+        assert_eq!(db.head.exemplars().select(i64::MIN, i64::MAX, &all), before);
+        // Disabled storage takes nothing.
         let off = TenantExemplars::new(0);
-        assert_eq!(off.append("t1", &s, &labels, &[0]), ExemplarStats::default());
-        assert!(off.get("t1").is_none());
+        assert_eq!(off.append(&db, &s, &labels, &[0]), ExemplarStats::default());
     }
 
     #[test]

@@ -294,6 +294,7 @@ pub async fn run_with_listeners(
     let head = HeadOptions {
         chunk_range: block,
         out_of_order_time_window: ooo,
+        max_exemplars: args.tsdb_max_exemplars,
         wal: WalOptions {
             compression: if args.tsdb_wal_compression { Compression::Snappy } else { Compression::None },
             sync: match args.tsdb_wal_fsync {

@@ -199,7 +199,7 @@ impl Router {
                 .map_err(|e| WriteError::Internal(format!("opening TSDB of tenant {}: {e}", batch.tenant)))?;
             let mut st = AppendStats::default();
             let r = append_local(&db, &batch.series, &batch.labels, &idx, &mut st);
-            me.exemplars.append(&batch.tenant, &batch.series, &batch.labels, &idx);
+            me.exemplars.append(&db, &batch.series, &batch.labels, &idx);
             me.metrics.record_append(&st);
             r
         })

@@ -122,6 +122,7 @@ impl TenantDb {
             wal_segments = st.segments,
             series = st.series,
             samples = st.samples,
+            exemplars = st.exemplars,
             "tenant TSDB opened"
         );
         Ok(TenantDb {

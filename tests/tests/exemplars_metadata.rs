@@ -420,6 +420,35 @@ fn remote_write_2_and_1_exemplars_and_metadata_reach_the_querier() {
         v["data"][0]["exemplars"].as_array().unwrap().iter().map(|e| e["labels"]["trace_id"].clone()).collect();
     assert_eq!(traces, ["y2", "y3", "y4"], "{v}");
 
+    // Exemplars are in the tenants' WALs: a receiver killed with SIGKILL and restarted
+    // on the same directory answers the same (the replayed buffers evict as before).
+    let all = "/api/v1/query_exemplars?query=rw2_total%20or%20rw1_seconds";
+    let before = get(q_port, all);
+    assert_eq!(exemplar_count(&before), 5, "{before}");
+    recv.kill();
+    recv.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = http_get(q_port, all).ok().filter(|(c, _)| *c == 200).map(|(_, b)| json(&b));
+        if after.as_ref() == Some(&before) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after restart: {after:?}, before: {before}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The log may carry ANSI colour codes around each field.
+    let mut log = String::new();
+    let mut esc = false;
+    for c in recv.log_text().chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (false, c) => log.push(c),
+            (true, _) => {}
+        }
+    }
+    assert!(log.contains("exemplars=2") && log.contains("exemplars=4"), "replayed exemplars per tenant:\n{log}");
+
     stop.cancel();
     let _ = rt.block_on(querier);
     recv.stop();

@@ -6,7 +6,8 @@
 //! [`MAX_LABEL_SET_RUNES`] runes is refused, one equal to its series' newest is a duplicate
 //! (refused by [`ExemplarStorage::validate`], silently ignored by
 //! [`ExemplarStorage::add`]), and one not newer than its series' newest is out of order.
-//! Exemplars are not written to the WAL: a restart starts with an empty buffer.
+//! The head owns one storage and logs its exemplars in the WAL (see
+//! [`crate::head::Appender::append_exemplar`]), so they survive a restart.
 
 use std::collections::HashMap;
 
@@ -47,6 +48,10 @@ pub enum ExemplarError {
     Duplicate,
     #[error("out of order exemplar")]
     OutOfOrder,
+    /// Exemplars are stored for series of the head only (Prometheus:
+    /// "unknown HeadSeriesRef when trying to add exemplar").
+    #[error("unknown series when trying to add exemplar")]
+    UnknownSeries,
 }
 
 const NONE: usize = usize::MAX;

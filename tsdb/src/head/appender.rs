@@ -9,26 +9,38 @@ use super::series::{Incoming, LastValue, MemSeries, Placement, U64Map, placement
 use super::{AppendError, Head};
 use crate::Result;
 use crate::chunkenc::is_stale_nan;
-use crate::wal::record::{self, RefFloatHistogramSample, RefHistogramSample, RefSample};
+use crate::exemplar::{Exemplar, ExemplarError};
+use crate::wal::record::{self, RefExemplar, RefFloatHistogramSample, RefHistogramSample, RefSample};
 
 /// Collects samples and commits them atomically with respect to the WAL: nothing is
 /// visible to queries before [`Appender::commit`] has written it to the WAL. Dropping an
 /// appender without committing rolls it back.
 ///
 /// Like Prometheus, a commit writes (and applies) all float samples, then all integer
-/// histograms, then all float histograms, so replay sees the same order.
+/// histograms, then all float histograms, then the exemplars, so replay sees the same
+/// order. Only what the commit applies is logged: replay reproduces exactly the
+/// committed state, whatever the out-of-order window is then.
 #[derive(Debug)]
 pub struct Appender<'a> {
     head: &'a Head,
     floats: Vec<Pending<f64>>,
     histograms: Vec<Pending<Box<Histogram>>>,
     float_histograms: Vec<Pending<Box<FloatHistogram>>>,
+    exemplars: Vec<Pending<Exemplar>>,
+    /// Newest exemplar per series in this batch, by ref (to refuse out-of-order ones
+    /// within the batch, which the storage would refuse at commit).
+    exemplar_last: U64Map<i64>,
     /// Series pinned by this appender (pending counter raised), by ref, with the newest
     /// in-order sample appended to it in this batch (to catch order and duplicate errors
     /// within the batch).
     pinned: U64Map<Pin>,
     /// Newest in-order timestamp in this batch (`i64::MIN` if none).
     batch_max: i64,
+    /// Oldest in-order timestamp in this batch (`i64::MAX` if none).
+    batch_min: i64,
+    /// Whether a sample of the batch was placed out of order at append (its check did
+    /// not see the batch's own samples at that timestamp).
+    has_ooo: bool,
 }
 
 /// What [`Appender::commit`] did with the batch. Samples are checked when appended, but
@@ -50,6 +62,10 @@ pub struct CommitStats {
     pub out_of_bounds: u64,
     /// Dropped: older than the out-of-order window allows.
     pub too_old: u64,
+    /// Exemplars stored.
+    pub exemplars: u64,
+    /// Exemplars dropped at commit: a concurrent commit stored a newer one for the series.
+    pub exemplars_out_of_order: u64,
 }
 
 impl CommitStats {
@@ -71,8 +87,9 @@ impl CommitStats {
     }
 }
 
-/// A pinned series and its newest in-order sample in this batch.
-type Pin = (Arc<MemSeries>, Option<(i64, LastValue)>);
+/// A pinned series, its newest in-order sample in this batch, and its version when
+/// this appender first checked something against it.
+type Pin = (Arc<MemSeries>, Option<(i64, LastValue)>, Option<u64>);
 
 #[derive(Debug)]
 struct Pending<V> {
@@ -88,8 +105,12 @@ impl<'a> Appender<'a> {
             floats: Vec::new(),
             histograms: Vec::new(),
             float_histograms: Vec::new(),
+            exemplars: Vec::new(),
+            exemplar_last: U64Map::default(),
             pinned: U64Map::with_capacity_and_hasher(head.batch_hint.load(Ordering::Relaxed), Default::default()),
             batch_max: i64::MIN,
+            batch_min: i64::MAX,
+            has_ooo: false,
         }
     }
 
@@ -98,9 +119,46 @@ impl<'a> Appender<'a> {
         self.floats.len() + self.histograms.len() + self.float_histograms.len()
     }
 
-    /// Whether nothing is waiting for commit.
+    /// Whether nothing (no sample, no exemplar) is waiting for commit.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.exemplars.is_empty()
+    }
+
+    /// Adds an exemplar for the series `labels`, which must exist in the head (append
+    /// its sample first, in this batch or an earlier one), checked with Prometheus's
+    /// rules against the stored exemplars and this batch. A duplicate of the series'
+    /// newest exemplar is ignored (`Ok`), as Prometheus ignores it. On commit it is
+    /// logged in an exemplar record after the samples, then stored.
+    pub fn append_exemplar(&mut self, labels: &Labels, e: Exemplar) -> Result<(), ExemplarError> {
+        let series = self.head.series.get_pinned(labels).ok_or(ExemplarError::UnknownSeries)?;
+        let entry = match self.pinned.entry(series.series_ref) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                series.pending.fetch_sub(1, Ordering::AcqRel);
+                o.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert((series, None, None)),
+        };
+        // Read before validating: a commit storing an exemplar bumps it afterwards.
+        entry.2.get_or_insert_with(|| entry.0.version.load(Ordering::Acquire));
+        let series = entry.0.clone();
+        match self.head.exemplars.validate(labels, &e) {
+            Ok(()) => {}
+            Err(ExemplarError::Duplicate) => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        if let Some(&last) = self.exemplar_last.get(&series.series_ref) {
+            if let Some(p) = self.exemplars.iter().rev().find(|p| p.series.series_ref == series.series_ref)
+                && p.v == e
+            {
+                return Ok(());
+            }
+            if e.ts <= last {
+                return Err(ExemplarError::OutOfOrder);
+            }
+        }
+        self.exemplar_last.insert(series.series_ref, e.ts);
+        self.exemplars.push(Pending { series, t: e.ts, v: e });
+        Ok(())
     }
 
     /// Adds a float sample, checking it against the committed data (and this batch) with
@@ -154,10 +212,11 @@ impl<'a> Appender<'a> {
                 series.pending.fetch_sub(1, Ordering::AcqRel);
                 e.into_mut()
             }
-            std::collections::hash_map::Entry::Vacant(e) => e.insert((series.clone(), None)),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert((series.clone(), None, None)),
         };
         let place = {
             let d = series.data.lock();
+            entry.2.get_or_insert_with(|| series.version.load(Ordering::Relaxed));
             let committed = d.last.as_ref().map(|(t, v)| (*t, v));
             let batch = entry.1.as_ref().map(|(t, v)| (*t, v));
             let last = match (committed, batch) {
@@ -188,9 +247,13 @@ impl<'a> Appender<'a> {
             Placement::InOrder => {
                 entry.1 = Some((t, v.to_last()));
                 self.batch_max = self.batch_max.max(t);
+                self.batch_min = self.batch_min.min(t);
                 Ok(Some(series))
             }
-            Placement::OutOfOrder => Ok(Some(series)),
+            Placement::OutOfOrder => {
+                self.has_ooo = true;
+                Ok(Some(series))
+            }
         }
     }
 
@@ -215,101 +278,209 @@ impl<'a> Appender<'a> {
             return Ok(CommitStats::default());
         }
         let head = self.head;
+        // Pinned series are exactly the distinct series of the batch (plus any whose
+        // samples were all rejected, which get logged harmlessly).
+        let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _, _)| s.clone()).collect();
+        let this = &*self;
+        head.log_wal(
+            &series,
+            // Under the WAL lock, so no other commit changes the series between this
+            // decision and `apply`: what is logged is exactly what is applied.
+            || {
+                let decided = if this.checks_stand() { this.all_stand() } else { this.decide() };
+                let recs = this.encode(&decided);
+                (recs, decided)
+            },
+            |decided| this.apply(&decided),
+        )
+    }
+
+    /// Whether every check made at append still holds (called under the WAL lock, so
+    /// no commit runs meanwhile): no series of the batch changed since (the checks
+    /// saw the batch's own in-order samples), no in-order sample fell below the
+    /// appendable window, and none was placed out of order (whose check did not see
+    /// the batch's samples at its timestamp).
+    fn checks_stand(&self) -> bool {
+        !self.has_ooo
+            && (self.batch_min == i64::MAX || self.batch_min >= self.head.appendable_min_valid_time())
+            && self.pinned.values().all(|(s, _, v)| *v == Some(s.version.load(Ordering::Acquire)))
+    }
+
+    /// The decisions when every check made at append still holds: all in order.
+    fn all_stand(&self) -> Decided {
+        let n = self.len() as u64;
+        Decided {
+            floats: vec![Decision::InOrder; self.floats.len()],
+            histograms: vec![Decision::InOrder; self.histograms.len()],
+            float_histograms: vec![Decision::InOrder; self.float_histograms.len()],
+            exemplars: vec![true; self.exemplars.len()],
+            stats: CommitStats { applied: n, ..Default::default() },
+        }
+    }
+
+    /// Where each sample of the batch goes given the committed state (which may have
+    /// changed since `append` through concurrent commits), as if applied one by one.
+    fn decide(&self) -> Decided {
+        let head = self.head;
+        let min_valid = head.appendable_min_valid_time();
+        let window = head.opts.out_of_order_time_window;
+        let mut sim = Sim {
+            last: U64Map::with_capacity_and_hasher(self.pinned.len(), Default::default()),
+            head_max: head.max_time(),
+            float_kept: Vec::with_capacity(self.floats.len()),
+            ..Sim::default()
+        };
+        let mut st = CommitStats::default();
+        let mut floats = Vec::with_capacity(self.floats.len());
+        for (i, p) in self.floats.iter().enumerate() {
+            let v = Incoming::Float(p.v);
+            floats.push(sim.decide(&p.series, p.t, v, min_valid, window, &mut st, |sim| {
+                // Earlier samples of this batch at this timestamp are not in the series
+                // yet; look for them too (indexed on first need: OOO samples are rare).
+                sim.batch_value(&self.floats[..i], p.series.series_ref, p.t)
+            }));
+        }
+        let mut histograms = Vec::with_capacity(self.histograms.len());
+        for p in &self.histograms {
+            let v = Incoming::Histogram(&p.v);
+            histograms.push(sim.decide(&p.series, p.t, v, min_valid, window, &mut st, |_| None));
+        }
+        let mut float_histograms = Vec::with_capacity(self.float_histograms.len());
+        for p in &self.float_histograms {
+            let v = Incoming::FloatHistogram(&p.v);
+            float_histograms.push(sim.decide(&p.series, p.t, v, min_valid, window, &mut st, |_| None));
+        }
+        // Exemplars were checked against the storage at append; a concurrent commit
+        // may since have stored a newer one for the series.
+        let exemplars = self
+            .exemplars
+            .iter()
+            .map(|p| match head.exemplars.validate(&p.series.labels, &p.v) {
+                Ok(()) => true,
+                Err(_) => {
+                    st.exemplars_out_of_order += 1;
+                    false
+                }
+            })
+            .collect();
+        Decided { floats, histograms, float_histograms, exemplars, stats: st }
+    }
+
+    /// The WAL records of the samples and exemplars `decided` keeps.
+    fn encode(&self, decided: &Decided) -> Vec<Vec<u8>> {
         let mut recs = Vec::new();
-        if !self.floats.is_empty() {
-            let mut rec = Vec::with_capacity(17 + self.floats.len() * 12);
-            let refs: Vec<RefSample> =
-                self.floats.iter().map(|p| RefSample { series_ref: p.series.series_ref, t: p.t, v: p.v }).collect();
+        let kept = |d: &[Decision]| d.iter().filter(|d| d.stored()).count();
+        let n = kept(&decided.floats);
+        if n > 0 {
+            let mut rec = Vec::with_capacity(17 + n * 12);
+            let refs: Vec<RefSample> = self
+                .floats
+                .iter()
+                .zip(&decided.floats)
+                .filter(|(_, d)| d.stored())
+                .map(|(p, _)| RefSample { series_ref: p.series.series_ref, t: p.t, v: p.v })
+                .collect();
             record::encode_samples(&refs, &mut rec);
             recs.push(rec);
         }
-        if !self.histograms.is_empty() {
+        if kept(&decided.histograms) > 0 {
             let refs: Vec<RefHistogramSample> = self
                 .histograms
                 .iter()
-                .map(|p| RefHistogramSample { series_ref: p.series.series_ref, t: p.t, h: (*p.v).clone() })
+                .zip(&decided.histograms)
+                .filter(|(_, d)| d.stored())
+                .map(|(p, _)| RefHistogramSample { series_ref: p.series.series_ref, t: p.t, h: (*p.v).clone() })
                 .collect();
             record::encode_histograms(&refs, &mut recs);
         }
-        if !self.float_histograms.is_empty() {
+        if kept(&decided.float_histograms) > 0 {
             let refs: Vec<RefFloatHistogramSample> = self
                 .float_histograms
                 .iter()
-                .map(|p| RefFloatHistogramSample { series_ref: p.series.series_ref, t: p.t, fh: (*p.v).clone() })
+                .zip(&decided.float_histograms)
+                .filter(|(_, d)| d.stored())
+                .map(|(p, _)| RefFloatHistogramSample { series_ref: p.series.series_ref, t: p.t, fh: (*p.v).clone() })
                 .collect();
             record::encode_float_histograms(&refs, &mut recs);
         }
-        // Pinned series are exactly the distinct series of the batch (plus any whose
-        // samples were all rejected, which get logged harmlessly).
-        let series: Vec<Arc<MemSeries>> = self.pinned.values().map(|(s, _)| s.clone()).collect();
-        head.log_wal(&series, &recs, || {
-            let mut range = (i64::MAX, i64::MIN);
-            let mut st = CommitStats::default();
-            for p in &self.floats {
-                self.apply(&p.series, p.t, Incoming::Float(p.v), &mut range, &mut st);
-            }
-            for p in &self.histograms {
-                self.apply(&p.series, p.t, Incoming::Histogram(&p.v), &mut range, &mut st);
-            }
-            for p in &self.float_histograms {
-                self.apply(&p.series, p.t, Incoming::FloatHistogram(&p.v), &mut range, &mut st);
-            }
-            if range.0 <= range.1 {
-                head.note_in_order(range.0, range.1);
-            }
-            st
-        })
+        let ex: Vec<RefExemplar> = self
+            .exemplars
+            .iter()
+            .zip(&decided.exemplars)
+            .filter(|(_, k)| **k)
+            .map(|(p, _)| RefExemplar {
+                series_ref: p.series.series_ref,
+                t: p.v.ts,
+                v: p.v.value,
+                labels: p.v.labels.clone(),
+            })
+            .collect();
+        if !ex.is_empty() {
+            let mut rec = Vec::new();
+            record::encode_exemplars(&ex, &mut rec);
+            recs.push(rec);
+        }
+        recs
     }
 
-    /// Applies one sample, re-deciding its placement against the state left by the
-    /// commits that landed since it was appended.
-    fn apply(&self, series: &MemSeries, t: i64, v: Incoming<'_>, range: &mut (i64, i64), st: &mut CommitStats) {
+    /// Makes the samples and exemplars `decided` keeps visible, in log order.
+    fn apply(&self, decided: &Decided) -> CommitStats {
         let head = self.head;
-        let min_valid = head.appendable_min_valid_time();
-        let mut d = series.data.lock();
-        let last = d.last.as_ref().map(|(t, v)| (*t, v));
-        match placement(last, t, v, min_valid, head.max_time().max(range.1), head.opts.out_of_order_time_window) {
-            Ok(Placement::InOrder) => {
+        let mut range = (i64::MAX, i64::MIN);
+        let mut put = |series: &MemSeries, t: i64, v: Incoming<'_>, d: Decision| match d {
+            Decision::InOrder => {
+                let mut d = series.data.lock();
                 d.append(t, v);
+                series.version.fetch_add(1, Ordering::Relaxed);
                 range.0 = range.0.min(t);
                 range.1 = range.1.max(t);
-                st.record(Ok(()));
             }
-            Ok(Placement::OutOfOrder) => {
-                let Incoming::Float(f) = v else {
-                    // `placement` only places floats out of order.
-                    st.record(Err(AppendError::OutOfOrder));
-                    return;
-                };
-                // One value per timestamp, as `check` ensures at append: a concurrent
-                // commit may have stored this timestamp since.
-                let existing = match d.ooo.get(&t) {
-                    Some(x) => Some(Some(x.to_bits())),
-                    None => d.inorder_at(t),
-                };
-                match existing {
-                    Some(Some(bits)) if bits == f.to_bits() => st.duplicates += 1,
-                    Some(_) => st.record(Err(AppendError::DuplicateSampleForTimestamp)),
-                    None => {
-                        d.ooo.insert(t, f);
-                        head.note_ooo(t);
-                        st.record(Ok(()));
-                    }
+            Decision::OutOfOrder => {
+                if let Incoming::Float(f) = v {
+                    let mut d = series.data.lock();
+                    d.ooo.insert(t, f);
+                    series.version.fetch_add(1, Ordering::Relaxed);
+                    head.note_ooo(t);
                 }
             }
-            Ok(Placement::Duplicate) => st.duplicates += 1,
-            Err(e) => st.record(Err(e)),
+            Decision::Skip => {}
+        };
+        for (p, d) in self.floats.iter().zip(&decided.floats) {
+            put(&p.series, p.t, Incoming::Float(p.v), *d);
         }
+        for (p, d) in self.histograms.iter().zip(&decided.histograms) {
+            put(&p.series, p.t, Incoming::Histogram(&p.v), *d);
+        }
+        for (p, d) in self.float_histograms.iter().zip(&decided.float_histograms) {
+            put(&p.series, p.t, Incoming::FloatHistogram(&p.v), *d);
+        }
+        if range.0 <= range.1 {
+            head.note_in_order(range.0, range.1);
+        }
+        let mut st = decided.stats;
+        for (p, _) in self.exemplars.iter().zip(&decided.exemplars).filter(|(_, k)| **k) {
+            match head.exemplars.add(&p.series.labels, p.v.clone()) {
+                Ok(true) => st.exemplars += 1,
+                // Validated under the same WAL lock just before: cannot happen.
+                Ok(false) | Err(_) => st.exemplars_out_of_order += 1,
+            }
+            p.series.version.fetch_add(1, Ordering::Release);
+        }
+        st
     }
 
     fn release(&mut self) {
         self.floats.clear();
         self.histograms.clear();
         self.float_histograms.clear();
+        self.exemplars.clear();
+        self.exemplar_last.clear();
+        self.batch_min = i64::MAX;
+        self.has_ooo = false;
         if !self.pinned.is_empty() {
             self.head.batch_hint.store(self.pinned.len(), Ordering::Relaxed);
         }
-        for (_, (s, _)) in self.pinned.drain() {
+        for (_, (s, _, _)) in self.pinned.drain() {
             s.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -318,5 +489,135 @@ impl<'a> Appender<'a> {
 impl Drop for Appender<'_> {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// What a commit does with one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    InOrder,
+    OutOfOrder,
+    /// Dropped or a duplicate: neither logged nor applied.
+    Skip,
+}
+
+impl Decision {
+    fn stored(self) -> bool {
+        self != Decision::Skip
+    }
+}
+
+/// A commit's decisions, parallel to the appender's pending vectors.
+#[derive(Debug)]
+struct Decided {
+    floats: Vec<Decision>,
+    histograms: Vec<Decision>,
+    float_histograms: Vec<Decision>,
+    exemplars: Vec<bool>,
+    stats: CommitStats,
+}
+
+/// The series state as the commit's earlier samples will have left it.
+#[derive(Debug, Default)]
+struct Sim {
+    /// Newest in-order sample stored by this commit so far, per series ref.
+    last: U64Map<(i64, LastValue)>,
+    head_max: i64,
+    /// (series ref, timestamp) → value bits of the float samples this commit stores,
+    /// built on the first out-of-order sample (`None` before).
+    stored: Option<std::collections::HashMap<(u64, i64), u64>>,
+    /// How many floats `stored` covers.
+    indexed: usize,
+    /// Float decisions so far, to index only stored samples.
+    float_kept: Vec<bool>,
+}
+
+impl Sim {
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        series: &MemSeries,
+        t: i64,
+        v: Incoming<'_>,
+        min_valid: i64,
+        window: i64,
+        st: &mut CommitStats,
+        batch_value: impl FnOnce(&mut Sim) -> Option<u64>,
+    ) -> Decision {
+        let d = series.data.lock();
+        let last = match self.last.get(&series.series_ref) {
+            Some((t, v)) => Some((*t, v)),
+            None => d.last.as_ref().map(|(t, v)| (*t, v)),
+        };
+        let dec = match placement(last, t, v, min_valid, self.head_max, window) {
+            Ok(Placement::InOrder) => {
+                self.last.insert(series.series_ref, (t, v.to_last()));
+                self.head_max = self.head_max.max(t);
+                st.record(Ok(()));
+                Decision::InOrder
+            }
+            Ok(Placement::OutOfOrder) => {
+                let Incoming::Float(f) = v else {
+                    // `placement` only places floats out of order.
+                    st.record(Err(AppendError::OutOfOrder));
+                    return self.note(v, Decision::Skip);
+                };
+                // One value per timestamp: committed OOO data, committed in-order data,
+                // then what this commit stores before this sample.
+                let existing = match d.ooo.get(&t) {
+                    Some(x) => Some(x.to_bits()),
+                    None => match d.inorder_at(t) {
+                        Some(b) => Some(b.unwrap_or(!f.to_bits())),
+                        None => {
+                            drop(d);
+                            batch_value(self)
+                        }
+                    },
+                };
+                match existing {
+                    Some(bits) if bits == f.to_bits() => {
+                        st.duplicates += 1;
+                        Decision::Skip
+                    }
+                    Some(_) => {
+                        st.record(Err(AppendError::DuplicateSampleForTimestamp));
+                        Decision::Skip
+                    }
+                    None => {
+                        st.record(Ok(()));
+                        Decision::OutOfOrder
+                    }
+                }
+            }
+            Ok(Placement::Duplicate) => {
+                st.duplicates += 1;
+                Decision::Skip
+            }
+            Err(e) => {
+                st.record(Err(e));
+                Decision::Skip
+            }
+        };
+        self.note(v, dec)
+    }
+
+    fn note(&mut self, v: Incoming<'_>, d: Decision) -> Decision {
+        if matches!(v, Incoming::Float(_)) {
+            self.float_kept.push(d.stored());
+        }
+        d
+    }
+
+    /// The value stored by this commit's earlier floats (`earlier`, whose decisions are
+    /// in `float_kept`) for series `r` at `t`.
+    fn batch_value(&mut self, earlier: &[Pending<f64>], r: u64, t: i64) -> Option<u64> {
+        let map = self.stored.get_or_insert_with(Default::default);
+        for (p, kept) in earlier[self.indexed..].iter().zip(&self.float_kept[self.indexed..]) {
+            if *kept {
+                map.entry((p.series.series_ref, p.t)).or_insert(p.v.to_bits());
+            }
+        }
+        self.indexed = earlier.len();
+        map.get(&(r, t)).copied()
     }
 }

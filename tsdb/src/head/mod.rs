@@ -5,13 +5,21 @@
 //! mutex, so appends to different series do not contend. An [`Appender`] validates
 //! samples against the committed state, then on commit writes series and samples
 //! records to the WAL (series records always before samples that refer to them) and only
-//! then makes the samples visible.
+//! then makes the samples visible. What a commit logs is exactly what it stores: the
+//! append-time checks are kept when none of the batch's series changed since (per-series
+//! versions), else each sample's placement is decided again under the WAL lock before
+//! logging; samples dropped then are neither logged nor applied.
 //!
 //! Differences from Prometheus's head, on purpose or not yet done: all chunks stay in
 //! memory (no `chunks_head/` m-mapping, no chunk snapshots), so restart replays the WAL;
 //! OOO float samples are logged in the WAL as ordinary sample records rather than in a
 //! WBL (a Prometheus replaying our WAL drops them as out of order); native histograms
-//! are in-order only; exemplar and metadata records are neither written nor replayed.
+//! are in-order only; metadata records are neither written nor replayed.
+//!
+//! Exemplars (when `max_exemplars > 0`) live in the head's circular
+//! [`ExemplarStorage`]; [`Appender::append_exemplar`] logs them in Prometheus's
+//! exemplar records after the commit's samples, replay puts them back, and checkpoints
+//! keep those of live series at or after the checkpoint's cut-off.
 
 mod appender;
 mod builder;
@@ -31,6 +39,7 @@ use parking_lot::Mutex;
 
 use crate::block::BlockWriter;
 use crate::chunks::ChunkMeta;
+use crate::exemplar::{Exemplar, ExemplarStorage};
 use crate::meta::{BlockMeta, BlockMetaCompaction};
 use crate::series::Series;
 use crate::tombstones::{add_interval, is_deleted};
@@ -64,6 +73,9 @@ pub struct HeadOptions {
     pub min_valid_time: i64,
     /// WAL writer settings (compression, sync policy, segment size).
     pub wal: WalOptions,
+    /// Capacity of the exemplar buffer shared by all series; 0 (the default) disables
+    /// exemplar storage (exemplar records in the WAL are then skipped).
+    pub max_exemplars: usize,
 }
 
 impl Default for HeadOptions {
@@ -75,6 +87,7 @@ impl Default for HeadOptions {
             stripe_size: 16384,
             min_valid_time: i64::MIN,
             wal: WalOptions::default(),
+            max_exemplars: 0,
         }
     }
 }
@@ -148,7 +161,11 @@ pub struct ReplayStats {
     pub samples: u64,
     /// Samples dropped: unknown series ref, older than the min valid time, out of order.
     pub dropped_samples: u64,
-    /// Records of types the head does not replay (exemplars, metadata, v2 samples …).
+    /// Exemplars put back into the exemplar storage.
+    pub exemplars: u64,
+    /// Exemplars not put back: unknown series ref, storage disabled, out of order.
+    pub dropped_exemplars: u64,
+    /// Records of types the head does not replay (metadata, mmap markers …).
     pub skipped_records: u64,
     /// The damaged tail cut off the newest segment, if any.
     pub truncated: Option<Truncation>,
@@ -175,6 +192,8 @@ pub struct Head {
     replay: ReplayStats,
     /// Distinct series of the last committed batch: new appenders pre-size for it.
     batch_hint: AtomicUsize,
+    /// Exemplars of all series, newest `max_exemplars` kept.
+    exemplars: ExemplarStorage,
 }
 
 impl Head {
@@ -200,6 +219,7 @@ impl Head {
             compaction: Mutex::new(()),
             replay: ReplayStats::default(),
             batch_hint: AtomicUsize::new(0),
+            exemplars: ExemplarStorage::new(opts.max_exemplars),
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
@@ -209,6 +229,7 @@ impl Head {
             series = stats.series,
             samples = stats.samples,
             dropped_samples = stats.dropped_samples,
+            exemplars = stats.exemplars,
             truncated = ?stats.truncated,
             "WAL replay completed"
         );
@@ -227,6 +248,12 @@ impl Head {
     /// What replay found.
     pub fn replay_stats(&self) -> &ReplayStats {
         &self.replay
+    }
+
+    /// The exemplar buffer (capacity 0 when exemplar storage is off). Add exemplars
+    /// through [`Appender::append_exemplar`] so they are logged.
+    pub fn exemplars(&self) -> &ExemplarStorage {
+        &self.exemplars
     }
 
     /// The settings.
@@ -278,6 +305,7 @@ impl Head {
             labels: labels.clone(),
             logged: AtomicBool::new(false),
             pending: AtomicU32::new(0),
+            version: AtomicU64::new(0),
             data: Mutex::new(SeriesData::new(self.opts.chunk_range, self.opts.samples_per_chunk)),
         }
     }
@@ -323,14 +351,15 @@ impl Head {
         self.ooo_min_time.fetch_min(t, Ordering::AcqRel);
     }
 
-    /// Logs `recs` (after series records for `series` not yet logged), then runs
-    /// `apply` still holding the WAL lock, so changes are applied in exactly the order
-    /// their records are in the WAL and replay reproduces the same state.
-    pub(crate) fn log_wal<R>(
+    /// Logs the records `prepare` returns (after series records for `series` not yet
+    /// logged), then runs `apply` with what `prepare` decided, all under the WAL lock:
+    /// changes are decided and applied in exactly the order their records are in the
+    /// WAL, so replay reproduces the same state.
+    pub(crate) fn log_wal<P, R>(
         &self,
         series: &[Arc<MemSeries>],
-        recs: &[Vec<u8>],
-        apply: impl FnOnce() -> R,
+        prepare: impl FnOnce() -> (Vec<Vec<u8>>, P),
+        apply: impl FnOnce(P) -> R,
     ) -> Result<R> {
         let mut guard = self.wal.lock();
         let wal = guard.as_mut().ok_or_else(|| TsdbError::InvalidArgument("WAL not open".into()))?;
@@ -343,6 +372,7 @@ impl Head {
             .filter(|s| !s.logged.load(Ordering::Acquire) && !s.logged.swap(true, Ordering::AcqRel))
             .map(|s| record::RefSeries { series_ref: s.series_ref, labels: s.labels.clone() })
             .collect();
+        let (recs, decided) = prepare();
         let mut srec = Vec::new();
         if !new.is_empty() {
             record::encode_series(&new, &mut srec);
@@ -358,7 +388,7 @@ impl Head {
             }
             return Err(e);
         }
-        Ok(apply())
+        Ok(apply(decided))
     }
 
     fn replay_wal(&mut self, wal_dir: &Path) -> Result<ReplayStats> {
@@ -401,6 +431,22 @@ impl Head {
                     for s in list {
                         if let Some(ms) = by_ref.get(&s.series_ref) {
                             add_interval(&mut ms.data.lock().deleted, (s.mint, s.maxt));
+                        }
+                    }
+                }
+                Record::Exemplars(list) => {
+                    for e in list {
+                        let added = by_ref.get(&e.series_ref).is_some_and(|ms| {
+                            // Out of order or duplicate ones were refused when first
+                            // appended too; only a disabled or smaller buffer differs.
+                            this.exemplars
+                                .add(&ms.labels, Exemplar { labels: e.labels, value: e.v, ts: e.t })
+                                .unwrap_or(false)
+                        });
+                        if added {
+                            stats.exemplars += 1;
+                        } else {
+                            stats.dropped_exemplars += 1;
                         }
                     }
                 }
@@ -504,11 +550,15 @@ impl Head {
             hits.iter().map(|s| record::RefTombstone { series_ref: s.series_ref, mint, maxt }).collect();
         let mut rec = Vec::new();
         record::encode_tombstones(&stones, &mut rec);
-        self.log_wal(&hits, &[rec], || {
-            for s in &hits {
-                add_interval(&mut s.data.lock().deleted, (mint, maxt));
-            }
-        })?;
+        self.log_wal(
+            &hits,
+            || (vec![rec], ()),
+            |()| {
+                for s in &hits {
+                    add_interval(&mut s.data.lock().deleted, (mint, maxt));
+                }
+            },
+        )?;
         Ok(hits.len())
     }
 

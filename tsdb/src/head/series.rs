@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use norn_model::Labels;
 use parking_lot::{Mutex, RwLock};
@@ -28,6 +28,10 @@ pub(crate) struct MemSeries {
     pub logged: AtomicBool,
     /// Appenders holding uncommitted samples for it; garbage collection skips it then.
     pub pending: AtomicU32,
+    /// Bumped, under the data lock (or after its exemplar is stored), by every commit
+    /// that changes the series: an appender that saw the same value when checking its
+    /// samples knows the checks still hold at commit.
+    pub version: AtomicU64,
     pub data: Mutex<SeriesData>,
 }
 
@@ -326,6 +330,16 @@ impl StripeSeries {
         g.push((h, s.clone()));
         self.refs[(r & self.mask) as usize].write().insert(r, s.clone());
         (s, true)
+    }
+
+    /// The series with `labels`, if any, its pending counter raised (see
+    /// [`StripeSeries::get_or_create`]).
+    pub fn get_pinned(&self, labels: &Labels) -> Option<Arc<MemSeries>> {
+        let h = labels.hash_value();
+        let g = self.hashes[(h & self.mask) as usize].read();
+        let s = g.iter().find(|(eh, s)| *eh == h && &s.labels == labels).map(|(_, s)| s.clone())?;
+        s.pending.fetch_add(1, Ordering::AcqRel);
+        Some(s)
     }
 
     /// Every series (a snapshot of the maps).

@@ -52,12 +52,17 @@ pub struct CheckpointStats {
     pub kept_tombstones: u64,
     /// Tombstone intervals dropped.
     pub dropped_tombstones: u64,
+    /// Exemplars of kept series at or after the cut-off kept.
+    pub kept_exemplars: u64,
+    /// Exemplars dropped.
+    pub dropped_exemplars: u64,
 }
 
 /// Folds the previous checkpoint and segments `..=to` of `wal_dir` into
-/// `checkpoint.<to>`, keeping series for which `keep` is true and samples and
-/// tombstones at or after `mint`; then deletes the folded segments and older
-/// checkpoints. Other record types are dropped (replay ignores them anyway).
+/// `checkpoint.<to>`, keeping series for which `keep` is true, samples and tombstones
+/// at or after `mint`, and exemplars of kept series at or after `mint` (as Prometheus's
+/// checkpoint does); then deletes the folded segments and older checkpoints. Other
+/// record types are dropped (replay ignores them anyway).
 pub fn create_checkpoint(
     wal_dir: &Path,
     to: u32,
@@ -105,6 +110,15 @@ pub fn create_checkpoint(
                 stats.dropped_tombstones += (before - s.len()) as u64;
                 if !s.is_empty() {
                     record::encode_tombstones(&s, &mut out);
+                }
+            }
+            Record::Exemplars(mut s) => {
+                let before = s.len();
+                s.retain(|e| keep(e.series_ref) && e.t >= mint);
+                stats.kept_exemplars += s.len() as u64;
+                stats.dropped_exemplars += (before - s.len()) as u64;
+                if !s.is_empty() {
+                    record::encode_exemplars(&s, &mut out);
                 }
             }
             Record::Histograms(mut s) => {

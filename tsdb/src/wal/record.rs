@@ -1,7 +1,7 @@
-//! WAL record bodies (spec §7.3): series, samples, tombstones and native-histogram
-//! sample records, byte-compatible with Prometheus's `tsdb/record`.
+//! WAL record bodies (spec §7.3): series, samples, tombstones, exemplars and
+//! native-histogram sample records, byte-compatible with Prometheus's `tsdb/record`.
 //!
-//! Refs are head series refs. Other record types (exemplars, metadata, v2 samples …) are
+//! Refs are head series refs. Other record types (metadata, mmap markers …) are
 //! recognised and returned as [`Record::Unknown`] so replay can skip them.
 
 use norn_model::{CounterResetHint, FloatHistogram, Histogram, Labels, Span, histogram::CUSTOM_BUCKETS_SCHEMA};
@@ -12,6 +12,7 @@ use crate::encoding::{Decbuf, DecodeError, put_be64, put_uvarint, put_uvarint_by
 pub const SERIES: u8 = 1;
 pub const SAMPLES: u8 = 2;
 pub const TOMBSTONES: u8 = 3;
+pub const EXEMPLARS: u8 = 4;
 pub const HISTOGRAM_SAMPLES: u8 = 7;
 pub const FLOAT_HISTOGRAM_SAMPLES: u8 = 8;
 pub const CUSTOM_BUCKETS_HISTOGRAM_SAMPLES: u8 = 9;
@@ -48,6 +49,19 @@ pub struct RefTombstone {
     pub maxt: i64,
 }
 
+/// One exemplar of a head series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefExemplar {
+    /// Head series ref.
+    pub series_ref: u64,
+    /// Timestamp (ms).
+    pub t: i64,
+    /// Value.
+    pub v: f64,
+    /// The exemplar's own labels (e.g. `trace_id`).
+    pub labels: Labels,
+}
+
 /// One integer histogram sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefHistogramSample {
@@ -79,6 +93,8 @@ pub enum Record {
     Samples(Vec<RefSample>),
     /// Type 3.
     Tombstones(Vec<RefTombstone>),
+    /// Type 4.
+    Exemplars(Vec<RefExemplar>),
     /// Types 7 and 9 (exponential and custom-bucket integer histograms).
     Histograms(Vec<RefHistogramSample>),
     /// Types 8 and 10.
@@ -91,49 +107,46 @@ pub enum Record {
 pub fn decode(rec: &[u8]) -> Result<Record, DecodeError> {
     let mut d = Decbuf::new(rec);
     let typ = d.u8()?;
-    let r = match typ {
-        SERIES => {
-            let mut out = Vec::new();
-            while d.remaining() > 0 {
-                let series_ref = d.be64()?;
-                let n = d.uvarint_len()?;
-                let at = d.offset();
-                let mut pairs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    pairs.push((d.uvarint_str()?, d.uvarint_str()?));
+    let r =
+        match typ {
+            SERIES => {
+                let mut out = Vec::new();
+                while d.remaining() > 0 {
+                    let series_ref = d.be64()?;
+                    let labels = decode_labels(&mut d)?;
+                    out.push(RefSeries { series_ref, labels });
                 }
-                let labels = Labels::from_sorted(pairs)
-                    .map_err(|_| DecodeError { what: "series labels unsorted, duplicate or empty name", offset: at })?;
-                out.push(RefSeries { series_ref, labels });
+                Record::Series(out)
             }
-            Record::Series(out)
-        }
-        SAMPLES => Record::Samples(decode_delta_samples(
-            &mut d,
-            |d| d.be_f64(),
-            |series_ref, t, v| RefSample { series_ref, t, v },
-        )?),
-        TOMBSTONES => {
-            let mut out = Vec::new();
-            while d.remaining() > 0 {
-                out.push(RefTombstone { series_ref: d.be64()?, mint: d.varint()?, maxt: d.varint()? });
+            SAMPLES => Record::Samples(decode_delta_samples(
+                &mut d,
+                |d| d.be_f64(),
+                |series_ref, t, v| RefSample { series_ref, t, v },
+            )?),
+            TOMBSTONES => {
+                let mut out = Vec::new();
+                while d.remaining() > 0 {
+                    out.push(RefTombstone { series_ref: d.be64()?, mint: d.varint()?, maxt: d.varint()? });
+                }
+                Record::Tombstones(out)
             }
-            Record::Tombstones(out)
-        }
-        HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_HISTOGRAM_SAMPLES => {
-            Record::Histograms(decode_delta_samples(&mut d, decode_histogram, |series_ref, t, h| RefHistogramSample {
-                series_ref,
-                t,
-                h,
-            })?)
-        }
-        FLOAT_HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_FLOAT_HISTOGRAM_SAMPLES => {
-            Record::FloatHistograms(decode_delta_samples(&mut d, decode_float_histogram, |series_ref, t, fh| {
-                RefFloatHistogramSample { series_ref, t, fh }
-            })?)
-        }
-        other => Record::Unknown(other),
-    };
+            EXEMPLARS => Record::Exemplars(decode_delta_samples(
+                &mut d,
+                |d| Ok((d.be_f64()?, decode_labels(d)?)),
+                |series_ref, t, (v, labels)| RefExemplar { series_ref, t, v, labels },
+            )?),
+            HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_HISTOGRAM_SAMPLES => {
+                Record::Histograms(decode_delta_samples(&mut d, decode_histogram, |series_ref, t, h| {
+                    RefHistogramSample { series_ref, t, h }
+                })?)
+            }
+            FLOAT_HISTOGRAM_SAMPLES | CUSTOM_BUCKETS_FLOAT_HISTOGRAM_SAMPLES => {
+                Record::FloatHistograms(decode_delta_samples(&mut d, decode_float_histogram, |series_ref, t, fh| {
+                    RefFloatHistogramSample { series_ref, t, fh }
+                })?)
+            }
+            other => Record::Unknown(other),
+        };
     Ok(r)
 }
 
@@ -142,11 +155,43 @@ pub fn encode_series(series: &[RefSeries], out: &mut Vec<u8>) {
     out.push(SERIES);
     for s in series {
         put_be64(out, s.series_ref);
-        put_uvarint(out, s.labels.len() as u64);
-        for (n, v) in s.labels.iter() {
-            put_uvarint_bytes(out, n.as_bytes());
-            put_uvarint_bytes(out, v.as_bytes());
-        }
+        encode_labels(&s.labels, out);
+    }
+}
+
+fn encode_labels(labels: &Labels, out: &mut Vec<u8>) {
+    put_uvarint(out, labels.len() as u64);
+    for (n, v) in labels.iter() {
+        put_uvarint_bytes(out, n.as_bytes());
+        put_uvarint_bytes(out, v.as_bytes());
+    }
+}
+
+/// A label count then that many name/value pairs, sorted by name (as Prometheus writes
+/// them).
+fn decode_labels(d: &mut Decbuf<'_>) -> Result<Labels, DecodeError> {
+    let n = d.uvarint_len()?;
+    let at = d.offset();
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        pairs.push((d.uvarint_str()?, d.uvarint_str()?));
+    }
+    Labels::from_sorted(pairs).map_err(|_| DecodeError { what: "labels unsorted, duplicate or empty name", offset: at })
+}
+
+/// Appends an exemplars record: like a samples record (BE64 base ref and time, signed
+/// varint deltas, BE64 value), each entry followed by the exemplar's labels. An empty
+/// list gives the bare type byte, as Prometheus's encoder does.
+pub fn encode_exemplars(exemplars: &[RefExemplar], out: &mut Vec<u8>) {
+    out.push(EXEMPLARS);
+    let Some(first) = exemplars.first() else { return };
+    put_be64(out, first.series_ref);
+    put_be64(out, first.t as u64);
+    for e in exemplars {
+        put_varint(out, e.series_ref.wrapping_sub(first.series_ref) as i64);
+        put_varint(out, e.t.wrapping_sub(first.t));
+        put_be64(out, e.v.to_bits());
+        encode_labels(&e.labels, out);
     }
 }
 
@@ -430,7 +475,94 @@ mod tests {
         encode_float_histograms(&fhs, &mut recs);
         assert_eq!(recs.len(), 1);
         assert_eq!(decode(&recs[0]).unwrap(), Record::FloatHistograms(fhs));
-        assert_eq!(decode(&[4, 1, 2, 3]).unwrap(), Record::Unknown(4));
+        assert_eq!(decode(&[6, 1, 2, 3]).unwrap(), Record::Unknown(6));
+    }
+
+    #[test]
+    fn exemplars_golden_bytes() {
+        let e = [
+            RefExemplar { series_ref: 3, t: 100, v: 1.5, labels: Labels::from_pairs([("trace_id", "ab")]) },
+            RefExemplar { series_ref: 2, t: 101, v: -1.0, labels: Labels::empty() },
+        ];
+        let mut b = Vec::new();
+        encode_exemplars(&e, &mut b);
+        let mut want = vec![EXEMPLARS];
+        want.extend_from_slice(&3u64.to_be_bytes());
+        want.extend_from_slice(&100u64.to_be_bytes());
+        want.extend_from_slice(&[0, 0]);
+        want.extend_from_slice(&1.5f64.to_bits().to_be_bytes());
+        want.extend_from_slice(&[1, 8]);
+        want.extend_from_slice(b"trace_id");
+        want.extend_from_slice(&[2]);
+        want.extend_from_slice(b"ab");
+        want.extend_from_slice(&[1, 2]); // zig-zag -1, +1
+        want.extend_from_slice(&(-1.0f64).to_bits().to_be_bytes());
+        want.push(0);
+        assert_eq!(b, want);
+        assert_eq!(decode(&b).unwrap(), Record::Exemplars(e.to_vec()));
+    }
+
+    #[test]
+    fn exemplar_round_trips() {
+        let l = |p: &[(&str, &str)]| Labels::from_pairs(p.iter().copied());
+        let cases: Vec<Vec<RefExemplar>> = vec![
+            vec![],
+            vec![RefExemplar { series_ref: 0, t: i64::MIN, v: f64::NAN, labels: l(&[]) }],
+            vec![
+                RefExemplar { series_ref: u64::MAX, t: i64::MAX, v: 0.0, labels: l(&[("a", "1"), ("b", "é")]) },
+                RefExemplar { series_ref: 1, t: i64::MIN, v: f64::INFINITY, labels: l(&[("trace_id", "x")]) },
+            ],
+        ];
+        for want in cases {
+            let mut b = Vec::new();
+            encode_exemplars(&want, &mut b);
+            let Record::Exemplars(got) = decode(&b).unwrap() else { panic!("not an exemplars record") };
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    (g.series_ref, g.t, g.v.to_bits(), &g.labels),
+                    (w.series_ref, w.t, w.v.to_bits(), &w.labels)
+                );
+            }
+            for n in 0..b.len() {
+                let _ = decode(&b[..n]);
+            }
+        }
+        // Unsorted labels are refused with the offset of the label set.
+        let mut b = vec![EXEMPLARS];
+        b.extend_from_slice(&[0; 16]);
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&[2, 1, b'b', 0, 1, b'a', 0]);
+        assert_eq!(decode(&b).unwrap_err().offset, 28);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn exemplars_round_trip_any(
+            es in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), proptest::prelude::any::<i64>(), proptest::prelude::any::<f64>(),
+                 proptest::collection::btree_map("[a-z_]{1,5}", ".{0,6}", 0..3)),
+                0..20,
+            )
+        ) {
+            let want: Vec<RefExemplar> = es
+                .into_iter()
+                .map(|(series_ref, t, v, m)| RefExemplar {
+                    series_ref, t, v, labels: Labels::from_pairs(m.iter().map(|(a, b)| (a.as_str(), b.as_str()))),
+                })
+                .collect();
+            let mut b = Vec::new();
+            encode_exemplars(&want, &mut b);
+            let Record::Exemplars(got) = decode(&b).unwrap() else { panic!("not an exemplars record") };
+            proptest::prop_assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                proptest::prop_assert_eq!(
+                    (g.series_ref, g.t, g.v.to_bits(), &g.labels),
+                    (w.series_ref, w.t, w.v.to_bits(), &w.labels)
+                );
+            }
+        }
     }
 
     #[test]
