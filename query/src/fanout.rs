@@ -291,7 +291,9 @@ impl Fanout {
                 partial_response_disabled: !opts.partial_response,
                 partial_response_strategy: Self::strategy(opts),
                 skip_chunks,
-                response_batch_size: 64,
+                // Fewer, larger frames (about 1 MB at 1,024 series): fewer codec calls and
+                // wakeups per stream; RF=3 / Prometheus 1.27 -> 1.14 in scripts/bench-query.
+                response_batch_size: 1024,
                 // As Thanos's querier: stores (and queriers stacked below) see the function.
                 query_hints: func.map(|name| thanos::QueryHints {
                     func: Some(thanos::Func { name: name.to_string() }),
