@@ -37,6 +37,31 @@ impl Receiver {
         }
     }
 
+    /// `n` receivers `r0..r{n-1}` in one hashring file under `work`, with replication
+    /// factor `rf`, each labelled `<replica_label>="r<i>"`, started and ready.
+    pub fn ring(work: &Path, n: usize, rf: usize, replica_label: &str) -> Vec<Receiver> {
+        let ring_file = work.join("hashring.json");
+        let mut rs: Vec<Receiver> = (0..n)
+            .map(|i| {
+                let extra = vec![
+                    format!("--receive.hashrings-file={}", ring_file.display()),
+                    format!("--receive.replication-factor={rf}"),
+                    format!("--label={replica_label}=\"r{i}\""),
+                ];
+                Receiver::new(&format!("r{i}"), work, &extra)
+            })
+            .collect();
+        let eps: Vec<String> = rs.iter().map(|r| format!("\"{}\"", r.grpc_addr())).collect();
+        let ring = format!("[{{\"hashring\": \"default\", \"endpoints\": [{}]}}]", eps.join(", "));
+        if let Err(e) = std::fs::write(&ring_file, ring) {
+            panic!("writing {}: {e}", ring_file.display());
+        }
+        for r in rs.iter_mut() {
+            r.start();
+        }
+        rs
+    }
+
     /// `127.0.0.1:<grpc port>`, the address to list in a hashring.
     pub fn grpc_addr(&self) -> String {
         format!("127.0.0.1:{}", self.grpc_port)

@@ -81,23 +81,7 @@ fn body_of(data: &[Series], extra: Option<(&str, &str)>) -> Vec<u8> {
 fn three_receivers_behind_dnssrv_match_prometheus_and_survive_a_kill() {
     let Some(prom_bin) = require_tool("prometheus") else { return };
     let work = norn_testkit::tempdir().unwrap();
-    let ring_file = work.path().join("hashring.json");
-    let mut rs: Vec<Receiver> = (0..3)
-        .map(|i| {
-            let extra = vec![
-                format!("--receive.hashrings-file={}", ring_file.display()),
-                "--receive.replication-factor=3".to_string(),
-                format!("--label=replica=\"r{i}\""),
-            ];
-            Receiver::new(&format!("r{i}"), work.path(), &extra)
-        })
-        .collect();
-    let eps: Vec<String> = rs.iter().map(|r| format!("\"{}\"", r.grpc_addr())).collect();
-    std::fs::write(&ring_file, format!("[{{\"hashring\": \"default\", \"endpoints\": [{}]}}]", eps.join(", ")))
-        .unwrap();
-    for r in rs.iter_mut() {
-        r.start();
-    }
+    let mut rs = Receiver::ring(work.path(), 3, 3, "replica");
     let ports: Vec<u16> = rs.iter().map(|r| r.grpc_port).collect();
     let Some(dns) = Dnsmasq::start(work.path(), "_grpc._tcp.recv.norn.test", "recv.norn.test", &ports) else { return };
 

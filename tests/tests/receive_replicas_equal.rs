@@ -66,23 +66,7 @@ fn diff(a: &Data, b: &Data) -> (usize, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rf3_replicas_hold_the_same_samples_after_ordered_writes() {
     let work = norn_testkit::tempdir().unwrap();
-    let ring_file = work.path().join("hashring.json");
-    let mut rs: Vec<Receiver> = (0..3)
-        .map(|i| {
-            let extra = vec![
-                format!("--receive.hashrings-file={}", ring_file.display()),
-                "--receive.replication-factor=3".to_string(),
-                format!("--label=receive_replica=\"r{i}\""),
-            ];
-            Receiver::new(&format!("r{i}"), work.path(), &extra)
-        })
-        .collect();
-    let eps: Vec<String> = rs.iter().map(|r| format!("\"{}\"", r.grpc_addr())).collect();
-    std::fs::write(&ring_file, format!("[{{\"hashring\": \"default\", \"endpoints\": [{}]}}]", eps.join(", ")))
-        .unwrap();
-    for r in rs.iter_mut() {
-        r.start();
-    }
+    let rs = Receiver::ring(work.path(), 3, 3, "receive_replica");
 
     // Each worker owns its series and sends batch b (one sample per series at
     // base + b * STEP_MS) only after batch b - 1 was answered.

@@ -63,23 +63,7 @@ fn prom_metric(port: u16, name: &str) -> f64 {
 async fn three_receivers_rf3_with_prometheus_survive_a_kill() {
     let Some(prom_bin) = require_tool("prometheus") else { return };
     let work = norn_testkit::tempdir().unwrap();
-    let ring_file = work.path().join("hashring.json");
-    let mut rs: Vec<Receiver> = (0..3)
-        .map(|i| {
-            let extra = vec![
-                format!("--receive.hashrings-file={}", ring_file.display()),
-                "--receive.replication-factor=3".to_string(),
-                format!("--label=receive_replica=\"r{i}\""),
-            ];
-            Receiver::new(&format!("r{i}"), work.path(), &extra)
-        })
-        .collect();
-    let eps: Vec<String> = rs.iter().map(|r| format!("\"{}\"", r.grpc_addr())).collect();
-    std::fs::write(&ring_file, format!("[{{\"hashring\": \"default\", \"endpoints\": [{}]}}]", eps.join(", ")))
-        .unwrap();
-    for r in rs.iter_mut() {
-        r.start();
-    }
+    let mut rs = Receiver::ring(work.path(), 3, 3, "receive_replica");
 
     // Prometheus scrapes the receivers' /metrics and remote-writes into r0 through the
     // tenant gateway.
