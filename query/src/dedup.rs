@@ -226,31 +226,67 @@ fn flush_group(
 /// as counters when `counter`. Series left without samples are kept (label-only selections
 /// need them). Sources out of [`cmp_series`] order are sorted first.
 pub fn merge_and_dedup(
-    mut sources: Vec<Source>,
+    sources: Vec<Source>,
     rl: &[String],
     counter: bool,
     decode: &Decoder<'_>,
 ) -> Result<Vec<(Labels, Samples)>, String> {
+    merge_groups(sources, rl, &mut |group, sources| flush_group(group, sources, rl, counter, decode))
+}
+
+/// A merged series with its endpoints' chunks as received: sorted by time range, without
+/// chunks byte-identical to another of the series (same time range, encoding and bytes).
+pub type RawSeries = (Labels, Vec<WireChunk>);
+
+/// K-way merges per-endpoint series lists by their full labels, without deduplication (as
+/// Thanos's proxy store): series with equal labels, from several endpoints or split over
+/// several frames, become one whose chunks are sorted by `(min_time, max_time)` with
+/// identical chunks dropped. Chunks are passed on unchanged (no decoding); chunks without
+/// raw data are dropped (the querier reads raw data only). Series without chunks are kept.
+pub fn merge_raw(sources: Vec<Source>) -> Result<Vec<RawSeries>, String> {
+    merge_groups(sources, &[], &mut |group, _| {
+        // Checked sorted and unique by `check_labels` when received.
+        let labels = Labels::from_sorted_unchecked_iter(group[0].1.labels());
+        let mut chunks: Vec<&WireChunk> = group.iter().flat_map(|(_, s)| s.chunks.iter()).collect();
+        chunks.retain(|c| c.raw.is_some());
+        if group.len() > 1 {
+            // Equal chunks sort next to each other: by time range, then encoding and bytes
+            // (a stable order whatever the endpoints' order).
+            chunks.sort_by(|a, b| chunk_id(a).cmp(&chunk_id(b)));
+            chunks.dedup_by(|a, b| chunk_id(a) == chunk_id(b));
+        } else if !chunks.is_sorted_by_key(|c| (c.min_time, c.max_time)) {
+            chunks.sort_by_key(|c| (c.min_time, c.max_time));
+        }
+        Ok((labels, chunks.into_iter().cloned().collect()))
+    })
+}
+
+/// The k-way merge shared by [`merge_and_dedup`] and [`merge_raw`]: `flush` turns each group
+/// of series with equal labels without `rl` (from all sources, in replica label order) into
+/// one output. Sources out of [`cmp_series`] order are sorted first.
+fn merge_groups<T>(
+    mut sources: Vec<Source>,
+    rl: &[String],
+    flush: &mut dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
     // Stores send series sorted, which is the merge order unless a replica label sorts
     // before another label and differs within a source: checked on the way, not up front.
     loop {
-        match merge_sorted(&sources, rl, counter, decode)? {
+        match merge_sorted(&sources, rl, flush)? {
             Ok(out) => return Ok(out),
             Err(Unsorted(src)) => sources[src].sort(rl),
         }
     }
 }
 
-/// [`merge_and_dedup`] of sources in order; `Err(Unsorted)` names a source that is not.
-#[allow(clippy::type_complexity)]
-fn merge_sorted(
+/// [`merge_groups`] of sources in order; `Err(Unsorted)` names a source that is not.
+fn merge_sorted<T>(
     sources: &[Source],
     rl: &[String],
-    counter: bool,
-    decode: &Decoder<'_>,
-) -> Result<Result<Vec<(Labels, Samples)>, Unsorted>, String> {
+    flush: &mut dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, String>,
+) -> Result<Result<Vec<T>, Unsorted>, String> {
     let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
-    let mut out: Vec<(Labels, Samples)> = Vec::new();
+    let mut out: Vec<T> = Vec::new();
     let mut members: Vec<usize> = Vec::with_capacity(sources.len());
     let mut group: Vec<(usize, &SeriesView)> = Vec::new();
     loop {
@@ -292,7 +328,7 @@ fn merge_sorted(
         {
             group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
         }
-        out.push(flush_group(&group, sources, rl, counter, decode)?);
+        out.push(flush(&group, sources)?);
     }
 }
 
