@@ -809,6 +809,61 @@ mod tests {
         got.iter().map(|(l, _)| l.to_string()).collect()
     }
 
+    /// The pass-through merge: full labels (replica labels are ordinary labels), groups of
+    /// equal labels across sources and frames become one series, chunks sorted by time range
+    /// with identical ones dropped (a chunk differing only in bytes or encoding stays), out
+    /// of order sources sorted, series without chunks kept, nothing decoded.
+    #[test]
+    fn merge_raw_passes_chunks_through() {
+        let with_type = |ts: &[i64], ty: i32| {
+            let mut c = fake_chunk(ts);
+            c.raw.as_mut().unwrap().r#type = ty;
+            c
+        };
+        let times_of = |cs: &[WireChunk]| -> Vec<(i64, i64, i32)> {
+            cs.iter().map(|c| (c.min_time, c.max_time, c.raw.as_ref().unwrap().encoding)).collect()
+        };
+        let s0 = vec![
+            view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[10, 20]), fake_chunk(&[0, 5])]),
+            view(&[("__name__", "b")], vec![]),
+            // Another frame of the same series.
+            view(&[("__name__", "b")], vec![fake_chunk(&[30])]),
+        ];
+        let s1 = vec![
+            view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[0, 5]), with_type(&[0, 5], 1)]),
+            view(&[("__name__", "a"), ("replica", "1")], vec![fake_chunk(&[0, 5])]),
+            view(&[("__name__", "b")], vec![fake_chunk(&[30]), fake_chunk(&[0, 30])]),
+        ];
+        // Out of label order: sorted first.
+        let s2 = vec![view(&[("__name__", "c")], vec![fake_chunk(&[1])]), view(&[("__name__", "b")], vec![])];
+        let got = merge_raw(vec![src(s0), src(s1), src(s2)]).unwrap();
+        let names: Vec<String> = got.iter().map(|(l, _)| l.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                r#"{__name__="a", replica="0"}"#,
+                r#"{__name__="a", replica="1"}"#,
+                r#"{__name__="b"}"#,
+                r#"{__name__="c"}"#
+            ]
+        );
+        assert_eq!(times_of(&got[0].1), [(0, 5, 0), (0, 5, 1), (10, 20, 0)]);
+        assert_eq!(times_of(&got[1].1), [(0, 5, 0)]);
+        assert_eq!(times_of(&got[2].1), [(0, 30, 0), (30, 30, 0)]);
+        assert_eq!(times_of(&got[3].1), [(1, 1, 0)]);
+        // Bytes as received.
+        assert_eq!(got[0].1[2].to_proto(), fake_chunk(&[10, 20]));
+        // A lone series keeps its chunks, sorted; one without any stays (labels-only calls).
+        let got = merge_raw(vec![src(vec![
+            view(&[("__name__", "x")], vec![fake_chunk(&[9]), fake_chunk(&[1])]),
+            view(&[("__name__", "y")], vec![]),
+        ])])
+        .unwrap();
+        assert_eq!(times_of(&got[0].1), [(1, 1, 0), (9, 9, 0)]);
+        assert!(got[1].1.is_empty());
+        assert!(merge_raw(vec![]).unwrap().is_empty());
+    }
+
     #[test]
     fn merge_three_replicas_in_label_order() {
         let rl = vec!["replica".to_string()];

@@ -60,7 +60,10 @@ impl QuerierStore {
 /// A merged series in its prost form: chunk bytes, encodings and hashes as the endpoints
 /// sent them (integer histogram chunks stay integer histogram chunks).
 fn series_msg((labels, chunks): RawSeries) -> thanos::Series {
-    thanos::Series { labels: norn_storeapi::labels_to_proto(&labels), chunks: chunks.iter().map(WireChunk::to_proto).collect() }
+    thanos::Series {
+        labels: norn_storeapi::labels_to_proto(&labels),
+        chunks: chunks.iter().map(WireChunk::to_proto).collect(),
+    }
 }
 
 type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
@@ -82,7 +85,8 @@ impl Store for QuerierStore {
             .select_raw(&opts, &matchers, r.min_time, r.max_time, r.skip_chunks, r.query_hints)
             .await
             .map_err(status)?;
-        let warnings = sel.warnings.into_iter().map(|w| Ok(SeriesResponse { result: Some(series_response::Result::Warning(w)) }));
+        let warnings =
+            sel.warnings.into_iter().map(|w| Ok(SeriesResponse { result: Some(series_response::Result::Warning(w)) }));
         let skip_chunks = r.skip_chunks;
         // Each series is put in its prost form only when the stream is polled: the answer is
         // not held twice.
