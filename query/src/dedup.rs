@@ -261,14 +261,13 @@ pub fn merge_raw(sources: Vec<Source>) -> Result<Vec<RawSeries>, String> {
     })
 }
 
+/// Turns one group of series with equal keys, `(source index, series)`, into an output.
+type Flush<'f, T> = dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, String> + 'f;
+
 /// The k-way merge shared by [`merge_and_dedup`] and [`merge_raw`]: `flush` turns each group
 /// of series with equal labels without `rl` (from all sources, in replica label order) into
 /// one output. Sources out of [`cmp_series`] order are sorted first.
-fn merge_groups<T>(
-    mut sources: Vec<Source>,
-    rl: &[String],
-    flush: &mut dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, String>,
-) -> Result<Vec<T>, String> {
+fn merge_groups<T>(mut sources: Vec<Source>, rl: &[String], flush: &mut Flush<'_, T>) -> Result<Vec<T>, String> {
     // Stores send series sorted, which is the merge order unless a replica label sorts
     // before another label and differs within a source: checked on the way, not up front.
     loop {
@@ -283,7 +282,7 @@ fn merge_groups<T>(
 fn merge_sorted<T>(
     sources: &[Source],
     rl: &[String],
-    flush: &mut dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, String>,
+    flush: &mut Flush<'_, T>,
 ) -> Result<Result<Vec<T>, Unsorted>, String> {
     let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
     let mut out: Vec<T> = Vec::new();
