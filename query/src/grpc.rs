@@ -66,6 +66,10 @@ fn series_msg((labels, chunks): RawSeries) -> thanos::Series {
     }
 }
 
+/// Most series put in one `SeriesBatch` frame, whatever the client asks (a frame must stay
+/// under the client's message size limit).
+const MAX_BATCH: usize = 1024;
+
 type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -88,13 +92,27 @@ impl Store for QuerierStore {
         let warnings =
             sel.warnings.into_iter().map(|w| Ok(SeriesResponse { result: Some(series_response::Result::Warning(w)) }));
         let skip_chunks = r.skip_chunks;
-        // Each series is put in its prost form only when the stream is polled: the answer is
-        // not held twice.
-        let series = sel
-            .series
-            .into_iter()
-            .filter(move |(_, chunks)| skip_chunks || !chunks.is_empty())
-            .map(|s| Ok(SeriesResponse { result: Some(series_response::Result::Series(series_msg(s))) }));
+        // Frames are put in their prost form only when the stream is polled: the answer is
+        // not held twice. A client asking for batches (as receive does, and our fan-out
+        // asks) gets `SeriesBatch` frames: fewer frames to decode above.
+        let batch = usize::try_from(r.response_batch_size).unwrap_or(0).clamp(1, MAX_BATCH);
+        let mut series = sel.series.into_iter().filter(move |(_, chunks)| skip_chunks || !chunks.is_empty());
+        let series = std::iter::from_fn(move || {
+            let first = series.next()?;
+            let result = if batch == 1 {
+                series_response::Result::Series(series_msg(first))
+            } else {
+                let mut list = Vec::with_capacity(batch.min(64));
+                list.push(series_msg(first));
+                while list.len() < batch
+                    && let Some(s) = series.next()
+                {
+                    list.push(series_msg(s));
+                }
+                series_response::Result::Batch(thanos::SeriesBatch { series: list })
+            };
+            Some(Ok(SeriesResponse { result: Some(result) }))
+        });
         Ok(Response::new(Box::pin(tokio_stream::iter(warnings.chain(series)))))
     }
 

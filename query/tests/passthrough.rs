@@ -149,6 +149,18 @@ async fn upper(
     skip_chunks: bool,
     strategy: PartialResponseStrategy,
 ) -> Result<(Vec<thanos::Series>, Vec<String>), Status> {
+    upper_frames(grpc, mint, maxt, skip_chunks, strategy, 0).await.map(|(s, w, _)| (s, w))
+}
+
+/// [`upper`] asking for `batch` series per frame; also the number of series frames.
+async fn upper_frames(
+    grpc: &str,
+    mint: i64,
+    maxt: i64,
+    skip_chunks: bool,
+    strategy: PartialResponseStrategy,
+    batch: i64,
+) -> Result<(Vec<thanos::Series>, Vec<String>, usize), Status> {
     let mut c = StoreClient::connect(format!("http://{grpc}")).await.unwrap();
     let mut req = Request::new(SeriesRequest {
         min_time: mint,
@@ -156,6 +168,7 @@ async fn upper(
         matchers: vec![thanos::LabelMatcher { r#type: 2, name: "__name__".into(), value: ".+".into() }],
         skip_chunks,
         partial_response_strategy: strategy as i32,
+        response_batch_size: batch,
         query_hints: Some(thanos::QueryHints {
             func: Some(thanos::Func { name: "rate".into() }),
             ..Default::default()
@@ -164,15 +177,24 @@ async fn upper(
     });
     req.metadata_mut().insert("thanos-tenant", "team-a".parse().unwrap());
     let mut stream = c.series(req).await?.into_inner();
-    let (mut series, mut warnings) = (Vec::new(), Vec::new());
+    let (mut series, mut warnings, mut frames) = (Vec::new(), Vec::new(), 0);
     while let Some(m) = stream.message().await? {
         match m.result {
-            Some(series_response::Result::Series(s)) => series.push(s),
+            Some(series_response::Result::Series(s)) => {
+                assert!(batch <= 1, "a lone series frame when {batch} per frame were asked for");
+                series.push(s);
+                frames += 1;
+            }
+            Some(series_response::Result::Batch(b)) => {
+                assert!(batch > 1 && !b.series.is_empty() && b.series.len() <= batch as usize, "{b:?}");
+                series.extend(b.series);
+                frames += 1;
+            }
             Some(series_response::Result::Warning(w)) => warnings.push(w),
             _ => {}
         }
     }
-    Ok((series, warnings))
+    Ok((series, warnings, frames))
 }
 
 fn name_of(s: &thanos::Series) -> &str {
@@ -237,6 +259,13 @@ async fn stacked_store_api_passes_chunks_through() {
         let seen = seen.lock();
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert!(seen.iter().all(|s| *s == (Some("team-a".into()), Some("rate".into()))), "{seen:?}");
+    }
+
+    // The same in frames of two series (as a querier above asks for batches), and of many.
+    for (batch, frames) in [(2, 2), (1024, 1)] {
+        let (b, _, n) = upper_frames(&grpc, 0, i64::MAX, false, PartialResponseStrategy::Abort, batch).await.unwrap();
+        assert_eq!(b, got, "{batch} per frame");
+        assert_eq!(n, frames, "{batch} per frame");
     }
 
     // Chunks outside the range are dropped, series left without chunks too.
