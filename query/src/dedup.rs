@@ -226,31 +226,66 @@ fn flush_group(
 /// as counters when `counter`. Series left without samples are kept (label-only selections
 /// need them). Sources out of [`cmp_series`] order are sorted first.
 pub fn merge_and_dedup(
-    mut sources: Vec<Source>,
+    sources: Vec<Source>,
     rl: &[String],
     counter: bool,
     decode: &Decoder<'_>,
 ) -> Result<Vec<(Labels, Samples)>, String> {
+    merge_groups(sources, rl, &mut |group, sources| flush_group(group, sources, rl, counter, decode))
+}
+
+/// A merged series with its endpoints' chunks as received: sorted by time range, without
+/// chunks byte-identical to another of the series (same time range, encoding and bytes).
+pub type RawSeries = (Labels, Vec<WireChunk>);
+
+/// K-way merges per-endpoint series lists by their full labels, without deduplication (as
+/// Thanos's proxy store): series with equal labels, from several endpoints or split over
+/// several frames, become one whose chunks are sorted by `(min_time, max_time)` with
+/// identical chunks dropped. Chunks are passed on unchanged (no decoding); chunks without
+/// raw data are dropped (the querier reads raw data only). Series without chunks are kept.
+pub fn merge_raw(sources: Vec<Source>) -> Result<Vec<RawSeries>, String> {
+    merge_groups(sources, &[], &mut |group, _| {
+        // Checked sorted and unique by `check_labels` when received.
+        let labels = Labels::from_sorted_unchecked_iter(group[0].1.labels());
+        let mut chunks: Vec<&WireChunk> = group.iter().flat_map(|(_, s)| s.chunks.iter()).collect();
+        chunks.retain(|c| c.raw.is_some());
+        if group.len() > 1 {
+            // Equal chunks sort next to each other: by time range, then encoding and bytes
+            // (a stable order whatever the endpoints' order).
+            chunks.sort_by(|a, b| chunk_id(a).cmp(&chunk_id(b)));
+            chunks.dedup_by(|a, b| chunk_id(a) == chunk_id(b));
+        } else if !chunks.is_sorted_by_key(|c| (c.min_time, c.max_time)) {
+            chunks.sort_by_key(|c| (c.min_time, c.max_time));
+        }
+        Ok((labels, chunks.into_iter().cloned().collect()))
+    })
+}
+
+/// Turns one group of series with equal keys, `(source index, series)`, into an output.
+type Flush<'f, T> = dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, String> + 'f;
+
+/// The k-way merge shared by [`merge_and_dedup`] and [`merge_raw`]: `flush` turns each group
+/// of series with equal labels without `rl` (from all sources, in replica label order) into
+/// one output. Sources out of [`cmp_series`] order are sorted first.
+fn merge_groups<T>(mut sources: Vec<Source>, rl: &[String], flush: &mut Flush<'_, T>) -> Result<Vec<T>, String> {
     // Stores send series sorted, which is the merge order unless a replica label sorts
     // before another label and differs within a source: checked on the way, not up front.
     loop {
-        match merge_sorted(&sources, rl, counter, decode)? {
+        match merge_sorted(&sources, rl, flush)? {
             Ok(out) => return Ok(out),
             Err(Unsorted(src)) => sources[src].sort(rl),
         }
     }
 }
 
-/// [`merge_and_dedup`] of sources in order; `Err(Unsorted)` names a source that is not.
-#[allow(clippy::type_complexity)]
-fn merge_sorted(
+/// [`merge_groups`] of sources in order; `Err(Unsorted)` names a source that is not.
+fn merge_sorted<T>(
     sources: &[Source],
     rl: &[String],
-    counter: bool,
-    decode: &Decoder<'_>,
-) -> Result<Result<Vec<(Labels, Samples)>, Unsorted>, String> {
+    flush: &mut Flush<'_, T>,
+) -> Result<Result<Vec<T>, Unsorted>, String> {
     let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
-    let mut out: Vec<(Labels, Samples)> = Vec::new();
+    let mut out: Vec<T> = Vec::new();
     let mut members: Vec<usize> = Vec::with_capacity(sources.len());
     let mut group: Vec<(usize, &SeriesView)> = Vec::new();
     loop {
@@ -292,7 +327,7 @@ fn merge_sorted(
         {
             group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
         }
-        out.push(flush_group(&group, sources, rl, counter, decode)?);
+        out.push(flush(&group, sources)?);
     }
 }
 
@@ -771,6 +806,61 @@ mod tests {
 
     fn names(got: &[(Labels, Samples)]) -> Vec<String> {
         got.iter().map(|(l, _)| l.to_string()).collect()
+    }
+
+    /// The pass-through merge: full labels (replica labels are ordinary labels), groups of
+    /// equal labels across sources and frames become one series, chunks sorted by time range
+    /// with identical ones dropped (a chunk differing only in bytes or encoding stays), out
+    /// of order sources sorted, series without chunks kept, nothing decoded.
+    #[test]
+    fn merge_raw_passes_chunks_through() {
+        let with_type = |ts: &[i64], ty: i32| {
+            let mut c = fake_chunk(ts);
+            c.raw.as_mut().unwrap().r#type = ty;
+            c
+        };
+        let times_of = |cs: &[WireChunk]| -> Vec<(i64, i64, i32)> {
+            cs.iter().map(|c| (c.min_time, c.max_time, c.raw.as_ref().unwrap().encoding)).collect()
+        };
+        let s0 = vec![
+            view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[10, 20]), fake_chunk(&[0, 5])]),
+            view(&[("__name__", "b")], vec![]),
+            // Another frame of the same series.
+            view(&[("__name__", "b")], vec![fake_chunk(&[30])]),
+        ];
+        let s1 = vec![
+            view(&[("__name__", "a"), ("replica", "0")], vec![fake_chunk(&[0, 5]), with_type(&[0, 5], 1)]),
+            view(&[("__name__", "a"), ("replica", "1")], vec![fake_chunk(&[0, 5])]),
+            view(&[("__name__", "b")], vec![fake_chunk(&[30]), fake_chunk(&[0, 30])]),
+        ];
+        // Out of label order: sorted first.
+        let s2 = vec![view(&[("__name__", "c")], vec![fake_chunk(&[1])]), view(&[("__name__", "b")], vec![])];
+        let got = merge_raw(vec![src(s0), src(s1), src(s2)]).unwrap();
+        let names: Vec<String> = got.iter().map(|(l, _)| l.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                r#"{__name__="a", replica="0"}"#,
+                r#"{__name__="a", replica="1"}"#,
+                r#"{__name__="b"}"#,
+                r#"{__name__="c"}"#
+            ]
+        );
+        assert_eq!(times_of(&got[0].1), [(0, 5, 0), (0, 5, 1), (10, 20, 0)]);
+        assert_eq!(times_of(&got[1].1), [(0, 5, 0)]);
+        assert_eq!(times_of(&got[2].1), [(0, 30, 0), (30, 30, 0)]);
+        assert_eq!(times_of(&got[3].1), [(1, 1, 0)]);
+        // Bytes as received.
+        assert_eq!(got[0].1[2].to_proto(), fake_chunk(&[10, 20]));
+        // A lone series keeps its chunks, sorted; one without any stays (labels-only calls).
+        let got = merge_raw(vec![src(vec![
+            view(&[("__name__", "x")], vec![fake_chunk(&[9]), fake_chunk(&[1])]),
+            view(&[("__name__", "y")], vec![]),
+        ])])
+        .unwrap();
+        assert_eq!(times_of(&got[0].1), [(1, 1, 0), (9, 9, 0)]);
+        assert!(got[1].1.is_empty());
+        assert!(merge_raw(vec![]).unwrap().is_empty());
     }
 
     #[test]

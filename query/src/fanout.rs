@@ -12,7 +12,7 @@ use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::dedup::{Source, check_labels, is_counter_func, merge_and_dedup};
+use crate::dedup::{RawSeries, Source, check_labels, is_counter_func, merge_and_dedup, merge_raw};
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
 
@@ -58,6 +58,16 @@ pub enum FanoutError {
 pub struct Selection {
     /// Series in label order.
     pub series: Vec<(Labels, Vec<(i64, StoredValue)>)>,
+    /// Endpoint warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Series of one selection merged by labels with their chunks as received (no decoding,
+/// no deduplication), with warnings of failed endpoints.
+#[derive(Debug, Default)]
+pub struct RawSelection {
+    /// Series in label order, chunks sorted by time range.
+    pub series: Vec<RawSeries>,
     /// Endpoint warnings.
     pub warnings: Vec<String>,
 }
@@ -277,6 +287,58 @@ impl Fanout {
         skip_chunks: bool,
         func: Option<&str>,
     ) -> Result<Selection, FanoutError> {
+        // As Thanos's querier: stores (and queriers stacked below) see the function.
+        let hints = func.map(|name| thanos::QueryHints {
+            func: Some(thanos::Func { name: name.to_string() }),
+            ..Default::default()
+        });
+        let (sources, warnings, call) = self.fetch(opts, matchers, mint, maxt, skip_chunks, hints).await?;
+        let (mint, maxt) = (call.mint, call.maxt);
+        let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+            // Chunk headers announce their sample counts: one allocation per series.
+            let n = chunks.iter().filter_map(|c| c.raw.as_ref()).map(|r| header_count(&r.data)).sum();
+            let mut samples = Vec::with_capacity(n);
+            for c in chunks {
+                decode_chunk(c, mint, maxt, &mut samples)?;
+            }
+            normalize(&mut samples);
+            Ok(samples)
+        };
+        let counter = is_counter_func(func);
+        let series = merge_and_dedup(sources, &call.replica_labels, counter, &decode).map_err(FanoutError::Endpoint)?;
+        Ok(Selection { series, warnings })
+    }
+
+    /// Series matching `matchers` with chunks overlapping `[mint, maxt]` (labels only when
+    /// `skip_chunks`), merged by labels with their chunks as the endpoints sent them (see
+    /// [`merge_raw`]): what a querier serves to a querier stacked above it. Replicas are
+    /// never deduplicated here (`opts.dedup` is ignored); `hints` are passed on as given.
+    pub async fn select_raw(
+        &self,
+        opts: &QueryOptions,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+        hints: Option<thanos::QueryHints>,
+    ) -> Result<RawSelection, FanoutError> {
+        let opts = QueryOptions { dedup: false, ..opts.clone() };
+        let (sources, warnings, _) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints).await?;
+        let series = merge_raw(sources).map_err(FanoutError::Endpoint)?;
+        Ok(RawSelection { series, warnings })
+    }
+
+    /// Asks every endpoint that may hold the selection for its series: their answers in
+    /// endpoint order (chunks outside `[mint, maxt]` dropped), the warnings, and the call.
+    async fn fetch(
+        &self,
+        opts: &QueryOptions,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+        query_hints: Option<thanos::QueryHints>,
+    ) -> Result<(Vec<Source>, Vec<String>, Arc<SeriesCall>), FanoutError> {
         let mut all_matchers = matchers.to_vec();
         all_matchers.extend(opts.extra_matchers.iter().cloned());
         let (eps, down) = self.endpoints.select(&all_matchers, mint, maxt);
@@ -294,11 +356,7 @@ impl Fanout {
                 // Fewer, larger frames (about 1 MB at 1,024 series): fewer codec calls and
                 // wakeups per stream; RF=3 / Prometheus 1.27 -> 1.14 in scripts/bench-query.
                 response_batch_size: 1024,
-                // As Thanos's querier: stores (and queriers stacked below) see the function.
-                query_hints: func.map(|name| thanos::QueryHints {
-                    func: Some(thanos::Func { name: name.to_string() }),
-                    ..Default::default()
-                }),
+                query_hints,
                 ..Default::default()
             },
             decoded: Default::default(),
@@ -332,22 +390,8 @@ impl Fanout {
             }
         }
         Self::absorb(opts, errs, &mut warnings)?;
-        let (mint, maxt) = (call.mint, call.maxt);
-        let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
-            // Chunk headers announce their sample counts: one allocation per series.
-            let n = chunks.iter().filter_map(|c| c.raw.as_ref()).map(|r| header_count(&r.data)).sum();
-            let mut samples = Vec::with_capacity(n);
-            for c in chunks {
-                decode_chunk(c, mint, maxt, &mut samples)?;
-            }
-            normalize(&mut samples);
-            Ok(samples)
-        };
         sources.sort_unstable_by_key(|(i, _)| *i);
-        let sources: Vec<Source> = sources.into_iter().map(|(_, s)| s).collect();
-        let counter = is_counter_func(func);
-        let series = merge_and_dedup(sources, &call.replica_labels, counter, &decode).map_err(FanoutError::Endpoint)?;
-        Ok(Selection { series, warnings })
+        Ok((sources.into_iter().map(|(_, s)| s).collect(), warnings, call))
     }
 
     /// Label names (or values of `name` when given) across endpoints, sorted and unique.

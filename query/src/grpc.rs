@@ -1,6 +1,7 @@
 //! The querier's own StoreAPI and Info services, so queriers can be stacked: series are
-//! fanned out to the endpoint set and merged, without replica deduplication (the querier
-//! above deduplicates, as with Thanos's proxy store).
+//! fanned out to the endpoint set and merged by labels with their chunks passed through
+//! undecoded, without replica deduplication (the querier above deduplicates, as with
+//! Thanos's proxy store).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 use norn_model::Labels;
-use norn_promql::StoredValue;
 use norn_storeapi::thanos::info::info_server::Info;
 use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo};
 use norn_storeapi::thanos::store_server::Store;
@@ -18,7 +18,9 @@ use norn_storeapi::thanos::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::dedup::RawSeries;
 use crate::fanout::{Fanout, FanoutError, QueryOptions};
+use crate::seriesview::WireChunk;
 
 /// StoreAPI + Info over the fan-out.
 #[derive(Debug, Clone)]
@@ -55,14 +57,18 @@ impl QuerierStore {
     }
 }
 
-fn series_msg(l: &Labels, samples: &[(i64, StoredValue)], skip_chunks: bool) -> Result<thanos::Series, Status> {
-    let chunks = if skip_chunks {
-        Vec::new()
-    } else {
-        crate::wire::storepb_chunks(samples).map_err(|e| Status::internal(format!("series {l}: {e}")))?
-    };
-    Ok(thanos::Series { labels: norn_storeapi::labels_to_proto(l), chunks })
+/// A merged series in its prost form: chunk bytes, encodings and hashes as the endpoints
+/// sent them (integer histogram chunks stay integer histogram chunks).
+fn series_msg((labels, chunks): RawSeries) -> thanos::Series {
+    thanos::Series {
+        labels: norn_storeapi::labels_to_proto(&labels),
+        chunks: chunks.iter().map(WireChunk::to_proto).collect(),
+    }
 }
+
+/// Most series put in one `SeriesBatch` frame, whatever the client asks (a frame must stay
+/// under the client's message size limit).
+const MAX_BATCH: usize = 1024;
 
 type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
 
@@ -76,26 +82,38 @@ impl Store for QuerierStore {
         let matchers =
             norn_storeapi::matchers_from_proto(&r.matchers).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let opts = self.opts(r.partial_response_strategy, r.partial_response_disabled, tenant);
-        // A querier above us passes the PromQL function in the hints: counters dedup as such.
-        let func = r.query_hints.as_ref().and_then(|h| h.func.as_ref()).map(|f| f.name.as_str());
+        // Passed on whole: a querier above us sends the PromQL function, which stores below
+        // may use (Thanos's proxy store does the same).
         let sel = self
             .fanout
-            .select_for(&opts, &matchers, r.min_time, r.max_time, r.skip_chunks, func)
+            .select_raw(&opts, &matchers, r.min_time, r.max_time, r.skip_chunks, r.query_hints)
             .await
             .map_err(status)?;
-        let mut out: Vec<Result<SeriesResponse, Status>> = Vec::with_capacity(sel.series.len() + sel.warnings.len());
-        for w in sel.warnings {
-            out.push(Ok(SeriesResponse { result: Some(series_response::Result::Warning(w)) }));
-        }
-        for (l, samples) in &sel.series {
-            if !r.skip_chunks && samples.is_empty() {
-                continue;
-            }
-            out.push(Ok(SeriesResponse {
-                result: Some(series_response::Result::Series(series_msg(l, samples, r.skip_chunks)?)),
-            }));
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+        let warnings =
+            sel.warnings.into_iter().map(|w| Ok(SeriesResponse { result: Some(series_response::Result::Warning(w)) }));
+        let skip_chunks = r.skip_chunks;
+        // Frames are put in their prost form only when the stream is polled: the answer is
+        // not held twice. A client asking for batches (as receive does, and our fan-out
+        // asks) gets `SeriesBatch` frames: fewer frames to decode above.
+        let batch = usize::try_from(r.response_batch_size).unwrap_or(0).clamp(1, MAX_BATCH);
+        let mut series = sel.series.into_iter().filter(move |(_, chunks)| skip_chunks || !chunks.is_empty());
+        let series = std::iter::from_fn(move || {
+            let first = series.next()?;
+            let result = if batch == 1 {
+                series_response::Result::Series(series_msg(first))
+            } else {
+                let mut list = Vec::with_capacity(batch.min(64));
+                list.push(series_msg(first));
+                while list.len() < batch
+                    && let Some(s) = series.next()
+                {
+                    list.push(series_msg(s));
+                }
+                series_response::Result::Batch(thanos::SeriesBatch { series: list })
+            };
+            Some(Ok(SeriesResponse { result: Some(result) }))
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(warnings.chain(series)))))
     }
 
     async fn label_names(&self, req: Request<LabelNamesRequest>) -> Result<Response<LabelNamesResponse>, Status> {

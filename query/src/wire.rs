@@ -1,16 +1,18 @@
-//! Merged, deduplicated series back onto a wire: StoreAPI chunks for the querier's own
-//! Store service, remote-read chunks and samples for `/api/v1/read`. Floats and native
-//! histograms alike; the chunk numbering lives in `norn_storeapi::chunks`.
+//! Merged, deduplicated series back onto a wire: remote-read chunks and samples for
+//! `/api/v1/read`. Floats and native histograms alike; the chunk numbering lives in
+//! `norn_storeapi::chunks`. (The querier's own Store service needs none of this: it passes
+//! the endpoints' chunks through unchanged, see `grpc`.)
 //!
 //! Histograms reach the querier as [`StoredValue::Histogram`] (float counts, as the
-//! engine computes with them), so they leave as float-histogram chunks and samples: the
-//! values are the same, only an integer chunk's compact encoding is not reproduced.
+//! engine computes with them), so remote read returns them as float-histogram chunks and
+//! samples: the values are the same, only an integer chunk's compact encoding is not
+//! reproduced.
 
 use std::sync::Arc;
 
 use norn_promql::StoredValue;
 use norn_storeapi::chunks::{self, ChunkConvertError};
-use norn_storeapi::{prometheus, thanos};
+use norn_storeapi::prometheus;
 use norn_tsdb::chunkenc::Sample;
 
 /// A querier sample as a TSDB sample, ready to encode.
@@ -28,12 +30,6 @@ pub fn from_sample(s: Sample) -> (i64, StoredValue) {
         Sample::Histogram(t, h) => (t, StoredValue::Histogram(Arc::new(h.to_float()))),
         Sample::FloatHistogram(t, h) => (t, StoredValue::Histogram(Arc::new(*h))),
     }
-}
-
-/// Samples (ascending by time) as raw StoreAPI chunks of at most 120 samples each.
-pub fn storepb_chunks(samples: &[(i64, StoredValue)]) -> Result<Vec<thanos::AggrChunk>, ChunkConvertError> {
-    let metas = chunks::encode_samples(samples.iter().map(|(t, v)| to_sample(*t, v)))?;
-    Ok(metas.iter().map(|m| chunks::aggr_chunk(m, 0)).collect())
 }
 
 /// Samples (ascending by time) as remote-read chunks of at most 120 samples each.
@@ -60,6 +56,7 @@ mod tests {
     use norn_model::{CounterResetHint, FloatHistogram, Span};
 
     use super::*;
+    use norn_storeapi::thanos;
 
     fn fh(i: u32) -> FloatHistogram {
         FloatHistogram {
@@ -104,17 +101,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn storepb_chunks_round_trip() {
-        let s = series();
-        let wire = storepb_chunks(&s).unwrap();
-        let types: std::collections::BTreeSet<i32> = wire.iter().map(|c| c.raw.as_ref().unwrap().r#type).collect();
-        assert_eq!(types, [thanos::chunk::Encoding::Xor as i32, thanos::chunk::Encoding::FloatHistogram as i32].into());
-        let mut got = Vec::new();
-        for c in &wire {
-            chunks::decode_aggr_chunk(c, i64::MIN, i64::MAX, &mut got).unwrap();
-        }
-        same(&got.into_iter().map(from_sample).collect::<Vec<_>>(), &s);
+    /// Samples as StoreAPI chunks, as an endpoint would send them.
+    fn storepb_chunks(samples: &[(i64, StoredValue)]) -> Vec<thanos::AggrChunk> {
+        let metas = chunks::encode_samples(samples.iter().map(|(t, v)| to_sample(*t, v))).unwrap();
+        metas.iter().map(|m| chunks::aggr_chunk(m, 0)).collect()
     }
 
     #[test]
@@ -142,7 +132,6 @@ mod tests {
     fn inconsistent_histograms_are_errors_not_panics() {
         let bad = FloatHistogram { positive_spans: vec![Span { offset: 0, length: 5 }], ..fh(1) };
         let s = vec![(1, StoredValue::Histogram(Arc::new(bad)))];
-        assert!(storepb_chunks(&s).is_err());
         assert!(remote_read_chunks(&s).is_err());
     }
 
@@ -163,7 +152,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| norn_storeapi::thanos::Label { name: n.to_string(), value: v.to_string() })
                 .collect();
-            SeriesView::from_proto(&norn_storeapi::thanos::Series { labels, chunks: storepb_chunks(s).unwrap() })
+            SeriesView::from_proto(&norn_storeapi::thanos::Series { labels, chunks: storepb_chunks(s) })
         };
         let decode = |cs: &[&crate::seriesview::WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             let mut out = Vec::new();

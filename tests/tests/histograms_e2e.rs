@@ -726,12 +726,14 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
         );
     }
 
-    // The querier's own StoreAPI carries float-histogram chunks for histogram series.
+    // The querier's own StoreAPI passes the endpoints' chunks through: integer histograms stay
+    // integer histogram chunks, float histograms float-histogram chunks.
     let (_, (_, q_grpc)) = &queriers[2];
     let types = rt.block_on(chunk_types(format!("http://127.0.0.1:{q_grpc}"), mint, maxt));
     let fh = norn_storeapi::thanos::chunk::Encoding::FloatHistogram as i32;
+    let ih = norn_storeapi::thanos::chunk::Encoding::Histogram as i32;
     let xor = norn_storeapi::thanos::chunk::Encoding::Xor as i32;
-    assert_eq!(types.get("e2e_hist"), Some(&[fh].into()), "{types:?}");
+    assert_eq!(types.get("e2e_hist"), Some(&[ih].into()), "{types:?}");
     assert_eq!(types.get("e2e_fhist"), Some(&[fh].into()), "{types:?}");
     assert_eq!(types.get("e2e_counter"), Some(&[xor].into()), "{types:?}");
 
