@@ -15,10 +15,10 @@ use std::time::Duration;
 use common::start_querier;
 use futures::Stream;
 use norn_model::{Histogram, Labels, Span};
-use norn_storeapi::thanos::info::info_server::{Info, InfoServer};
+use norn_storeapi::thanos::info::info_server::Info;
 use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo};
 use norn_storeapi::thanos::store_client::StoreClient;
-use norn_storeapi::thanos::store_server::{Store, StoreServer};
+use norn_storeapi::thanos::store_server::Store;
 use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, PartialResponseStrategy,
     SeriesRequest, SeriesResponse, ZLabelSet, series_response,
@@ -95,17 +95,7 @@ impl Info for RawStore {
 }
 
 async fn serve(store: RawStore, stop: CancellationToken) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(StoreServer::new(store.clone()))
-            .add_service(InfoServer::new(store))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(l), stop.cancelled_owned())
-            .await
-            .unwrap();
-    });
-    addr.to_string()
+    common::serve_store(store, stop).await.to_string()
 }
 
 /// Chunks of `samples` as a store cuts them (120 samples each), with distinct hashes so

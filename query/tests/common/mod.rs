@@ -159,8 +159,8 @@ impl Info for FakeStore {
     }
 }
 
-/// Serves `store` on a loopback port until `stop` is cancelled.
-pub async fn serve_store(store: FakeStore, stop: CancellationToken) -> SocketAddr {
+/// Serves `store` (Store and Info) on a loopback port until `stop` is cancelled.
+pub async fn serve_store<S: Store + Info + Clone>(store: S, stop: CancellationToken) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
