@@ -4,7 +4,7 @@
 //! write succeeds when every series reached the write quorum.
 //!
 //! Unlike Thanos, a successful write is answered only once every replica has answered
-//! too (or the forward timeout has passed): see [`Router::write`].
+//! too (or a bounded wait has passed): see [`Router::write`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -43,6 +43,12 @@ struct Peer {
 /// Shortest interval between two warnings about lagging replicas: with a peer down,
 /// every request would log one.
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest a successful write waits for its lagging replicas (counted from the forwards'
+/// start, and never beyond the forward timeout). Healthy replicas answer within
+/// milliseconds of each other; a peer that hangs with its connection open must not hold
+/// every write for the whole forward timeout.
+const MAX_REPLICA_WAIT: Duration = Duration::from_secs(1);
 
 /// gRPC connections to peers, with a backoff for peers that answered `Unavailable`.
 #[derive(Debug)]
@@ -214,7 +220,8 @@ impl Router {
     /// A fresh request is sent to all replicas at once. Once the outcome is a failure
     /// (some series can no longer reach the write quorum) it is answered at once. Once
     /// it is a success, the answer still waits for the replicas that are running until
-    /// all have answered or the forward timeout has passed since the forwards started;
+    /// all have answered or [`MAX_REPLICA_WAIT`] (at most the forward timeout) has passed
+    /// since the forwards started;
     /// their failures are then logged and counted
     /// (`norn_receive_replica_failures_total`), not returned.
     ///
@@ -224,8 +231,8 @@ impl Router {
     /// then have that batch reach the lagging replica first, which drops the late
     /// batch's samples as out of order: replicas drift apart. Waiting keeps them equal,
     /// so a querier's deduplication can rely on identical replica chunks. A peer that is
-    /// down fails fast and costs nothing; a slow one costs latency, bounded by the
-    /// forward timeout.
+    /// down fails fast and costs nothing; a slow or hung one costs latency, bounded by
+    /// [`MAX_REPLICA_WAIT`].
     pub async fn write(self: &Arc<Self>, batch: Batch, replica: i64) -> Result<(), WriteError> {
         if replica < 0 || replica as usize > self.rf {
             return Err(WriteError::BadRequest(format!(
@@ -275,8 +282,8 @@ impl Router {
             }
         }
 
-        // The forward timeout counts from here, for the wait after quorum.
-        let deadline = tokio::time::Instant::now() + self.peers.timeout;
+        // The wait after quorum counts from here.
+        let deadline = tokio::time::Instant::now() + self.peers.timeout.min(MAX_REPLICA_WAIT);
         let mut running = usize::from(!local_idx.is_empty()) + remote.len();
         let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
         if !local_idx.is_empty() {
@@ -291,7 +298,7 @@ impl Router {
             let (me, b, tx) = (self.clone(), batch.clone(), tx.clone());
             let idx = Arc::new(idx);
             // Spawned, so a forward still running when a failure is answered, or at the
-            // forward timeout, still completes (within its own timeout).
+            // end of the wait after quorum, still completes (within its own timeout).
             tokio::spawn(async move {
                 let ts: Vec<TimeSeries> = idx.iter().map(|&i| b.series[i].clone()).collect();
                 let start = Instant::now();
@@ -414,9 +421,9 @@ impl Router {
                     tenant,
                     series,
                     replicas = running,
-                    timeout = ?self.peers.timeout,
+                    waited = ?self.peers.timeout.min(MAX_REPLICA_WAIT),
                     suppressed,
-                    "replica writes still running at the forward timeout in a write that reached quorum; answered"
+                    "replica writes still running at the end of the wait in a write that reached quorum; answered"
                 ),
             }
         }
@@ -582,6 +589,21 @@ mod tests {
         // deadline or by the wait's end, which come at the same time.
         let lag = failures(&r, "error") + failures(&r, "timeout");
         assert!((1..=3).contains(&lag), "{lag}");
+    }
+
+    /// With a forward timeout longer than the test's bound, a hung replica still lets the
+    /// write succeed: the wait after quorum is capped by [`MAX_REPLICA_WAIT`], not by the
+    /// forward timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wait_for_a_hung_replica_is_capped_below_a_long_forward_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fast, fast_got) = start_peer(Answer::After(Duration::ZERO)).await;
+        let (hung, _) = start_peer(Answer::Never).await;
+        let r = router(dir.path(), [&fast, &hung], Duration::from_secs(600));
+        bounded(&r, batch(0)).await.unwrap();
+        assert_eq!(samples(&fast_got).len(), 4);
+        // The hung peer holds one request per replica number it was given.
+        assert!(failures(&r, "timeout") >= 1);
     }
 
     /// A down peer fails fast: the write succeeds with the other two and its failure
