@@ -18,6 +18,12 @@
 //! switch each replica whose current float value is below the last value returned is
 //! raised by the difference, for the rest of the series.
 //!
+//! A replica series whose whole message is byte-identical to the series its group is
+//! built from (stripped replica labels, same chunks: healthy replicas) carries nothing the
+//! group lacks and is dropped without being parsed; endpoints other than the first send
+//! their series unparsed for that ([`crate::seriesview::decode_response_lazy`]), and the
+//! merge parses a series only when its bytes differ.
+//!
 //! Before any decoding, a replica's chunks that are byte-identical to a chunk of an earlier
 //! replica (same time range and data) are dropped, as Thanos drops chunks with equal
 //! hashes: replicas fed the same samples usually cut identical chunks, so RF=3 decodes
@@ -105,9 +111,68 @@ pub fn check_labels(s: &SeriesView, rl: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// What the merge does to every series it reads: the selection's time range (chunks
+/// outside it are dropped) and sample limit, counted over all endpoints, replicas included.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Start of the selection (ms).
+    pub mint: i64,
+    /// End of the selection (ms, inclusive).
+    pub maxt: i64,
+    /// Most samples the selection may decode; 0 means no limit.
+    pub max_samples: usize,
+}
+
+impl Limits {
+    /// No range, no limit.
+    pub const NONE: Limits = Limits { mint: i64::MIN, maxt: i64::MAX, max_samples: 0 };
+}
+
+/// Why a merge failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    /// A series did not decode or check out (the message names the endpoint).
+    #[error("{0}")]
+    Invalid(String),
+    /// The selection's series hold more samples than [`Limits::max_samples`].
+    #[error("too many samples")]
+    TooManySamples,
+}
+
+impl From<String> for MergeError {
+    fn from(s: String) -> Self {
+        MergeError::Invalid(s)
+    }
+}
+
+/// Samples a chunk's header announces (all encodings start with a BE16 count).
+pub fn header_count(data: &[u8]) -> usize {
+    if data.len() >= 2 { usize::from(u16::from_be_bytes([data[0], data[1]])) } else { 0 }
+}
+
+/// Makes a received series ready for the merge: parsed, labels checked (see
+/// [`check_labels`]), chunks outside `[mint, maxt]` dropped, and the samples the rest
+/// announce counted into `samples` (returned). `from` names the endpoint in errors.
+pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -> Result<usize, String> {
+    s.parse().map_err(|e| format!("{from}: {e}"))?;
+    check_labels(s, rl).map_err(|e| format!("{from}: {e}"))?;
+    let mut n = 0usize;
+    s.chunks.retain(|ch| {
+        let keep = ch.max_time >= limits.mint && ch.min_time <= limits.maxt;
+        if keep && let Some(raw) = &ch.raw {
+            n += header_count(&raw.data);
+        }
+        keep
+    });
+    s.samples = n;
+    Ok(n)
+}
+
 /// One endpoint's series, in the frames they arrived in (not copied into one list).
 #[derive(Debug, Default)]
 pub struct Source {
+    /// The endpoint, for errors.
+    pub name: String,
     /// Series as received, batch by batch, normally in [`cmp_series`] order (the merge
     /// sorts them when they are not).
     pub batches: Vec<Vec<SeriesView>>,
@@ -127,7 +192,7 @@ type Cursor = (usize, usize);
 impl Source {
     /// A source of one list of series.
     pub fn new(series: Vec<SeriesView>, stripped: bool) -> Self {
-        Source { batches: vec![series], stripped, identity: Vec::new() }
+        Source { batches: vec![series], stripped, ..Default::default() }
     }
 
     /// The first position at or after `(b, i)` holding a series.
@@ -142,11 +207,35 @@ impl Source {
         self.batches.get(b).and_then(|l| l.get(i))
     }
 
-    /// Sorts the series into [`cmp_series`] order (one batch).
-    fn sort(&mut self, rl: &[String]) {
+    /// The series at `at`, parsed and prepared (see [`prepare`]) if it was not.
+    fn prepare_at(&mut self, (b, i): Cursor, rl: &[String], limits: &Limits) -> Result<(), String> {
+        match self.batches.get_mut(b).and_then(|l| l.get_mut(i)) {
+            Some(s) if !s.is_parsed() => prepare(s, rl, limits, &self.name).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sorts the series into [`cmp_series`] order (one batch), preparing them first.
+    fn sort(&mut self, rl: &[String], limits: &Limits) -> Result<(), String> {
         let mut all: Vec<SeriesView> = std::mem::take(&mut self.batches).into_iter().flatten().collect();
+        for s in all.iter_mut().filter(|s| !s.is_parsed()) {
+            prepare(s, rl, limits, &self.name)?;
+        }
         all.sort_by(|a, b| cmp_series(a, b, rl));
         self.batches = vec![all];
+        Ok(())
+    }
+}
+
+/// Whether the series at `a` and `b` came as byte-identical messages (so have equal labels
+/// and chunks, parsed or not).
+fn same_message(sources: &[Source], (sa, ca): (usize, Cursor), (sb, cb): (usize, Cursor)) -> bool {
+    match (
+        sources[sa].at(ca).and_then(SeriesView::message_bytes),
+        sources[sb].at(cb).and_then(SeriesView::message_bytes),
+    ) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
     }
 }
 
@@ -231,7 +320,19 @@ pub fn merge_and_dedup(
     counter: bool,
     decode: &Decoder<'_>,
 ) -> Result<Vec<(Labels, Samples)>, String> {
-    merge_groups(sources, rl, &mut |group, sources| flush_group(group, sources, rl, counter, decode))
+    merge_and_dedup_within(sources, rl, counter, decode, &Limits::NONE).map_err(|e| e.to_string())
+}
+
+/// [`merge_and_dedup`] of a selection: unparsed series are prepared with `limits`, and the
+/// samples of all series read (replicas included) are held to its sample limit.
+pub fn merge_and_dedup_within(
+    sources: Vec<Source>,
+    rl: &[String],
+    counter: bool,
+    decode: &Decoder<'_>,
+    limits: &Limits,
+) -> Result<Vec<(Labels, Samples)>, MergeError> {
+    merge_groups(sources, rl, limits, &mut |group, sources| flush_group(group, sources, rl, counter, decode))
 }
 
 /// A merged series with its endpoints' chunks as received: sorted by time range, without
@@ -244,7 +345,12 @@ pub type RawSeries = (Labels, Vec<WireChunk>);
 /// identical chunks dropped. Chunks are passed on unchanged (no decoding); chunks without
 /// raw data are dropped (the querier reads raw data only). Series without chunks are kept.
 pub fn merge_raw(sources: Vec<Source>) -> Result<Vec<RawSeries>, String> {
-    merge_groups(sources, &[], &mut |group, _| {
+    merge_raw_within(sources, &Limits::NONE).map_err(|e| e.to_string())
+}
+
+/// [`merge_raw`] of a selection (see [`merge_and_dedup_within`] for `limits`).
+pub fn merge_raw_within(sources: Vec<Source>, limits: &Limits) -> Result<Vec<RawSeries>, MergeError> {
+    merge_groups(sources, &[], limits, &mut |group, _| {
         // Checked sorted and unique by `check_labels` when received.
         let labels = Labels::from_sorted_unchecked_iter(group[0].1.labels());
         let mut chunks: Vec<&WireChunk> = group.iter().flat_map(|(_, s)| s.chunks.iter()).collect();
@@ -267,37 +373,66 @@ type Flush<'f, T> = dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, S
 /// The k-way merge shared by [`merge_and_dedup`] and [`merge_raw`]: `flush` turns each group
 /// of series with equal labels without `rl` (from all sources, in replica label order) into
 /// one output. Sources out of [`cmp_series`] order are sorted first.
-fn merge_groups<T>(mut sources: Vec<Source>, rl: &[String], flush: &mut Flush<'_, T>) -> Result<Vec<T>, String> {
+fn merge_groups<T>(
+    mut sources: Vec<Source>,
+    rl: &[String],
+    limits: &Limits,
+    flush: &mut Flush<'_, T>,
+) -> Result<Vec<T>, MergeError> {
     // Stores send series sorted, which is the merge order unless a replica label sorts
     // before another label and differs within a source: checked on the way, not up front.
     loop {
-        match merge_sorted(&sources, rl, flush)? {
+        match merge_sorted(&mut sources, rl, limits, flush)? {
             Ok(out) => return Ok(out),
-            Err(Unsorted(src)) => sources[src].sort(rl),
+            Err(Unsorted(src)) => sources[src].sort(rl, limits)?,
         }
     }
 }
 
 /// [`merge_groups`] of sources in order; `Err(Unsorted)` names a source that is not.
+///
+/// A series is parsed only when its labels must be read: the series a group is built from,
+/// and series whose message differs from it. A series whose message equals that one's is a
+/// copy (a healthy replica with stripped replica labels) and is dropped unread: its chunks
+/// would all be dropped as identical anyway. Its samples still count against the limit.
 fn merge_sorted<T>(
-    sources: &[Source],
+    sources: &mut [Source],
     rl: &[String],
+    limits: &Limits,
     flush: &mut Flush<'_, T>,
-) -> Result<Result<Vec<T>, Unsorted>, String> {
+) -> Result<Result<Vec<T>, Unsorted>, MergeError> {
     let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
     let mut out: Vec<T> = Vec::new();
     let mut members: Vec<usize> = Vec::with_capacity(sources.len());
-    let mut group: Vec<(usize, &SeriesView)> = Vec::new();
+    // The group's series: (source, position, whether it is a copy of the group's first).
+    let mut entries: Vec<(usize, Cursor, bool)> = Vec::new();
+    // Its allocation outlives each group's borrows of `sources` (see `recycle`).
+    let mut spare: Vec<(usize, &SeriesView)> = Vec::new();
+    let mut total = 0usize;
     loop {
         // The smallest key among the sources' next series, and the sources that have it:
         // a group at a time, so a replica (equal key) costs one comparison.
         members.clear();
-        let mut min: Option<&SeriesView> = None;
-        for (src, s) in sources.iter().enumerate() {
-            let Some(v) = s.at(pos[src]) else { continue };
-            match min.map_or(Ordering::Less, |m| key_of(v, rl).cmp(key_of(m, rl))) {
+        let mut min: Option<usize> = None;
+        for src in 0..sources.len() {
+            if sources[src].at(pos[src]).is_none() {
+                continue;
+            }
+            let ord = match min {
+                None => Ordering::Less,
+                Some(m) if same_message(sources, (src, pos[src]), (m, pos[m])) => Ordering::Equal,
+                Some(m) => {
+                    sources[src].prepare_at(pos[src], rl, limits)?;
+                    sources[m].prepare_at(pos[m], rl, limits)?;
+                    let (Some(v), Some(mv)) = (sources[src].at(pos[src]), sources[m].at(pos[m])) else {
+                        continue;
+                    };
+                    key_of(v, rl).cmp(key_of(mv, rl))
+                }
+            };
+            match ord {
                 Ordering::Less => {
-                    min = Some(v);
+                    min = Some(src);
                     members.clear();
                     members.push(src);
                 }
@@ -305,22 +440,49 @@ fn merge_sorted<T>(
                 Ordering::Greater => {}
             }
         }
-        if min.is_none() {
+        let Some(first) = min else {
             return Ok(Ok(out));
-        }
-        group.clear();
+        };
+        // The series the group is built from: always read.
+        sources[first].prepare_at(pos[first], rl, limits)?;
+        let head = (first, pos[first]);
+        entries.clear();
         for &src in &members {
             // The source's series with this key: pieces of one series, or its replicas.
-            let s = &sources[src];
-            while let Some(v) = s.at(pos[src]) {
-                group.push((src, v));
-                pos[src] = s.settle((pos[src].0, pos[src].1 + 1));
-                match s.at(pos[src]).map(|next| key_of(next, rl).cmp(key_of(v, rl))) {
-                    Some(Ordering::Equal) => {}
-                    Some(Ordering::Less) => return Ok(Err(Unsorted(src))),
-                    Some(Ordering::Greater) | None => break,
+            let mut at = pos[src];
+            loop {
+                let copy = (src, at) != head && same_message(sources, (src, at), head);
+                entries.push((src, at, copy));
+                let next = sources[src].settle((at.0, at.1 + 1));
+                at = next;
+                if sources[src].at(next).is_none() {
+                    break;
+                }
+                if same_message(sources, (src, next), head) {
+                    continue;
+                }
+                sources[src].prepare_at(next, rl, limits)?;
+                let (Some(n), Some(h)) = (sources[src].at(next), sources[head.0].at(head.1)) else { break };
+                match key_of(n, rl).cmp(key_of(h, rl)) {
+                    Ordering::Equal => {}
+                    Ordering::Less => return Ok(Err(Unsorted(src))),
+                    Ordering::Greater => break,
                 }
             }
+            pos[src] = at;
+        }
+        // Unread copies count what the series they copy counts.
+        let head_samples = sources[head.0].at(head.1).map_or(0, |s| s.samples);
+        let mut group = recycle(std::mem::take(&mut spare));
+        for &(src, at, copy) in &entries {
+            let Some(s) = sources[src].at(at) else { continue };
+            total += if copy { head_samples } else { s.samples };
+            if !copy {
+                group.push((src, s));
+            }
+        }
+        if limits.max_samples > 0 && total > limits.max_samples {
+            return Err(MergeError::TooManySamples);
         }
         // Replica label order; among equal ones, sources in endpoint order (a stable sort).
         if group.len() > 1 && !rl.is_empty() && !group.is_sorted_by(|a, b| replica_of(a.1, rl).le(replica_of(b.1, rl)))
@@ -328,7 +490,18 @@ fn merge_sorted<T>(
             group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
         }
         out.push(flush(&group, sources)?);
+        spare = recycle(group);
     }
+}
+
+/// An emptied vector of series references with another lifetime, keeping its allocation
+/// (collecting an empty `into_iter` of a same-layout type reuses the buffer).
+fn recycle<'b>(mut v: Vec<(usize, &SeriesView)>) -> Vec<(usize, &'b SeriesView)> {
+    v.clear();
+    // `filter_map`, not `filter`: the item type changes (its lifetime), so the vector is
+    // rebuilt in place rather than returned.
+    #[allow(clippy::unnecessary_filter_map)]
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// Deduplicates replicas (each ascending by time, in replica order) as Thanos's chained
@@ -957,6 +1130,7 @@ mod tests {
             ],
             stripped: false,
             identity: Vec::new(),
+            ..Default::default()
         };
         let s1 = Source {
             batches: vec![
@@ -965,6 +1139,7 @@ mod tests {
             ],
             stripped: false,
             identity: Vec::new(),
+            ..Default::default()
         };
         let got = merge_and_dedup(vec![s0, s1], &rl, false, &fake_decode).unwrap();
         let want = [r#"{__name__="m", zone="a"}"#, r#"{__name__="m", zone="b"}"#, r#"{__name__="m", zone="c"}"#];
@@ -1011,5 +1186,116 @@ mod tests {
             let got = check_labels(&view(&labels, vec![]), &rl).err();
             assert_eq!(got.as_deref(), want, "{labels:?}");
         }
+    }
+
+    /// A series as an endpoint sends it, left unparsed (as the fan-out reads every endpoint
+    /// but the first).
+    fn lazy(l: &[(&str, &str)], chunks: Vec<thanos::AggrChunk>) -> SeriesView {
+        use prost::Message;
+        let labels = l.iter().map(|(n, v)| thanos::Label { name: n.to_string(), value: v.to_string() }).collect();
+        let m = thanos::SeriesResponse {
+            result: Some(thanos::series_response::Result::Series(thanos::Series { labels, chunks })),
+        };
+        match crate::seriesview::decode_response_lazy(bytes::Bytes::from(m.encode_to_vec())) {
+            Ok(crate::seriesview::SeriesFrame::Series(v)) => v,
+            other => panic!("a series encodes to a series frame, got {other:?}"),
+        }
+    }
+
+    fn stripped(series: Vec<SeriesView>, name: &str) -> Source {
+        Source { name: name.into(), ..Source::new(series, true) }
+    }
+
+    proptest::proptest! {
+        /// Copies skipped unread change nothing: three stripped replicas, each series present
+        /// or not and with its own or the shared chunks, merge to what fully parsed sources
+        /// merge to, with or without dedup, and through the pass-through merge.
+        #[test]
+        fn unread_copies_change_nothing(
+            layout in proptest::collection::vec((0u8..8, 0u8..8, 0u8..3), 1..12),
+            counter in proptest::bool::ANY,
+        ) {
+            let rl = vec!["replica".to_string()];
+            // Per series: which replicas hold it (bits), which hold their own chunks (bits),
+            // and how many chunks.
+            let build = |r: usize, parsed: bool| -> Vec<SeriesView> {
+                layout
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (present, _, _))| present & (1 << r) != 0)
+                    .map(|(i, (_, own, n))| {
+                        let name = format!("s{i:02}");
+                        let shift = if own & (1 << r) != 0 { r as i64 * 7 + 1 } else { 0 };
+                        let chunks =
+                            (0..=*n as i64).map(|c| fake_chunk(&[c * 100 + shift, c * 100 + 50 + shift])).collect();
+                        let labels = [("__name__", name.as_str())];
+                        if parsed { view(&labels, chunks) } else { lazy(&labels, chunks) }
+                    })
+                    .collect()
+            };
+            let sources = |parsed: bool| -> Vec<Source> {
+                (0..3).map(|r| stripped(build(r, parsed || r == 0), &format!("r{r}"))).collect()
+            };
+            let eager = merge_and_dedup(sources(true), &rl, counter, &fake_decode).unwrap();
+            let got = merge_and_dedup(sources(false), &rl, counter, &fake_decode).unwrap();
+            proptest::prop_assert_eq!(names(&got), names(&eager));
+            proptest::prop_assert_eq!(
+                got.iter().map(|(_, s)| times(s)).collect::<Vec<_>>(),
+                eager.iter().map(|(_, s)| times(s)).collect::<Vec<_>>()
+            );
+            let raw_eager = merge_raw(sources(true)).unwrap();
+            let raw_got = merge_raw(sources(false)).unwrap();
+            proptest::prop_assert_eq!(raw_got, raw_eager);
+        }
+    }
+
+    #[test]
+    fn copies_count_against_the_sample_limit_and_others_are_checked() {
+        let rl = vec!["replica".to_string()];
+        // Two samples per copy (fake chunks have no sample count header: give them one).
+        let counted = |ts: &[i64]| {
+            let mut c = fake_chunk(ts);
+            let raw = c.raw.as_mut().unwrap();
+            raw.data.splice(0..0, (ts.len() as u16).to_be_bytes());
+            c
+        };
+        let decode = |_: &[&WireChunk]| -> Result<Samples, String> { Ok(fl(&[1, 2])) };
+        let three = || {
+            (0..3)
+                .map(|r| {
+                    let s = lazy(&[("__name__", "a")], vec![counted(&[1, 2])]);
+                    let s = if r == 0 {
+                        let mut s = s;
+                        prepare(&mut s, &rl, &Limits::NONE, "r0").unwrap();
+                        s
+                    } else {
+                        s
+                    };
+                    stripped(vec![s], &format!("r{r}"))
+                })
+                .collect::<Vec<_>>()
+        };
+        // (limit, whether the merge fails): 3 copies of 2 samples are 6.
+        for (max_samples, fails) in [(0, false), (6, false), (5, true), (2, true)] {
+            let limits = Limits { max_samples, ..Limits::NONE };
+            let got = merge_and_dedup_within(three(), &rl, false, &decode, &limits);
+            assert_eq!(got.is_err(), fails, "limit {max_samples}: {got:?}");
+            if fails {
+                assert_eq!(got.unwrap_err(), MergeError::TooManySamples);
+            }
+        }
+        // A series that is no copy is read and checked, and its endpoint named.
+        let mut sources = three();
+        sources[2].batches[0][0] = lazy(&[("__name__", "a"), ("job", "")], vec![counted(&[1, 2])]);
+        let err = merge_and_dedup_within(sources, &rl, false, &decode, &Limits::NONE).unwrap_err();
+        assert_eq!(err, MergeError::Invalid(r#"r2: empty value for label "job""#.into()));
+        // Chunks outside the selection are dropped from series read in the merge too.
+        let limits = Limits { mint: 1000, maxt: 2000, max_samples: 0 };
+        let mut sources = three();
+        sources[1].batches[0][0] = lazy(&[("__name__", "a"), ("job", "x")], vec![counted(&[1, 2])]);
+        let got = merge_raw_within(sources, &limits).unwrap();
+        let chunks: Vec<usize> = got.iter().map(|(_, c)| c.len()).collect();
+        // r0 was prepared without the range (all kept), r1's chunk is outside it, r2 is r0's copy.
+        assert_eq!(chunks, vec![1, 0]);
     }
 }

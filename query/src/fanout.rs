@@ -12,7 +12,10 @@ use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::dedup::{RawSeries, Source, check_labels, is_counter_func, merge_and_dedup, merge_raw};
+use crate::dedup::{
+    Limits, MergeError, RawSeries, Source, header_count, is_counter_func, merge_and_dedup_within, merge_raw_within,
+    prepare,
+};
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
 
@@ -90,11 +93,6 @@ fn client(ep: &EndpointState) -> StoreClient<tonic::transport::Channel> {
     StoreClient::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Samples a chunk's header announces (all encodings start with a BE16 count).
-fn header_count(data: &[u8]) -> usize {
-    if data.len() >= 2 { usize::from(u16::from_be_bytes([data[0], data[1]])) } else { 0 }
-}
-
 /// Decodes one wire chunk (float or native histogram), keeping samples in `[mint, maxt]`.
 fn decode_chunk(c: &WireChunk, mint: i64, maxt: i64, out: &mut Vec<(i64, StoredValue)>) -> Result<(), String> {
     let Some(raw) = &c.raw else { return Ok(()) };
@@ -136,13 +134,18 @@ fn normalize(samples: &mut Vec<(i64, StoredValue)>) {
 
 struct SeriesCall {
     req: SeriesRequest,
-    /// Samples decoded so far by all endpoints of this selection.
-    decoded: std::sync::atomic::AtomicUsize,
-    max_samples: usize,
     tenant: Option<String>,
     replica_labels: Vec<String>,
-    mint: i64,
-    maxt: i64,
+    limits: Limits,
+}
+
+impl From<MergeError> for FanoutError {
+    fn from(e: MergeError) -> Self {
+        match e {
+            MergeError::Invalid(m) => FanoutError::Endpoint(m),
+            MergeError::TooManySamples => FanoutError::TooManySamples,
+        }
+    }
 }
 
 enum FetchError {
@@ -156,9 +159,15 @@ impl From<String> for FetchError {
     }
 }
 
-/// Streams one endpoint's answer: its series as received (chunks outside the selection's
-/// range dropped), and its warnings.
-async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(Source, Vec<String>), FetchError> {
+/// Streams one endpoint's answer: its series as received and its warnings. Unless `lazy`,
+/// series are prepared for the merge as they arrive ([`prepare`]: parsed, checked, chunks
+/// outside the selection's range dropped); lazy ones are left for the merge, which reads
+/// only those that are not copies of another endpoint's.
+async fn fetch_series(
+    ep: Arc<EndpointState>,
+    call: Arc<SeriesCall>,
+    lazy: bool,
+) -> Result<(Source, Vec<String>), FetchError> {
     // An endpoint that can strip the replica labels does (as Thanos asks its stores to):
     // fewer bytes to send and compare. Its series are then told apart by where they came
     // from rather than by their replica labels.
@@ -188,7 +197,7 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
     grpc.ready().await.map_err(|e| format!("receive series from {}: service was not ready: {e}", ep.addr))?;
     let path = axum::http::uri::PathAndQuery::from_static("/thanos.Store/Series");
     let mut stream = grpc
-        .server_streaming(with_tenant(req, &call.tenant), path, SeriesViewCodec)
+        .server_streaming(with_tenant(req, &call.tenant), path, SeriesViewCodec { lazy })
         .await
         .map_err(|s| status_msg(&ep.addr, &s))?
         .into_inner();
@@ -196,21 +205,17 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
     let mut batches: Vec<Vec<SeriesView>> = Vec::new();
     let mut warnings = Vec::new();
     let rl = &call.replica_labels;
+    let limits = &call.limits;
     // No label set is built here: series stay views until the merge, which builds one per
-    // group of replicas.
-    let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
-        check_labels(s, rl).map_err(|e| format!("{}: {e}", ep.addr))?;
-        // The limit is checked on the chunk headers' sample counts, before decoding.
-        let mut added = 0usize;
-        s.chunks.retain(|ch| {
-            let keep = ch.max_time >= call.mint && ch.min_time <= call.maxt;
-            if keep && let Some(raw) = &ch.raw {
-                added += header_count(&raw.data);
-            }
-            keep
-        });
-        let total = call.decoded.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
-        if call.max_samples > 0 && total > call.max_samples {
+    // group of replicas. The merge holds all endpoints together to the sample limit; one
+    // endpoint over it on its own stops early.
+    let mut samples = 0usize;
+    let mut handle = |s: &mut SeriesView| -> Result<(), FetchError> {
+        if lazy {
+            return Ok(());
+        }
+        samples += prepare(s, rl, limits, &ep.addr)?;
+        if limits.max_samples > 0 && samples > limits.max_samples {
             return Err(FetchError::Limit);
         }
         Ok(())
@@ -236,7 +241,7 @@ async fn fetch_series(ep: Arc<EndpointState>, call: Arc<SeriesCall>) -> Result<(
             SeriesFrame::Hints | SeriesFrame::Empty => {}
         }
     }
-    Ok((Source { batches, stripped, identity: identity.unwrap_or_default() }, warnings))
+    Ok((Source { name: ep.addr.clone(), batches, stripped, identity: identity.unwrap_or_default() }, warnings))
 }
 
 /// Fans requests out to the endpoint set.
@@ -293,7 +298,7 @@ impl Fanout {
             ..Default::default()
         });
         let (sources, warnings, call) = self.fetch(opts, matchers, mint, maxt, skip_chunks, hints).await?;
-        let (mint, maxt) = (call.mint, call.maxt);
+        let (mint, maxt) = (call.limits.mint, call.limits.maxt);
         let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             // Chunk headers announce their sample counts: one allocation per series.
             let n = chunks.iter().filter_map(|c| c.raw.as_ref()).map(|r| header_count(&r.data)).sum();
@@ -305,7 +310,7 @@ impl Fanout {
             Ok(samples)
         };
         let counter = is_counter_func(func);
-        let series = merge_and_dedup(sources, &call.replica_labels, counter, &decode).map_err(FanoutError::Endpoint)?;
+        let series = merge_and_dedup_within(sources, &call.replica_labels, counter, &decode, &call.limits)?;
         Ok(Selection { series, warnings })
     }
 
@@ -323,8 +328,8 @@ impl Fanout {
         hints: Option<thanos::QueryHints>,
     ) -> Result<RawSelection, FanoutError> {
         let opts = QueryOptions { dedup: false, ..opts.clone() };
-        let (sources, warnings, _) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints).await?;
-        let series = merge_raw(sources).map_err(FanoutError::Endpoint)?;
+        let (sources, warnings, call) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints).await?;
+        let series = merge_raw_within(sources, &call.limits)?;
         Ok(RawSelection { series, warnings })
     }
 
@@ -359,17 +364,18 @@ impl Fanout {
                 query_hints,
                 ..Default::default()
             },
-            decoded: Default::default(),
-            max_samples: opts.max_samples,
             tenant: opts.tenant.clone(),
             replica_labels,
-            mint,
-            maxt,
+            limits: Limits { mint, maxt, max_samples: opts.max_samples },
         });
         let mut set = tokio::task::JoinSet::new();
         for (i, ep) in eps.into_iter().enumerate() {
             let call = call.clone();
-            set.spawn(async move { fetch_series(ep, call).await.map(|(s, w)| (i, s, w)) });
+            // The first endpoint's series are read as they arrive, in parallel with the
+            // streams; the others' are left for the merge, which skips the copies among them
+            // (replicas: RF=3 reads each series once, plus a comparison per copy).
+            let lazy = i > 0;
+            set.spawn(async move { fetch_series(ep, call, lazy).await.map(|(s, w)| (i, s, w)) });
         }
         // Sources in endpoint order, not in the order they finish: which replica comes first
         // decides ties in dedup, and the answer must not depend on timing.

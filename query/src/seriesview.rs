@@ -118,15 +118,54 @@ impl WireChunk {
 /// A series of a response. Labels are ranges of the received buffer rather than `Bytes`
 /// slices of their own: one reference count per series instead of two per label (the
 /// atomic counting showed in profiles).
+///
+/// A view decoded lazily ([`decode_response_lazy`]) holds only where its `Series` message is
+/// until [`SeriesView::parse`]: a replica whose bytes equal an already parsed series is then
+/// never parsed at all (see the merge in `dedup`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SeriesView {
     buf: Bytes,
+    /// The `Series` message in `buf`, when the series came in one piece (a response that
+    /// repeats its series field merges the pieces, and has no single message to compare).
+    raw: Option<std::ops::Range<usize>>,
+    /// Labels and chunks have been read from `raw`.
+    parsed: bool,
     labels: Vec<LabelRange>,
-    /// Chunks as sent.
+    /// Chunks as sent (empty until parsed).
     pub chunks: Vec<WireChunk>,
+    /// Samples the kept chunks' headers announce, set by whoever filters the chunks for a
+    /// selection (the merge counts them against the sample limit).
+    pub samples: usize,
 }
 
 impl SeriesView {
+    /// Reads labels and chunks from the series' bytes, once; checks what prost checks.
+    pub fn parse(&mut self) -> Result<(), ViewError> {
+        if self.parsed {
+            return Ok(());
+        }
+        let range = self.raw.clone().unwrap_or_default();
+        // Taken out for the call rather than cloned: no reference counting per series.
+        let buf = std::mem::take(&mut self.buf);
+        self.labels.reserve(8);
+        let res = series(&buf, range, self);
+        self.buf = buf;
+        res?;
+        self.parsed = true;
+        Ok(())
+    }
+
+    /// Whether labels and chunks have been read.
+    pub fn is_parsed(&self) -> bool {
+        self.parsed
+    }
+
+    /// The series' `Series` message as received, when it came in one piece: two series
+    /// with equal bytes have equal labels and chunks, parsed or not.
+    pub fn message_bytes(&self) -> Option<&[u8]> {
+        self.raw.as_ref().and_then(|r| self.buf.get(r.clone()))
+    }
+
     fn str_at(&self, r: &std::ops::Range<usize>) -> &str {
         // SAFETY: every range stored in `labels` was checked in bounds and UTF-8 when decoded
         // from `buf`, which is immutable.
@@ -135,6 +174,7 @@ impl SeriesView {
 
     /// Labels as sent, `(name, value)` (sortedness is checked by the caller).
     pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
+        debug_assert!(self.parsed, "labels of an unparsed series");
         self.labels.iter().map(|l| (self.str_at(&l.name), self.str_at(&l.value)))
     }
 
@@ -399,9 +439,27 @@ fn any_msg(root: &Bytes, range: std::ops::Range<usize>) -> Result<(), ViewError>
 /// seen twice merges into the earlier value when it is the same variant and replaces it
 /// otherwise, as prost does.
 pub fn decode_response(buf: Bytes) -> Result<SeriesFrame, ViewError> {
+    decode_frame(buf, false)
+}
+
+/// [`decode_response`] that leaves series unparsed: only the response's own structure is
+/// read and checked, each series' labels and chunks wait for [`SeriesView::parse`] (which
+/// reports what would have failed here).
+pub fn decode_response_lazy(buf: Bytes) -> Result<SeriesFrame, ViewError> {
+    decode_frame(buf, true)
+}
+
+fn decode_frame(buf: Bytes, lazy: bool) -> Result<SeriesFrame, ViewError> {
     let root = &buf;
-    // Room for a typical label set up front: one allocation instead of growing 4, 8, 16.
-    let new_series = || SeriesView { buf: buf.clone(), labels: Vec::with_capacity(8), chunks: Vec::new() };
+    let new_series = |range: std::ops::Range<usize>| SeriesView {
+        buf: buf.clone(),
+        raw: Some(range),
+        // Room for a typical label set up front: one allocation instead of growing 4, 8, 16.
+        labels: if lazy { Vec::new() } else { Vec::with_capacity(8) },
+        ..Default::default()
+    };
+    // A series read now, or left for later.
+    let read = |s: &mut SeriesView| -> Result<(), ViewError> { if lazy { Ok(()) } else { s.parse() } };
     let mut r = Reader::new(root, 0..buf.len(), "SeriesResponse");
     let mut out = SeriesFrame::Empty;
     while !r.done() {
@@ -409,11 +467,19 @@ pub fn decode_response(buf: Bytes) -> Result<SeriesFrame, ViewError> {
             (1, wt) => {
                 r.expect(1, wt, WT_LEN)?;
                 let b = r.bytes("series")?;
-                if !matches!(out, SeriesFrame::Series(_)) {
-                    out = SeriesFrame::Series(new_series());
-                }
-                if let SeriesFrame::Series(s) = &mut out {
-                    series(root, b, s)?;
+                match &mut out {
+                    SeriesFrame::Series(s) => {
+                        // The field again: prost merges it into the first, so both are read
+                        // now and the series has no single message any more.
+                        s.parse()?;
+                        series(root, b, s)?;
+                        s.raw = None;
+                    }
+                    _ => {
+                        let mut s = new_series(b);
+                        read(&mut s)?;
+                        out = SeriesFrame::Series(s);
+                    }
                 }
             }
             (2, wt) => {
@@ -439,8 +505,8 @@ pub fn decode_response(buf: Bytes) -> Result<SeriesFrame, ViewError> {
                         match br.key()? {
                             (1, wt) => {
                                 br.expect(1, wt, WT_LEN)?;
-                                let mut s = new_series();
-                                series(root, br.bytes("series")?, &mut s)?;
+                                let mut s = new_series(br.bytes("series")?);
+                                read(&mut s)?;
                                 list.push(s);
                             }
                             (f, wt) => br.skip(f, wt)?,
@@ -455,13 +521,18 @@ pub fn decode_response(buf: Bytes) -> Result<SeriesFrame, ViewError> {
 }
 
 /// The tonic codec of the querier's `Store/Series` calls: prost-encoded requests,
-/// [`SeriesFrame`] responses.
+/// [`SeriesFrame`] responses, their series parsed at once or left for later (`lazy`).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SeriesViewCodec;
+pub struct SeriesViewCodec {
+    /// Series are left unparsed ([`decode_response_lazy`]).
+    pub lazy: bool,
+}
 
 /// Decoder half of [`SeriesViewCodec`].
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SeriesViewDecoder;
+pub struct SeriesViewDecoder {
+    lazy: bool,
+}
 
 impl Decoder for SeriesViewDecoder {
     type Item = SeriesFrame;
@@ -470,7 +541,7 @@ impl Decoder for SeriesViewDecoder {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<SeriesFrame>, Status> {
         // Splits the frame off tonic's buffer without copying it.
         let buf = src.copy_to_bytes(src.remaining());
-        decode_response(buf).map(Some).map_err(|e| Status::internal(e.to_string()))
+        decode_frame(buf, self.lazy).map(Some).map_err(|e| Status::internal(e.to_string()))
     }
 }
 
@@ -485,7 +556,7 @@ impl Codec for SeriesViewCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        SeriesViewDecoder
+        SeriesViewDecoder { lazy: self.lazy }
     }
 }
 
@@ -571,6 +642,56 @@ mod tests {
             let b = m.encode_to_vec();
             let view = decode_response(Bytes::from(b.clone())).unwrap();
             prop_assert_eq!(to_proto(&view), prost_decode(&b).unwrap());
+        }
+
+        /// Lazily decoded series, parsed afterwards, are what an eager decode gives, and
+        /// keep their message bytes (unless merged from repeated fields).
+        #[test]
+        fn lazy_then_parsed_agrees_with_prost(a in arb_response(), b in arb_response(), twice in any::<bool>()) {
+            let mut buf = a.encode_to_vec();
+            if twice {
+                buf.extend(b.encode_to_vec());
+            }
+            let mut view = decode_response_lazy(Bytes::from(buf.clone())).unwrap();
+            let series: Vec<&mut SeriesView> = match &mut view {
+                SeriesFrame::Series(s) => vec![s],
+                SeriesFrame::Batch(b) => b.iter_mut().collect(),
+                _ => vec![],
+            };
+            for s in series {
+                if let Some(bytes) = s.message_bytes() {
+                    let alone = thanos::Series::decode(bytes).unwrap();
+                    s.parse().unwrap();
+                    prop_assert_eq!(&prost_decode(&SeriesResponse { result: Some(series_response::Result::Series(alone)) }.encode_to_vec()).unwrap(), &to_proto(&SeriesFrame::Series(s.clone())));
+                } else {
+                    prop_assert!(s.is_parsed());
+                }
+            }
+            prop_assert_eq!(to_proto(&view), prost_decode(&buf).unwrap());
+        }
+
+        /// Corrupted messages decoded lazily: no panic, and an error at parse time where the
+        /// eager decode fails inside a series.
+        #[test]
+        fn lazy_errors_surface_at_parse(m in arb_response(), at in any::<usize>(), byte in any::<u8>()) {
+            let mut b = m.encode_to_vec();
+            if !b.is_empty() {
+                let i = at % b.len();
+                b[i] = byte;
+            }
+            let eager = decode_response(Bytes::from(b.clone()));
+            let lazy = decode_response_lazy(Bytes::from(b.clone())).and_then(|mut f| {
+                match &mut f {
+                    SeriesFrame::Series(s) => s.parse()?,
+                    SeriesFrame::Batch(l) => l.iter_mut().try_for_each(SeriesView::parse)?,
+                    _ => {}
+                }
+                Ok(f)
+            });
+            prop_assert_eq!(eager.is_ok(), lazy.is_ok());
+            if let (Ok(e), Ok(l)) = (eager, lazy) {
+                prop_assert_eq!(to_proto(&e), to_proto(&l));
+            }
         }
 
         /// Two encoded messages back to back merge (same variant) or replace, as in prost.
