@@ -391,10 +391,12 @@ fn merge_groups<T>(
 
 /// [`merge_groups`] of sources in order; `Err(Unsorted)` names a source that is not.
 ///
-/// A series is parsed only when its labels must be read: the series a group is built from,
-/// and series whose message differs from it. A series whose message equals that one's is a
-/// copy (a healthy replica with stripped replica labels) and is dropped unread: its chunks
-/// would all be dropped as identical anyway. Its samples still count against the limit.
+/// A series is parsed only when its labels must be read: the first series of each key, and
+/// series whose message differs from the one before them in the merge. A series whose
+/// message equals its group's first is a copy (a healthy replica with stripped replica
+/// labels) and is dropped unread: its chunks would all be dropped as identical anyway. Its
+/// samples still count against the limit. So that a source's next series need not be read
+/// to know whether it continues the group, a group is flushed only when a larger key comes.
 fn merge_sorted<T>(
     sources: &mut [Source],
     rl: &[String],
@@ -404,14 +406,15 @@ fn merge_sorted<T>(
     let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
     let mut out: Vec<T> = Vec::new();
     let mut members: Vec<usize> = Vec::with_capacity(sources.len());
-    // The group's series: (source, position, whether it is a copy of the group's first).
+    // The open group: its first series, and its series (source, position, whether it is a
+    // copy of the first).
+    let mut head: Option<(usize, Cursor)> = None;
     let mut entries: Vec<(usize, Cursor, bool)> = Vec::new();
     // Its allocation outlives each group's borrows of `sources` (see `recycle`).
     let mut spare: Vec<(usize, &SeriesView)> = Vec::new();
     let mut total = 0usize;
     loop {
-        // The smallest key among the sources' next series, and the sources that have it:
-        // a group at a time, so a replica (equal key) costs one comparison.
+        // The smallest key among the sources' next series, and the sources that have it.
         members.clear();
         let mut min: Option<usize> = None;
         for src in 0..sources.len() {
@@ -440,57 +443,69 @@ fn merge_sorted<T>(
                 Ordering::Greater => {}
             }
         }
-        let Some(first) = min else {
+        // Does the smallest key continue the open group, or start the next one?
+        let next = match min {
+            None => None,
+            Some(first) => {
+                sources[first].prepare_at(pos[first], rl, limits)?;
+                Some((first, pos[first]))
+            }
+        };
+        let continues = match (next, head) {
+            (Some(n), Some(h)) if same_message(sources, n, h) => true,
+            (Some(n), Some(h)) => {
+                let (Some(nv), Some(hv)) = (sources[n.0].at(n.1), sources[h.0].at(h.1)) else {
+                    return Err(MergeError::Invalid("merge lost its place".into()));
+                };
+                match key_of(nv, rl).cmp(key_of(hv, rl)) {
+                    Ordering::Equal => true,
+                    // Keys only grow while every source is in order: this one is not.
+                    Ordering::Less => return Ok(Err(Unsorted(n.0))),
+                    Ordering::Greater => false,
+                }
+            }
+            _ => false,
+        };
+        if !continues && let Some(h) = head {
+            // Unread copies count what the series they copy counts.
+            let head_samples = sources[h.0].at(h.1).map_or(0, |s| s.samples);
+            // Source by source (pieces of a series stay together), endpoints in order.
+            entries.sort_by_key(|e| e.0);
+            let mut group = recycle(std::mem::take(&mut spare));
+            for &(src, at, copy) in &entries {
+                let Some(s) = sources[src].at(at) else { continue };
+                total += if copy { head_samples } else { s.samples };
+                if !copy {
+                    group.push((src, s));
+                }
+            }
+            if limits.max_samples > 0 && total > limits.max_samples {
+                return Err(MergeError::TooManySamples);
+            }
+            // Replica label order; among equal ones, sources in endpoint order (a stable sort).
+            if group.len() > 1
+                && !rl.is_empty()
+                && !group.is_sorted_by(|a, b| replica_of(a.1, rl).le(replica_of(b.1, rl)))
+            {
+                group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
+            }
+            out.push(flush(&group, sources)?);
+            spare = recycle(group);
+            entries.clear();
+        }
+        let Some(n) = next else {
             return Ok(Ok(out));
         };
-        // The series the group is built from: always read.
-        sources[first].prepare_at(pos[first], rl, limits)?;
-        let head = (first, pos[first]);
-        entries.clear();
+        if !continues {
+            head = Some(n);
+        }
+        let h = head.unwrap_or(n);
         for &src in &members {
-            // The source's series with this key: pieces of one series, or its replicas.
-            let mut at = pos[src];
-            loop {
-                let copy = (src, at) != head && same_message(sources, (src, at), head);
-                entries.push((src, at, copy));
-                let next = sources[src].settle((at.0, at.1 + 1));
-                at = next;
-                if sources[src].at(next).is_none() {
-                    break;
-                }
-                if same_message(sources, (src, next), head) {
-                    continue;
-                }
-                sources[src].prepare_at(next, rl, limits)?;
-                let (Some(n), Some(h)) = (sources[src].at(next), sources[head.0].at(head.1)) else { break };
-                match key_of(n, rl).cmp(key_of(h, rl)) {
-                    Ordering::Equal => {}
-                    Ordering::Less => return Ok(Err(Unsorted(src))),
-                    Ordering::Greater => break,
-                }
-            }
-            pos[src] = at;
+            let at = pos[src];
+            let copy = (src, at) != h && same_message(sources, (src, at), h);
+            entries.push((src, at, copy));
+            pos[src] = sources[src].settle((at.0, at.1 + 1));
         }
-        // Unread copies count what the series they copy counts.
-        let head_samples = sources[head.0].at(head.1).map_or(0, |s| s.samples);
-        let mut group = recycle(std::mem::take(&mut spare));
-        for &(src, at, copy) in &entries {
-            let Some(s) = sources[src].at(at) else { continue };
-            total += if copy { head_samples } else { s.samples };
-            if !copy {
-                group.push((src, s));
-            }
-        }
-        if limits.max_samples > 0 && total > limits.max_samples {
-            return Err(MergeError::TooManySamples);
-        }
-        // Replica label order; among equal ones, sources in endpoint order (a stable sort).
-        if group.len() > 1 && !rl.is_empty() && !group.is_sorted_by(|a, b| replica_of(a.1, rl).le(replica_of(b.1, rl)))
-        {
-            group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
-        }
-        out.push(flush(&group, sources)?);
-        spare = recycle(group);
     }
 }
 
