@@ -446,7 +446,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // File name, contents, and the targets or a part of the error.
         type Case<'a> = (&'a str, &'a str, Result<&'a [&'a str], &'a str>);
-        let cases: &[Case] = &[
+        let cases: &[Case<'_>] = &[
             (
                 "a.json",
                 r#"[{"targets": ["h1:1", "h2:2"], "labels": {"x": "y"}}, {"targets": ["h3:3"]}]"#,
