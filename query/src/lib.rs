@@ -18,6 +18,7 @@ pub mod federate_proto;
 pub mod grpc;
 pub mod json;
 pub mod metadata;
+pub mod remote_read;
 pub mod seriesview;
 pub mod timeparse;
 mod ui;
