@@ -718,7 +718,7 @@ async fn remote_read(
             Ok(sel) => sel,
             Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
-        match crate::remote_read::combine(sel.series, &rl) {
+        match crate::remote_read::combine(sel.series, &rl, mint, maxt) {
             Ok(series) => results.push((series, mint, maxt)),
             Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }

@@ -77,8 +77,14 @@ fn chunk_id(c: &WireChunk) -> Option<(i64, i64, i32, &[u8])> {
 
 /// The raw fan-out's series as remote-read series. Without replica labels each series
 /// passes through; with them, series equal once the replica labels are removed are one
-/// series, deduplicated (see the module doc).
-pub fn combine(raw: Vec<RawSeries>, replica_labels: &[String]) -> Result<Vec<ReadSeries>, ReadError> {
+/// series, deduplicated (see the module doc) over the samples in `[mint, maxt]` (where the
+/// querier's dedup starts too: the penalty rule's choices depend on the first sample).
+pub fn combine(
+    raw: Vec<RawSeries>,
+    replica_labels: &[String],
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<ReadSeries>, ReadError> {
     let err = |l: &Labels| {
         let series = l.to_string();
         move |source| ReadError { series, source }
@@ -104,7 +110,7 @@ pub fn combine(raw: Vec<RawSeries>, replica_labels: &[String]) -> Result<Vec<Rea
     let mut out = Vec::with_capacity(groups.len());
     for (key, mut replicas) in groups {
         replicas.sort_by_cached_key(|(l, _)| replica_of(l));
-        let chunks = dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect()).map_err(err(&key))?;
+        let chunks = dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect(), mint, maxt).map_err(err(&key))?;
         out.push(ReadSeries { labels: key, chunks });
     }
     Ok(out)
@@ -112,8 +118,8 @@ pub fn combine(raw: Vec<RawSeries>, replica_labels: &[String]) -> Result<Vec<Rea
 
 /// One group's replicas (chunks sorted by time range, in replica order) as one series'
 /// chunks: passed through when at most one replica has chunks no earlier replica has,
-/// else decoded, deduplicated and encoded again.
-fn dedup_group(replicas: Vec<Vec<WireChunk>>) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
+/// else their samples in `[mint, maxt]` decoded, deduplicated and encoded again.
+fn dedup_group(replicas: Vec<Vec<WireChunk>>, mint: i64, maxt: i64) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
     if replicas.len() == 1 {
         return remote_chunks(&replicas[0]);
     }
@@ -130,7 +136,10 @@ fn dedup_group(replicas: Vec<Vec<WireChunk>>) -> Result<Vec<pb::Chunk>, ChunkCon
         let one: Vec<WireChunk> = kept.into_iter().flatten().cloned().collect();
         return remote_chunks(&one);
     }
-    let decoded: Vec<Vec<Sample>> = kept.iter().map(|cs| decode_replica(cs)).collect::<Result<_, _>>()?;
+    let mut decoded: Vec<Vec<Sample>> = kept.iter().map(|cs| decode_replica(cs)).collect::<Result<_, _>>()?;
+    for d in &mut decoded {
+        d.retain(|s| (mint..=maxt).contains(&s.timestamp()));
+    }
     // The penalty rule looks at timestamps only (values matter for counters alone, and
     // remote read returns stored data, not a counter function's input): each value stands
     // for its place, replica and index, so the chosen samples are taken back in their own
@@ -311,7 +320,7 @@ mod tests {
         let f = wire(floats((0..300).map(|i| i * 1000)));
         let h = wire(hists((0..300).map(|i| i * 1000)));
         let raw = vec![(labels("f", "a"), f.clone()), (labels("h", "a"), h.clone())];
-        let got = combine(raw, &[]).unwrap();
+        let got = combine(raw, &[], i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 2);
         for (s, (want, typ)) in got.iter().zip([(&f, pb::chunk::Encoding::Xor), (&h, pb::chunk::Encoding::Histogram)]) {
             assert_eq!(s.chunks.len(), want.len());
@@ -325,7 +334,7 @@ mod tests {
         // A chunk of an unknown StoreAPI encoding is an error naming the series.
         let mut bad = f[0].clone();
         bad.raw.as_mut().unwrap().encoding = 9;
-        let e = combine(vec![(labels("f", "a"), vec![bad])], &[]).unwrap_err();
+        let e = combine(vec![(labels("f", "a"), vec![bad])], &[], 0, 1).unwrap_err();
         assert!(e.to_string().contains(r#"__name__="f""#), "{e}");
     }
 
@@ -337,7 +346,7 @@ mod tests {
         let rl = vec!["replica".to_string()];
         let full = wire(hists((0..200).map(|i| i * 1000)));
         let raw = vec![(labels("h", "a"), full.clone()), (labels("h", "b"), full.clone())];
-        let got = combine(raw, &rl).unwrap();
+        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].labels, Labels::from_pairs([("__name__", "h")]));
         assert_eq!(got[0].chunks, remote_chunks(&full).unwrap());
@@ -345,7 +354,7 @@ mod tests {
         let a: Vec<i64> = (0..200).filter(|i| !(50..80).contains(i)).map(|i| i * 1000).collect();
         let b: Vec<i64> = (0..200).map(|i| i * 1000 + 1).collect();
         let raw = vec![(labels("h", "b"), wire(hists(b.clone()))), (labels("h", "a"), wire(hists(a.clone())))];
-        let got = combine(raw, &rl).unwrap();
+        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 1);
         assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Histogram as i32));
         let samples = decode(&got[0].chunks);
@@ -359,9 +368,17 @@ mod tests {
             let Sample::Histogram(t, h) = s else { panic!("{s:?}") };
             assert_eq!(h.count, hist(*t as u64 / 1000 + 1).count, "at {t}");
         }
+        // Dedup starts at the range's start, as the querier's does: b reaching further back
+        // does not make it the replica followed (which would lose a's samples across b's
+        // gap to the penalty).
+        let a2: Vec<i64> = (100..200).map(|i| i * 1000).collect();
+        let b2: Vec<i64> = (0..200).filter(|i| !(150..160).contains(i)).map(|i| i * 1000).collect();
+        let raw = vec![(labels("h", "a"), wire(hists(a2.clone()))), (labels("h", "b"), wire(hists(b2)))];
+        let got = combine(raw, &rl, 100_000, 250_000).unwrap();
+        assert_eq!(decode(&got[0].chunks).iter().map(Sample::timestamp).collect::<Vec<_>>(), a2);
         // Floats as XOR.
         let raw = vec![(labels("f", "a"), wire(floats(a.clone()))), (labels("f", "b"), wire(floats(b)))];
-        let got = combine(raw, &rl).unwrap();
+        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
         assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Xor as i32));
         assert_eq!(decode(&got[0].chunks).len(), want.len());
     }
