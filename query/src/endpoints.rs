@@ -383,6 +383,17 @@ fn fqdn(name: &str) -> String {
     if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }
 
+/// Checks that an SD file's name says its format, as Prometheus's file SD requires when
+/// it loads its configuration: `.json`, `.yml` or `.yaml` (any case).
+pub fn check_sd_file_name(p: &std::path::Path) -> Result<(), String> {
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if matches!(ext.as_str(), "json" | "yml" | "yaml") {
+        Ok(())
+    } else {
+        Err(format!("endpoint SD file {}: unsupported file extension (want .json, .yml or .yaml)", p.display()))
+    }
+}
+
 /// Reads a Prometheus file-SD file, a list of target groups (`targets`, and `labels`,
 /// which endpoints have no use for and which are not checked), in the format its extension names as Prometheus's
 /// file SD decides: `.json`, or `.yml` / `.yaml` (case-insensitive; YAML strictly, with
@@ -404,11 +415,9 @@ fn read_sd_file(p: &std::path::Path) -> Result<Vec<String>, String> {
         #[allow(dead_code)]
         labels: Option<serde::de::IgnoredAny>,
     }
+    check_sd_file_name(p)?;
     let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let err = |e: &dyn std::fmt::Display| format!("endpoint SD file {}: {e}", p.display());
-    if !matches!(ext.as_str(), "json" | "yml" | "yaml") {
-        return Err(err(&"unsupported file extension (want .json, .yml or .yaml)"));
-    }
     let text = std::fs::read_to_string(p).map_err(|e| err(&e))?;
     if ext == "json" {
         let groups: Vec<JsonGroup> = serde_json::from_str(&text).map_err(|e| err(&e))?;

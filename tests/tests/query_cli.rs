@@ -138,6 +138,30 @@ fn norn_query_reads_yaml_sd_files() {
     }
     assert!(reported, "broken file not reported:\n{}", log());
     assert_eq!(served("sd_b"), (false, true), "the last good targets must stay:\n{}", log());
+    // A name that does not say the format is refused at start, naming the file.
+    let bad = work.path().join("stores.txt");
+    std::fs::write(&bad, "[]").unwrap();
+    let (http, grpc) = (free_port(), free_port());
+    let mut q = ProcessGuard::spawn(
+        "norn query (bad sd file)",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+            .arg(format!("--endpoint.sd-files={}", bad.display())),
+        &work.path().join("query-bad.log"),
+    );
+    let mut status = None;
+    for _ in 0..300 {
+        status = q.try_wait();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bad_log = std::fs::read_to_string(work.path().join("query-bad.log")).unwrap_or_default();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{bad_log}");
+    assert!(bad_log.contains("stores.txt") && bad_log.contains("unsupported file extension"), "{bad_log}");
     for mut r in rs {
         r.stop();
     }
