@@ -140,6 +140,7 @@ fn dedup_group(replicas: Vec<Vec<WireChunk>>, mint: i64, maxt: i64) -> Result<Ve
     for d in &mut decoded {
         d.retain(|s| (mint..=maxt).contains(&s.timestamp()));
     }
+    decoded.retain(|d| !d.is_empty());
     // The penalty rule looks at timestamps only (values matter for counters alone, and
     // remote read returns stored data, not a counter function's input): each value stands
     // for its place, replica and index, so the chosen samples are taken back in their own
