@@ -661,9 +661,17 @@ fn text_float(f: f64) -> String {
     }
 }
 
-/// `/api/v1/read`: Prometheus remote read, as samples or streamed chunks (XOR for floats,
-/// float-histogram chunks for native histograms).
-async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+/// `/api/v1/read`: Prometheus remote read, as samples or streamed chunks (the endpoints'
+/// chunks as stored, see [`crate::remote_read`]). The response type is the first of the
+/// request's accepted types (none: samples), as Prometheus negotiates it. Deduplication
+/// and partial response follow the `dedup` and `partial_response` URL parameters, else
+/// the flags.
+async fn remote_read(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     use norn_storeapi::prometheus as pb;
     use prost::Message;
     let text_err = |code: StatusCode, m: String| (code, m).into_response();
@@ -679,11 +687,16 @@ async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
         Ok(r) => r,
         Err(e) => return text_err(StatusCode::BAD_REQUEST, format!("decoding read request: {e}")),
     };
-    let opts = match st.query_options(&Params::default(), &headers) {
+    let params = Params::from(query, &HeaderMap::new(), &Method::GET, &[]);
+    let opts = match st.query_options(&params, &headers) {
         Ok(o) => o,
         Err(r) => return r,
     };
-    let streamed = req.accepted_response_types.contains(&(pb::read_request::ResponseType::StreamedXorChunks as i32));
+    let streamed = req
+        .accepted_response_types
+        .first()
+        .is_some_and(|t| *t == pb::read_request::ResponseType::StreamedXorChunks as i32);
+    let rl = if opts.dedup { opts.replica_labels.clone() } else { Vec::new() };
     let mut results = Vec::new();
     for q in &req.queries {
         let mut ms = Vec::new();
@@ -700,35 +713,21 @@ async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
                 Err(e) => return text_err(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
-        match st.fanout.select(&opts, &ms, q.start_timestamp_ms, q.end_timestamp_ms, false).await {
-            Ok(sel) => results.push(sel.series),
+        let (mint, maxt) = (q.start_timestamp_ms, q.end_timestamp_ms);
+        let sel = match st.fanout.select_raw(&opts, &ms, mint, maxt, false, None).await {
+            Ok(sel) => sel,
+            Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        match crate::remote_read::combine(sel.series, &rl, mint, maxt) {
+            Ok(series) => results.push((series, mint, maxt)),
             Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
-    let to_labels =
-        |l: &Labels| l.iter().map(|(n, v)| pb::Label { name: n.into(), value: v.into() }).collect::<Vec<_>>();
     if streamed {
         let mut out = Vec::new();
-        for (qi, series) in results.into_iter().enumerate() {
-            for (l, samples) in series {
-                let chunks = match crate::wire::remote_read_chunks(&samples) {
-                    Ok(c) => c,
-                    Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, format!("series {l}: {e}")),
-                };
-                if chunks.is_empty() {
-                    continue;
-                }
-                let msg = pb::ChunkedReadResponse {
-                    chunked_series: vec![pb::ChunkedSeries { labels: to_labels(&l), chunks }],
-                    query_index: qi as i64,
-                };
-                let bytes = msg.encode_to_vec();
-                let mut len = Vec::new();
-                prost::encoding::encode_varint(bytes.len() as u64, &mut len);
-                out.extend_from_slice(&len);
-                out.extend_from_slice(&norn_tsdb::encoding::crc32c(&bytes).to_be_bytes());
-                out.extend_from_slice(&bytes);
-            }
+        for (qi, (series, _, _)) in results.iter().enumerate() {
+            let series: Vec<_> = series.iter().filter(|s| !s.chunks.is_empty()).cloned().collect();
+            crate::remote_read::write_frames(&series, qi as i64, crate::remote_read::MAX_BYTES_IN_FRAME, &mut out);
         }
         let mut r = (StatusCode::OK, out).into_response();
         r.headers_mut().insert(
@@ -737,17 +736,19 @@ async fn remote_read(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
         );
         return r;
     }
-    let resp = pb::ReadResponse {
-        results: results
-            .into_iter()
-            .map(|series| pb::QueryResult {
-                timeseries: series
-                    .into_iter()
-                    .map(|(l, samples)| crate::wire::remote_read_series(to_labels(&l), &samples))
-                    .collect(),
-            })
-            .collect(),
-    };
+    let mut resp = pb::ReadResponse { results: Vec::with_capacity(results.len()) };
+    for (series, mint, maxt) in &results {
+        let mut timeseries = Vec::with_capacity(series.len());
+        // As Prometheus: every series with a chunk overlapping the range, even when none
+        // of its samples is in it.
+        for s in series.iter().filter(|s| !s.chunks.is_empty()) {
+            match crate::remote_read::sampled(s, *mint, *maxt) {
+                Ok(ts) => timeseries.push(ts),
+                Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        resp.results.push(pb::QueryResult { timeseries });
+    }
     let encoded = match snap::raw::Encoder::new().compress_vec(&resp.encode_to_vec()) {
         Ok(b) => b,
         Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -155,8 +155,20 @@ pub struct EndpointSet {
     cfg: EndpointSetConfig,
     resolver: Option<TokioResolver>,
     endpoints: RwLock<BTreeMap<String, Arc<EndpointState>>>,
-    /// Last good resolution of each DNS spec, kept when a lookup fails.
-    last_resolved: RwLock<HashMap<usize, Vec<String>>>,
+    /// Last good resolution of each DNS spec (by its `Debug` form, as SD files add and
+    /// remove specs), kept when a lookup fails.
+    last_resolved: RwLock<HashMap<String, Vec<String>>>,
+    /// Per SD file, the targets of its last good read (kept while it is broken or
+    /// missing, as Prometheus's file SD keeps a file's last groups) and the error of
+    /// its latest read, if that failed.
+    sd_state: RwLock<BTreeMap<PathBuf, SdFileState>>,
+}
+
+/// What the latest reads of one SD file gave.
+#[derive(Debug, Clone, Default)]
+struct SdFileState {
+    targets: Vec<String>,
+    error: Option<String>,
 }
 
 fn system_nameserver() -> Option<SocketAddr> {
@@ -193,6 +205,7 @@ impl EndpointSet {
             resolver,
             endpoints: RwLock::new(BTreeMap::new()),
             last_resolved: RwLock::new(HashMap::new()),
+            sd_state: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -230,21 +243,19 @@ impl EndpointSet {
     async fn resolve_all(&self) -> Vec<String> {
         let mut specs = self.cfg.specs.clone();
         for f in &self.cfg.sd_files {
-            match read_sd_file(f) {
-                Ok(list) => specs.extend(list.iter().filter_map(|s| EndpointSpec::parse(s).ok())),
-                Err(e) => tracing::warn!(file = %f.display(), error = %e, "reading endpoint SD file"),
-            }
+            specs.extend(self.read_sd(f));
         }
         let mut addrs = Vec::new();
-        for (i, spec) in specs.iter().enumerate() {
+        for spec in &specs {
+            let key = format!("{spec:?}");
             match self.resolve_spec(spec).await {
                 Ok(a) => {
-                    self.last_resolved.write().insert(i, a.clone());
+                    self.last_resolved.write().insert(key, a.clone());
                     addrs.extend(a);
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = ?spec, error = %e, "resolving endpoint; keeping last known addresses");
-                    if let Some(a) = self.last_resolved.read().get(&i) {
+                    if let Some(a) = self.last_resolved.read().get(&key) {
                         addrs.extend(a.iter().cloned());
                     }
                 }
@@ -253,6 +264,46 @@ impl EndpointSet {
         addrs.sort();
         addrs.dedup();
         addrs
+    }
+
+    /// The endpoint specs of SD file `f`: read again, or, when it cannot be read or
+    /// parsed, those of its last good read (the error is logged once per change and
+    /// kept for [`EndpointSet::sd_file_errors`]). Targets that are no endpoint spec are
+    /// skipped and logged.
+    fn read_sd(&self, f: &std::path::Path) -> Vec<EndpointSpec> {
+        let mut states = self.sd_state.write();
+        let st = states.entry(f.to_path_buf()).or_default();
+        match read_sd_file(f) {
+            Ok(targets) => {
+                if st.error.take().is_some() || st.targets != targets {
+                    tracing::info!(file = %f.display(), targets = targets.len(), "endpoint SD file read");
+                }
+                st.targets = targets;
+            }
+            Err(e) => {
+                if st.error.as_ref() != Some(&e) {
+                    tracing::warn!(file = %f.display(), error = %e, kept = st.targets.len(),
+                        "reading endpoint SD file; keeping its last good targets");
+                }
+                st.error = Some(e);
+            }
+        }
+        st.targets
+            .iter()
+            .filter_map(|t| match EndpointSpec::parse(t) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(file = %f.display(), error = %e, "skipping endpoint SD target");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// SD files whose latest read failed, with the error (which names the file). Their
+    /// last good targets are still in use.
+    pub fn sd_file_errors(&self) -> Vec<(PathBuf, String)> {
+        self.sd_state.read().iter().filter_map(|(p, s)| Some((p.clone(), s.error.clone()?))).collect()
     }
 
     /// Resolves all names again, adds and removes endpoints accordingly, and probes each
@@ -342,15 +393,48 @@ fn fqdn(name: &str) -> String {
     if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }
 
-/// Reads a Prometheus file-SD style JSON file (`[{"targets": ["host:port", ...]}]`).
+/// Checks that an SD file's name says its format, as Prometheus's file SD requires when
+/// it loads its configuration: `.json`, `.yml` or `.yaml` (any case).
+pub fn check_sd_file_name(p: &std::path::Path) -> Result<(), String> {
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if matches!(ext.as_str(), "json" | "yml" | "yaml") {
+        Ok(())
+    } else {
+        Err(format!("endpoint SD file {}: unsupported file extension (want .json, .yml or .yaml)", p.display()))
+    }
+}
+
+/// Reads a Prometheus file-SD file, a list of target groups (`targets`, and `labels`,
+/// which endpoints have no use for and which are not checked), in the format its extension names as Prometheus's
+/// file SD decides: `.json`, or `.yml` / `.yaml` (case-insensitive; YAML strictly, with
+/// unknown keys refused, as Prometheus). An empty YAML file is an empty list. Errors
+/// name the file.
 fn read_sd_file(p: &std::path::Path) -> Result<Vec<String>, String> {
     #[derive(serde::Deserialize)]
-    struct Group {
+    struct JsonGroup {
+        #[serde(default)]
         targets: Vec<String>,
     }
-    let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
-    let groups: Vec<Group> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    Ok(groups.into_iter().flat_map(|g| g.targets).collect())
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct YamlGroup {
+        #[serde(default)]
+        targets: Vec<String>,
+        /// Not used by endpoints; accepted whatever its shape.
+        #[serde(default)]
+        #[allow(dead_code)]
+        labels: Option<serde::de::IgnoredAny>,
+    }
+    check_sd_file_name(p)?;
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let err = |e: &dyn std::fmt::Display| format!("endpoint SD file {}: {e}", p.display());
+    let text = std::fs::read_to_string(p).map_err(|e| err(&e))?;
+    if ext == "json" {
+        let groups: Vec<JsonGroup> = serde_json::from_str(&text).map_err(|e| err(&e))?;
+        return Ok(groups.into_iter().flat_map(|g| g.targets).collect());
+    }
+    let groups: Option<Vec<YamlGroup>> = serde_saphyr::from_str(&text).map_err(|e| err(&e))?;
+    Ok(groups.unwrap_or_default().into_iter().flat_map(|g| g.targets).collect())
 }
 
 #[cfg(test)]
@@ -374,6 +458,85 @@ mod tests {
         }
         assert!(EndpointSpec::parse("nohost").is_err());
         assert!(EndpointSpec::parse("dns+x:y").is_err());
+    }
+
+    #[test]
+    fn sd_file_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        // File name, contents, and the targets or a part of the error.
+        type Case<'a> = (&'a str, &'a str, Result<&'a [&'a str], &'a str>);
+        let cases: &[Case<'_>] = &[
+            (
+                "a.json",
+                r#"[{"targets": ["h1:1", "h2:2"], "labels": {"x": "y"}}, {"targets": ["h3:3"]}]"#,
+                Ok(&["h1:1", "h2:2", "h3:3"]),
+            ),
+            (
+                "b.yml",
+                "- targets: ['h1:1', 'h2:2']\n  labels:\n    x: y\n- targets:\n  - dns+h3:3\n",
+                Ok(&["h1:1", "h2:2", "dns+h3:3"]),
+            ),
+            ("c.YAML", "# nothing yet\n", Ok(&[])),
+            ("d.yaml", "[]", Ok(&[])),
+            ("e.yaml", "- targets: [h1:1]\n  tragets: [h2:2]\n", Err("tragets")),
+            ("f.yaml", "- targets: [h1:1\n", Err("f.yaml")),
+            ("g.yml", "- targets: [h1:1]\n  labels: {port: 80}\n", Ok(&["h1:1"])),
+            ("h.json", "- targets: [h1:1]\n", Err("h.json")),
+            ("i.txt", "[]", Err("unsupported file extension")),
+        ];
+        for (name, text, want) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            let got = read_sd_file(&p);
+            match want {
+                Ok(w) => {
+                    assert_eq!(got.as_deref(), Ok(&w.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]), "{name}")
+                }
+                Err(w) => {
+                    let e = got.expect_err(name);
+                    assert!(e.contains(&p.display().to_string()) && e.contains(w), "{name}: {e}");
+                }
+            }
+        }
+        let e = read_sd_file(&dir.path().join("missing.yml")).unwrap_err();
+        assert!(e.contains("missing.yml"), "{e}");
+    }
+
+    /// A YAML SD file is picked up, re-read on change, and when broken reported with its
+    /// name while its last good targets stay in the set.
+    #[tokio::test]
+    async fn yaml_sd_file_reread_and_kept_when_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("stores.yaml");
+        std::fs::write(&f, "- targets:\n  - 127.0.0.1:1\n  - 127.0.0.1:2\n").unwrap();
+        let set = EndpointSet::new(EndpointSetConfig {
+            specs: vec![EndpointSpec::Static("127.0.0.1:3".into())],
+            sd_files: vec![f.clone()],
+            dns_server: Some("127.0.0.1:1".parse().unwrap()),
+            info_timeout: Duration::from_millis(200),
+        });
+        let addrs = |set: &EndpointSet| set.all().iter().map(|e| e.addr.clone()).collect::<Vec<_>>();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        assert!(set.sd_file_errors().is_empty());
+        std::fs::write(&f, "- targets: ['127.0.0.1:4']\n  labels: {zone: a}\n").unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:3", "127.0.0.1:4"]);
+        std::fs::write(&f, "- targets: ['127.0.0.1:5'\n").unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:3", "127.0.0.1:4"]);
+        let errs = set.sd_file_errors();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, f);
+        assert!(errs[0].1.contains("stores.yaml"), "{}", errs[0].1);
+        // Removed: also kept (a file being replaced may be missing for a moment).
+        std::fs::remove_file(&f).unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:3", "127.0.0.1:4"]);
+        std::fs::write(&f, "[]").unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:3"]);
+        assert!(set.sd_file_errors().is_empty());
     }
 
     #[test]

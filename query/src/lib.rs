@@ -18,6 +18,7 @@ pub mod federate_proto;
 pub mod grpc;
 pub mod json;
 pub mod metadata;
+pub mod remote_read;
 pub mod seriesview;
 pub mod timeparse;
 mod ui;
@@ -91,6 +92,9 @@ pub async fn run_embedded(
 ) -> Result<(), Error> {
     let specs =
         args.endpoints.iter().map(|s| EndpointSpec::parse(s)).collect::<Result<Vec<_>, _>>().map_err(Error::Flag)?;
+    for f in &args.endpoint_sd_files {
+        crate::endpoints::check_sd_file_name(f).map_err(Error::Flag)?;
+    }
     let set = Arc::new(EndpointSet::new(EndpointSetConfig {
         specs,
         sd_files: args.endpoint_sd_files.clone(),

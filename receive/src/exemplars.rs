@@ -1,6 +1,7 @@
 //! Exemplars from remote write, kept per tenant in the tenant head's bounded circular
-//! buffer (`--tsdb.max-exemplars`, 0 disables) and logged in the tenant's WAL, so they
-//! survive a restart as in Prometheus and Thanos; and the Thanos `Exemplars` gRPC
+//! buffer (`--tsdb.max-exemplars`, 0 disables) and logged in the tenant's WAL in the
+//! same commit as the request's samples (one WAL write per request), so they survive a
+//! restart as in Prometheus and Thanos; and the Thanos `Exemplars` gRPC
 //! service over them with each tenant's external labels attached to the series labels,
 //! as Thanos receive answers.
 //!
@@ -14,13 +15,14 @@ use norn_storeapi::prometheus_copy::TimeSeries;
 use norn_storeapi::thanos::{self, ExemplarData, ExemplarsRequest, ExemplarsResponse, exemplars_response};
 use norn_storeapi::{labels_from_proto, labels_to_proto};
 use norn_tsdb::exemplar::{Exemplar, ExemplarError};
+use norn_tsdb::head::{Appender, CommitStats};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status};
 
-use crate::tenants::{MultiTsdb, TenantDb};
+use crate::tenants::MultiTsdb;
 use norn_storeapi::external::{strip_external, with_external};
 
 /// What appending a request's exemplars did.
@@ -32,8 +34,11 @@ pub struct ExemplarStats {
     pub invalid_labels: u64,
     /// The series has no sample in the head (all its samples were refused).
     pub unknown_series: u64,
-    /// Logging them failed (the WAL error is logged).
+    /// Logging them failed (the commit's error is returned to the client).
     pub failed: u64,
+    /// Accepted into the appender, waiting for its commit (then `appended`, `failed`
+    /// or, when a concurrent commit stored a newer one, `out_of_order`).
+    pub staged: u64,
 }
 
 /// Appends exemplars into the tenants' heads and counts the outcomes.
@@ -61,42 +66,45 @@ impl TenantExemplars {
         r.register("max_exemplars", "Exemplars kept per tenant (--tsdb.max-exemplars)", max);
     }
 
-    /// Stores the exemplars of series `idx` of a request (`labels[i]` is the label set of
-    /// `series[i]`) in the tenant's head, after the request's samples were committed (an
-    /// exemplar needs its series in the head): one commit, hence one WAL write, for
-    /// them all. Refusals are counted, never returned.
-    pub fn append(&self, db: &TenantDb, series: &[TimeSeries], labels: &[Labels], idx: &[usize]) -> ExemplarStats {
-        let mut st = ExemplarStats::default();
-        if self.max == 0 || idx.iter().all(|&i| series.get(i).is_none_or(|s| s.exemplars.is_empty())) {
-            return st;
+    /// Whether exemplar storage is on.
+    pub fn enabled(&self) -> bool {
+        self.max > 0
+    }
+
+    /// Adds the exemplars of one series (labels `l`) to `app`, the appender that also
+    /// carries the request's samples, so that they are logged in the same WAL write,
+    /// after the samples, as Prometheus and Thanos receive do. The series' samples must
+    /// have been appended first (an exemplar needs its series in the head). Refusals are
+    /// counted in `st`, never returned.
+    pub fn stage(&self, app: &mut Appender<'_>, ts: &TimeSeries, l: &Labels, st: &mut ExemplarStats) {
+        if self.max == 0 {
+            return;
         }
-        let tenant = db.tenant.as_str();
-        let mut app = db.head.appender();
-        for &i in idx {
-            let (Some(ts), Some(l)) = (series.get(i), labels.get(i)) else { continue };
-            for e in &ts.exemplars {
-                let Ok(el) = labels_from_proto(&e.labels) else {
-                    st.invalid_labels += 1;
-                    continue;
-                };
-                match app.append_exemplar(l, Exemplar { labels: el, value: e.value, ts: e.timestamp }) {
-                    Ok(()) => {}
-                    Err(ExemplarError::OutOfOrder) => st.out_of_order += 1,
-                    Err(ExemplarError::LabelLength) => st.label_length += 1,
-                    Err(ExemplarError::UnknownSeries) => st.unknown_series += 1,
-                    Err(ExemplarError::Disabled | ExemplarError::Duplicate) => {}
-                }
+        for e in &ts.exemplars {
+            let Ok(el) = labels_from_proto(&e.labels) else {
+                st.invalid_labels += 1;
+                continue;
+            };
+            match app.append_exemplar(l, Exemplar { labels: el, value: e.value, ts: e.timestamp }) {
+                Ok(()) => st.staged += 1,
+                Err(ExemplarError::OutOfOrder) => st.out_of_order += 1,
+                Err(ExemplarError::LabelLength) => st.label_length += 1,
+                Err(ExemplarError::UnknownSeries) => st.unknown_series += 1,
+                Err(ExemplarError::Disabled | ExemplarError::Duplicate) => {}
             }
         }
-        match app.commit() {
-            Ok(c) => {
+    }
+
+    /// Completes `st` with what the commit of the appender the exemplars were staged in
+    /// did (`None` when it failed: every staged exemplar is then counted as failed),
+    /// then counts and logs the outcomes.
+    pub fn finish(&self, tenant: &str, st: &mut ExemplarStats, commit: Option<&CommitStats>) {
+        match commit {
+            Some(c) => {
                 st.appended += c.exemplars;
                 st.out_of_order += c.exemplars_out_of_order;
             }
-            Err(e) => {
-                st.failed += 1;
-                tracing::error!(tenant, error = %e, "logging exemplars");
-            }
+            None => st.failed += st.staged,
         }
         for (outcome, n) in [
             ("appended", st.appended),
@@ -120,7 +128,6 @@ impl TenantExemplars {
                 "exemplars refused"
             );
         }
-        st
     }
 }
 
@@ -201,6 +208,7 @@ mod tests {
     use norn_storeapi::prometheus_copy;
 
     use super::*;
+    use crate::tenants::TenantDb;
 
     fn l(n: &str, v: &str) -> thanos::Label {
         thanos::Label { name: n.into(), value: v.into() }
@@ -209,6 +217,7 @@ mod tests {
     fn series(name: &str, ex: &[(&str, i64)]) -> TimeSeries {
         TimeSeries {
             labels: vec![l("__name__", name)],
+            samples: vec![prometheus_copy::Sample { value: 1.0, timestamp: 1 }],
             exemplars: ex
                 .iter()
                 .map(|(trace, t)| prometheus_copy::Exemplar {
@@ -221,11 +230,16 @@ mod tests {
         }
     }
 
+    /// A request's samples and exemplars are stored in one commit (one WAL write);
+    /// refused exemplars are counted, and the stored ones survive a restart.
     #[test]
-    fn append_counts_refusals_and_survives_reopen() {
+    fn append_counts_refusals_in_one_commit_and_survives_reopen() {
+        use crate::write::{AppendStats, append_local};
         use norn_tsdb::head::HeadOptions;
+        use norn_tsdb::wal::{SyncPolicy, WalOptions, WalStats};
         let dir = tempfile::tempdir().unwrap();
-        let opts = HeadOptions { max_exemplars: 10, ..HeadOptions::default() };
+        let wal = WalOptions { sync: SyncPolicy::PerCommit, ..WalOptions::default() };
+        let opts = HeadOptions { max_exemplars: 10, wal, ..HeadOptions::default() };
         let db = TenantDb::open(dir.path(), "t1", Labels::empty(), opts).unwrap();
         let te = TenantExemplars::new(10);
         let s = vec![
@@ -238,35 +252,43 @@ mod tests {
                 }],
                 ..series("c", &[])
             },
-            series("d", &[("w", 1)]),
+            // No sample: the series is not in the head.
+            TimeSeries { samples: vec![], ..series("d", &[("w", 1)]) },
         ];
         let labels: Vec<Labels> = s.iter().map(|t| labels_from_proto(&t.labels).unwrap()).collect();
-        // Samples of a, b, c are in the head; d has none.
-        let mut app = db.head.appender();
-        for l in &labels[..3] {
-            app.append(l, 1, 1.0).unwrap();
+        let mut st = AppendStats::default();
+        let per = append_local(&db, &s, &labels, &[0, 1, 2, 3], &mut st, &te).unwrap();
+        assert_eq!(per, vec![None; 4]);
+        assert_eq!(st.appended, 3);
+        // Series record, samples record, exemplars record: one write, one fsync.
+        assert_eq!(db.head.wal_stats(), WalStats { writes: 1, records: 3, fsyncs: 1 });
+        let outcome = |o: &str| te.outcomes.get_or_create(&vec![("outcome".to_string(), o.to_string())]).get();
+        let want = [("appended", 2), ("out_of_order", 1), ("label_length", 1), ("invalid_labels", 1)];
+        for (o, n) in want.into_iter().chain([("unknown_series", 1), ("failed", 0)]) {
+            assert_eq!(outcome(o), n, "{o}");
         }
-        app.commit().unwrap();
-        let st = te.append(&db, &s, &labels, &[0, 1, 2, 3]);
-        let want = ExemplarStats {
-            appended: 2,
-            out_of_order: 1,
-            label_length: 1,
-            invalid_labels: 1,
-            unknown_series: 1,
-            failed: 0,
-        };
-        assert_eq!(st, want);
         let all = vec![vec![Matcher::new(norn_model::MatchType::Regex, "__name__", ".+").unwrap()]];
         let before = db.head.exemplars().select(i64::MIN, i64::MAX, &all);
         assert_eq!(before.len(), 1);
         assert_eq!(before[0].exemplars.iter().map(|e| e.ts).collect::<Vec<_>>(), vec![10, 20]);
+        // A write with exemplars only (series known) is one write too.
+        let later = [TimeSeries { samples: vec![], ..series("a", &[("v", 30)]) }];
+        append_local(&db, &later, &labels[..1], &[0], &mut st, &te).unwrap();
+        assert_eq!(db.head.wal_stats().writes, 2);
+        assert_eq!(outcome("appended"), 3);
         drop(db);
         let db = TenantDb::open(dir.path(), "t1", Labels::empty(), opts).unwrap();
-        assert_eq!(db.head.exemplars().select(i64::MIN, i64::MAX, &all), before);
-        // Disabled storage takes nothing.
+        let got = db.head.exemplars().select(i64::MIN, i64::MAX, &all);
+        assert_eq!(got[0].exemplars.iter().map(|e| e.ts).collect::<Vec<_>>(), vec![10, 20, 30]);
+        // Disabled storage takes nothing, and the samples still go in.
         let off = TenantExemplars::new(0);
-        assert_eq!(off.append(&db, &s, &labels, &[0]), ExemplarStats::default());
+        let more =
+            [TimeSeries { samples: vec![prometheus_copy::Sample { value: 2.0, timestamp: 2 }], ..later[0].clone() }];
+        let mut st = AppendStats::default();
+        append_local(&db, &more, &labels[..1], &[0], &mut st, &off).unwrap();
+        assert_eq!(st.appended, 1);
+        assert_eq!(db.head.exemplars().select(i64::MIN, i64::MAX, &all), got);
+        assert_eq!(off.outcomes.get_or_create(&vec![("outcome".to_string(), "appended".to_string())]).get(), 0);
     }
 
     #[test]

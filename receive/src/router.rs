@@ -204,8 +204,7 @@ impl Router {
                 .get_or_open(&batch.tenant, &ring_labels)
                 .map_err(|e| WriteError::Internal(format!("opening TSDB of tenant {}: {e}", batch.tenant)))?;
             let mut st = AppendStats::default();
-            let r = append_local(&db, &batch.series, &batch.labels, &idx, &mut st);
-            me.exemplars.append(&db, &batch.series, &batch.labels, &idx);
+            let r = append_local(&db, &batch.series, &batch.labels, &idx, &mut st, &me.exemplars);
             me.metrics.record_append(&st);
             r
         })

@@ -6,6 +6,7 @@ use norn_storeapi::prometheus_copy::TimeSeries;
 use norn_storeapi::remote_write::{RejectKind, Rejected, describe};
 use norn_storeapi::{HistogramSample, histogram_from_proto_checked};
 
+use crate::exemplars::{ExemplarStats, TenantExemplars};
 use crate::tenants::TenantDb;
 
 /// Why a write failed, classed as Thanos classes them.
@@ -101,18 +102,22 @@ impl AppendStats {
     }
 }
 
-/// Appends the series `idx` of a request to `db` in one WAL-acknowledged commit.
-/// Returns, per entry of `idx`, the error of that series if any of its samples was
-/// refused (valid samples are committed anyway, as Thanos does); an `Err` means the
-/// commit itself failed and nothing was stored.
+/// Appends the series `idx` of a request to `db`, samples and exemplars (these through
+/// `exemplars`, which counts their outcomes) in one commit, hence one WAL write, as
+/// Thanos receive does. Returns, per entry of `idx`, the error of that series if any of
+/// its samples was refused (valid samples are committed anyway, as Thanos does; a
+/// refused exemplar never fails the write); an `Err` means the commit itself failed and
+/// nothing was stored.
 pub fn append_local(
     db: &TenantDb,
     series: &[TimeSeries],
     labels: &[Labels],
     idx: &[usize],
     stats: &mut AppendStats,
+    exemplars: &TenantExemplars,
 ) -> Result<Vec<Option<WriteError>>, WriteError> {
     let mut app = db.head.appender();
+    let mut ex = ExemplarStats::default();
     let mut per = Vec::with_capacity(idx.len());
     for &i in idx {
         let (ts, l) = (&series[i], &labels[i]);
@@ -146,6 +151,10 @@ pub fn append_local(
                 }
             }
         }
+        // After the series' samples, which create it in the head when it is new.
+        if !ts.exemplars.is_empty() {
+            exemplars.stage(&mut app, ts, l, &mut ex);
+        }
         stats.conflicts += refused + hist_refused;
         let total = ts.samples.len() + ts.histograms.len();
         let err = first.map(|(e, t)| {
@@ -157,7 +166,14 @@ pub fn append_local(
         });
         per.push(err);
     }
-    let c = app.commit().map_err(|e| WriteError::Internal(format!("WAL commit for tenant {}: {e}", db.tenant)))?;
+    let c = match app.commit() {
+        Ok(c) => c,
+        Err(e) => {
+            exemplars.finish(&db.tenant, &mut ex, None);
+            return Err(WriteError::Internal(format!("WAL commit for tenant {}: {e}", db.tenant)));
+        }
+    };
+    exemplars.finish(&db.tenant, &mut ex, Some(&c));
     let dropped = c.dropped();
     if dropped > 0 {
         // Counted as appended above, when they were accepted.
@@ -266,12 +282,12 @@ mod tests {
             let m = MultiTsdb::new(settings.clone());
             let db = m.get_or_open("t", &BTreeMap::new()).unwrap();
             let mut st = AppendStats::default();
-            let per = append_local(&db, &reqs, &labels, &[0, 1], &mut st).unwrap();
+            let per = append_local(&db, &reqs, &labels, &[0, 1], &mut st, &TenantExemplars::new(0)).unwrap();
             assert_eq!(per, vec![None, None]);
             assert_eq!(st.appended, 100);
             // Repeating an older histogram is refused as out of order, naming the series.
             let late = [series("h_int", vec![wire_int(10_000, 99)], &[])];
-            let per = append_local(&db, &late, &labels[..1], &[0], &mut st).unwrap();
+            let per = append_local(&db, &late, &labels[..1], &[0], &mut st, &TenantExemplars::new(0)).unwrap();
             let e = per[0].clone().expect("refused");
             assert_eq!(e.http_status(), 409, "{e}");
             assert!(e.to_string().contains("h_int") && e.to_string().contains("timestamp 10000"), "{e}");
@@ -299,7 +315,7 @@ mod tests {
         // Into a block (more samples so the head spans 1.5 block ranges), then read back.
         let more = [series("h_int", (50..200).map(|i| wire_int(i * 1000, i + 1)).collect(), &[])];
         let mut st = AppendStats::default();
-        append_local(&db, &more, &labels[..1], &[0], &mut st).unwrap();
+        append_local(&db, &more, &labels[..1], &[0], &mut st, &TenantExemplars::new(0)).unwrap();
         let metas = db.compact().unwrap();
         assert!(!metas.is_empty());
         assert!(metas.iter().all(|m| m.stats.num_histogram_samples > 0), "{metas:?}");

@@ -705,6 +705,100 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
         assert_eq!(remote_read_sampled(*q, ints_re, mint, maxt), want_sampled, "sampled remote read over {name}");
     }
 
+    // Integer histograms go out of remote read as integer histograms: sampled answers with
+    // integer fields, streamed answers as HISTOGRAM chunks, equal to what Prometheus stored.
+    let int_hist = |port: u16, streamed: bool| -> Vec<pb::Histogram> {
+        let req = pb::ReadRequest {
+            queries: vec![pb::Query {
+                start_timestamp_ms: mint,
+                end_timestamp_ms: maxt,
+                matchers: vec![
+                    pb::LabelMatcher { r#type: 0, name: "__name__".into(), value: "e2e_hist".into() },
+                    pb::LabelMatcher { r#type: 0, name: "kind".into(), value: "int_s0".into() },
+                ],
+                hints: None,
+            }],
+            accepted_response_types: if streamed {
+                vec![pb::read_request::ResponseType::StreamedXorChunks as i32]
+            } else {
+                vec![]
+            },
+        };
+        let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap();
+        let h = [("Content-Type", "application/x-protobuf"), ("Content-Encoding", "snappy")];
+        let (code, raw) = http_post_bytes(port, "/api/v1/read", &h, &body);
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&raw));
+        let mut out = Vec::new();
+        if streamed {
+            let mut buf = bytes::BytesMut::from(raw.as_slice());
+            for f in norn_sidecar::prom::take_frames(&mut buf, "test").unwrap() {
+                for c in f.chunked_series.into_iter().flat_map(|s| s.chunks) {
+                    assert_eq!(c.r#type, pb::chunk::Encoding::Histogram as i32, "chunk type on {port}");
+                    let chunk = norn_tsdb::chunkenc::Chunk::new(norn_tsdb::chunkenc::Encoding::Histogram, c.data);
+                    for smp in chunk.iter().unwrap() {
+                        let norn_tsdb::chunkenc::Sample::Histogram(t, h) = smp else { panic!("{smp:?}") };
+                        if (mint..=maxt).contains(&t) {
+                            out.push(histogram_to_proto(t, &h));
+                        }
+                    }
+                }
+            }
+        } else {
+            let resp = pb::ReadResponse::decode(snap::raw::Decoder::new().decompress_vec(&raw).unwrap().as_slice());
+            out = resp.unwrap().results.into_iter().flat_map(|r| r.timeseries).flat_map(|t| t.histograms).collect();
+        }
+        // The reset hint is the chunk's, which each store cuts its own way.
+        out.iter_mut().for_each(|h| h.reset_hint = 0);
+        out
+    };
+    let want_ints = int_hist(prom_port, true);
+    assert_eq!(want_ints.len(), 120);
+    assert!(want_ints.iter().all(|h| matches!(h.count, Some(pb::histogram::Count::CountInt(_)))));
+    for (name, (q, _)) in &queriers[1..3] {
+        assert_eq!(int_hist(*q, true), want_ints, "streamed integer histograms through the querier over {name}");
+        assert_eq!(int_hist(*q, false), want_ints, "sampled integer histograms through the querier over {name}");
+    }
+
+    // A second Prometheus 2.42 whose only data is `remote_read` from a querier answers as
+    // the Prometheus that stored the data. (2.42's remote-read client asks for samples and
+    // reads no histograms from them, whatever the server sends: native histograms through
+    // it arrived in Prometheus 2.44; they are checked on the wire above.)
+    for (name, (q, _)) in &queriers[1..3] {
+        let rr_port = free_port();
+        let rr_dir = work.path().join(format!("rr-{name}"));
+        std::fs::create_dir_all(&rr_dir).unwrap();
+        let cfg = rr_dir.join("prometheus.yml");
+        let yml = format!(
+            "global:\n  scrape_interval: 1h\nremote_read:\n  - url: http://127.0.0.1:{q}/api/v1/read\n    read_recent: true\n"
+        );
+        std::fs::write(&cfg, yml).unwrap();
+        let log = rr_dir.join("prometheus.log");
+        let _rr = ProcessGuard::spawn(
+            "prometheus-rr",
+            Command::new(&prom_bin)
+                .arg(format!("--config.file={}", cfg.display()))
+                .arg(format!("--storage.tsdb.path={}", rr_dir.join("data").display()))
+                .arg("--enable-feature=native-histograms")
+                .arg(format!("--web.listen-address=127.0.0.1:{rr_port}")),
+            &log,
+        );
+        assert!(wait_ready(rr_port, "/-/ready", Duration::from_secs(60)), "prometheus-rr not ready");
+        for sel in ["e2e_counter[5m]", "rate(e2e_counter[5m])"] {
+            let p = format!("/api/v1/query?query={}&time={}", enc(sel), end / 1000);
+            let (pc, pb) = http_get(prom_port, &p).unwrap();
+            let (rc, rb) = http_get(rr_port, &p).unwrap();
+            let want = json(&pb);
+            assert_eq!(pc, 200, "{p}: {pb}");
+            assert!(!want["data"]["result"].as_array().is_none_or(Vec::is_empty), "{p}: {pb}");
+            assert_eq!(
+                (rc, &json(&rb)["data"]),
+                (200, &want["data"]),
+                "{sel} through a Prometheus reading the querier over {name}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    }
+
     // Float histograms: what was written, read back through the receiver.
     let mut want_f: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     for w in &floats {

@@ -62,3 +62,107 @@ fn norn_query_process_serves_a_receiver_to_promtool() {
     }
     assert!(status.is_some_and(|s| s.success()), "norn query did not exit cleanly on SIGTERM: {status:?}\n{}", log());
 }
+
+/// `--endpoint.sd-files` with a YAML file: its targets are used, a change is picked up at
+/// the next refresh, and a broken file is logged with its name while its last good
+/// targets stay in use.
+#[test]
+fn norn_query_reads_yaml_sd_files() {
+    let work = norn_testkit::tempdir().unwrap();
+    let t = now_ms() - 10_000;
+    let mut rs = Vec::new();
+    for (name, metric) in [("r0", "sd_a"), ("r1", "sd_b")] {
+        let mut r = Receiver::new(name, work.path(), &[format!("--label=replica=\"{name}\"")]);
+        r.start();
+        let body = write_body(&[(vec![("__name__", metric)], vec![(t, 1.0)])]);
+        let (code, msg) = post(r.rw_port, None, &body);
+        assert!(code == 200 || code == 204, "{code} {msg}");
+        rs.push(r);
+    }
+    let sd = work.path().join("stores.yaml");
+    let write = |text: String| {
+        // Replaced in one rename, as config management does, so no half-written file is read.
+        let tmp = work.path().join("stores.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &sd).unwrap();
+    };
+    write(format!("# receivers\n- targets:\n    - {}\n  labels:\n    zone: a\n", rs[0].grpc_addr()));
+    let (http, grpc) = (free_port(), free_port());
+    let _q = ProcessGuard::spawn(
+        "norn query",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+            .arg(format!("--endpoint.sd-files={}", sd.display()))
+            .arg("--endpoint.refresh-interval=200ms")
+            .arg("--query.replica-label=replica"),
+        &work.path().join("query.log"),
+    );
+    let log = || std::fs::read_to_string(work.path().join("query.log")).unwrap_or_default();
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(30)), "query not ready:\n{}", log());
+    // Which of the two metrics the querier serves, once it serves `want` (bounded wait).
+    let served = |want: &str| -> (bool, bool) {
+        let has = |m: &str| {
+            let (code, body) = http_get(http, &format!("/api/v1/query?query={m}")).unwrap();
+            assert_eq!(code, 200, "{body}");
+            body.contains(&format!("\"__name__\":\"{m}\""))
+        };
+        for _ in 0..150 {
+            if has(want) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (has("sd_a"), has("sd_b"))
+    };
+    assert_eq!(served("sd_a"), (true, false), "{}", log());
+    write(format!("- targets: ['{}']\n", rs[1].grpc_addr()));
+    let mut now = (true, false);
+    for _ in 0..150 {
+        now = served("sd_b");
+        if now == (false, true) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(now, (false, true), "after the change:\n{}", log());
+    write(format!("- targets: ['{}'\n", rs[0].grpc_addr()));
+    let mut reported = false;
+    for _ in 0..150 {
+        reported = log().lines().any(|l| l.contains("reading endpoint SD file") && l.contains("stores.yaml"));
+        if reported {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reported, "broken file not reported:\n{}", log());
+    assert_eq!(served("sd_b"), (false, true), "the last good targets must stay:\n{}", log());
+    // A name that does not say the format is refused at start, naming the file.
+    let bad = work.path().join("stores.txt");
+    std::fs::write(&bad, "[]").unwrap();
+    let (http, grpc) = (free_port(), free_port());
+    let mut q = ProcessGuard::spawn(
+        "norn query (bad sd file)",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+            .arg(format!("--endpoint.sd-files={}", bad.display())),
+        &work.path().join("query-bad.log"),
+    );
+    let mut status = None;
+    for _ in 0..300 {
+        status = q.try_wait();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bad_log = std::fs::read_to_string(work.path().join("query-bad.log")).unwrap_or_default();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{bad_log}");
+    assert!(bad_log.contains("stores.txt") && bad_log.contains("unsupported file extension"), "{bad_log}");
+    for mut r in rs {
+        r.stop();
+    }
+}

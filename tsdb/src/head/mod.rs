@@ -266,6 +266,11 @@ impl Head {
         self.dir.join("wal")
     }
 
+    /// What the WAL has written since the head was opened (zero once closed).
+    pub fn wal_stats(&self) -> wal::WalStats {
+        self.wal.lock().as_ref().map(Wal::stats).unwrap_or_default()
+    }
+
     /// A new appender; samples become visible on [`Appender::commit`].
     pub fn appender(&self) -> Appender<'_> {
         Appender::new(self)

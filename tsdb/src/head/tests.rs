@@ -843,6 +843,47 @@ mod exemplars {
         assert_eq!(off.appender().append_exemplar(&lbl(0), ex("e", 1.0, 40)), Err(ExemplarError::Disabled));
     }
 
+    /// A commit carrying samples, histograms and exemplars is one WAL write (one fsync
+    /// under the per-commit policy) whose records come in Prometheus's order: series,
+    /// samples, histograms, exemplars.
+    #[test]
+    fn one_commit_is_one_wal_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = HeadOptions { wal: WalOptions::default(), ..eo() };
+        let h = Head::open(dir.path(), o).unwrap();
+        assert_eq!(h.wal_stats(), wal::WalStats::default());
+        let mut app = h.appender();
+        app.append(&lbl(0), 10, 1.0).unwrap();
+        app.append_exemplar(&lbl(0), ex("a", 1.0, 10)).unwrap();
+        app.append_histogram(&lbl(1), 10, &hist(1)).unwrap();
+        app.append_exemplar(&lbl(1), ex("b", 2.0, 10)).unwrap();
+        let st = app.commit().unwrap();
+        assert_eq!((st.applied, st.exemplars), (2, 2));
+        assert_eq!(h.wal_stats(), wal::WalStats { writes: 1, records: 4, fsyncs: 1 });
+        // An exemplar-only commit (series already logged) is one write of one record.
+        let mut app = h.appender();
+        app.append_exemplar(&lbl(0), ex("c", 3.0, 20)).unwrap();
+        app.commit().unwrap();
+        assert_eq!(h.wal_stats(), wal::WalStats { writes: 2, records: 5, fsyncs: 2 });
+        // Nothing to log: no write.
+        h.appender().commit().unwrap();
+        assert_eq!(h.wal_stats().writes, 2);
+        drop(h);
+        let mut kinds = Vec::new();
+        wal::read_segments(&dir.path().join("wal"), 0, false, |rec| {
+            kinds.push(match crate::wal::record::decode(rec).unwrap() {
+                Record::Series(s) => format!("series:{}", s.len()),
+                Record::Samples(s) => format!("samples:{}", s.len()),
+                Record::Histograms(s) => format!("histograms:{}", s.len()),
+                Record::Exemplars(s) => format!("exemplars:{}", s.len()),
+                other => format!("{other:?}"),
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kinds, ["series:2", "samples:1", "histograms:1", "exemplars:2", "exemplars:1"]);
+    }
+
     #[test]
     fn exemplars_survive_restart_and_checkpoint() {
         let dir = tempfile::tempdir().unwrap();

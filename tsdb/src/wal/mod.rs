@@ -56,6 +56,19 @@ pub enum SyncPolicy {
     OnSegmentSwitch,
 }
 
+/// What a [`Wal`] has done since it was opened: how many times it was written to, what
+/// it wrote and how often it synced, so tests and metrics can check that one commit is
+/// one write (and at most one `fsync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// [`Wal::log`] calls, i.e. appender commits (and deletions) logged.
+    pub writes: u64,
+    /// Records logged (a series record, a samples record … each count one).
+    pub records: u64,
+    /// `fsync`s of segment data, at commits and at segment switches.
+    pub fsyncs: u64,
+}
+
 /// WAL writer settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WalOptions {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     Compression, FRAG_FIRST, FRAG_FULL, FRAG_LAST, FRAG_MIDDLE, PAGE_SIZE, RECORD_HEADER_SIZE, SNAPPY_FLAG, SyncPolicy,
-    WalOptions, list_segments, segment_path, sync_dir,
+    WalOptions, WalStats, list_segments, segment_path, sync_dir,
 };
 use crate::encoding::crc32c;
 use crate::{Result, TsdbError};
@@ -28,6 +28,7 @@ pub struct Wal {
     done_pages: usize,
     compress_buf: Vec<u8>,
     encoder: snap::raw::Encoder,
+    stats: WalStats,
 }
 
 impl Wal {
@@ -57,6 +58,7 @@ impl Wal {
             done_pages: 0,
             compress_buf: Vec::new(),
             encoder: snap::raw::Encoder::new(),
+            stats: WalStats::default(),
         })
     }
 
@@ -70,17 +72,25 @@ impl Wal {
         self.segment
     }
 
+    /// What this WAL has written since it was opened.
+    pub fn stats(&self) -> WalStats {
+        self.stats
+    }
+
     /// Appends records in order and then syncs according to the policy. A record never
     /// spans segments.
     pub fn log(&mut self, recs: &[&[u8]]) -> Result<()> {
+        self.stats.writes += 1;
         for rec in recs {
             self.log_one(rec)?;
+            self.stats.records += 1;
         }
         if self.alloc > self.flushed {
             self.flush_page(false)?;
         }
         if self.opts.sync == SyncPolicy::PerCommit {
             self.file.sync_data().map_err(TsdbError::io("fsync", self.seg_path()))?;
+            self.stats.fsyncs += 1;
         }
         Ok(())
     }
@@ -92,6 +102,7 @@ impl Wal {
             self.flush_page(true)?;
         }
         self.file.sync_all().map_err(TsdbError::io("fsync", self.seg_path()))?;
+        self.stats.fsyncs += 1;
         let next = self.segment + 1;
         self.file = create_segment(&self.dir, next)?;
         self.segment = next;

@@ -1,0 +1,442 @@
+//! Prometheus remote read (`/api/v1/read`) over the raw fan-out: the endpoints' chunks go
+//! out as they were stored.
+//!
+//! Series come from [`crate::fanout::Fanout::select_raw`] (merged by labels, chunks
+//! undecoded). Thanos's querier serves no remote read; the usual adapter in front of it
+//! (thanos-remote-read) reads its StoreAPI and so never deduplicates. Ours follows the
+//! querier's own `dedup` setting instead, as its PromQL answers do: with dedup on, series
+//! equal but for the replica labels are one series without them. A group of replicas is
+//! decoded only when its replicas really differ: chunks byte-identical to an earlier
+//! replica's are dropped first (as the querier's dedup does), and when at most one replica
+//! has chunks left, those chunks go out unchanged. Otherwise the replicas' samples are
+//! deduplicated with Thanos's penalty rule and encoded again, in their own types (an
+//! integer histogram stays an integer histogram).
+//!
+//! Streamed answers (`STREAMED_XOR_CHUNKS`) carry one series per frame and split a series
+//! over several frames past [`MAX_BYTES_IN_FRAME`], as Prometheus's server does. Chunk
+//! types use remote read's numbering (XOR=1, HISTOGRAM=2, FLOAT_HISTOGRAM=3), one more than
+//! the StoreAPI's. Sampled answers (`SAMPLES`) carry floats in `samples` and histograms in
+//! `histograms`, integer histograms with integer fields, in the query's time range.
+
+use norn_model::Labels;
+use norn_promql::StoredValue;
+use norn_storeapi::chunks::{
+    self, ChunkConvertError, encoding_from_storepb, float_histogram_to_proto, histogram_to_proto, remote_read_encoding,
+};
+use norn_storeapi::prometheus as pb;
+use norn_tsdb::chunkenc::{Chunk, Sample};
+use prost::Message;
+
+use crate::dedup::{RawSeries, dedup_replicas, strip_labels};
+use crate::seriesview::WireChunk;
+
+/// Largest streamed frame Prometheus's server builds by default
+/// (`--storage.remote.read-max-bytes-in-frame`): a frame is closed once its chunks reach it.
+pub const MAX_BYTES_IN_FRAME: usize = 1 << 20;
+
+/// One series of a remote-read answer with its chunks in remote read's numbering, sorted
+/// by time range (they may overlap, as the chunks of a head and a block do).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadSeries {
+    /// Labels (without the replica labels when deduplicated).
+    pub labels: Labels,
+    /// Chunks, data as stored.
+    pub chunks: Vec<pb::Chunk>,
+}
+
+/// Why a selection could not be turned into a remote-read answer.
+#[derive(Debug, thiserror::Error)]
+#[error("series {series}: {source}")]
+pub struct ReadError {
+    /// The series' labels.
+    pub series: String,
+    /// What was wrong with its chunks.
+    pub source: ChunkConvertError,
+}
+
+/// A StoreAPI chunk as a remote-read chunk, the data untouched (`None` without raw data).
+pub fn remote_chunk(c: &WireChunk) -> Result<Option<pb::Chunk>, ChunkConvertError> {
+    let Some(raw) = &c.raw else { return Ok(None) };
+    let enc = encoding_from_storepb(raw.encoding)?;
+    Ok(Some(pb::Chunk {
+        min_time_ms: c.min_time,
+        max_time_ms: c.max_time,
+        r#type: remote_read_encoding(enc) as i32,
+        data: raw.data.to_vec(),
+    }))
+}
+
+fn remote_chunks(cs: &[WireChunk]) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
+    Ok(cs.iter().map(remote_chunk).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+}
+
+/// What makes two wire chunks equal: time range, encoding and bytes.
+fn chunk_id(c: &WireChunk) -> Option<(i64, i64, i32, &[u8])> {
+    c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.encoding, &r.data[..]))
+}
+
+/// The raw fan-out's series as remote-read series. Without replica labels each series
+/// passes through; with them, series equal once the replica labels are removed are one
+/// series, deduplicated (see the module doc) over the samples in `[mint, maxt]` (where the
+/// querier's dedup starts too: the penalty rule's choices depend on the first sample).
+pub fn combine(
+    raw: Vec<RawSeries>,
+    replica_labels: &[String],
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<ReadSeries>, ReadError> {
+    let err = |l: &Labels| {
+        let series = l.to_string();
+        move |source| ReadError { series, source }
+    };
+    if replica_labels.is_empty() {
+        return raw
+            .into_iter()
+            .map(|(labels, cs)| {
+                let chunks = remote_chunks(&cs).map_err(err(&labels))?;
+                Ok(ReadSeries { labels, chunks })
+            })
+            .collect();
+    }
+    // Grouped by labels without the replica labels; within a group, replicas in replica
+    // label order (as the querier's dedup orders them).
+    let mut groups: std::collections::BTreeMap<Labels, Vec<(Labels, Vec<WireChunk>)>> = Default::default();
+    for (labels, cs) in raw {
+        groups.entry(strip_labels(&labels, replica_labels)).or_default().push((labels, cs));
+    }
+    let replica_of = |l: &Labels| -> Vec<(String, String)> {
+        l.iter().filter(|(n, _)| replica_labels.iter().any(|r| r == n)).map(|(n, v)| (n.into(), v.into())).collect()
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for (key, mut replicas) in groups {
+        replicas.sort_by_cached_key(|(l, _)| replica_of(l));
+        let chunks = dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect(), mint, maxt).map_err(err(&key))?;
+        out.push(ReadSeries { labels: key, chunks });
+    }
+    Ok(out)
+}
+
+/// One group's replicas (chunks sorted by time range, in replica order) as one series'
+/// chunks: passed through when at most one replica has chunks no earlier replica has,
+/// else their samples in `[mint, maxt]` decoded, deduplicated and encoded again.
+fn dedup_group(replicas: Vec<Vec<WireChunk>>, mint: i64, maxt: i64) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
+    if replicas.len() == 1 {
+        return remote_chunks(&replicas[0]);
+    }
+    let mut seen: std::collections::HashSet<(i64, i64, i32, &[u8])> = Default::default();
+    let mut kept: Vec<Vec<&WireChunk>> = Vec::with_capacity(replicas.len());
+    for cs in &replicas {
+        let keep: Vec<&WireChunk> = cs.iter().filter(|c| chunk_id(c).is_some_and(|id| !seen.contains(&id))).collect();
+        seen.extend(cs.iter().filter_map(chunk_id));
+        if !keep.is_empty() {
+            kept.push(keep);
+        }
+    }
+    if kept.len() <= 1 {
+        let one: Vec<WireChunk> = kept.into_iter().flatten().cloned().collect();
+        return remote_chunks(&one);
+    }
+    let mut decoded: Vec<Vec<Sample>> = kept.iter().map(|cs| decode_replica(cs)).collect::<Result<_, _>>()?;
+    for d in &mut decoded {
+        d.retain(|s| (mint..=maxt).contains(&s.timestamp()));
+    }
+    decoded.retain(|d| !d.is_empty());
+    // The penalty rule looks at timestamps only (values matter for counters alone, and
+    // remote read returns stored data, not a counter function's input): each value stands
+    // for its place, replica and index, so the chosen samples are taken back in their own
+    // type. Exact: both fit well within an f64's 53-bit mantissa.
+    let places: Vec<Vec<(i64, StoredValue)>> = decoded
+        .iter()
+        .enumerate()
+        .map(|(r, s)| {
+            s.iter().enumerate().map(|(i, x)| (x.timestamp(), StoredValue::Float(place(r, i) as f64))).collect()
+        })
+        .collect();
+    let chosen = dedup_replicas(places, false);
+    let mut samples = Vec::with_capacity(chosen.len());
+    for (_, v) in chosen {
+        let StoredValue::Float(p) = v else { continue };
+        let (r, i) = unplace(p as u64);
+        if let Some(s) = decoded.get(r).and_then(|d| d.get(i)) {
+            samples.push(s.clone());
+        }
+    }
+    Ok(chunks::encode_samples(samples)?.iter().map(chunks::remote_read_chunk).collect())
+}
+
+fn place(replica: usize, index: usize) -> u64 {
+    ((replica as u64) << 32) | index as u64
+}
+
+fn unplace(p: u64) -> (usize, usize) {
+    ((p >> 32) as usize, (p & 0xffff_ffff) as usize)
+}
+
+/// Decodes one replica's chunks (sorted by time range, possibly overlapping) into samples
+/// ascending by time, one per timestamp.
+fn decode_replica(cs: &[&WireChunk]) -> Result<Vec<Sample>, ChunkConvertError> {
+    let mut out = Vec::new();
+    for c in cs {
+        let Some(raw) = &c.raw else { continue };
+        decode_into(c.min_time, c.max_time, encoding_from_storepb(raw.encoding)?, raw.data.clone(), &mut out)?;
+    }
+    normalize(&mut out);
+    Ok(out)
+}
+
+fn decode_into(
+    min_time: i64,
+    max_time: i64,
+    enc: norn_tsdb::chunkenc::Encoding,
+    data: impl Into<bytes::Bytes>,
+    out: &mut Vec<Sample>,
+) -> Result<(), ChunkConvertError> {
+    let corrupt = |source| ChunkConvertError::Corrupt { min_time, max_time, source };
+    let chunk = Chunk::new(enc, data);
+    let mut it = chunk.iter().map_err(corrupt)?;
+    out.extend(it.by_ref());
+    match it.err() {
+        Some(e) => Err(corrupt(e.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Sorts by time and keeps the first sample of each timestamp.
+fn normalize(s: &mut Vec<Sample>) {
+    if !s.windows(2).all(|w| w[0].timestamp() < w[1].timestamp()) {
+        s.sort_by_key(Sample::timestamp);
+        s.dedup_by_key(|x| x.timestamp());
+    }
+}
+
+/// Appends the streamed frames of one query's series to `out`: one series per frame, a
+/// new frame once the chunks of the current one reach `max_frame` bytes. Each frame is
+/// `uvarint(len)`, the big-endian CRC32-Castagnoli of the message, then the message.
+pub fn write_frames(series: &[ReadSeries], query_index: i64, max_frame: usize, out: &mut Vec<u8>) {
+    for s in series {
+        let labels: Vec<pb::Label> =
+            s.labels.iter().map(|(n, v)| pb::Label { name: n.into(), value: v.into() }).collect();
+        let mut rest = &s.chunks[..];
+        while !rest.is_empty() {
+            let mut size = 0;
+            let mut n = 0;
+            while n < rest.len() && (n == 0 || size < max_frame) {
+                size += rest[n].encoded_len();
+                n += 1;
+            }
+            let msg = pb::ChunkedReadResponse {
+                chunked_series: vec![pb::ChunkedSeries { labels: labels.clone(), chunks: rest[..n].to_vec() }],
+                query_index,
+            };
+            let bytes = msg.encode_to_vec();
+            prost::encoding::encode_varint(bytes.len() as u64, out);
+            out.extend_from_slice(&norn_tsdb::encoding::crc32c(&bytes).to_be_bytes());
+            out.extend_from_slice(&bytes);
+            rest = &rest[n..];
+        }
+    }
+}
+
+/// A series as a sampled remote-read series: its samples in `[mint, maxt]`, floats in
+/// `samples`, histograms in `histograms` (integer ones with integer counts), by time.
+pub fn sampled(s: &ReadSeries, mint: i64, maxt: i64) -> Result<pb::TimeSeries, ReadError> {
+    let err = |source| ReadError { series: s.labels.to_string(), source };
+    let mut all = Vec::new();
+    for c in &s.chunks {
+        if c.max_time_ms < mint || c.min_time_ms > maxt {
+            continue;
+        }
+        let enc = chunks::encoding_from_remote_read(c.r#type).map_err(err)?;
+        decode_into(c.min_time_ms, c.max_time_ms, enc, c.data.clone(), &mut all).map_err(err)?;
+    }
+    normalize(&mut all);
+    let mut ts = pb::TimeSeries {
+        labels: s.labels.iter().map(|(n, v)| pb::Label { name: n.into(), value: v.into() }).collect(),
+        ..Default::default()
+    };
+    for x in all.into_iter().filter(|x| (mint..=maxt).contains(&x.timestamp())) {
+        match x {
+            Sample::Float(t, v) => ts.samples.push(pb::Sample { value: v, timestamp: t }),
+            Sample::Histogram(t, h) => ts.histograms.push(histogram_to_proto(t, &h)),
+            Sample::FloatHistogram(t, h) => ts.histograms.push(float_histogram_to_proto(t, &h)),
+        }
+    }
+    Ok(ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use norn_model::{Histogram, Span};
+    use norn_storeapi::thanos;
+
+    use super::*;
+
+    fn hist(i: u64) -> Histogram {
+        Histogram {
+            schema: 1,
+            zero_threshold: 1e-128,
+            zero_count: i,
+            count: 3 * i,
+            sum: i as f64 * 2.5,
+            positive_spans: vec![Span { offset: -1, length: 2 }],
+            positive_buckets: vec![i as i64, 0],
+            ..Default::default()
+        }
+    }
+
+    /// Samples as StoreAPI wire chunks, as an endpoint sends them.
+    fn wire(samples: Vec<Sample>) -> Vec<WireChunk> {
+        chunks::encode_samples(samples)
+            .unwrap()
+            .iter()
+            .map(|m| WireChunk::from_proto(&chunks::aggr_chunk(m, 0)))
+            .collect()
+    }
+
+    fn floats(ts: impl IntoIterator<Item = i64>) -> Vec<Sample> {
+        ts.into_iter().map(|t| Sample::Float(t, t as f64 / 7.0)).collect()
+    }
+
+    fn hists(ts: impl IntoIterator<Item = i64>) -> Vec<Sample> {
+        ts.into_iter().map(|t| Sample::Histogram(t, Box::new(hist(t as u64 / 1000 + 1)))).collect()
+    }
+
+    fn labels(name: &str, replica: &str) -> Labels {
+        Labels::from_pairs([("__name__", name), ("replica", replica)])
+    }
+
+    fn decode(cs: &[pb::Chunk]) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for c in cs {
+            let enc = chunks::encoding_from_remote_read(c.r#type).unwrap();
+            decode_into(c.min_time_ms, c.max_time_ms, enc, c.data.clone(), &mut out).unwrap();
+        }
+        out
+    }
+
+    /// Without dedup every chunk goes out as stored: same bytes and time range, the type in
+    /// remote read's numbering (one more than the StoreAPI's).
+    #[test]
+    fn chunks_pass_through_byte_identical() {
+        let f = wire(floats((0..300).map(|i| i * 1000)));
+        let h = wire(hists((0..300).map(|i| i * 1000)));
+        let raw = vec![(labels("f", "a"), f.clone()), (labels("h", "a"), h.clone())];
+        let got = combine(raw, &[], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), 2);
+        for (s, (want, typ)) in got.iter().zip([(&f, pb::chunk::Encoding::Xor), (&h, pb::chunk::Encoding::Histogram)]) {
+            assert_eq!(s.chunks.len(), want.len());
+            for (c, w) in s.chunks.iter().zip(want) {
+                let raw = w.raw.as_ref().unwrap();
+                assert_eq!((c.min_time_ms, c.max_time_ms, &c.data[..]), (w.min_time, w.max_time, &raw.data[..]));
+                assert_eq!(c.r#type, typ as i32, "{}", s.labels);
+            }
+        }
+        assert_eq!(pb::chunk::Encoding::Histogram as i32, thanos::chunk::Encoding::Histogram as i32 + 1);
+        // A chunk of an unknown StoreAPI encoding is an error naming the series.
+        let mut bad = f[0].clone();
+        bad.raw.as_mut().unwrap().encoding = 9;
+        let e = combine(vec![(labels("f", "a"), vec![bad])], &[], 0, 1).unwrap_err();
+        assert!(e.to_string().contains(r#"__name__="f""#), "{e}");
+    }
+
+    /// With dedup: replicas with identical chunks pass the first replica's chunks through;
+    /// replicas that differ are deduplicated with the penalty rule and encoded again in their
+    /// own type (integer histograms stay integer histograms).
+    #[test]
+    fn replicas_decoded_only_when_they_differ() {
+        let rl = vec!["replica".to_string()];
+        let full = wire(hists((0..200).map(|i| i * 1000)));
+        let raw = vec![(labels("h", "a"), full.clone()), (labels("h", "b"), full.clone())];
+        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].labels, Labels::from_pairs([("__name__", "h")]));
+        assert_eq!(got[0].chunks, remote_chunks(&full).unwrap());
+        // Replica a has a gap that b, scraped 1 ms later, fills: their chunks differ.
+        let a: Vec<i64> = (0..200).filter(|i| !(50..80).contains(i)).map(|i| i * 1000).collect();
+        let b: Vec<i64> = (0..200).map(|i| i * 1000 + 1).collect();
+        let raw = vec![(labels("h", "b"), wire(hists(b.clone()))), (labels("h", "a"), wire(hists(a.clone())))];
+        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Histogram as i32));
+        let samples = decode(&got[0].chunks);
+        let times: Vec<i64> = samples.iter().map(Sample::timestamp).collect();
+        // a (first in replica order) up to its gap, then b: b's first sample after a's last
+        // (49 000) is skipped by the penalty (twice the 1 s gap), so b from 51 001 on.
+        let want: Vec<i64> =
+            a.iter().copied().filter(|t| *t < 50_000).chain(b.iter().copied().filter(|t| *t >= 51_001)).collect();
+        assert_eq!(times, want);
+        for s in &samples {
+            let Sample::Histogram(t, h) = s else { panic!("{s:?}") };
+            assert_eq!(h.count, hist(*t as u64 / 1000 + 1).count, "at {t}");
+        }
+        // Dedup starts at the range's start, as the querier's does: b reaching further back
+        // does not make it the replica followed (which would lose a's samples across b's
+        // gap to the penalty).
+        let a2: Vec<i64> = (100..200).map(|i| i * 1000).collect();
+        let b2: Vec<i64> = (0..200).filter(|i| !(150..160).contains(i)).map(|i| i * 1000).collect();
+        let raw = vec![(labels("h", "a"), wire(hists(a2.clone()))), (labels("h", "b"), wire(hists(b2)))];
+        let got = combine(raw, &rl, 100_000, 250_000).unwrap();
+        assert_eq!(decode(&got[0].chunks).iter().map(Sample::timestamp).collect::<Vec<_>>(), a2);
+        // Floats as XOR.
+        let raw = vec![(labels("f", "a"), wire(floats(a.clone()))), (labels("f", "b"), wire(floats(b)))];
+        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Xor as i32));
+        assert_eq!(decode(&got[0].chunks).len(), want.len());
+    }
+
+    /// Frames hold one series each and split a series once its chunks reach the limit;
+    /// every frame is length-prefixed and checksummed.
+    #[test]
+    fn frames_split_at_the_size_limit() {
+        let s1 = ReadSeries { labels: labels("f", "a"), chunks: remote_chunks(&wire(floats(0..12_000))).unwrap() };
+        let s2 = ReadSeries { labels: labels("g", "a"), chunks: remote_chunks(&wire(floats(0..10))).unwrap() };
+        let total: usize = s1.chunks.iter().map(Message::encoded_len).sum();
+        let max = total / 3;
+        let mut out = Vec::new();
+        write_frames(&[s1.clone(), s2.clone()], 7, max, &mut out);
+        let mut buf = &out[..];
+        let mut frames = Vec::new();
+        while !buf.is_empty() {
+            let len = prost::encoding::decode_varint(&mut buf).unwrap() as usize;
+            let crc = u32::from_be_bytes(buf[..4].try_into().unwrap());
+            let msg = &buf[4..4 + len];
+            assert_eq!(crc, norn_tsdb::encoding::crc32c(msg));
+            frames.push(pb::ChunkedReadResponse::decode(msg).unwrap());
+            buf = &buf[4 + len..];
+        }
+        assert!(frames.len() >= 4, "{}", frames.len());
+        let mut chunks = Vec::new();
+        for f in &frames {
+            assert_eq!((f.query_index, f.chunked_series.len()), (7, 1));
+            let cs = &f.chunked_series[0].chunks;
+            let size: usize = cs.iter().map(Message::encoded_len).sum();
+            assert!(size < max + cs.last().unwrap().encoded_len(), "{size} > {max}");
+            if f.chunked_series[0].labels[0].value == "f" {
+                chunks.extend(cs.iter().cloned());
+            }
+        }
+        assert_eq!(chunks, s1.chunks);
+        assert_eq!(frames.last().unwrap().chunked_series[0].chunks, s2.chunks);
+    }
+
+    /// Sampled answers: floats in `samples`, integer histograms with integer fields, only
+    /// the query's range.
+    #[test]
+    fn sampled_keeps_integer_histograms() {
+        let s = ReadSeries {
+            labels: labels("h", "a"),
+            chunks: remote_chunks(&wire(hists((0..300).map(|i| i * 1000)))).unwrap(),
+        };
+        let ts = sampled(&s, 10_000, 20_000).unwrap();
+        assert!(ts.samples.is_empty());
+        assert_eq!(ts.histograms.len(), 11);
+        let h = &ts.histograms[0];
+        assert_eq!(h.timestamp, 10_000);
+        assert_eq!(h.count, Some(pb::histogram::Count::CountInt(33)));
+        assert_eq!(h.zero_count, Some(pb::histogram::ZeroCount::ZeroCountInt(11)));
+        assert_eq!(h.positive_deltas, vec![11, 0]);
+        let f = ReadSeries { labels: labels("f", "a"), chunks: remote_chunks(&wire(floats(0..100))).unwrap() };
+        let ts = sampled(&f, 5, 9).unwrap();
+        assert_eq!(ts.samples.iter().map(|s| s.timestamp).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
+    }
+}
