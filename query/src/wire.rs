@@ -1,27 +1,12 @@
-//! Merged, deduplicated series back onto a wire: remote-read chunks and samples for
-//! `/api/v1/read`. Floats and native histograms alike; the chunk numbering lives in
-//! `norn_storeapi::chunks`. (The querier's own Store service needs none of this: it passes
-//! the endpoints' chunks through unchanged, see `grpc`.)
-//!
-//! Histograms reach the querier as [`StoredValue::Histogram`] (float counts, as the
-//! engine computes with them), so remote read returns them as float-histogram chunks and
-//! samples: the values are the same, only an integer chunk's compact encoding is not
-//! reproduced.
+//! Conversions between TSDB samples and the querier's samples. Histograms reach the
+//! engine as [`StoredValue::Histogram`] (float counts, as it computes with them); remote
+//! read and the querier's own Store service pass the endpoints' chunks through instead
+//! (see `remote_read` and `grpc`), so integer histograms leave as they came.
 
 use std::sync::Arc;
 
 use norn_promql::StoredValue;
-use norn_storeapi::chunks::{self, ChunkConvertError};
-use norn_storeapi::prometheus;
 use norn_tsdb::chunkenc::Sample;
-
-/// A querier sample as a TSDB sample, ready to encode.
-fn to_sample(t: i64, v: &StoredValue) -> Sample {
-    match v {
-        StoredValue::Float(f) => Sample::Float(t, *f),
-        StoredValue::Histogram(h) => Sample::FloatHistogram(t, Box::new((**h).clone())),
-    }
-}
 
 /// A decoded TSDB sample as a querier sample (integer histograms become float ones).
 pub fn from_sample(s: Sample) -> (i64, StoredValue) {
@@ -32,31 +17,20 @@ pub fn from_sample(s: Sample) -> (i64, StoredValue) {
     }
 }
 
-/// Samples (ascending by time) as remote-read chunks of at most 120 samples each.
-pub fn remote_read_chunks(samples: &[(i64, StoredValue)]) -> Result<Vec<prometheus::Chunk>, ChunkConvertError> {
-    let metas = chunks::encode_samples(samples.iter().map(|(t, v)| to_sample(*t, v)))?;
-    Ok(metas.iter().map(chunks::remote_read_chunk).collect())
-}
-
-/// Samples as a sampled remote-read series: floats in `samples`, histograms in
-/// `histograms`, each ascending by time.
-pub fn remote_read_series(labels: Vec<prometheus::Label>, samples: &[(i64, StoredValue)]) -> prometheus::TimeSeries {
-    let mut ts = prometheus::TimeSeries { labels, ..Default::default() };
-    for (t, v) in samples {
-        match v {
-            StoredValue::Float(f) => ts.samples.push(prometheus::Sample { value: *f, timestamp: *t }),
-            StoredValue::Histogram(h) => ts.histograms.push(chunks::float_histogram_to_proto(*t, h)),
-        }
-    }
-    ts
-}
-
 #[cfg(test)]
 mod tests {
-    use norn_model::{CounterResetHint, FloatHistogram, Span};
+    use norn_model::{FloatHistogram, Span};
 
     use super::*;
-    use norn_storeapi::thanos;
+    use norn_storeapi::{chunks, thanos};
+
+    /// A querier sample as a TSDB sample, ready to encode.
+    fn to_sample(t: i64, v: &StoredValue) -> Sample {
+        match v {
+            StoredValue::Float(f) => Sample::Float(t, *f),
+            StoredValue::Histogram(h) => Sample::FloatHistogram(t, Box::new((**h).clone())),
+        }
+    }
 
     fn fh(i: u32) -> FloatHistogram {
         FloatHistogram {
@@ -73,66 +47,10 @@ mod tests {
         }
     }
 
-    /// A float series, then histograms changing schema every sample: every value type and
-    /// layout change must come back out of the chunks unchanged.
-    fn series() -> Vec<(i64, StoredValue)> {
-        let mut out: Vec<(i64, StoredValue)> = (0..3).map(|i| (i, StoredValue::Float(i as f64))).collect();
-        out.extend((3..250).map(|i| (i, StoredValue::Histogram(Arc::new(fh(i as u32))))));
-        out.push((250, StoredValue::Float(norn_promql::value::stale_nan())));
-        out
-    }
-
-    fn same(a: &[(i64, StoredValue)], b: &[(i64, StoredValue)]) {
-        assert_eq!(a.len(), b.len());
-        for ((ta, va), (tb, vb)) in a.iter().zip(b) {
-            assert_eq!(ta, tb);
-            match (va, vb) {
-                (StoredValue::Float(x), StoredValue::Float(y)) => assert_eq!(x.to_bits(), y.to_bits(), "at {ta}"),
-                (StoredValue::Histogram(x), StoredValue::Histogram(y)) => {
-                    // Hints are re-derived by the decoder; the values are what matters.
-                    let strip = |h: &FloatHistogram| FloatHistogram {
-                        counter_reset_hint: CounterResetHint::Unknown,
-                        ..h.clone()
-                    };
-                    assert_eq!(strip(x), strip(y), "at {ta}");
-                }
-                _ => panic!("value type changed at {ta}"),
-            }
-        }
-    }
-
     /// Samples as StoreAPI chunks, as an endpoint would send them.
     fn storepb_chunks(samples: &[(i64, StoredValue)]) -> Vec<thanos::AggrChunk> {
         let metas = chunks::encode_samples(samples.iter().map(|(t, v)| to_sample(*t, v))).unwrap();
         metas.iter().map(|m| chunks::aggr_chunk(m, 0)).collect()
-    }
-
-    #[test]
-    fn remote_read_chunks_round_trip() {
-        let s = series();
-        let mut got = Vec::new();
-        for c in remote_read_chunks(&s).unwrap() {
-            let enc = chunks::encoding_from_remote_read(c.r#type).unwrap();
-            let chunk = norn_tsdb::chunkenc::Chunk::new(enc, c.data);
-            got.extend(chunk.iter().unwrap().map(from_sample));
-        }
-        same(&got, &s);
-    }
-
-    #[test]
-    fn sampled_series_split_floats_and_histograms() {
-        let ts = remote_read_series(vec![], &series());
-        assert_eq!(ts.samples.len(), 4);
-        assert_eq!(ts.histograms.len(), 247);
-        assert_eq!(ts.histograms[0].timestamp, 3);
-        assert_eq!(ts.histograms[0].schema, 0);
-    }
-
-    #[test]
-    fn inconsistent_histograms_are_errors_not_panics() {
-        let bad = FloatHistogram { positive_spans: vec![Span { offset: 0, length: 5 }], ..fh(1) };
-        let s = vec![(1, StoredValue::Histogram(Arc::new(bad)))];
-        assert!(remote_read_chunks(&s).is_err());
     }
 
     /// Two replicas of a histogram series, the first with a gap: after decoding their
