@@ -17,9 +17,6 @@ use norn_storeapi::thanos::info::{InfoRequest, InfoResponse};
 use parking_lot::RwLock;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-/// Largest HTTP/2 frame the querier accepts from endpoints (the protocol's default is 16 KiB).
-const HTTP2_MAX_FRAME_SIZE: u32 = 1 << 20;
-
 /// One `--endpoint` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointSpec {
@@ -318,14 +315,7 @@ impl EndpointSet {
                     continue;
                 }
                 let channel = match TonicEndpoint::from_shared(format!("http://{a}")) {
-                    // Series answers come in frames of about a megabyte: HTTP/2 frames that
-                    // size instead of 16 KiB mean 64 times fewer frames to read, wake up
-                    // for and copy on both sides (RF=3 reads three such streams).
-                    Ok(e) => e
-                        .connect_timeout(self.cfg.info_timeout)
-                        .tcp_nodelay(true)
-                        .max_frame_size(HTTP2_MAX_FRAME_SIZE)
-                        .connect_lazy(),
+                    Ok(e) => e.connect_timeout(self.cfg.info_timeout).tcp_nodelay(true).connect_lazy(),
                     Err(e) => {
                         tracing::warn!(endpoint = %a, error = %e, "invalid endpoint address");
                         continue;
