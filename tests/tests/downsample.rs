@@ -1,0 +1,198 @@
+//! `norn compact` downsampling over a FILESYSTEM bucket: a 48h raw block (a gauge, and a
+//! counter that resets) gets a 5m block with the same labels, source, time range and
+//! sources; its aggregate chunks (Thanos's 0xFF encoding) decode to the per-window count,
+//! sum, min and max of the raw samples, and the counter aggregate keeps the counter's
+//! increase across resets. A second pass makes nothing new.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use norn_model::Labels;
+use norn_testkit::{free_port, norn_bin, run_ok, tempdir};
+use norn_tsdb::block::{Block, BlockWriter};
+use norn_tsdb::chunkenc::Sample;
+use norn_tsdb::chunkenc::aggr::{AGGR_ENCODING, AggrChunk, AggrType};
+use norn_tsdb::series::encode_float_chunks;
+
+/// Start of the data (ms), a multiple of 5m.
+const T0: i64 = 1_699_977_600_000;
+const H: i64 = 3_600_000;
+const RES: i64 = 300_000;
+
+fn bucket_yaml(bucket: &Path) -> String {
+    format!("--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n", bucket.display())
+}
+
+/// Raw samples of the two series: a gauge every 30s and a counter every 45s that resets
+/// every 7 hours.
+fn raw_series() -> Vec<(Labels, Vec<(i64, f64)>)> {
+    let gauge: Vec<(i64, f64)> =
+        (T0..T0 + 48 * H).step_by(30_000).map(|t| (t, ((t - T0) as f64 / 1e6).sin() * 50.0)).collect();
+    let counter: Vec<(i64, f64)> =
+        (T0..T0 + 48 * H).step_by(45_000).map(|t| (t, (((t - T0) % (7 * H)) / 45_000 * 3) as f64)).collect();
+    let mut v = vec![
+        (Labels::from_pairs([("__name__", "gauge")]), gauge),
+        (Labels::from_pairs([("__name__", "requests_total")]), counter),
+    ];
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn write_raw_block(bucket: &Path) -> String {
+    let mut w = BlockWriter::new(bucket, T0, T0 + 48 * H).unwrap();
+    for (l, s) in raw_series() {
+        w.add_series(&l, &encode_float_chunks(s, 120)).unwrap();
+    }
+    let meta = w.finish().unwrap();
+    let id = meta.ulid.to_string();
+    let p = bucket.join(&id).join("meta.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    m["thanos"] = serde_json::json!({"version": 1, "labels": {"cluster": "c1"}, "downsample": {"resolution": 0}, "source": "sidecar"});
+    std::fs::write(&p, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    id
+}
+
+fn compact_once(work: &Path, bucket: &Path) -> String {
+    let out = run_ok(
+        Command::new(norn_bin())
+            .arg("compact")
+            .arg(format!("--data-dir={}", work.join("compact-data").display()))
+            .arg(bucket_yaml(bucket))
+            .arg(format!("--http-address=127.0.0.1:{}", free_port())),
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn block_dirs(bucket: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(bucket)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| ulid::Ulid::from_string(n).is_ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The five aggregates of one chunk as samples.
+type Aggregates = [Vec<(i64, f64)>; 5];
+
+/// Per series, the aggregate chunks' samples in chunk order.
+fn decoded(dir: &Path) -> BTreeMap<String, Vec<Aggregates>> {
+    let b = Block::open(dir).unwrap();
+    let mut out = BTreeMap::new();
+    for id in b.index().all_postings().unwrap() {
+        let (l, refs) = b.index().series(id).unwrap();
+        let mut chunks = Vec::new();
+        for r in refs {
+            let (enc, data) = b.chunks().raw_chunk(r.chunk_ref).unwrap();
+            assert_eq!(enc, AGGR_ENCODING);
+            let a = AggrChunk::decode(&data).unwrap();
+            let parts: [Vec<(i64, f64)>; 5] = AggrType::ALL.map(|t| {
+                a.get(t)
+                    .unwrap_or_else(|| panic!("{} missing", t.name()))
+                    .iter()
+                    .unwrap()
+                    .map(|s| match s {
+                        Sample::Float(t, v) => (t, v),
+                        o => panic!("{o:?}"),
+                    })
+                    .collect()
+            });
+            assert_eq!(parts[0].first().map(|s| s.0), Some(r.min_time));
+            assert_eq!(parts[0].last().map(|s| s.0), Some(r.max_time));
+            chunks.push(parts);
+        }
+        out.insert(l.get("__name__").unwrap().to_string(), chunks);
+    }
+    out
+}
+
+#[test]
+fn compact_downsamples_a_48h_block_to_5m() {
+    let tmp = tempdir().unwrap();
+    let work = tmp.path();
+    let bucket = work.join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let raw = write_raw_block(&bucket);
+
+    let log = compact_once(work, &bucket);
+    std::fs::write(work.join("compact.log"), &log).unwrap();
+    assert!(log.contains("downsampled block uploaded"), "{log}");
+    let dirs = block_dirs(&bucket);
+    assert_eq!(dirs.len(), 2, "{dirs:?}\n{log}");
+    let ds = dirs.iter().find(|d| **d != raw).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bucket.join(ds).join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["thanos"]["downsample"]["resolution"], RES);
+    assert_eq!(meta["thanos"]["labels"], serde_json::json!({"cluster": "c1"}));
+    assert_eq!(meta["thanos"]["source"], "sidecar");
+    assert_eq!((meta["minTime"].as_i64(), meta["maxTime"].as_i64()), (Some(T0), Some(T0 + 48 * H)));
+    assert_eq!(meta["compaction"]["sources"], serde_json::json!([raw]));
+    assert_eq!(meta["stats"]["numSeries"], 2);
+    assert!(!bucket.join(&raw).join("deletion-mark.json").exists(), "no retention set: raw stays");
+
+    let got = decoded(&bucket.join(ds));
+    for (l, samples) in raw_series() {
+        let name = l.get("__name__").unwrap().to_string();
+        let chunks = &got[&name];
+        // Count, sum, min, max per 5m window, from the raw samples.
+        let mut want: BTreeMap<i64, (f64, f64, f64, f64)> = BTreeMap::new();
+        for &(t, v) in &samples {
+            let e = want.entry(t / RES).or_insert((0.0, 0.0, f64::MAX, -f64::MAX));
+            *e = (e.0 + 1.0, e.1 + v, e.2.min(v), e.3.max(v));
+        }
+        let mut windows: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
+        for c in chunks {
+            for (i, &(t, n)) in c[0].iter().enumerate() {
+                assert!([1, 2, 3].iter().all(|&k| c[k][i].0 == t), "{name}: aggregates at different times");
+                windows.push((t, n, c[1][i].1, c[2][i].1, c[3][i].1));
+            }
+        }
+        assert_eq!(windows.len(), want.len(), "{name}: one sample per window");
+        for ((t, n, s, lo, hi), (w, e)) in windows.iter().zip(&want) {
+            assert_eq!(t / RES, *w, "{name}: window of {t}");
+            assert_eq!((*n, *lo, *hi), (e.0, e.2, e.3), "{name} window {w}");
+            assert!((s - e.1).abs() <= 1e-9 * e.1.abs().max(1.0), "{name} window {w}: sum {s} vs {}", e.1);
+        }
+        if name == "requests_total" {
+            // The counter chunks, reset-adjusted across chunks as Thanos's querier reads
+            // them, give the raw counter's increase (resets included).
+            let mut true_inc = 0.0;
+            for w in samples.windows(2) {
+                true_inc += if w[1].1 >= w[0].1 { w[1].1 - w[0].1 } else { w[1].1 };
+            }
+            assert!(true_inc > samples.last().unwrap().1, "the data has resets");
+            let (mut total, mut last_t, mut last_v, mut first) = (0.0, i64::MIN, 0.0, None);
+            for c in chunks {
+                // First sample: the chunk's first raw value; last: its last raw value,
+                // under the last window's timestamp.
+                let cs = &c[4];
+                let raw_first = samples.iter().find(|s| s.0 == cs[0].0).unwrap();
+                assert_eq!(cs[0].1, raw_first.1);
+                assert_eq!(cs[cs.len() - 1].0, cs[cs.len() - 2].0);
+                for &(t, v) in cs {
+                    if first.is_none() {
+                        first = Some(v);
+                        total = v;
+                    } else if t > last_t {
+                        total += if v >= last_v { v - last_v } else { v };
+                    } else if t == last_t {
+                        last_v = v;
+                        continue;
+                    } else {
+                        continue;
+                    }
+                    (last_t, last_v) = (t, v);
+                }
+            }
+            assert_eq!(last_v, samples.last().unwrap().1);
+            assert_eq!(total - first.unwrap(), true_inc);
+        }
+    }
+
+    // Its source is covered now: a second pass adds nothing.
+    let log = compact_once(work, &bucket);
+    assert!(!log.contains("downsampled block uploaded"), "{log}");
+    assert_eq!(block_dirs(&bucket).len(), 2);
+}
