@@ -2,14 +2,18 @@
 //! counter that resets) gets a 5m block with the same labels, source, time range and
 //! sources; its aggregate chunks (Thanos's 0xFF encoding) decode to the per-window count,
 //! sum, min and max of the raw samples, and the counter aggregate keeps the counter's
-//! increase across resets. A second pass makes nothing new.
+//! increase across resets. A second pass makes nothing new. `norn store` over the bucket
+//! then serves the raw block for `max_resolution_window` 0 and the 5m block's requested
+//! aggregates for a 5m window.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use norn_model::Labels;
-use norn_testkit::{free_port, norn_bin, run_ok, tempdir};
+use norn_storeapi::thanos::{self, LabelMatcher, SeriesRequest, series_response, store_client::StoreClient};
+use norn_testkit::{ProcessGuard, free_port, norn_bin, run_ok, tempdir, wait_ready};
 use norn_tsdb::block::{Block, BlockWriter};
 use norn_tsdb::chunkenc::Sample;
 use norn_tsdb::chunkenc::aggr::{AGGR_ENCODING, AggrChunk, AggrType};
@@ -195,4 +199,109 @@ fn compact_downsamples_a_48h_block_to_5m() {
     let log = compact_once(work, &bucket);
     assert!(!log.contains("downsampled block uploaded"), "{log}");
     assert_eq!(block_dirs(&bucket).len(), 2);
+}
+
+/// Per series name, the chunks of a Series answer.
+async fn series(addr: &str, max_res: i64, aggrs: &[thanos::Aggr]) -> BTreeMap<String, Vec<thanos::AggrChunk>> {
+    let mut c = StoreClient::connect(format!("http://{addr}")).await.unwrap();
+    let req = SeriesRequest {
+        min_time: T0,
+        max_time: T0 + 48 * H,
+        matchers: vec![LabelMatcher { r#type: 2, name: "__name__".into(), value: ".+".into() }],
+        max_resolution_window: max_res,
+        aggregates: aggrs.iter().map(|&a| a as i32).collect(),
+        ..Default::default()
+    };
+    let mut stream = c.series(req).await.unwrap().into_inner();
+    let mut out: BTreeMap<String, Vec<thanos::AggrChunk>> = BTreeMap::new();
+    while let Some(frame) = stream.message().await.unwrap() {
+        let list = match frame.result {
+            Some(series_response::Result::Series(s)) => vec![s],
+            Some(series_response::Result::Batch(b)) => b.series,
+            _ => continue,
+        };
+        for s in list {
+            assert!(s.labels.iter().any(|l| l.name == "cluster" && l.value == "c1"), "external labels");
+            let name = s.labels.iter().find(|l| l.name == "__name__").map(|l| l.value.clone()).unwrap_or_default();
+            out.entry(name).or_default().extend(s.chunks);
+        }
+    }
+    out
+}
+
+fn xor_samples(c: &thanos::Chunk) -> Vec<(i64, f64)> {
+    assert_eq!(c.r#type, thanos::chunk::Encoding::Xor as i32);
+    let c = norn_tsdb::chunkenc::Chunk::new(norn_tsdb::chunkenc::Encoding::Xor, c.data.clone());
+    c.iter()
+        .unwrap()
+        .map(|s| match s {
+            Sample::Float(t, v) => (t, v),
+            o => panic!("{o:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_serves_the_5m_block_by_max_resolution_window() {
+    let tmp = tempdir().unwrap();
+    let work = tmp.path();
+    let bucket = work.join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    write_raw_block(&bucket);
+    let log = compact_once(work, &bucket);
+    assert!(log.contains("downsampled block uploaded"), "{log}");
+
+    let (http, grpc) = (free_port(), free_port());
+    let slog = work.join("store.log");
+    let _store = ProcessGuard::spawn(
+        "norn store",
+        Command::new(norn_bin())
+            .arg("store")
+            .arg(format!("--data-dir={}", work.join("store-cache").display()))
+            .arg(bucket_yaml(&bucket))
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}")),
+        &slog,
+    );
+    let ready = wait_ready(http, "/-/ready", Duration::from_secs(60));
+    let read_log = || std::fs::read_to_string(&slog).unwrap_or_default();
+    assert!(ready, "store not ready:\n{}", read_log());
+    assert!(!read_log().contains("skipping broken block"), "{}", read_log());
+    let addr = format!("127.0.0.1:{grpc}");
+    let raw: BTreeMap<String, usize> =
+        raw_series().into_iter().map(|(l, s)| (l.get("__name__").unwrap().to_string(), s.len())).collect();
+
+    // Raw resolution: the raw block's chunks, every sample.
+    let got = series(&addr, 0, &[]).await;
+    assert_eq!(got.keys().collect::<Vec<_>>(), raw.keys().collect::<Vec<_>>());
+    for (name, chunks) in &got {
+        assert!(chunks.iter().all(|c| c.raw.is_some() && c.count.is_none()), "{name}");
+        let n: usize = chunks.iter().map(|c| xor_samples(c.raw.as_ref().unwrap()).len()).sum();
+        assert_eq!(n, raw[name], "{name}");
+    }
+
+    // A 5m window: the 5m block's aggregates as asked, the counts adding up to the raw
+    // samples; the chunk times are the first and last window.
+    let all = [thanos::Aggr::Count, thanos::Aggr::Sum, thanos::Aggr::Min, thanos::Aggr::Max, thanos::Aggr::Counter];
+    for max_res in [RES, 12 * RES] {
+        let got = series(&addr, max_res, &all).await;
+        assert_eq!(got.len(), 2);
+        for (name, chunks) in &got {
+            let mut n = 0.0;
+            for c in chunks {
+                assert!(c.raw.is_none(), "{name}: no raw chunk from a 5m block");
+                let count = xor_samples(c.count.as_ref().unwrap());
+                assert_eq!((count[0].0, count[count.len() - 1].0), (c.min_time, c.max_time));
+                for a in [&c.sum, &c.min, &c.max] {
+                    assert_eq!(xor_samples(a.as_ref().unwrap()).len(), count.len(), "{name}");
+                }
+                assert_eq!(xor_samples(c.counter.as_ref().unwrap()).len(), count.len() + 2, "{name}");
+                n += count.iter().map(|s| s.1).sum::<f64>();
+            }
+            assert_eq!(n as usize, raw[name], "{name}");
+        }
+    }
+    // Only what is asked is sent.
+    let got = series(&addr, RES, &[thanos::Aggr::Counter]).await;
+    assert!(got.values().flatten().all(|c| c.counter.is_some() && c.count.is_none() && c.sum.is_none()));
 }
