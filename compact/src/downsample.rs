@@ -38,27 +38,25 @@ fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_NAN_BITS
 }
 
-/// End of the window of `t` (inclusive), as Thanos computes it (truncating remainder).
+/// End of the window of `t` (inclusive), as Thanos computes it (truncating remainder);
+/// saturates instead of overflowing near `i64::MAX`.
 pub fn current_window(t: i64, r: i64) -> i64 {
-    t - (t % r) + r - 1
+    (t - (t % r)).saturating_add(r - 1)
 }
 
 /// Fraction of `[mint, maxt]` that `count` samples `step` apart cover, at most 1.
 fn range_fullness(mint: i64, maxt: i64, step: i64, count: usize) -> f64 {
-    let f = count as f64 / ((maxt - mint) as f64 / step as f64);
+    let f = count as f64 / (maxt.saturating_sub(mint) as f64 / step as f64);
     if f > 1.0 { 1.0 } else { f }
 }
 
 /// How many chunks a series of `count` samples at `in_res` over `[mint, maxt]` becomes at
 /// `out_res`: enough for fewer than 140 windows each on average.
 pub fn target_chunk_count(mint: i64, maxt: i64, in_res: i64, out_res: i64, count: usize) -> usize {
-    let max_samples = ((maxt - mint) / out_res) as f64;
-    let expected = (max_samples * range_fullness(mint, maxt, in_res, count)) as i64 + 1;
-    let mut x = 1;
-    while expected / x > WINDOWS_PER_CHUNK {
-        x += 1;
-    }
-    x as usize
+    let max_samples = (maxt.saturating_sub(mint) / out_res) as f64;
+    let expected = ((max_samples * range_fullness(mint, maxt, in_res, count)) as i64).saturating_add(1);
+    // The smallest x with expected / x ≤ 140 (Thanos counts up to it).
+    (expected / (WINDOWS_PER_CHUNK + 1)).saturating_add(1).max(1) as usize
 }
 
 /// Running aggregates of one window, and the counter state since the batch began.
@@ -110,22 +108,24 @@ impl Aggregator {
 /// so a following batch never overlaps. Returns the last window's timestamp.
 pub fn downsample_batch(data: &[(i64, f64)], res: i64, mut emit: impl FnMut(i64, &Aggregator)) -> i64 {
     let mut a = Aggregator::default();
-    let mut next_t = -1i64;
-    let Some(&(last_t, _)) = data.last() else { return next_t };
+    // Thanos starts from -1 as "no window yet", which mis-aggregates negative timestamps.
+    let mut next_t: Option<i64> = None;
+    let Some(&(last_t, _)) = data.last() else { return -1 };
     for &(t, v) in data {
-        if t > next_t {
-            if next_t != -1 {
-                emit(next_t, &a);
+        if next_t.is_none_or(|n| t > n) {
+            if let Some(n) = next_t {
+                emit(n, &a);
             }
             a.reset();
-            next_t = current_window(t, res).min(last_t);
+            next_t = Some(current_window(t, res).min(last_t));
         }
         a.add(v);
     }
+    let end = next_t.unwrap_or(-1);
     if a.total > 0 {
-        emit(next_t, &a);
+        emit(end, &a);
     }
-    next_t
+    end
 }
 
 /// One aggregate chunk under construction.
@@ -500,9 +500,22 @@ mod tests {
 
     #[test]
     fn windows_and_chunk_counts() {
-        for (t, r, want) in [(0, 300_000, 299_999), (299_999, 300_000, 299_999), (300_000, 300_000, 599_999)] {
+        for (t, r, want) in [
+            (0, 300_000, 299_999),
+            (299_999, 300_000, 299_999),
+            (300_000, 300_000, 599_999),
+            (i64::MAX, 300_000, i64::MAX),
+        ] {
             assert_eq!(current_window(t, r), want);
         }
+        // Thanos's loop: the smallest x with expected / x ≤ 140.
+        for count in [1usize, 100, 140, 141, 700, 705, 11_520, 1_000_000] {
+            let (mint, maxt) = (0, count as i64 * 60_000);
+            let x = target_chunk_count(mint, maxt, 60_000, 60_000, count);
+            let expected = count as i64 + 1;
+            assert!(expected / x as i64 <= 140 && (x == 1 || expected / (x as i64 - 1) > 140), "{count}: {x}");
+        }
+        assert!(target_chunk_count(i64::MIN, i64::MAX, 60_000, RES_5M, 3) >= 1);
         // 2 days of 15s samples at 5m: 576 windows → 5 chunks (≤ 140 windows each).
         assert_eq!(target_chunk_count(0, 2 * 86_400_000, 60_000, RES_5M, 11_520), 5);
         // Sparse data: the expected windows shrink with the fullness.
@@ -604,5 +617,66 @@ mod tests {
         // Counter: 59 in the first hour, then the reset adds the full 118 → 177; the last
         // raw value is 118.
         assert_eq!(got[4], vec![(0, 0.0), (w1, 59.0), (w2, 177.0), (w2, 118.0)]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the samples, each window of each chunk aggregates exactly the raw
+        /// samples of that window, chunks do not overlap, and the counter chunks carry the
+        /// counter's whole increase.
+        #[test]
+        fn raw_downsampling_matches_a_direct_computation(
+            gaps in proptest::collection::vec((1i64..400_000, -5i32..20), 1..600),
+            start in 0i64..10_000_000,
+        ) {
+            let mut t = start;
+            let mut v = 0.0f64;
+            let mut data = Vec::new();
+            for (g, d) in gaps {
+                t += g;
+                v = if d < 0 { f64::from(-d) } else { v + f64::from(d) };
+                data.push((t, v));
+            }
+            let (chunks, n) = downsample_raw(&data, RES_5M);
+            let mut want: std::collections::BTreeMap<i64, (f64, f64, f64, f64)> = Default::default();
+            for &(t, v) in &data {
+                let e = want.entry(t / RES_5M).or_insert((0.0, 0.0, f64::MAX, -f64::MAX));
+                *e = (e.0 + 1.0, e.1 + v, e.2.min(v), e.3.max(v));
+            }
+            proptest::prop_assert_eq!(n as usize, want.len());
+            let mut got = Vec::new();
+            let mut increase = 0.0;
+            for (i, c) in chunks.iter().enumerate() {
+                if i > 0 {
+                    proptest::prop_assert!(c.min_time > chunks[i - 1].max_time);
+                }
+                let a = decode(c);
+                for (k, &(t, cnt)) in a[0].iter().enumerate() {
+                    got.push((t / RES_5M, (cnt, a[1][k].1, a[2][k].1, a[3][k].1)));
+                }
+                let ctr = &a[4];
+                proptest::prop_assert_eq!(ctr.len(), a[0].len() + 2);
+                increase += ctr[ctr.len() - 2].1 - ctr[0].1;
+            }
+            let want: Vec<(i64, (f64, f64, f64, f64))> = want.into_iter().collect();
+            proptest::prop_assert_eq!(got.len(), want.len());
+            for ((gw, g), (ww, w)) in got.iter().zip(&want) {
+                proptest::prop_assert_eq!(gw, ww);
+                proptest::prop_assert_eq!((g.0, g.2, g.3), (w.0, w.2, w.3));
+                proptest::prop_assert!((g.1 - w.1).abs() <= 1e-9 * w.1.abs().max(1.0));
+            }
+            // Within chunks the counter adds every rise and every post-reset value; across
+            // chunk boundaries a reader does that from the kept raw values.
+            let mut true_inc = 0.0;
+            let mut between = 0.0;
+            let firsts: std::collections::HashSet<i64> = chunks.iter().map(|c| decode(c)[4][0].0).collect();
+            for w in data.windows(2) {
+                let d = if w[1].1 >= w[0].1 { w[1].1 - w[0].1 } else { w[1].1 };
+                true_inc += d;
+                if firsts.contains(&w[1].0) {
+                    between += d;
+                }
+            }
+            proptest::prop_assert_eq!(increase + between, true_inc);
+        }
     }
 }
