@@ -4,7 +4,8 @@
 //! sum, min and max of the raw samples, and the counter aggregate keeps the counter's
 //! increase across resets. A second pass makes nothing new. `norn store` over the bucket
 //! then serves the raw block for `max_resolution_window` 0 and the 5m block's requested
-//! aggregates for a 5m window.
+//! aggregates for a 5m window; `norn query` with `max_source_resolution=5m` (or `auto` on a
+//! coarse enough step) answers from those aggregates as Thanos's querier does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use norn_model::Labels;
 use norn_storeapi::thanos::{self, LabelMatcher, SeriesRequest, series_response, store_client::StoreClient};
-use norn_testkit::{ProcessGuard, free_port, norn_bin, run_ok, tempdir, wait_ready};
+use norn_testkit::{ProcessGuard, free_port, http_get, norn_bin, run_ok, tempdir, wait_ready};
 use norn_tsdb::block::{Block, BlockWriter};
 use norn_tsdb::chunkenc::Sample;
 use norn_tsdb::chunkenc::aggr::{AGGR_ENCODING, AggrChunk, AggrType};
@@ -304,4 +305,130 @@ async fn store_serves_the_5m_block_by_max_resolution_window() {
     // Only what is asked is sent.
     let got = series(&addr, RES, &[thanos::Aggr::Counter]).await;
     assert!(got.values().flatten().all(|c| c.counter.is_some() && c.count.is_none() && c.sum.is_none()));
+}
+
+fn enc(q: &str) -> String {
+    q.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// The single value of an instant query's answer.
+fn instant(port: u16, q: &str, t_ms: i64, extra: &str) -> f64 {
+    let path = format!("/api/v1/query?query={}&time={}{extra}", enc(q), t_ms as f64 / 1000.0);
+    let (code, body) = http_get(port, &path).unwrap();
+    assert_eq!(code, 200, "{path}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = v["data"]["result"].as_array().unwrap_or_else(|| panic!("{path}: {body}"));
+    assert_eq!(r.len(), 1, "{path}: {body}");
+    r[0]["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_reads_downsampled_data_per_function() {
+    let tmp = tempdir().unwrap();
+    let work = tmp.path();
+    let bucket = work.join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    write_raw_block(&bucket);
+    let log = compact_once(work, &bucket);
+    assert!(log.contains("downsampled block uploaded"), "{log}");
+
+    let (shttp, sgrpc) = (free_port(), free_port());
+    let slog = work.join("store.log");
+    let _store = ProcessGuard::spawn(
+        "norn store",
+        Command::new(norn_bin())
+            .arg("store")
+            .arg(format!("--data-dir={}", work.join("store-cache").display()))
+            .arg(bucket_yaml(&bucket))
+            .arg(format!("--http-address=127.0.0.1:{shttp}"))
+            .arg(format!("--grpc-address=127.0.0.1:{sgrpc}")),
+        &slog,
+    );
+    assert!(wait_ready(shttp, "/-/ready", Duration::from_secs(60)), "{}", std::fs::read_to_string(&slog).unwrap());
+    let (qhttp, qgrpc) = (free_port(), free_port());
+    let qlog = work.join("query.log");
+    let _query = ProcessGuard::spawn(
+        "norn query",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{qhttp}"))
+            .arg(format!("--grpc-address=127.0.0.1:{qgrpc}"))
+            .arg(format!("--endpoint=127.0.0.1:{sgrpc}")),
+        &qlog,
+    );
+    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(30)), "{}", std::fs::read_to_string(&qlog).unwrap());
+    // The querier learns the store's time range asynchronously: wait for data.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http_get(qhttp, &format!("/api/v1/query?query=gauge&time={}", (T0 + H) / 1000)).unwrap();
+        if body.contains("\"gauge\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no data through the querier: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let series = raw_series();
+    let gauge = &series.iter().find(|(l, _)| l.get("__name__") == Some("gauge")).unwrap().1;
+    // Raw samples of the 5m windows [T0 + 5m·a, T0 + 5m·b).
+    let raw_in = |a: i64, b: i64| gauge.iter().filter(move |s| s.0 >= T0 + a * RES && s.0 < T0 + b * RES);
+    let five = "&max_source_resolution=5m";
+    // t halfway through window m + 1: the last window ending at or before t is window m.
+    let m = 40;
+    let t = T0 + m * RES + RES / 2;
+
+    // A plain selection reads count and sum: the average of the last window.
+    let (n, sum) = raw_in(m - 1, m).fold((0.0, 0.0), |a, s| (a.0 + 1.0, a.1 + s.1));
+    let got = instant(qhttp, "gauge", t, five);
+    assert!((got - sum / n).abs() < 1e-9, "avg {got} vs {}", sum / n);
+    // Raw data unless asked: the last raw sample.
+    let last_raw = gauge.iter().rev().find(|s| s.0 <= t).unwrap().1;
+    assert_eq!(instant(qhttp, "gauge", t, ""), last_raw);
+    assert_ne!(last_raw, sum / n, "the test tells raw and downsampled apart");
+
+    // max_over_time and min_over_time read the max and min aggregates: the windows ending
+    // in (t − 1h, t] are windows m−11..m.
+    let max = raw_in(m - 12, m).map(|s| s.1).fold(f64::MIN, f64::max);
+    let min = raw_in(m - 12, m).map(|s| s.1).fold(f64::MAX, f64::min);
+    assert_eq!(instant(qhttp, "max_over_time(gauge[1h])", t, five), max);
+    assert_eq!(instant(qhttp, "min_over_time(gauge[1h])", t, five), min);
+    // count_over_time counts windows; sum_over_time of the sums adds up the raw values.
+    assert_eq!(instant(qhttp, "count_over_time(gauge[1h])", t, five), 12.0);
+    let raw_sum: f64 = raw_in(m - 12, m).map(|s| s.1).sum();
+    assert!((instant(qhttp, "sum_over_time(gauge[1h])", t, five) - raw_sum).abs() < 1e-6);
+    // max() reads the max aggregate too: the largest value of window m.
+    let wmax = raw_in(m - 1, m).map(|s| s.1).fold(f64::MIN, f64::max);
+    assert_eq!(instant(qhttp, "max(gauge)", t, five), wmax);
+
+    // Counters read the counter aggregate with resets applied: no resets are left, and
+    // the rate away from a reset matches the raw one (3 per 45 s).
+    assert!(instant(qhttp, "resets(requests_total[2d])", T0 + 47 * H, "") > 0.0);
+    assert_eq!(instant(qhttp, "resets(requests_total[2d])", T0 + 47 * H, five), 0.0);
+    let tr = T0 + 3 * H + RES / 2;
+    let raw_rate = instant(qhttp, "rate(requests_total[1h])", tr, "");
+    let ds_rate = instant(qhttp, "rate(requests_total[1h])", tr, five);
+    assert!((ds_rate / raw_rate - 1.0).abs() < 0.02, "rate {ds_rate} vs raw {raw_rate}");
+
+    // `auto` on a range query reads up to step / 5: a 25m step gets the 5m data, the
+    // same as asking for 5m; a bad value is refused.
+    let range = |extra: &str| {
+        let path = format!(
+            "/api/v1/query_range?query={}&start={}&end={}&step=1500{extra}",
+            enc("max_over_time(gauge[1h])"),
+            (T0 + 2 * H) / 1000,
+            (T0 + 20 * H) / 1000
+        );
+        let (code, body) = http_get(qhttp, &path).unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["data"].clone()
+    };
+    let auto = range("&max_source_resolution=auto");
+    assert_eq!(auto, range(five));
+    assert_ne!(auto, range(""));
+    let (code, body) =
+        http_get(qhttp, &format!("/api/v1/query?query=gauge&max_source_resolution=-5m&time={}", T0 / 1000)).unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("max_source_resolution"), "{body}");
 }
