@@ -1,6 +1,6 @@
 //! One compaction pass over a bucket: clean, apply retention, plan and merge per group.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use norn_tsdb::meta::BlockMeta;
 use serde_json::json;
 use ulid::Ulid;
 
+use crate::downsample;
 use crate::metrics::Metrics;
 use crate::plan::{GroupKey, PlanBlock, plan};
 use crate::{Config, RunError};
@@ -21,6 +22,8 @@ use crate::{Config, RunError};
 pub const DELETION_MARK: &str = "deletion-mark.json";
 /// Marker of a block excluded from compaction.
 pub const NO_COMPACT_MARK: &str = "no-compact-mark.json";
+/// Marker of a block excluded from downsampling.
+pub const NO_DOWNSAMPLE_MARK: &str = "no-downsample-mark.json";
 
 /// What the bucket listing says about one block directory.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,6 +33,7 @@ pub struct Listed {
     pub meta: bool,
     pub deletion_mark: bool,
     pub no_compact_mark: bool,
+    pub no_downsample_mark: bool,
 }
 
 /// Groups a recursive bucket listing by block ID; keys outside `<ulid>/…` are ignored.
@@ -46,6 +50,7 @@ pub fn group_listing(keys: &[(String, u64)]) -> BTreeMap<Ulid, Listed> {
             "meta.json" => e.meta = true,
             DELETION_MARK => e.deletion_mark = true,
             NO_COMPACT_MARK => e.no_compact_mark = true,
+            NO_DOWNSAMPLE_MARK => e.no_downsample_mark = true,
             _ => {}
         }
         e.files.push(rest.to_string());
@@ -85,6 +90,18 @@ pub fn parse_meta(id: Ulid, bytes: &[u8]) -> Result<Meta, String> {
     Ok(Meta { meta, group: GroupKey { resolution, labels } })
 }
 
+/// The listing of a block just uploaded, from its meta's `thanos.files`.
+fn uploaded_listing(meta: &BlockMeta) -> Listed {
+    let files = meta
+        .extra
+        .get("thanos")
+        .and_then(|t| t.get("files"))
+        .and_then(|f| f.as_array())
+        .map(|fs| fs.iter().filter_map(|f| f.get("rel_path")?.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    Listed { files, meta: true, ..Listed::default() }
+}
+
 /// `deletion_time` (unix seconds) of a deletion-mark.json.
 pub fn parse_deletion_mark(bytes: &[u8]) -> Result<i64, String> {
     let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
@@ -105,6 +122,8 @@ pub struct PassReport {
     pub marked: usize,
     pub cleaned: usize,
     pub broken: usize,
+    /// Downsampled blocks uploaded.
+    pub downsampled: usize,
 }
 
 /// The compactor over one bucket.
@@ -131,6 +150,7 @@ impl Compactor {
                     marked = r.marked,
                     cleaned = r.cleaned,
                     broken = r.broken,
+                    downsampled = r.downsampled,
                     elapsed = ?started.elapsed(),
                     "compaction pass done"
                 );
@@ -218,21 +238,6 @@ impl Compactor {
             }
         }
 
-        // Retention of raw blocks, by end time.
-        if self.cfg.retention_raw_ms > 0 {
-            let cutoff = now.saturating_sub(self.cfg.retention_raw_ms);
-            let mut kept = Vec::new();
-            for (m, l) in metas {
-                if m.group.resolution == 0 && m.meta.max_time < cutoff {
-                    self.mark_for_deletion(m.meta.ulid, "retention of raw blocks").await?;
-                    report.marked += 1;
-                } else {
-                    kept.push((m, l));
-                }
-            }
-            metas = kept;
-        }
-
         // Blocks whose sources another block of their group holds entirely (left over when
         // a compaction uploaded its result but did not mark its sources) are garbage.
         let mut garbage = BTreeSet::new();
@@ -274,19 +279,159 @@ impl Compactor {
                 Err(_) => failed += 1,
             }
         }
+
+        // Downsampling and retention work on the bucket as compaction left it.
+        let mut metas = self.live_metas().await?;
+        let mut ds_failed = 0;
+        if self.cfg.downsampling {
+            ds_failed = self.downsample_all(&mut metas, &mut report).await?;
+        }
+        let now = now_ms();
+        for (m, _) in &metas {
+            let keep = match m.group.resolution {
+                0 => self.cfg.retention_raw_ms,
+                downsample::RES_5M => self.cfg.retention_5m_ms,
+                downsample::RES_1H => self.cfg.retention_1h_ms,
+                _ => 0,
+            };
+            if keep > 0 && m.meta.max_time < now.saturating_sub(keep) {
+                let why = format!("retention of resolution {} ms", m.group.resolution);
+                self.mark_for_deletion(m.meta.ulid, &why).await?;
+                report.marked += 1;
+            }
+        }
         if failed > 0 {
             return Err(RunError::Groups { failed, groups: n_groups });
         }
+        if ds_failed > 0 {
+            return Err(RunError::Downsample { failed: ds_failed });
+        }
         Ok(report)
+    }
+
+    /// Blocks with a readable meta.json and no deletion mark (broken ones were logged by
+    /// the pass already).
+    async fn live_metas(&self) -> Result<Vec<(Meta, Listed)>, RunError> {
+        let listing = group_listing(&self.bucket.list_with_sizes("").await?);
+        let mut out = Vec::new();
+        for (id, l) in listing {
+            if l.deletion_mark || !l.meta {
+                continue;
+            }
+            if let Ok(b) = self.bucket.get(&format!("{id}/meta.json")).await
+                && let Ok(m) = parse_meta(id, &b)
+            {
+                out.push((m, l));
+            }
+        }
+        out.sort_by_key(|(m, _)| (m.meta.min_time, m.meta.ulid));
+        Ok(out)
+    }
+
+    /// Thanos's two downsampling rounds: raw blocks of ≥ 40h whose sources no 5m block
+    /// covers yet get one, then likewise 5m blocks of ≥ 10 days a 1h block. New blocks
+    /// are added to `metas`. Returns how many blocks failed (logged and counted; the
+    /// others are still done).
+    async fn downsample_all(
+        &self,
+        metas: &mut Vec<(Meta, Listed)>,
+        report: &mut PassReport,
+    ) -> Result<usize, RunError> {
+        let mut failed = 0;
+        for (from, to, min_range) in [
+            (0, downsample::RES_5M, downsample::RANGE_5M),
+            (downsample::RES_5M, downsample::RES_1H, downsample::RANGE_1H),
+        ] {
+            let covered: HashSet<Ulid> = metas
+                .iter()
+                .filter(|(m, _)| m.group.resolution == to)
+                .flat_map(|(m, _)| m.meta.compaction.sources.iter().copied())
+                .collect();
+            let todo: Vec<(Meta, Listed)> = metas
+                .iter()
+                .filter(|(m, l)| {
+                    m.group.resolution == from
+                        && !l.no_downsample_mark
+                        && m.meta.max_time - m.meta.min_time >= min_range
+                        && m.meta.compaction.sources.iter().any(|s| !covered.contains(s))
+                })
+                .cloned()
+                .collect();
+            for (m, l) in todo {
+                self.metrics.downsamples.get_or_create(&Metrics::resolution(to)).inc();
+                match self.downsample_one(&m, &l, to).await {
+                    Ok(new) => {
+                        report.downsampled += 1;
+                        let listed = uploaded_listing(&new.meta);
+                        metas.push((new, listed));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        self.metrics.downsample_failures.get_or_create(&Metrics::resolution(to)).inc();
+                        tracing::error!(block = %m.meta.ulid, group = %m.group, resolution = to, error = %e,
+                            "downsampling failed");
+                    }
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Downloads a block, downsamples it to `to` and uploads the result.
+    async fn downsample_one(&self, m: &Meta, l: &Listed, to: i64) -> Result<Meta, RunError> {
+        let scratch = self.cfg.data_dir.join("compact").join(Ulid::generate().to_string());
+        let id = m.meta.ulid;
+        tracing::info!(block = %id, group = %m.group, from = m.group.resolution, to, mint = m.meta.min_time,
+            maxt = m.meta.max_time, "downsampling block");
+        let started = std::time::Instant::now();
+        let r = async {
+            let dir = self.download(id, l, &scratch).await?;
+            let out_parent = scratch.join("out");
+            let (meta, from) = (m.meta.clone(), m.group.resolution);
+            let (new, rep) =
+                tokio::task::spawn_blocking(move || downsample::downsample_block(&dir, &meta, from, to, &out_parent))
+                    .await?
+                    .map_err(|e| std::io::Error::other(format!("downsampling block {id}: {e}")))?;
+            let source = m.meta.extra.get("thanos").and_then(|t| t.get("source")).and_then(|s| s.as_str());
+            let t = ThanosMeta {
+                labels: m.group.labels.clone(),
+                source: source.unwrap_or("compactor").to_string(),
+                resolution: to,
+            };
+            let dir = scratch.join("out").join(new.ulid.to_string());
+            let uploaded =
+                norn_block::upload(&self.bucket, &dir, &t).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+            if rep.histogram_series > 0 {
+                tracing::warn!(block = %id, series = rep.histogram_series,
+                    "native-histogram samples are not downsampled; left out of the downsampled block");
+            }
+            tracing::info!(block = %id, downsampled = %new.ulid, resolution = to, series = rep.series,
+                elapsed = ?started.elapsed(), "downsampled block uploaded");
+            Ok::<_, RunError>(Meta {
+                meta: uploaded,
+                group: GroupKey { resolution: to, labels: m.group.labels.clone() },
+            })
+        }
+        .await;
+        if let Err(e) = tokio::fs::remove_dir_all(&scratch).await {
+            tracing::warn!(dir = %scratch.display(), error = %e, "could not remove scratch directory");
+        }
+        r
+    }
+
+    /// Downloads the index, meta.json and chunk segments of block `id` to `<scratch>/<id>`.
+    async fn download(&self, id: Ulid, l: &Listed, scratch: &Path) -> Result<PathBuf, RunError> {
+        let dir = scratch.join(id.to_string());
+        tokio::fs::create_dir_all(dir.join("chunks")).await?;
+        for f in l.files.iter().filter(|f| *f == "index" || *f == "meta.json" || f.starts_with("chunks/")) {
+            self.bucket.download_file(&format!("{id}/{f}"), &dir.join(f)).await?;
+        }
+        Ok(dir)
     }
 
     /// Merges the group's blocks level by level until the planner has nothing left.
     async fn compact_group(&self, key: GroupKey, mut blocks: Vec<(Meta, Listed)>) -> Result<PassReport, RunError> {
         let mut report = PassReport::default();
-        if key.resolution != 0 {
-            tracing::info!(group = %key, "downsampled group not compacted (downsampling is not supported)");
-            return Ok(report);
-        }
         // Each round removes at least two blocks and adds at most one.
         for _ in 0..blocks.len() {
             let pb: Vec<PlanBlock> = blocks
@@ -322,7 +467,9 @@ impl Compactor {
             if let Some(meta) = out {
                 tracing::info!(group = %key, block = %meta.ulid, sources = picked.len(), level = meta.compaction.level,
                     mint = meta.min_time, maxt = meta.max_time, "compacted");
-                blocks.push((Meta { meta, group: key.clone() }, Listed { meta: true, ..Listed::default() }));
+                // Its file list lets a later round of this pass download it.
+                let listed = uploaded_listing(&meta);
+                blocks.push((Meta { meta, group: key.clone() }, listed));
             } else {
                 tracing::info!(group = %key, sources = picked.len(), "compacted block is empty; sources only marked");
             }
@@ -349,16 +496,16 @@ impl Compactor {
     ) -> Result<Option<BlockMeta>, RunError> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for (m, l) in sources {
-            let id = m.meta.ulid;
-            let dir = scratch.join(id.to_string());
-            tokio::fs::create_dir_all(dir.join("chunks")).await?;
-            for f in l.files.iter().filter(|f| *f == "index" || *f == "meta.json" || f.starts_with("chunks/")) {
-                self.bucket.download_file(&format!("{id}/{f}"), &dir.join(f)).await?;
-            }
-            dirs.push(dir);
+            dirs.push(self.download(m.meta.ulid, l, scratch).await?);
         }
         let out_parent = scratch.join("out");
+        let downsampled = key.resolution != 0;
         let meta = tokio::task::spawn_blocking(move || -> Result<BlockMeta, String> {
+            if downsampled {
+                // Aggregate chunks are passed through: the tsdb merge would decode them.
+                let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+                return downsample::merge_downsampled(&refs, &out_parent).map_err(|e| format!("merging: {e}"));
+            }
             let blocks = dirs
                 .iter()
                 .map(|d| Block::open(d).map_err(|e| format!("opening downloaded block {}: {e}", d.display())))
@@ -373,8 +520,9 @@ impl Compactor {
         }
         let t = ThanosMeta { labels: key.labels.clone(), source: "compactor".into(), resolution: key.resolution };
         let dir = scratch.join("out").join(meta.ulid.to_string());
-        norn_block::upload(&self.bucket, &dir, &t).await.map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Some(meta))
+        let uploaded =
+            norn_block::upload(&self.bucket, &dir, &t).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Some(uploaded))
     }
 }
 
@@ -410,6 +558,9 @@ mod tests {
         let cfg = Config {
             data_dir: data.to_path_buf(),
             retention_raw_ms,
+            retention_5m_ms: 0,
+            retention_1h_ms: 0,
+            downsampling: true,
             delete_delay_ms,
             concurrency: 2,
             ranges: crate::plan::DEFAULT_RANGES.to_vec(),
@@ -439,7 +590,7 @@ mod tests {
 
         let c = compactor(&bucket, data.path(), 48 * H, 0);
         let r = c.pass().await.unwrap();
-        assert_eq!(r, PassReport { compactions: 1, marked: 4, cleaned: 0, broken: 1 });
+        assert_eq!(r, PassReport { compactions: 1, marked: 4, cleaned: 0, broken: 1, downsampled: 0 });
         let l = listing(&bucket).await;
         for id in &sources {
             assert!(l[id].deletion_mark, "{id} marked");
@@ -483,7 +634,7 @@ mod tests {
 
         // Nothing more to do within the delay; the scratch space is emptied.
         let r = c.pass().await.unwrap();
-        assert_eq!(r, PassReport { compactions: 0, marked: 0, cleaned: 0, broken: 1 });
+        assert_eq!(r, PassReport { compactions: 0, marked: 0, cleaned: 0, broken: 1, downsampled: 0 });
         assert!(std::fs::read_dir(data.path().join("compact")).map_or(true, |d| d.count() == 0));
 
         // With no delay the marked sources are deleted, every object of them.
@@ -559,6 +710,191 @@ mod tests {
         }
         let r = c.pass().await.unwrap();
         assert_eq!((r.compactions, r.marked), (0, 2));
+    }
+
+    /// Downloads block `id` and returns its series with their aggregate chunks decoded
+    /// (count and counter sub-chunks as samples).
+    async fn aggregates(bucket: &Bucket, id: Ulid, dir: &Path) -> Vec<(Labels, Vec<(i64, f64)>, Vec<(i64, f64)>)> {
+        let dl = dir.join(id.to_string());
+        for (k, _) in bucket.list_with_sizes(&id.to_string()).await.unwrap() {
+            let rel = k.strip_prefix(&format!("{id}/")).unwrap();
+            std::fs::create_dir_all(dl.join(rel).parent().unwrap()).unwrap();
+            bucket.download_file(&k, &dl.join(rel)).await.unwrap();
+        }
+        let b = Block::open(&dl).unwrap();
+        let mut out = Vec::new();
+        for sid in b.index().all_postings().unwrap() {
+            let (l, refs) = b.index().series(sid).unwrap();
+            let (mut count, mut counter) = (Vec::new(), Vec::new());
+            for r in refs {
+                let (enc, data) = b.chunks().raw_chunk(r.chunk_ref).unwrap();
+                assert_eq!(enc, 0xFF);
+                let a = norn_tsdb::chunkenc::aggr::AggrChunk::decode(&data).unwrap();
+                for (t, dst) in [
+                    (norn_tsdb::chunkenc::aggr::AggrType::Count, &mut count),
+                    (norn_tsdb::chunkenc::aggr::AggrType::Counter, &mut counter),
+                ] {
+                    for smp in a.get(t).unwrap().iter().unwrap() {
+                        match smp {
+                            Sample::Float(t, v) => dst.push((t, v)),
+                            o => panic!("{o:?}"),
+                        }
+                    }
+                }
+            }
+            out.push((l, count, counter));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn downsamples_raw_to_5m_once_and_applies_its_retention() {
+        let bdir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let bucket = Bucket::filesystem(bdir.path()).unwrap();
+        let raw = upload_block(&bucket, 0, 48, 2, "a").await;
+        // Too short to downsample (< 40h).
+        let short = upload_block(&bucket, 48, 50, 1, "a").await;
+        let c = compactor(&bucket, data.path(), 48 * H, 0);
+        let r = c.pass().await.unwrap();
+        assert_eq!((r.downsampled, r.compactions, r.marked), (1, 0, 0));
+        let l = listing(&bucket).await;
+        let new: Vec<Ulid> = l.keys().copied().filter(|id| *id != raw && *id != short).collect();
+        assert_eq!(new.len(), 1);
+        let m = parse_meta(new[0], &bucket.get(&format!("{}/meta.json", new[0])).await.unwrap()).unwrap();
+        assert_eq!(m.group.resolution, downsample::RES_5M);
+        assert_eq!(m.group.labels, BTreeMap::from([("r".to_string(), "a".to_string())]));
+        assert_eq!((m.meta.min_time, m.meta.max_time), (0, 48 * H));
+        assert_eq!(m.meta.compaction.sources, vec![raw]);
+        assert_eq!(m.meta.extra["thanos"]["source"], "test");
+        assert_eq!(m.meta.stats.num_series, 2);
+        assert_eq!(m.meta.stats.num_samples, 2 * 48 * 12);
+        let got = aggregates(&bucket, new[0], data.path()).await;
+        assert_eq!(got.len(), 2);
+        for (_, count, counter) in &got {
+            assert_eq!(count.len(), 48 * 12);
+            // Whole windows; a chunk's last window ends at its last sample.
+            assert!(count.iter().all(|&(t, v)| v == 5.0 && ((t + 1) % (5 * 60_000) == 0 || t % 60_000 == 0)));
+            assert!(count.windows(2).all(|w| w[0].0 < w[1].0));
+            // The counter ends with the last raw value (minute index 48·60 − 1).
+            assert_eq!(counter.last().unwrap().1, (48 * 60 - 1) as f64);
+        }
+        assert_eq!(c.metrics.downsamples.get_or_create(&Metrics::resolution(downsample::RES_5M)).get(), 1);
+
+        // Its sources are covered now: nothing more to do.
+        let r = c.pass().await.unwrap();
+        assert_eq!(r.downsampled, 0);
+
+        // 5m retention marks the 5m block only; disabled downsampling makes nothing new.
+        let mut c = compactor(&bucket, data.path(), 48 * H, 0);
+        c.cfg.retention_5m_ms = H;
+        let r = c.pass().await.unwrap();
+        assert_eq!((r.marked, r.downsampled), (1, 0));
+        let l = listing(&bucket).await;
+        assert!(l[&new[0]].deletion_mark && !l[&raw].deletion_mark);
+        let mut c = compactor(&bucket, data.path(), 48 * H, 0);
+        c.cfg.downsampling = false;
+        assert_eq!(c.pass().await.unwrap().downsampled, 0);
+    }
+
+    #[tokio::test]
+    async fn downsamples_ten_days_to_5m_and_1h() {
+        let bdir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let bucket = Bucket::filesystem(bdir.path()).unwrap();
+        // Ten days, one series, a sample every 10 minutes counting up.
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = BlockWriter::new(dir.path(), 0, 240 * H).unwrap();
+        let samples = (0..240 * 6).map(|i| (i * 600_000, i as f64));
+        w.add_series(&Labels::from_pairs([("__name__", "c")]), &encode_float_chunks(samples, 120)).unwrap();
+        let meta = w.finish().unwrap();
+        let t = ThanosMeta { labels: BTreeMap::from([("r".into(), "x".into())]), source: "test".into(), resolution: 0 };
+        norn_block::upload(&bucket, &dir.path().join(meta.ulid.to_string()), &t).await.unwrap();
+
+        let c = compactor(&bucket, data.path(), 48 * H, 0);
+        let r = c.pass().await.unwrap();
+        assert_eq!(r.downsampled, 2);
+        let mut by_res = BTreeMap::new();
+        for id in listing(&bucket).await.keys() {
+            let m = parse_meta(*id, &bucket.get(&format!("{id}/meta.json")).await.unwrap()).unwrap();
+            by_res.insert(m.group.resolution, m);
+        }
+        assert_eq!(by_res.keys().copied().collect::<Vec<_>>(), vec![0, downsample::RES_5M, downsample::RES_1H]);
+        let h1 = &by_res[&downsample::RES_1H];
+        assert_eq!(h1.meta.compaction.sources, vec![meta.ulid]);
+        assert_eq!((h1.meta.min_time, h1.meta.max_time), (0, 240 * H));
+        let got = aggregates(&bucket, h1.meta.ulid, data.path()).await;
+        assert_eq!(got.len(), 1);
+        let (_, count, counter) = &got[0];
+        // 240 hours of 6 samples each.
+        assert_eq!(count.len(), 240);
+        assert_eq!(count.iter().map(|s| s.1).sum::<f64>(), 1440.0);
+        assert!(count.iter().all(|s| s.1 == 6.0));
+        // The counter never resets: its last window value is the last raw value.
+        let n = counter.len();
+        assert_eq!(counter[n - 1], counter[n - 2]);
+        assert_eq!(counter[n - 1].1, 1439.0);
+        assert_eq!(counter[0], (0, 0.0));
+    }
+
+    /// Uploads a 5m block over `[mint, maxt)` h of one counter series (a raw sample every
+    /// 5 minutes, value = minutes since 0).
+    async fn upload_5m(bucket: &Bucket, mint: i64, maxt: i64) -> Ulid {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = BlockWriter::new(dir.path(), mint * H, maxt * H).unwrap();
+        let raw: Vec<(i64, f64)> = (mint * 12..maxt * 12).map(|i| (i * 300_000, (i * 5) as f64)).collect();
+        let (chunks, n) = downsample::downsample_raw(&raw, downsample::RES_5M);
+        w.add_series_raw(&Labels::from_pairs([("__name__", "c")]), &chunks, n).unwrap();
+        let meta = w.finish().unwrap();
+        let t = ThanosMeta {
+            labels: BTreeMap::from([("r".into(), "5m".into())]),
+            source: "compactor".into(),
+            resolution: downsample::RES_5M,
+        };
+        norn_block::upload(bucket, &dir.path().join(meta.ulid.to_string()), &t).await.unwrap();
+        meta.ulid
+    }
+
+    #[tokio::test]
+    async fn downsampled_group_compacts_then_downsamples_to_1h() {
+        let bdir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let bucket = Bucket::filesystem(bdir.path()).unwrap();
+        let mut two_days = Vec::new();
+        for d in 0..7 {
+            two_days.push(upload_5m(&bucket, d * 48, d * 48 + 48).await);
+        }
+        let newest = upload_5m(&bucket, 336, 338).await;
+        let c = compactor(&bucket, data.path(), 48 * H, 0);
+        let r = c.pass().await.unwrap();
+        assert_eq!((r.compactions, r.marked, r.downsampled), (1, 7, 1));
+        let l = listing(&bucket).await;
+        assert!(two_days.iter().all(|id| l[id].deletion_mark) && !l[&newest].deletion_mark);
+        let mut by_res: BTreeMap<i64, Vec<Meta>> = BTreeMap::new();
+        for (id, li) in &l {
+            if li.deletion_mark {
+                continue;
+            }
+            let m = parse_meta(*id, &bucket.get(&format!("{id}/meta.json")).await.unwrap()).unwrap();
+            by_res.entry(m.group.resolution).or_default().push(m);
+        }
+        let fives = &by_res[&downsample::RES_5M];
+        let merged = fives.iter().find(|m| m.meta.ulid != newest).unwrap();
+        assert_eq!((merged.meta.min_time, merged.meta.max_time), (0, 336 * H));
+        assert_eq!(merged.meta.compaction.sources.len(), 7);
+        // The merged block passes the aggregate chunks through: the same windows.
+        let got = aggregates(&bucket, merged.meta.ulid, data.path()).await;
+        assert_eq!(got[0].1.len(), 336 * 12);
+        let hour = &by_res[&downsample::RES_1H];
+        assert_eq!(hour.len(), 1);
+        assert_eq!(hour[0].meta.compaction.sources, merged.meta.compaction.sources);
+        let got = aggregates(&bucket, hour[0].meta.ulid, data.path()).await;
+        let (_, count, counter) = &got[0];
+        assert_eq!(count.len(), 336);
+        assert!(count.iter().all(|s| s.1 == 12.0), "{count:?}");
+        // A counter without resets: the last window holds the last raw value, 5 per 5m.
+        assert_eq!(counter.last().unwrap().1, ((336 * 12 - 1) * 5) as f64);
+        assert_eq!(counter[counter.len() - 2].1, ((336 * 12 - 1) * 5) as f64);
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! `thanos.labels` and resolution) merges blocks into the next level (2h → 8h → 2d → 14d,
 //! see [`plan`]): the sources are downloaded to `--data-dir`, merged with the tsdb crate's
 //! compactor, the result uploaded (chunks, index, meta.json last) and the sources marked
-//! for deletion. Downsampling is not implemented.
+//! for deletion. Then raw blocks spanning ≥ 40h get a 5m copy and 5m blocks spanning
+//! ≥ 10 days a 1h copy (see [`downsample`]), and blocks past their resolution's retention
+//! are marked for deletion.
 
 pub mod bucket;
+pub mod downsample;
 pub mod metrics;
 pub mod plan;
 
@@ -52,7 +55,14 @@ pub struct Args {
     /// Groups compacted at once.
     #[arg(long = "compact.concurrency", env = "NORN_COMPACT_CONCURRENCY", default_value_t = 1)]
     pub concurrency: usize,
-    /// Accepted for compatibility: Norn does not downsample.
+    /// How long 5m-downsampled blocks are kept (by their end time); 0 keeps them forever.
+    #[arg(long = "retention.resolution-5m", env = "NORN_COMPACT_RETENTION_RESOLUTION_5M", default_value = "0d")]
+    pub retention_5m: String,
+    /// How long 1h-downsampled blocks are kept (by their end time); 0 keeps them forever.
+    #[arg(long = "retention.resolution-1h", env = "NORN_COMPACT_RETENTION_RESOLUTION_1H", default_value = "0d")]
+    pub retention_1h: String,
+    /// Make no downsampled blocks (existing ones are still compacted and kept by their
+    /// retention).
     #[arg(long = "downsampling.disable", env = "NORN_COMPACT_DOWNSAMPLING_DISABLE")]
     pub downsampling_disable: bool,
 }
@@ -72,6 +82,8 @@ pub enum RunError {
     Join(#[from] tokio::task::JoinError),
     #[error("{failed} of {groups} group(s) failed to compact (see the log)")]
     Groups { failed: usize, groups: usize },
+    #[error("{failed} block(s) failed to downsample (see the log)")]
+    Downsample { failed: usize },
 }
 
 /// Settings of a compactor derived from the flags.
@@ -80,6 +92,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Raw retention in ms; 0 = forever.
     pub retention_raw_ms: i64,
+    /// 5m retention in ms; 0 = forever.
+    pub retention_5m_ms: i64,
+    /// 1h retention in ms; 0 = forever.
+    pub retention_1h_ms: i64,
+    /// Whether downsampled blocks are made.
+    pub downsampling: bool,
     pub delete_delay_ms: i64,
     pub concurrency: usize,
     /// Level ranges in ms (`plan::DEFAULT_RANGES`).
@@ -103,6 +121,9 @@ pub fn config(args: &Args) -> Result<(Config, Duration), RunError> {
     let cfg = Config {
         data_dir: args.data_dir.clone(),
         retention_raw_ms: dur("--retention.resolution-raw", &args.retention_raw)?,
+        retention_5m_ms: dur("--retention.resolution-5m", &args.retention_5m)?,
+        retention_1h_ms: dur("--retention.resolution-1h", &args.retention_1h)?,
+        downsampling: !args.downsampling_disable,
         delete_delay_ms: dur("--delete-delay", &args.delete_delay)?,
         concurrency: args.concurrency,
         ranges: plan::DEFAULT_RANGES.to_vec(),

@@ -2,6 +2,7 @@
 //! `thanos_compact_` names).
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 /// Counters registered at start-up.
@@ -14,6 +15,17 @@ pub struct Metrics {
     pub blocks_marked: Counter,
     pub blocks_cleaned: Counter,
     pub broken_blocks: Counter,
+    /// Downsampling attempts by target resolution (ms), as `thanos_compact_downsample_total`.
+    pub downsamples: Family<Vec<(String, String)>, Counter>,
+    /// Failed downsampling attempts by target resolution (ms).
+    pub downsample_failures: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    /// Label set of a downsampling counter.
+    pub fn resolution(res: i64) -> Vec<(String, String)> {
+        vec![("resolution".to_string(), res.to_string())]
+    }
 }
 
 impl Metrics {
@@ -32,6 +44,12 @@ impl Metrics {
         r.register("blocks_marked", "Deletion marks written", m.blocks_marked.clone());
         r.register("blocks_cleaned", "Deletion-marked blocks deleted after --delete-delay", m.blocks_cleaned.clone());
         r.register("broken_blocks", "Blocks skipped because their meta.json is unreadable", m.broken_blocks.clone());
+        r.register("downsample", "Total number of downsampling attempts", m.downsamples.clone());
+        r.register(
+            "downsample_failures",
+            "Total number of failed downsampling attempts",
+            m.downsample_failures.clone(),
+        );
         m
     }
 }

@@ -96,9 +96,13 @@ pub(crate) fn aggregate(ev: &mut Evaluator<'_>, a: &AggregateExpr, ts: i64) -> E
             Some(LabelModifier::Exclude(l)) => Some((false, l.labels.clone())),
             None => Some((true, vec![])),
         };
+        // The selection's function hint is the aggregation (Prometheus's
+        // `extractFuncFromPath`); a querier reading downsampled data picks aggregates by it.
+        ev.pending_func = Some(op.clone());
     }
     let input = ev.eval_vector(&a.expr, ts)?;
     ev.pending_grouping = None;
+    ev.pending_func = None;
     match op.as_str() {
         "topk" | "bottomk" | "limitk" => {
             if param_f.is_nan() {

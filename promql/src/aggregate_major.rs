@@ -98,8 +98,10 @@ fn input(ev: &mut Evaluator<'_>, a: &AggregateExpr, grid: StepGrid) -> EvalResul
                 Some(LabelModifier::Exclude(l)) => Some((false, l.labels.clone())),
                 None => Some((true, vec![])),
             };
+            ev.pending_func = Some(a.op.to_string().to_lowercase());
             let series = ev.select_series_major(vs, grid);
             ev.pending_grouping = None;
+            ev.pending_func = None;
             let series = series?;
             if series.iter().any(|s| !s.histograms.is_empty()) {
                 // Histograms bring annotations: the step path handles them. The samples held

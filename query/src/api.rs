@@ -176,7 +176,23 @@ impl ApiState {
             // Replicas are decoded before dedup, so the limit allows one full copy per replica
             // label value seen in practice (RF up to 3) before refusing.
             max_samples: self.args.max_samples.saturating_mul(3),
+            max_source_resolution: 0,
+            aggregates: vec![],
         })
+    }
+
+    /// The `max_source_resolution` parameter in ms (Thanos's `parseDownsamplingParamMillis`):
+    /// a duration, or `auto` (or nothing, with `--query.auto-downsampling`) for `auto_ms`.
+    pub(crate) fn max_source_resolution(&self, p: &Params, auto_ms: i64) -> Result<i64, Response> {
+        let val = p.get("max_source_resolution").unwrap_or("");
+        let mut ms = if self.args.auto_downsampling || val == "auto" { auto_ms } else { 0 };
+        if !val.is_empty() && val != "auto" {
+            ms = parse_duration_param(val).map_err(|e| bad_data(format!("'max_source_resolution' parameter: {e}")))?;
+        }
+        if ms < 0 {
+            return Err(bad_data("negative 'max_source_resolution' is not accepted. Try a positive integer"));
+        }
+        Ok(ms)
     }
 
     /// Runs the engine on a blocking thread (it calls back into the async fan-out).
@@ -254,8 +270,13 @@ async fn query(
             Err(e) => return bad_data(format!("invalid parameter \"time\": Invalid time value for 'time': {e}")),
         },
     };
-    let opts = match st.query_options(&p, &headers) {
+    let mut opts = match st.query_options(&p, &headers) {
         Ok(o) => o,
+        Err(r) => return r,
+    };
+    // Instant queries read raw data unless asked (Thanos's default instant resolution, 0).
+    opts.max_source_resolution = match st.max_source_resolution(&p, 0) {
+        Ok(ms) => ms,
         Err(r) => return r,
     };
     let (text, expr) = match parse_query(&p) {
@@ -301,8 +322,12 @@ async fn query_range(
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
         );
     }
-    let opts = match st.query_options(&p, &headers) {
+    let mut opts = match st.query_options(&p, &headers) {
         Ok(o) => o,
+        Err(r) => return r,
+    };
+    opts.max_source_resolution = match st.max_source_resolution(&p, step / 5) {
+        Ok(ms) => ms,
         Err(r) => return r,
     };
     let (text, expr) = match parse_query(&p) {

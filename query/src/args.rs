@@ -66,6 +66,10 @@ pub struct Args {
     /// Limit queries to the tenant of the request by adding a matcher on the tenant label.
     #[arg(long = "query.enforce-tenancy", env = "NORN_QUERY_ENFORCE_TENANCY", default_value_t = false)]
     pub enforce_tenancy: bool,
+    /// Range queries without `max_source_resolution` may read downsampled data of up to
+    /// step / 5 (Thanos's `--query.auto-downsampling`).
+    #[arg(long = "query.auto-downsampling", env = "NORN_QUERY_AUTO_DOWNSAMPLING", default_value_t = false)]
+    pub auto_downsampling: bool,
 }
 
 impl Default for Args {
@@ -89,6 +93,7 @@ impl Default for Args {
             default_tenant: "default-tenant".into(),
             tenant_label_name: "tenant_id".into(),
             enforce_tenancy: false,
+            auto_downsampling: false,
         }
     }
 }
@@ -106,6 +111,7 @@ impl Args {
             ("http-address".into(), self.http_address.to_string()),
             ("query.dedup".into(), self.dedup.to_string()),
             ("query.default-tenant-id".into(), self.default_tenant.clone()),
+            ("query.auto-downsampling".into(), self.auto_downsampling.to_string()),
             ("query.enforce-tenancy".into(), self.enforce_tenancy.to_string()),
             ("query.lookback-delta".into(), dur(&self.lookback_delta)),
             ("query.max-concurrent".into(), self.max_concurrent.to_string()),

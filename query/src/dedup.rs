@@ -159,8 +159,8 @@ pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -
     let mut n = 0usize;
     s.chunks.retain(|ch| {
         let keep = ch.max_time >= limits.mint && ch.min_time <= limits.maxt;
-        if keep && let Some(raw) = &ch.raw {
-            n += header_count(&raw.data);
+        if keep && let Some(c) = ch.raw.as_ref().or_else(|| ch.aggrs.iter().flatten().next()) {
+            n += header_count(&c.data);
         }
         keep
     });
@@ -250,6 +250,18 @@ type ChunkId<'a> = (i64, i64, i32, &'a [u8]);
 
 fn chunk_id(c: &WireChunk) -> Option<ChunkId<'_>> {
     c.raw.as_ref().map(|r| (c.min_time, c.max_time, r.encoding, &r.data[..]))
+}
+
+/// Encoding and bytes of a raw chunk or an aggregate.
+type Part<'a> = Option<(i32, &'a [u8])>;
+
+/// What makes two chunks passed through equal: time range, and encoding and bytes of the raw
+/// chunk and of each downsampled aggregate (hashes aside).
+fn pass_key(c: &WireChunk) -> (i64, i64, Part<'_>, [Part<'_>; 5]) {
+    fn part(r: &Option<crate::seriesview::RawChunk>) -> Part<'_> {
+        r.as_ref().map(|r| (r.encoding, &r.data[..]))
+    }
+    (c.min_time, c.max_time, part(&c.raw), [0, 1, 2, 3, 4].map(|i| part(&c.aggrs[i])))
 }
 
 /// Whether `seen` (sorted by time range) holds a chunk equal to `id`.
@@ -342,8 +354,8 @@ pub type RawSeries = (Labels, Vec<WireChunk>);
 /// K-way merges per-endpoint series lists by their full labels, without deduplication (as
 /// Thanos's proxy store): series with equal labels, from several endpoints or split over
 /// several frames, become one whose chunks are sorted by `(min_time, max_time)` with
-/// identical chunks dropped. Chunks are passed on unchanged (no decoding); chunks without
-/// raw data are dropped (the querier reads raw data only). Series without chunks are kept.
+/// identical chunks dropped. Chunks are passed on unchanged (no decoding), raw or
+/// downsampled aggregates; chunks with neither are dropped. Series without chunks are kept.
 pub fn merge_raw(sources: Vec<Source>) -> Result<Vec<RawSeries>, String> {
     merge_raw_within(sources, &Limits::NONE).map_err(|e| e.to_string())
 }
@@ -354,12 +366,13 @@ pub fn merge_raw_within(sources: Vec<Source>, limits: &Limits) -> Result<Vec<Raw
         // Checked sorted and unique by `check_labels` when received.
         let labels = Labels::from_sorted_unchecked_iter(group[0].1.labels());
         let mut chunks: Vec<&WireChunk> = group.iter().flat_map(|(_, s)| s.chunks.iter()).collect();
-        chunks.retain(|c| c.raw.is_some());
+        chunks.retain(|c| c.raw.is_some() || c.aggrs.iter().any(Option::is_some));
         if group.len() > 1 {
-            // Equal chunks sort next to each other: by time range, then encoding and bytes
-            // (a stable order whatever the endpoints' order).
-            chunks.sort_by(|a, b| chunk_id(a).cmp(&chunk_id(b)));
-            chunks.dedup_by(|a, b| chunk_id(a) == chunk_id(b));
+            // Equal chunks sort next to each other: by time range, then encodings and bytes
+            // of the raw chunk and the aggregates (a stable order whatever the endpoints'
+            // order).
+            chunks.sort_by(|a, b| pass_key(a).cmp(&pass_key(b)));
+            chunks.dedup_by(|a, b| pass_key(a) == pass_key(b));
         } else if !chunks.is_sorted_by_key(|c| (c.min_time, c.max_time)) {
             chunks.sort_by_key(|c| (c.min_time, c.max_time));
         }
@@ -1312,5 +1325,27 @@ mod tests {
         let chunks: Vec<usize> = got.iter().map(|(_, c)| c.len()).collect();
         // r0 was prepared without the range (all kept), r1's chunk is outside it, r2 is r0's copy.
         assert_eq!(chunks, vec![1, 0]);
+    }
+
+    /// Downsampled chunks (aggregates, no raw chunk) pass through the pass-through merge:
+    /// kept, equal ones from two endpoints dropped, ones differing in an aggregate kept.
+    #[test]
+    fn merge_raw_passes_aggregates_through() {
+        let aggr = |sum: &[u8]| thanos::AggrChunk {
+            min_time: 0,
+            max_time: 300_000,
+            count: Some(thanos::Chunk { r#type: 0, data: vec![0, 1, 9], hash: 0 }),
+            sum: Some(thanos::Chunk { r#type: 0, data: sum.to_vec(), hash: 0 }),
+            ..Default::default()
+        };
+        let l = [("__name__", "a")];
+        let s0 = vec![view(&l, vec![aggr(&[0, 1, 7])])];
+        let s1 = vec![view(&l, vec![aggr(&[0, 1, 7]), aggr(&[0, 1, 8])])];
+        let got = merge_raw(vec![src(s0), src(s1)]).unwrap();
+        assert_eq!(got.len(), 1);
+        let sums: Vec<Vec<u8>> =
+            got[0].1.iter().map(|c| c.aggrs[1].as_ref().expect("sum aggregate").data.to_vec()).collect();
+        assert_eq!(sums, vec![vec![0, 1, 7], vec![0, 1, 8]]);
+        assert!(got[0].1.iter().all(|c| c.raw.is_none() && c.aggrs[0].is_some()));
     }
 }

@@ -40,6 +40,12 @@ pub struct QueryOptions {
     /// Most samples one selection may decode across all endpoints (replicas included);
     /// 0 means no limit. Bounds the memory a query can take.
     pub max_samples: usize,
+    /// Coarsest downsampling resolution (ms) the stores may answer with
+    /// (`max_resolution_window`); 0 reads raw data only.
+    pub max_source_resolution: i64,
+    /// Aggregates asked for when `max_source_resolution` > 0 and no PromQL function
+    /// decides them (a querier above passing its request on).
+    pub aggregates: Vec<i32>,
 }
 
 /// A failure of a fan-out.
@@ -297,9 +303,17 @@ impl Fanout {
             func: Some(thanos::Func { name: name.to_string() }),
             ..Default::default()
         });
-        let (sources, warnings, call) = self.fetch(opts, matchers, mint, maxt, skip_chunks, hints).await?;
+        // Downsampled data: the aggregates the function reads (Thanos's querier).
+        let aggrs = if opts.max_source_resolution > 0 { crate::downsampled::aggrs_from_func(func) } else { vec![] };
+        let aggr_nums: Vec<i32> = aggrs.iter().map(|&a| a as i32).collect();
+        let (sources, warnings, call) = self.fetch(opts, matchers, mint, maxt, skip_chunks, hints, aggr_nums).await?;
         let (mint, maxt) = (call.limits.mint, call.limits.maxt);
         let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
+            if !aggrs.is_empty() {
+                let mut samples = crate::downsampled::decode_series(chunks, &aggrs, mint, maxt)?;
+                normalize(&mut samples);
+                return Ok(samples);
+            }
             // Chunk headers announce their sample counts: one allocation per series.
             let n = chunks.iter().filter_map(|c| c.raw.as_ref()).map(|r| header_count(&r.data)).sum();
             let mut samples = Vec::with_capacity(n);
@@ -328,13 +342,17 @@ impl Fanout {
         hints: Option<thanos::QueryHints>,
     ) -> Result<RawSelection, FanoutError> {
         let opts = QueryOptions { dedup: false, ..opts.clone() };
-        let (sources, warnings, call) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints).await?;
+        let aggrs = opts.aggregates.clone();
+        let (sources, warnings, call) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints, aggrs).await?;
         let series = merge_raw_within(sources, &call.limits)?;
         Ok(RawSelection { series, warnings })
     }
 
     /// Asks every endpoint that may hold the selection for its series: their answers in
     /// endpoint order (chunks outside `[mint, maxt]` dropped), the warnings, and the call.
+    /// With `opts.max_source_resolution` > 0 stores may answer from downsampled blocks
+    /// with `aggregates`.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         opts: &QueryOptions,
@@ -343,6 +361,7 @@ impl Fanout {
         maxt: i64,
         skip_chunks: bool,
         query_hints: Option<thanos::QueryHints>,
+        aggregates: Vec<i32>,
     ) -> Result<(Vec<Source>, Vec<String>, Arc<SeriesCall>), FanoutError> {
         let mut all_matchers = matchers.to_vec();
         all_matchers.extend(opts.extra_matchers.iter().cloned());
@@ -362,6 +381,8 @@ impl Fanout {
                 // wakeups per stream; RF=3 / Prometheus 1.27 -> 1.14 in scripts/bench-query.
                 response_batch_size: 1024,
                 query_hints,
+                max_resolution_window: opts.max_source_resolution,
+                aggregates,
                 ..Default::default()
             },
             tenant: opts.tenant.clone(),

@@ -53,6 +53,8 @@ impl QuerierStore {
             extra_matchers: vec![],
             deadline: Instant::now() + self.timeout,
             max_samples: 0,
+            max_source_resolution: 0,
+            aggregates: vec![],
         }
     }
 }
@@ -81,7 +83,10 @@ impl Store for QuerierStore {
         let r = req.into_inner();
         let matchers =
             norn_storeapi::matchers_from_proto(&r.matchers).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let opts = self.opts(r.partial_response_strategy, r.partial_response_disabled, tenant);
+        let mut opts = self.opts(r.partial_response_strategy, r.partial_response_disabled, tenant);
+        // A querier above asking for downsampled data gets it from the stores below.
+        opts.max_source_resolution = r.max_resolution_window;
+        opts.aggregates = r.aggregates.clone();
         // Passed on whole: a querier above us sends the PromQL function, which stores below
         // may use (Thanos's proxy store does the same).
         let sel = self

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod args;
 pub mod dedup;
+pub mod downsampled;
 pub mod endpoints;
 pub mod exemplars;
 pub mod fanout;

@@ -78,8 +78,7 @@ pub struct RawChunk {
     pub hash: u64,
 }
 
-/// A StoreAPI chunk; downsampled aggregates are validated but not kept (the querier reads
-/// raw data only).
+/// A StoreAPI chunk: raw data, or the aggregates of a downsampled chunk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WireChunk {
     /// First sample's time.
@@ -88,6 +87,8 @@ pub struct WireChunk {
     pub max_time: i64,
     /// Raw chunk, if any.
     pub raw: Option<RawChunk>,
+    /// Downsampled aggregates (fields 4–8: count, sum, min, max, counter), as sent.
+    pub aggrs: [Option<RawChunk>; 5],
 }
 
 impl WireChunk {
@@ -96,11 +97,8 @@ impl WireChunk {
         WireChunk {
             min_time: c.min_time,
             max_time: c.max_time,
-            raw: c.raw.as_ref().map(|r| RawChunk {
-                encoding: r.r#type,
-                data: Bytes::copy_from_slice(&r.data),
-                hash: r.hash,
-            }),
+            raw: c.raw.as_ref().map(RawChunk::from_proto),
+            aggrs: [&c.count, &c.sum, &c.min, &c.max, &c.counter].map(|a| a.as_ref().map(RawChunk::from_proto)),
         }
     }
 
@@ -109,9 +107,25 @@ impl WireChunk {
         thanos::AggrChunk {
             min_time: self.min_time,
             max_time: self.max_time,
-            raw: self.raw.as_ref().map(|r| thanos::Chunk { r#type: r.encoding, data: r.data.to_vec(), hash: r.hash }),
-            ..Default::default()
+            raw: self.raw.as_ref().map(RawChunk::to_proto),
+            count: self.aggrs[0].as_ref().map(RawChunk::to_proto),
+            sum: self.aggrs[1].as_ref().map(RawChunk::to_proto),
+            min: self.aggrs[2].as_ref().map(RawChunk::to_proto),
+            max: self.aggrs[3].as_ref().map(RawChunk::to_proto),
+            counter: self.aggrs[4].as_ref().map(RawChunk::to_proto),
         }
+    }
+}
+
+impl RawChunk {
+    /// From the prost form (copies the data).
+    pub fn from_proto(r: &thanos::Chunk) -> Self {
+        RawChunk { encoding: r.r#type, data: Bytes::copy_from_slice(&r.data), hash: r.hash }
+    }
+
+    /// The prost form (copies the data).
+    pub fn to_proto(&self) -> thanos::Chunk {
+        thanos::Chunk { r#type: self.encoding, data: self.data.to_vec(), hash: self.hash }
     }
 }
 
@@ -385,10 +399,10 @@ fn aggr_chunk(root: &Bytes, range: std::ops::Range<usize>) -> Result<WireChunk, 
                 chunk(root, b, c.raw.get_or_insert_with(RawChunk::default))?;
             }
             (f @ 4..=8, wt) => {
-                // Downsampled aggregates: validated like prost does, then dropped.
                 r.expect(f, wt, WT_LEN)?;
                 let b = r.bytes("aggregate")?;
-                chunk(root, b, &mut RawChunk::default())?;
+                // Repeated occurrences merge into one, as prost merges sub-messages.
+                chunk(root, b, c.aggrs[f as usize - 4].get_or_insert_with(RawChunk::default))?;
             }
             (f, wt) => r.skip(f, wt)?,
         }
@@ -583,24 +597,11 @@ mod tests {
         SeriesResponse { result }
     }
 
-    /// Prost's decoding with what the view drops (aggregates, hint contents) cleared.
+    /// Prost's decoding with what the view drops (hint contents) cleared.
     fn prost_decode(b: &[u8]) -> Result<SeriesResponse, prost::DecodeError> {
         let mut m = SeriesResponse::decode(b)?;
-        let clear = |s: &mut thanos::Series| {
-            for c in &mut s.chunks {
-                *c = thanos::AggrChunk {
-                    min_time: c.min_time,
-                    max_time: c.max_time,
-                    raw: c.raw.take(),
-                    ..Default::default()
-                };
-            }
-        };
-        match &mut m.result {
-            Some(series_response::Result::Series(s)) => clear(s),
-            Some(series_response::Result::Batch(b)) => b.series.iter_mut().for_each(clear),
-            Some(series_response::Result::Hints(h)) => *h = Default::default(),
-            _ => {}
+        if let Some(series_response::Result::Hints(h)) = &mut m.result {
+            *h = Default::default();
         }
         Ok(m)
     }

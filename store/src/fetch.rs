@@ -9,7 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use norn_objstore::Bucket;
-use norn_tsdb::chunkenc::{Chunk, Encoding};
+use norn_tsdb::chunkenc::Encoding;
+use norn_tsdb::chunkenc::aggr::AGGR_ENCODING;
 use norn_tsdb::chunks::{SEGMENT_HEADER_SIZE, segment_name};
 use norn_tsdb::encoding::{Decbuf, crc32c};
 
@@ -68,11 +69,19 @@ pub struct ChunkError {
     pub what: String,
 }
 
+/// A chunk as read from a segment: its encoding byte (XOR, histogram, float histogram,
+/// or Thanos's aggregate chunk 0xFF) and data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChunk {
+    pub encoding: u8,
+    pub data: Bytes,
+}
+
 /// What a read buffer holds of the record at an offset.
 #[derive(Debug, PartialEq)]
 pub enum Record {
     /// The whole record, checked.
-    Chunk(Chunk),
+    Chunk(RawChunk),
     /// The record is longer than the buffer: it spans this many bytes from its offset.
     Truncated(u64),
 }
@@ -104,10 +113,12 @@ pub fn parse_record(buf: &Bytes, at_eof: bool) -> Result<Record, String> {
     if want != got {
         return Err(format!("chunk checksum mismatch: stored {want:#010x}, computed {got:#010x}"));
     }
-    let encoding = Encoding::from_u8(enc_byte).map_err(|e| e.to_string())?;
+    if enc_byte != AGGR_ENCODING {
+        Encoding::from_u8(enc_byte).map_err(|e| e.to_string())?;
+    }
     // A copy, not a slice: a slice would keep the whole coalesced read (gaps included)
     // alive until the batch is sent.
-    Ok(Record::Chunk(Chunk { encoding, data: Bytes::copy_from_slice(&buf[body]) }))
+    Ok(Record::Chunk(RawChunk { encoding: enc_byte, data: Bytes::copy_from_slice(&buf[body]) }))
 }
 
 /// Fetches chunks from the bucket.
@@ -129,7 +140,11 @@ impl ChunkFetcher {
     }
 
     /// Reads every wanted chunk, a few ranged GETs per segment file.
-    pub async fn fetch(&self, blocks: &[Arc<StoreBlock>], wants: &[Want]) -> Result<HashMap<Want, Chunk>, ChunkError> {
+    pub async fn fetch(
+        &self,
+        blocks: &[Arc<StoreBlock>],
+        wants: &[Want],
+    ) -> Result<HashMap<Want, RawChunk>, ChunkError> {
         // (block, segment) → sorted offsets.
         let mut by_seg: BTreeMap<(usize, usize), Vec<u64>> = BTreeMap::new();
         for &(b, r) in wants {
@@ -183,7 +198,7 @@ impl ChunkFetcher {
         size: u64,
         range: Range<u64>,
         offsets: &[u64],
-    ) -> Result<Vec<(u64, Chunk)>, ChunkError> {
+    ) -> Result<Vec<(u64, RawChunk)>, ChunkError> {
         let err = |offset: u64, what: String| ChunkError {
             block: blocks[b].id.to_string(),
             segment: segment_name(seg as u64 + 1),
@@ -321,7 +336,10 @@ mod tests {
     fn records() {
         let rec = record(1, &[0, 0]);
         let buf = Bytes::from([rec.clone(), vec![9; 5]].concat());
-        assert_eq!(parse_record(&buf, false).unwrap(), Record::Chunk(Chunk::new(Encoding::Xor, vec![0u8, 0])));
+        let xor = RawChunk { encoding: Encoding::Xor as u8, data: Bytes::from_static(&[0, 0]) };
+        assert_eq!(parse_record(&buf, false).unwrap(), Record::Chunk(xor));
+        let aggr = RawChunk { encoding: 0xff, data: Bytes::from_static(&[0, 0, 0, 0, 0]) };
+        assert_eq!(parse_record(&Bytes::from(record(0xff, &aggr.data)), true).unwrap(), Record::Chunk(aggr));
         // Short buffer: asks for the whole record, unless at the end of the file.
         let short = Bytes::from(rec[..4].to_vec());
         assert_eq!(parse_record(&short, false).unwrap(), Record::Truncated(rec.len() as u64));

@@ -7,7 +7,7 @@
 //! series at a time, as the frames are built, and sent through a bounded channel, so
 //! memory holds one batch of chunks however large the answer.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use norn_model::{Labels, Matcher};
@@ -18,6 +18,8 @@ use norn_storeapi::thanos::{
     self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
     SeriesResponse, series_response, store_server,
 };
+use norn_tsdb::chunkenc::aggr::{AGGR_ENCODING, AggrChunk, AggrType};
+use norn_tsdb::chunkenc::{Chunk, Encoding};
 use norn_tsdb::chunks::{ChunkMeta, ChunkRef};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,8 +27,8 @@ use tonic::{Request, Response, Status};
 use ulid::Ulid;
 use xxhash_rust::xxh64::xxh64;
 
-use crate::fetch::ChunkFetcher;
-use crate::sync::{BlockSet, StoreBlock};
+use crate::fetch::{ChunkFetcher, RawChunk};
+use crate::sync::{BlockSet, RESOLUTIONS, StoreBlock};
 
 /// Chunks whose bytes are fetched together (one batch of series' worth of ranged reads).
 const FETCH_BATCH_CHUNKS: usize = 4096;
@@ -47,13 +49,81 @@ fn postings(b: &StoreBlock, rest: &[Matcher]) -> norn_tsdb::Result<Vec<u32>> {
     if rest.is_empty() { b.index.all_postings() } else { b.index.postings_for_matchers(rest) }
 }
 
+/// Which blocks answer `[mint, maxt]` for a client accepting resolutions up to
+/// `max_res` ms, as Thanos's `bucketBlockSet.getFor` picks them within each external
+/// label set: blocks of the coarsest allowed resolution, and where they leave gaps, the
+/// next finer resolution's blocks, down to raw.
+pub fn choose_blocks(blocks: &[Arc<StoreBlock>], mint: i64, maxt: i64, max_res: i64) -> Vec<bool> {
+    let spans: Vec<BlockSpan<'_>> =
+        blocks.iter().map(|b| (&b.ext, b.resolution, b.meta.min_time, b.meta.max_time)).collect();
+    choose(&spans, mint, maxt, max_res)
+}
+
+/// A block as [`choose`] sees it: external labels, resolution, `[minTime, maxTime)`.
+pub type BlockSpan<'a> = (&'a Labels, i64, i64, i64);
+
+/// [`choose_blocks`] over block spans.
+pub fn choose(blocks: &[BlockSpan<'_>], mint: i64, maxt: i64, max_res: i64) -> Vec<bool> {
+    let mut chosen = vec![false; blocks.len()];
+    let mut sets: BTreeMap<&Labels, [Vec<usize>; 3]> = BTreeMap::new();
+    for (i, b) in blocks.iter().enumerate() {
+        if let Some(level) = RESOLUTIONS.iter().position(|&r| r == b.1) {
+            sets.entry(b.0).or_default()[level].push(i);
+        }
+    }
+    for levels in sets.values_mut() {
+        for l in levels.iter_mut() {
+            l.sort_by_key(|&i| (blocks[i].2, blocks[i].3));
+        }
+        let Some(first) = RESOLUTIONS.iter().position(|&r| r <= max_res) else { continue };
+        fill(blocks, levels, first, mint, maxt, &mut chosen);
+    }
+    chosen
+}
+
+/// Picks the blocks of resolution level `level` overlapping `[mint, maxt]`, filling the
+/// gaps before, between and after them from the finer levels.
+fn fill(blocks: &[BlockSpan<'_>], levels: &[Vec<usize>; 3], level: usize, mint: i64, maxt: i64, out: &mut [bool]) {
+    if mint > maxt {
+        return;
+    }
+    let finer = level + 1 < RESOLUTIONS.len();
+    let mut start = mint;
+    for &i in &levels[level] {
+        let (_, _, bmin, bmax) = blocks[i];
+        // Block ranges are half-open: [minTime, maxTime).
+        if bmax <= mint {
+            continue;
+        }
+        if bmin > maxt {
+            break;
+        }
+        if finer {
+            fill(blocks, levels, level + 1, start, bmin - 1, out);
+        }
+        out[i] = true;
+        start = bmax;
+    }
+    if finer {
+        fill(blocks, levels, level + 1, start, maxt, out);
+    }
+}
+
 /// The series of `blocks` matching `ms` with chunks in `[mint, maxt]`, external labels
-/// on, sorted by labels, equal label sets joined. Runs on a blocking thread.
-pub fn select(blocks: &[Arc<StoreBlock>], ms: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Selected>, Status> {
+/// on, sorted by labels, equal label sets joined; only blocks [`choose_blocks`] picks for
+/// `max_res` take part. Runs on a blocking thread.
+pub fn select(
+    blocks: &[Arc<StoreBlock>],
+    ms: &[Matcher],
+    mint: i64,
+    maxt: i64,
+    max_res: i64,
+) -> Result<Vec<Selected>, Status> {
     let mut all: Vec<(Labels, usize, Vec<ChunkRef>)> = Vec::new();
     let mut refs = Vec::new();
+    let chosen = choose_blocks(blocks, mint, maxt, max_res);
     for (bi, b) in blocks.iter().enumerate() {
-        if !b.overlaps(mint, maxt) {
+        if !chosen[bi] || !b.overlaps(mint, maxt) {
             continue;
         }
         let Some(rest) = strip_external(&b.ext, ms) else { continue };
@@ -125,11 +195,13 @@ impl BucketStore {
 
     /// Sends one batch of series (chunks fetched) into `tx` in frames of `batch`.
     /// Returns false when the client went away.
+    #[allow(clippy::too_many_arguments)]
     async fn send_batch(
         &self,
         blocks: &[Arc<StoreBlock>],
         series: &[Selected],
         skip_chunks: bool,
+        aggregates: &[i32],
         batch: usize,
         tx: &mpsc::Sender<Result<SeriesResponse, Status>>,
     ) -> Result<bool, Status> {
@@ -146,7 +218,6 @@ impl BucketStore {
         for s in series {
             let mut cs: Vec<thanos::AggrChunk> = Vec::new();
             if !skip_chunks {
-                let mut metas: Vec<ChunkMeta> = Vec::new();
                 for (b, rs) in &s.parts {
                     for r in rs {
                         let Some(c) = chunks.get(&(*b, r.chunk_ref)) else {
@@ -155,13 +226,15 @@ impl BucketStore {
                                 blocks[*b].id, r.chunk_ref
                             )));
                         };
-                        metas.push(ChunkMeta { min_time: r.min_time, max_time: r.max_time, chunk: c.clone() });
+                        let out = storepb_chunk(r.min_time, r.max_time, c, aggregates).map_err(|e| {
+                            Status::internal(format!("block {}: chunk {:#x}: {e}", blocks[*b].id, r.chunk_ref))
+                        })?;
+                        cs.push(out);
                     }
                 }
                 if s.parts.len() > 1 {
-                    metas.sort_by_key(|m| (m.min_time, m.max_time));
+                    cs.sort_by_key(|m| (m.min_time, m.max_time));
                 }
-                cs = metas.iter().map(|m| norn_storeapi::chunks::aggr_chunk(m, xxh64(&m.chunk.data, 0))).collect();
             }
             pending.push(thanos::Series { labels: labels_to_proto(&s.labels), chunks: cs });
             if pending.len() >= batch && !send_frame(tx, &mut pending, batch).await {
@@ -170,6 +243,42 @@ impl BucketStore {
         }
         Ok(pending.is_empty() || send_frame(tx, &mut pending, batch).await)
     }
+}
+
+/// The StoreAPI form of a chunk read from a block: a raw chunk in `raw`; an aggregate
+/// chunk (0xFF) as the requested `aggregates` (`thanos.Aggr` numbers) in fields 4–8, as
+/// Thanos's `populateChunk` does: a requested aggregate the chunk lacks is an error,
+/// `RAW` and unknown numbers are ignored.
+pub fn storepb_chunk(
+    min_time: i64,
+    max_time: i64,
+    c: &RawChunk,
+    aggregates: &[i32],
+) -> Result<thanos::AggrChunk, String> {
+    if c.encoding != AGGR_ENCODING {
+        let encoding = Encoding::from_u8(c.encoding).map_err(|e| e.to_string())?;
+        let meta = ChunkMeta { min_time, max_time, chunk: Chunk::new(encoding, c.data.clone()) };
+        return Ok(norn_storeapi::chunks::aggr_chunk(&meta, xxh64(&c.data, 0)));
+    }
+    let a = AggrChunk::decode(&c.data).map_err(|e| e.to_string())?;
+    let mut out = thanos::AggrChunk { min_time, max_time, ..Default::default() };
+    for &n in aggregates {
+        let (t, slot) = match thanos::Aggr::try_from(n) {
+            Ok(thanos::Aggr::Count) => (AggrType::Count, &mut out.count),
+            Ok(thanos::Aggr::Sum) => (AggrType::Sum, &mut out.sum),
+            Ok(thanos::Aggr::Min) => (AggrType::Min, &mut out.min),
+            Ok(thanos::Aggr::Max) => (AggrType::Max, &mut out.max),
+            Ok(thanos::Aggr::Counter) => (AggrType::Counter, &mut out.counter),
+            Ok(thanos::Aggr::Raw) | Err(_) => continue,
+        };
+        let sub = a.get(t).ok_or_else(|| format!("aggregate {} does not exist", t.name()))?;
+        *slot = Some(thanos::Chunk {
+            r#type: norn_storeapi::chunks::storepb_encoding(sub.encoding) as i32,
+            data: sub.data.to_vec(),
+            hash: xxh64(&sub.data, 0),
+        });
+    }
+    Ok(out)
 }
 
 /// Sends `pending` as one frame (a lone series when the batch size is 1).
@@ -218,7 +327,8 @@ impl store_server::Store for BucketStore {
             Vec::new()
         } else {
             let bs = blocks.clone();
-            tokio::task::spawn_blocking(move || select(&bs, &ms, mint, maxt))
+            let max_res = req.max_resolution_window;
+            tokio::task::spawn_blocking(move || select(&bs, &ms, mint, maxt, max_res))
                 .await
                 .map_err(|e| Status::internal(format!("series selection task: {e}")))??
         };
@@ -229,7 +339,7 @@ impl store_server::Store for BucketStore {
         let this = self.clone();
         tokio::spawn(async move {
             for r in fetch_batches(&selected) {
-                match this.send_batch(&blocks, &selected[r], req.skip_chunks, batch, &tx).await {
+                match this.send_batch(&blocks, &selected[r], req.skip_chunks, &req.aggregates, batch, &tx).await {
                     Ok(true) => {}
                     Ok(false) => return, // the client went away
                     Err(st) => {
@@ -365,6 +475,82 @@ impl BucketStore {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn block_choice_by_resolution() {
+        let (a, b) = (Labels::from_pairs([("r", "a")]), Labels::from_pairs([("r", "b")]));
+        const F: i64 = 300_000;
+        const H: i64 = 3_600_000;
+        // Stream a: raw [0,100) [100,200) [200,300); 5m [0,200); 1h [0,100).
+        // Stream b: raw [0,300) only.
+        let blocks: Vec<BlockSpan<'_>> = vec![
+            (&a, 0, 0, 100),
+            (&a, 0, 100, 200),
+            (&a, 0, 200, 300),
+            (&a, F, 0, 200),
+            (&a, H, 0, 100),
+            (&b, 0, 0, 300),
+            (&a, 60_000, 0, 300), // unsupported resolution: never
+        ];
+        // (mint, maxt, max_res, chosen indexes)
+        let cases: &[(i64, i64, i64, &[usize])] = &[
+            (0, 299, 0, &[0, 1, 2, 5]),
+            (0, 299, F, &[2, 3, 5]),
+            (0, 299, H, &[2, 3, 4, 5]),
+            (0, 299, 10 * H, &[2, 3, 4, 5]),
+            (150, 160, H, &[3, 5]),
+            (250, 260, H, &[2, 5]),
+            (0, 50, F - 1, &[0, 5]),
+            (300, 400, H, &[]),
+            (10, 5, H, &[]),
+            (0, 299, -1, &[]),
+        ];
+        for &(mint, maxt, res, want) in cases {
+            let got: Vec<usize> =
+                choose(&blocks, mint, maxt, res).iter().enumerate().filter(|x| *x.1).map(|x| x.0).collect();
+            assert_eq!(got, want, "[{mint}, {maxt}] max_res {res}");
+        }
+    }
+
+    #[test]
+    fn aggregate_chunks_fill_the_requested_fields() {
+        use norn_tsdb::chunkenc::XorChunk;
+        let xor = |v: f64| {
+            let mut c = XorChunk::new();
+            c.append(299_999, v);
+            Chunk::new(Encoding::Xor, c.into_bytes())
+        };
+        let a = AggrChunk { parts: [Some(xor(4.0)), Some(xor(10.0)), None, Some(xor(3.0)), Some(xor(9.0))] };
+        let raw = RawChunk { encoding: AGGR_ENCODING, data: bytes::Bytes::from(a.encode()) };
+        let n = |x: thanos::Aggr| x as i32;
+        let got = storepb_chunk(
+            299_999,
+            299_999,
+            &raw,
+            &[n(thanos::Aggr::Count), n(thanos::Aggr::Sum), n(thanos::Aggr::Counter), n(thanos::Aggr::Raw), 99],
+        )
+        .unwrap();
+        assert!(got.raw.is_none() && got.min.is_none() && got.max.is_none());
+        let count = got.count.unwrap();
+        assert_eq!(
+            (count.r#type, &count.data[..]),
+            (thanos::chunk::Encoding::Xor as i32, &a.parts[0].as_ref().unwrap().data[..])
+        );
+        assert_eq!(count.hash, xxh64(&count.data, 0));
+        assert_eq!(got.sum.unwrap().data, a.parts[1].as_ref().unwrap().data.to_vec());
+        assert_eq!(got.counter.unwrap().data, a.parts[4].as_ref().unwrap().data.to_vec());
+        let e = storepb_chunk(0, 0, &raw, &[n(thanos::Aggr::Min)]).unwrap_err();
+        assert_eq!(e, "aggregate min does not exist");
+        assert!(
+            storepb_chunk(0, 0, &RawChunk { encoding: AGGR_ENCODING, data: bytes::Bytes::from_static(&[7]) }, &[])
+                .is_err()
+        );
+        // Raw chunks go to `raw` whatever was asked.
+        let x = xor(1.0);
+        let got = storepb_chunk(299_999, 299_999, &RawChunk { encoding: 1, data: x.data.clone() }, &[1, 2]).unwrap();
+        assert_eq!(got.raw.unwrap().data, x.data.to_vec());
+        assert!(got.count.is_none());
+    }
 
     #[test]
     fn fetch_batches_bound_chunks_and_series() {

@@ -35,6 +35,8 @@ pub struct StoreBlock {
     pub index: IndexReader,
     /// Size in bytes of `chunks/000001`, `chunks/000002`, … in that order.
     pub segments: Vec<u64>,
+    /// Downsampling resolution in ms: 0 (raw), 300000 (5m) or 3600000 (1h).
+    pub resolution: i64,
 }
 
 impl StoreBlock {
@@ -144,8 +146,12 @@ fn thanos_labels(meta: &BlockMeta) -> Result<(Labels, i64), LoadError> {
     Ok((Labels::from_pairs(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str()))), resolution))
 }
 
-/// Checks a meta.json's bytes for block `id`.
-pub fn parse_meta(id: Ulid, bytes: &[u8]) -> Result<(BlockMeta, Labels), LoadError> {
+/// Downsampling resolutions served (Thanos's three levels), coarsest first.
+pub const RESOLUTIONS: [i64; 3] = [3_600_000, 300_000, 0];
+
+/// Checks a meta.json's bytes for block `id`; returns the meta, its external labels and
+/// its downsampling resolution.
+pub fn parse_meta(id: Ulid, bytes: &[u8]) -> Result<(BlockMeta, Labels, i64), LoadError> {
     let meta = BlockMeta::from_json(Path::new(&format!("{id}/meta.json")), bytes)
         .map_err(|e| LoadError::Meta(e.to_string()))?;
     if meta.ulid != id {
@@ -155,10 +161,10 @@ pub fn parse_meta(id: Ulid, bytes: &[u8]) -> Result<(BlockMeta, Labels), LoadErr
         return Err(LoadError::Meta(format!("minTime {} after maxTime {}", meta.min_time, meta.max_time)));
     }
     let (ext, resolution) = thanos_labels(&meta)?;
-    if resolution != 0 {
-        return Err(LoadError::Meta(format!("downsampled block (resolution {resolution} ms) is not served")));
+    if !RESOLUTIONS.contains(&resolution) {
+        return Err(LoadError::Meta(format!("unsupported downsampling resolution {resolution} ms")));
     }
-    Ok((meta, ext))
+    Ok((meta, ext, resolution))
 }
 
 /// Reads every series entry and postings list of an index once, so corruption anywhere
@@ -348,7 +354,7 @@ impl Syncer {
     /// Loads one block; `None` when it lies outside the served time range.
     async fn load(&self, id: Ulid, l: &Listed) -> Result<Option<StoreBlock>, LoadError> {
         let raw = self.bucket.get(&format!("{id}/meta.json")).await?;
-        let (meta, ext) = parse_meta(id, &raw)?;
+        let (meta, ext, resolution) = parse_meta(id, &raw)?;
         if meta.min_time > self.max_time || meta.max_time <= self.min_time {
             tracing::debug!(block = %id, "block outside --min-time/--max-time; not served");
             return Ok(None);
@@ -390,7 +396,7 @@ impl Syncer {
         })
         .await
         .map_err(|e| LoadError::Layout(format!("index validation task: {e}")))??;
-        Ok(Some(StoreBlock { id, meta, ext, index, segments }))
+        Ok(Some(StoreBlock { id, meta, ext, index, segments, resolution }))
     }
 }
 
@@ -531,10 +537,12 @@ pub(crate) mod tests {
         };
         let ok = parse_meta(id, meta(r#","thanos":{"labels":{"a":"1"},"downsample":{"resolution":0}}"#).as_bytes());
         assert_eq!(ok.unwrap().1, Labels::from_pairs([("a", "1")]));
+        let five = parse_meta(id, meta(r#","thanos":{"downsample":{"resolution":300000}}"#).as_bytes());
+        assert_eq!(five.unwrap().2, 300_000);
         assert!(parse_meta(id, meta("").as_bytes()).unwrap().1.is_empty());
         for (bad, why) in [
             (meta(r#","thanos":{"labels":{"a":1}}"#), "not a string"),
-            (meta(r#","thanos":{"downsample":{"resolution":300000}}"#), "downsampled"),
+            (meta(r#","thanos":{"downsample":{"resolution":60000}}"#), "unsupported downsampling resolution 60000"),
             (meta(r#","thanos":[]"#), "not an object"),
             (r#"{"ulid":"01HZZZZZZZZZZZZZZZZZZZZZZY","version":1}"#.to_string(), "does not match"),
             (format!(r#"{{"ulid":"{id}","minTime":10,"maxTime":0,"version":1}}"#), "after maxTime"),

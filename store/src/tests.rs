@@ -263,3 +263,110 @@ async fn blocks_served_elsewhere_are_left_out() {
     let info = st.info(Request::new(Default::default())).await.unwrap().into_inner();
     assert_eq!(info.label_sets.len(), 1);
 }
+
+/// Uploads a 5m block of replica "d" over `[0, 600 s)`: one series whose aggregate chunk
+/// has windows ending at 299.999 s and 599.999 s (count 30 each, sum, min, max, counter).
+async fn upload_5m(bucket: &Bucket, tmp: &Path) {
+    use norn_tsdb::chunkenc::aggr::{AGGR_ENCODING, AggrChunk};
+    use norn_tsdb::chunkenc::{Chunk, Encoding, XorChunk};
+    use norn_tsdb::chunks::RawChunkMeta;
+    let xor = |s: &[(i64, f64)]| {
+        let mut c = XorChunk::new();
+        for &(t, v) in s {
+            c.append(t, v);
+        }
+        Some(Chunk::new(Encoding::Xor, c.into_bytes()))
+    };
+    let (w1, w2) = (299_999, 599_999);
+    let a = AggrChunk {
+        parts: [
+            xor(&[(w1, 30.0), (w2, 30.0)]),
+            xor(&[(w1, 435.0), (w2, 1335.0)]),
+            xor(&[(w1, 0.0), (w2, 30.0)]),
+            xor(&[(w1, 29.0), (w2, 59.0)]),
+            xor(&[(0, 0.0), (w1, 29.0), (w2, 59.0), (w2, 59.0)]),
+        ],
+    };
+    let mut w = BlockWriter::new(tmp, 0, 600_000).unwrap();
+    let c = RawChunkMeta { min_time: w1, max_time: w2, encoding: AGGR_ENCODING, data: a.encode().into() };
+    w.add_series_raw(&Labels::from_pairs([("__name__", "up"), ("job", "x")]), &[c], 2).unwrap();
+    let meta = w.finish().unwrap();
+    let t = ThanosMeta {
+        labels: BTreeMap::from([("replica".into(), "d".into())]),
+        source: "test".into(),
+        resolution: 300_000,
+    };
+    norn_block::upload(bucket, &tmp.join(meta.ulid.to_string()), &t).await.unwrap();
+}
+
+#[tokio::test]
+async fn downsampled_blocks_serve_aggregates_by_max_resolution_window() {
+    let bdir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = Bucket::filesystem(bdir.path()).unwrap();
+    let raw: SeriesData = vec![floats(&[("__name__", "up"), ("job", "x")], 0..600, 0.0)];
+    upload(&bucket, tmp.path(), 0, 600_000, &[("replica", "d")], &raw).await;
+    upload_5m(&bucket, tmp.path()).await;
+    let yaml = format!("type: FILESYSTEM\nconfig:\n  directory: {}\n", bdir.path().display());
+    let args = Args {
+        data_dir: cache.path().to_path_buf(),
+        objstore_config_file: None,
+        objstore_config: Some(yaml),
+        http_address: String::new(),
+        grpc_address: String::new(),
+        sync_block_duration: "15m".into(),
+        block_sync_concurrency: 2,
+        min_time: "0000-01-01T00:00:00Z".into(),
+        max_time: "9999-12-31T23:59:59Z".into(),
+    };
+    let gw = Gateway::new(&args, &mut Registry::default()).unwrap();
+    assert!(gw.sync_once().await);
+    assert_eq!(gw.store.set.snapshot().len(), 2, "the 5m block is loaded too");
+    let st = &gw.store;
+    let chunks = |max_res: i64, aggrs: Vec<thanos::Aggr>| {
+        let req = SeriesRequest {
+            min_time: 0,
+            max_time: 599_999,
+            matchers: vec![eq("__name__", "up")],
+            max_resolution_window: max_res,
+            aggregates: aggrs.into_iter().map(|a| a as i32).collect(),
+            ..Default::default()
+        };
+        async move {
+            let mut s = st.series(Request::new(req)).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(r) = s.next().await {
+                match r?.result.unwrap() {
+                    series_response::Result::Series(s) => out.extend(s.chunks),
+                    series_response::Result::Batch(b) => out.extend(b.series.into_iter().flat_map(|s| s.chunks)),
+                    other => panic!("unexpected frame {other:?}"),
+                }
+            }
+            Ok::<_, tonic::Status>(out)
+        }
+    };
+    // Raw only by default.
+    let got = chunks(0, vec![]).await.unwrap();
+    assert!(!got.is_empty() && got.iter().all(|c| c.raw.is_some() && c.count.is_none()));
+    // A 5m window picks the 5m block: the asked aggregates only.
+    let got = chunks(300_000, vec![thanos::Aggr::Count, thanos::Aggr::Counter]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let c = &got[0];
+    assert_eq!((c.min_time, c.max_time), (299_999, 599_999));
+    assert!(c.raw.is_none() && c.sum.is_none() && c.min.is_none() && c.max.is_none());
+    let decode = |ch: &thanos::Chunk| -> Vec<(i64, f64)> {
+        let c = norn_tsdb::chunkenc::Chunk::new(norn_tsdb::chunkenc::Encoding::Xor, ch.data.clone());
+        c.iter()
+            .unwrap()
+            .map(|s| match s {
+                Sample::Float(t, v) => (t, v),
+                o => panic!("{o:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(decode(c.count.as_ref().unwrap()), vec![(299_999, 30.0), (599_999, 30.0)]);
+    assert_eq!(decode(c.counter.as_ref().unwrap()).len(), 4);
+    // An hour window still gets the 5m block (no 1h block covers the range).
+    assert_eq!(chunks(3_600_000, vec![thanos::Aggr::Sum]).await.unwrap().len(), 1);
+}

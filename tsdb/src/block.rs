@@ -9,7 +9,7 @@ use norn_model::{Labels, Matcher};
 use ulid::Ulid;
 
 use crate::chunkenc::Encoding;
-use crate::chunks::{ChunkMeta, ChunkReader, ChunkRef, ChunkWriter, sync_dir};
+use crate::chunks::{ChunkMeta, ChunkReader, ChunkRef, ChunkWriter, RawChunkMeta, sync_dir};
 use crate::index::{INDEX_FILENAME, IndexReader, IndexWriter};
 use crate::meta::{BlockMeta, BlockMetaCompaction, META_FILENAME, read_meta, write_meta};
 use crate::series::Series;
@@ -78,25 +78,8 @@ impl BlockWriter {
     /// Adds a series. Labels must be strictly greater than the previous series'; chunks
     /// sorted by time and non-overlapping. A series without chunks is skipped.
     pub fn add_series(&mut self, labels: &Labels, chunks: &[ChunkMeta]) -> Result<()> {
-        if let Some(prev) = &self.last
-            && prev >= labels
-        {
-            return Err(TsdbError::InvalidArgument(format!("series {labels} added out of order after {prev}")));
-        }
-        if labels.is_empty() {
-            return Err(TsdbError::InvalidArgument("series without labels".to_string()));
-        }
-        self.last = Some(labels.clone());
-        if chunks.is_empty() {
+        if !self.check_series(labels, chunks.iter().map(|c| (c.min_time, c.max_time)))? {
             return Ok(());
-        }
-        for (i, c) in chunks.iter().enumerate() {
-            if c.min_time > c.max_time || (i > 0 && c.min_time <= chunks[i - 1].max_time) {
-                return Err(TsdbError::InvalidArgument(format!(
-                    "series {labels}: chunks must be sorted and non-overlapping, got [{}, {}] at {i}",
-                    c.min_time, c.max_time
-                )));
-            }
         }
         let writer = self.chunks.as_mut().expect("chunk writer lives until finish");
         let refs = writer.write_chunks(chunks)?;
@@ -118,6 +101,51 @@ impl BlockWriter {
             .collect();
         self.series.push((labels.clone(), refs));
         Ok(())
+    }
+
+    /// Like [`BlockWriter::add_series`] for chunks given as encoding byte and data (the
+    /// aggregate chunks of downsampled blocks); `num_samples` is what the series adds to
+    /// the meta's sample count.
+    pub fn add_series_raw(&mut self, labels: &Labels, chunks: &[RawChunkMeta], num_samples: u64) -> Result<()> {
+        if !self.check_series(labels, chunks.iter().map(|c| (c.min_time, c.max_time)))? {
+            return Ok(());
+        }
+        let writer = self.chunks.as_mut().expect("chunk writer lives until finish");
+        let refs = writer.write_raw_chunks(chunks)?;
+        let st = &mut self.meta.stats;
+        st.num_series += 1;
+        st.num_chunks += chunks.len() as u64;
+        st.num_samples += num_samples;
+        let refs = chunks
+            .iter()
+            .zip(refs)
+            .map(|(c, r)| ChunkRef { min_time: c.min_time, max_time: c.max_time, chunk_ref: r })
+            .collect();
+        self.series.push((labels.clone(), refs));
+        Ok(())
+    }
+
+    /// Checks order and chunk ranges; false when the series has no chunks (skipped).
+    fn check_series(&mut self, labels: &Labels, ranges: impl Iterator<Item = (i64, i64)>) -> Result<bool> {
+        if let Some(prev) = &self.last
+            && prev >= labels
+        {
+            return Err(TsdbError::InvalidArgument(format!("series {labels} added out of order after {prev}")));
+        }
+        if labels.is_empty() {
+            return Err(TsdbError::InvalidArgument("series without labels".to_string()));
+        }
+        self.last = Some(labels.clone());
+        let mut prev_max: Option<i64> = None;
+        for (i, (mint, maxt)) in ranges.enumerate() {
+            if mint > maxt || prev_max.is_some_and(|p| mint <= p) {
+                return Err(TsdbError::InvalidArgument(format!(
+                    "series {labels}: chunks must be sorted and non-overlapping, got [{mint}, {maxt}] at {i}"
+                )));
+            }
+            prev_max = Some(maxt);
+        }
+        Ok(prev_max.is_some())
     }
 
     /// Replaces the compaction section (for blocks made by merging others).

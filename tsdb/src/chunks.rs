@@ -37,6 +37,20 @@ pub struct ChunkMeta {
     pub chunk: Chunk,
 }
 
+/// A chunk given by its encoding byte and data, for encodings without a decoder here
+/// (Thanos's aggregate chunks, 0xFF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChunkMeta {
+    /// Timestamp of the first sample.
+    pub min_time: i64,
+    /// Timestamp of the last sample.
+    pub max_time: i64,
+    /// The segment-file encoding byte.
+    pub encoding: u8,
+    /// The chunk data.
+    pub data: Bytes,
+}
+
 /// A chunk's place in the segment files as the index records it, without the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -90,8 +104,8 @@ impl ChunkWriter {
 
     /// The record size Prometheus assumes when planning segments: it counts the length
     /// field at its maximum (5 bytes) rather than its real size.
-    fn planned_size(c: &Chunk) -> u64 {
-        (MAX_LEN_FIELD_SIZE + 1 + c.data.len() + 4) as u64
+    fn planned_size(data_len: usize) -> u64 {
+        (MAX_LEN_FIELD_SIZE + 1 + data_len + 4) as u64
     }
 
     fn close_current(&mut self) -> Result<()> {
@@ -129,6 +143,18 @@ impl ChunkWriter {
     /// fresh segments, each taking as many as fit; a chunk bigger than a segment gets one
     /// of its own.
     pub fn write_chunks(&mut self, chunks: &[ChunkMeta]) -> Result<Vec<u64>> {
+        let recs: Vec<(u8, &[u8])> = chunks.iter().map(|c| (c.chunk.encoding as u8, &c.chunk.data[..])).collect();
+        self.write_records(&recs)
+    }
+
+    /// Like [`ChunkWriter::write_chunks`] for chunks given as encoding byte and data, so
+    /// encodings this crate does not decode (Thanos's aggregate chunks, 0xFF) can be written.
+    pub fn write_raw_chunks(&mut self, chunks: &[RawChunkMeta]) -> Result<Vec<u64>> {
+        let recs: Vec<(u8, &[u8])> = chunks.iter().map(|c| (c.encoding, &c.data[..])).collect();
+        self.write_records(&recs)
+    }
+
+    fn write_records(&mut self, chunks: &[(u8, &[u8])]) -> Result<Vec<u64>> {
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
@@ -139,7 +165,7 @@ impl ChunkWriter {
         let mut batch_size = 0u64;
         let mut filling_open_segment = self.cur.is_some() && self.cur_len > header;
         for (i, c) in chunks.iter().enumerate() {
-            let sz = Self::planned_size(&c.chunk);
+            let sz = Self::planned_size(c.1.len());
             batch_size += sz;
             let cut = if filling_open_segment {
                 batch_size + self.cur_len > self.segment_size
@@ -161,8 +187,8 @@ impl ChunkWriter {
         let mut refs = Vec::with_capacity(chunks.len());
         let last = batches.len() - 1;
         for (bi, b) in batches.into_iter().enumerate() {
-            for c in &chunks[b] {
-                refs.push(self.write_one(&c.chunk)?);
+            for &(enc, data) in &chunks[b] {
+                refs.push(self.write_one(enc, data)?);
             }
             if bi < last {
                 self.cut()?;
@@ -171,16 +197,16 @@ impl ChunkWriter {
         Ok(refs)
     }
 
-    fn write_one(&mut self, c: &Chunk) -> Result<u64> {
+    fn write_one(&mut self, encoding: u8, data: &[u8]) -> Result<u64> {
         let offset = self.cur_len;
         if offset > u64::from(u32::MAX) {
             return Err(TsdbError::InvalidArgument(format!("chunk segment offset {offset} exceeds 32 bits")));
         }
         self.scratch.clear();
-        put_uvarint(&mut self.scratch, c.data.len() as u64);
-        self.scratch.push(c.encoding as u8);
+        put_uvarint(&mut self.scratch, data.len() as u64);
+        self.scratch.push(encoding);
         let crc_start = self.scratch.len() - 1;
-        self.scratch.extend_from_slice(&c.data);
+        self.scratch.extend_from_slice(data);
         let crc = crc32c(&self.scratch[crc_start..]);
         self.scratch.extend_from_slice(&crc.to_be_bytes());
         let w = self.cur.as_mut().expect("a segment is open after cut");
@@ -254,6 +280,17 @@ impl ChunkReader {
 
     /// The chunk at `r`, sharing the mapped bytes; its CRC is checked.
     pub fn chunk(&self, r: u64) -> Result<Chunk> {
+        let (enc_byte, data) = self.raw_chunk(r)?;
+        let encoding = Encoding::from_u8(enc_byte).map_err(|e| TsdbError::Chunk {
+            path: self.segments.get((r >> 32) as usize).map(|s| s.0.clone()).unwrap_or_default(),
+            source: e,
+        })?;
+        Ok(Chunk { encoding, data })
+    }
+
+    /// The encoding byte and data of the chunk at `r` whatever the encoding (Thanos's
+    /// aggregate chunks, 0xFF, included), sharing the mapped bytes; its CRC is checked.
+    pub fn raw_chunk(&self, r: u64) -> Result<(u8, Bytes)> {
         let seg = (r >> 32) as usize;
         let off = (r & 0xffff_ffff) as usize;
         let Some((path, data)) = self.segments.get(seg) else {
@@ -282,8 +319,7 @@ impl ChunkReader {
                 format!("chunk checksum mismatch: stored {want:#010x}, computed {got:#010x}"),
             ));
         }
-        let encoding = Encoding::from_u8(enc_byte).map_err(|e| TsdbError::Chunk { path: path.clone(), source: e })?;
-        Ok(Chunk { encoding, data: data.slice(body_start..crc_at) })
+        Ok((enc_byte, data.slice(body_start..crc_at)))
     }
 }
 

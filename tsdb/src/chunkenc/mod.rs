@@ -4,6 +4,7 @@
 //! A [`Chunk`] is an encoding plus its bytes (shared, so chunks can point into an mmap'd
 //! segment file without copying). [`Chunk::iter`] decodes lazily.
 
+pub mod aggr;
 pub mod bstream;
 pub mod float_histogram;
 pub mod histogram;
