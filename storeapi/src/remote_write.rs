@@ -12,7 +12,7 @@ use prost::Message;
 use xxhash_rust::xxh64::Xxh64;
 
 use crate::io::prometheus::write::v2;
-use crate::prometheus_copy::TimeSeries;
+use crate::prometheus_copy::{Sample, TimeSeries};
 use crate::{ConvertError, RemoteWriteV1, V2Counts, histogram_from_proto_checked, labels_from_proto, thanos, v2_to_v1};
 
 /// How a refused request should be answered.
@@ -83,6 +83,21 @@ pub fn describe(ls: &[thanos::Label]) -> String {
     s
 }
 
+/// [`describe`] of a label set: the same text for a validated series' labels as for its
+/// wire labels.
+pub fn describe_labels(ls: &Labels) -> String {
+    let mut s = String::from("{");
+    for (i, (n, v)) in ls.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let v: String = v.chars().take(128).collect();
+        s.push_str(&format!("{n}={v:?}"));
+    }
+    s.push('}');
+    s
+}
+
 /// Label sets that passed validation, by the hash of their wire form, so a series seen
 /// before skips validation and label building. Senders repeat the same series in every
 /// request, so after the first request nearly every lookup hits. Bounded: a shard that
@@ -108,11 +123,11 @@ impl LabelCache {
         &self.shards[(h >> 58) as usize % CACHE_SHARDS]
     }
 
-    /// The cached label set equal to `ls`, if any.
-    fn get(&self, h: u64, ls: &[thanos::Label]) -> Option<Labels> {
+    /// The cached label set equal to the pairs `ls`, if any.
+    fn get<'a>(&self, h: u64, ls: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Option<Labels> {
         let g = self.shard(h).lock();
         let l = g.get(&h)?;
-        let same = l.len() == ls.len() && l.iter().zip(ls).all(|((n, v), w)| n == w.name && v == w.value);
+        let same = l.len() == ls.len() && l.iter().zip(ls).all(|((n, v), (wn, wv))| n == wn && v == wv);
         same.then(|| l.clone())
     }
 
@@ -127,15 +142,20 @@ impl LabelCache {
 
 /// The hash [`Labels::hash_value`] would give the wire labels (xxh64 over each name and
 /// value followed by 0xff), computed without building them.
-fn wire_hash(ls: &[thanos::Label]) -> u64 {
+fn wire_hash<'a>(ls: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
     let mut h = Xxh64::new(0);
-    for l in ls {
-        h.update(l.name.as_bytes());
+    for (n, v) in ls {
+        h.update(n.as_bytes());
         h.update(&[0xff]);
-        h.update(l.value.as_bytes());
+        h.update(v.as_bytes());
         h.update(&[0xff]);
     }
     h.digest()
+}
+
+/// The wire labels as name/value pairs.
+fn pairs(ls: &[thanos::Label]) -> impl ExactSizeIterator<Item = (&str, &str)> {
+    ls.iter().map(|l| (l.name.as_str(), l.value.as_str()))
 }
 
 /// Checks request-level limits and every series' labels; returns the label sets, in
@@ -162,54 +182,58 @@ pub fn validate_cached(
     }
     let mut out = Vec::with_capacity(series.len());
     for ts in series {
-        let bad = |what: String| format!("series {}: {what}", describe(&ts.labels));
         for h in &ts.histograms {
-            histogram_from_proto_checked(h).map_err(|e| Rejected::bad(bad(e.to_string())))?;
+            histogram_from_proto_checked(h)
+                .map_err(|e| Rejected::bad(format!("series {}: {e}", describe(&ts.labels))))?;
         }
-        let hash = cache.map(|_| wire_hash(&ts.labels));
+        let hash = cache.map(|_| wire_hash(pairs(&ts.labels)));
         if let (Some(c), Some(h)) = (cache, hash)
-            && let Some(l) = c.get(h, &ts.labels)
+            && let Some(l) = c.get(h, pairs(&ts.labels))
         {
             out.push(l);
             continue;
         }
-        if limits.labels_per_series > 0 && ts.labels.len() > limits.labels_per_series {
-            return Err(Rejected::bad(bad(format!(
-                "{} labels, limit is {}",
-                ts.labels.len(),
-                limits.labels_per_series
-            ))));
-        }
-        for l in &ts.labels {
-            if limits.label_name_length > 0 && l.name.len() > limits.label_name_length {
-                return Err(Rejected::bad(bad(format!(
-                    "label name {:?} longer than {} bytes",
-                    l.name, limits.label_name_length
-                ))));
-            }
-            if limits.label_value_length > 0 && l.value.len() > limits.label_value_length {
-                return Err(Rejected::bad(bad(format!(
-                    "value of label {:?} longer than {} bytes",
-                    l.name, limits.label_value_length
-                ))));
-            }
-            if !l.name.is_empty() && !is_valid_legacy_label_name(&l.name) {
-                return Err(Rejected::bad(bad(format!("invalid label name {:?}", l.name))));
-            }
-        }
-        let labels = labels_from_proto(&ts.labels).map_err(|e| match e {
-            ConvertError::Labels(_) | ConvertError::EmptyLabelValue(_) => Rejected::conflict(bad(e.to_string())),
-            e => Rejected::bad(bad(e.to_string())),
-        })?;
-        if labels.metric_name().is_none_or(str::is_empty) {
-            return Err(Rejected::bad(bad("no metric name (__name__ label)".into())));
-        }
+        let labels = check_labels(&ts.labels, limits)?;
         if let (Some(c), Some(h)) = (cache, hash) {
             c.insert(h, &labels);
         }
         out.push(labels);
     }
     Ok(out)
+}
+
+/// Checks one series' wire labels against the limits and the label rules and builds
+/// its label set; the error names the series.
+fn check_labels(ls: &[thanos::Label], limits: &Limits) -> Result<Labels, Rejected> {
+    let bad = |what: String| format!("series {}: {what}", describe(ls));
+    if limits.labels_per_series > 0 && ls.len() > limits.labels_per_series {
+        return Err(Rejected::bad(bad(format!("{} labels, limit is {}", ls.len(), limits.labels_per_series))));
+    }
+    for l in ls {
+        if limits.label_name_length > 0 && l.name.len() > limits.label_name_length {
+            return Err(Rejected::bad(bad(format!(
+                "label name {:?} longer than {} bytes",
+                l.name, limits.label_name_length
+            ))));
+        }
+        if limits.label_value_length > 0 && l.value.len() > limits.label_value_length {
+            return Err(Rejected::bad(bad(format!(
+                "value of label {:?} longer than {} bytes",
+                l.name, limits.label_value_length
+            ))));
+        }
+        if !l.name.is_empty() && !is_valid_legacy_label_name(&l.name) {
+            return Err(Rejected::bad(bad(format!("invalid label name {:?}", l.name))));
+        }
+    }
+    let labels = labels_from_proto(ls).map_err(|e| match e {
+        ConvertError::Labels(_) | ConvertError::EmptyLabelValue(_) => Rejected::conflict(bad(e.to_string())),
+        e => Rejected::bad(bad(e.to_string())),
+    })?;
+    if labels.metric_name().is_none_or(str::is_empty) {
+        return Err(Rejected::bad(bad("no metric name (__name__ label)".into())));
+    }
+    Ok(labels)
 }
 
 /// Which remote-write protocol a request uses, from its Content-Type.
@@ -254,9 +278,180 @@ pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, Rejected> {
     Ok(out)
 }
 
+/// A protobuf reader over a borrowed buffer for the remote-write 1.0 fast path. Every
+/// method answers `None` on anything unexpected (truncation, an over-long varint), which
+/// sends the whole body to prost instead.
+struct Wire<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Wire<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&x, rest) = self.b.split_first()?;
+            self.b = rest;
+            if i == 9 && x > 1 {
+                return None;
+            }
+            v |= u64::from(x & 0x7f) << (7 * i);
+            if x < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// A field key as (field number, wire type); field 0 and keys beyond 32 bits are left
+    /// to prost (which refuses them).
+    fn key(&mut self) -> Option<(u64, u8)> {
+        let k = self.varint()?;
+        if k > u64::from(u32::MAX) || k >> 3 == 0 {
+            return None;
+        }
+        Some((k >> 3, (k & 7) as u8))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        if n > self.b.len() {
+            return None;
+        }
+        let (x, rest) = self.b.split_at(n);
+        self.b = rest;
+        Some(x)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+
+    fn fixed64(&mut self) -> Option<u64> {
+        let (x, rest) = self.b.split_first_chunk::<8>()?;
+        self.b = rest;
+        Some(u64::from_le_bytes(*x))
+    }
+}
+
+/// One `prometheus.Label`; later occurrences of a field win, as in prost.
+fn fast_label(b: &[u8]) -> Option<(&str, &str)> {
+    let mut w = Wire { b };
+    let (mut name, mut value) = ("", "");
+    while !w.b.is_empty() {
+        match w.key()? {
+            (1, 2) => name = w.str()?,
+            (2, 2) => value = w.str()?,
+            _ => return None,
+        }
+    }
+    Some((name, value))
+}
+
+/// One `prometheus.Sample`.
+fn fast_sample(b: &[u8]) -> Option<Sample> {
+    let mut w = Wire { b };
+    let mut s = Sample { value: 0.0, timestamp: 0 };
+    while !w.b.is_empty() {
+        match w.key()? {
+            (1, 1) => s.value = f64::from_bits(w.fixed64()?),
+            (2, 0) => s.timestamp = w.varint()? as i64,
+            _ => return None,
+        }
+    }
+    Some(s)
+}
+
+/// The label pairs and samples of a remote-write 1.0 body, labels borrowed from it.
+#[derive(Debug, Default, PartialEq)]
+pub struct FastV1<'a> {
+    /// Every series' label pairs, back to back, as on the wire.
+    pub pairs: Vec<(&'a str, &'a str)>,
+    /// Per series: the end of its labels in `pairs` and its samples.
+    pub series: Vec<(usize, Vec<Sample>)>,
+}
+
+impl<'a> FastV1<'a> {
+    /// Series `i`'s label pairs.
+    pub fn labels(&self, i: usize) -> &[(&'a str, &'a str)] {
+        let start = if i == 0 { 0 } else { self.series[i - 1].0 };
+        &self.pairs[start..self.series[i].0]
+    }
+}
+
+/// Parses a remote-write 1.0 body without allocating per label: `None` unless it holds
+/// only series of float samples (no exemplars, histograms, metadata or unknown fields,
+/// nothing malformed), which is what scrapers send nearly always. For such bodies the
+/// result equals prost's decode; everything else is left to prost, so what is accepted
+/// and how errors read does not depend on this path.
+pub fn parse_v1_fast(raw: &[u8]) -> Option<FastV1<'_>> {
+    let mut out = FastV1 {
+        // A request of N series has at least ~10 bytes per series: reserve for that.
+        pairs: Vec::with_capacity(raw.len() / 16),
+        series: Vec::with_capacity(raw.len() / 128),
+    };
+    let mut w = Wire { b: raw };
+    while !w.b.is_empty() {
+        let (1, 2) = w.key()? else { return None };
+        let mut ts = Wire { b: w.bytes()? };
+        let mut samples = Vec::new();
+        while !ts.b.is_empty() {
+            match ts.key()? {
+                (1, 2) => out.pairs.push(fast_label(ts.bytes()?)?),
+                (2, 2) => samples.push(fast_sample(ts.bytes()?)?),
+                _ => return None,
+            }
+        }
+        out.series.push((out.pairs.len(), samples));
+    }
+    Some(out)
+}
+
+/// Validates what [`parse_v1_fast`] parsed exactly as [`validate_cached`] validates the
+/// same body decoded by prost (same limits, checks, order and messages), and turns it
+/// into series whose `labels` field is left empty: the label sets are returned instead.
+fn validate_fast(
+    fast: FastV1<'_>,
+    limits: &Limits,
+    cache: Option<&LabelCache>,
+) -> Result<(Vec<TimeSeries>, Vec<Labels>), Rejected> {
+    let n = fast.series.len();
+    if limits.series > 0 && n > limits.series {
+        return Err(Rejected::too_large(format!("request has {n} series, limit is {}", limits.series)));
+    }
+    if limits.samples > 0 {
+        let k: usize = fast.series.iter().map(|s| s.1.len()).sum();
+        if k > limits.samples {
+            return Err(Rejected::too_large(format!("request has {k} samples, limit is {}", limits.samples)));
+        }
+    }
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let ls = fast.labels(i);
+        let hash = cache.map(|_| wire_hash(ls.iter().copied()));
+        if let (Some(c), Some(h)) = (cache, hash)
+            && let Some(l) = c.get(h, ls.iter().copied())
+        {
+            labels.push(l);
+            continue;
+        }
+        // New to this receiver (or no cache): the slow path's checks on owned labels.
+        let owned: Vec<thanos::Label> =
+            ls.iter().map(|(n, v)| thanos::Label { name: n.to_string(), value: v.to_string() }).collect();
+        let l = check_labels(&owned, limits)?;
+        if let (Some(c), Some(h)) = (cache, hash) {
+            c.insert(h, &l);
+        }
+        labels.push(l);
+    }
+    let series = fast.series.into_iter().map(|(_, samples)| TimeSeries { samples, ..Default::default() }).collect();
+    Ok((series, labels))
+}
+
 /// A decoded, validated remote-write body.
 #[derive(Debug)]
 pub struct Decoded {
+    /// The series; their `labels` field may be empty (remote write 1.0 bodies of float
+    /// samples skip building it): [`Decoded::labels`] is authoritative.
     pub series: Vec<TimeSeries>,
     /// One label set per series, in order.
     pub labels: Vec<Labels>,
@@ -280,6 +475,12 @@ pub fn decode_body_cached(
     cache: Option<&LabelCache>,
 ) -> Result<Decoded, Rejected> {
     let raw = decompress(body, limits.size_bytes)?;
+    if proto == Protocol::V1
+        && let Some(fast) = parse_v1_fast(&raw)
+    {
+        let (series, labels) = validate_fast(fast, limits, cache)?;
+        return Ok(Decoded { series, labels, counts: None, metadata: Vec::new() });
+    }
     let (series, counts, metadata) = match proto {
         Protocol::V1 => {
             let req = RemoteWriteV1::decode(raw.as_slice())
@@ -301,8 +502,6 @@ pub fn decode_body_cached(
 
 #[cfg(test)]
 mod tests {
-    use crate::prometheus_copy::Sample;
-
     use super::*;
 
     fn ts(pairs: &[(&str, &str)]) -> TimeSeries {
@@ -380,9 +579,9 @@ mod tests {
         let first = validate_cached(&a, &lim, Some(&cache)).unwrap();
         let again = validate_cached(&a, &lim, Some(&cache)).unwrap();
         assert_eq!(first, again);
-        assert_eq!(first[0].hash_value(), wire_hash(&a[0].labels), "wire hash must equal the label hash");
+        assert_eq!(first[0].hash_value(), wire_hash(pairs(&a[0].labels)), "wire hash must equal the label hash");
         // Same hash slot, different labels: a forged entry must not be returned.
-        cache.insert(wire_hash(&a[0].labels), &Labels::from_pairs([("__name__", "other")]));
+        cache.insert(wire_hash(pairs(&a[0].labels)), &Labels::from_pairs([("__name__", "other")]));
         assert_eq!(validate_cached(&a, &lim, Some(&cache)).unwrap(), first);
         // Invalid series are never cached and still refused.
         let bad = [ts(&[("__name__", "up"), ("job", "toolong")])];
@@ -396,5 +595,185 @@ mod tests {
         }
         let held: usize = cache.shards.iter().map(|s| s.lock().len()).sum();
         assert!(held <= CACHE_SHARDS, "{held}");
+    }
+    /// The fast path's view of a prost-decoded request, for comparisons.
+    fn prost_view(req: &RemoteWriteV1) -> (Vec<(String, String)>, Vec<(usize, Vec<Sample>)>) {
+        let mut pairs = Vec::new();
+        let mut series = Vec::new();
+        for ts in &req.timeseries {
+            pairs.extend(ts.labels.iter().map(|l| (l.name.clone(), l.value.clone())));
+            series.push((pairs.len(), ts.samples.clone()));
+        }
+        (pairs, series)
+    }
+
+    fn fast_view(f: &FastV1<'_>) -> (Vec<(String, String)>, Vec<(usize, Vec<Sample>)>) {
+        (f.pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(), f.series.clone())
+    }
+
+    /// What `decode_body` answers without the fast path: prost, then validation.
+    fn slow_decode(raw: &[u8], limits: &Limits) -> Result<(Vec<TimeSeries>, Vec<Labels>), Rejected> {
+        let req = RemoteWriteV1::decode(raw)
+            .map_err(|e| Rejected::bad(format!("protobuf decode of prometheus.WriteRequest: {e}")))?;
+        let labels = validate(&req.timeseries, limits)?;
+        Ok((req.timeseries, labels))
+    }
+
+    fn body(raw: &[u8]) -> Vec<u8> {
+        snap::raw::Encoder::new().compress_vec(raw).unwrap()
+    }
+
+    #[test]
+    fn fast_path_agrees_with_prost_table() {
+        let lim = Limits { labels_per_series: 3, label_value_length: 8, series: 3, samples: 4, ..Default::default() };
+        let ok = |pairs: &[(&str, &str)], n: usize| TimeSeries {
+            samples: (0..n).map(|i| Sample { value: i as f64, timestamp: i as i64 - 1 }).collect(),
+            ..ts(pairs)
+        };
+        let reqs: Vec<Vec<TimeSeries>> = vec![
+            vec![],
+            vec![ok(&[("__name__", "up"), ("job", "a")], 1)],
+            vec![ok(&[("__name__", "up")], 0), ok(&[("__name__", "b"), ("x", "é")], 3)],
+            vec![ok(&[("job", "a")], 1)],
+            vec![ok(&[("__name__", "up"), ("b", "1"), ("a", "2")], 1)],
+            vec![ok(&[("__name__", "up"), ("a", "")], 1)],
+            vec![ok(&[("__name__", "up"), ("a", "toolongvalue")], 1)],
+            vec![ok(&[("__name__", "up"), ("9a", "1")], 1)],
+            vec![ok(&[("__name__", "up"), ("a", "1"), ("b", "1"), ("c", "1")], 1)],
+            vec![ok(&[("__name__", "a")], 1); 4],
+            vec![ok(&[("__name__", "a")], 5)],
+            vec![TimeSeries::default()],
+        ];
+        let cache = LabelCache::new(100);
+        for series in reqs {
+            let raw = RemoteWriteV1 { timeseries: series.clone(), metadata: vec![] }.encode_to_vec();
+            assert!(parse_v1_fast(&raw).is_some(), "{series:?}");
+            let want = slow_decode(&raw, &lim);
+            for c in [None, Some(&cache), Some(&cache)] {
+                let got = decode_body_cached(&body(&raw), Protocol::V1, &lim, c).map(|d| {
+                    assert!(d.series.iter().all(|s| s.labels.is_empty()));
+                    (d.series.into_iter().map(|s| s.samples).collect::<Vec<_>>(), d.labels)
+                });
+                let want = want.clone().map(|(s, l)| (s.into_iter().map(|s| s.samples).collect(), l));
+                assert_eq!(got, want, "{series:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_leaves_other_bodies_to_prost() {
+        let with = |f: &dyn Fn(&mut TimeSeries)| {
+            let mut t = ts(&[("__name__", "up")]);
+            f(&mut t);
+            RemoteWriteV1 { timeseries: vec![t], metadata: vec![] }.encode_to_vec()
+        };
+        let ex = with(&|t| t.exemplars.push(Default::default()));
+        let hist = with(&|t| t.histograms.push(Default::default()));
+        let md = RemoteWriteV1 { timeseries: vec![], metadata: vec![Default::default()] }.encode_to_vec();
+        let plain = with(&|_| {});
+        let mut unknown = plain.clone();
+        unknown.extend([0x10, 0x01]); // field 2, varint
+        let mut truncated = plain.clone();
+        truncated.pop();
+        let bad_utf8 = with(&|t| t.labels[0].value = "\u{fffd}".into())
+            .iter()
+            .map(|&b| if b == 0xef { 0xff } else { b })
+            .collect::<Vec<_>>();
+        for (name, raw) in [("exemplar", ex), ("histogram", hist), ("metadata", md), ("unknown", unknown)] {
+            assert!(parse_v1_fast(&raw).is_none(), "{name}");
+            // Still decoded, by prost.
+            let got = decode_body(&body(&raw), Protocol::V1, &Limits::default()).map(|d| d.labels);
+            assert_eq!(got, slow_decode(&raw, &Limits::default()).map(|d| d.1), "{name}");
+        }
+        for (name, raw) in [("truncated", truncated), ("bad utf-8", bad_utf8)] {
+            assert!(parse_v1_fast(&raw).is_none(), "{name}");
+            let e = decode_body(&body(&raw), Protocol::V1, &Limits::default()).unwrap_err();
+            assert_eq!(e.http_status(), 400, "{name}");
+            assert!(e.msg.contains("protobuf decode of prometheus.WriteRequest"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn fast_path_errors_name_the_series() {
+        let raw =
+            RemoteWriteV1 { timeseries: vec![ts(&[("__name__", "up"), ("a", "")])], metadata: vec![] }.encode_to_vec();
+        let e = decode_body(&body(&raw), Protocol::V1, &Limits::default()).unwrap_err();
+        assert_eq!(e.http_status(), 409);
+        assert!(e.msg.contains(r#"series {__name__="up", a=""}"#), "{e}");
+    }
+
+    #[test]
+    fn describe_labels_matches_describe() {
+        let w = ts(&[("__name__", "up"), ("a", "x\"y")]);
+        let l = labels_from_proto(&w.labels).unwrap();
+        assert_eq!(describe_labels(&l), describe(&w.labels));
+    }
+
+    mod prop {
+        use proptest::prelude::{Strategy, any, prop, prop_assert, prop_assert_eq, proptest};
+
+        use super::*;
+
+        fn label() -> impl Strategy<Value = thanos::Label> {
+            ("[a-z_]{0,6}", "\\PC{0,6}").prop_map(|(name, value)| thanos::Label { name, value })
+        }
+
+        fn sample() -> impl Strategy<Value = Sample> {
+            (any::<f64>(), any::<i64>()).prop_map(|(value, timestamp)| Sample { value, timestamp })
+        }
+
+        fn series() -> impl Strategy<Value = TimeSeries> {
+            (prop::collection::vec(label(), 0..5), prop::collection::vec(sample(), 0..4))
+                .prop_map(|(labels, samples)| TimeSeries { labels, samples, ..Default::default() })
+        }
+
+        proptest! {
+            /// Whatever prost encodes (floats only), the fast path parses to what prost
+            /// decodes.
+            #[test]
+            fn round_trip_against_prost(ts in prop::collection::vec(series(), 0..6)) {
+                let req = RemoteWriteV1 { timeseries: ts, metadata: vec![] };
+                let raw = req.encode_to_vec();
+                let fast = parse_v1_fast(&raw).expect("a float-only body takes the fast path");
+                let back = RemoteWriteV1::decode(raw.as_slice()).unwrap();
+                let (fp, fs) = fast_view(&fast);
+                let (pp, ps) = prost_view(&back);
+                prop_assert_eq!(fp, pp);
+                // Compared bitwise: NaN != NaN.
+                let bits = |s: &[(usize, Vec<Sample>)]| {
+                    s.iter().map(|(e, v)| (*e, v.iter().map(|x| (x.value.to_bits(), x.timestamp)).collect::<Vec<_>>()))
+                        .collect::<Vec<_>>()
+                };
+                prop_assert_eq!(bits(&fs), bits(&ps));
+            }
+
+            /// On arbitrary bytes (and on mangled encodings) the fast path never panics and
+            /// only accepts what prost accepts, with the same content.
+            #[test]
+            fn never_disagrees_with_prost(
+                ts in prop::collection::vec(series(), 0..4),
+                cut in any::<prop::sample::Index>(),
+                flip in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                noise in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut raw = RemoteWriteV1 { timeseries: ts, metadata: vec![] }.encode_to_vec();
+                if !raw.is_empty() {
+                    let i = flip.index(raw.len());
+                    raw[i] = byte;
+                    raw.truncate(cut.index(raw.len()) + 1);
+                }
+                for b in [raw, noise] {
+                    if let Some(fast) = parse_v1_fast(&b) {
+                        let back = RemoteWriteV1::decode(b.as_slice());
+                        prop_assert!(back.is_ok(), "fast path accepted what prost refuses: {:?}", back);
+                        let (fp, fs) = fast_view(&fast);
+                        let (pp, ps) = prost_view(&back.unwrap());
+                        prop_assert_eq!(fp, pp);
+                        prop_assert_eq!(fs.len(), ps.len());
+                    }
+                }
+            }
+        }
     }
 }
