@@ -4,6 +4,7 @@
 //! Thanos's series type) or 2.0 (translated to 1.0), limits, and label validation.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use norn_model::Labels;
 use norn_model::labels::is_valid_legacy_label_name;
@@ -104,23 +105,45 @@ pub fn describe_labels(ls: &Labels) -> String {
 /// fills up is cleared (the next requests rebuild what is still in use).
 #[derive(Debug)]
 pub struct LabelCache {
-    shards: Box<[Mutex<HashMap<u64, Labels>>]>,
+    shards: Box<[Mutex<HashMap<u64, Labels, BuildHasherDefault<KeyHasher>>>]>,
     per_shard: usize,
 }
 
 const CACHE_SHARDS: usize = 64;
 
+/// The cache's keys are xxh64 hashes already: used as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 impl LabelCache {
     /// A cache holding at most about `capacity` label sets.
     pub fn new(capacity: usize) -> LabelCache {
         LabelCache {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
             per_shard: capacity.div_ceil(CACHE_SHARDS).max(1),
         }
     }
 
-    fn shard(&self, h: u64) -> &Mutex<HashMap<u64, Labels>> {
-        &self.shards[(h >> 58) as usize % CACHE_SHARDS]
+    fn shard(&self, h: u64) -> &Mutex<HashMap<u64, Labels, BuildHasherDefault<KeyHasher>>> {
+        // Middle bits: the map itself uses the low and the top bits.
+        &self.shards[(h >> 32) as usize % CACHE_SHARDS]
     }
 
     /// The cached label set equal to the pairs `ls`, if any.
@@ -129,6 +152,13 @@ impl LabelCache {
         let l = g.get(&h)?;
         let same = l.len() == ls.len() && l.iter().zip(ls).all(|((n, v), (wn, wv))| n == wn && v == wv);
         same.then(|| l.clone())
+    }
+
+    /// The cached label set whose canonical wire encoding is `span`, if any.
+    fn get_span(&self, h: u64, span: &[u8]) -> Option<Labels> {
+        let g = self.shard(h).lock();
+        let l = g.get(&h)?;
+        span_is(span, l).then(|| l.clone())
     }
 
     fn insert(&self, h: u64, l: &Labels) {
@@ -361,90 +391,127 @@ fn fast_sample(b: &[u8]) -> Option<Sample> {
     Some(s)
 }
 
-/// The label pairs and samples of a remote-write 1.0 body, labels borrowed from it.
+/// The series of a remote-write 1.0 body as [`parse_v1_fast`] finds them.
 #[derive(Debug, Default, PartialEq)]
 pub struct FastV1<'a> {
-    /// Every series' label pairs, back to back, as on the wire.
-    pub pairs: Vec<(&'a str, &'a str)>,
-    /// Per series: the end of its labels in `pairs` and its samples.
-    pub series: Vec<(usize, Vec<Sample>)>,
+    /// Per series: its label fields exactly as on the wire (one contiguous run of
+    /// `TimeSeries` field 1 entries, not yet parsed inside), and its samples.
+    pub series: Vec<(&'a [u8], Vec<Sample>)>,
 }
 
-impl<'a> FastV1<'a> {
-    /// Series `i`'s label pairs.
-    pub fn labels(&self, i: usize) -> &[(&'a str, &'a str)] {
-        let start = if i == 0 { 0 } else { self.series[i - 1].0 };
-        &self.pairs[start..self.series[i].0]
-    }
-}
-
-/// Parses a remote-write 1.0 body without allocating per label: `None` unless it holds
-/// only series of float samples (no exemplars, histograms, metadata or unknown fields,
-/// nothing malformed), which is what scrapers send nearly always. For such bodies the
-/// result equals prost's decode; everything else is left to prost, so what is accepted
-/// and how errors read does not depend on this path.
-pub fn parse_v1_fast(raw: &[u8]) -> Option<FastV1<'_>> {
-    let mut out = FastV1 {
-        // A request of N series has at least ~10 bytes per series: reserve for that.
-        pairs: Vec::with_capacity(raw.len() / 16),
-        series: Vec::with_capacity(raw.len() / 128),
-    };
-    let mut w = Wire { b: raw };
+/// The label pairs of a run of `TimeSeries` label fields, borrowed from it; `None` if
+/// a label holds anything but its name and value fields, or is malformed.
+pub fn label_pairs(span: &[u8]) -> Option<Vec<(&str, &str)>> {
+    let mut w = Wire { b: span };
+    let mut out = Vec::with_capacity(16);
     while !w.b.is_empty() {
         let (1, 2) = w.key()? else { return None };
-        let mut ts = Wire { b: w.bytes()? };
-        let mut samples = Vec::new();
-        while !ts.b.is_empty() {
-            match ts.key()? {
-                (1, 2) => out.pairs.push(fast_label(ts.bytes()?)?),
-                (2, 2) => samples.push(fast_sample(ts.bytes()?)?),
-                _ => return None,
-            }
-        }
-        out.series.push((out.pairs.len(), samples));
+        out.push(fast_label(w.bytes()?)?);
     }
     Some(out)
 }
 
-/// Validates what [`parse_v1_fast`] parsed exactly as [`validate_cached`] validates the
-/// same body decoded by prost (same limits, checks, order and messages), and turns it
-/// into series whose `labels` field is left empty: the label sets are returned instead.
-fn validate_fast(
-    fast: FastV1<'_>,
-    limits: &Limits,
-    cache: Option<&LabelCache>,
-) -> Result<(Vec<TimeSeries>, Vec<Labels>), Rejected> {
+/// Whether a run of label fields is `l` in the canonical encoding (each label exactly
+/// its name field then its value field, as Prometheus and prost write them): then it
+/// decodes to `l`'s pairs, so it validates as `l` did.
+fn span_is(span: &[u8], l: &Labels) -> bool {
+    let walk = || -> Option<bool> {
+        let mut w = Wire { b: span };
+        let mut i = 0;
+        while !w.b.is_empty() {
+            let (1, 2) = w.key()? else { return None };
+            let mut m = Wire { b: w.bytes()? };
+            let (n, v) = l.get_index(i)?;
+            i += 1;
+            let same = m.key()? == (1, 2)
+                && m.bytes()? == n.as_bytes()
+                && m.key()? == (2, 2)
+                && m.bytes()? == v.as_bytes()
+                && m.b.is_empty();
+            if !same {
+                return None;
+            }
+        }
+        Some(i == l.len())
+    };
+    walk().unwrap_or(false)
+}
+
+/// Parses the structure of a remote-write 1.0 body without allocating per label:
+/// `None` unless it holds only series of float samples whose labels come first (no
+/// exemplars, histograms, metadata or unknown fields, nothing malformed), which is what
+/// Prometheus and other senders write. Labels are left as wire bytes (see
+/// [`label_pairs`]). Where this and [`label_pairs`] succeed the result equals prost's
+/// decode; everything else is left to prost.
+pub fn parse_v1_fast(raw: &[u8]) -> Option<FastV1<'_>> {
+    // Series are at least ~20 bytes on the wire: a cheap upper bound for the reserve.
+    let mut out = FastV1 { series: Vec::with_capacity(raw.len() / 64) };
+    let mut w = Wire { b: raw };
+    while !w.b.is_empty() {
+        let (1, 2) = w.key()? else { return None };
+        let body = w.bytes()?;
+        let mut ts = Wire { b: body };
+        let mut labels_end = 0;
+        let mut samples = Vec::new();
+        while !ts.b.is_empty() {
+            match ts.key()? {
+                (1, 2) if samples.is_empty() => {
+                    ts.bytes()?;
+                    labels_end = body.len() - ts.b.len();
+                }
+                (2, 2) => samples.push(fast_sample(ts.bytes()?)?),
+                _ => return None,
+            }
+        }
+        out.series.push((&body[..labels_end], samples));
+    }
+    Some(out)
+}
+
+/// Seeds the hash of a label span, keeping it apart from [`wire_hash`]'s keys in the
+/// shared [`LabelCache`] (where a clash is harmless: entries are compared anyway).
+const SPAN_SEED: u64 = 0x6e6f_726e_7370_616e;
+
+/// Decodes and validates a remote-write 1.0 body through [`parse_v1_fast`]: a series
+/// whose label bytes match a cached label set skips parsing and validating its labels.
+/// `None` whenever anything is not plain (see [`parse_v1_fast`]) or refused: the prost
+/// path then decides, so answers and error messages never depend on this path. The
+/// series returned have no wire labels (the label sets carry them).
+fn decode_v1_fast(raw: &[u8], limits: &Limits, cache: Option<&LabelCache>) -> Option<(Vec<TimeSeries>, Vec<Labels>)> {
+    let fast = parse_v1_fast(raw)?;
     let n = fast.series.len();
     if limits.series > 0 && n > limits.series {
-        return Err(Rejected::too_large(format!("request has {n} series, limit is {}", limits.series)));
+        return None;
     }
-    if limits.samples > 0 {
-        let k: usize = fast.series.iter().map(|s| s.1.len()).sum();
-        if k > limits.samples {
-            return Err(Rejected::too_large(format!("request has {k} samples, limit is {}", limits.samples)));
-        }
+    if limits.samples > 0 && fast.series.iter().map(|s| s.1.len()).sum::<usize>() > limits.samples {
+        return None;
     }
     let mut labels = Vec::with_capacity(n);
-    for i in 0..n {
-        let ls = fast.labels(i);
-        let hash = cache.map(|_| wire_hash(ls.iter().copied()));
-        if let (Some(c), Some(h)) = (cache, hash)
-            && let Some(l) = c.get(h, ls.iter().copied())
-        {
-            labels.push(l);
-            continue;
-        }
-        // New to this receiver (or no cache): the slow path's checks on owned labels.
-        let owned: Vec<thanos::Label> =
-            ls.iter().map(|(n, v)| thanos::Label { name: n.to_string(), value: v.to_string() }).collect();
-        let l = check_labels(&owned, limits)?;
-        if let (Some(c), Some(h)) = (cache, hash) {
-            c.insert(h, &l);
-        }
+    let mut series = Vec::with_capacity(n);
+    for (span, samples) in fast.series {
+        let hash = cache.map(|_| xxhash_rust::xxh64::xxh64(span, SPAN_SEED));
+        let hit = match (cache, hash) {
+            (Some(c), Some(h)) => c.get_span(h, span),
+            _ => None,
+        };
+        let l = match hit {
+            Some(l) => l,
+            None => {
+                let owned: Vec<thanos::Label> = label_pairs(span)?
+                    .into_iter()
+                    .map(|(n, v)| thanos::Label { name: n.to_string(), value: v.to_string() })
+                    .collect();
+                let l = check_labels(&owned, limits).ok()?;
+                if let (Some(c), Some(h)) = (cache, hash) {
+                    c.insert(h, &l);
+                }
+                l
+            }
+        };
         labels.push(l);
+        series.push(TimeSeries { samples, ..Default::default() });
     }
-    let series = fast.series.into_iter().map(|(_, samples)| TimeSeries { samples, ..Default::default() }).collect();
-    Ok((series, labels))
+    Some((series, labels))
 }
 
 /// A decoded, validated remote-write body.
@@ -476,9 +543,8 @@ pub fn decode_body_cached(
 ) -> Result<Decoded, Rejected> {
     let raw = decompress(body, limits.size_bytes)?;
     if proto == Protocol::V1
-        && let Some(fast) = parse_v1_fast(&raw)
+        && let Some((series, labels)) = decode_v1_fast(&raw, limits, cache)
     {
-        let (series, labels) = validate_fast(fast, limits, cache)?;
         return Ok(Decoded { series, labels, counts: None, metadata: Vec::new() });
     }
     let (series, counts, metadata) = match proto {
@@ -607,8 +673,15 @@ mod tests {
         (pairs, series)
     }
 
-    fn fast_view(f: &FastV1<'_>) -> (Vec<(String, String)>, Vec<(usize, Vec<Sample>)>) {
-        (f.pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(), f.series.clone())
+    /// `None` if a series' labels are left to prost.
+    fn fast_view(f: &FastV1<'_>) -> Option<(Vec<(String, String)>, Vec<(usize, Vec<Sample>)>)> {
+        let mut pairs = Vec::new();
+        let mut series = Vec::new();
+        for (span, samples) in &f.series {
+            pairs.extend(label_pairs(span)?.into_iter().map(|(n, v)| (n.to_string(), v.to_string())));
+            series.push((pairs.len(), samples.clone()));
+        }
+        Some((pairs, series))
     }
 
     /// What `decode_body` answers without the fast path: prost, then validation.
@@ -649,6 +722,7 @@ mod tests {
             let raw = RemoteWriteV1 { timeseries: series.clone(), metadata: vec![] }.encode_to_vec();
             assert!(parse_v1_fast(&raw).is_some(), "{series:?}");
             let want = slow_decode(&raw, &lim);
+            assert_eq!(decode_v1_fast(&raw, &lim, None).is_some(), want.is_ok(), "{series:?}");
             for c in [None, Some(&cache), Some(&cache)] {
                 let got = decode_body_cached(&body(&raw), Protocol::V1, &lim, c).map(|d| {
                     assert!(d.series.iter().all(|s| s.labels.is_empty()));
@@ -679,18 +753,56 @@ mod tests {
             .iter()
             .map(|&b| if b == 0xef { 0xff } else { b })
             .collect::<Vec<_>>();
-        for (name, raw) in [("exemplar", ex), ("histogram", hist), ("metadata", md), ("unknown", unknown)] {
-            assert!(parse_v1_fast(&raw).is_none(), "{name}");
+        let mut label_field = plain.clone();
+        // Field 3 (varint) inside the first label: prost skips it.
+        label_field[3] += 2;
+        label_field.splice(4..4, [0x18, 0x01]);
+        label_field[1] += 2;
+        assert!(
+            parse_v1_fast(&label_field).is_some() && decode_v1_fast(&label_field, &Limits::default(), None).is_none()
+        );
+        for (name, raw) in [
+            ("exemplar", ex),
+            ("histogram", hist),
+            ("metadata", md),
+            ("unknown", unknown),
+            ("label field", label_field),
+        ] {
+            assert!(decode_v1_fast(&raw, &Limits::default(), None).is_none(), "{name}");
             // Still decoded, by prost.
             let got = decode_body(&body(&raw), Protocol::V1, &Limits::default()).map(|d| d.labels);
             assert_eq!(got, slow_decode(&raw, &Limits::default()).map(|d| d.1), "{name}");
         }
         for (name, raw) in [("truncated", truncated), ("bad utf-8", bad_utf8)] {
-            assert!(parse_v1_fast(&raw).is_none(), "{name}");
+            assert!(decode_v1_fast(&raw, &Limits::default(), None).is_none(), "{name}");
             let e = decode_body(&body(&raw), Protocol::V1, &Limits::default()).unwrap_err();
             assert_eq!(e.http_status(), 400, "{name}");
             assert!(e.msg.contains("protobuf decode of prometheus.WriteRequest"), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn cached_spans_match_only_their_label_set() {
+        let cache = LabelCache::new(100);
+        let raw = RemoteWriteV1 { timeseries: vec![ts(&[("__name__", "up"), ("job", "a")])], metadata: vec![] }
+            .encode_to_vec();
+        let (_, labels) = decode_v1_fast(&raw, &Limits::default(), Some(&cache)).unwrap();
+        let fast = parse_v1_fast(&raw).unwrap();
+        let span = fast.series[0].0;
+        let h = xxhash_rust::xxh64::xxh64(span, SPAN_SEED);
+        assert_eq!(cache.get_span(h, span), Some(labels[0].clone()));
+        assert!(span_is(span, &labels[0]));
+        for other in [
+            Labels::from_pairs([("__name__", "up"), ("job", "b")]),
+            Labels::from_pairs([("__name__", "up")]),
+            Labels::from_pairs([("__name__", "up"), ("job", "a"), ("x", "y")]),
+        ] {
+            assert!(!span_is(span, &other), "{other:?}");
+        }
+        // A forged entry under the span's key is not returned.
+        cache.insert(h, &Labels::from_pairs([("__name__", "other")]));
+        assert_eq!(cache.get_span(h, span), None);
+        assert_eq!(decode_v1_fast(&raw, &Limits::default(), Some(&cache)).unwrap().1, labels);
     }
 
     #[test]
@@ -736,7 +848,7 @@ mod tests {
                 let raw = req.encode_to_vec();
                 let fast = parse_v1_fast(&raw).expect("a float-only body takes the fast path");
                 let back = RemoteWriteV1::decode(raw.as_slice()).unwrap();
-                let (fp, fs) = fast_view(&fast);
+                let (fp, fs) = fast_view(&fast).expect("prost's labels take the fast path");
                 let (pp, ps) = prost_view(&back);
                 prop_assert_eq!(fp, pp);
                 // Compared bitwise: NaN != NaN.
@@ -767,7 +879,7 @@ mod tests {
                     if let Some(fast) = parse_v1_fast(&b) {
                         let back = RemoteWriteV1::decode(b.as_slice());
                         prop_assert!(back.is_ok(), "fast path accepted what prost refuses: {:?}", back);
-                        let (fp, fs) = fast_view(&fast);
+                        let Some((fp, fs)) = fast_view(&fast) else { continue };
                         let (pp, ps) = prost_view(&back.unwrap());
                         prop_assert_eq!(fp, pp);
                         prop_assert_eq!(fs.len(), ps.len());
