@@ -12,7 +12,13 @@ use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     let Some(fast) = parse_v1_fast(data) else { return };
-    let req = RemoteWriteV1::decode(data).expect("the fast path accepted what prost refuses");
+    // Label bytes are parsed only when a series is new to the cache: the body is
+    // accepted when they parse too.
+    let parsed = fast.series.iter().all(|(span, _)| label_pairs(span).is_some());
+    let Ok(req) = RemoteWriteV1::decode(data) else {
+        assert!(!parsed, "the fast path accepted what prost refuses");
+        return;
+    };
     assert_eq!(fast.series.len(), req.timeseries.len());
     assert!(req.metadata.is_empty());
     let bits = |s: &[Sample]| s.iter().map(|x| (x.value.to_bits(), x.timestamp)).collect::<Vec<_>>();
