@@ -22,7 +22,8 @@ use crate::hashring::{MultiRing, series_hash};
 use crate::metrics::Metrics;
 use crate::tenants::MultiTsdb;
 use crate::write::{AppendStats, WriteError, append_local};
-use norn_storeapi::remote_write::describe;
+use norn_storeapi::labels_to_proto;
+use norn_storeapi::remote_write::describe_labels;
 
 /// Thanos's write quorum: 1 for RF 2, else a majority.
 pub fn quorum(rf: usize) -> usize {
@@ -156,6 +157,8 @@ impl Peers {
 #[derive(Debug)]
 pub struct Batch {
     pub tenant: String,
+    /// The series; their `labels` may be empty (see
+    /// [`norn_storeapi::remote_write::Decoded::series`]): `labels` is authoritative.
     pub series: Vec<TimeSeries>,
     pub labels: Vec<Labels>,
 }
@@ -299,7 +302,17 @@ impl Router {
             // Spawned, so a forward still running when a failure is answered, or at the
             // end of the wait after quorum, still completes (within its own timeout).
             tokio::spawn(async move {
-                let ts: Vec<TimeSeries> = idx.iter().map(|&i| b.series[i].clone()).collect();
+                // Series decoded by the fast path carry no wire labels: rebuilt here.
+                let ts: Vec<TimeSeries> = idx
+                    .iter()
+                    .map(|&i| {
+                        let mut ts = b.series[i].clone();
+                        if ts.labels.is_empty() {
+                            ts.labels = labels_to_proto(&b.labels[i]);
+                        }
+                        ts
+                    })
+                    .collect();
                 let start = Instant::now();
                 let r = me.peers.forward(&addr, &b.tenant, ts, n as i64 + 1).await;
                 me.metrics.record_forward(start.elapsed(), r.is_ok());
@@ -376,7 +389,7 @@ impl Router {
         let msg = format!(
             "quorum ({q} of {rf}) not reached for {} of {n} series; first: {}: {detail}",
             failed.len(),
-            describe(&batch.series[first].labels)
+            describe_labels(&batch.labels[first])
         );
         Err(if !all.is_empty() && all.iter().all(|e| matches!(e, WriteError::Conflict(_))) {
             WriteError::Conflict(msg)

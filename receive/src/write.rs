@@ -3,7 +3,7 @@
 
 use norn_model::Labels;
 use norn_storeapi::prometheus_copy::TimeSeries;
-use norn_storeapi::remote_write::{RejectKind, Rejected, describe};
+use norn_storeapi::remote_write::{RejectKind, Rejected, describe_labels};
 use norn_storeapi::{HistogramSample, histogram_from_proto_checked};
 
 use crate::exemplars::{ExemplarStats, TenantExemplars};
@@ -160,7 +160,7 @@ pub fn append_local(
         let err = first.map(|(e, t)| {
             WriteError::Conflict(format!(
                 "series {}: {e} at timestamp {t} ({} of {total} samples refused)",
-                describe(&ts.labels),
+                describe_labels(l),
                 refused + hist_refused,
             ))
         });

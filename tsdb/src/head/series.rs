@@ -19,19 +19,24 @@ const OOO_CHUNK_SAMPLES: usize = 120;
 
 /// A head series. Its data sits behind its own mutex so appends to different series
 /// never contend.
+///
+/// `repr(C)`, in this order: every append touches the labels (lookup), the counters and
+/// the data lock, which then share the cache line of the `Arc`'s count instead of
+/// costing a miss each on a line after the series data.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct MemSeries {
-    pub series_ref: u64,
     pub labels: Labels,
-    /// Whether a series record for it is in the WAL; set under the WAL lock so the
-    /// record always precedes the first samples record that refers to it.
-    pub logged: AtomicBool,
-    /// Appenders holding uncommitted samples for it; garbage collection skips it then.
-    pub pending: AtomicU32,
+    pub series_ref: u64,
     /// Bumped, under the data lock (or after its exemplar is stored), by every commit
     /// that changes the series: an appender that saw the same value when checking its
     /// samples knows the checks still hold at commit.
     pub version: AtomicU64,
+    /// Appenders holding uncommitted samples for it; garbage collection skips it then.
+    pub pending: AtomicU32,
+    /// Whether a series record for it is in the WAL; set under the WAL lock so the
+    /// record always precedes the first samples record that refers to it.
+    pub logged: AtomicBool,
     pub data: Mutex<SeriesData>,
 }
 
