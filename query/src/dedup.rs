@@ -131,12 +131,18 @@ impl Limits {
 /// Why a merge failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
-    /// A series did not decode or check out (the message names the endpoint).
+    /// A series of the source at index `source` did not decode or check out (the message
+    /// names the endpoint): that endpoint's answer is unusable, as if its stream had failed.
+    #[error("{message}")]
+    Source {
+        /// Index of the source in the merge's list.
+        index: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// Anything else (decoding a group's chunks).
     #[error("{0}")]
     Invalid(String),
-    /// The selection's series hold more samples than [`Limits::max_samples`].
-    #[error("too many samples")]
-    TooManySamples,
 }
 
 impl From<String> for MergeError {
@@ -150,6 +156,15 @@ pub fn header_count(data: &[u8]) -> usize {
     if data.len() >= 2 { usize::from(u16::from_be_bytes([data[0], data[1]])) } else { 0 }
 }
 
+/// Samples a chunk counts against the limit (its header's count, of the raw chunk or else
+/// the first aggregate), or `None` when it lies outside the selection's range.
+pub fn chunk_samples(ch: &WireChunk, limits: &Limits) -> Option<usize> {
+    if ch.max_time < limits.mint || ch.min_time > limits.maxt {
+        return None;
+    }
+    Some(ch.raw.as_ref().or_else(|| ch.aggrs.iter().flatten().next()).map_or(0, |c| header_count(&c.data)))
+}
+
 /// Makes a received series ready for the merge: parsed, labels checked (see
 /// [`check_labels`]), chunks outside `[mint, maxt]` dropped, and the samples the rest
 /// announce counted into `samples` (returned). `from` names the endpoint in errors.
@@ -157,14 +172,15 @@ pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -
     s.parse().map_err(|e| format!("{from}: {e}"))?;
     check_labels(s, rl).map_err(|e| format!("{from}: {e}"))?;
     let mut n = 0usize;
-    s.chunks.retain(|ch| {
-        let keep = ch.max_time >= limits.mint && ch.min_time <= limits.maxt;
-        if keep && let Some(c) = ch.raw.as_ref().or_else(|| ch.aggrs.iter().flatten().next()) {
-            n += header_count(&c.data);
+    s.chunks.retain(|ch| match chunk_samples(ch, limits) {
+        Some(k) => {
+            n += k;
+            true
         }
-        keep
+        None => false,
     });
     s.samples = n;
+    s.prepared = true;
     Ok(n)
 }
 
@@ -210,7 +226,7 @@ impl Source {
     /// The series at `at`, parsed and prepared (see [`prepare`]) if it was not.
     fn prepare_at(&mut self, (b, i): Cursor, rl: &[String], limits: &Limits) -> Result<(), String> {
         match self.batches.get_mut(b).and_then(|l| l.get_mut(i)) {
-            Some(s) if !s.is_parsed() => prepare(s, rl, limits, &self.name).map(drop),
+            Some(s) if !s.prepared => prepare(s, rl, limits, &self.name).map(drop),
             _ => Ok(()),
         }
     }
@@ -218,7 +234,7 @@ impl Source {
     /// Sorts the series into [`cmp_series`] order (one batch), preparing them first.
     fn sort(&mut self, rl: &[String], limits: &Limits) -> Result<(), String> {
         let mut all: Vec<SeriesView> = std::mem::take(&mut self.batches).into_iter().flatten().collect();
-        for s in all.iter_mut().filter(|s| !s.is_parsed()) {
+        for s in all.iter_mut().filter(|s| !s.prepared) {
             prepare(s, rl, limits, &self.name)?;
         }
         all.sort_by(|a, b| cmp_series(a, b, rl));
@@ -332,13 +348,15 @@ pub fn merge_and_dedup(
     counter: bool,
     decode: &Decoder<'_>,
 ) -> Result<Vec<(Labels, Samples)>, String> {
-    merge_and_dedup_within(sources, rl, counter, decode, &Limits::NONE).map_err(|e| e.to_string())
+    let mut sources = sources;
+    merge_and_dedup_within(&mut sources, rl, counter, decode, &Limits::NONE).map_err(|e| e.to_string())
 }
 
-/// [`merge_and_dedup`] of a selection: unparsed series are prepared with `limits`, and the
-/// samples of all series read (replicas included) are held to its sample limit.
+/// [`merge_and_dedup`] of a selection: unparsed series are prepared with `limits` (its time
+/// range; the sample limit is the fan-out's, while streams arrive). On
+/// [`MergeError::Source`] the sources are left as they were read, for a merge without it.
 pub fn merge_and_dedup_within(
-    sources: Vec<Source>,
+    sources: &mut [Source],
     rl: &[String],
     counter: bool,
     decode: &Decoder<'_>,
@@ -357,25 +375,24 @@ pub type RawSeries = (Labels, Vec<WireChunk>);
 /// identical chunks dropped. Chunks are passed on unchanged (no decoding), raw or
 /// downsampled aggregates; chunks with neither are dropped. Series without chunks are kept.
 pub fn merge_raw(sources: Vec<Source>) -> Result<Vec<RawSeries>, String> {
-    merge_raw_within(sources, &Limits::NONE).map_err(|e| e.to_string())
+    let mut sources = sources;
+    merge_raw_within(&mut sources, &Limits::NONE).map_err(|e| e.to_string())
 }
 
 /// [`merge_raw`] of a selection (see [`merge_and_dedup_within`] for `limits`).
-pub fn merge_raw_within(sources: Vec<Source>, limits: &Limits) -> Result<Vec<RawSeries>, MergeError> {
+pub fn merge_raw_within(sources: &mut [Source], limits: &Limits) -> Result<Vec<RawSeries>, MergeError> {
     merge_groups(sources, &[], limits, &mut |group, _| {
         // Checked sorted and unique by `check_labels` when received.
         let labels = Labels::from_sorted_unchecked_iter(group[0].1.labels());
         let mut chunks: Vec<&WireChunk> = group.iter().flat_map(|(_, s)| s.chunks.iter()).collect();
         chunks.retain(|c| c.raw.is_some() || c.aggrs.iter().any(Option::is_some));
-        if group.len() > 1 {
-            // Equal chunks sort next to each other: by time range, then encodings and bytes
-            // of the raw chunk and the aggregates (a stable order whatever the endpoints'
-            // order).
+        // Equal chunks sort next to each other: by time range, then encodings and bytes of the
+        // raw chunk and the aggregates (a stable order whatever the endpoints' order), and go
+        // out once, however many endpoints sent them (copies skipped unread included).
+        if !chunks.is_sorted_by(|a, b| pass_key(a) <= pass_key(b)) {
             chunks.sort_by(|a, b| pass_key(a).cmp(&pass_key(b)));
-            chunks.dedup_by(|a, b| pass_key(a) == pass_key(b));
-        } else if !chunks.is_sorted_by_key(|c| (c.min_time, c.max_time)) {
-            chunks.sort_by_key(|c| (c.min_time, c.max_time));
         }
+        chunks.dedup_by(|a, b| pass_key(a) == pass_key(b));
         Ok((labels, chunks.into_iter().cloned().collect()))
     })
 }
@@ -387,7 +404,7 @@ type Flush<'f, T> = dyn FnMut(&[(usize, &SeriesView)], &[Source]) -> Result<T, S
 /// of series with equal labels without `rl` (from all sources, in replica label order) into
 /// one output. Sources out of [`cmp_series`] order are sorted first.
 fn merge_groups<T>(
-    mut sources: Vec<Source>,
+    sources: &mut [Source],
     rl: &[String],
     limits: &Limits,
     flush: &mut Flush<'_, T>,
@@ -395,9 +412,11 @@ fn merge_groups<T>(
     // Stores send series sorted, which is the merge order unless a replica label sorts
     // before another label and differs within a source: checked on the way, not up front.
     loop {
-        match merge_sorted(&mut sources, rl, limits, flush)? {
+        match merge_sorted(sources, rl, limits, flush)? {
             Ok(out) => return Ok(out),
-            Err(Unsorted(src)) => sources[src].sort(rl, limits)?,
+            Err(Unsorted(src)) => {
+                sources[src].sort(rl, limits).map_err(|message| MergeError::Source { index: src, message })?
+            }
         }
     }
 }
@@ -407,8 +426,7 @@ fn merge_groups<T>(
 /// A series is parsed only when its labels must be read: the first series of each key, and
 /// series whose message differs from the one before them in the merge. A series whose
 /// message equals its group's first is a copy (a healthy replica with stripped replica
-/// labels) and is dropped unread: its chunks would all be dropped as identical anyway. Its
-/// samples still count against the limit. So that a source's next series need not be read
+/// labels) and is dropped unread: its chunks would all be dropped as identical anyway. So that a source's next series need not be read
 /// to know whether it continues the group, a group is flushed only when a larger key comes.
 fn merge_sorted<T>(
     sources: &mut [Source],
@@ -425,7 +443,9 @@ fn merge_sorted<T>(
     let mut entries: Vec<(usize, Cursor, bool)> = Vec::new();
     // Its allocation outlives each group's borrows of `sources` (see `recycle`).
     let mut spare: Vec<(usize, &SeriesView)> = Vec::new();
-    let mut total = 0usize;
+    let prep = |sources: &mut [Source], src: usize, at: Cursor| {
+        sources[src].prepare_at(at, rl, limits).map_err(|message| MergeError::Source { index: src, message })
+    };
     loop {
         // The smallest key among the sources' next series, and the sources that have it.
         members.clear();
@@ -438,8 +458,8 @@ fn merge_sorted<T>(
                 None => Ordering::Less,
                 Some(m) if same_message(sources, (src, pos[src]), (m, pos[m])) => Ordering::Equal,
                 Some(m) => {
-                    sources[src].prepare_at(pos[src], rl, limits)?;
-                    sources[m].prepare_at(pos[m], rl, limits)?;
+                    prep(sources, src, pos[src])?;
+                    prep(sources, m, pos[m])?;
                     let (Some(v), Some(mv)) = (sources[src].at(pos[src]), sources[m].at(pos[m])) else {
                         continue;
                     };
@@ -460,7 +480,7 @@ fn merge_sorted<T>(
         let next = match min {
             None => None,
             Some(first) => {
-                sources[first].prepare_at(pos[first], rl, limits)?;
+                prep(sources, first, pos[first])?;
                 Some((first, pos[first]))
             }
         };
@@ -479,21 +499,16 @@ fn merge_sorted<T>(
             }
             _ => false,
         };
-        if !continues && let Some(h) = head {
-            // Unread copies count what the series they copy counts.
-            let head_samples = sources[h.0].at(h.1).map_or(0, |s| s.samples);
+        if !continues && head.is_some() {
             // Source by source (pieces of a series stay together), endpoints in order.
             entries.sort_by_key(|e| e.0);
             let mut group = recycle(std::mem::take(&mut spare));
             for &(src, at, copy) in &entries {
-                let Some(s) = sources[src].at(at) else { continue };
-                total += if copy { head_samples } else { s.samples };
-                if !copy {
+                if let Some(s) = sources[src].at(at)
+                    && !copy
+                {
                     group.push((src, s));
                 }
-            }
-            if limits.max_samples > 0 && total > limits.max_samples {
-                return Err(MergeError::TooManySamples);
             }
             // Replica label order; among equal ones, sources in endpoint order (a stable sort).
             if group.len() > 1
@@ -516,6 +531,11 @@ fn merge_sorted<T>(
         for &src in &members {
             let at = pos[src];
             let copy = (src, at) != h && same_message(sources, (src, at), h);
+            if !copy {
+                // Equal to this step's smallest series perhaps, but not to the group's first:
+                // read like any series the group keeps.
+                prep(sources, src, at)?;
+            }
             entries.push((src, at, copy));
             pos[src] = sources[src].settle((at.0, at.1 + 1));
         }
@@ -1278,53 +1298,99 @@ mod tests {
     }
 
     #[test]
-    fn copies_count_against_the_sample_limit_and_others_are_checked() {
+    fn lazy_series_are_counted_checked_and_filtered_like_parsed_ones() {
         let rl = vec!["replica".to_string()];
-        // Two samples per copy (fake chunks have no sample count header: give them one).
+        // Fake chunks with a sample count header.
         let counted = |ts: &[i64]| {
             let mut c = fake_chunk(ts);
             let raw = c.raw.as_mut().unwrap();
             raw.data.splice(0..0, (ts.len() as u16).to_be_bytes());
             c
         };
+        let limits = Limits { mint: 0, maxt: 100, max_samples: 0 };
+        // Scanning an unparsed series counts what preparing it counts (in-range chunks only).
+        let chunks = vec![counted(&[1, 2]), counted(&[50, 60, 70]), counted(&[200, 300])];
+        let lazy_view = lazy(&[("__name__", "a")], chunks.clone());
+        let mut scanned = 0;
+        lazy_view.scan_chunks(|ch| scanned += chunk_samples(ch, &limits).unwrap_or(0)).unwrap();
+        let mut parsed = lazy(&[("__name__", "a")], chunks);
+        assert_eq!(prepare(&mut parsed, &rl, &limits, "r0").unwrap(), 5);
+        assert_eq!(scanned, 5);
+        assert_eq!(parsed.chunks.len(), 2);
+
         let decode = |_: &[&WireChunk]| -> Result<Samples, String> { Ok(fl(&[1, 2])) };
         let three = || {
             (0..3)
                 .map(|r| {
-                    let s = lazy(&[("__name__", "a")], vec![counted(&[1, 2])]);
-                    let s = if r == 0 {
-                        let mut s = s;
+                    let mut s = lazy(&[("__name__", "a")], vec![counted(&[1, 2])]);
+                    if r == 0 {
                         prepare(&mut s, &rl, &Limits::NONE, "r0").unwrap();
-                        s
-                    } else {
-                        s
-                    };
+                    }
                     stripped(vec![s], &format!("r{r}"))
                 })
                 .collect::<Vec<_>>()
         };
-        // (limit, whether the merge fails): 3 copies of 2 samples are 6.
-        for (max_samples, fails) in [(0, false), (6, false), (5, true), (2, true)] {
-            let limits = Limits { max_samples, ..Limits::NONE };
-            let got = merge_and_dedup_within(three(), &rl, false, &decode, &limits);
-            assert_eq!(got.is_err(), fails, "limit {max_samples}: {got:?}");
-            if fails {
-                assert_eq!(got.unwrap_err(), MergeError::TooManySamples);
-            }
-        }
         // A series that is no copy is read and checked, and its endpoint named.
         let mut sources = three();
         sources[2].batches[0][0] = lazy(&[("__name__", "a"), ("job", "")], vec![counted(&[1, 2])]);
-        let err = merge_and_dedup_within(sources, &rl, false, &decode, &Limits::NONE).unwrap_err();
-        assert_eq!(err, MergeError::Invalid(r#"r2: empty value for label "job""#.into()));
+        let err = merge_and_dedup_within(&mut sources, &rl, false, &decode, &Limits::NONE).unwrap_err();
+        assert_eq!(err, MergeError::Source { index: 2, message: r#"r2: empty value for label "job""#.into() });
         // Chunks outside the selection are dropped from series read in the merge too.
         let limits = Limits { mint: 1000, maxt: 2000, max_samples: 0 };
         let mut sources = three();
         sources[1].batches[0][0] = lazy(&[("__name__", "a"), ("job", "x")], vec![counted(&[1, 2])]);
-        let got = merge_raw_within(sources, &limits).unwrap();
+        let got = merge_raw_within(&mut sources, &limits).unwrap();
         let chunks: Vec<usize> = got.iter().map(|(_, c)| c.len()).collect();
         // r0 was prepared without the range (all kept), r1's chunk is outside it, r2 is r0's copy.
         assert_eq!(chunks, vec![1, 0]);
+    }
+
+    /// Two endpoints that keep their replica labels (no stripping) sending the same replicas
+    /// byte for byte: within a group, a series equal to the step's smallest but not to the
+    /// group's first is read like any other (it once reached the flush unread).
+    #[test]
+    fn copies_of_later_replicas_in_a_group_are_read() {
+        let rl = vec!["replica".to_string()];
+        let series = |parsed: bool| {
+            let mk = |r: &str, ts: &[i64]| {
+                let l = [("__name__", "m"), ("replica", r)];
+                if parsed { view(&l, vec![fake_chunk(ts)]) } else { lazy(&l, vec![fake_chunk(ts)]) }
+            };
+            vec![mk("A", &[0, 10]), mk("B", &[0, 10, 20])]
+        };
+        let sources = |second_parsed: bool| vec![src(series(true)), src(series(second_parsed))];
+        let want = merge_and_dedup(sources(true), &rl, false, &fake_decode).unwrap();
+        let got = merge_and_dedup(sources(false), &rl, false, &fake_decode).unwrap();
+        assert_eq!(names(&got), vec![r#"{__name__="m"}"#.to_string()]);
+        assert_eq!(names(&got), names(&want));
+        assert_eq!(times(&got[0].1), times(&want[0].1));
+    }
+
+    /// A series whose response repeated the series field is parsed when decoded but still
+    /// checked in the merge.
+    #[test]
+    fn series_parsed_at_decode_are_still_checked() {
+        use prost::Message;
+        let rl: Vec<String> = vec![];
+        let one = |l: &[(&str, &str)]| thanos::SeriesResponse {
+            result: Some(thanos::series_response::Result::Series(thanos::Series {
+                labels: l.iter().map(|(n, v)| thanos::Label { name: n.to_string(), value: v.to_string() }).collect(),
+                chunks: vec![],
+            })),
+        };
+        // Two pieces that merge into unsorted labels.
+        let mut buf = one(&[("b", "1")]).encode_to_vec();
+        buf.extend(one(&[("a", "1")]).encode_to_vec());
+        let Ok(crate::seriesview::SeriesFrame::Series(v)) =
+            crate::seriesview::decode_response_lazy(bytes::Bytes::from(buf))
+        else {
+            panic!("a series frame")
+        };
+        assert!(v.is_parsed() && !v.prepared);
+        let mut sources = vec![src(vec![view(&[("a", "0")], vec![])]), Source { name: "r1".into(), ..src(vec![v]) }];
+        let err = merge_raw_within(&mut sources, &Limits::NONE).unwrap_err();
+        assert!(matches!(&err, MergeError::Source { index: 1, message } if message.contains("not sorted")), "{err:?}");
+        let _ = rl;
     }
 
     /// Downsampled chunks (aggregates, no raw chunk) pass through the pass-through merge:

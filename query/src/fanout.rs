@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::dedup::{
-    Limits, MergeError, RawSeries, Source, header_count, is_counter_func, merge_and_dedup_within, merge_raw_within,
-    prepare,
+    Limits, MergeError, RawSeries, Source, chunk_samples, header_count, is_counter_func, merge_and_dedup_within,
+    merge_raw_within, prepare,
 };
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
@@ -140,18 +140,11 @@ fn normalize(samples: &mut Vec<(i64, StoredValue)>) {
 
 struct SeriesCall {
     req: SeriesRequest,
+    /// Samples received so far from all endpoints of this selection (chunk headers).
+    decoded: std::sync::atomic::AtomicUsize,
     tenant: Option<String>,
     replica_labels: Vec<String>,
     limits: Limits,
-}
-
-impl From<MergeError> for FanoutError {
-    fn from(e: MergeError) -> Self {
-        match e {
-            MergeError::Invalid(m) => FanoutError::Endpoint(m),
-            MergeError::TooManySamples => FanoutError::TooManySamples,
-        }
-    }
 }
 
 enum FetchError {
@@ -213,15 +206,19 @@ async fn fetch_series(
     let rl = &call.replica_labels;
     let limits = &call.limits;
     // No label set is built here: series stay views until the merge, which builds one per
-    // group of replicas. The merge holds all endpoints together to the sample limit; one
-    // endpoint over it on its own stops early.
-    let mut samples = 0usize;
-    let mut handle = |s: &mut SeriesView| -> Result<(), FetchError> {
-        if lazy {
-            return Ok(());
-        }
-        samples += prepare(s, rl, limits, &ep.addr)?;
-        if limits.max_samples > 0 && samples > limits.max_samples {
+    // group of replicas. The limit is checked on the chunk headers' sample counts of every
+    // endpoint's series as they arrive, before decoding; a lazy series is only scanned for
+    // its chunks (labels skipped by length), the merge reads the rest if it needs it.
+    let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
+        let added = if lazy && !s.is_parsed() {
+            let mut n = 0usize;
+            s.scan_chunks(|ch| n += chunk_samples(ch, limits).unwrap_or(0)).map_err(|e| format!("{}: {e}", ep.addr))?;
+            n
+        } else {
+            prepare(s, rl, limits, &ep.addr)?
+        };
+        let total = call.decoded.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
+        if limits.max_samples > 0 && total > limits.max_samples {
             return Err(FetchError::Limit);
         }
         Ok(())
@@ -260,6 +257,28 @@ pub struct Fanout {
 impl Fanout {
     fn strategy(opts: &QueryOptions) -> i32 {
         if opts.partial_response { PartialResponseStrategy::Warn as i32 } else { PartialResponseStrategy::Abort as i32 }
+    }
+
+    /// Runs `merge` over `sources`. A source whose series do not check out (read in the merge
+    /// when it was read lazily) fails the request, or with partial response is left out with
+    /// a warning and the merge runs again without it: what happened before when such a series
+    /// failed its endpoint's stream. Each retry has one source less.
+    fn merge_leaving_out_bad<T>(
+        opts: &QueryOptions,
+        mut sources: Vec<Source>,
+        warnings: &mut Vec<String>,
+        mut merge: impl FnMut(&mut [Source]) -> Result<T, MergeError>,
+    ) -> Result<T, FanoutError> {
+        loop {
+            match merge(&mut sources) {
+                Ok(v) => return Ok(v),
+                Err(MergeError::Source { index, message }) if opts.partial_response && index < sources.len() => {
+                    sources.remove(index);
+                    warnings.push(message);
+                }
+                Err(e) => return Err(FanoutError::Endpoint(e.to_string())),
+            }
+        }
     }
 
     /// Handles failed endpoints per the partial-response setting.
@@ -306,7 +325,8 @@ impl Fanout {
         // Downsampled data: the aggregates the function reads (Thanos's querier).
         let aggrs = if opts.max_source_resolution > 0 { crate::downsampled::aggrs_from_func(func) } else { vec![] };
         let aggr_nums: Vec<i32> = aggrs.iter().map(|&a| a as i32).collect();
-        let (sources, warnings, call) = self.fetch(opts, matchers, mint, maxt, skip_chunks, hints, aggr_nums).await?;
+        let (sources, mut warnings, call) =
+            self.fetch(opts, matchers, mint, maxt, skip_chunks, hints, aggr_nums).await?;
         let (mint, maxt) = (call.limits.mint, call.limits.maxt);
         let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             if !aggrs.is_empty() {
@@ -324,7 +344,9 @@ impl Fanout {
             Ok(samples)
         };
         let counter = is_counter_func(func);
-        let series = merge_and_dedup_within(sources, &call.replica_labels, counter, &decode, &call.limits)?;
+        let series = Self::merge_leaving_out_bad(opts, sources, &mut warnings, |sources| {
+            merge_and_dedup_within(sources, &call.replica_labels, counter, &decode, &call.limits)
+        })?;
         Ok(Selection { series, warnings })
     }
 
@@ -343,8 +365,10 @@ impl Fanout {
     ) -> Result<RawSelection, FanoutError> {
         let opts = QueryOptions { dedup: false, ..opts.clone() };
         let aggrs = opts.aggregates.clone();
-        let (sources, warnings, call) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints, aggrs).await?;
-        let series = merge_raw_within(sources, &call.limits)?;
+        let (sources, mut warnings, call) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints, aggrs).await?;
+        let series = Self::merge_leaving_out_bad(&opts, sources, &mut warnings, |sources| {
+            merge_raw_within(sources, &call.limits)
+        })?;
         Ok(RawSelection { series, warnings })
     }
 
@@ -385,6 +409,7 @@ impl Fanout {
                 aggregates,
                 ..Default::default()
             },
+            decoded: Default::default(),
             tenant: opts.tenant.clone(),
             replica_labels,
             limits: Limits { mint, maxt, max_samples: opts.max_samples },

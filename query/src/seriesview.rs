@@ -148,8 +148,11 @@ pub struct SeriesView {
     /// Chunks as sent (empty until parsed).
     pub chunks: Vec<WireChunk>,
     /// Samples the kept chunks' headers announce, set by whoever filters the chunks for a
-    /// selection (the merge counts them against the sample limit).
+    /// selection (`dedup::prepare`).
     pub samples: usize,
+    /// Checked and filtered for a selection (`dedup::prepare`); a series parsed only because
+    /// its response repeated the series field is not.
+    pub prepared: bool,
 }
 
 impl SeriesView {
@@ -172,6 +175,31 @@ impl SeriesView {
     /// Whether labels and chunks have been read.
     pub fn is_parsed(&self) -> bool {
         self.parsed
+    }
+
+    /// Calls `f` with each chunk, reading only the chunks of an unparsed series (labels are
+    /// skipped by their lengths, not read): what the fan-out counts against the sample limit
+    /// while streams arrive, without the cost of a parse.
+    pub fn scan_chunks(&self, mut f: impl FnMut(&WireChunk)) -> Result<(), ViewError> {
+        if self.parsed {
+            self.chunks.iter().for_each(f);
+            return Ok(());
+        }
+        let mut r = Reader::new(&self.buf, self.raw.clone().unwrap_or_default(), "Series");
+        while !r.done() {
+            match r.key()? {
+                (1, wt) => {
+                    r.expect(1, wt, WT_LEN)?;
+                    r.bytes("labels")?;
+                }
+                (2, wt) => {
+                    r.expect(2, wt, WT_LEN)?;
+                    f(&aggr_chunk(&self.buf, r.bytes("chunks")?)?);
+                }
+                (fld, wt) => r.skip(fld, wt)?,
+            }
+        }
+        Ok(())
     }
 
     /// The series' `Series` message as received, when it came in one piece: two series
