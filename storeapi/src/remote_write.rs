@@ -122,9 +122,22 @@ struct CacheEntry {
 
 const CACHE_SHARDS: usize = 64;
 
-/// The cache's keys are xxh64 hashes already: used as they are.
+/// The cache's keys are xxh64 hashes already: mixed with a per-process secret rather than
+/// hashed again, so a writer cannot pick label sets that crowd one bucket (xxh64 is unkeyed;
+/// the multiply and byte swap move every key bit into the bits the table indexes by).
 #[derive(Default)]
 struct KeyHasher(u64);
+
+/// Per-process secret of [`KeyHasher`] (two odd-ish random words from the standard
+/// library's randomly keyed hasher).
+fn key_secret() -> (u64, u64) {
+    static SECRET: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    *SECRET.get_or_init(|| {
+        use std::hash::BuildHasher;
+        let s = std::collections::hash_map::RandomState::new();
+        (s.hash_one(1u64), s.hash_one(2u64) | 1)
+    })
+}
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -139,7 +152,8 @@ impl Hasher for KeyHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        let (a, b) = key_secret();
+        self.0 = (n ^ a).wrapping_mul(b).swap_bytes();
     }
 }
 
