@@ -242,19 +242,17 @@ fn xor_samples(c: &thanos::Chunk) -> Vec<(i64, f64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_serves_the_5m_block_by_max_resolution_window() {
-    let tmp = tempdir().unwrap();
-    let work = tmp.path();
+/// A bucket in `work` holding the raw block and what one `norn compact` pass made of it,
+/// served by a ready `norn store` (its gRPC port returned with its guard).
+fn downsampled_bucket_behind_a_store(work: &Path) -> (ProcessGuard, u16) {
     let bucket = work.join("bucket");
     std::fs::create_dir_all(&bucket).unwrap();
     write_raw_block(&bucket);
     let log = compact_once(work, &bucket);
     assert!(log.contains("downsampled block uploaded"), "{log}");
-
     let (http, grpc) = (free_port(), free_port());
     let slog = work.join("store.log");
-    let _store = ProcessGuard::spawn(
+    let store = ProcessGuard::spawn(
         "norn store",
         Command::new(norn_bin())
             .arg("store")
@@ -268,6 +266,13 @@ async fn store_serves_the_5m_block_by_max_resolution_window() {
     let read_log = || std::fs::read_to_string(&slog).unwrap_or_default();
     assert!(ready, "store not ready:\n{}", read_log());
     assert!(!read_log().contains("skipping broken block"), "{}", read_log());
+    (store, grpc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_serves_the_5m_block_by_max_resolution_window() {
+    let tmp = tempdir().unwrap();
+    let (_store, grpc) = downsampled_bucket_behind_a_store(tmp.path());
     let addr = format!("127.0.0.1:{grpc}");
     let raw: BTreeMap<String, usize> =
         raw_series().into_iter().map(|(l, s)| (l.get("__name__").unwrap().to_string(), s.len())).collect();
@@ -328,25 +333,7 @@ fn instant(port: u16, q: &str, t_ms: i64, extra: &str) -> f64 {
 async fn query_reads_downsampled_data_per_function() {
     let tmp = tempdir().unwrap();
     let work = tmp.path();
-    let bucket = work.join("bucket");
-    std::fs::create_dir_all(&bucket).unwrap();
-    write_raw_block(&bucket);
-    let log = compact_once(work, &bucket);
-    assert!(log.contains("downsampled block uploaded"), "{log}");
-
-    let (shttp, sgrpc) = (free_port(), free_port());
-    let slog = work.join("store.log");
-    let _store = ProcessGuard::spawn(
-        "norn store",
-        Command::new(norn_bin())
-            .arg("store")
-            .arg(format!("--data-dir={}", work.join("store-cache").display()))
-            .arg(bucket_yaml(&bucket))
-            .arg(format!("--http-address=127.0.0.1:{shttp}"))
-            .arg(format!("--grpc-address=127.0.0.1:{sgrpc}")),
-        &slog,
-    );
-    assert!(wait_ready(shttp, "/-/ready", Duration::from_secs(60)), "{}", std::fs::read_to_string(&slog).unwrap());
+    let (_store, sgrpc) = downsampled_bucket_behind_a_store(work);
     let (qhttp, qgrpc) = (free_port(), free_port());
     let qlog = work.join("query.log");
     let _query = ProcessGuard::spawn(
