@@ -94,12 +94,7 @@ impl BlockWriter {
                 Encoding::Histogram | Encoding::FloatHistogram => st.num_histogram_samples += n,
             }
         }
-        let refs = chunks
-            .iter()
-            .zip(refs)
-            .map(|(c, r)| ChunkRef { min_time: c.min_time, max_time: c.max_time, chunk_ref: r })
-            .collect();
-        self.series.push((labels.clone(), refs));
+        self.push_series(labels, chunks.iter().map(|c| (c.min_time, c.max_time)), refs);
         Ok(())
     }
 
@@ -116,13 +111,17 @@ impl BlockWriter {
         st.num_series += 1;
         st.num_chunks += chunks.len() as u64;
         st.num_samples += num_samples;
-        let refs = chunks
-            .iter()
+        self.push_series(labels, chunks.iter().map(|c| (c.min_time, c.max_time)), refs);
+        Ok(())
+    }
+
+    /// Records a written series: its labels and its chunks' time ranges with their references.
+    fn push_series(&mut self, labels: &Labels, ranges: impl Iterator<Item = (i64, i64)>, refs: Vec<u64>) {
+        let refs = ranges
             .zip(refs)
-            .map(|(c, r)| ChunkRef { min_time: c.min_time, max_time: c.max_time, chunk_ref: r })
+            .map(|((min_time, max_time), chunk_ref)| ChunkRef { min_time, max_time, chunk_ref })
             .collect();
         self.series.push((labels.clone(), refs));
-        Ok(())
     }
 
     /// Checks order and chunk ranges; false when the series has no chunks (skipped).
