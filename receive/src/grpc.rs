@@ -169,15 +169,15 @@ impl StoreService {
             let chunks = if req.skip_chunks { Vec::new() } else { s.chunks };
             pending.push(OutSeries { labels: lazy.labels, ext, chunks });
             if pending.len() >= batch {
-                let frame = Frame::encode(&pending, batch > 1);
-                pending.clear();
+                let frame =
+                    Frame::encode(std::mem::replace(&mut pending, Vec::with_capacity(batch.min(1024))), batch > 1);
                 if !send(frame) {
                     return Ok(()); // client went away
                 }
             }
         }
         if !pending.is_empty() {
-            send(Frame::encode(&pending, true));
+            send(Frame::encode(pending, true));
         }
         Ok(())
     }
@@ -408,7 +408,7 @@ mod tests {
         let (mut frames, mut out) = (0, Vec::new());
         while let Some(f) = rx.blocking_recv() {
             frames += 1;
-            let decoded = SeriesResponse::decode(f.unwrap().bytes().clone()).unwrap();
+            let decoded = SeriesResponse::decode(f.unwrap().bytes()).unwrap();
             match decoded.result {
                 Some(series_response::Result::Series(s)) => out.push(s),
                 Some(series_response::Result::Batch(b)) => out.extend(b.series),
