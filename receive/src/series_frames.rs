@@ -62,6 +62,31 @@ impl ExtLabels {
         self.pairs.is_empty() && self.strip.is_empty()
     }
 
+    /// Whether `l` has a label these external labels override or strip.
+    pub fn touches(&self, l: &Labels) -> bool {
+        l.iter().any(|(n, _)| self.pairs.iter().any(|(e, _)| e == n) || self.strip.iter().any(|x| x == n))
+    }
+
+    /// For label sets `a < b` that these labels do not [touch](Self::touches): whether
+    /// `merged(a) < merged(b)` holds for sure, without comparing them; `false` means
+    /// "compare them".
+    ///
+    /// Why: untouched sets only get the external labels inserted. Let `i` be the first
+    /// position where `a` and `b` differ. External labels named below the names at `i`
+    /// land in the common part of both; if `a[i]` and `b[i]` both exist, the first of the
+    /// merged lists to show something other than the common part shows `a[i]` or `b[i]`
+    /// (names of external labels never equal them), and `a[i] < b[i]` decides as before.
+    /// If `a` is a proper prefix of `b`, merged `a` goes on with its next external label
+    /// where merged `b` goes on with `b[i]`: the order flips when an external label is
+    /// named above `b[i]`'s name, so that case (`a` shorter and the last external name
+    /// above `b[a.len()]`'s name, a superset of it) answers `false`.
+    pub fn keeps_order(&self, a: &Labels, b: &Labels) -> bool {
+        match (self.pairs.last(), b.get_index(a.len())) {
+            (Some((last, _)), Some((r0, _))) => last.as_str() < r0,
+            _ => true,
+        }
+    }
+
     /// `series` with these labels merged in (external labels win) and stripped labels
     /// dropped, in name order.
     pub fn merged<'a>(&'a self, series: &'a Labels) -> Merged<'a> {
@@ -560,6 +585,32 @@ mod tests {
         assert_eq!(Frame::encode(out(&big, &e), true).bytes()[..], msg.encode_to_vec());
     }
 
+    /// The proper-prefix case reorders; other untouched pairs keep their order.
+    #[test]
+    fn keeps_order_cases() {
+        let l = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied());
+        let ext = ExtLabels::new(&l(&[("replica", "r0"), ("tenant_id", "t")]), &["replica".to_string()]);
+        let cases: &[(Pairs<'_>, Pairs<'_>, bool)] = &[
+            // `{a}` < `{a, b}`, but merged `{a, tenant_id}` > `{a, b, tenant_id}`.
+            (&[("a", "1")], &[("a", "1"), ("b", "2")], false),
+            // Prefix, but nothing external sorts after `zz`.
+            (&[("a", "1")], &[("a", "1"), ("zz", "2")], true),
+            (&[("a", "1"), ("b", "1")], &[("a", "1"), ("b", "2")], true),
+            (&[("a", "1"), ("c", "1")], &[("a", "2")], true),
+            (&[("__name__", "m"), ("job", "x")], &[("__name__", "n")], true),
+        ];
+        for (a, b, want) in cases {
+            let (a, b) = (l(a), l(b));
+            assert!(a < b && !ext.touches(&a) && !ext.touches(&b), "{a} {b}");
+            assert_eq!(ext.keeps_order(&a, &b), *want, "{a} {b}");
+            assert_eq!(ext.merged(&a).cmp(ext.merged(&b)).is_lt(), *want, "{a} {b}");
+        }
+        assert!(ext.touches(&l(&[("replica", "x")])));
+        assert!(ext.touches(&l(&[("tenant_id", "x")])));
+        assert!(!ext.touches(&l(&[("a", "x")])));
+        assert!(ExtLabels::default().keeps_order(&l(&[("a", "1")]), &l(&[("a", "1"), ("b", "2")])));
+    }
+
     #[test]
     fn varints() {
         for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX >> 1, u64::MAX] {
@@ -614,6 +665,21 @@ mod tests {
             prop_assert_eq!(&via_encoder[5..], &bytes[..]);
             prop_assert_eq!(&bytes, &msg.encode_to_vec());
             prop_assert_eq!(SeriesResponse::decode(&bytes[..]).unwrap(), msg);
+        }
+
+        /// `keeps_order` never claims an order the merged labels do not have.
+        #[test]
+        fn keeps_order_is_sound(
+            a in arb_labels(),
+            b in arb_labels(),
+            ext in arb_labels(),
+            without in proptest::collection::vec("[a-e_]{1,3}", 0..3),
+        ) {
+            let e = ExtLabels::new(&ext, &without);
+            let (a, b) = if a < b { (a, b) } else { (b, a) };
+            if a < b && !e.touches(&a) && !e.touches(&b) && e.keeps_order(&a, &b) {
+                prop_assert!(e.merged(&a).cmp(e.merged(&b)).is_lt(), "{} {} ext {} without {:?}", a, b, ext, without);
+            }
         }
     }
 }
