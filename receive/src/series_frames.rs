@@ -5,8 +5,8 @@
 //! then walked the message tree again to compute nested lengths, writing through `BufMut`
 //! calls. [`Frame::encode`] instead writes a whole `SeriesResponse` in one pass per series
 //! into one `Vec`: the series' stored [`Labels`] merged with the tenant's [`ExtLabels`] on
-//! the fly, the chunks' bytes as stored. The tonic encoder of [`FrameCodec`] then only
-//! copies that buffer. The bytes are those prost writes for the same message: fields in
+//! the fly; the chunks' bytes, as stored, are spliced in only when the tonic encoder of
+//! [`FrameCodec`] copies the frame into its buffer, so they are copied once. The bytes are those prost writes for the same message: fields in
 //! number order, proto3 defaults left out.
 //!
 //! Chunks go out without the optional `hash` field: Thanos's querier hashes chunks whose
@@ -60,6 +60,31 @@ impl ExtLabels {
     /// Whether merging changes nothing: no external labels and nothing to strip.
     pub fn is_noop(&self) -> bool {
         self.pairs.is_empty() && self.strip.is_empty()
+    }
+
+    /// Whether `l` has a label these external labels override or strip.
+    pub fn touches(&self, l: &Labels) -> bool {
+        l.iter().any(|(n, _)| self.pairs.iter().any(|(e, _)| e == n) || self.strip.iter().any(|x| x == n))
+    }
+
+    /// For label sets `a < b` that these labels do not [touch](Self::touches): whether
+    /// `merged(a) < merged(b)` holds for sure, without comparing them; `false` means
+    /// "compare them".
+    ///
+    /// Why: untouched sets only get the external labels inserted. Let `i` be the first
+    /// position where `a` and `b` differ. External labels named below the names at `i`
+    /// land in the common part of both; if `a[i]` and `b[i]` both exist, the first of the
+    /// merged lists to show something other than the common part shows `a[i]` or `b[i]`
+    /// (names of external labels never equal them), and `a[i] < b[i]` decides as before.
+    /// If `a` is a proper prefix of `b`, merged `a` goes on with its next external label
+    /// where merged `b` goes on with `b[i]`: the order flips when an external label is
+    /// named above `b[i]`'s name, so that case (`a` shorter and the last external name
+    /// above `b[a.len()]`'s name, a superset of it) answers `false`.
+    pub fn keeps_order(&self, a: &Labels, b: &Labels) -> bool {
+        match (self.pairs.last(), b.get_index(a.len())) {
+            (Some((last, _)), Some((r0, _))) => last.as_str() < r0,
+            _ => true,
+        }
     }
 
     /// `series` with these labels merged in (external labels win) and stripped labels
@@ -134,41 +159,65 @@ pub struct OutSeries {
     pub chunks: Vec<ChunkMeta>,
 }
 
-/// Bytes kept free at the start of a frame buffer for the `batch` field's key and length
-/// (a varint of at most five bytes: frames stay below 4 GiB).
-const HEADER_ROOM: usize = 6;
+/// Chunks at least this long are not copied into a frame's buffer but kept as they are and
+/// copied once, straight into tonic's encode buffer, by [`FrameEncoder`]; shorter ones cost
+/// less to copy than to splice.
+const SPLICE_MIN: usize = 64;
 
-/// One encoded `SeriesResponse` of the Series stream.
+/// One encoded `SeriesResponse` of the Series stream: `head` with each of `splices`' chunk
+/// bytes inserted at its offset into `head` (offsets ascending).
+///
+/// Chunk bytes stay out of `head` so that they are copied only once, into tonic's encode
+/// buffer; a frame holds up to 1024 series (the querier's batch size), so copying it whole
+/// a second time was a large part of the receiver's Series CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame(Bytes);
+pub struct Frame {
+    head: Vec<u8>,
+    splices: Vec<(usize, Bytes)>,
+    len: usize,
+}
 
 impl Frame {
     /// Encodes `series` as one `SeriesResponse`: `result.batch` when `batch`, else
     /// `result.series` (of the first series; `series` must then hold exactly one).
     ///
-    /// Everything is written in one pass per series into one buffer: the series' labels are
-    /// merged once into a scratch list that gives both their length and their bytes, and
-    /// the batch's key and length go into room left at the front.
-    pub fn encode(series: &[OutSeries], batch: bool) -> Frame {
-        let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + series.len() * 256);
-        buf.resize(HEADER_ROOM, 0);
-        let mut scratch: Vec<(&str, &str)> = Vec::with_capacity(16);
-        for s in series {
-            scratch.clear();
-            scratch.extend(s.ext.merged(&s.labels));
-            let labels_len: usize = scratch.iter().map(|(n, v)| nested_len(label_len(n, v))).sum();
+    /// The series' labels are merged once into a scratch list that gives both their length
+    /// and their bytes; lengths are summed first so the buffer is allocated once at its
+    /// final size, and the chunks' bytes are moved into the frame, not copied.
+    pub fn encode(series: Vec<OutSeries>, batch: bool) -> Frame {
+        let mut merged: Vec<(&str, &str)> = Vec::with_capacity(series.len() * 8);
+        // Per series: end of its labels in `merged` and the length of its `Series` message.
+        let mut ends: Vec<(usize, usize)> = Vec::with_capacity(series.len());
+        let (mut body, mut spliced) = (0usize, 0usize);
+        for s in &series {
+            let start = merged.len();
+            merged.extend(s.ext.merged(&s.labels));
+            let labels_len: usize = merged[start..].iter().map(|(n, v)| nested_len(label_len(n, v))).sum();
             let chunks_len: usize = s.chunks.iter().map(|c| nested_len(aggr_chunk_len(c))).sum();
             let len = labels_len + chunks_len;
-            buf.reserve(nested_len(len));
+            ends.push((merged.len(), len));
+            body += nested_len(len);
+            spliced += s.chunks.iter().filter(|c| splice(c)).map(|c| c.chunk.data.len()).sum::<usize>();
+        }
+        let len = if batch { nested_len(body) } else { body };
+        let mut buf: Vec<u8> = Vec::with_capacity(len - spliced);
+        let mut offsets: Vec<usize> = Vec::new();
+        if batch {
+            buf.push(tag(4, WT_LEN));
+            put_varint(&mut buf, body as u64);
+        }
+        let mut start = 0;
+        for (s, &(end, len)) in series.iter().zip(&ends) {
             // `result.series` and `batch.series` are both field 1.
             buf.push(tag(1, WT_LEN));
             put_varint(&mut buf, len as u64);
-            for (n, v) in &scratch {
+            for (n, v) in &merged[start..end] {
                 buf.push(tag(1, WT_LEN));
                 put_varint(&mut buf, label_len(n, v) as u64);
                 put_bytes_field(&mut buf, 1, n.as_bytes());
                 put_bytes_field(&mut buf, 2, v.as_bytes());
             }
+            start = end;
             for c in &s.chunks {
                 buf.push(tag(2, WT_LEN));
                 put_varint(&mut buf, aggr_chunk_len(c) as u64);
@@ -177,32 +226,59 @@ impl Frame {
                 buf.push(tag(3, WT_LEN));
                 put_varint(&mut buf, raw_chunk_len(c) as u64);
                 put_int64_field(&mut buf, 1, chunk_type(c));
-                put_bytes_field(&mut buf, 2, &c.chunk.data);
+                if splice(c) {
+                    buf.push(tag(2, WT_LEN));
+                    put_varint(&mut buf, c.chunk.data.len() as u64);
+                    offsets.push(buf.len());
+                } else {
+                    put_bytes_field(&mut buf, 2, &c.chunk.data);
+                }
             }
         }
-        let start = if batch {
-            let body = (buf.len() - HEADER_ROOM) as u64;
-            let mut head = Vec::with_capacity(HEADER_ROOM);
-            head.push(tag(4, WT_LEN));
-            put_varint(&mut head, body);
-            let start = HEADER_ROOM.saturating_sub(head.len());
-            buf[start..HEADER_ROOM].copy_from_slice(&head[..HEADER_ROOM - start]);
-            start
-        } else {
-            HEADER_ROOM
-        };
-        Frame(Bytes::from(buf).slice(start..))
+        drop(merged);
+        let datas = series.into_iter().flat_map(|s| s.chunks).filter(splice).map(|c| c.chunk.data);
+        let splices = offsets.into_iter().zip(datas).collect();
+        Frame { head: buf, splices, len }
     }
 
-    /// The encoded `SeriesResponse`.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
+    /// Length of the encoded `SeriesResponse`.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty (never: a frame holds at least its `result` key).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The encoded `SeriesResponse` in one buffer (a copy; the server writes frames with
+    /// [`Frame::write_to`]).
+    pub fn bytes(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.len);
+        self.write_to(&mut out);
+        Bytes::from(out)
+    }
+
+    /// Appends the encoded `SeriesResponse` to `dst`.
+    pub fn write_to<B: BufMut>(&self, dst: &mut B) {
+        let mut at = 0;
+        for (off, data) in &self.splices {
+            dst.put_slice(&self.head[at..*off]);
+            dst.put_slice(data);
+            at = *off;
+        }
+        dst.put_slice(&self.head[at..]);
     }
 
     /// The frame as prost's type.
     pub fn to_proto(&self) -> Result<SeriesResponse, Status> {
-        SeriesResponse::decode(self.0.clone()).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
+        SeriesResponse::decode(self.bytes()).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
     }
+}
+
+/// Whether `c`'s bytes are spliced into the frame rather than copied into its buffer.
+fn splice(c: &ChunkMeta) -> bool {
+    c.chunk.data.len() >= SPLICE_MIN
 }
 
 const WT_VARINT: u8 = 0;
@@ -287,7 +363,9 @@ impl Encoder for FrameEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item.0);
+        // One allocation at most, not a doubling per growth step of a large frame.
+        dst.reserve(item.len);
+        item.write_to(dst);
         Ok(())
     }
 }
@@ -475,16 +553,17 @@ mod tests {
                 series.iter().map(|(ls, cs)| prost_series(ls, &ext, &without, cs)).collect();
             let all = out(&series, &e);
             for (one, w) in all.chunks(1).zip(&want) {
-                let frame = Frame::encode(one, false);
+                let frame = Frame::encode(one.to_vec(), false);
                 let msg = SeriesResponse { result: Some(series_response::Result::Series(w.clone())) };
                 let bytes = frame.bytes();
+                assert_eq!(frame.len(), bytes.len());
                 assert_eq!(SeriesResponse::decode(bytes.clone()).unwrap(), msg, "ext {ext} without {without:?}");
                 assert_eq!(bytes[..], msg.encode_to_vec());
                 assert_eq!(frame.to_proto().unwrap(), msg);
             }
             for size in [1, 2, 64] {
                 for (os, ws) in all.chunks(size).zip(want.chunks(size)) {
-                    let frame = Frame::encode(os, true);
+                    let frame = Frame::encode(os.to_vec(), true);
                     let msg = SeriesResponse {
                         result: Some(series_response::Result::Batch(thanos::SeriesBatch { series: ws.to_vec() })),
                     };
@@ -494,7 +573,7 @@ mod tests {
             }
         }
         // An empty batch is still a batch on the wire.
-        assert_eq!(Frame::encode(&[], true).bytes()[..], [0x22, 0x00]);
+        assert_eq!(Frame::encode(Vec::new(), true).bytes()[..], [0x22, 0x00]);
         // A batch whose length takes a multi-byte varint.
         let big = vec![(Labels::from_pairs([("a", "b")]), vec![chunk(Encoding::Xor, 1, 2, &[3; 70_000])]); 3];
         let e = Arc::new(ExtLabels::default());
@@ -503,7 +582,33 @@ mod tests {
                 series: big.iter().map(|(l, c)| prost_series(l, &Labels::empty(), &[], c)).collect(),
             })),
         };
-        assert_eq!(Frame::encode(&out(&big, &e), true).bytes()[..], msg.encode_to_vec());
+        assert_eq!(Frame::encode(out(&big, &e), true).bytes()[..], msg.encode_to_vec());
+    }
+
+    /// The proper-prefix case reorders; other untouched pairs keep their order.
+    #[test]
+    fn keeps_order_cases() {
+        let l = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied());
+        let ext = ExtLabels::new(&l(&[("replica", "r0"), ("tenant_id", "t")]), &["replica".to_string()]);
+        let cases: &[(Pairs<'_>, Pairs<'_>, bool)] = &[
+            // `{a}` < `{a, b}`, but merged `{a, tenant_id}` > `{a, b, tenant_id}`.
+            (&[("a", "1")], &[("a", "1"), ("b", "2")], false),
+            // Prefix, but nothing external sorts after `zz`.
+            (&[("a", "1")], &[("a", "1"), ("zz", "2")], true),
+            (&[("a", "1"), ("b", "1")], &[("a", "1"), ("b", "2")], true),
+            (&[("a", "1"), ("c", "1")], &[("a", "2")], true),
+            (&[("__name__", "m"), ("job", "x")], &[("__name__", "n")], true),
+        ];
+        for (a, b, want) in cases {
+            let (a, b) = (l(a), l(b));
+            assert!(a < b && !ext.touches(&a) && !ext.touches(&b), "{a} {b}");
+            assert_eq!(ext.keeps_order(&a, &b), *want, "{a} {b}");
+            assert_eq!(ext.merged(&a).cmp(ext.merged(&b)).is_lt(), *want, "{a} {b}");
+        }
+        assert!(ext.touches(&l(&[("replica", "x")])));
+        assert!(ext.touches(&l(&[("tenant_id", "x")])));
+        assert!(!ext.touches(&l(&[("a", "x")])));
+        assert!(ExtLabels::default().keeps_order(&l(&[("a", "1")]), &l(&[("a", "1"), ("b", "2")])));
     }
 
     #[test]
@@ -546,14 +651,35 @@ mod tests {
                 series.iter().map(|(ls, cs)| prost_series(ls, &ext, &without, cs)).collect();
             let os = out(&series, &e);
             let (frame, msg) = if batch || os.len() != 1 {
-                (Frame::encode(&os, true), series_response::Result::Batch(thanos::SeriesBatch { series: want }))
+                (Frame::encode(os.clone(), true), series_response::Result::Batch(thanos::SeriesBatch { series: want }))
             } else {
-                (Frame::encode(&os, false), series_response::Result::Series(want[0].clone()))
+                (Frame::encode(os, false), series_response::Result::Series(want[0].clone()))
             };
             let msg = SeriesResponse { result: Some(msg) };
             let bytes = frame.bytes().to_vec();
+            prop_assert_eq!(frame.len(), bytes.len());
+            // What `FrameEncoder` writes into tonic's encode buffer (a `BytesMut`).
+            let mut via_encoder = bytes::BytesMut::from(&b"prior"[..]);
+            frame.write_to(&mut via_encoder);
+            prop_assert_eq!(&via_encoder[..5], b"prior");
+            prop_assert_eq!(&via_encoder[5..], &bytes[..]);
             prop_assert_eq!(&bytes, &msg.encode_to_vec());
             prop_assert_eq!(SeriesResponse::decode(&bytes[..]).unwrap(), msg);
+        }
+
+        /// `keeps_order` never claims an order the merged labels do not have.
+        #[test]
+        fn keeps_order_is_sound(
+            a in arb_labels(),
+            b in arb_labels(),
+            ext in arb_labels(),
+            without in proptest::collection::vec("[a-e_]{1,3}", 0..3),
+        ) {
+            let e = ExtLabels::new(&ext, &without);
+            let (a, b) = if a < b { (a, b) } else { (b, a) };
+            if a < b && !e.touches(&a) && !e.touches(&b) && e.keeps_order(&a, &b) {
+                prop_assert!(e.merged(&a).cmp(e.merged(&b)).is_lt(), "{} {} ext {} without {:?}", a, b, ext, without);
+            }
         }
     }
 }
