@@ -78,18 +78,7 @@ async fn fixture() -> Fixture {
     upload(&bucket, tmp.path(), 0, 100_000, &[("replica", "a")], &a1).await;
     upload(&bucket, tmp.path(), 50_000, 300_000, &[("replica", "a")], &a2).await;
     upload(&bucket, tmp.path(), 0, 10_000, &[("replica", "b")], &b).await;
-    let yaml = format!("type: FILESYSTEM\nconfig:\n  directory: {}\n", bdir.path().display());
-    let args = Args {
-        data_dir: cache.path().to_path_buf(),
-        objstore_config_file: None,
-        objstore_config: Some(yaml),
-        http_address: String::new(),
-        grpc_address: String::new(),
-        sync_block_duration: "15m".into(),
-        block_sync_concurrency: 2,
-        min_time: "0000-01-01T00:00:00Z".into(),
-        max_time: "9999-12-31T23:59:59Z".into(),
-    };
+    let args = gateway_args(bdir.path(), cache.path());
     let gw = Gateway::new(&args, &mut Registry::default()).unwrap();
     assert!(gw.sync_once().await);
     assert_eq!(gw.store.set.snapshot().len(), 3);
@@ -308,18 +297,7 @@ async fn downsampled_blocks_serve_aggregates_by_max_resolution_window() {
     let raw: SeriesData = vec![floats(&[("__name__", "up"), ("job", "x")], 0..600, 0.0)];
     upload(&bucket, tmp.path(), 0, 600_000, &[("replica", "d")], &raw).await;
     upload_5m(&bucket, tmp.path()).await;
-    let yaml = format!("type: FILESYSTEM\nconfig:\n  directory: {}\n", bdir.path().display());
-    let args = Args {
-        data_dir: cache.path().to_path_buf(),
-        objstore_config_file: None,
-        objstore_config: Some(yaml),
-        http_address: String::new(),
-        grpc_address: String::new(),
-        sync_block_duration: "15m".into(),
-        block_sync_concurrency: 2,
-        min_time: "0000-01-01T00:00:00Z".into(),
-        max_time: "9999-12-31T23:59:59Z".into(),
-    };
+    let args = gateway_args(bdir.path(), cache.path());
     let gw = Gateway::new(&args, &mut Registry::default()).unwrap();
     assert!(gw.sync_once().await);
     assert_eq!(gw.store.set.snapshot().len(), 2, "the 5m block is loaded too");
@@ -369,4 +347,19 @@ async fn downsampled_blocks_serve_aggregates_by_max_resolution_window() {
     assert_eq!(decode(c.counter.as_ref().unwrap()).len(), 4);
     // An hour window still gets the 5m block (no 1h block covers the range).
     assert_eq!(chunks(3_600_000, vec![thanos::Aggr::Sum]).await.unwrap().len(), 1);
+}
+
+/// Gateway flags over a FILESYSTEM bucket at `bucket`, caching in `cache`; all time served.
+fn gateway_args(bucket: &std::path::Path, cache: &std::path::Path) -> Args {
+    Args {
+        data_dir: cache.to_path_buf(),
+        objstore_config_file: None,
+        objstore_config: Some(format!("type: FILESYSTEM\nconfig:\n  directory: {}\n", bucket.display())),
+        http_address: String::new(),
+        grpc_address: String::new(),
+        sync_block_duration: "15m".into(),
+        block_sync_concurrency: 2,
+        min_time: "0000-01-01T00:00:00Z".into(),
+        max_time: "9999-12-31T23:59:59Z".into(),
+    }
 }
