@@ -111,8 +111,9 @@ pub fn check_labels(s: &SeriesView, rl: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// What the merge does to every series it reads: the selection's time range (chunks
-/// outside it are dropped) and sample limit, counted over all endpoints, replicas included.
+/// A selection's bounds: its time range (chunks outside it are dropped from every series
+/// read) and its sample limit (counted by the fan-out over all endpoints, replicas included,
+/// while their streams arrive).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Start of the selection (ms).
@@ -167,7 +168,7 @@ pub fn chunk_samples(ch: &WireChunk, limits: &Limits) -> Option<usize> {
 
 /// Makes a received series ready for the merge: parsed, labels checked (see
 /// [`check_labels`]), chunks outside `[mint, maxt]` dropped, and the samples the rest
-/// announce counted into `samples` (returned). `from` names the endpoint in errors.
+/// announce counted (returned). `from` names the endpoint in errors.
 pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -> Result<usize, String> {
     s.parse().map_err(|e| format!("{from}: {e}"))?;
     check_labels(s, rl).map_err(|e| format!("{from}: {e}"))?;
@@ -179,7 +180,6 @@ pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -
         }
         None => false,
     });
-    s.samples = n;
     s.prepared = true;
     Ok(n)
 }

@@ -147,9 +147,6 @@ pub struct SeriesView {
     labels: Vec<LabelRange>,
     /// Chunks as sent (empty until parsed).
     pub chunks: Vec<WireChunk>,
-    /// Samples the kept chunks' headers announce, set by whoever filters the chunks for a
-    /// selection (`dedup::prepare`).
-    pub samples: usize,
     /// Checked and filtered for a selection (`dedup::prepare`); a series parsed only because
     /// its response repeated the series field is not.
     pub prepared: bool,
