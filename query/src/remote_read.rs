@@ -18,16 +18,25 @@
 //! the StoreAPI's. Sampled answers (`SAMPLES`) carry floats in `samples` and histograms in
 //! `histograms`, integer histograms with integer fields, in the query's time range.
 
-use norn_model::Labels;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use norn_model::{Labels, MatchType, Matcher};
 use norn_promql::StoredValue;
 use norn_storeapi::chunks::{
     self, ChunkConvertError, encoding_from_storepb, float_histogram_to_proto, histogram_to_proto, remote_read_encoding,
 };
 use norn_storeapi::prometheus as pb;
+use norn_storeapi::thanos;
 use norn_tsdb::chunkenc::{Chunk, Sample};
 use prost::Message;
 
-use crate::dedup::{RawSeries, dedup_replicas, strip_labels};
+use crate::api::{ApiState, Params};
+use crate::dedup::{RawSeries, dedup_replicas, is_counter_func, strip_labels};
+use crate::fanout::QueryOptions;
 use crate::seriesview::WireChunk;
 
 /// Largest streamed frame Prometheus's server builds by default
@@ -46,12 +55,23 @@ pub struct ReadSeries {
 
 /// Why a selection could not be turned into a remote-read answer.
 #[derive(Debug, thiserror::Error)]
-#[error("series {series}: {source}")]
-pub struct ReadError {
-    /// The series' labels.
-    pub series: String,
-    /// What was wrong with its chunks.
-    pub source: ChunkConvertError,
+pub enum ReadError {
+    /// A chunk could not be read or written.
+    #[error("series {series}: {source}")]
+    Chunk {
+        /// The series' labels.
+        series: String,
+        /// What was wrong with its chunks.
+        source: ChunkConvertError,
+    },
+    /// Downsampled chunks could not be read.
+    #[error("series {series}: {message}")]
+    Downsampled {
+        /// The series' labels.
+        series: String,
+        /// What was wrong with its chunks.
+        message: String,
+    },
 }
 
 /// A StoreAPI chunk as a remote-read chunk, the data untouched (`None` without raw data).
@@ -87,7 +107,7 @@ pub fn combine(
 ) -> Result<Vec<ReadSeries>, ReadError> {
     let err = |l: &Labels| {
         let series = l.to_string();
-        move |source| ReadError { series, source }
+        move |source| ReadError::Chunk { series, source }
     };
     if replica_labels.is_empty() {
         return raw
@@ -240,7 +260,7 @@ pub fn write_frames(series: &[ReadSeries], query_index: i64, max_frame: usize, o
 /// A series as a sampled remote-read series: its samples in `[mint, maxt]`, floats in
 /// `samples`, histograms in `histograms` (integer ones with integer counts), by time.
 pub fn sampled(s: &ReadSeries, mint: i64, maxt: i64) -> Result<pb::TimeSeries, ReadError> {
-    let err = |source| ReadError { series: s.labels.to_string(), source };
+    let err = |source| ReadError::Chunk { series: s.labels.to_string(), source };
     let mut all = Vec::new();
     for c in &s.chunks {
         if c.max_time_ms < mint || c.min_time_ms > maxt {
@@ -262,6 +282,254 @@ pub fn sampled(s: &ReadSeries, mint: i64, maxt: i64) -> Result<pb::TimeSeries, R
         }
     }
     Ok(ts)
+}
+
+/// How one remote-read query is read, from its time range and its hints (`ReadHints`,
+/// what the client's PromQL engine knew of the selection).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadPlan {
+    /// Start of the range read (ms): the query's, clamped to the hints' when given.
+    pub mint: i64,
+    /// End of the range read (ms), likewise.
+    pub maxt: i64,
+    /// Labels only (`func` is `series`, as Prometheus's series API asks).
+    pub skip_chunks: bool,
+    /// The function the selection feeds, if any.
+    pub func: Option<String>,
+    /// Query step (ms); 0 for instant queries and without hints.
+    pub step_ms: i64,
+    /// The hints as the StoreAPI carries them (Thanos's `storeHintsFromPromHints`).
+    pub query_hints: Option<thanos::QueryHints>,
+}
+
+impl ReadPlan {
+    /// The plan of `q`. As Prometheus's TSDB querier, the hints' `start_ms`/`end_ms`
+    /// narrow the range the data is cut to; both 0 (hints that only name a function) are
+    /// taken as no range, as no PromQL selection has that range.
+    pub fn new(q: &pb::Query) -> ReadPlan {
+        let (mut mint, mut maxt) = (q.start_timestamp_ms, q.end_timestamp_ms);
+        let Some(h) = &q.hints else {
+            return ReadPlan { mint, maxt, skip_chunks: false, func: None, step_ms: 0, query_hints: None };
+        };
+        if h.start_ms != 0 || h.end_ms != 0 {
+            mint = mint.max(h.start_ms);
+            maxt = maxt.min(h.end_ms);
+        }
+        let func = (!h.func.is_empty()).then(|| h.func.clone());
+        let query_hints = thanos::QueryHints {
+            step_millis: h.step_ms,
+            func: func.as_ref().map(|name| thanos::Func { name: name.clone() }),
+            grouping: (h.by || !h.grouping.is_empty())
+                .then(|| thanos::Grouping { by: h.by, labels: h.grouping.clone() }),
+            range: (h.range_ms != 0).then_some(thanos::Range { millis: h.range_ms }),
+            ..Default::default()
+        };
+        ReadPlan {
+            mint,
+            maxt,
+            skip_chunks: h.func == "series",
+            func,
+            step_ms: h.step_ms.max(0),
+            query_hints: Some(query_hints),
+        }
+    }
+}
+
+/// The raw fan-out's series of a downsampled read (asked with `aggrs`, see
+/// [`crate::downsampled`]) as remote-read series: each series' chunks read as the
+/// querier's PromQL reads them (the aggregates the function needs, or raw chunks where
+/// there is no downsampled block), replicas deduplicated with the penalty rule (counter-
+/// aware for `counter`), in `[mint, maxt]`, encoded again (floats as XOR; histograms, only
+/// ever raw, as float histograms).
+pub fn combine_downsampled(
+    raw: Vec<RawSeries>,
+    replica_labels: &[String],
+    aggrs: &[thanos::Aggr],
+    counter: bool,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<ReadSeries>, ReadError> {
+    let mut groups: std::collections::BTreeMap<Labels, Vec<(Labels, Vec<WireChunk>)>> = Default::default();
+    for (labels, cs) in raw {
+        groups.entry(strip_labels(&labels, replica_labels)).or_default().push((labels, cs));
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (key, mut replicas) in groups {
+        let downsampled = |message| ReadError::Downsampled { series: key.to_string(), message };
+        replicas.sort_by_cached_key(|(l, _)| {
+            l.iter()
+                .filter(|(n, _)| replica_labels.iter().any(|r| r == n))
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        });
+        let mut decoded = Vec::with_capacity(replicas.len());
+        for (_, cs) in &replicas {
+            let refs: Vec<&WireChunk> = cs.iter().collect();
+            let mut s = crate::downsampled::decode_series(&refs, aggrs, mint, maxt).map_err(downsampled)?;
+            if !s.windows(2).all(|w| w[0].0 < w[1].0) {
+                s.sort_by_key(|p| p.0);
+                s.dedup_by_key(|p| p.0);
+            }
+            if !s.is_empty() {
+                decoded.push(s);
+            }
+        }
+        let samples = match decoded.len() {
+            0 => Vec::new(),
+            1 => decoded.pop().unwrap_or_default(),
+            _ => dedup_replicas(decoded, counter),
+        };
+        let samples = samples.into_iter().map(|(t, v)| match v {
+            StoredValue::Float(f) => Sample::Float(t, f),
+            StoredValue::Histogram(h) => Sample::FloatHistogram(t, Box::new((*h).clone())),
+        });
+        let chunks = chunks::encode_samples(samples)
+            .map_err(|source| ReadError::Chunk { series: key.to_string(), source })?
+            .iter()
+            .map(chunks::remote_read_chunk)
+            .collect();
+        out.push(ReadSeries { labels: key, chunks });
+    }
+    Ok(out)
+}
+
+/// The answer to one query of a read request.
+struct QueryAnswer {
+    series: Vec<ReadSeries>,
+    mint: i64,
+    maxt: i64,
+    /// Series are listed without samples (`func` = `series`).
+    labels_only: bool,
+}
+
+fn text_error(code: StatusCode, message: String) -> Response {
+    (code, message).into_response()
+}
+
+/// `/api/v1/read`: Prometheus remote read, as samples or streamed chunks. The response
+/// type is the first of the request's accepted types (none: samples), as Prometheus
+/// negotiates it. Deduplication, partial response and downsampling follow the `dedup`,
+/// `partial_response` and `max_source_resolution` URL parameters (a remote-read URL may
+/// carry them), else the flags; `auto` (and `--query.auto-downsampling`) read up to a fifth
+/// of the hints' step, as a PromQL range query does. Each query's hints go to the stores
+/// and cut its range (see [`ReadPlan`]).
+///
+/// Remote read has no warnings field: with partial response, endpoints that failed are
+/// left out and each warning is logged (as Prometheus's read handler logs its storage's
+/// warnings); without it, the request fails with 500 naming them.
+pub async fn handler(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let raw = match snap::raw::decompress_len(&body) {
+        Ok(n) if n <= 32 << 20 => match snap::raw::Decoder::new().decompress_vec(&body) {
+            Ok(r) => r,
+            Err(e) => return text_error(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
+        },
+        Ok(n) => return text_error(StatusCode::BAD_REQUEST, format!("request too large: {n} bytes")),
+        Err(e) => return text_error(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
+    };
+    let req = match pb::ReadRequest::decode(raw.as_slice()) {
+        Ok(r) => r,
+        Err(e) => return text_error(StatusCode::BAD_REQUEST, format!("decoding read request: {e}")),
+    };
+    let params = Params::from(query, &HeaderMap::new(), &Method::GET, &[]);
+    let opts = match st.query_options(&params, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let streamed = req
+        .accepted_response_types
+        .first()
+        .is_some_and(|t| *t == pb::read_request::ResponseType::StreamedXorChunks as i32);
+    let rl = if opts.dedup { opts.replica_labels.clone() } else { Vec::new() };
+    let mut answers = Vec::with_capacity(req.queries.len());
+    for (i, q) in req.queries.iter().enumerate() {
+        let mut ms = Vec::with_capacity(q.matchers.len());
+        for m in &q.matchers {
+            let kind = match pb::label_matcher::Type::try_from(m.r#type) {
+                Ok(pb::label_matcher::Type::Eq) => MatchType::Equal,
+                Ok(pb::label_matcher::Type::Neq) => MatchType::NotEqual,
+                Ok(pb::label_matcher::Type::Re) => MatchType::Regex,
+                Ok(pb::label_matcher::Type::Nre) => MatchType::NotRegex,
+                Err(_) => return text_error(StatusCode::BAD_REQUEST, format!("unknown matcher type {}", m.r#type)),
+            };
+            match Matcher::new(kind, m.name.clone(), m.value.clone()) {
+                Ok(m) => ms.push(m),
+                Err(e) => return text_error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+        let plan = ReadPlan::new(q);
+        let resolution = match st.max_source_resolution(&params, plan.step_ms / 5) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let (mint, maxt) = (plan.mint, plan.maxt);
+        let downsampled = resolution > 0 && !plan.skip_chunks;
+        let aggrs = if downsampled { crate::downsampled::aggrs_from_func(plan.func.as_deref()) } else { vec![] };
+        let qopts = QueryOptions {
+            max_source_resolution: if downsampled { resolution } else { 0 },
+            aggregates: aggrs.iter().map(|&a| a as i32).collect(),
+            ..opts.clone()
+        };
+        let sel = if mint > maxt {
+            Default::default()
+        } else {
+            match st.fanout.select_raw(&qopts, &ms, mint, maxt, plan.skip_chunks, plan.query_hints.clone()).await {
+                Ok(sel) => sel,
+                Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        };
+        for w in &sel.warnings {
+            tracing::warn!(query = i, warning = %w, "remote read: partial response, an endpoint's data is missing");
+        }
+        let combined = if downsampled {
+            combine_downsampled(sel.series, &rl, &aggrs, is_counter_func(plan.func.as_deref()), mint, maxt)
+        } else {
+            combine(sel.series, &rl, mint, maxt)
+        };
+        match combined {
+            Ok(series) => answers.push(QueryAnswer { series, mint, maxt, labels_only: plan.skip_chunks }),
+            Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    if streamed {
+        let mut out = Vec::new();
+        for (qi, a) in answers.iter().enumerate() {
+            // As Prometheus: a series without chunks sends no frame.
+            let series: Vec<_> = a.series.iter().filter(|s| !s.chunks.is_empty()).cloned().collect();
+            write_frames(&series, qi as i64, MAX_BYTES_IN_FRAME, &mut out);
+        }
+        let mut r = (StatusCode::OK, out).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"),
+        );
+        return r;
+    }
+    let mut resp = pb::ReadResponse { results: Vec::with_capacity(answers.len()) };
+    for a in &answers {
+        let mut timeseries = Vec::with_capacity(a.series.len());
+        // As Prometheus: every series with a chunk overlapping the range, even when none
+        // of its samples is in it; for `series` hints every series, without samples.
+        for s in a.series.iter().filter(|s| a.labels_only || !s.chunks.is_empty()) {
+            match sampled(s, a.mint, a.maxt) {
+                Ok(ts) => timeseries.push(ts),
+                Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        resp.results.push(pb::QueryResult { timeseries });
+    }
+    let encoded = match snap::raw::Encoder::new().compress_vec(&resp.encode_to_vec()) {
+        Ok(b) => b,
+        Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut r = (StatusCode::OK, encoded).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+    r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+    r
 }
 
 #[cfg(test)]
