@@ -17,6 +17,11 @@
 //! types use remote read's numbering (XOR=1, HISTOGRAM=2, FLOAT_HISTOGRAM=3), one more than
 //! the StoreAPI's. Sampled answers (`SAMPLES`) carry floats in `samples` and histograms in
 //! `histograms`, integer histograms with integer fields, in the query's time range.
+//!
+//! Each query's `ReadHints` are used as Prometheus's read handler uses them ([`ReadPlan`]):
+//! their range cuts the query's, the rest goes to the stores as `QueryHints`, and with a
+//! `max_source_resolution` the stores answer from downsampled blocks, read per the hinted
+//! function as the PromQL path reads them ([`combine_downsampled`]).
 
 use std::sync::Arc;
 
@@ -706,5 +711,109 @@ mod tests {
         let f = ReadSeries { labels: labels("f", "a"), chunks: remote_chunks(&wire(floats(0..100))).unwrap() };
         let ts = sampled(&f, 5, 9).unwrap();
         assert_eq!(ts.samples.iter().map(|s| s.timestamp).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
+    }
+
+    /// Hints cut the range and become the StoreAPI's query hints; `series` reads labels
+    /// only; without hints the query's range is read as it is.
+    #[test]
+    fn read_plans_from_hints() {
+        let q = |hints: Option<pb::ReadHints>| pb::Query {
+            start_timestamp_ms: 1_000,
+            end_timestamp_ms: 9_000,
+            matchers: vec![],
+            hints,
+        };
+        let h = |func: &str, start_ms, end_ms| pb::ReadHints {
+            step_ms: 60_000,
+            func: func.into(),
+            start_ms,
+            end_ms,
+            grouping: vec!["job".into()],
+            by: true,
+            range_ms: 300_000,
+        };
+        // Hints, then the range read, labels only, and the function.
+        type Case<'a> = (Option<pb::ReadHints>, (i64, i64), bool, Option<&'a str>);
+        let cases: Vec<Case<'_>> = vec![
+            (None, (1_000, 9_000), false, None),
+            (Some(h("rate", 2_000, 3_000)), (2_000, 3_000), false, Some("rate")),
+            (Some(h("", 0, 20_000)), (1_000, 9_000), false, None),
+            (Some(h("max_over_time", 0, 0)), (1_000, 9_000), false, Some("max_over_time")),
+            (Some(h("series", 500, 5_000)), (1_000, 5_000), true, Some("series")),
+            (Some(h("rate", 10_000, 20_000)), (10_000, 9_000), false, Some("rate")),
+        ];
+        for (hints, range, skip, func) in cases {
+            let with = hints.is_some();
+            let p = ReadPlan::new(&q(hints.clone()));
+            assert_eq!(((p.mint, p.maxt), p.skip_chunks, p.func.as_deref()), (range, skip, func), "{hints:?}");
+            assert_eq!(p.step_ms, if with { 60_000 } else { 0 });
+            let Some(qh) = p.query_hints else {
+                assert!(!with);
+                continue;
+            };
+            assert_eq!(qh.step_millis, 60_000);
+            assert_eq!(qh.func.map(|f| f.name).as_deref(), func);
+            assert_eq!(qh.grouping, Some(thanos::Grouping { by: true, labels: vec!["job".into()] }));
+            assert_eq!(qh.range, Some(thanos::Range { millis: 300_000 }));
+        }
+    }
+
+    /// Downsampled reads: each replica's aggregates read as the function needs them
+    /// (here the max of each window, raw data where there is no window), replicas
+    /// deduplicated, encoded as XOR again.
+    #[test]
+    fn downsampled_series_read_per_function() {
+        use norn_tsdb::chunkenc::XorChunk;
+        let xor = |s: &[(i64, f64)]| {
+            let mut c = XorChunk::new();
+            for &(t, v) in s {
+                c.append(t, v);
+            }
+            Some(crate::seriesview::RawChunk { encoding: 0, data: bytes::Bytes::from(c.into_bytes()), hash: 0 })
+        };
+        // 5m windows at 300 000 and 600 000: count, sum, min, max, counter; then raw.
+        let window = |t: i64, max: f64| WireChunk {
+            min_time: t,
+            max_time: t,
+            raw: None,
+            aggrs: [xor(&[(t, 2.0)]), xor(&[(t, max + 1.0)]), xor(&[(t, 1.0)]), xor(&[(t, max)]), None],
+        };
+        let raw = WireChunk {
+            min_time: 900_000,
+            max_time: 930_000,
+            raw: xor(&[(900_000, 4.0), (930_000, 5.0)]),
+            aggrs: Default::default(),
+        };
+        let a = vec![window(300_000, 7.0), window(600_000, 8.0), raw.clone()];
+        let b = vec![window(300_000, 7.0), window(600_000, 8.0)];
+        let rl = vec!["replica".to_string()];
+        let series = vec![(labels("g", "a"), a), (labels("g", "b"), b)];
+        let got = combine_downsampled(series.clone(), &rl, &[thanos::Aggr::Max], false, 0, i64::MAX).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].labels, Labels::from_pairs([("__name__", "g")]));
+        assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Xor as i32));
+        let vals: Vec<(i64, f64)> = decode(&got[0].chunks)
+            .into_iter()
+            .map(|s| match s {
+                Sample::Float(t, v) => (t, v),
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        assert_eq!(vals, vec![(300_000, 7.0), (600_000, 8.0), (900_000, 4.0), (930_000, 5.0)]);
+        // Averages for a plain selection, in the range only; no dedup keeps both replicas.
+        let got =
+            combine_downsampled(series, &[], &[thanos::Aggr::Count, thanos::Aggr::Sum], false, 0, 700_000).unwrap();
+        assert_eq!(got.len(), 2);
+        for s in &got {
+            let ts: Vec<i64> = decode(&s.chunks).iter().map(Sample::timestamp).collect();
+            assert_eq!(ts, vec![300_000, 600_000], "{}", s.labels);
+        }
+        // A replica without the aggregate asked is an error naming the series.
+        let bare = vec![(
+            labels("g", "a"),
+            vec![WireChunk { min_time: 0, max_time: 0, raw: None, aggrs: Default::default() }],
+        )];
+        let e = combine_downsampled(bare, &rl, &[thanos::Aggr::Min], false, 0, 1).unwrap_err();
+        assert!(e.to_string().contains(r#"__name__="g""#), "{e}");
     }
 }
