@@ -104,9 +104,12 @@ fn chunk_id(c: &WireChunk) -> Option<(i64, i64, i32, &[u8])> {
 /// passes through; with them, series equal once the replica labels are removed are one
 /// series, deduplicated (see the module doc) over the samples in `[mint, maxt]` (where the
 /// querier's dedup starts too: the penalty rule's choices depend on the first sample).
+/// With `counter` (the hints name a counter function), float replicas that differ are
+/// deduplicated as the querier's PromQL deduplicates a counter function's input.
 pub fn combine(
     raw: Vec<RawSeries>,
     replica_labels: &[String],
+    counter: bool,
     mint: i64,
     maxt: i64,
 ) -> Result<Vec<ReadSeries>, ReadError> {
@@ -135,7 +138,8 @@ pub fn combine(
     let mut out = Vec::with_capacity(groups.len());
     for (key, mut replicas) in groups {
         replicas.sort_by_cached_key(|(l, _)| replica_of(l));
-        let chunks = dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect(), mint, maxt).map_err(err(&key))?;
+        let chunks =
+            dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect(), counter, mint, maxt).map_err(err(&key))?;
         out.push(ReadSeries { labels: key, chunks });
     }
     Ok(out)
@@ -144,7 +148,12 @@ pub fn combine(
 /// One group's replicas (chunks sorted by time range, in replica order) as one series'
 /// chunks: passed through when at most one replica has chunks no earlier replica has,
 /// else their samples in `[mint, maxt]` decoded, deduplicated and encoded again.
-fn dedup_group(replicas: Vec<Vec<WireChunk>>, mint: i64, maxt: i64) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
+fn dedup_group(
+    replicas: Vec<Vec<WireChunk>>,
+    counter: bool,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
     if replicas.len() == 1 {
         return remote_chunks(&replicas[0]);
     }
@@ -166,10 +175,26 @@ fn dedup_group(replicas: Vec<Vec<WireChunk>>, mint: i64, maxt: i64) -> Result<Ve
         d.retain(|s| (mint..=maxt).contains(&s.timestamp()));
     }
     decoded.retain(|d| !d.is_empty());
-    // The penalty rule looks at timestamps only (values matter for counters alone, and
-    // remote read returns stored data, not a counter function's input): each value stands
-    // for its place, replica and index, so the chosen samples are taken back in their own
-    // type. Exact: both fit well within an f64's 53-bit mantissa.
+    if counter && decoded.iter().flatten().all(|s| matches!(s, Sample::Float(..))) {
+        // A counter function's input: a switch to a replica whose counter is lower raises
+        // it by the difference (Thanos's counter-aware dedup), so the client sees no false
+        // reset; the values change, so they are taken as they are.
+        let floats = |s: &Vec<Sample>| -> Vec<(i64, StoredValue)> {
+            s.iter()
+                .filter_map(|x| if let Sample::Float(t, v) = x { Some((*t, StoredValue::Float(*v))) } else { None })
+                .collect()
+        };
+        let chosen = dedup_replicas(decoded.iter().map(floats).collect(), true);
+        let samples = chosen.into_iter().filter_map(|(t, v)| match v {
+            StoredValue::Float(f) => Some(Sample::Float(t, f)),
+            StoredValue::Histogram(_) => None,
+        });
+        return Ok(chunks::encode_samples(samples)?.iter().map(chunks::remote_read_chunk).collect());
+    }
+    // Otherwise the penalty rule looks at timestamps only (values matter for counters
+    // alone): each value stands for its place, replica and index, so the chosen samples
+    // are taken back in their own type. Exact: both fit well within an f64's 53-bit
+    // mantissa.
     let places: Vec<Vec<(i64, StoredValue)>> = decoded
         .iter()
         .enumerate()
@@ -493,7 +518,7 @@ pub async fn handler(
         let combined = if downsampled {
             combine_downsampled(sel.series, &rl, &aggrs, is_counter_func(plan.func.as_deref()), mint, maxt)
         } else {
-            combine(sel.series, &rl, mint, maxt)
+            combine(sel.series, &rl, is_counter_func(plan.func.as_deref()), mint, maxt)
         };
         match combined {
             Ok(series) => answers.push(QueryAnswer { series, mint, maxt, labels_only: plan.skip_chunks }),
@@ -594,7 +619,7 @@ mod tests {
         let f = wire(floats((0..300).map(|i| i * 1000)));
         let h = wire(hists((0..300).map(|i| i * 1000)));
         let raw = vec![(labels("f", "a"), f.clone()), (labels("h", "a"), h.clone())];
-        let got = combine(raw, &[], i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &[], false, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 2);
         for (s, (want, typ)) in got.iter().zip([(&f, pb::chunk::Encoding::Xor), (&h, pb::chunk::Encoding::Histogram)]) {
             assert_eq!(s.chunks.len(), want.len());
@@ -608,7 +633,7 @@ mod tests {
         // A chunk of an unknown StoreAPI encoding is an error naming the series.
         let mut bad = f[0].clone();
         bad.raw.as_mut().unwrap().encoding = 9;
-        let e = combine(vec![(labels("f", "a"), vec![bad])], &[], 0, 1).unwrap_err();
+        let e = combine(vec![(labels("f", "a"), vec![bad])], &[], false, 0, 1).unwrap_err();
         assert!(e.to_string().contains(r#"__name__="f""#), "{e}");
     }
 
@@ -620,7 +645,7 @@ mod tests {
         let rl = vec!["replica".to_string()];
         let full = wire(hists((0..200).map(|i| i * 1000)));
         let raw = vec![(labels("h", "a"), full.clone()), (labels("h", "b"), full.clone())];
-        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &rl, false, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].labels, Labels::from_pairs([("__name__", "h")]));
         assert_eq!(got[0].chunks, remote_chunks(&full).unwrap());
@@ -628,7 +653,7 @@ mod tests {
         let a: Vec<i64> = (0..200).filter(|i| !(50..80).contains(i)).map(|i| i * 1000).collect();
         let b: Vec<i64> = (0..200).map(|i| i * 1000 + 1).collect();
         let raw = vec![(labels("h", "b"), wire(hists(b.clone()))), (labels("h", "a"), wire(hists(a.clone())))];
-        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &rl, false, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 1);
         assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Histogram as i32));
         let samples = decode(&got[0].chunks);
@@ -648,11 +673,11 @@ mod tests {
         let a2: Vec<i64> = (100..200).map(|i| i * 1000).collect();
         let b2: Vec<i64> = (0..200).filter(|i| !(150..160).contains(i)).map(|i| i * 1000).collect();
         let raw = vec![(labels("h", "a"), wire(hists(a2.clone()))), (labels("h", "b"), wire(hists(b2)))];
-        let got = combine(raw, &rl, 100_000, 250_000).unwrap();
+        let got = combine(raw, &rl, false, 100_000, 250_000).unwrap();
         assert_eq!(decode(&got[0].chunks).iter().map(Sample::timestamp).collect::<Vec<_>>(), a2);
         // Floats as XOR.
         let raw = vec![(labels("f", "a"), wire(floats(a.clone()))), (labels("f", "b"), wire(floats(b)))];
-        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &rl, false, i64::MIN, i64::MAX).unwrap();
         assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Xor as i32));
         assert_eq!(decode(&got[0].chunks).len(), want.len());
     }
@@ -815,5 +840,26 @@ mod tests {
         )];
         let e = combine_downsampled(bare, &rl, &[thanos::Aggr::Min], false, 0, 1).unwrap_err();
         assert!(e.to_string().contains(r#"__name__="g""#), "{e}");
+    }
+
+    /// Raw replicas that differ, feeding a counter function: a switch to the replica with
+    /// the lower counter raises it, as the querier's counter-aware dedup does, so there is
+    /// no false reset; without the hint the stored values go out as they are.
+    #[test]
+    fn counter_replicas_deduplicated_as_counters() {
+        let rl = vec!["replica".to_string()];
+        let a: Vec<Sample> =
+            (0..200).filter(|i| !(50..80).contains(i)).map(|i| Sample::Float(i * 1000, i as f64 + 100.0)).collect();
+        let b: Vec<Sample> = (0..200).map(|i| Sample::Float(i * 1000 + 1, i as f64)).collect();
+        let raw = vec![(labels("c", "a"), wire(a)), (labels("c", "b"), wire(b))];
+        let values = |counter: bool| -> Vec<f64> {
+            let got = combine(raw.clone(), &rl, counter, i64::MIN, i64::MAX).unwrap();
+            decode(&got[0].chunks).into_iter().map(|s| if let Sample::Float(_, v) = s { v } else { f64::NAN }).collect()
+        };
+        let plain = values(false);
+        assert!(plain.windows(2).any(|w| w[1] < w[0]), "the stored values reset at the switch");
+        let counter = values(true);
+        assert_eq!(counter.len(), plain.len());
+        assert!(counter.windows(2).all(|w| w[1] >= w[0]), "{counter:?}");
     }
 }
