@@ -67,7 +67,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/status/flags", get(flags))
         .route("/api/v1/format_query", get(format_query).post(format_query))
         .route("/api/v1/stores", get(stores))
-        .route("/api/v1/read", post(remote_read))
+        .route("/api/v1/read", post(crate::remote_read::handler))
         .route("/federate", get(federate))
         .route("/-/healthy", get(|| async { "Norn query is Healthy.\n" }))
         .route("/-/ready", get(ready))
@@ -684,104 +684,6 @@ fn text_float(f: f64) -> String {
     } else {
         norn_model::format::go_format_g(f)
     }
-}
-
-/// `/api/v1/read`: Prometheus remote read, as samples or streamed chunks (the endpoints'
-/// chunks as stored, see [`crate::remote_read`]). The response type is the first of the
-/// request's accepted types (none: samples), as Prometheus negotiates it. Deduplication
-/// and partial response follow the `dedup` and `partial_response` URL parameters, else
-/// the flags.
-async fn remote_read(
-    State(st): State<Arc<ApiState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    use norn_storeapi::prometheus as pb;
-    use prost::Message;
-    let text_err = |code: StatusCode, m: String| (code, m).into_response();
-    let raw = match snap::raw::decompress_len(&body) {
-        Ok(n) if n <= 32 << 20 => match snap::raw::Decoder::new().decompress_vec(&body) {
-            Ok(r) => r,
-            Err(e) => return text_err(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
-        },
-        Ok(n) => return text_err(StatusCode::BAD_REQUEST, format!("request too large: {n} bytes")),
-        Err(e) => return text_err(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
-    };
-    let req = match pb::ReadRequest::decode(raw.as_slice()) {
-        Ok(r) => r,
-        Err(e) => return text_err(StatusCode::BAD_REQUEST, format!("decoding read request: {e}")),
-    };
-    let params = Params::from(query, &HeaderMap::new(), &Method::GET, &[]);
-    let opts = match st.query_options(&params, &headers) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let streamed = req
-        .accepted_response_types
-        .first()
-        .is_some_and(|t| *t == pb::read_request::ResponseType::StreamedXorChunks as i32);
-    let rl = if opts.dedup { opts.replica_labels.clone() } else { Vec::new() };
-    let mut results = Vec::new();
-    for q in &req.queries {
-        let mut ms = Vec::new();
-        for m in &q.matchers {
-            let kind = match pb::label_matcher::Type::try_from(m.r#type) {
-                Ok(pb::label_matcher::Type::Eq) => MatchType::Equal,
-                Ok(pb::label_matcher::Type::Neq) => MatchType::NotEqual,
-                Ok(pb::label_matcher::Type::Re) => MatchType::Regex,
-                Ok(pb::label_matcher::Type::Nre) => MatchType::NotRegex,
-                Err(_) => return text_err(StatusCode::BAD_REQUEST, format!("unknown matcher type {}", m.r#type)),
-            };
-            match Matcher::new(kind, m.name.clone(), m.value.clone()) {
-                Ok(m) => ms.push(m),
-                Err(e) => return text_err(StatusCode::BAD_REQUEST, e.to_string()),
-            }
-        }
-        let (mint, maxt) = (q.start_timestamp_ms, q.end_timestamp_ms);
-        let sel = match st.fanout.select_raw(&opts, &ms, mint, maxt, false, None).await {
-            Ok(sel) => sel,
-            Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-        match crate::remote_read::combine(sel.series, &rl, mint, maxt) {
-            Ok(series) => results.push((series, mint, maxt)),
-            Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
-    }
-    if streamed {
-        let mut out = Vec::new();
-        for (qi, (series, _, _)) in results.iter().enumerate() {
-            let series: Vec<_> = series.iter().filter(|s| !s.chunks.is_empty()).cloned().collect();
-            crate::remote_read::write_frames(&series, qi as i64, crate::remote_read::MAX_BYTES_IN_FRAME, &mut out);
-        }
-        let mut r = (StatusCode::OK, out).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"),
-        );
-        return r;
-    }
-    let mut resp = pb::ReadResponse { results: Vec::with_capacity(results.len()) };
-    for (series, mint, maxt) in &results {
-        let mut timeseries = Vec::with_capacity(series.len());
-        // As Prometheus: every series with a chunk overlapping the range, even when none
-        // of its samples is in it.
-        for s in series.iter().filter(|s| !s.chunks.is_empty()) {
-            match crate::remote_read::sampled(s, *mint, *maxt) {
-                Ok(ts) => timeseries.push(ts),
-                Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
-        resp.results.push(pb::QueryResult { timeseries });
-    }
-    let encoded = match snap::raw::Encoder::new().compress_vec(&resp.encode_to_vec()) {
-        Ok(b) => b,
-        Err(e) => return text_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let mut r = (StatusCode::OK, encoded).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
-    r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
-    r
 }
 
 #[cfg(test)]

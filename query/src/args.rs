@@ -18,7 +18,9 @@ pub struct Args {
     #[arg(long = "endpoint", env = "NORN_QUERY_ENDPOINTS", value_delimiter = ',')]
     pub endpoints: Vec<String>,
     /// Files with endpoint lists (Prometheus file SD format, `targets` of each group; JSON
-    /// or YAML by extension: .json, .yml, .yaml), re-read on every refresh.
+    /// or YAML by extension: .json, .yml, .yaml), re-read on every refresh. The file name
+    /// may be a pattern (`*`, `?`, `[...]`, as Prometheus's file SD): matching files are
+    /// added as they appear and dropped when they go.
     #[arg(long = "endpoint.sd-files", env = "NORN_QUERY_ENDPOINT_SD_FILES", value_delimiter = ',')]
     pub endpoint_sd_files: Vec<PathBuf>,
     /// How often DNS names and SD files are resolved again and endpoints probed with Info.

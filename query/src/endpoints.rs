@@ -141,7 +141,8 @@ impl EndpointState {
 pub struct EndpointSetConfig {
     /// `--endpoint` values.
     pub specs: Vec<EndpointSpec>,
-    /// `--endpoint.sd-files`.
+    /// `--endpoint.sd-files`: file names, the last path component possibly a pattern
+    /// (see [`check_sd_file_name`]).
     pub sd_files: Vec<PathBuf>,
     /// DNS server to ask; None means the first nameserver in /etc/resolv.conf.
     pub dns_server: Option<SocketAddr>,
@@ -158,9 +159,10 @@ pub struct EndpointSet {
     /// Last good resolution of each DNS spec (by its `Debug` form, as SD files add and
     /// remove specs), kept when a lookup fails.
     last_resolved: RwLock<HashMap<String, Vec<String>>>,
-    /// Per SD file, the targets of its last good read (kept while it is broken or
-    /// missing, as Prometheus's file SD keeps a file's last groups) and the error of
-    /// its latest read, if that failed.
+    /// Per SD file currently matched by a pattern, the targets of its last good read
+    /// (kept while it cannot be read or parsed, as Prometheus's file SD keeps a file's
+    /// last groups) and the error of its latest read, if that failed. A file no pattern
+    /// matches any more leaves the map, and its targets the set.
     sd_state: RwLock<BTreeMap<PathBuf, SdFileState>>,
 }
 
@@ -242,9 +244,7 @@ impl EndpointSet {
 
     async fn resolve_all(&self) -> Vec<String> {
         let mut specs = self.cfg.specs.clone();
-        for f in &self.cfg.sd_files {
-            specs.extend(self.read_sd(f));
-        }
+        specs.extend(self.read_sd_files());
         let mut addrs = Vec::new();
         for spec in &specs {
             let key = format!("{spec:?}");
@@ -266,11 +266,57 @@ impl EndpointSet {
         addrs
     }
 
-    /// The endpoint specs of SD file `f`: read again, or, when it cannot be read or
-    /// parsed, those of its last good read (the error is logged once per change and
-    /// kept for [`EndpointSet::sd_file_errors`]). Targets that are no endpoint spec are
-    /// skipped and logged.
-    fn read_sd(&self, f: &std::path::Path) -> Vec<EndpointSpec> {
+    /// The endpoint specs of the SD files: the patterns listed again, every file they
+    /// match read again (one that cannot be read or parsed keeps its last good targets;
+    /// the error is logged once per change and kept for [`EndpointSet::sd_file_errors`]),
+    /// files no longer matched dropped with their targets, as Prometheus's file SD does.
+    /// When a pattern's directory cannot be listed, the files it matched before are kept.
+    /// Targets that are no endpoint spec are skipped and logged.
+    fn read_sd_files(&self) -> Vec<EndpointSpec> {
+        let mut listed: std::collections::BTreeSet<PathBuf> = Default::default();
+        let mut unlisted: Vec<SdPattern> = Vec::new();
+        for p in &self.cfg.sd_files {
+            let pattern = match SdPattern::parse(p) {
+                Ok(pattern) => pattern,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping endpoint SD file pattern");
+                    continue;
+                }
+            };
+            match pattern.list() {
+                Ok(files) => listed.extend(files),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing endpoint SD files; keeping the files matched before");
+                    unlisted.push(pattern);
+                }
+            }
+        }
+        self.sd_state.write().retain(|f, st| {
+            let keep = listed.contains(f) || unlisted.iter().any(|p| p.matches(f));
+            if !keep {
+                tracing::info!(file = %f.display(), dropped = st.targets.len(),
+                    "endpoint SD file no longer there; its targets are dropped");
+            }
+            keep
+        });
+        for f in &listed {
+            self.reread_sd(f);
+        }
+        let states = self.sd_state.read();
+        let mut specs = Vec::new();
+        for (f, st) in states.iter() {
+            for t in &st.targets {
+                match EndpointSpec::parse(t) {
+                    Ok(s) => specs.push(s),
+                    Err(e) => tracing::warn!(file = %f.display(), error = %e, "skipping endpoint SD target"),
+                }
+            }
+        }
+        specs
+    }
+
+    /// Reads SD file `f` again into its state.
+    fn reread_sd(&self, f: &std::path::Path) {
         let mut states = self.sd_state.write();
         let st = states.entry(f.to_path_buf()).or_default();
         match read_sd_file(f) {
@@ -288,16 +334,6 @@ impl EndpointSet {
                 st.error = Some(e);
             }
         }
-        st.targets
-            .iter()
-            .filter_map(|t| match EndpointSpec::parse(t) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(file = %f.display(), error = %e, "skipping endpoint SD target");
-                    None
-                }
-            })
-            .collect()
     }
 
     /// SD files whose latest read failed, with the error (which names the file). Their
@@ -394,15 +430,171 @@ fn fqdn(name: &str) -> String {
     if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }
 
-/// Checks that an SD file's name says its format, as Prometheus's file SD requires when
-/// it loads its configuration: `.json`, `.yml` or `.yaml` (any case).
+/// Checks an `--endpoint.sd-files` value as Prometheus checks its file SD `files`: the
+/// name must say the format (`.json`, `.yml` or `.yaml`, any case), and only the last
+/// path component may be a pattern (`*`, `?`, `[...]` as Go's `filepath.Match`).
 pub fn check_sd_file_name(p: &std::path::Path) -> Result<(), String> {
     let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    if matches!(ext.as_str(), "json" | "yml" | "yaml") {
-        Ok(())
-    } else {
-        Err(format!("endpoint SD file {}: unsupported file extension (want .json, .yml or .yaml)", p.display()))
+    if !matches!(ext.as_str(), "json" | "yml" | "yaml") {
+        return Err(format!(
+            "endpoint SD file {}: unsupported file extension (want .json, .yml or .yaml)",
+            p.display()
+        ));
     }
+    SdPattern::parse(p).map(|_| ())
+}
+
+/// One element of a file name pattern.
+#[derive(Debug, Clone, PartialEq)]
+enum PatternToken {
+    /// This character.
+    Literal(char),
+    /// `?`: any one character.
+    AnyChar,
+    /// `*`: any run of characters.
+    AnyRun,
+    /// `[...]` / `[^...]`: one character in (or, negated, outside) the ranges.
+    Class { negated: bool, ranges: Vec<(char, char)> },
+}
+
+/// An `--endpoint.sd-files` value: a directory and a file name that may be a pattern.
+#[derive(Debug, Clone)]
+struct SdPattern {
+    path: PathBuf,
+    dir: PathBuf,
+    /// The file name's tokens; None for a plain name (no pattern characters).
+    tokens: Option<Vec<PatternToken>>,
+}
+
+/// Characters that make a name a pattern, as Go's `filepath.Glob` decides.
+const PATTERN_CHARS: &[char] = &['*', '?', '[', '\\'];
+
+impl SdPattern {
+    fn parse(p: &std::path::Path) -> Result<SdPattern, String> {
+        let err = |what: &str| format!("endpoint SD file pattern {}: {what}", p.display());
+        let name = p.file_name().ok_or_else(|| err("no file name"))?;
+        let name = name.to_str().ok_or_else(|| err("file name is not UTF-8"))?;
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dir.to_string_lossy().contains(PATTERN_CHARS) {
+            return Err(err("only the file name may be a pattern, not a directory"));
+        }
+        let tokens = if name.contains(PATTERN_CHARS) { Some(parse_pattern(name).map_err(|e| err(&e))?) } else { None };
+        Ok(SdPattern { path: p.to_path_buf(), dir, tokens })
+    }
+
+    /// Files the pattern matches now, sorted: a plain name when it exists (as Go's
+    /// `Glob`), else the regular files of the directory whose names match; none when the
+    /// directory does not exist. An error names the directory.
+    fn list(&self) -> Result<Vec<PathBuf>, String> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(std::fs::symlink_metadata(&self.path).is_ok().then(|| self.path.clone()).into_iter().collect());
+        };
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(format!("listing {} for {}: {e}", self.dir.display(), self.path.display())),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| format!("listing {} for {}: {e}", self.dir.display(), self.path.display()))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let path = entry.path();
+            if pattern_matches(tokens, &name) && !path.is_dir() {
+                out.push(path);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether file `f` is one this pattern can match.
+    fn matches(&self, f: &std::path::Path) -> bool {
+        match &self.tokens {
+            None => f == self.path,
+            Some(t) => {
+                f.parent() == Some(self.dir.as_path())
+                    && f.file_name().and_then(|n| n.to_str()).is_some_and(|n| pattern_matches(t, n))
+            }
+        }
+    }
+}
+
+/// Parses a file name pattern with Go's `filepath.Match` syntax: `*`, `?`, `[...]` with
+/// `^` negation and `a-z` ranges, `\` escaping the next character.
+fn parse_pattern(p: &str) -> Result<Vec<PatternToken>, String> {
+    let mut out = Vec::new();
+    let mut it = p.chars().peekable();
+    let escaped = |it: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Result<char, String> {
+        it.next().ok_or_else(|| "pattern ends in an escape (\\)".to_string())
+    };
+    while let Some(c) = it.next() {
+        match c {
+            '*' => out.push(PatternToken::AnyRun),
+            '?' => out.push(PatternToken::AnyChar),
+            '\\' => out.push(PatternToken::Literal(escaped(&mut it)?)),
+            '[' => {
+                let negated = it.next_if_eq(&'^').is_some();
+                let mut ranges = Vec::new();
+                // One end of a range: an escaped character, or any but `-` and `]`.
+                let end = |it: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Result<char, String> {
+                    match it.next() {
+                        Some('\\') => escaped(it),
+                        Some('-' | ']') | None => Err("malformed character class".to_string()),
+                        Some(c) => Ok(c),
+                    }
+                };
+                loop {
+                    if !ranges.is_empty() && it.next_if_eq(&']').is_some() {
+                        break;
+                    }
+                    let lo = end(&mut it)?;
+                    let hi = if it.next_if_eq(&'-').is_some() { end(&mut it)? } else { lo };
+                    if hi < lo {
+                        return Err(format!("empty character range {lo}-{hi}"));
+                    }
+                    ranges.push((lo, hi));
+                }
+                out.push(PatternToken::Class { negated, ranges });
+            }
+            c => out.push(PatternToken::Literal(c)),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `name` matches the whole pattern (greedy `*` with backtracking to the last
+/// `*`, enough as every other token takes exactly one character).
+fn pattern_matches(tokens: &[PatternToken], name: &str) -> bool {
+    let chars: Vec<char> = name.chars().collect();
+    let one = |t: &PatternToken, c: char| match t {
+        PatternToken::Literal(l) => *l == c,
+        PatternToken::AnyChar => true,
+        PatternToken::AnyRun => false,
+        PatternToken::Class { negated, ranges } => ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negated,
+    };
+    let (mut t, mut c) = (0, 0);
+    // Where the last `*` was and the character it was last tried to end before.
+    let mut star: Option<(usize, usize)> = None;
+    while c < chars.len() {
+        if t < tokens.len() && tokens[t] == PatternToken::AnyRun {
+            star = Some((t, c));
+            t += 1;
+        } else if t < tokens.len() && one(&tokens[t], chars[c]) {
+            t += 1;
+            c += 1;
+        } else if let Some((st, sc)) = star {
+            t = st + 1;
+            c = sc + 1;
+            star = Some((st, sc + 1));
+        } else {
+            return false;
+        }
+    }
+    tokens[t..].iter().all(|x| *x == PatternToken::AnyRun)
 }
 
 /// Reads a Prometheus file-SD file, a list of target groups (`targets`, and `labels`,
@@ -530,14 +722,118 @@ mod tests {
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].0, f);
         assert!(errs[0].1.contains("stores.yaml"), "{}", errs[0].1);
-        // Removed: also kept (a file being replaced may be missing for a moment).
-        std::fs::remove_file(&f).unwrap();
-        set.refresh().await;
-        assert_eq!(addrs(&set), ["127.0.0.1:3", "127.0.0.1:4"]);
         std::fs::write(&f, "[]").unwrap();
         set.refresh().await;
         assert_eq!(addrs(&set), ["127.0.0.1:3"]);
         assert!(set.sd_file_errors().is_empty());
+        // Removed: its targets go, as in Prometheus's file SD (a file replaced by a
+        // rename is never missing).
+        std::fs::write(&f, "- targets: ['127.0.0.1:4']\n").unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:3", "127.0.0.1:4"]);
+        std::fs::remove_file(&f).unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:3"]);
+    }
+
+    /// File name patterns as Go's `filepath.Match`: what they match, and what is refused.
+    #[test]
+    fn sd_file_patterns() {
+        // Pattern, then names it matches and names it does not.
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            ("*.json", &["a.json", ".json", ".hidden.json", "x.y.json"], &["a.jsonx", "a.yml", "json"]),
+            ("tg_*.yml", &["tg_.yml", "tg_a.yml", "tg_a_b.yml"], &["tg.yml", "xtg_a.yml", "tg_a.yaml"]),
+            ("*a*b*.yaml", &["ab.yaml", "xaybz.yaml", "aab.yaml", "abab.yaml"], &["ba.yaml", "a.yaml", "b.yaml"]),
+            ("s?.json", &["s1.json", "sé.json"], &["s.json", "s12.json"]),
+            ("s[0-9].json", &["s0.json", "s9.json"], &["sa.json", "s10.json"]),
+            ("s[^0-9].json", &["sa.json", "s-.json"], &["s5.json"]),
+            ("s[ab-d].json", &["sa.json", "sc.json", "sd.json"], &["se.json", "s-.json"]),
+            (r"s\*.json", &["s*.json"], &["sx.json"]),
+            (r"s[\]].json", &["s].json"], &["s[.json"]),
+            ("*", &["", "anything"], &[]),
+        ];
+        for (pat, yes, no) in cases {
+            let t = parse_pattern(pat).unwrap_or_else(|e| panic!("{pat}: {e}"));
+            for n in *yes {
+                assert!(pattern_matches(&t, n), "{pat} should match {n:?}");
+            }
+            for n in *no {
+                assert!(!pattern_matches(&t, n), "{pat} should not match {n:?}");
+            }
+        }
+        for bad in ["s[.json", "s[].json", "s[a-].json", "s[z-a].json", "s\\", "[^]x"] {
+            assert!(parse_pattern(bad).is_err(), "{bad}");
+        }
+        // Flag values: the name must say the format; only the file name is a pattern.
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/etc/norn/stores.yaml", None),
+            ("/etc/norn/*.json", None),
+            ("rel/tg_*.YML", None),
+            ("*.yml", None),
+            ("/etc/norn/*.txt", Some("unsupported file extension")),
+            ("/etc/norn/*", Some("unsupported file extension")),
+            ("/etc/*/stores.yml", Some("not a directory")),
+            ("/etc/n[o]rn/stores.yml", Some("not a directory")),
+            ("/etc/norn/s[.yml", Some("malformed character class")),
+        ];
+        for (p, want) in cases {
+            let got = check_sd_file_name(std::path::Path::new(p));
+            match want {
+                None => assert!(got.is_ok(), "{p}: {got:?}"),
+                Some(w) => {
+                    let e = got.expect_err(p);
+                    assert!(e.contains(w) && e.contains(p), "{p}: {e}");
+                }
+            }
+        }
+    }
+
+    /// A glob picks up files as they appear, drops the targets of files that go, keeps
+    /// the last good targets of a file that breaks (naming it), and reads JSON and YAML
+    /// side by side; directories and other names in the directory are left alone.
+    #[tokio::test]
+    async fn sd_file_glob_follows_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let set = EndpointSet::new(EndpointSetConfig {
+            specs: vec![],
+            sd_files: vec![d.join("tg_*.json"), d.join("tg_*.yml"), d.join("tg_a.json")],
+            dns_server: Some("127.0.0.1:1".parse().unwrap()),
+            info_timeout: Duration::from_millis(200),
+        });
+        let addrs = |set: &EndpointSet| set.all().iter().map(|e| e.addr.clone()).collect::<Vec<_>>();
+        set.refresh().await;
+        assert!(addrs(&set).is_empty());
+        std::fs::write(d.join("tg_a.json"), r#"[{"targets": ["127.0.0.1:1"]}]"#).unwrap();
+        std::fs::write(d.join("tg_b.yml"), "- targets: ['127.0.0.1:2']\n").unwrap();
+        std::fs::write(d.join("other.json"), r#"[{"targets": ["127.0.0.1:9"]}]"#).unwrap();
+        std::fs::create_dir(d.join("tg_dir.json")).unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(set.sd_file_errors().is_empty(), "{:?}", set.sd_file_errors());
+        // A third file appears; the second breaks and keeps its targets.
+        std::fs::write(d.join("tg_c.yml"), "- targets: ['127.0.0.1:3']\n").unwrap();
+        std::fs::write(d.join("tg_b.yml"), "- targets: ['127.0.0.1:4'\n").unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        let errs = set.sd_file_errors();
+        assert_eq!(errs.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), [d.join("tg_b.yml")]);
+        assert!(errs[0].1.contains("tg_b.yml"), "{}", errs[0].1);
+        // The broken file goes: its kept targets go with it, and so does its error.
+        std::fs::remove_file(d.join("tg_b.yml")).unwrap();
+        std::fs::remove_file(d.join("tg_a.json")).unwrap();
+        set.refresh().await;
+        assert_eq!(addrs(&set), ["127.0.0.1:3"]);
+        assert!(set.sd_file_errors().is_empty());
+        // A pattern whose directory does not exist matches nothing.
+        let set = EndpointSet::new(EndpointSetConfig {
+            specs: vec![],
+            sd_files: vec![d.join("missing").join("*.yml")],
+            dns_server: None,
+            info_timeout: Duration::from_millis(200),
+        });
+        set.refresh().await;
+        assert!(addrs(&set).is_empty());
     }
 
     #[test]

@@ -17,17 +17,31 @@
 //! types use remote read's numbering (XOR=1, HISTOGRAM=2, FLOAT_HISTOGRAM=3), one more than
 //! the StoreAPI's. Sampled answers (`SAMPLES`) carry floats in `samples` and histograms in
 //! `histograms`, integer histograms with integer fields, in the query's time range.
+//!
+//! Each query's `ReadHints` are used as Prometheus's read handler uses them ([`ReadPlan`]):
+//! their range cuts the query's, the rest goes to the stores as `QueryHints`, and with a
+//! `max_source_resolution` the stores answer from downsampled blocks, read per the hinted
+//! function as the PromQL path reads them ([`combine_downsampled`]).
 
-use norn_model::Labels;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use norn_model::{Labels, MatchType, Matcher};
 use norn_promql::StoredValue;
 use norn_storeapi::chunks::{
     self, ChunkConvertError, encoding_from_storepb, float_histogram_to_proto, histogram_to_proto, remote_read_encoding,
 };
 use norn_storeapi::prometheus as pb;
+use norn_storeapi::thanos;
 use norn_tsdb::chunkenc::{Chunk, Sample};
 use prost::Message;
 
-use crate::dedup::{RawSeries, dedup_replicas, strip_labels};
+use crate::api::{ApiState, Params};
+use crate::dedup::{RawSeries, dedup_replicas, is_counter_func, strip_labels};
+use crate::fanout::QueryOptions;
 use crate::seriesview::WireChunk;
 
 /// Largest streamed frame Prometheus's server builds by default
@@ -46,12 +60,23 @@ pub struct ReadSeries {
 
 /// Why a selection could not be turned into a remote-read answer.
 #[derive(Debug, thiserror::Error)]
-#[error("series {series}: {source}")]
-pub struct ReadError {
-    /// The series' labels.
-    pub series: String,
-    /// What was wrong with its chunks.
-    pub source: ChunkConvertError,
+pub enum ReadError {
+    /// A chunk could not be read or written.
+    #[error("series {series}: {source}")]
+    Chunk {
+        /// The series' labels.
+        series: String,
+        /// What was wrong with its chunks.
+        source: ChunkConvertError,
+    },
+    /// Downsampled chunks could not be read.
+    #[error("series {series}: {message}")]
+    Downsampled {
+        /// The series' labels.
+        series: String,
+        /// What was wrong with its chunks.
+        message: String,
+    },
 }
 
 /// A StoreAPI chunk as a remote-read chunk, the data untouched (`None` without raw data).
@@ -79,15 +104,18 @@ fn chunk_id(c: &WireChunk) -> Option<(i64, i64, i32, &[u8])> {
 /// passes through; with them, series equal once the replica labels are removed are one
 /// series, deduplicated (see the module doc) over the samples in `[mint, maxt]` (where the
 /// querier's dedup starts too: the penalty rule's choices depend on the first sample).
+/// With `counter` (the hints name a counter function), float replicas that differ are
+/// deduplicated as the querier's PromQL deduplicates a counter function's input.
 pub fn combine(
     raw: Vec<RawSeries>,
     replica_labels: &[String],
+    counter: bool,
     mint: i64,
     maxt: i64,
 ) -> Result<Vec<ReadSeries>, ReadError> {
     let err = |l: &Labels| {
         let series = l.to_string();
-        move |source| ReadError { series, source }
+        move |source| ReadError::Chunk { series, source }
     };
     if replica_labels.is_empty() {
         return raw
@@ -110,7 +138,8 @@ pub fn combine(
     let mut out = Vec::with_capacity(groups.len());
     for (key, mut replicas) in groups {
         replicas.sort_by_cached_key(|(l, _)| replica_of(l));
-        let chunks = dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect(), mint, maxt).map_err(err(&key))?;
+        let chunks =
+            dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect(), counter, mint, maxt).map_err(err(&key))?;
         out.push(ReadSeries { labels: key, chunks });
     }
     Ok(out)
@@ -119,7 +148,12 @@ pub fn combine(
 /// One group's replicas (chunks sorted by time range, in replica order) as one series'
 /// chunks: passed through when at most one replica has chunks no earlier replica has,
 /// else their samples in `[mint, maxt]` decoded, deduplicated and encoded again.
-fn dedup_group(replicas: Vec<Vec<WireChunk>>, mint: i64, maxt: i64) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
+fn dedup_group(
+    replicas: Vec<Vec<WireChunk>>,
+    counter: bool,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
     if replicas.len() == 1 {
         return remote_chunks(&replicas[0]);
     }
@@ -141,10 +175,26 @@ fn dedup_group(replicas: Vec<Vec<WireChunk>>, mint: i64, maxt: i64) -> Result<Ve
         d.retain(|s| (mint..=maxt).contains(&s.timestamp()));
     }
     decoded.retain(|d| !d.is_empty());
-    // The penalty rule looks at timestamps only (values matter for counters alone, and
-    // remote read returns stored data, not a counter function's input): each value stands
-    // for its place, replica and index, so the chosen samples are taken back in their own
-    // type. Exact: both fit well within an f64's 53-bit mantissa.
+    if counter && decoded.iter().flatten().all(|s| matches!(s, Sample::Float(..))) {
+        // A counter function's input: a switch to a replica whose counter is lower raises
+        // it by the difference (Thanos's counter-aware dedup), so the client sees no false
+        // reset; the values change, so they are taken as they are.
+        let floats = |s: &Vec<Sample>| -> Vec<(i64, StoredValue)> {
+            s.iter()
+                .filter_map(|x| if let Sample::Float(t, v) = x { Some((*t, StoredValue::Float(*v))) } else { None })
+                .collect()
+        };
+        let chosen = dedup_replicas(decoded.iter().map(floats).collect(), true);
+        let samples = chosen.into_iter().filter_map(|(t, v)| match v {
+            StoredValue::Float(f) => Some(Sample::Float(t, f)),
+            StoredValue::Histogram(_) => None,
+        });
+        return Ok(chunks::encode_samples(samples)?.iter().map(chunks::remote_read_chunk).collect());
+    }
+    // Otherwise the penalty rule looks at timestamps only (values matter for counters
+    // alone): each value stands for its place, replica and index, so the chosen samples
+    // are taken back in their own type. Exact: both fit well within an f64's 53-bit
+    // mantissa.
     let places: Vec<Vec<(i64, StoredValue)>> = decoded
         .iter()
         .enumerate()
@@ -240,7 +290,7 @@ pub fn write_frames(series: &[ReadSeries], query_index: i64, max_frame: usize, o
 /// A series as a sampled remote-read series: its samples in `[mint, maxt]`, floats in
 /// `samples`, histograms in `histograms` (integer ones with integer counts), by time.
 pub fn sampled(s: &ReadSeries, mint: i64, maxt: i64) -> Result<pb::TimeSeries, ReadError> {
-    let err = |source| ReadError { series: s.labels.to_string(), source };
+    let err = |source| ReadError::Chunk { series: s.labels.to_string(), source };
     let mut all = Vec::new();
     for c in &s.chunks {
         if c.max_time_ms < mint || c.min_time_ms > maxt {
@@ -262,6 +312,254 @@ pub fn sampled(s: &ReadSeries, mint: i64, maxt: i64) -> Result<pb::TimeSeries, R
         }
     }
     Ok(ts)
+}
+
+/// How one remote-read query is read, from its time range and its hints (`ReadHints`,
+/// what the client's PromQL engine knew of the selection).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadPlan {
+    /// Start of the range read (ms): the query's, clamped to the hints' when given.
+    pub mint: i64,
+    /// End of the range read (ms), likewise.
+    pub maxt: i64,
+    /// Labels only (`func` is `series`, as Prometheus's series API asks).
+    pub skip_chunks: bool,
+    /// The function the selection feeds, if any.
+    pub func: Option<String>,
+    /// Query step (ms); 0 for instant queries and without hints.
+    pub step_ms: i64,
+    /// The hints as the StoreAPI carries them (Thanos's `storeHintsFromPromHints`).
+    pub query_hints: Option<thanos::QueryHints>,
+}
+
+impl ReadPlan {
+    /// The plan of `q`. As Prometheus's TSDB querier, the hints' `start_ms`/`end_ms`
+    /// narrow the range the data is cut to; both 0 (hints that only name a function) are
+    /// taken as no range, as no PromQL selection has that range.
+    pub fn new(q: &pb::Query) -> ReadPlan {
+        let (mut mint, mut maxt) = (q.start_timestamp_ms, q.end_timestamp_ms);
+        let Some(h) = &q.hints else {
+            return ReadPlan { mint, maxt, skip_chunks: false, func: None, step_ms: 0, query_hints: None };
+        };
+        if h.start_ms != 0 || h.end_ms != 0 {
+            mint = mint.max(h.start_ms);
+            maxt = maxt.min(h.end_ms);
+        }
+        let func = (!h.func.is_empty()).then(|| h.func.clone());
+        let query_hints = thanos::QueryHints {
+            step_millis: h.step_ms,
+            func: func.as_ref().map(|name| thanos::Func { name: name.clone() }),
+            grouping: (h.by || !h.grouping.is_empty())
+                .then(|| thanos::Grouping { by: h.by, labels: h.grouping.clone() }),
+            range: (h.range_ms != 0).then_some(thanos::Range { millis: h.range_ms }),
+            ..Default::default()
+        };
+        ReadPlan {
+            mint,
+            maxt,
+            skip_chunks: h.func == "series",
+            func,
+            step_ms: h.step_ms.max(0),
+            query_hints: Some(query_hints),
+        }
+    }
+}
+
+/// The raw fan-out's series of a downsampled read (asked with `aggrs`, see
+/// [`crate::downsampled`]) as remote-read series: each series' chunks read as the
+/// querier's PromQL reads them (the aggregates the function needs, or raw chunks where
+/// there is no downsampled block), replicas deduplicated with the penalty rule (counter-
+/// aware for `counter`), in `[mint, maxt]`, encoded again (floats as XOR; histograms, only
+/// ever raw, as float histograms).
+pub fn combine_downsampled(
+    raw: Vec<RawSeries>,
+    replica_labels: &[String],
+    aggrs: &[thanos::Aggr],
+    counter: bool,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<ReadSeries>, ReadError> {
+    let mut groups: std::collections::BTreeMap<Labels, Vec<(Labels, Vec<WireChunk>)>> = Default::default();
+    for (labels, cs) in raw {
+        groups.entry(strip_labels(&labels, replica_labels)).or_default().push((labels, cs));
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (key, mut replicas) in groups {
+        let downsampled = |message| ReadError::Downsampled { series: key.to_string(), message };
+        replicas.sort_by_cached_key(|(l, _)| {
+            l.iter()
+                .filter(|(n, _)| replica_labels.iter().any(|r| r == n))
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        });
+        let mut decoded = Vec::with_capacity(replicas.len());
+        for (_, cs) in &replicas {
+            let refs: Vec<&WireChunk> = cs.iter().collect();
+            let mut s = crate::downsampled::decode_series(&refs, aggrs, mint, maxt).map_err(downsampled)?;
+            if !s.windows(2).all(|w| w[0].0 < w[1].0) {
+                s.sort_by_key(|p| p.0);
+                s.dedup_by_key(|p| p.0);
+            }
+            if !s.is_empty() {
+                decoded.push(s);
+            }
+        }
+        let samples = match decoded.len() {
+            0 => Vec::new(),
+            1 => decoded.pop().unwrap_or_default(),
+            _ => dedup_replicas(decoded, counter),
+        };
+        let samples = samples.into_iter().map(|(t, v)| match v {
+            StoredValue::Float(f) => Sample::Float(t, f),
+            StoredValue::Histogram(h) => Sample::FloatHistogram(t, Box::new((*h).clone())),
+        });
+        let chunks = chunks::encode_samples(samples)
+            .map_err(|source| ReadError::Chunk { series: key.to_string(), source })?
+            .iter()
+            .map(chunks::remote_read_chunk)
+            .collect();
+        out.push(ReadSeries { labels: key, chunks });
+    }
+    Ok(out)
+}
+
+/// The answer to one query of a read request.
+struct QueryAnswer {
+    series: Vec<ReadSeries>,
+    mint: i64,
+    maxt: i64,
+    /// Series are listed without samples (`func` = `series`).
+    labels_only: bool,
+}
+
+fn text_error(code: StatusCode, message: String) -> Response {
+    (code, message).into_response()
+}
+
+/// `/api/v1/read`: Prometheus remote read, as samples or streamed chunks. The response
+/// type is the first of the request's accepted types (none: samples), as Prometheus
+/// negotiates it. Deduplication, partial response and downsampling follow the `dedup`,
+/// `partial_response` and `max_source_resolution` URL parameters (a remote-read URL may
+/// carry them), else the flags; `auto` (and `--query.auto-downsampling`) read up to a fifth
+/// of the hints' step, as a PromQL range query does. Each query's hints go to the stores
+/// and cut its range (see [`ReadPlan`]).
+///
+/// Remote read has no warnings field: with partial response, endpoints that failed are
+/// left out and each warning is logged (as Prometheus's read handler logs its storage's
+/// warnings); without it, the request fails with 500 naming them.
+pub async fn handler(
+    State(st): State<Arc<ApiState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let raw = match snap::raw::decompress_len(&body) {
+        Ok(n) if n <= 32 << 20 => match snap::raw::Decoder::new().decompress_vec(&body) {
+            Ok(r) => r,
+            Err(e) => return text_error(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
+        },
+        Ok(n) => return text_error(StatusCode::BAD_REQUEST, format!("request too large: {n} bytes")),
+        Err(e) => return text_error(StatusCode::BAD_REQUEST, format!("snappy: {e}")),
+    };
+    let req = match pb::ReadRequest::decode(raw.as_slice()) {
+        Ok(r) => r,
+        Err(e) => return text_error(StatusCode::BAD_REQUEST, format!("decoding read request: {e}")),
+    };
+    let params = Params::from(query, &HeaderMap::new(), &Method::GET, &[]);
+    let opts = match st.query_options(&params, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let streamed = req
+        .accepted_response_types
+        .first()
+        .is_some_and(|t| *t == pb::read_request::ResponseType::StreamedXorChunks as i32);
+    let rl = if opts.dedup { opts.replica_labels.clone() } else { Vec::new() };
+    let mut answers = Vec::with_capacity(req.queries.len());
+    for (i, q) in req.queries.iter().enumerate() {
+        let mut ms = Vec::with_capacity(q.matchers.len());
+        for m in &q.matchers {
+            let kind = match pb::label_matcher::Type::try_from(m.r#type) {
+                Ok(pb::label_matcher::Type::Eq) => MatchType::Equal,
+                Ok(pb::label_matcher::Type::Neq) => MatchType::NotEqual,
+                Ok(pb::label_matcher::Type::Re) => MatchType::Regex,
+                Ok(pb::label_matcher::Type::Nre) => MatchType::NotRegex,
+                Err(_) => return text_error(StatusCode::BAD_REQUEST, format!("unknown matcher type {}", m.r#type)),
+            };
+            match Matcher::new(kind, m.name.clone(), m.value.clone()) {
+                Ok(m) => ms.push(m),
+                Err(e) => return text_error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+        let plan = ReadPlan::new(q);
+        let resolution = match st.max_source_resolution(&params, plan.step_ms / 5) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let (mint, maxt) = (plan.mint, plan.maxt);
+        let downsampled = resolution > 0 && !plan.skip_chunks;
+        let aggrs = if downsampled { crate::downsampled::aggrs_from_func(plan.func.as_deref()) } else { vec![] };
+        let qopts = QueryOptions {
+            max_source_resolution: if downsampled { resolution } else { 0 },
+            aggregates: aggrs.iter().map(|&a| a as i32).collect(),
+            ..opts.clone()
+        };
+        let sel = if mint > maxt {
+            Default::default()
+        } else {
+            match st.fanout.select_raw(&qopts, &ms, mint, maxt, plan.skip_chunks, plan.query_hints.clone()).await {
+                Ok(sel) => sel,
+                Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        };
+        for w in &sel.warnings {
+            tracing::warn!(query = i, warning = %w, "remote read: partial response, an endpoint's data is missing");
+        }
+        let combined = if downsampled {
+            combine_downsampled(sel.series, &rl, &aggrs, is_counter_func(plan.func.as_deref()), mint, maxt)
+        } else {
+            combine(sel.series, &rl, is_counter_func(plan.func.as_deref()), mint, maxt)
+        };
+        match combined {
+            Ok(series) => answers.push(QueryAnswer { series, mint, maxt, labels_only: plan.skip_chunks }),
+            Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    if streamed {
+        let mut out = Vec::new();
+        for (qi, a) in answers.iter().enumerate() {
+            // As Prometheus: a series without chunks sends no frame.
+            let series: Vec<_> = a.series.iter().filter(|s| !s.chunks.is_empty()).cloned().collect();
+            write_frames(&series, qi as i64, MAX_BYTES_IN_FRAME, &mut out);
+        }
+        let mut r = (StatusCode::OK, out).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"),
+        );
+        return r;
+    }
+    let mut resp = pb::ReadResponse { results: Vec::with_capacity(answers.len()) };
+    for a in &answers {
+        let mut timeseries = Vec::with_capacity(a.series.len());
+        // As Prometheus: every series with a chunk overlapping the range, even when none
+        // of its samples is in it; for `series` hints every series, without samples.
+        for s in a.series.iter().filter(|s| a.labels_only || !s.chunks.is_empty()) {
+            match sampled(s, a.mint, a.maxt) {
+                Ok(ts) => timeseries.push(ts),
+                Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        resp.results.push(pb::QueryResult { timeseries });
+    }
+    let encoded = match snap::raw::Encoder::new().compress_vec(&resp.encode_to_vec()) {
+        Ok(b) => b,
+        Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut r = (StatusCode::OK, encoded).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+    r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+    r
 }
 
 #[cfg(test)]
@@ -321,7 +619,7 @@ mod tests {
         let f = wire(floats((0..300).map(|i| i * 1000)));
         let h = wire(hists((0..300).map(|i| i * 1000)));
         let raw = vec![(labels("f", "a"), f.clone()), (labels("h", "a"), h.clone())];
-        let got = combine(raw, &[], i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &[], false, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 2);
         for (s, (want, typ)) in got.iter().zip([(&f, pb::chunk::Encoding::Xor), (&h, pb::chunk::Encoding::Histogram)]) {
             assert_eq!(s.chunks.len(), want.len());
@@ -335,7 +633,7 @@ mod tests {
         // A chunk of an unknown StoreAPI encoding is an error naming the series.
         let mut bad = f[0].clone();
         bad.raw.as_mut().unwrap().encoding = 9;
-        let e = combine(vec![(labels("f", "a"), vec![bad])], &[], 0, 1).unwrap_err();
+        let e = combine(vec![(labels("f", "a"), vec![bad])], &[], false, 0, 1).unwrap_err();
         assert!(e.to_string().contains(r#"__name__="f""#), "{e}");
     }
 
@@ -347,7 +645,7 @@ mod tests {
         let rl = vec!["replica".to_string()];
         let full = wire(hists((0..200).map(|i| i * 1000)));
         let raw = vec![(labels("h", "a"), full.clone()), (labels("h", "b"), full.clone())];
-        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &rl, false, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].labels, Labels::from_pairs([("__name__", "h")]));
         assert_eq!(got[0].chunks, remote_chunks(&full).unwrap());
@@ -355,7 +653,7 @@ mod tests {
         let a: Vec<i64> = (0..200).filter(|i| !(50..80).contains(i)).map(|i| i * 1000).collect();
         let b: Vec<i64> = (0..200).map(|i| i * 1000 + 1).collect();
         let raw = vec![(labels("h", "b"), wire(hists(b.clone()))), (labels("h", "a"), wire(hists(a.clone())))];
-        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &rl, false, i64::MIN, i64::MAX).unwrap();
         assert_eq!(got.len(), 1);
         assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Histogram as i32));
         let samples = decode(&got[0].chunks);
@@ -375,11 +673,11 @@ mod tests {
         let a2: Vec<i64> = (100..200).map(|i| i * 1000).collect();
         let b2: Vec<i64> = (0..200).filter(|i| !(150..160).contains(i)).map(|i| i * 1000).collect();
         let raw = vec![(labels("h", "a"), wire(hists(a2.clone()))), (labels("h", "b"), wire(hists(b2)))];
-        let got = combine(raw, &rl, 100_000, 250_000).unwrap();
+        let got = combine(raw, &rl, false, 100_000, 250_000).unwrap();
         assert_eq!(decode(&got[0].chunks).iter().map(Sample::timestamp).collect::<Vec<_>>(), a2);
         // Floats as XOR.
         let raw = vec![(labels("f", "a"), wire(floats(a.clone()))), (labels("f", "b"), wire(floats(b)))];
-        let got = combine(raw, &rl, i64::MIN, i64::MAX).unwrap();
+        let got = combine(raw, &rl, false, i64::MIN, i64::MAX).unwrap();
         assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Xor as i32));
         assert_eq!(decode(&got[0].chunks).len(), want.len());
     }
@@ -438,5 +736,130 @@ mod tests {
         let f = ReadSeries { labels: labels("f", "a"), chunks: remote_chunks(&wire(floats(0..100))).unwrap() };
         let ts = sampled(&f, 5, 9).unwrap();
         assert_eq!(ts.samples.iter().map(|s| s.timestamp).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
+    }
+
+    /// Hints cut the range and become the StoreAPI's query hints; `series` reads labels
+    /// only; without hints the query's range is read as it is.
+    #[test]
+    fn read_plans_from_hints() {
+        let q = |hints: Option<pb::ReadHints>| pb::Query {
+            start_timestamp_ms: 1_000,
+            end_timestamp_ms: 9_000,
+            matchers: vec![],
+            hints,
+        };
+        let h = |func: &str, start_ms, end_ms| pb::ReadHints {
+            step_ms: 60_000,
+            func: func.into(),
+            start_ms,
+            end_ms,
+            grouping: vec!["job".into()],
+            by: true,
+            range_ms: 300_000,
+        };
+        // Hints, then the range read, labels only, and the function.
+        type Case<'a> = (Option<pb::ReadHints>, (i64, i64), bool, Option<&'a str>);
+        let cases: Vec<Case<'_>> = vec![
+            (None, (1_000, 9_000), false, None),
+            (Some(h("rate", 2_000, 3_000)), (2_000, 3_000), false, Some("rate")),
+            (Some(h("", 0, 20_000)), (1_000, 9_000), false, None),
+            (Some(h("max_over_time", 0, 0)), (1_000, 9_000), false, Some("max_over_time")),
+            (Some(h("series", 500, 5_000)), (1_000, 5_000), true, Some("series")),
+            (Some(h("rate", 10_000, 20_000)), (10_000, 9_000), false, Some("rate")),
+        ];
+        for (hints, range, skip, func) in cases {
+            let with = hints.is_some();
+            let p = ReadPlan::new(&q(hints.clone()));
+            assert_eq!(((p.mint, p.maxt), p.skip_chunks, p.func.as_deref()), (range, skip, func), "{hints:?}");
+            assert_eq!(p.step_ms, if with { 60_000 } else { 0 });
+            let Some(qh) = p.query_hints else {
+                assert!(!with);
+                continue;
+            };
+            assert_eq!(qh.step_millis, 60_000);
+            assert_eq!(qh.func.map(|f| f.name).as_deref(), func);
+            assert_eq!(qh.grouping, Some(thanos::Grouping { by: true, labels: vec!["job".into()] }));
+            assert_eq!(qh.range, Some(thanos::Range { millis: 300_000 }));
+        }
+    }
+
+    /// Downsampled reads: each replica's aggregates read as the function needs them
+    /// (here the max of each window, raw data where there is no window), replicas
+    /// deduplicated, encoded as XOR again.
+    #[test]
+    fn downsampled_series_read_per_function() {
+        use norn_tsdb::chunkenc::XorChunk;
+        let xor = |s: &[(i64, f64)]| {
+            let mut c = XorChunk::new();
+            for &(t, v) in s {
+                c.append(t, v);
+            }
+            Some(crate::seriesview::RawChunk { encoding: 0, data: bytes::Bytes::from(c.into_bytes()), hash: 0 })
+        };
+        // 5m windows at 300 000 and 600 000: count, sum, min, max, counter; then raw.
+        let window = |t: i64, max: f64| WireChunk {
+            min_time: t,
+            max_time: t,
+            raw: None,
+            aggrs: [xor(&[(t, 2.0)]), xor(&[(t, max + 1.0)]), xor(&[(t, 1.0)]), xor(&[(t, max)]), None],
+        };
+        let raw = WireChunk {
+            min_time: 900_000,
+            max_time: 930_000,
+            raw: xor(&[(900_000, 4.0), (930_000, 5.0)]),
+            aggrs: Default::default(),
+        };
+        let a = vec![window(300_000, 7.0), window(600_000, 8.0), raw.clone()];
+        let b = vec![window(300_000, 7.0), window(600_000, 8.0)];
+        let rl = vec!["replica".to_string()];
+        let series = vec![(labels("g", "a"), a), (labels("g", "b"), b)];
+        let got = combine_downsampled(series.clone(), &rl, &[thanos::Aggr::Max], false, 0, i64::MAX).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].labels, Labels::from_pairs([("__name__", "g")]));
+        assert!(got[0].chunks.iter().all(|c| c.r#type == pb::chunk::Encoding::Xor as i32));
+        let vals: Vec<(i64, f64)> = decode(&got[0].chunks)
+            .into_iter()
+            .map(|s| match s {
+                Sample::Float(t, v) => (t, v),
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        assert_eq!(vals, vec![(300_000, 7.0), (600_000, 8.0), (900_000, 4.0), (930_000, 5.0)]);
+        // Averages for a plain selection, in the range only; no dedup keeps both replicas.
+        let got =
+            combine_downsampled(series, &[], &[thanos::Aggr::Count, thanos::Aggr::Sum], false, 0, 700_000).unwrap();
+        assert_eq!(got.len(), 2);
+        for s in &got {
+            let ts: Vec<i64> = decode(&s.chunks).iter().map(Sample::timestamp).collect();
+            assert_eq!(ts, vec![300_000, 600_000], "{}", s.labels);
+        }
+        // A replica without the aggregate asked is an error naming the series.
+        let bare = vec![(
+            labels("g", "a"),
+            vec![WireChunk { min_time: 0, max_time: 0, raw: None, aggrs: Default::default() }],
+        )];
+        let e = combine_downsampled(bare, &rl, &[thanos::Aggr::Min], false, 0, 1).unwrap_err();
+        assert!(e.to_string().contains(r#"__name__="g""#), "{e}");
+    }
+
+    /// Raw replicas that differ, feeding a counter function: a switch to the replica with
+    /// the lower counter raises it, as the querier's counter-aware dedup does, so there is
+    /// no false reset; without the hint the stored values go out as they are.
+    #[test]
+    fn counter_replicas_deduplicated_as_counters() {
+        let rl = vec!["replica".to_string()];
+        let a: Vec<Sample> =
+            (0..200).filter(|i| !(50..80).contains(i)).map(|i| Sample::Float(i * 1000, i as f64 + 100.0)).collect();
+        let b: Vec<Sample> = (0..200).map(|i| Sample::Float(i * 1000 + 1, i as f64)).collect();
+        let raw = vec![(labels("c", "a"), wire(a)), (labels("c", "b"), wire(b))];
+        let values = |counter: bool| -> Vec<f64> {
+            let got = combine(raw.clone(), &rl, counter, i64::MIN, i64::MAX).unwrap();
+            decode(&got[0].chunks).into_iter().map(|s| if let Sample::Float(_, v) = s { v } else { f64::NAN }).collect()
+        };
+        let plain = values(false);
+        assert!(plain.windows(2).any(|w| w[1] < w[0]), "the stored values reset at the switch");
+        let counter = values(true);
+        assert_eq!(counter.len(), plain.len());
+        assert!(counter.windows(2).all(|w| w[1] >= w[0]), "{counter:?}");
     }
 }

@@ -419,3 +419,194 @@ async fn query_reads_downsampled_data_per_function() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("max_source_resolution"), "{body}");
 }
+
+/// POSTs `body` and returns the status and body (the answers here carry a length).
+fn http_post(port: u16, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/x-protobuf\r\n\
+         Content-Encoding: snappy\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    (code, buf[split + 4..].to_vec())
+}
+
+/// Float samples per series name.
+type SamplesByName = BTreeMap<String, Vec<(i64, f64)>>;
+
+/// A sampled remote read of `__name__="name"` over `[mint, maxt]` with `hints`: per
+/// series name, its samples; or the status and body of a failure.
+fn read_samples(
+    port: u16,
+    params: &str,
+    name: &str,
+    (mint, maxt): (i64, i64),
+    hints: Option<norn_storeapi::prometheus::ReadHints>,
+) -> Result<SamplesByName, (u16, String)> {
+    use norn_storeapi::prometheus as pb;
+    use prost::Message;
+    let req = pb::ReadRequest {
+        queries: vec![pb::Query {
+            start_timestamp_ms: mint,
+            end_timestamp_ms: maxt,
+            matchers: vec![pb::LabelMatcher { r#type: 0, name: "__name__".into(), value: name.into() }],
+            hints,
+        }],
+        accepted_response_types: vec![],
+    };
+    let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap();
+    let (code, raw) = http_post(port, &format!("/api/v1/read{params}"), &body);
+    if code != 200 {
+        return Err((code, String::from_utf8_lossy(&raw).to_string()));
+    }
+    let resp = pb::ReadResponse::decode(snap::raw::Decoder::new().decompress_vec(&raw).unwrap().as_slice()).unwrap();
+    let mut out = BTreeMap::new();
+    for ts in &resp.results[0].timeseries {
+        let n = ts.labels.iter().find(|l| l.name == "__name__").map(|l| l.value.clone()).unwrap_or_default();
+        out.insert(n, ts.samples.iter().map(|s| (s.timestamp, s.value)).collect());
+    }
+    Ok(out)
+}
+
+/// `/api/v1/read` with Prometheus's read hints: `max_source_resolution` on the read URL (or
+/// `auto` over the hints' step) reads the 5m block's aggregates the hinted function needs,
+/// as the querier's PromQL does; the hints' range cuts the answer; a Prometheus 2.42
+/// reading the querier answers PromQL over the downsampled data as the querier does; an
+/// endpoint that is down leaves a logged warning under partial response and fails the
+/// read without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_read_uses_read_hints_for_downsampled_data() {
+    use norn_storeapi::prometheus::ReadHints;
+    let tmp = tempdir().unwrap();
+    let work = tmp.path();
+    let (_store, sgrpc) = downsampled_bucket_behind_a_store(work);
+    let (qhttp, qgrpc, dead) = (free_port(), free_port(), free_port());
+    let qlog = work.join("query.log");
+    let _query = ProcessGuard::spawn(
+        "norn query",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{qhttp}"))
+            .arg(format!("--grpc-address=127.0.0.1:{qgrpc}"))
+            .arg(format!("--endpoint=127.0.0.1:{sgrpc}"))
+            // Nothing listens there: an endpoint that is down.
+            .arg(format!("--endpoint=127.0.0.1:{dead}")),
+        &qlog,
+    );
+    let log = || std::fs::read_to_string(&qlog).unwrap_or_default();
+    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(30)), "{}", log());
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http_get(qhttp, &format!("/api/v1/query?query=gauge&time={}", (T0 + H) / 1000)).unwrap();
+        if body.contains("\"gauge\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no data through the querier: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mint, maxt) = (T0 + 2 * H, T0 + 4 * H);
+    let hints_in = |func: &str, step_ms: i64, (start_ms, end_ms): (i64, i64)| {
+        Some(ReadHints { step_ms, func: func.into(), start_ms, end_ms, range_ms: H, ..Default::default() })
+    };
+    let hints = |func: &str, step_ms: i64| hints_in(func, step_ms, (mint, maxt));
+    let addr = format!("127.0.0.1:{sgrpc}");
+    let agg =
+        |chunks: &[thanos::AggrChunk], pick: fn(&thanos::AggrChunk) -> Option<&thanos::Chunk>, range: (i64, i64)| {
+            chunks
+                .iter()
+                .flat_map(|c| xor_samples(pick(c).unwrap()))
+                .filter(|s| (range.0..=range.1).contains(&s.0))
+                .collect::<Vec<_>>()
+        };
+    let stored = series(&addr, RES, &[thanos::Aggr::Max, thanos::Aggr::Counter]).await;
+
+    // max_over_time at 5m reads the max aggregate of each window in the hinted range.
+    let five = "?max_source_resolution=5m";
+    let got = read_samples(qhttp, five, "gauge", (T0, T0 + 48 * H), hints("max_over_time", 0)).unwrap();
+    let want_max = agg(&stored["gauge"], |c| c.max.as_ref(), (mint, maxt));
+    assert!(want_max.len() > 20, "{}", want_max.len());
+    assert_eq!(got["gauge"], want_max);
+    // `auto` takes a fifth of the hints' step (25m → 5m); no step means raw data.
+    let auto =
+        read_samples(qhttp, "?max_source_resolution=auto", "gauge", (mint, maxt), hints("max_over_time", 1_500_000));
+    assert_eq!(auto.unwrap()["gauge"], want_max);
+    let raw: Vec<(i64, f64)> = raw_series()
+        .into_iter()
+        .find(|(l, _)| l.get("__name__") == Some("gauge"))
+        .unwrap()
+        .1
+        .into_iter()
+        .filter(|s| (mint..=maxt).contains(&s.0))
+        .collect();
+    let auto_instant =
+        read_samples(qhttp, "?max_source_resolution=auto", "gauge", (mint, maxt), hints("max_over_time", 0));
+    assert_eq!(auto_instant.unwrap()["gauge"], raw);
+    // Raw data unless asked, in the hinted range only (the query's range is wider).
+    let got = read_samples(qhttp, "", "gauge", (T0, T0 + 48 * H), hints("max_over_time", 0)).unwrap();
+    assert_eq!(got["gauge"], raw);
+    // rate reads the counter aggregate with resets applied: no resets left (the counter
+    // resets at 7h).
+    let counter_range = (T0 + 5 * H, T0 + 9 * H);
+    let got = read_samples(qhttp, five, "requests_total", counter_range, hints_in("rate", 0, counter_range)).unwrap();
+    let c = &got["requests_total"];
+    let window_ends = agg(&stored["requests_total"], |c| c.counter.as_ref(), counter_range);
+    assert!(c.len() >= window_ends.len() / 2 && !c.is_empty(), "{} vs {}", c.len(), window_ends.len());
+    assert!(c.windows(2).all(|w| w[1].1 >= w[0].1), "resets left: {c:?}");
+    let raw_rr = read_samples(qhttp, "", "requests_total", counter_range, hints_in("rate", 0, counter_range)).unwrap();
+    assert!(raw_rr["requests_total"].windows(2).any(|w| w[1].1 < w[0].1), "the raw counter resets in the range");
+    // Labels only for `series`.
+    let got = read_samples(qhttp, five, "gauge", (mint, maxt), hints("series", 0)).unwrap();
+    assert_eq!(got.get("gauge").map(Vec::len), Some(0), "{got:?}");
+
+    // The endpoint that is down: logged under partial response; without it, an error
+    // naming it.
+    assert!(log().contains("remote read: partial response"), "{}", log());
+    assert!(log().contains(&format!("127.0.0.1:{dead}")), "{}", log());
+    let (code, body) = read_samples(qhttp, "?partial_response=false", "gauge", (mint, maxt), None).unwrap_err();
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains(&format!("127.0.0.1:{dead}")), "{body}");
+
+    // A Prometheus 2.42 reading the querier (5m on its read URL) answers as the querier.
+    let Some(prom) = norn_testkit::require_tool("prometheus") else { return };
+    let pport = free_port();
+    let pdir = work.join("prom");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let cfg = pdir.join("prometheus.yml");
+    let yml = format!(
+        "global:\n  scrape_interval: 1h\nremote_read:\n  - url: http://127.0.0.1:{qhttp}/api/v1/read{five}\n    read_recent: true\n"
+    );
+    std::fs::write(&cfg, yml).unwrap();
+    let plog = pdir.join("prometheus.log");
+    let _prom = ProcessGuard::spawn(
+        "prometheus",
+        Command::new(prom)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", pdir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}")),
+        &plog,
+    );
+    assert!(wait_ready(pport, "/-/ready", Duration::from_secs(60)), "prometheus not ready");
+    let t = T0 + 40 * RES + RES / 2;
+    for q in ["max_over_time(gauge[1h])", "min_over_time(gauge[1h])", "rate(requests_total[1h])"] {
+        let via_prom = instant(pport, q, t, "");
+        let direct = instant(qhttp, q, t, "&max_source_resolution=5m");
+        assert!(
+            (via_prom - direct).abs() <= 1e-9 * direct.abs(),
+            "{q}: {via_prom} through Prometheus, {direct} from the querier\n{}",
+            std::fs::read_to_string(&plog).unwrap_or_default()
+        );
+        if !q.starts_with("min") {
+            assert_ne!(via_prom, instant(qhttp, q, t, ""), "{q}: the test tells raw and downsampled apart");
+        }
+    }
+}

@@ -166,3 +166,105 @@ fn norn_query_reads_yaml_sd_files() {
         r.stop();
     }
 }
+
+/// `--endpoint.sd-files` with patterns (`*.json`, `tg_*.yml`): a file that appears is
+/// used, one that goes takes its targets with it, one that breaks is logged with its
+/// name and keeps its last good targets; a pattern in a directory is refused at start.
+#[test]
+fn norn_query_follows_sd_file_globs() {
+    let work = norn_testkit::tempdir().unwrap();
+    let t = now_ms() - 10_000;
+    let mut rs = Vec::new();
+    for (name, metric) in [("r0", "glob_a"), ("r1", "glob_b")] {
+        let mut r = Receiver::new(name, work.path(), &[format!("--label=replica=\"{name}\"")]);
+        r.start();
+        let body = write_body(&[(vec![("__name__", metric)], vec![(t, 1.0)])]);
+        let (code, msg) = post(r.rw_port, None, &body);
+        assert!(code == 200 || code == 204, "{code} {msg}");
+        rs.push(r);
+    }
+    let sd = work.path().join("sd");
+    std::fs::create_dir_all(&sd).unwrap();
+    // Written in one rename, so no half-written file is read.
+    let write = |name: &str, text: String| {
+        let tmp = work.path().join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, sd.join(name)).unwrap();
+    };
+    let (http, grpc) = (free_port(), free_port());
+    let _q = ProcessGuard::spawn(
+        "norn query",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+            .arg(format!("--endpoint.sd-files={},{}", sd.join("*.json").display(), sd.join("tg_*.yml").display()))
+            .arg("--endpoint.refresh-interval=200ms")
+            .arg("--query.replica-label=replica"),
+        &work.path().join("query.log"),
+    );
+    let log = || std::fs::read_to_string(work.path().join("query.log")).unwrap_or_default();
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(30)), "query not ready:\n{}", log());
+    let has = |m: &str| {
+        let (code, body) = http_get(http, &format!("/api/v1/query?query={m}")).unwrap();
+        assert_eq!(code, 200, "{body}");
+        body.contains(&format!("\"__name__\":\"{m}\""))
+    };
+    // Waits (bounded) until the querier serves exactly `want` of the two metrics.
+    let until = |want: (bool, bool), what: &str| {
+        let mut now = (false, false);
+        for _ in 0..150 {
+            now = (has("glob_a"), has("glob_b"));
+            if now == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: serving {now:?}, want {want:?}\n{}", log());
+    };
+    until((false, false), "no files yet");
+    write("a.json", format!(r#"[{{"targets": ["{}"]}}]"#, rs[0].grpc_addr()));
+    until((true, false), "a.json appeared");
+    write("tg_b.yml", format!("- targets: ['{}']\n", rs[1].grpc_addr()));
+    // Not matched by either pattern: ignored.
+    write("other.yml", format!("- targets: ['{}']\n", rs[0].grpc_addr()));
+    until((true, true), "tg_b.yml appeared");
+    std::fs::remove_file(sd.join("a.json")).unwrap();
+    until((false, true), "a.json removed");
+    write("tg_b.yml", format!("- targets: ['{}'\n", rs[1].grpc_addr()));
+    let mut reported = false;
+    for _ in 0..150 {
+        reported = log().lines().any(|l| l.contains("reading endpoint SD file") && l.contains("tg_b.yml"));
+        if reported {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reported, "broken file not reported:\n{}", log());
+    until((false, true), "tg_b.yml broken: its last good targets stay");
+    // A pattern in a directory is refused at start, naming it.
+    let (http, grpc) = (free_port(), free_port());
+    let mut q = ProcessGuard::spawn(
+        "norn query (bad pattern)",
+        Command::new(norn_bin())
+            .arg("query")
+            .arg(format!("--http-address=127.0.0.1:{http}"))
+            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+            .arg(format!("--endpoint.sd-files={}", work.path().join("*").join("x.yml").display())),
+        &work.path().join("query-bad.log"),
+    );
+    let mut status = None;
+    for _ in 0..300 {
+        status = q.try_wait();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bad_log = std::fs::read_to_string(work.path().join("query-bad.log")).unwrap_or_default();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{bad_log}");
+    assert!(bad_log.contains("x.yml") && bad_log.contains("only the file name may be a pattern"), "{bad_log}");
+    for mut r in rs {
+        r.stop();
+    }
+}
