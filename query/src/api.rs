@@ -36,7 +36,7 @@ pub struct ApiState {
     /// The fan-out over the endpoint set.
     pub fanout: Arc<Fanout>,
     engine: Engine,
-    limiter: Semaphore,
+    pub(crate) limiter: Semaphore,
     ready: Arc<std::sync::atomic::AtomicBool>,
 }
 

@@ -431,17 +431,26 @@ fn fqdn(name: &str) -> String {
 }
 
 /// Checks an `--endpoint.sd-files` value as Prometheus checks its file SD `files`: the
-/// name must say the format (`.json`, `.yml` or `.yaml`, any case), and only the last
-/// path component may be a pattern (`*`, `?`, `[...]` as Go's `filepath.Match`).
+/// name must say the format (`.json`, `.yml` or `.yaml`, all lower or all upper case),
+/// and only the last path component may be a pattern (`*`, `?`, `[...]` as Go's
+/// `filepath.Match`; stricter than Prometheus, which lets `?` and `[` through in
+/// directories).
 pub fn check_sd_file_name(p: &std::path::Path) -> Result<(), String> {
-    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    if !matches!(ext.as_str(), "json" | "yml" | "yaml") {
+    check_sd_file_ext(p)?;
+    SdPattern::parse(p).map(|_| ())
+}
+
+/// The extension rule of Prometheus's file SD (`json|yml|yaml|JSON|YML|YAML`). A file a
+/// pattern matched is checked with this alone: its name is a name, not a pattern.
+fn check_sd_file_ext(p: &std::path::Path) -> Result<(), String> {
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !matches!(ext, "json" | "yml" | "yaml" | "JSON" | "YML" | "YAML") {
         return Err(format!(
             "endpoint SD file {}: unsupported file extension (want .json, .yml or .yaml)",
             p.display()
         ));
     }
-    SdPattern::parse(p).map(|_| ())
+    Ok(())
 }
 
 /// One element of a file name pattern.
@@ -553,9 +562,7 @@ fn parse_pattern(p: &str) -> Result<Vec<PatternToken>, String> {
                     }
                     let lo = end(&mut it)?;
                     let hi = if it.next_if_eq(&'-').is_some() { end(&mut it)? } else { lo };
-                    if hi < lo {
-                        return Err(format!("empty character range {lo}-{hi}"));
-                    }
+                    // As Go: a range whose ends are reversed is valid and matches nothing.
                     ranges.push((lo, hi));
                 }
                 out.push(PatternToken::Class { negated, ranges });
@@ -618,7 +625,7 @@ fn read_sd_file(p: &std::path::Path) -> Result<Vec<String>, String> {
         #[allow(dead_code)]
         labels: Option<serde::de::IgnoredAny>,
     }
-    check_sd_file_name(p)?;
+    check_sd_file_ext(p)?;
     let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let err = |e: &dyn std::fmt::Display| format!("endpoint SD file {}: {e}", p.display());
     let text = std::fs::read_to_string(p).map_err(|e| err(&e))?;
@@ -750,6 +757,8 @@ mod tests {
             ("s[ab-d].json", &["sa.json", "sc.json", "sd.json"], &["se.json", "s-.json"]),
             (r"s\*.json", &["s*.json"], &["sx.json"]),
             (r"s[\]].json", &["s].json"], &["s[.json"]),
+            // As Go: reversed range ends are valid and match nothing.
+            ("s[z-a].json", &[], &["sa.json", "sz.json", "sm.json"]),
             ("*", &["", "anything"], &[]),
         ];
         for (pat, yes, no) in cases {
@@ -761,7 +770,7 @@ mod tests {
                 assert!(!pattern_matches(&t, n), "{pat} should not match {n:?}");
             }
         }
-        for bad in ["s[.json", "s[].json", "s[a-].json", "s[z-a].json", "s\\", "[^]x"] {
+        for bad in ["s[.json", "s[].json", "s[a-].json", "s\\", "[^]x"] {
             assert!(parse_pattern(bad).is_err(), "{bad}");
         }
         // Flag values: the name must say the format; only the file name is a pattern.
@@ -770,6 +779,8 @@ mod tests {
             ("/etc/norn/*.json", None),
             ("rel/tg_*.YML", None),
             ("*.yml", None),
+            // Prometheus's rule: all lower or all upper case.
+            ("/etc/norn/stores.Json", Some("unsupported file extension")),
             ("/etc/norn/*.txt", Some("unsupported file extension")),
             ("/etc/norn/*", Some("unsupported file extension")),
             ("/etc/*/stores.yml", Some("not a directory")),
@@ -814,14 +825,17 @@ mod tests {
         // A third file appears; the second breaks and keeps its targets.
         std::fs::write(d.join("tg_c.yml"), "- targets: ['127.0.0.1:3']\n").unwrap();
         std::fs::write(d.join("tg_b.yml"), "- targets: ['127.0.0.1:4'\n").unwrap();
+        // A matched name with pattern characters is a name: read as any other file.
+        std::fs::write(d.join("tg_[x.json"), r#"[{"targets": ["127.0.0.1:5"]}]"#).unwrap();
         set.refresh().await;
-        assert_eq!(addrs(&set), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        assert_eq!(addrs(&set), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:5"]);
         let errs = set.sd_file_errors();
         assert_eq!(errs.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), [d.join("tg_b.yml")]);
         assert!(errs[0].1.contains("tg_b.yml"), "{}", errs[0].1);
         // The broken file goes: its kept targets go with it, and so does its error.
         std::fs::remove_file(d.join("tg_b.yml")).unwrap();
         std::fs::remove_file(d.join("tg_a.json")).unwrap();
+        std::fs::remove_file(d.join("tg_[x.json")).unwrap();
         set.refresh().await;
         assert_eq!(addrs(&set), ["127.0.0.1:3"]);
         assert!(set.sd_file_errors().is_empty());

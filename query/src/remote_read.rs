@@ -347,7 +347,7 @@ impl ReadPlan {
         }
         let func = (!h.func.is_empty()).then(|| h.func.clone());
         let query_hints = thanos::QueryHints {
-            step_millis: h.step_ms,
+            step_millis: h.step_ms.max(0),
             func: func.as_ref().map(|name| thanos::Func { name: name.clone() }),
             grouping: (h.by || !h.grouping.is_empty())
                 .then(|| thanos::Grouping { by: h.by, labels: h.grouping.clone() }),
@@ -475,8 +475,17 @@ pub async fn handler(
         .first()
         .is_some_and(|t| *t == pb::read_request::ResponseType::StreamedXorChunks as i32);
     let rl = if opts.dedup { opts.replica_labels.clone() } else { Vec::new() };
-    let mut answers = Vec::with_capacity(req.queries.len());
-    for (i, q) in req.queries.iter().enumerate() {
+    // A bad value is refused whether or not the request has queries.
+    if let Err(r) = st.max_source_resolution(&params, 0) {
+        return r;
+    }
+    // Remote reads count against --query.max-concurrent as PromQL queries do.
+    let Ok(_permit) = st.limiter.acquire().await else {
+        return text_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
+    };
+    let mut selections = Vec::with_capacity(req.queries.len());
+    let mut missing = Vec::new();
+    for q in &req.queries {
         let mut ms = Vec::with_capacity(q.matchers.len());
         for m in &q.matchers {
             let kind = match pb::label_matcher::Type::try_from(m.r#type) {
@@ -496,7 +505,6 @@ pub async fn handler(
             Ok(r) => r,
             Err(r) => return r,
         };
-        let (mint, maxt) = (plan.mint, plan.maxt);
         let downsampled = resolution > 0 && !plan.skip_chunks;
         let aggrs = if downsampled { crate::downsampled::aggrs_from_func(plan.func.as_deref()) } else { vec![] };
         let qopts = QueryOptions {
@@ -504,21 +512,45 @@ pub async fn handler(
             aggregates: aggrs.iter().map(|&a| a as i32).collect(),
             ..opts.clone()
         };
-        let sel = if mint > maxt {
+        let sel = if plan.mint > plan.maxt {
             Default::default()
         } else {
-            match st.fanout.select_raw(&qopts, &ms, mint, maxt, plan.skip_chunks, plan.query_hints.clone()).await {
+            let hints = plan.query_hints.clone();
+            match st.fanout.select_raw(&qopts, &ms, plan.mint, plan.maxt, plan.skip_chunks, hints).await {
                 Ok(sel) => sel,
                 Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         };
-        for w in &sel.warnings {
-            tracing::warn!(query = i, warning = %w, "remote read: partial response, an endpoint's data is missing");
-        }
+        missing.extend(sel.warnings.iter().cloned());
+        selections.push((plan, sel.series, downsampled, aggrs));
+    }
+    if !missing.is_empty() {
+        // One line per request, not per warning: a client polling with a dead endpoint
+        // would otherwise log a line per selector per read.
+        tracing::warn!(warnings = missing.len(), first = %missing[0],
+            "remote read: partial response, endpoints' data is missing");
+    }
+    // Deduplicating, decoding and encoding every sample is CPU work: off the async workers,
+    // as PromQL evaluation.
+    let built = tokio::task::spawn_blocking(move || read_response(selections, &rl, streamed)).await;
+    built.unwrap_or_else(|e| text_error(StatusCode::INTERNAL_SERVER_ERROR, format!("remote read: {e}")))
+}
+
+/// One query's selection as [`handler`] hands it to [`read_response`]: its plan, the
+/// fan-out's series, whether they are downsampled and which aggregates were asked.
+type Selection = (ReadPlan, Vec<RawSeries>, bool, Vec<thanos::Aggr>);
+
+/// Combines each query's selection (replicas deduplicated, range cut, downsampled data
+/// decoded as PromQL reads it) and encodes the answer in the negotiated response type.
+fn read_response(selections: Vec<Selection>, rl: &[String], streamed: bool) -> Response {
+    let mut answers = Vec::with_capacity(selections.len());
+    for (plan, series, downsampled, aggrs) in selections {
+        let (mint, maxt) = (plan.mint, plan.maxt);
+        let counter = is_counter_func(plan.func.as_deref());
         let combined = if downsampled {
-            combine_downsampled(sel.series, &rl, &aggrs, is_counter_func(plan.func.as_deref()), mint, maxt)
+            combine_downsampled(series, rl, &aggrs, counter, mint, maxt)
         } else {
-            combine(sel.series, &rl, is_counter_func(plan.func.as_deref()), mint, maxt)
+            combine(series, rl, counter, mint, maxt)
         };
         match combined {
             Ok(series) => answers.push(QueryAnswer { series, mint, maxt, labels_only: plan.skip_chunks }),
