@@ -1,0 +1,216 @@
+//! A block's index read on demand: the [`IndexHeader`] answers symbols, label names and
+//! values and where each postings list lies; postings lists and series entries are read
+//! from the index in the bucket with ranged GETs (nearby ranges coalesced as Thanos does,
+//! 512 KiB gap), decoded with tsdb's index code, and kept in the shared [`IndexCache`].
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use norn_model::{Labels, Matcher};
+use norn_objstore::Bucket;
+use norn_tsdb::TsdbError;
+use norn_tsdb::chunks::ChunkRef;
+use norn_tsdb::index::{
+    HEADER_SIZE, PostingsPlan, TOC_SIZE, decode_postings_list, decode_series_entry, series_entry_size,
+};
+use ulid::Ulid;
+
+use crate::cache::{CacheKey, CacheValue, IndexCache};
+use crate::fetch::{MAX_GAP, MAX_RANGE, coalesce, partition};
+use crate::indexheader::IndexHeader;
+use crate::metrics::Metrics;
+
+/// Bytes assumed for a series entry before it is read (Thanos's `maxSeriesSize`); a
+/// longer entry is read again on its own.
+pub const SERIES_SIZE_ESTIMATE: u64 = 64 * 1024;
+/// Ranged GETs in flight per lookup.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// Why postings or series could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{0}")]
+    Bucket(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Corrupt(#[from] TsdbError),
+}
+
+/// The index of a served block: its header locally, the rest in the bucket.
+#[derive(Debug)]
+pub struct BucketIndex {
+    /// The block.
+    pub id: Ulid,
+    /// The block's index-header.
+    pub header: IndexHeader,
+    bucket: Bucket,
+    /// `<ulid>/index`, also the path in errors.
+    key: String,
+    path: PathBuf,
+    /// Size of the index object.
+    size: u64,
+    cache: Arc<IndexCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl BucketIndex {
+    /// Reads the index of block `id` (`size` bytes in the bucket) through `header`.
+    pub fn new(
+        id: Ulid,
+        header: IndexHeader,
+        bucket: Bucket,
+        size: u64,
+        cache: Arc<IndexCache>,
+        metrics: Arc<Metrics>,
+    ) -> BucketIndex {
+        let key = format!("{id}/index");
+        BucketIndex { id, header, bucket, path: PathBuf::from(&key), key, size, cache, metrics }
+    }
+
+    /// Label names with at least one series, ascending.
+    pub fn label_names(&self) -> Vec<&str> {
+        self.header.label_names()
+    }
+
+    /// Values of label `name`, ascending.
+    pub fn label_values(&self, name: &str) -> norn_tsdb::Result<Vec<&str>> {
+        self.header.label_values(name)
+    }
+
+    fn corrupt(&self, offset: u64, what: impl Into<String>) -> IndexError {
+        IndexError::Corrupt(TsdbError::corrupt_at(&self.path, offset, what))
+    }
+
+    async fn get(&self, range: Range<u64>) -> Result<Bytes, IndexError> {
+        self.metrics.index_fetches.inc();
+        let want = range.end - range.start;
+        let b = self.bucket.get_range(&self.key, range.clone()).await?;
+        self.metrics.index_fetched_bytes.inc_by(b.len() as u64);
+        if (b.len() as u64) < want {
+            return Err(self.corrupt(range.start, format!("read of {want} bytes returned {}", b.len())));
+        }
+        Ok(b)
+    }
+
+    /// IDs of the series selected by `matchers` (Prometheus's semantics, as
+    /// [`norn_tsdb::index::IndexReader::postings_for_matchers`]): every postings list the
+    /// plan needs is fetched at once, then combined.
+    pub async fn postings_for_matchers(&self, matchers: &[Matcher]) -> Result<Vec<u32>, IndexError> {
+        let plan = PostingsPlan::new(matchers, |n| self.header.label_values(n))?;
+        let keys = plan.keys();
+        let lists = self.postings(&keys, true).await?;
+        let by_key: HashMap<(&str, &str), &Arc<Vec<u32>>> =
+            keys.iter().zip(&lists).map(|((n, v), l)| ((n.as_str(), v.as_str()), l)).collect();
+        Ok(plan.evaluate(|n, v| Ok(by_key.get(&(n, v)).map(|l| l.to_vec()).unwrap_or_default()))?)
+    }
+
+    /// IDs of every series.
+    pub async fn all_postings(&self) -> Result<Vec<u32>, IndexError> {
+        let mut l = self.postings(&[(String::new(), String::new())], true).await?;
+        Ok(l.pop().map(|l| l.to_vec()).unwrap_or_default())
+    }
+
+    /// The postings lists of `keys` (`("", "")`: all series), in order; a key without a
+    /// list gives an empty one. `use_cache` false neither reads nor fills the cache.
+    pub async fn postings(&self, keys: &[(String, String)], use_cache: bool) -> Result<Vec<Arc<Vec<u32>>>, IndexError> {
+        let mut out: Vec<Option<Arc<Vec<u32>>>> = vec![None; keys.len()];
+        let mut misses: Vec<(Range<u64>, usize)> = Vec::new();
+        let limit = self.size.saturating_sub(TOC_SIZE as u64);
+        for (i, (n, v)) in keys.iter().enumerate() {
+            let Some(r) = self.header.postings_range(n, v)? else {
+                out[i] = Some(Arc::default());
+                continue;
+            };
+            if r.start >= r.end || r.end > limit {
+                return Err(self.corrupt(r.start, format!("postings list {n}={v:?} range {r:?} outside the index")));
+            }
+            if use_cache
+                && let Some(CacheValue::Postings(p)) =
+                    self.cache.get(&CacheKey::Postings(self.id, n.clone(), v.clone()))
+            {
+                out[i] = Some(p);
+                continue;
+            }
+            misses.push((r, i));
+        }
+        misses.sort_by_key(|m| m.0.start);
+        let ranges: Vec<Range<u64>> = misses.iter().map(|m| m.0.clone()).collect();
+        let parts = coalesce(&ranges, MAX_GAP, MAX_RANGE);
+        let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
+            let b = self.get(p.range.clone()).await;
+            (p, b)
+        }))
+        .buffer_unordered(FETCH_CONCURRENCY);
+        while let Some((p, b)) = fetched.next().await {
+            let b = b?;
+            for (r, i) in &misses[p.offsets] {
+                let at = (r.start - p.range.start) as usize;
+                let ids = Arc::new(decode_postings_list(&self.path, &b[at..], r.start as usize)?);
+                if use_cache {
+                    let (n, v) = &keys[*i];
+                    self.cache
+                        .put(CacheKey::Postings(self.id, n.clone(), v.clone()), CacheValue::Postings(ids.clone()));
+                }
+                out[*i] = Some(ids);
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Labels and chunk references of the series `ids` (any order), in that order.
+    /// `use_cache` false neither reads nor fills the cache.
+    pub async fn series(&self, ids: &[u32], use_cache: bool) -> Result<Vec<(Labels, Vec<ChunkRef>)>, IndexError> {
+        let end = self.header.series_end().min(self.size.saturating_sub(TOC_SIZE as u64));
+        let mut raw: Vec<Option<Bytes>> = vec![None; ids.len()];
+        let mut misses: Vec<(u64, usize)> = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let off = u64::from(id) * 16;
+            if off < HEADER_SIZE as u64 || off >= end {
+                return Err(self.corrupt(off, format!("series reference {id} outside series section")));
+            }
+            if use_cache && let Some(CacheValue::Series(b)) = self.cache.get(&CacheKey::Series(self.id, id)) {
+                raw[i] = Some(b);
+                continue;
+            }
+            misses.push((off, i));
+        }
+        misses.sort_unstable();
+        let offs: Vec<u64> = misses.iter().map(|m| m.0).collect();
+        let parts = partition(&offs, end, SERIES_SIZE_ESTIMATE, MAX_GAP, MAX_RANGE);
+        let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
+            let b = self.get(p.range.clone()).await;
+            (p, b)
+        }))
+        .buffer_unordered(FETCH_CONCURRENCY);
+        while let Some((p, b)) = fetched.next().await {
+            let b = b?;
+            for &(off, i) in &misses[p.offsets] {
+                let at = (off - p.range.start) as usize;
+                let entry = match series_entry_size(&b[at..]) {
+                    Some(n) if at + n <= b.len() => Bytes::copy_from_slice(&b[at..at + n]),
+                    Some(n) if off + n as u64 <= end => {
+                        // Longer than the estimate: read on its own.
+                        self.get(off..off + n as u64).await?
+                    }
+                    _ => return Err(self.corrupt(off, "series entry runs past the series section")),
+                };
+                if use_cache {
+                    self.cache.put(CacheKey::Series(self.id, ids[i]), CacheValue::Series(entry.clone()));
+                }
+                raw[i] = Some(entry);
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, r) in raw.into_iter().enumerate() {
+            let off = u64::from(ids[i]) * 16;
+            let Some(r) = r else { return Err(self.corrupt(off, "series entry not fetched")) };
+            let mut chunks = Vec::new();
+            let (l, _) = decode_series_entry(&self.path, &r, off as usize, |s| self.header.symbol(s), &mut chunks)?;
+            out.push((l, chunks));
+        }
+        Ok(out)
+    }
+}
