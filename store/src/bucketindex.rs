@@ -214,3 +214,125 @@ impl BucketIndex {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use norn_model::MatchType;
+    use norn_tsdb::block::BlockWriter;
+    use norn_tsdb::index::IndexReader;
+    use norn_tsdb::series::encode_float_chunks;
+    use prometheus_client::registry::Registry;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::indexheader;
+
+    const NAMES: [&str; 4] = ["__name__", "a", "b", "c"];
+    const VALUES: [&str; 5] = ["x", "y", "z", "xy", "w"];
+    const PATTERNS: [&str; 9] = ["", "x", "y", "x|y", ".*", ".+", "x.*", "q", "xy|w|zz"];
+
+    /// Writes and uploads a block with `series` (label sets as value indexes per name,
+    /// `None` for unset) and opens its index both ways.
+    async fn both(
+        dir: &Path,
+        series: &BTreeSet<Vec<(usize, usize)>>,
+        sampling: usize,
+        cache: u64,
+    ) -> (IndexReader, BucketIndex) {
+        let bucket = Bucket::filesystem(&dir.join("bucket")).unwrap();
+        let tmp = dir.join("tmp");
+        let mut sets: Vec<Labels> = series
+            .iter()
+            .map(|s| Labels::from_pairs(s.iter().map(|&(n, v)| (NAMES[n], VALUES[v]))))
+            .filter(|l| !l.is_empty())
+            .collect();
+        sets.sort();
+        sets.dedup();
+        let mut w = BlockWriter::new(&tmp, 0, 100_000).unwrap();
+        for (i, l) in sets.iter().enumerate() {
+            w.add_series(l, &encode_float_chunks((0..3 + i as i64 % 5).map(|t| (t * 1000, t as f64)), 2)).unwrap();
+        }
+        let meta = w.finish().unwrap();
+        let labels = [("r".to_string(), "1".to_string())].into_iter().collect();
+        let t = norn_block::ThanosMeta { labels, source: "test".into(), resolution: 0 };
+        norn_block::upload(&bucket, &tmp.join(meta.ulid.to_string()), &t).await.unwrap();
+        let key = format!("{}/index", meta.ulid);
+        let whole = bucket.get(&key).await.unwrap();
+        let size = whole.len() as u64;
+        let hp = dir.join(indexheader::FILENAME);
+        indexheader::build(&bucket, &key, size, &hp).await.unwrap();
+        let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+        let cache = Arc::new(IndexCache::new(cache, metrics.clone()));
+        let header = IndexHeader::open(&hp, sampling).unwrap();
+        let remote = BucketIndex::new(meta.ulid, header, bucket, size, cache, metrics);
+        (IndexReader::from_bytes(Path::new(&key), whole).unwrap(), remote)
+    }
+
+    fn matcher() -> impl Strategy<Value = Matcher> {
+        (0..4usize, 0..NAMES.len(), 0..PATTERNS.len()).prop_map(|(k, n, p)| {
+            let kind = [MatchType::Equal, MatchType::NotEqual, MatchType::Regex, MatchType::NotRegex][k];
+            Matcher::new(kind, NAMES[n], PATTERNS[p]).unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Postings of any matchers and every series read on demand equal those of the
+        /// whole index, whatever the sampling, with and without the cache (asked twice,
+        /// so the second answer comes from the cache).
+        #[test]
+        fn on_demand_reads_equal_the_whole_index(
+            series in proptest::collection::btree_set(
+                proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 1..4)
+                    .prop_map(|v| v.into_iter().collect::<std::collections::BTreeMap<_, _>>().into_iter().collect()),
+                1..40,
+            ),
+            sampling in 1..6usize,
+            cache in prop_oneof![Just(0u64), Just(1u64 << 20)],
+            queries in proptest::collection::vec(proptest::collection::vec(matcher(), 0..4), 1..12),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let (whole, remote) = rt.block_on(both(dir.path(), &series, sampling, cache));
+            for _round in 0..2 {
+                for ms in &queries {
+                    let want = whole.postings_for_matchers(ms).unwrap();
+                    let got = rt.block_on(remote.postings_for_matchers(ms)).unwrap();
+                    prop_assert_eq!(&got, &want, "{:?}", ms);
+                }
+                let all = whole.all_postings().unwrap();
+                prop_assert_eq!(rt.block_on(remote.all_postings()).unwrap(), all.clone());
+                let mut ids = all.clone();
+                ids.reverse(); // any order
+                let got = rt.block_on(remote.series(&ids, true)).unwrap();
+                for (id, s) in ids.iter().zip(got) {
+                    prop_assert_eq!(s, whole.series(*id).unwrap());
+                }
+            }
+            if cache > 0 {
+                prop_assert!(remote.metrics.index_cache_hits.get() > 0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_references_and_damaged_bytes_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let series: BTreeSet<Vec<(usize, usize)>> = (0..5).map(|v| vec![(0, 0), (1, v)]).collect();
+        let (whole, remote) = both(dir.path(), &series, 32, 0).await;
+        let e = remote.series(&[u32::MAX], false).await.unwrap_err().to_string();
+        assert!(e.contains("outside series section") && e.contains("/index"), "{e}");
+        // Damage the first series entry in the bucket: reading it names block and offset.
+        let id = whole.all_postings().unwrap()[0];
+        let key = format!("{}/index", remote.id);
+        let mut b = remote.bucket.get(&key).await.unwrap().to_vec();
+        b[id as usize * 16 + 3] ^= 0xff;
+        remote.bucket.put(&key, b.into()).await.unwrap();
+        let e = remote.series(&[id], false).await.unwrap_err().to_string();
+        assert!(e.contains(&key) && e.contains("series"), "{e}");
+    }
+}
