@@ -385,8 +385,9 @@ impl IndexHeader {
         let pos = self.symbol_samples[r as usize / SYMBOL_SAMPLING] as usize;
         let mut d = Decbuf::with_base(&self.data[pos..], pos);
         let c = |e: DecodeError| TsdbError::corrupt(&self.path, e);
+        // Skipped symbols were checked as UTF-8 at open.
         for _ in 0..r as usize % SYMBOL_SAMPLING {
-            d.uvarint_str().map_err(c)?;
+            d.uvarint_bytes().map_err(c)?;
         }
         d.uvarint_str().map_err(c)
     }
@@ -407,6 +408,20 @@ impl IndexHeader {
             pos = e.next;
         }
         Ok(out)
+    }
+
+    /// Calls `f` with the byte range in the index of every postings list, in table
+    /// order (one pass over the mapped table, no lookups).
+    pub fn for_each_postings_range(&self, mut f: impl FnMut(Range<u64>)) -> norn_tsdb::Result<()> {
+        let mut pos = self.table.start;
+        while pos < self.table.end {
+            let e = self.entry(pos).map_err(into_tsdb)?;
+            let end =
+                if e.next < self.table.end { self.entry(e.next).map_err(into_tsdb)?.offset } else { self.postings_end };
+            f(e.offset..end);
+            pos = e.next;
+        }
+        Ok(())
     }
 
     /// Byte range in the index of the postings list of `name="value"` (`("", "")`: all

@@ -182,16 +182,8 @@ const VERIFY_BATCH: usize = 8192;
 /// load rather than at query time, and checks each chunk reference points into a
 /// segment file that exists.
 pub async fn verify_index(index: &BucketIndex, segments: &[u64]) -> Result<(), LoadError> {
-    let mut keys: Vec<(String, String)> = vec![(String::new(), String::new())];
-    for name in index.label_names() {
-        for value in index.label_values(name)? {
-            keys.push((name.to_string(), value.to_string()));
-            if keys.len() >= VERIFY_BATCH {
-                index.postings(&std::mem::take(&mut keys), false).await?;
-            }
-        }
-    }
-    let all = index.postings(&keys, false).await?.swap_remove(0);
+    index.check_all_postings(VERIFY_BATCH).await?;
+    let all = index.postings(&[(String::new(), String::new())], false).await?.pop().unwrap_or_default();
     for batch in all.chunks(VERIFY_BATCH) {
         for (labels, refs) in index.series(batch, false).await? {
             for r in &refs {
