@@ -92,7 +92,8 @@ async fn get_exact(bucket: &Bucket, key: &str, range: Range<u64>) -> Result<Byte
 /// Builds the index-header of the index at `key` (`size` bytes, from the listing) into
 /// `out` with three ranged GETs: TOC, header with symbols, postings offset table. The
 /// file is written beside `out` and renamed, so a crash never leaves half a header.
-pub async fn build(bucket: &Bucket, key: &str, size: u64, out: &Path) -> Result<(), HeaderError> {
+/// Returns the number of ranged GETs and the bytes they read.
+pub async fn build(bucket: &Bucket, key: &str, size: u64, out: &Path) -> Result<(u64, u64), HeaderError> {
     let kp = Path::new(key);
     if size < (HEADER_SIZE + TOC_SIZE) as u64 {
         return Err(corrupt(kp, 0, format!("index too short ({size} bytes)")));
@@ -114,9 +115,11 @@ pub async fn build(bucket: &Bucket, key: &str, size: u64, out: &Path) -> Result<
     }
     // The symbols end where the series start; a TOC without series (or a damaged one)
     // costs one more round trip for the length prefix.
+    let mut gets = 3;
     let sym_end = if toc.series > toc.symbols && toc.series <= toc.postings_table {
         toc.series
     } else {
+        gets += 1;
         let p = get_exact(bucket, key, toc.symbols..toc.symbols + 4).await?;
         let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as u64;
         (toc.symbols + len + 8).min(toc_at)
@@ -158,7 +161,7 @@ pub async fn build(bucket: &Bucket, key: &str, size: u64, out: &Path) -> Result<
     };
     tokio::fs::write(&tmp, &f).await.map_err(io("write", &tmp))?;
     tokio::fs::rename(&tmp, out).await.map_err(io("rename", &tmp))?;
-    Ok(())
+    Ok((gets, (tail.len() + head.len() + table_buf.len()) as u64))
 }
 
 /// Sampled postings offsets of one label name.
@@ -291,17 +294,7 @@ impl IndexHeader {
     }
 
     fn entry(&self, pos: usize) -> Result<Entry<'_>, HeaderError> {
-        let c = |e: DecodeError| HeaderError::Corrupt(TsdbError::corrupt(&self.path, e));
-        let end = self.table.end.max(pos);
-        let mut d = Decbuf::with_base(&self.data[pos.min(end)..end], pos);
-        let keys = d.uvarint().map_err(c)?;
-        if keys != 2 {
-            return Err(corrupt(&self.path, pos as u64, format!("postings key count {keys}, want 2")));
-        }
-        let name = d.uvarint_str().map_err(c)?;
-        let value = d.uvarint_str().map_err(c)?;
-        let offset = d.uvarint().map_err(c)?;
-        Ok(Entry { name, value, offset, next: d.offset() })
+        decode_entry(&self.path, &self.data, self.table.end, pos)
     }
 
     fn read_table(&mut self, body: &[u8], at: usize) -> Result<(), HeaderError> {
@@ -309,21 +302,23 @@ impl IndexHeader {
         let count = Decbuf::with_base(body, at).be32().map_err(c)?;
         self.table = at + 4..at + body.len();
         let mut pos = self.table.start;
-        let mut prev: Option<(String, String, u64)> = None;
+        // Entries borrow from this handle on the mapping while `self` is filled in.
+        let data = self.data.clone();
+        let mut prev: Option<(&str, &str, u64)> = None;
         let mut names: BTreeMap<String, NameOffsets> = BTreeMap::new();
         let mut all = None;
         let mut first_offset = None;
         for i in 0..count {
-            let e = self.entry(pos)?;
+            let e = decode_entry(&self.path, &data, self.table.end, pos)?;
             if e.offset >= self.postings_end {
                 return Err(corrupt(&self.path, pos as u64, format!("postings offset {} beyond the lists", e.offset)));
             }
-            if let Some((pn, pv, po)) = &prev {
-                if (pn.as_str(), pv.as_str()) >= (e.name, e.value) {
+            if let Some((pn, pv, po)) = prev {
+                if (pn, pv) >= (e.name, e.value) {
                     return Err(corrupt(&self.path, pos as u64, "postings offset table not sorted"));
                 }
                 // Lists are written in table order: each ends where the next starts.
-                if *po >= e.offset {
+                if po >= e.offset {
                     return Err(corrupt(&self.path, pos as u64, "postings offsets not ascending"));
                 }
             }
@@ -340,7 +335,7 @@ impl IndexHeader {
                 }
                 n.count += 1;
             }
-            prev = Some((e.name.to_string(), e.value.to_string(), e.offset));
+            prev = Some((e.name, e.value, e.offset));
             pos = e.next;
         }
         if pos != self.table.end {
@@ -459,6 +454,21 @@ impl IndexHeader {
     }
 }
 
+/// The postings offset table entry at `pos` of `data`, whose table ends at `end`.
+fn decode_entry<'a>(path: &Path, data: &'a [u8], end: usize, pos: usize) -> Result<Entry<'a>, HeaderError> {
+    let c = |e: DecodeError| HeaderError::Corrupt(TsdbError::corrupt(path, e));
+    let end = end.max(pos).min(data.len());
+    let mut d = Decbuf::with_base(&data[pos.min(end)..end], pos);
+    let keys = d.uvarint().map_err(c)?;
+    if keys != 2 {
+        return Err(corrupt(path, pos as u64, format!("postings key count {keys}, want 2")));
+    }
+    let name = d.uvarint_str().map_err(c)?;
+    let value = d.uvarint_str().map_err(c)?;
+    let offset = d.uvarint().map_err(c)?;
+    Ok(Entry { name, value, offset, next: d.offset() })
+}
+
 fn into_tsdb(e: HeaderError) -> TsdbError {
     match e {
         HeaderError::Corrupt(t) => t,
@@ -487,8 +497,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (bucket, key, size) = block_in_bucket(dir.path(), 300).await;
         let out = dir.path().join(FILENAME);
-        build(&bucket, &key, size, &out).await.unwrap();
+        let (gets, read) = build(&bucket, &key, size, &out).await.unwrap();
         let whole = IndexReader::from_bytes(Path::new(&key), bucket.get(&key).await.unwrap()).unwrap();
+        let toc = whole.toc();
+        assert_eq!((gets, read), (3, TOC_SIZE as u64 + toc.series + (size - TOC_SIZE as u64 - toc.postings_table)));
         let file = std::fs::read(&out).unwrap();
         assert_eq!(&file[..4], &MAGIC.to_be_bytes());
         assert_eq!(file[4..6], [VERSION, whole.version()]);

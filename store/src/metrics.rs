@@ -57,7 +57,11 @@ impl Metrics {
         r.register("chunk_fetches", "Ranged GETs of chunk segment files", m.chunk_fetches.clone());
         r.register("chunk_fetched_bytes", "Bytes read by ranged GETs of chunk segments", m.chunk_fetched_bytes.clone());
         r.register("series_requests", "Store/Series calls", m.series_requests.clone());
-        r.register("index_fetches", "Ranged GETs of block indexes (postings lists, series)", m.index_fetches.clone());
+        r.register(
+            "index_fetches",
+            "Ranged GETs of block indexes (index-header sections, postings lists, series)",
+            m.index_fetches.clone(),
+        );
         r.register("index_fetched_bytes", "Bytes read by ranged GETs of block indexes", m.index_fetched_bytes.clone());
         r.register("index_header_builds", "Index-headers built from the bucket", m.index_header_builds.clone());
         r.register("index_cache_requests", "Index cache lookups (postings and series)", m.index_cache_requests.clone());

@@ -423,8 +423,10 @@ impl Syncer {
         let header = match existing {
             Some(h) => h,
             None => {
-                indexheader::build(&self.bucket, &format!("{id}/index"), index_size, &path).await?;
+                let (gets, bytes) = indexheader::build(&self.bucket, &format!("{id}/index"), index_size, &path).await?;
                 self.metrics.index_header_builds.inc();
+                self.metrics.index_fetches.inc_by(gets);
+                self.metrics.index_fetched_bytes.inc_by(bytes);
                 open(path).await??
             }
         };
