@@ -560,6 +560,56 @@ mod tests {
         let _ = Labels::empty();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// Any damage to a header is an error at open or leaves a header whose lookups
+        /// answer (rightly or with an error) without panicking.
+        #[test]
+        fn damaged_headers_never_panic(
+            flips in proptest::collection::vec((0usize..10_000, 1u8..=255), 1..6),
+            cut in proptest::option::of(0usize..10_000),
+        ) {
+            let mut b = good_header().to_vec();
+            for (i, x) in flips {
+                let n = b.len();
+                b[i % n] ^= x;
+            }
+            if let Some(c) = cut {
+                let n = b.len();
+                b.truncate(c % n);
+            }
+            if let Ok(h) = IndexHeader::from_bytes(Path::new("h"), b.into(), 3) {
+                for r in 0..h.num_symbols + 2 {
+                    let _ = h.symbol(r);
+                }
+                for n in h.label_names() {
+                    for v in h.label_values(n).unwrap_or_default() {
+                        let _ = h.postings_range(n, v);
+                        let _ = h.postings_range(n, &format!("{v}\0"));
+                    }
+                }
+                let _ = h.for_each_postings_range(|_| {});
+            }
+        }
+    }
+
+    /// A valid header of a 20-series block, built once.
+    fn good_header() -> Bytes {
+        static H: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+        H.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let (bucket, key, size) = block_in_bucket(dir.path(), 20).await;
+                let out = dir.path().join(FILENAME);
+                build(&bucket, &key, size, &out).await.unwrap();
+                Bytes::from(std::fs::read(&out).unwrap())
+            })
+        })
+        .clone()
+    }
+
     #[tokio::test]
     async fn damaged_headers_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
