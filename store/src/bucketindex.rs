@@ -232,15 +232,23 @@ impl BucketIndex {
                 raw[i] = Some(entry);
             }
         }
-        let mut out = Vec::with_capacity(ids.len());
-        for (i, r) in raw.into_iter().enumerate() {
-            let off = u64::from(ids[i]) * 16;
-            let Some(r) = r else { return Err(self.corrupt(off, "series entry not fetched")) };
-            let mut chunks = Vec::new();
-            let (l, _) = decode_series_entry(&self.path, &r, off as usize, |s| self.header.symbol(s), &mut chunks)?;
-            out.push((l, chunks));
+        let decode = || {
+            let mut out = Vec::with_capacity(ids.len());
+            for (i, r) in raw.into_iter().enumerate() {
+                let off = u64::from(ids[i]) * 16;
+                let Some(r) = r else { return Err(self.corrupt(off, "series entry not fetched")) };
+                let mut chunks = Vec::new();
+                let (l, _) = decode_series_entry(&self.path, &r, off as usize, |s| self.header.symbol(s), &mut chunks)?;
+                out.push((l, chunks));
+            }
+            Ok(out)
+        };
+        // Decoding thousands of entries is CPU work: on a multi-threaded runtime the
+        // worker hands its other tasks over meanwhile.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) if ids.len() > 256 => tokio::task::block_in_place(decode),
+            _ => decode(),
         }
-        Ok(out)
     }
 }
 
