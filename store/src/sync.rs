@@ -396,9 +396,11 @@ impl Syncer {
         };
         tokio::fs::create_dir_all(&dir).await.map_err(io("create dir", &dir))?;
         // A whole index cached by an earlier version is no longer used.
-        let old = dir.join(norn_tsdb::index::INDEX_FILENAME);
-        if tokio::fs::try_exists(&old).await.unwrap_or(false) {
-            tokio::fs::remove_file(&old).await.map_err(io("remove", &old))?;
+        for name in [norn_tsdb::index::INDEX_FILENAME, "index.tmp"] {
+            let old = dir.join(name);
+            if tokio::fs::try_exists(&old).await.unwrap_or(false) {
+                tokio::fs::remove_file(&old).await.map_err(io("remove", &old))?;
+            }
         }
         let path = dir.join(indexheader::FILENAME);
         let sampling = self.postings_sampling;
@@ -557,6 +559,9 @@ pub(crate) mod tests {
         assert_eq!(s.metrics.index_header_builds.get(), 1);
         let hp = cache.path().join(id.to_string()).join(indexheader::FILENAME);
         let good = std::fs::read(&hp).unwrap();
+        // A whole index left by an earlier version goes at the next load.
+        let old_index = cache.path().join(id.to_string()).join("index");
+        std::fs::write(&old_index, b"old").unwrap();
 
         // A restart reuses a good header and rebuilds a damaged one.
         for (damage, builds) in [(None, 0), (Some(20), 1), (Some(good.len() - 1), 1)] {
@@ -570,6 +575,7 @@ pub(crate) mod tests {
             assert_eq!(r.loaded, 1, "{damage:?}: {r:?}");
             assert_eq!(s2.metrics.index_header_builds.get(), builds, "{damage:?}");
             assert_eq!(std::fs::read(&hp).unwrap(), good, "{damage:?}");
+            assert!(!old_index.exists());
         }
 
         // A series entry damaged in the bucket: skipped at load when verifying; served
