@@ -243,12 +243,7 @@ impl BucketIndex {
             }
             Ok(out)
         };
-        // Decoding thousands of entries is CPU work: on a multi-threaded runtime the
-        // worker hands its other tasks over meanwhile.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) if ids.len() > 256 => tokio::task::block_in_place(decode),
-            _ => decode(),
-        }
+        if ids.len() > 256 { crate::cpu_work(decode) } else { decode() }
     }
 }
 

@@ -280,5 +280,15 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Runs CPU work (decoding thousands of series entries, sorting a selection) so that on
+/// a multi-threaded runtime the worker hands its other tasks to another thread
+/// meanwhile; elsewhere (current-thread runtimes in tests, no runtime) it simply runs.
+pub(crate) fn cpu_work<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 #[cfg(test)]
 mod tests;

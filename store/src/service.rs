@@ -178,21 +178,23 @@ pub async fn select(
         .try_collect()
         .await?;
     per_block.sort_by_key(|p| p.0);
-    let mut all: Vec<(Labels, usize, Vec<ChunkRef>)> = Vec::new();
-    for (bi, series) in per_block {
-        all.extend(series.into_iter().map(|(l, r)| (l, bi, r)));
-    }
-    // Stable: equal labels keep block order (by min time), so joined chunks stay sorted
-    // in the common case of non-overlapping blocks.
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: Vec<Selected> = Vec::new();
-    for (l, bi, r) in all {
-        match out.last_mut() {
-            Some(s) if s.labels == l => s.parts.push((bi, r)),
-            _ => out.push(Selected { labels: l, parts: vec![(bi, r)] }),
+    Ok(crate::cpu_work(move || {
+        let mut all: Vec<(Labels, usize, Vec<ChunkRef>)> = Vec::new();
+        for (bi, series) in per_block {
+            all.extend(series.into_iter().map(|(l, r)| (l, bi, r)));
         }
-    }
-    Ok(out)
+        // Stable: equal labels keep block order (by min time), so joined chunks stay
+        // sorted in the common case of non-overlapping blocks.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<Selected> = Vec::new();
+        for (l, bi, r) in all {
+            match out.last_mut() {
+                Some(s) if s.labels == l => s.parts.push((bi, r)),
+                _ => out.push(Selected { labels: l, parts: vec![(bi, r)] }),
+            }
+        }
+        out
+    }))
 }
 
 fn block_err(b: &StoreBlock, e: impl std::fmt::Display) -> Status {
