@@ -43,9 +43,18 @@ pub struct Part {
 /// ranges closer than `max_gap` are joined while the joined read stays within
 /// `max_range` bytes.
 pub fn partition(offsets: &[u64], size: u64, estimate: u64, max_gap: u64, max_range: u64) -> Vec<Part> {
+    let ranges: Vec<Range<u64>> =
+        offsets.iter().map(|&off| off..off.saturating_add(estimate).min(size).max(off)).collect();
+    coalesce(&ranges, max_gap, max_range)
+}
+
+/// Joins byte ranges sorted by start into ranged reads (Thanos's gap-based
+/// partitioner): a range starting at most `max_gap` after the current read's end joins
+/// it while the read stays within `max_range` bytes; a single range is never split.
+pub fn coalesce(ranges: &[Range<u64>], max_gap: u64, max_range: u64) -> Vec<Part> {
     let mut out: Vec<Part> = Vec::new();
-    for (i, &off) in offsets.iter().enumerate() {
-        let end = off.saturating_add(estimate).min(size).max(off);
+    for (i, r) in ranges.iter().enumerate() {
+        let (off, end) = (r.start, r.end.max(r.start));
         match out.last_mut() {
             Some(p)
                 if off <= p.range.end.saturating_add(max_gap) && end.max(p.range.end) - p.range.start <= max_range =>

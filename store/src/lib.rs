@@ -2,12 +2,17 @@
 //! StoreAPI, so data stays queryable after the receivers' and Prometheus's local
 //! retention dropped it.
 //!
-//! The bucket is listed every `--sync-block-duration`; each new block's `index` is
-//! downloaded once into `--data-dir` and read from there (see [`sync`]); chunk bytes
-//! are read from the bucket with ranged GETs per query (see [`fetch`]); [`service`]
-//! answers Series, LabelNames, LabelValues and Info.
+//! The bucket is listed every `--sync-block-duration`; for each new block an
+//! index-header (symbols and postings offsets, see [`indexheader`]) is built from ranged
+//! reads of its `index` into `--data-dir` (see [`sync`]); postings lists and series are
+//! read from the index in the bucket on demand and cached in memory (see
+//! [`bucketindex`], [`cache`]); chunk bytes are read with ranged GETs per query (see
+//! [`fetch`]); [`service`] answers Series, LabelNames, LabelValues and Info.
 
+pub mod bucketindex;
+pub mod cache;
 pub mod fetch;
+pub mod indexheader;
 pub mod metrics;
 pub mod service;
 pub mod sync;
@@ -33,7 +38,7 @@ use crate::sync::{BlockSet, Syncer};
 /// `NORN_STORE_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Local cache: each served block's index under `<data-dir>/<ulid>/index`.
+    /// Local cache: each served block's index-header under `<data-dir>/<ulid>/index-header`.
     #[arg(long = "data-dir", env = "NORN_STORE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Object storage configuration file (Thanos objstore YAML).
@@ -51,7 +56,7 @@ pub struct Args {
     /// How often the bucket is listed for new and deleted blocks.
     #[arg(long = "sync-block-duration", env = "NORN_STORE_SYNC_BLOCK_DURATION", default_value = "15m")]
     pub sync_block_duration: String,
-    /// Blocks loaded (meta fetched, index downloaded and checked) at once during a sync.
+    /// Blocks loaded (meta fetched, index-header built, index checked) at once during a sync.
     #[arg(long = "block-sync-concurrency", env = "NORN_STORE_BLOCK_SYNC_CONCURRENCY", default_value_t = 20)]
     pub block_sync_concurrency: usize,
     /// Serve only blocks overlapping this time and later: an RFC 3339 time, or a duration
@@ -71,6 +76,29 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     pub max_time: String,
+    /// Bytes of postings lists and series entries kept in memory (least recently used
+    /// dropped first); 0 turns the cache off. Units B, KB, MB, GB (powers of 1024).
+    #[arg(long = "index-cache-size", env = "NORN_STORE_INDEX_CACHE_SIZE", default_value = "250MB")]
+    pub index_cache_size: String,
+    /// Keep every Nth postings offset of the index-header in memory (1: all); larger
+    /// values use less memory and scan more of the mapped header per lookup.
+    #[arg(
+        long = "store.index-header-posting-offsets-in-mem-sampling",
+        env = "NORN_STORE_INDEX_HEADER_POSTING_OFFSETS_IN_MEM_SAMPLING",
+        default_value_t = indexheader::DEFAULT_POSTINGS_SAMPLING,
+        hide = true
+    )]
+    pub posting_offsets_sampling: usize,
+    /// Read every postings list and series entry of a new block once (ranged GETs, not
+    /// kept) before serving it, so a corrupt index is skipped at load instead of failing
+    /// queries. `false` loads only the index-header, as Thanos does.
+    #[arg(
+        long = "store.verify-index-on-load",
+        env = "NORN_STORE_VERIFY_INDEX_ON_LOAD",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub verify_index_on_load: bool,
 }
 
 /// Why `norn store` could not run.
@@ -119,16 +147,24 @@ impl Gateway {
             norn_service::required_bucket(args.objstore_config_file.as_deref(), args.objstore_config.as_deref())?;
         std::fs::create_dir_all(&args.data_dir)
             .map_err(|e| flag("--data-dir", format!("creating {}: {e}", args.data_dir.display())))?;
+        let cache_size = cache::parse_size(&args.index_cache_size).map_err(|m| flag("--index-cache-size", m))?;
+        if args.posting_offsets_sampling == 0 {
+            return Err(flag("--store.index-header-posting-offsets-in-mem-sampling", "must be at least 1".into()));
+        }
         let metrics = Arc::new(Metrics::new(registry));
         let set = Arc::new(BlockSet::default());
-        let syncer = Arc::new(Syncer::new(
+        let mut syncer = Syncer::new(
             bucket.clone(),
             args.data_dir.clone(),
             (min_time, max_time),
             args.block_sync_concurrency,
             set.clone(),
             metrics.clone(),
-        ));
+        );
+        syncer.cache = Arc::new(cache::IndexCache::new(cache_size, metrics.clone()));
+        syncer.postings_sampling = args.posting_offsets_sampling;
+        syncer.verify = args.verify_index_on_load;
+        let syncer = Arc::new(syncer);
         let store =
             BucketStore { set, fetcher: ChunkFetcher { bucket, metrics }, min_time, max_time, served_elsewhere: None };
         Ok(Gateway { syncer, store, sync_every: Duration::from_millis(every as u64) })
@@ -242,6 +278,16 @@ pub async fn run(args: Args, shutdown: Shutdown) -> Result<(), RunError> {
     http.await??;
     tracing::info!("norn store stopped");
     Ok(())
+}
+
+/// Runs CPU work (decoding thousands of series entries, sorting a selection) so that on
+/// a multi-threaded runtime the worker hands its other tasks to another thread
+/// meanwhile; elsewhere (current-thread runtimes in tests, no runtime) it simply runs.
+pub(crate) fn cpu_work<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 #[cfg(test)]

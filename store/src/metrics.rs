@@ -17,6 +17,13 @@ pub struct Metrics {
     pub chunk_fetches: Counter,
     pub chunk_fetched_bytes: Counter,
     pub series_requests: Counter,
+    pub index_fetches: Counter,
+    pub index_fetched_bytes: Counter,
+    pub index_header_builds: Counter,
+    pub index_cache_requests: Counter,
+    pub index_cache_hits: Counter,
+    pub index_cache_bytes: Gauge,
+    pub index_cache_items: Gauge,
 }
 
 impl Metrics {
@@ -32,6 +39,13 @@ impl Metrics {
             chunk_fetches: Counter::default(),
             chunk_fetched_bytes: Counter::default(),
             series_requests: Counter::default(),
+            index_fetches: Counter::default(),
+            index_fetched_bytes: Counter::default(),
+            index_header_builds: Counter::default(),
+            index_cache_requests: Counter::default(),
+            index_cache_hits: Counter::default(),
+            index_cache_bytes: Gauge::default(),
+            index_cache_items: Gauge::default(),
         };
         let r = reg.sub_registry_with_prefix("norn_bucket_store");
         r.register("blocks_loaded", "Blocks served", m.blocks_loaded.clone());
@@ -43,6 +57,17 @@ impl Metrics {
         r.register("chunk_fetches", "Ranged GETs of chunk segment files", m.chunk_fetches.clone());
         r.register("chunk_fetched_bytes", "Bytes read by ranged GETs of chunk segments", m.chunk_fetched_bytes.clone());
         r.register("series_requests", "Store/Series calls", m.series_requests.clone());
+        r.register(
+            "index_fetches",
+            "Ranged GETs of block indexes (index-header sections, postings lists, series)",
+            m.index_fetches.clone(),
+        );
+        r.register("index_fetched_bytes", "Bytes read by ranged GETs of block indexes", m.index_fetched_bytes.clone());
+        r.register("index_header_builds", "Index-headers built from the bucket", m.index_header_builds.clone());
+        r.register("index_cache_requests", "Index cache lookups (postings and series)", m.index_cache_requests.clone());
+        r.register("index_cache_hits", "Index cache lookups that hit", m.index_cache_hits.clone());
+        r.register("index_cache_bytes", "Bytes held by the index cache (estimated)", m.index_cache_bytes.clone());
+        r.register("index_cache_items", "Items held by the index cache", m.index_cache_items.clone());
         m
     }
 }

@@ -1,8 +1,9 @@
 //! `thanos.Store` and `thanos.info.Info` over the served blocks.
 //!
 //! Series: blocks are chosen by time range and external-label matchers; each block's
-//! local index yields the matching series and their chunk references (labels with the
-//! block's external labels on). Series with equal labels from several blocks become one,
+//! index (header local, postings and series read from the bucket on demand) yields the
+//! matching series and their chunk references (labels with the block's external labels
+//! on). Series with equal labels from several blocks become one,
 //! their chunks in time order. Chunk bytes are then read from the bucket a batch of
 //! series at a time, as the frames are built, and sent through a bounded channel, so
 //! memory holds one batch of chunks however large the answer.
@@ -10,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use norn_model::{Labels, Matcher};
 use norn_storeapi::external::{check_label_name, request_limit, request_matchers, strip_external, with_external};
 use norn_storeapi::labels_to_proto;
@@ -34,6 +36,10 @@ use crate::sync::{BlockSet, RESOLUTIONS, StoreBlock};
 const FETCH_BATCH_CHUNKS: usize = 4096;
 /// Most series per fetch batch, whatever their chunk counts.
 const FETCH_BATCH_SERIES: usize = 1024;
+/// Series entries read from a block's index at once.
+const SERIES_READ_BATCH: usize = 4096;
+/// Blocks whose postings and series are read at once.
+const BLOCK_CONCURRENCY: usize = 8;
 
 /// One series of an answer: its labels and, per block holding it, the chunk references
 /// inside the requested range.
@@ -45,8 +51,43 @@ pub struct Selected {
 
 /// Series IDs of `matchers` in a block (all series when every matcher was on an
 /// external label).
-fn postings(b: &StoreBlock, rest: &[Matcher]) -> norn_tsdb::Result<Vec<u32>> {
-    if rest.is_empty() { b.index.all_postings() } else { b.index.postings_for_matchers(rest) }
+async fn postings(b: &StoreBlock, rest: &[Matcher]) -> Result<Vec<u32>, Status> {
+    let r = if rest.is_empty() { b.index.all_postings().await } else { b.index.postings_for_matchers(rest).await };
+    r.map_err(|e| block_err(b, e))
+}
+
+/// A series' labels and chunk references.
+type SeriesRefs = (Labels, Vec<ChunkRef>);
+
+/// Labels (external ones on) and chunk references of the series of `b` selected by
+/// `rest`, read a batch at a time; `keep` filters the chunk references (a series left
+/// without any is dropped).
+async fn block_series(
+    b: &StoreBlock,
+    rest: &[Matcher],
+    keep: impl Fn(&ChunkRef) -> bool,
+) -> Result<Vec<SeriesRefs>, Status> {
+    let ids = postings(b, rest).await?;
+    let mut out = Vec::new();
+    for batch in ids.chunks(SERIES_READ_BATCH) {
+        for (l, mut refs) in b.index.series(batch, true).await.map_err(|e| block_err(b, e))? {
+            refs.retain(&keep);
+            if !refs.is_empty() {
+                out.push((with_external(&l, &b.ext), refs));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Labels of the series of `b` selected by `rest` (no external labels).
+async fn block_labels(b: &StoreBlock, rest: &[Matcher]) -> Result<Vec<Labels>, Status> {
+    let ids = postings(b, rest).await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for batch in ids.chunks(SERIES_READ_BATCH) {
+        out.extend(b.index.series(batch, true).await.map_err(|e| block_err(b, e))?.into_iter().map(|(l, _)| l));
+    }
+    Ok(out)
 }
 
 /// Which blocks answer `[mint, maxt]` for a client accepting resolutions up to
@@ -111,43 +152,49 @@ fn fill(blocks: &[BlockSpan<'_>], levels: &[Vec<usize>; 3], level: usize, mint: 
 
 /// The series of `blocks` matching `ms` with chunks in `[mint, maxt]`, external labels
 /// on, sorted by labels, equal label sets joined; only blocks [`choose_blocks`] picks for
-/// `max_res` take part. Runs on a blocking thread.
-pub fn select(
+/// `max_res` take part. Blocks are read a few at a time.
+pub async fn select(
     blocks: &[Arc<StoreBlock>],
     ms: &[Matcher],
     mint: i64,
     maxt: i64,
     max_res: i64,
 ) -> Result<Vec<Selected>, Status> {
-    let mut all: Vec<(Labels, usize, Vec<ChunkRef>)> = Vec::new();
-    let mut refs = Vec::new();
     let chosen = choose_blocks(blocks, mint, maxt, max_res);
+    let mut jobs: Vec<(usize, Arc<StoreBlock>, Vec<Matcher>)> = Vec::new();
     for (bi, b) in blocks.iter().enumerate() {
         if !chosen[bi] || !b.overlaps(mint, maxt) {
             continue;
         }
         let Some(rest) = strip_external(&b.ext, ms) else { continue };
-        let ids = postings(b, &rest).map_err(|e| block_err(b, e))?;
-        for id in ids {
-            let l = b.index.series_into(id, &mut refs).map_err(|e| block_err(b, e))?;
-            refs.retain(|c| c.min_time <= maxt && c.max_time >= mint);
-            if refs.is_empty() {
-                continue;
+        jobs.push((bi, b.clone(), rest));
+    }
+    let mut per_block: Vec<(usize, Vec<SeriesRefs>)> = futures::stream::iter(jobs)
+        .map(|(bi, b, rest)| async move {
+            let s = block_series(&b, &rest, |c| c.min_time <= maxt && c.max_time >= mint).await?;
+            Ok::<_, Status>((bi, s))
+        })
+        .buffer_unordered(BLOCK_CONCURRENCY)
+        .try_collect()
+        .await?;
+    per_block.sort_by_key(|p| p.0);
+    Ok(crate::cpu_work(move || {
+        let mut all: Vec<(Labels, usize, Vec<ChunkRef>)> = Vec::new();
+        for (bi, series) in per_block {
+            all.extend(series.into_iter().map(|(l, r)| (l, bi, r)));
+        }
+        // Stable: equal labels keep block order (by min time), so joined chunks stay
+        // sorted in the common case of non-overlapping blocks.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<Selected> = Vec::new();
+        for (l, bi, r) in all {
+            match out.last_mut() {
+                Some(s) if s.labels == l => s.parts.push((bi, r)),
+                _ => out.push(Selected { labels: l, parts: vec![(bi, r)] }),
             }
-            all.push((with_external(&l, &b.ext), bi, std::mem::take(&mut refs)));
         }
-    }
-    // Stable: equal labels keep block order (by min time), so joined chunks stay sorted
-    // in the common case of non-overlapping blocks.
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: Vec<Selected> = Vec::new();
-    for (l, bi, r) in all {
-        match out.last_mut() {
-            Some(s) if s.labels == l => s.parts.push((bi, r)),
-            _ => out.push(Selected { labels: l, parts: vec![(bi, r)] }),
-        }
-    }
-    Ok(out)
+        out
+    }))
 }
 
 fn block_err(b: &StoreBlock, e: impl std::fmt::Display) -> Status {
@@ -323,15 +370,8 @@ impl store_server::Store for BucketStore {
         let ms = request_matchers(&req.matchers)?;
         let (mint, maxt) = self.clamp(req.min_time, req.max_time);
         let blocks = self.blocks();
-        let selected = if mint > maxt {
-            Vec::new()
-        } else {
-            let bs = blocks.clone();
-            let max_res = req.max_resolution_window;
-            tokio::task::spawn_blocking(move || select(&bs, &ms, mint, maxt, max_res))
-                .await
-                .map_err(|e| Status::internal(format!("series selection task: {e}")))??
-        };
+        let selected =
+            if mint > maxt { Vec::new() } else { select(&blocks, &ms, mint, maxt, req.max_resolution_window).await? };
         let limit = request_limit(req.limit);
         let selected = if selected.len() > limit { selected[..limit].to_vec() } else { selected };
         let batch = req.response_batch_size.max(1) as usize;
@@ -358,32 +398,27 @@ impl store_server::Store for BucketStore {
         let ms = request_matchers(&req.matchers)?;
         let (mint, maxt) = self.clamp(req.start, req.end);
         let blocks = self.blocks();
-        let mut names: Vec<String> = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
-            let mut set: BTreeSet<String> = BTreeSet::new();
-            for b in blocks.iter().filter(|b| mint <= maxt && b.overlaps(mint, maxt)) {
-                let Some(rest) = strip_external(&b.ext, &ms) else { continue };
-                // Matchers only on external labels select the whole block: its index
-                // answers without a walk over the series.
-                let mut any = false;
-                if rest.is_empty() {
-                    let ns = b.index.label_names();
-                    any = !ns.is_empty();
-                    set.extend(ns.into_iter().map(str::to_string));
-                } else {
-                    for id in postings(b, &rest).map_err(|e| block_err(b, e))? {
-                        let (l, _) = b.index.series(id).map_err(|e| block_err(b, e))?;
-                        any = true;
-                        set.extend(l.iter().map(|(n, _)| n.to_string()));
-                    }
-                }
-                if any {
-                    set.extend(b.ext.iter().map(|(n, _)| n.to_string()));
+        let mut set: BTreeSet<String> = BTreeSet::new();
+        for b in blocks.iter().filter(|b| mint <= maxt && b.overlaps(mint, maxt)) {
+            let Some(rest) = strip_external(&b.ext, &ms) else { continue };
+            // Matchers only on external labels select the whole block: its index-header
+            // answers without reading any series.
+            let mut any = false;
+            if rest.is_empty() {
+                let ns = b.index.label_names();
+                any = !ns.is_empty();
+                set.extend(ns.into_iter().map(str::to_string));
+            } else {
+                for l in block_labels(b, &rest).await? {
+                    any = true;
+                    set.extend(l.iter().map(|(n, _)| n.to_string()));
                 }
             }
-            Ok(set.into_iter().collect())
-        })
-        .await
-        .map_err(|e| Status::internal(format!("label names task: {e}")))??;
+            if any {
+                set.extend(b.ext.iter().map(|(n, _)| n.to_string()));
+            }
+        }
+        let mut names: Vec<String> = set.into_iter().collect();
         names.truncate(request_limit(req.limit));
         Ok(Response::new(LabelNamesResponse { names, ..Default::default() }))
     }
@@ -395,31 +430,28 @@ impl store_server::Store for BucketStore {
         let (mint, maxt) = self.clamp(req.start, req.end);
         let blocks = self.blocks();
         let name = req.label.clone();
-        let mut values: Vec<String> = tokio::task::spawn_blocking(move || -> Result<Vec<String>, Status> {
-            let mut set: BTreeSet<String> = BTreeSet::new();
-            for b in blocks.iter().filter(|b| mint <= maxt && b.overlaps(mint, maxt)) {
-                let Some(rest) = strip_external(&b.ext, &ms) else { continue };
-                if rest.is_empty() {
-                    match b.ext.get(&name) {
-                        Some(v) if !b.index.label_names().is_empty() => {
-                            set.insert(v.to_string());
-                        }
-                        Some(_) => {}
-                        None => set.extend(b.index.label_values(&name).into_iter().map(str::to_string)),
-                    }
-                    continue;
-                }
-                for id in postings(b, &rest).map_err(|e| block_err(b, e))? {
-                    let (l, _) = b.index.series(id).map_err(|e| block_err(b, e))?;
-                    if let Some(v) = with_external(&l, &b.ext).get(&name) {
+        let mut set: BTreeSet<String> = BTreeSet::new();
+        for b in blocks.iter().filter(|b| mint <= maxt && b.overlaps(mint, maxt)) {
+            let Some(rest) = strip_external(&b.ext, &ms) else { continue };
+            if rest.is_empty() {
+                match b.ext.get(&name) {
+                    Some(v) if !b.index.label_names().is_empty() => {
                         set.insert(v.to_string());
                     }
+                    Some(_) => {}
+                    None => set.extend(
+                        b.index.label_values(&name).map_err(|e| block_err(b, e))?.into_iter().map(str::to_string),
+                    ),
+                }
+                continue;
+            }
+            for l in block_labels(b, &rest).await? {
+                if let Some(v) = with_external(&l, &b.ext).get(&name) {
+                    set.insert(v.to_string());
                 }
             }
-            Ok(set.into_iter().collect())
-        })
-        .await
-        .map_err(|e| Status::internal(format!("label values task: {e}")))??;
+        }
+        let mut values: Vec<String> = set.into_iter().collect();
         values.truncate(request_limit(req.limit));
         Ok(Response::new(LabelValuesResponse { values, ..Default::default() }))
     }

@@ -1,6 +1,7 @@
 //! Keeping the set of served blocks in step with the bucket: list it, load new blocks
-//! (meta.json checked, `index` downloaded once into the data directory and validated
-//! whole), skip broken and deletion-marked blocks, drop blocks that vanished.
+//! (meta.json checked, an index-header built from ranged reads of the index into the
+//! data directory, the index verified through ranged reads unless turned off), skip
+//! broken and deletion-marked blocks, drop blocks that vanished.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -9,20 +10,22 @@ use std::sync::Arc;
 use futures::StreamExt;
 use norn_model::Labels;
 use norn_objstore::Bucket;
-use norn_tsdb::chunks::ChunkRef;
-use norn_tsdb::index::IndexReader;
 use norn_tsdb::meta::BlockMeta;
 use parking_lot::{Mutex, RwLock};
 use ulid::Ulid;
 
+use crate::bucketindex::{BucketIndex, IndexError};
+use crate::cache::IndexCache;
+use crate::indexheader::{self, HeaderError, IndexHeader};
 use crate::metrics::Metrics;
 
 /// Marker object Thanos's compactor (and `thanos tools bucket mark`) writes before
 /// deleting a block: such blocks are no longer served.
 pub const DELETION_MARK: &str = "deletion-mark.json";
 
-/// A block served from the bucket: its meta, external labels, the index read from the
-/// local copy and the sizes of its chunk segment files (for ranged reads).
+/// A block served from the bucket: its meta, external labels, its index (header local,
+/// postings and series read from the bucket) and the sizes of its chunk segment files
+/// (for ranged reads).
 #[derive(Debug)]
 pub struct StoreBlock {
     /// Block ID (its directory in the bucket).
@@ -31,8 +34,8 @@ pub struct StoreBlock {
     pub meta: BlockMeta,
     /// `thanos.labels` of the meta: added to every series of the block.
     pub ext: Labels,
-    /// The index, from `<data-dir>/<ulid>/index`.
-    pub index: IndexReader,
+    /// The index: `<data-dir>/<ulid>/index-header` plus ranged reads of `<ulid>/index`.
+    pub index: BucketIndex,
     /// Size in bytes of `chunks/000001`, `chunks/000002`, … in that order.
     pub segments: Vec<u64>,
     /// Downsampling resolution in ms: 0 (raw), 300000 (5m) or 3600000 (1h).
@@ -56,6 +59,10 @@ pub enum LoadError {
     Bucket(#[from] norn_objstore::Error),
     #[error("index: {0}")]
     Index(#[from] norn_tsdb::TsdbError),
+    #[error("index: {0}")]
+    Remote(#[from] IndexError),
+    #[error("index-header: {0}")]
+    Header(#[from] HeaderError),
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: String, source: std::io::Error },
     #[error("{0}")]
@@ -167,29 +174,30 @@ pub fn parse_meta(id: Ulid, bytes: &[u8]) -> Result<(BlockMeta, Labels, i64), Lo
     Ok((meta, ext, resolution))
 }
 
-/// Reads every series entry and postings list of an index once, so corruption anywhere
-/// in it is found at load rather than at query time, and checks each chunk reference
-/// points into a segment file that exists.
-pub fn validate_index(index: &IndexReader, segments: &[u64]) -> Result<(), LoadError> {
-    for name in index.label_names() {
-        for value in index.label_values(name) {
-            index.postings(name, value)?;
-        }
-    }
-    let mut refs: Vec<ChunkRef> = Vec::new();
-    for id in index.all_postings()? {
-        let labels = index.series_into(id, &mut refs)?;
-        for r in &refs {
-            let seg = (r.chunk_ref >> 32) as usize;
-            let off = r.chunk_ref & 0xffff_ffff;
-            match segments.get(seg) {
-                Some(&size) if off >= norn_tsdb::chunks::SEGMENT_HEADER_SIZE as u64 && off < size => {}
-                _ => {
-                    return Err(LoadError::Layout(format!(
-                        "series {labels} references chunk {:#x} outside the {} segment file(s)",
-                        r.chunk_ref,
-                        segments.len()
-                    )));
+/// Postings lists or series read at once while verifying an index.
+const VERIFY_BATCH: usize = 8192;
+
+/// Reads every postings list and series entry of an index once through ranged GETs
+/// (nothing cached, nothing written to disk), so corruption anywhere in it is found at
+/// load rather than at query time, and checks each chunk reference points into a
+/// segment file that exists.
+pub async fn verify_index(index: &BucketIndex, segments: &[u64]) -> Result<(), LoadError> {
+    index.check_all_postings(VERIFY_BATCH).await?;
+    let all = index.postings(&[(String::new(), String::new())], false).await?.pop().unwrap_or_default();
+    for batch in all.chunks(VERIFY_BATCH) {
+        for (labels, refs) in index.series(batch, false).await? {
+            for r in &refs {
+                let seg = (r.chunk_ref >> 32) as usize;
+                let off = r.chunk_ref & 0xffff_ffff;
+                match segments.get(seg) {
+                    Some(&size) if off >= norn_tsdb::chunks::SEGMENT_HEADER_SIZE as u64 && off < size => {}
+                    _ => {
+                        return Err(LoadError::Layout(format!(
+                            "series {labels} references chunk {:#x} outside the {} segment file(s)",
+                            r.chunk_ref,
+                            segments.len()
+                        )));
+                    }
                 }
             }
         }
@@ -218,7 +226,7 @@ pub struct SyncReport {
 #[derive(Debug)]
 pub struct Syncer {
     pub bucket: Bucket,
-    /// Local cache (`--data-dir`): `<ulid>/index` per served block.
+    /// Local cache (`--data-dir`): `<ulid>/index-header` per served block.
     pub dir: PathBuf,
     /// Only blocks overlapping `[min_time, max_time]` are served.
     pub min_time: i64,
@@ -227,6 +235,14 @@ pub struct Syncer {
     pub concurrency: usize,
     pub set: Arc<BlockSet>,
     pub metrics: Arc<Metrics>,
+    /// Postings and series read for queries (`--index-cache-size`).
+    pub cache: Arc<IndexCache>,
+    /// Every how many postings offsets of a label name one is kept in memory
+    /// (`--store.index-header-posting-offsets-in-mem-sampling`).
+    pub postings_sampling: usize,
+    /// Read every postings list and series of a new block once before serving it
+    /// (`--store.verify-index-on-load`).
+    pub verify: bool,
     /// Blocks that failed, with what the listing said then: retried only once that changes.
     failed: Mutex<HashMap<Ulid, (Listed, String)>>,
 }
@@ -248,7 +264,10 @@ impl Syncer {
             max_time,
             concurrency: concurrency.max(1),
             set,
+            cache: Arc::new(IndexCache::new(crate::cache::DEFAULT_SIZE, metrics.clone())),
             metrics,
+            postings_sampling: indexheader::DEFAULT_POSTINGS_SAMPLING,
+            verify: true,
             failed: Mutex::new(HashMap::new()),
         }
     }
@@ -376,26 +395,48 @@ impl Syncer {
             move |source| LoadError::Io { op, path, source }
         };
         tokio::fs::create_dir_all(&dir).await.map_err(io("create dir", &dir))?;
-        let local = dir.join("index");
-        // A cached copy of the right size (from before a restart) is reused; it is
-        // validated below like a fresh one.
-        let cached = tokio::fs::metadata(&local).await.map(|m| m.len() == index_size).unwrap_or(false);
-        if !cached {
-            let tmp = dir.join("index.tmp");
-            let n = self.bucket.download_file(&format!("{id}/index"), &tmp).await?;
-            if n != index_size {
-                return Err(LoadError::Layout(format!("index download got {n} bytes, listing said {index_size}")));
+        // A whole index cached by an earlier version is no longer used.
+        for name in [norn_tsdb::index::INDEX_FILENAME, "index.tmp"] {
+            let old = dir.join(name);
+            if tokio::fs::try_exists(&old).await.unwrap_or(false) {
+                tokio::fs::remove_file(&old).await.map_err(io("remove", &old))?;
             }
-            tokio::fs::rename(&tmp, &local).await.map_err(io("rename", &tmp))?;
         }
-        let segs = segments.clone();
-        let index = tokio::task::spawn_blocking(move || -> Result<IndexReader, LoadError> {
-            let index = IndexReader::open(&local)?;
-            validate_index(&index, &segs)?;
-            Ok(index)
-        })
-        .await
-        .map_err(|e| LoadError::Layout(format!("index validation task: {e}")))??;
+        let path = dir.join(indexheader::FILENAME);
+        let sampling = self.postings_sampling;
+        let open = |path: PathBuf| async move {
+            tokio::task::spawn_blocking(move || IndexHeader::open(&path, sampling))
+                .await
+                .map_err(|e| LoadError::Layout(format!("index-header task: {e}")))
+        };
+        // A header left from before a restart is reused once it checks out; a damaged
+        // one is rebuilt.
+        let existing = if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            match open(path.clone()).await? {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(block = %id, error = %e, "damaged index-header; rebuilding it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let header = match existing {
+            Some(h) => h,
+            None => {
+                let (gets, bytes) = indexheader::build(&self.bucket, &format!("{id}/index"), index_size, &path).await?;
+                self.metrics.index_header_builds.inc();
+                self.metrics.index_fetches.inc_by(gets);
+                self.metrics.index_fetched_bytes.inc_by(bytes);
+                open(path).await??
+            }
+        };
+        let index =
+            BucketIndex::new(id, header, self.bucket.clone(), index_size, self.cache.clone(), self.metrics.clone());
+        if self.verify {
+            verify_index(&index, &segments).await?;
+        }
         Ok(Some(StoreBlock { id, meta, ext, index, segments, resolution }))
     }
 }
@@ -470,7 +511,8 @@ pub(crate) mod tests {
         let snap = s.set.snapshot();
         assert_eq!(snap.iter().map(|b| b.id).collect::<Vec<_>>(), vec![good]);
         assert_eq!(snap[0].ext, Labels::from_pairs([("replica", "a")]));
-        assert!(cache.path().join(good.to_string()).join("index").exists());
+        assert!(cache.path().join(good.to_string()).join(indexheader::FILENAME).exists());
+        assert!(!cache.path().join(good.to_string()).join("index").exists(), "the index stays in the bucket");
         assert!(!cache.path().join(bad_index.to_string()).exists(), "a broken block leaves no cache behind");
 
         // A second pass keeps what it has, does not retry unchanged broken blocks, and
@@ -504,6 +546,58 @@ pub(crate) mod tests {
         let r = s.sync().await.unwrap();
         assert_eq!((r.loaded, r.out_of_range), (1, 1));
         assert_eq!(s.set.snapshot()[0].id, late);
+    }
+
+    #[tokio::test]
+    async fn damaged_index_header_is_rebuilt_and_verification_can_be_turned_off() {
+        let bdir = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let bucket = Bucket::filesystem(bdir.path()).unwrap();
+        let id = upload_block(&bucket, 0, 40, &[("replica", "a")]).await;
+        let s = syncer(&bucket, cache.path());
+        assert_eq!(s.sync().await.unwrap().loaded, 1);
+        assert_eq!(s.metrics.index_header_builds.get(), 1);
+        let hp = cache.path().join(id.to_string()).join(indexheader::FILENAME);
+        let good = std::fs::read(&hp).unwrap();
+        // A whole index left by an earlier version goes at the next load.
+        let old_index = cache.path().join(id.to_string()).join("index");
+        std::fs::write(&old_index, b"old").unwrap();
+
+        // A restart reuses a good header and rebuilds a damaged one.
+        for (damage, builds) in [(None, 0), (Some(20), 1), (Some(good.len() - 1), 1)] {
+            let mut b = good.clone();
+            if let Some(i) = damage {
+                b[i] ^= 0xff;
+            }
+            std::fs::write(&hp, &b).unwrap();
+            let s2 = syncer(&bucket, cache.path());
+            let r = s2.sync().await.unwrap();
+            assert_eq!(r.loaded, 1, "{damage:?}: {r:?}");
+            assert_eq!(s2.metrics.index_header_builds.get(), builds, "{damage:?}");
+            assert_eq!(std::fs::read(&hp).unwrap(), good, "{damage:?}");
+            assert!(!old_index.exists());
+        }
+
+        // A series entry damaged in the bucket: skipped at load when verifying; served
+        // (and failing only when read) when not, as Thanos does.
+        let key = format!("{id}/index");
+        let whole = bucket.get(&key).await.unwrap();
+        let reader = norn_tsdb::index::IndexReader::from_bytes(Path::new(&key), whole.clone()).unwrap();
+        let sid = reader.all_postings().unwrap()[20];
+        let mut b = whole.to_vec();
+        b[sid as usize * 16 + 4] ^= 0xff;
+        bucket.put(&key, Bytes::from(b)).await.unwrap();
+        std::fs::remove_dir_all(cache.path().join(id.to_string())).unwrap();
+        let r = syncer(&bucket, cache.path()).sync().await.unwrap();
+        assert_eq!(r.failed.len(), 1, "{r:?}");
+        assert!(r.failed[0].1.contains("series checksum mismatch"), "{r:?}");
+        let mut lazy = syncer(&bucket, cache.path());
+        lazy.verify = false;
+        assert_eq!(lazy.sync().await.unwrap().loaded, 1);
+        let blk = lazy.set.snapshot()[0].clone();
+        assert!(blk.index.series(&[reader.all_postings().unwrap()[0]], true).await.is_ok());
+        let e = blk.index.series(&[sid], true).await.unwrap_err().to_string();
+        assert!(e.contains(&key) && e.contains("checksum"), "{e}");
     }
 
     #[test]

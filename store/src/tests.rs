@@ -361,5 +361,8 @@ fn gateway_args(bucket: &std::path::Path, cache: &std::path::Path) -> Args {
         block_sync_concurrency: 2,
         min_time: "0000-01-01T00:00:00Z".into(),
         max_time: "9999-12-31T23:59:59Z".into(),
+        index_cache_size: "250MB".into(),
+        posting_offsets_sampling: 32,
+        verify_index_on_load: true,
     }
 }

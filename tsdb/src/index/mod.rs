@@ -9,7 +9,9 @@ pub mod postings;
 mod reader;
 mod writer;
 
-pub use reader::IndexReader;
+pub use reader::{
+    IndexReader, PostingsPlan, PostingsSet, decode_postings_list, decode_series_entry, series_entry_size,
+};
 pub use writer::IndexWriter;
 
 use crate::encoding::{Decbuf, DecodeError, crc32c, put_be64};

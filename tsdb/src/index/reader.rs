@@ -216,23 +216,9 @@ impl IndexReader {
     }
 
     fn read_postings_at(&self, off: u64) -> Result<Vec<u32>> {
-        let (body, at) = self.section(off, "postings list")?;
-        let c = |e| TsdbError::corrupt(&self.path, e);
-        let mut d = Decbuf::with_base(body, at);
-        let n = d.be32().map_err(c)? as usize;
-        if d.remaining() != n.saturating_mul(4) {
-            return Err(TsdbError::corrupt_at(&self.path, at as u64, "postings count does not match list length"));
-        }
-        let mut ids = Vec::with_capacity(n);
-        for _ in 0..n {
-            let id_at = d.offset();
-            let id = d.be32().map_err(c)?;
-            if ids.last().is_some_and(|&p| p >= id) {
-                return Err(TsdbError::corrupt_at(&self.path, id_at as u64, "postings not strictly ascending"));
-            }
-            ids.push(id);
-        }
-        Ok(ids)
+        let off = off as usize;
+        let end = self.data.len() - TOC_SIZE;
+        decode_postings_list(&self.path, &self.data[off.min(end)..end], off)
     }
 
     /// IDs of the series with label `name="value"`, ascending.
@@ -255,80 +241,11 @@ impl IndexReader {
         }
     }
 
-    /// Union of the postings of the values of `name` for which `keep` holds.
-    fn postings_where(&self, name: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<u32>> {
-        let Some(vals) = self.postings.get(name) else { return Ok(Vec::new()) };
-        let lists =
-            vals.iter().filter(|(v, _)| keep(v)).map(|(_, off)| self.read_postings_at(*off)).collect::<Result<_>>()?;
-        Ok(merge(lists))
-    }
-
-    fn postings_for_values(&self, name: &str, values: &[&str]) -> Result<Vec<u32>> {
-        let lists = values.iter().map(|v| self.postings(name, v)).collect::<Result<_>>()?;
-        Ok(merge(lists))
-    }
-
-    /// Series matching the value set of `m` (which must not match the empty string in
-    /// this use, or the caller handles the unset case).
-    fn postings_matching(&self, m: &Matcher) -> Result<Vec<u32>> {
-        if let Some(set) = m.set_matches() {
-            return self.postings_for_values(&m.name, &set);
-        }
-        self.postings_where(&m.name, |v| m.matches(v))
-    }
-
-    /// Series whose value of `m.name` is set and does not satisfy `m`.
-    fn postings_not_matching(&self, m: &Matcher) -> Result<Vec<u32>> {
-        match m.kind {
-            MatchType::NotEqual => return self.postings(&m.name, &m.value),
-            MatchType::NotRegex => {
-                if let Ok(inv) = Matcher::new(MatchType::Regex, m.name.clone(), m.value.clone())
-                    && let Some(set) = inv.set_matches()
-                {
-                    return self.postings_for_values(&m.name, &set);
-                }
-            }
-            MatchType::Equal | MatchType::Regex => {}
-        }
-        self.postings_where(&m.name, |v| !m.matches(v))
-    }
-
-    /// IDs of the series selected by all `matchers`, with Prometheus's semantics: a
-    /// matcher that accepts the empty string also selects series without the label, so
-    /// it is applied by subtracting the series it rejects. With only such matchers the
-    /// result is taken out of all series; with no matchers it is empty.
+    /// IDs of the series selected by all `matchers`, with Prometheus's semantics (see
+    /// [`PostingsPlan`]): postings lists are read as the plan's evaluation needs them.
     pub fn postings_for_matchers(&self, matchers: &[Matcher]) -> Result<Vec<u32>> {
-        if matchers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let must_be_set: std::collections::HashSet<&str> =
-            matchers.iter().filter(|m| !m.matches_empty()).map(|m| m.name.as_str()).collect();
-        let mut its = Vec::new();
-        let mut nots = Vec::new();
-        for m in matchers {
-            let is_not = matches!(m.kind, MatchType::NotEqual | MatchType::NotRegex);
-            let intersecting = must_be_set.contains(m.name.as_str()) && !(is_not && m.matches_empty());
-            if intersecting {
-                let p = self.postings_matching(m)?;
-                if p.is_empty() {
-                    return Ok(p);
-                }
-                its.push(p);
-            } else {
-                nots.push(self.postings_not_matching(m)?);
-            }
-        }
-        if its.is_empty() {
-            its.push(self.all_postings()?);
-        }
-        let mut out = intersect_all(its);
-        for n in &nots {
-            if out.is_empty() {
-                break;
-            }
-            out = difference(&out, n);
-        }
-        Ok(out)
+        let plan = PostingsPlan::new(matchers, |name| Ok(self.label_values(name)))?;
+        plan.evaluate(|name, value| self.postings(name, value))
     }
 
     /// The labels and chunk references of series `id`.
@@ -340,9 +257,9 @@ impl IndexReader {
 
     /// Like [`IndexReader::series`], reusing `chunks`' allocation.
     pub fn series_into(&self, id: u32, chunks: &mut Vec<ChunkRef>) -> Result<Labels> {
-        chunks.clear();
         let off = u64::from(id) * 16;
         if off < self.toc.series || off >= self.series_end {
+            chunks.clear();
             return Err(TsdbError::corrupt_at(
                 &self.path,
                 off,
@@ -350,58 +267,245 @@ impl IndexReader {
             ));
         }
         let off = off as usize;
-        let path = &self.path;
-        let c = |e| TsdbError::corrupt(path, e);
-        let mut d = Decbuf::with_base(&self.data[off..self.series_end as usize], off);
-        let len = d.uvarint_len().map_err(c)?;
-        let body_at = d.offset();
-        let body = d.bytes(len).map_err(c)?;
-        let want = d.be32().map_err(c)?;
-        let got = crc32c(body);
-        if !checksum_ok(want, got) {
-            return Err(TsdbError::corrupt_at(
-                path,
-                (body_at + len) as u64,
-                format!("series checksum mismatch: stored {want:#010x}, computed {got:#010x}"),
-            ));
-        }
-        let mut d = Decbuf::with_base(body, body_at);
-        let n = d.uvarint_len().map_err(c)?;
-        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let at = d.offset() as u64;
-            let nr = d.uvarint32().map_err(c)?;
-            let vr = d.uvarint32().map_err(c)?;
-            let bad = |e: TsdbError| match e {
-                TsdbError::Corrupt { what, .. } => TsdbError::corrupt_at(path, at, what),
-                e => e,
-            };
-            let name = self.symbol(nr).map_err(bad)?;
-            let value = self.symbol(vr).map_err(bad)?;
-            if pairs.last().is_some_and(|(p, _)| *p >= name) || name.is_empty() {
-                return Err(TsdbError::corrupt_at(path, at, "series labels not sorted or empty name"));
-            }
-            pairs.push((name, value));
-        }
-        let labels = Labels::from_sorted_unchecked_iter(pairs.into_iter());
-        let nchunks = d.uvarint_len().map_err(c)?;
-        if nchunks > 0 {
-            let min_time = d.varint().map_err(c)?;
-            let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
-            let chunk_ref = d.uvarint().map_err(c)?;
-            chunks.push(ChunkRef { min_time, max_time, chunk_ref });
-            for _ in 1..nchunks {
-                let prev = chunks[chunks.len() - 1];
-                let min_time = add_delta(prev.max_time, d.uvarint().map_err(c)?);
-                let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
-                let chunk_ref = prev.chunk_ref.wrapping_add(d.varint().map_err(c)? as u64);
-                chunks.push(ChunkRef { min_time, max_time, chunk_ref });
-            }
-        }
-        if d.remaining() != 0 {
-            return Err(TsdbError::corrupt_at(path, d.offset() as u64, "trailing bytes in series entry"));
-        }
+        let (labels, _) = decode_series_entry(
+            &self.path,
+            &self.data[off..self.series_end as usize],
+            off,
+            |r| self.symbol(r),
+            chunks,
+        )?;
         Ok(labels)
+    }
+}
+
+/// Decodes the postings list (`len | count | ids… | crc`) at the start of `buf`, which
+/// lies at file offset `base` (bytes after the list are ignored): checks the CRC, the
+/// count and that the IDs ascend strictly. `path` names the file in errors.
+pub fn decode_postings_list(path: &Path, buf: &[u8], base: usize) -> Result<Vec<u32>> {
+    let c = |e| TsdbError::corrupt(path, e);
+    let mut d = Decbuf::with_base(buf, base);
+    let len = d.be32().map_err(c)? as usize;
+    let body_at = base + 4;
+    let body = d.bytes(len).map_err(c)?;
+    let want = d.be32().map_err(c)?;
+    let got = crc32c(body);
+    if !checksum_ok(want, got) {
+        return Err(TsdbError::corrupt_at(
+            path,
+            (body_at + len) as u64,
+            format!("postings list checksum mismatch: stored {want:#010x}, computed {got:#010x}"),
+        ));
+    }
+    let mut d = Decbuf::with_base(body, body_at);
+    let n = d.be32().map_err(c)? as usize;
+    if d.remaining() != n.saturating_mul(4) {
+        return Err(TsdbError::corrupt_at(path, body_at as u64, "postings count does not match list length"));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id_at = d.offset();
+        let id = d.be32().map_err(c)?;
+        if ids.last().is_some_and(|&p| p >= id) {
+            return Err(TsdbError::corrupt_at(path, id_at as u64, "postings not strictly ascending"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Bytes the series entry at the start of `buf` occupies (length prefix, body and CRC),
+/// read from its length prefix alone; `None` when `buf` is too short to hold the prefix.
+/// Lets a reader holding part of an index tell whether an entry is complete.
+pub fn series_entry_size(buf: &[u8]) -> Option<usize> {
+    let mut d = Decbuf::new(buf);
+    let len = d.uvarint().ok()?;
+    usize::try_from(len).ok()?.checked_add(d.pos())?.checked_add(4)
+}
+
+/// Decodes the series entry at the start of `buf` (file offset `base`; bytes after the
+/// entry are ignored) into its labels, resolving symbol references with `symbol`, and its
+/// chunk references into `chunks`. Checks the CRC, label order and that nothing trails
+/// the chunk list. Returns the labels and the entry's size in bytes.
+pub fn decode_series_entry<'s>(
+    path: &Path,
+    buf: &[u8],
+    base: usize,
+    symbol: impl Fn(u32) -> Result<&'s str>,
+    chunks: &mut Vec<ChunkRef>,
+) -> Result<(Labels, usize)> {
+    chunks.clear();
+    let c = |e| TsdbError::corrupt(path, e);
+    let mut d = Decbuf::with_base(buf, base);
+    let len = d.uvarint_len().map_err(c)?;
+    let body_at = d.offset();
+    let body = d.bytes(len).map_err(c)?;
+    let want = d.be32().map_err(c)?;
+    let size = d.pos();
+    let got = crc32c(body);
+    if !checksum_ok(want, got) {
+        return Err(TsdbError::corrupt_at(
+            path,
+            (body_at + len) as u64,
+            format!("series checksum mismatch: stored {want:#010x}, computed {got:#010x}"),
+        ));
+    }
+    let mut d = Decbuf::with_base(body, body_at);
+    let n = d.uvarint_len().map_err(c)?;
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(n.min(body.len()));
+    for _ in 0..n {
+        let at = d.offset() as u64;
+        let nr = d.uvarint32().map_err(c)?;
+        let vr = d.uvarint32().map_err(c)?;
+        let bad = |e: TsdbError| match e {
+            TsdbError::Corrupt { what, .. } => TsdbError::corrupt_at(path, at, what),
+            e => e,
+        };
+        let name = symbol(nr).map_err(bad)?;
+        let value = symbol(vr).map_err(bad)?;
+        if pairs.last().is_some_and(|(p, _)| *p >= name) || name.is_empty() {
+            return Err(TsdbError::corrupt_at(path, at, "series labels not sorted or empty name"));
+        }
+        pairs.push((name, value));
+    }
+    let labels = Labels::from_sorted_unchecked_iter(pairs.into_iter());
+    let nchunks = d.uvarint_len().map_err(c)?;
+    if nchunks > 0 {
+        let min_time = d.varint().map_err(c)?;
+        let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
+        let chunk_ref = d.uvarint().map_err(c)?;
+        chunks.push(ChunkRef { min_time, max_time, chunk_ref });
+        for _ in 1..nchunks {
+            let prev = chunks[chunks.len() - 1];
+            let min_time = add_delta(prev.max_time, d.uvarint().map_err(c)?);
+            let max_time = add_delta(min_time, d.uvarint().map_err(c)?);
+            let chunk_ref = prev.chunk_ref.wrapping_add(d.varint().map_err(c)? as u64);
+            chunks.push(ChunkRef { min_time, max_time, chunk_ref });
+        }
+    }
+    if d.remaining() != 0 {
+        return Err(TsdbError::corrupt_at(path, d.offset() as u64, "trailing bytes in series entry"));
+    }
+    Ok((labels, size))
+}
+
+/// One operand of a [`PostingsPlan`]: every series, or the union of the postings lists of
+/// some values of one label name (values absent from the index contribute nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostingsSet {
+    /// The all-postings list (key `("", "")`).
+    All,
+    /// Union of the lists of `name=value` for each value.
+    Values { name: String, values: Vec<String> },
+}
+
+/// How the postings of a set of matchers are computed, with Prometheus's semantics: a
+/// matcher that accepts the empty string also selects series without the label, so it
+/// is applied by subtracting the series it rejects; with only such matchers the result
+/// is taken out of all series; with no matchers it is empty.
+///
+/// Planning needs only label values (the postings offset table), so a reader that
+/// fetches postings lists from far away can learn every list it needs first
+/// ([`PostingsPlan::keys`]), fetch them together, then [`PostingsPlan::evaluate`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PostingsPlan {
+    /// Intersected; when empty with no matchers, the result is empty.
+    pub intersect: Vec<PostingsSet>,
+    /// Subtracted from the intersection.
+    pub subtract: Vec<PostingsSet>,
+}
+
+impl PostingsPlan {
+    /// Plans `matchers`; `label_values(name)` lists the values of a label in the index.
+    pub fn new<'v>(matchers: &[Matcher], mut label_values: impl FnMut(&str) -> Result<Vec<&'v str>>) -> Result<Self> {
+        let mut plan = PostingsPlan::default();
+        if matchers.is_empty() {
+            return Ok(plan);
+        }
+        let must_be_set: std::collections::HashSet<&str> =
+            matchers.iter().filter(|m| !m.matches_empty()).map(|m| m.name.as_str()).collect();
+        let values_of = |name: &str, vs: Vec<&str>| PostingsSet::Values {
+            name: name.to_string(),
+            values: vs.into_iter().map(str::to_string).collect(),
+        };
+        for m in matchers {
+            let is_not = matches!(m.kind, MatchType::NotEqual | MatchType::NotRegex);
+            let intersecting = must_be_set.contains(m.name.as_str()) && !(is_not && m.matches_empty());
+            if intersecting {
+                // Series matching the value set of `m`.
+                let set = match m.set_matches() {
+                    Some(set) => values_of(&m.name, set),
+                    None => values_of(&m.name, label_values(&m.name)?.into_iter().filter(|v| m.matches(v)).collect()),
+                };
+                plan.intersect.push(set);
+            } else {
+                // Series whose value of `m.name` is set and does not satisfy `m`.
+                let set = match m.kind {
+                    MatchType::NotEqual => Some(values_of(&m.name, vec![m.value.as_str()])),
+                    MatchType::NotRegex => Matcher::new(MatchType::Regex, m.name.clone(), m.value.clone())
+                        .ok()
+                        .and_then(|inv| inv.set_matches().map(|set| values_of(&m.name, set))),
+                    MatchType::Equal | MatchType::Regex => None,
+                };
+                let set = match set {
+                    Some(s) => s,
+                    None => values_of(&m.name, label_values(&m.name)?.into_iter().filter(|v| !m.matches(v)).collect()),
+                };
+                plan.subtract.push(set);
+            }
+        }
+        if plan.intersect.is_empty() {
+            plan.intersect.push(PostingsSet::All);
+        }
+        Ok(plan)
+    }
+
+    /// Every `(name, value)` whose postings list the evaluation may read, deduplicated;
+    /// `("", "")` stands for all postings.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for s in self.intersect.iter().chain(&self.subtract) {
+            match s {
+                PostingsSet::All => out.push((String::new(), String::new())),
+                PostingsSet::Values { name, values } => out.extend(values.iter().map(|v| (name.clone(), v.clone()))),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The series IDs selected, reading lists with `postings(name, value)` (`("", "")`:
+    /// all series; unknown keys must give an empty list). Stops reading once the
+    /// result is known to be empty.
+    pub fn evaluate(&self, mut postings: impl FnMut(&str, &str) -> Result<Vec<u32>>) -> Result<Vec<u32>> {
+        if self.intersect.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut read = |s: &PostingsSet| -> Result<Vec<u32>> {
+            match s {
+                PostingsSet::All => postings("", ""),
+                PostingsSet::Values { name, values } => {
+                    let lists = values.iter().map(|v| postings(name, v)).collect::<Result<_>>()?;
+                    Ok(merge(lists))
+                }
+            }
+        };
+        let mut its = Vec::with_capacity(self.intersect.len());
+        for s in &self.intersect {
+            let p = read(s)?;
+            if p.is_empty() {
+                return Ok(p);
+            }
+            its.push(p);
+        }
+        let mut out = intersect_all(its);
+        for s in &self.subtract {
+            if out.is_empty() {
+                break;
+            }
+            out = difference(&out, &read(s)?);
+        }
+        Ok(out)
     }
 }
 

@@ -1,0 +1,382 @@
+//! A block's index read on demand: the [`IndexHeader`] answers symbols, label names and
+//! values and where each postings list lies; postings lists and series entries are read
+//! from the index in the bucket with ranged GETs (nearby ranges coalesced as Thanos does,
+//! 512 KiB gap), decoded with tsdb's index code, and kept in the shared [`IndexCache`].
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use norn_model::{Labels, Matcher};
+use norn_objstore::Bucket;
+use norn_tsdb::TsdbError;
+use norn_tsdb::chunks::ChunkRef;
+use norn_tsdb::index::{
+    HEADER_SIZE, PostingsPlan, TOC_SIZE, decode_postings_list, decode_series_entry, series_entry_size,
+};
+use ulid::Ulid;
+
+use crate::cache::{CacheKey, CacheValue, IndexCache};
+use crate::fetch::{MAX_GAP, MAX_RANGE, coalesce, partition};
+use crate::indexheader::IndexHeader;
+use crate::metrics::Metrics;
+
+/// Bytes assumed for a series entry before it is read (Thanos's `maxSeriesSize`); a
+/// longer entry is read again on its own.
+pub const SERIES_SIZE_ESTIMATE: u64 = 64 * 1024;
+/// Ranged GETs in flight per lookup.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// Why postings or series could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{0}")]
+    Bucket(#[from] norn_objstore::Error),
+    #[error(transparent)]
+    Corrupt(#[from] TsdbError),
+}
+
+/// The index of a served block: its header locally, the rest in the bucket.
+#[derive(Debug)]
+pub struct BucketIndex {
+    /// The block.
+    pub id: Ulid,
+    /// The block's index-header.
+    pub header: IndexHeader,
+    bucket: Bucket,
+    /// `<ulid>/index`, also the path in errors.
+    key: String,
+    path: PathBuf,
+    /// Size of the index object.
+    size: u64,
+    cache: Arc<IndexCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl BucketIndex {
+    /// Reads the index of block `id` (`size` bytes in the bucket) through `header`.
+    pub fn new(
+        id: Ulid,
+        header: IndexHeader,
+        bucket: Bucket,
+        size: u64,
+        cache: Arc<IndexCache>,
+        metrics: Arc<Metrics>,
+    ) -> BucketIndex {
+        let key = format!("{id}/index");
+        BucketIndex { id, header, bucket, path: PathBuf::from(&key), key, size, cache, metrics }
+    }
+
+    /// Label names with at least one series, ascending.
+    pub fn label_names(&self) -> Vec<&str> {
+        self.header.label_names()
+    }
+
+    /// Values of label `name`, ascending.
+    pub fn label_values(&self, name: &str) -> norn_tsdb::Result<Vec<&str>> {
+        self.header.label_values(name)
+    }
+
+    fn corrupt(&self, offset: u64, what: impl Into<String>) -> IndexError {
+        IndexError::Corrupt(TsdbError::corrupt_at(&self.path, offset, what))
+    }
+
+    async fn get(&self, range: Range<u64>) -> Result<Bytes, IndexError> {
+        self.metrics.index_fetches.inc();
+        let want = range.end - range.start;
+        let b = self.bucket.get_range(&self.key, range.clone()).await?;
+        self.metrics.index_fetched_bytes.inc_by(b.len() as u64);
+        if (b.len() as u64) < want {
+            return Err(self.corrupt(range.start, format!("read of {want} bytes returned {}", b.len())));
+        }
+        Ok(b)
+    }
+
+    /// IDs of the series selected by `matchers` (Prometheus's semantics, as
+    /// [`norn_tsdb::index::IndexReader::postings_for_matchers`]): every postings list the
+    /// plan needs is fetched at once, then combined.
+    pub async fn postings_for_matchers(&self, matchers: &[Matcher]) -> Result<Vec<u32>, IndexError> {
+        let plan = PostingsPlan::new(matchers, |n| self.header.label_values(n))?;
+        let keys = plan.keys();
+        let lists = self.postings(&keys, true).await?;
+        let by_key: HashMap<(&str, &str), &Arc<Vec<u32>>> =
+            keys.iter().zip(&lists).map(|((n, v), l)| ((n.as_str(), v.as_str()), l)).collect();
+        Ok(plan.evaluate(|n, v| Ok(by_key.get(&(n, v)).map(|l| l.to_vec()).unwrap_or_default()))?)
+    }
+
+    /// IDs of every series.
+    pub async fn all_postings(&self) -> Result<Vec<u32>, IndexError> {
+        let mut l = self.postings(&[(String::new(), String::new())], true).await?;
+        Ok(l.pop().map(|l| l.to_vec()).unwrap_or_default())
+    }
+
+    /// The postings lists of `keys` (`("", "")`: all series), in order; a key without a
+    /// list gives an empty one. `use_cache` false neither reads nor fills the cache.
+    pub async fn postings(&self, keys: &[(String, String)], use_cache: bool) -> Result<Vec<Arc<Vec<u32>>>, IndexError> {
+        let mut out: Vec<Option<Arc<Vec<u32>>>> = vec![None; keys.len()];
+        let mut misses: Vec<(Range<u64>, usize)> = Vec::new();
+        let limit = self.size.saturating_sub(TOC_SIZE as u64);
+        for (i, (n, v)) in keys.iter().enumerate() {
+            let Some(r) = self.header.postings_range(n, v)? else {
+                out[i] = Some(Arc::default());
+                continue;
+            };
+            if r.start >= r.end || r.end > limit {
+                return Err(self.corrupt(r.start, format!("postings list {n}={v:?} range {r:?} outside the index")));
+            }
+            if use_cache
+                && let Some(CacheValue::Postings(p)) =
+                    self.cache.get(&CacheKey::Postings(self.id, n.clone(), v.clone()))
+            {
+                out[i] = Some(p);
+                continue;
+            }
+            misses.push((r, i));
+        }
+        misses.sort_by_key(|m| m.0.start);
+        let ranges: Vec<Range<u64>> = misses.iter().map(|m| m.0.clone()).collect();
+        let parts = coalesce(&ranges, MAX_GAP, MAX_RANGE);
+        let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
+            let b = self.get(p.range.clone()).await;
+            (p, b)
+        }))
+        .buffer_unordered(FETCH_CONCURRENCY);
+        while let Some((p, b)) = fetched.next().await {
+            let b = b?;
+            for (r, i) in &misses[p.offsets] {
+                let at = (r.start - p.range.start) as usize;
+                let ids = Arc::new(decode_postings_list(&self.path, &b[at..], r.start as usize)?);
+                if use_cache {
+                    let (n, v) = &keys[*i];
+                    self.cache
+                        .put(CacheKey::Postings(self.id, n.clone(), v.clone()), CacheValue::Postings(ids.clone()));
+                }
+                out[*i] = Some(ids);
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Reads and checks every postings list of the index (nothing cached), `batch`
+    /// lists at a time.
+    pub async fn check_all_postings(&self, batch: usize) -> Result<(), IndexError> {
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        self.header.for_each_postings_range(|r| ranges.push(r))?;
+        let limit = self.size.saturating_sub(TOC_SIZE as u64);
+        if let Some(r) = ranges.iter().find(|r| r.start >= r.end || r.end > limit) {
+            return Err(self.corrupt(r.start, format!("postings list range {r:?} outside the index")));
+        }
+        for chunk in ranges.chunks(batch.max(1)) {
+            let parts = coalesce(chunk, MAX_GAP, MAX_RANGE);
+            let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
+                let b = self.get(p.range.clone()).await;
+                (p, b)
+            }))
+            .buffer_unordered(FETCH_CONCURRENCY);
+            while let Some((p, b)) = fetched.next().await {
+                let b = b?;
+                for r in &chunk[p.offsets] {
+                    decode_postings_list(&self.path, &b[(r.start - p.range.start) as usize..], r.start as usize)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Labels and chunk references of the series `ids` (any order), in that order.
+    /// `use_cache` false neither reads nor fills the cache.
+    pub async fn series(&self, ids: &[u32], use_cache: bool) -> Result<Vec<(Labels, Vec<ChunkRef>)>, IndexError> {
+        let end = self.header.series_end().min(self.size.saturating_sub(TOC_SIZE as u64));
+        let mut raw: Vec<Option<Bytes>> = vec![None; ids.len()];
+        let mut misses: Vec<(u64, usize)> = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let off = u64::from(id) * 16;
+            if off < HEADER_SIZE as u64 || off >= end {
+                return Err(self.corrupt(off, format!("series reference {id} outside series section")));
+            }
+            if use_cache && let Some(CacheValue::Series(b)) = self.cache.get(&CacheKey::Series(self.id, id)) {
+                raw[i] = Some(b);
+                continue;
+            }
+            misses.push((off, i));
+        }
+        misses.sort_unstable();
+        let offs: Vec<u64> = misses.iter().map(|m| m.0).collect();
+        let parts = partition(&offs, end, SERIES_SIZE_ESTIMATE, MAX_GAP, MAX_RANGE);
+        let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
+            let b = self.get(p.range.clone()).await;
+            (p, b)
+        }))
+        .buffer_unordered(FETCH_CONCURRENCY);
+        while let Some((p, b)) = fetched.next().await {
+            let b = b?;
+            for &(off, i) in &misses[p.offsets] {
+                let at = (off - p.range.start) as usize;
+                let entry = match series_entry_size(&b[at..]) {
+                    // Cached entries are copied out, or they would keep the whole read
+                    // (gaps included) alive.
+                    Some(n) if at + n <= b.len() && use_cache => Bytes::copy_from_slice(&b[at..at + n]),
+                    Some(n) if at + n <= b.len() => b.slice(at..at + n),
+                    Some(n) if off + n as u64 <= end => {
+                        // Longer than the estimate: read on its own.
+                        self.get(off..off + n as u64).await?
+                    }
+                    _ => return Err(self.corrupt(off, "series entry runs past the series section")),
+                };
+                if use_cache {
+                    self.cache.put(CacheKey::Series(self.id, ids[i]), CacheValue::Series(entry.clone()));
+                }
+                raw[i] = Some(entry);
+            }
+        }
+        let decode = || {
+            let mut out = Vec::with_capacity(ids.len());
+            for (i, r) in raw.into_iter().enumerate() {
+                let off = u64::from(ids[i]) * 16;
+                let Some(r) = r else { return Err(self.corrupt(off, "series entry not fetched")) };
+                let mut chunks = Vec::new();
+                let (l, _) = decode_series_entry(&self.path, &r, off as usize, |s| self.header.symbol(s), &mut chunks)?;
+                out.push((l, chunks));
+            }
+            Ok(out)
+        };
+        if ids.len() > 256 { crate::cpu_work(decode) } else { decode() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use norn_model::MatchType;
+    use norn_tsdb::block::BlockWriter;
+    use norn_tsdb::index::IndexReader;
+    use norn_tsdb::series::encode_float_chunks;
+    use prometheus_client::registry::Registry;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::indexheader;
+
+    const NAMES: [&str; 4] = ["__name__", "a", "b", "c"];
+    const VALUES: [&str; 5] = ["x", "y", "z", "xy", "w"];
+    const PATTERNS: [&str; 9] = ["", "x", "y", "x|y", ".*", ".+", "x.*", "q", "xy|w|zz"];
+
+    /// Writes and uploads a block with `series` (label sets as value indexes per name,
+    /// `None` for unset) and opens its index both ways.
+    async fn both(
+        dir: &Path,
+        series: &BTreeSet<Vec<(usize, usize)>>,
+        sampling: usize,
+        cache: u64,
+    ) -> (IndexReader, BucketIndex) {
+        let bucket = Bucket::filesystem(&dir.join("bucket")).unwrap();
+        let tmp = dir.join("tmp");
+        let mut sets: Vec<Labels> = series
+            .iter()
+            .map(|s| Labels::from_pairs(s.iter().map(|&(n, v)| (NAMES[n], VALUES[v]))))
+            .filter(|l| !l.is_empty())
+            .collect();
+        sets.sort();
+        sets.dedup();
+        let mut w = BlockWriter::new(&tmp, 0, 100_000).unwrap();
+        for (i, l) in sets.iter().enumerate() {
+            w.add_series(l, &encode_float_chunks((0..3 + i as i64 % 5).map(|t| (t * 1000, t as f64)), 2)).unwrap();
+        }
+        let meta = w.finish().unwrap();
+        let labels = [("r".to_string(), "1".to_string())].into_iter().collect();
+        let t = norn_block::ThanosMeta { labels, source: "test".into(), resolution: 0 };
+        norn_block::upload(&bucket, &tmp.join(meta.ulid.to_string()), &t).await.unwrap();
+        let key = format!("{}/index", meta.ulid);
+        let whole = bucket.get(&key).await.unwrap();
+        let size = whole.len() as u64;
+        let hp = dir.join(indexheader::FILENAME);
+        indexheader::build(&bucket, &key, size, &hp).await.unwrap();
+        let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+        let cache = Arc::new(IndexCache::new(cache, metrics.clone()));
+        let header = IndexHeader::open(&hp, sampling).unwrap();
+        let remote = BucketIndex::new(meta.ulid, header, bucket, size, cache, metrics);
+        (IndexReader::from_bytes(Path::new(&key), whole).unwrap(), remote)
+    }
+
+    fn matcher() -> impl Strategy<Value = Matcher> {
+        (0..4usize, 0..NAMES.len(), 0..PATTERNS.len()).prop_map(|(k, n, p)| {
+            let kind = [MatchType::Equal, MatchType::NotEqual, MatchType::Regex, MatchType::NotRegex][k];
+            Matcher::new(kind, NAMES[n], PATTERNS[p]).unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Postings of any matchers and every series read on demand equal those of the
+        /// whole index, whatever the sampling, with and without the cache (asked twice,
+        /// so the second answer comes from the cache).
+        #[test]
+        fn on_demand_reads_equal_the_whole_index(
+            series in proptest::collection::btree_set(
+                proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 1..4)
+                    .prop_map(|v| v.into_iter().collect::<std::collections::BTreeMap<_, _>>().into_iter().collect()),
+                1..40,
+            ),
+            sampling in 1..6usize,
+            cache in prop_oneof![Just(0u64), Just(1u64 << 20)],
+            queries in proptest::collection::vec(proptest::collection::vec(matcher(), 0..4), 1..12),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let (whole, remote) = rt.block_on(both(dir.path(), &series, sampling, cache));
+            for _round in 0..2 {
+                for ms in &queries {
+                    let want = whole.postings_for_matchers(ms).unwrap();
+                    let got = rt.block_on(remote.postings_for_matchers(ms)).unwrap();
+                    prop_assert_eq!(&got, &want, "{:?}", ms);
+                }
+                let all = whole.all_postings().unwrap();
+                prop_assert_eq!(rt.block_on(remote.all_postings()).unwrap(), all.clone());
+                let mut ids = all.clone();
+                ids.reverse(); // any order
+                let got = rt.block_on(remote.series(&ids, true)).unwrap();
+                for (id, s) in ids.iter().zip(got) {
+                    prop_assert_eq!(s, whole.series(*id).unwrap());
+                }
+            }
+            if cache > 0 {
+                prop_assert!(remote.metrics.index_cache_hits.get() > 0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_references_and_damaged_bytes_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let series: BTreeSet<Vec<(usize, usize)>> = (0..5).map(|v| vec![(0, 0), (1, v)]).collect();
+        let (whole, remote) = both(dir.path(), &series, 32, 0).await;
+        let e = remote.series(&[u32::MAX], false).await.unwrap_err().to_string();
+        assert!(e.contains("outside series section") && e.contains("/index"), "{e}");
+        // Damage the first series entry in the bucket: reading it names block and offset.
+        let id = whole.all_postings().unwrap()[0];
+        let key = format!("{}/index", remote.id);
+        let mut b = remote.bucket.get(&key).await.unwrap().to_vec();
+        b[id as usize * 16 + 3] ^= 0xff;
+        remote.bucket.put(&key, b.into()).await.unwrap();
+        let e = remote.series(&[id], false).await.unwrap_err().to_string();
+        assert!(e.contains(&key) && e.contains("series"), "{e}");
+        // Damage a postings list: the full check and a lookup both report it.
+        remote.check_all_postings(2).await.unwrap();
+        let r = remote.header.postings_range("a", "z").unwrap().unwrap();
+        let mut b = remote.bucket.get(&key).await.unwrap().to_vec();
+        b[r.start as usize + 9] ^= 0xff;
+        remote.bucket.put(&key, b.into()).await.unwrap();
+        for e in [
+            remote.check_all_postings(2).await.unwrap_err().to_string(),
+            remote.postings_for_matchers(&[Matcher::equal("a", "z")]).await.unwrap_err().to_string(),
+        ] {
+            assert!(e.contains(&key) && e.contains("postings list checksum mismatch"), "{e}");
+        }
+    }
+}
