@@ -91,11 +91,13 @@ pub struct Args {
     pub posting_offsets_sampling: usize,
     /// Read every postings list and series entry of a new block once (ranged GETs, not
     /// kept) before serving it, so a corrupt index is skipped at load instead of failing
-    /// queries. `false` loads only the index-header, as Thanos does.
+    /// the queries that read the damaged part. Off by default, as Thanos: a block is
+    /// served after three ranged GETs for its index-header, which is what keeps start-up
+    /// and sync cheap on large buckets.
     #[arg(
         long = "store.verify-index-on-load",
         env = "NORN_STORE_VERIFY_INDEX_ON_LOAD",
-        default_value_t = true,
+        default_value_t = false,
         action = clap::ArgAction::Set
     )]
     pub verify_index_on_load: bool,

@@ -217,6 +217,9 @@ fn store_gateway_answers_like_prometheus_over_the_same_blocks() {
             .arg("store")
             .arg(format!("--data-dir={}", work.join("store-cache").display()))
             .arg(format!("--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n", bucket.display()))
+            // Off by default (as Thanos, blocks load from their index-header alone); on here
+            // so the block with a damaged index is found and skipped at load.
+            .arg("--store.verify-index-on-load=true")
             .arg(format!("--http-address=127.0.0.1:{shttp}"))
             .arg(format!("--grpc-address=127.0.0.1:{sgrpc}")),
         &slog,
