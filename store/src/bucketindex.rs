@@ -14,9 +14,8 @@ use norn_model::{Labels, Matcher};
 use norn_objstore::Bucket;
 use norn_tsdb::TsdbError;
 use norn_tsdb::chunks::ChunkRef;
-use norn_tsdb::index::{
-    HEADER_SIZE, PostingsPlan, TOC_SIZE, decode_postings_list, decode_series_entry, series_entry_size,
-};
+use norn_tsdb::encoding::Decbuf;
+use norn_tsdb::index::{HEADER_SIZE, PostingsPlan, PostingsSet, TOC_SIZE, decode_postings_list, decode_series_entry};
 use ulid::Ulid;
 
 use crate::cache::{CacheKey, CacheValue, IndexCache};
@@ -27,6 +26,12 @@ use crate::metrics::Metrics;
 /// Bytes assumed for a series entry before it is read (Thanos's `maxSeriesSize`); a
 /// longer entry is read again on its own.
 pub const SERIES_SIZE_ESTIMATE: u64 = 64 * 1024;
+/// Smallest series-entry estimate: a whole length prefix (a uvarint, at most 10 bytes)
+/// always fits, so an incomplete prefix means one that runs past the series section.
+const MIN_SERIES_SIZE_ESTIMATE: u64 = 16;
+/// Label values of the matchers' names above which planning (a regex over every value)
+/// runs as CPU work off the async worker.
+pub(crate) const CPU_WORK_VALUES: usize = 4096;
 /// Ranged GETs in flight per lookup.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -54,6 +59,8 @@ pub struct BucketIndex {
     size: u64,
     cache: Arc<IndexCache>,
     metrics: Arc<Metrics>,
+    /// Bytes read for a series entry before its length is known.
+    series_estimate: u64,
 }
 
 impl BucketIndex {
@@ -67,7 +74,24 @@ impl BucketIndex {
         metrics: Arc<Metrics>,
     ) -> BucketIndex {
         let key = format!("{id}/index");
-        BucketIndex { id, header, bucket, path: PathBuf::from(&key), key, size, cache, metrics }
+        BucketIndex {
+            id,
+            header,
+            bucket,
+            path: PathBuf::from(&key),
+            key,
+            size,
+            cache,
+            metrics,
+            series_estimate: SERIES_SIZE_ESTIMATE,
+        }
+    }
+
+    /// Reads `estimate` bytes (at least 16) for each series entry before its length is
+    /// known, instead of [`SERIES_SIZE_ESTIMATE`]; longer entries are read again.
+    pub fn with_series_estimate(mut self, estimate: u64) -> BucketIndex {
+        self.series_estimate = estimate.max(MIN_SERIES_SIZE_ESTIMATE);
+        self
     }
 
     /// Label names with at least one series, ascending.
@@ -86,7 +110,7 @@ impl BucketIndex {
 
     async fn get(&self, range: Range<u64>) -> Result<Bytes, IndexError> {
         self.metrics.index_fetches.inc();
-        let want = range.end - range.start;
+        let want = range.end.saturating_sub(range.start);
         let b = self.bucket.get_range(&self.key, range.clone()).await?;
         self.metrics.index_fetched_bytes.inc_by(b.len() as u64);
         if (b.len() as u64) < want {
@@ -98,8 +122,31 @@ impl BucketIndex {
     /// IDs of the series selected by `matchers` (Prometheus's semantics, as
     /// [`norn_tsdb::index::IndexReader::postings_for_matchers`]): every postings list the
     /// plan needs is fetched at once, then combined.
+    /// An intersected matcher none of whose values has a list in the index selects
+    /// nothing: the answer is empty before anything is fetched, as in Thanos.
     pub async fn postings_for_matchers(&self, matchers: &[Matcher]) -> Result<Vec<u32>, IndexError> {
-        let plan = PostingsPlan::new(matchers, |n| self.header.label_values(n))?;
+        let plan = || -> Result<Option<PostingsPlan>, IndexError> {
+            let plan = PostingsPlan::new(matchers, |n| self.header.label_values(n))?;
+            for s in &plan.intersect {
+                if let PostingsSet::Values { name, values } = s {
+                    let mut present = false;
+                    for v in values {
+                        if self.header.postings_range(name, v)?.is_some() {
+                            present = true;
+                            break;
+                        }
+                    }
+                    if !present {
+                        return Ok(None);
+                    }
+                }
+            }
+            Ok(Some(plan))
+        };
+        // Planning runs a regex over every value of a name: CPU work once there are many.
+        let values: usize = matchers.iter().map(|m| self.header.value_count(&m.name)).sum();
+        let plan = if values > CPU_WORK_VALUES { crate::cpu_work(plan)? } else { plan()? };
+        let Some(plan) = plan else { return Ok(Vec::new()) };
         let keys = plan.keys();
         let lists = self.postings(&keys, true).await?;
         let by_key: HashMap<(&str, &str), &Arc<Vec<u32>>> =
@@ -205,7 +252,7 @@ impl BucketIndex {
         }
         misses.sort_unstable();
         let offs: Vec<u64> = misses.iter().map(|m| m.0).collect();
-        let parts = partition(&offs, end, SERIES_SIZE_ESTIMATE, MAX_GAP, MAX_RANGE);
+        let parts = partition(&offs, end, self.series_estimate, MAX_GAP, MAX_RANGE);
         let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
             let b = self.get(p.range.clone()).await;
             (p, b)
@@ -214,17 +261,34 @@ impl BucketIndex {
         while let Some((p, b)) = fetched.next().await {
             let b = b?;
             for &(off, i) in &misses[p.offsets] {
-                let at = (off - p.range.start) as usize;
-                let entry = match series_entry_size(&b[at..]) {
+                let at = usize::try_from(off - p.range.start).unwrap_or(usize::MAX).min(b.len());
+                let rest = &b[at..];
+                // The entry's size from its length prefix, checked against what is left of
+                // the series section before any arithmetic on it (a damaged prefix can
+                // claim up to 2^64 bytes).
+                let mut d = Decbuf::with_base(rest, off as usize);
+                let len =
+                    d.uvarint().map_err(|e| self.corrupt(off, format!("series entry has a bad length prefix: {e}")))?;
+                let left = end - off;
+                let n = match len.checked_add(d.pos() as u64 + 4) {
+                    Some(n) if n <= left => n,
+                    _ => {
+                        return Err(self.corrupt(
+                            off,
+                            format!("series entry has a bad length prefix: {len} bytes run past the series section ({left} bytes left)"),
+                        ));
+                    }
+                };
+                let entry = if n <= rest.len() as u64 {
+                    let n = n as usize;
                     // Cached entries are copied out, or they would keep the whole read
                     // (gaps included) alive.
-                    Some(n) if at + n <= b.len() && use_cache => Bytes::copy_from_slice(&b[at..at + n]),
-                    Some(n) if at + n <= b.len() => b.slice(at..at + n),
-                    Some(n) if off + n as u64 <= end => {
-                        // Longer than the estimate: read on its own.
-                        self.get(off..off + n as u64).await?
-                    }
-                    _ => return Err(self.corrupt(off, "series entry runs past the series section")),
+                    if use_cache { Bytes::copy_from_slice(&rest[..n]) } else { b.slice(at..at + n) }
+                } else {
+                    // Longer than the estimate: read on its own. Awaited here, inside the
+                    // drain loop, which holds back the other reads' results meanwhile;
+                    // such entries (series with thousands of chunks) are rare.
+                    self.get(off..off + n).await?
                 };
                 if use_cache {
                     self.cache.put(CacheKey::Series(self.id, ids[i]), CacheValue::Series(entry.clone()));

@@ -118,6 +118,26 @@ impl IndexCache {
         self.metrics.index_cache_items.set(l.items.len() as i64);
     }
 
+    /// Drops every item of block `id` (a block no longer served). A scan of the whole
+    /// cache, done once per dropped block at sync.
+    pub fn remove_block(&self, id: Ulid) {
+        let mut l = self.lru.lock();
+        let gone: Vec<(CacheKey, u64)> = l
+            .items
+            .iter()
+            .filter(|(k, _)| matches!(k, CacheKey::Postings(b, ..) | CacheKey::Series(b, _) if *b == id))
+            .map(|(k, (_, used))| (k.clone(), *used))
+            .collect();
+        for (k, used) in gone {
+            l.order.remove(&used);
+            if let Some((v, _)) = l.items.remove(&k) {
+                l.bytes -= k.size() + v.size();
+            }
+        }
+        self.metrics.index_cache_bytes.set(l.bytes as i64);
+        self.metrics.index_cache_items.set(l.items.len() as i64);
+    }
+
     /// Bytes held (estimated).
     pub fn bytes(&self) -> u64 {
         self.lru.lock().bytes
@@ -176,6 +196,13 @@ mod tests {
         c.put(k(0), v(50));
         assert_eq!(c.bytes(), 2 * item + k(0).size() + v(50).size());
         assert_eq!(c.metrics.index_cache_hits.get(), 4);
+        // A dropped block's items go, others stay.
+        let other = Ulid::from_parts(1, 1);
+        c.put(CacheKey::Postings(other, "a".into(), "b".into()), CacheValue::Postings(Arc::new(vec![1])));
+        c.remove_block(id);
+        assert!(c.get(&k(0)).is_none() && c.get(&k(2)).is_none());
+        assert!(c.get(&CacheKey::Postings(other, "a".into(), "b".into())).is_some());
+        assert_eq!(c.bytes(), CacheKey::Postings(other, "a".into(), "b".into()).size() + 4 + 24);
         let off = cache(0);
         off.put(k(1), v(1));
         assert!(off.get(&k(1)).is_none());

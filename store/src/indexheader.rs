@@ -77,7 +77,7 @@ fn section<'a>(path: &Path, buf: &'a [u8], base: u64, what: &str) -> Result<&'a 
 
 /// Reads `range` of `key`, failing unless all of it came back.
 async fn get_exact(bucket: &Bucket, key: &str, range: Range<u64>) -> Result<Bytes, HeaderError> {
-    let want = range.end - range.start;
+    let want = range.end.saturating_sub(range.start);
     let b = bucket.get_range(key, range.clone()).await?;
     if b.len() as u64 != want {
         return Err(corrupt(
@@ -89,11 +89,120 @@ async fn get_exact(bucket: &Bucket, key: &str, range: Range<u64>) -> Result<Byte
     Ok(b)
 }
 
+/// Largest ranged GET while building a header (Thanos's `partitionSize`): memory holds
+/// one piece however large the symbol or postings offset table.
+pub const BUILD_PIECE: u64 = 8 * 1024 * 1024;
+
+fn overlap(a: &Range<u64>, b: &Range<u64>) -> Range<u64> {
+    a.start.max(b.start)..a.end.min(b.end).max(a.start.max(b.start))
+}
+
+/// A header file being written: bytes appended, GETs and bytes read counted.
+struct Writer {
+    f: tokio::fs::File,
+    path: PathBuf,
+    pos: u64,
+    gets: u64,
+    read: u64,
+}
+
+impl Writer {
+    fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> HeaderError {
+        let path = self.path.display().to_string();
+        move |source| HeaderError::Io { op, path, source }
+    }
+
+    async fn write(&mut self, b: &[u8]) -> Result<(), HeaderError> {
+        use tokio::io::AsyncWriteExt;
+        self.f.write_all(b).await.map_err(self.io("write"))?;
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+
+    /// Copies `range` of the index at `key`, which starts with a `len | body | crc32c`
+    /// section (what follows it in the range is copied unchecked, as Thanos copies it),
+    /// in ranged GETs of at most `piece` bytes, checking the section's CRC on the way.
+    async fn copy_section(
+        &mut self,
+        bucket: &Bucket,
+        key: &str,
+        range: Range<u64>,
+        piece: u64,
+        what: &str,
+    ) -> Result<(), HeaderError> {
+        let kp = Path::new(key);
+        let total = range.end - range.start;
+        let (mut prefix, mut stored) = ([0u8; 4], [0u8; 4]);
+        let mut len: Option<u64> = None;
+        let mut crc = 0u32;
+        let mut pos = 0u64;
+        while pos < total {
+            let n = piece.max(1).min(total - pos);
+            let b = get_exact(bucket, key, range.start + pos..range.start + pos + n).await?;
+            self.gets += 1;
+            self.read += n;
+            let here = pos..pos + n;
+            let slice = |r: &Range<u64>| &b[(r.start - pos) as usize..(r.end - pos) as usize];
+            let p = overlap(&here, &(0..4));
+            if !p.is_empty() {
+                prefix[p.start as usize..p.end as usize].copy_from_slice(slice(&p));
+            }
+            if len.is_none() && here.end >= 4 {
+                let l = u64::from(u32::from_be_bytes(prefix));
+                if l + 8 > total {
+                    return Err(corrupt(
+                        kp,
+                        range.start,
+                        format!("{what} of {l} bytes runs past its span of {total} bytes"),
+                    ));
+                }
+                len = Some(l);
+            }
+            if let Some(l) = len {
+                crc = crc32c::crc32c_append(crc, slice(&overlap(&here, &(4..4 + l))));
+                let c = overlap(&here, &(4 + l..8 + l));
+                if !c.is_empty() {
+                    let at = (c.start - 4 - l) as usize;
+                    stored[at..at + (c.end - c.start) as usize].copy_from_slice(slice(&c));
+                }
+            }
+            self.write(&b).await?;
+            pos += n;
+        }
+        let Some(l) = len else {
+            return Err(corrupt(kp, range.start, format!("{what} of {total} bytes is too short")));
+        };
+        let want = u32::from_be_bytes(stored);
+        if want != crc {
+            return Err(corrupt(
+                kp,
+                range.start + 4 + l,
+                format!("{what} checksum mismatch: stored {want:#010x}, computed {crc:#010x}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Builds the index-header of the index at `key` (`size` bytes, from the listing) into
-/// `out` with three ranged GETs: TOC, header with symbols, postings offset table. The
-/// file is written beside `out` and renamed, so a crash never leaves half a header.
+/// `out`, byte for byte as Thanos's `WriteBinary` does: ranged GETs of the TOC and the
+/// index header, then the symbol table with the padding after it (up to the series) and
+/// the postings offset table with the index's TOC after it, each streamed to the file in
+/// pieces of at most [`BUILD_PIECE`] bytes with its CRC checked on the way. The file is
+/// written beside `out`, synced and renamed, so a crash never leaves half a header.
 /// Returns the number of ranged GETs and the bytes they read.
 pub async fn build(bucket: &Bucket, key: &str, size: u64, out: &Path) -> Result<(u64, u64), HeaderError> {
+    build_in_pieces(bucket, key, size, out, BUILD_PIECE).await
+}
+
+/// [`build`] with ranged GETs of at most `piece` bytes.
+pub async fn build_in_pieces(
+    bucket: &Bucket,
+    key: &str,
+    size: u64,
+    out: &Path,
+    piece: u64,
+) -> Result<(u64, u64), HeaderError> {
     let kp = Path::new(key);
     if size < (HEADER_SIZE + TOC_SIZE) as u64 {
         return Err(corrupt(kp, 0, format!("index too short ({size} bytes)")));
@@ -113,18 +222,7 @@ pub async fn build(bucket: &Bucket, key: &str, size: u64, out: &Path) -> Result<
             format!("postings offset table offset {} outside the index", toc.postings_table),
         ));
     }
-    // The symbols end where the series start; a TOC without series (or a damaged one)
-    // costs one more round trip for the length prefix.
-    let mut gets = 3;
-    let sym_end = if toc.series > toc.symbols && toc.series <= toc.postings_table {
-        toc.series
-    } else {
-        gets += 1;
-        let p = get_exact(bucket, key, toc.symbols..toc.symbols + 4).await?;
-        let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as u64;
-        (toc.symbols + len + 8).min(toc_at)
-    };
-    let head = get_exact(bucket, key, 0..sym_end).await?;
+    let head = get_exact(bucket, key, 0..HEADER_SIZE as u64).await?;
     let mut d = Decbuf::new(&head);
     let c = |e: DecodeError| HeaderError::Corrupt(TsdbError::corrupt(kp, e));
     let magic = d.be32().map_err(c)?;
@@ -135,33 +233,58 @@ pub async fn build(bucket: &Bucket, key: &str, size: u64, out: &Path) -> Result<
     if version != FORMAT_V2 && version != FORMAT_V3 {
         return Err(corrupt(kp, 4, format!("unsupported index version {version}")));
     }
-    let symbols = section(kp, &head[toc.symbols as usize..], toc.symbols, "symbol table")?;
-    let table_buf = get_exact(bucket, key, toc.postings_table..toc_at).await?;
-    let table = section(kp, &table_buf, toc.postings_table, "postings offset table")?;
-
-    let mut f = Vec::with_capacity(HEADER_LEN + symbols.len() + table.len() + TOC_LEN);
-    f.extend_from_slice(&MAGIC.to_be_bytes());
-    f.push(VERSION);
-    f.push(version);
-    put_be64(&mut f, toc.postings_table);
-    let sym_ref = f.len() as u64;
-    f.extend_from_slice(symbols);
-    let table_ref = f.len() as u64;
-    f.extend_from_slice(table);
-    let toc_start = f.len();
-    put_be64(&mut f, sym_ref);
-    put_be64(&mut f, table_ref);
-    let crc = crc32c(&f[toc_start..]);
-    f.extend_from_slice(&crc.to_be_bytes());
+    let mut gets = 2;
+    // The symbols end where the series start (Thanos copies up to there, padding
+    // included); a damaged TOC costs one more round trip for the length prefix.
+    let sym_end = if toc.series > toc.symbols && toc.series <= toc.postings_table {
+        toc.series
+    } else {
+        gets += 1;
+        let p = get_exact(bucket, key, toc.symbols..toc.symbols + 4).await?;
+        let len = u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
+        (toc.symbols + len + 8).min(toc_at)
+    };
 
     let tmp = out.with_extension("tmp");
-    let io = |op, p: &Path| {
-        let path = p.display().to_string();
-        move |source| HeaderError::Io { op, path, source }
-    };
-    tokio::fs::write(&tmp, &f).await.map_err(io("write", &tmp))?;
-    tokio::fs::rename(&tmp, out).await.map_err(io("rename", &tmp))?;
-    Ok((gets, (tail.len() + head.len() + table_buf.len()) as u64))
+    let f = tokio::fs::File::create(&tmp).await.map_err(|source| HeaderError::Io {
+        op: "create",
+        path: tmp.display().to_string(),
+        source,
+    })?;
+    let mut w = Writer { f, path: tmp.clone(), pos: 0, gets: 0, read: (TOC_SIZE + HEADER_SIZE) as u64 };
+    let r = async {
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(&MAGIC.to_be_bytes());
+        h.push(VERSION);
+        h.push(version);
+        put_be64(&mut h, toc.postings_table);
+        w.write(&h).await?;
+        let sym_ref = w.pos;
+        w.copy_section(bucket, key, toc.symbols..sym_end, piece, "symbol table").await?;
+        let table_ref = w.pos;
+        w.copy_section(bucket, key, toc.postings_table..size, piece, "postings offset table").await?;
+        let mut t = Vec::with_capacity(TOC_LEN);
+        put_be64(&mut t, sym_ref);
+        put_be64(&mut t, table_ref);
+        let crc = crc32c(&t);
+        t.extend_from_slice(&crc.to_be_bytes());
+        w.write(&t).await?;
+        // Synced before the rename, as Thanos does: after a crash the name points at
+        // the whole file or at nothing.
+        w.f.sync_all().await.map_err(w.io("sync"))?;
+        Ok::<_, HeaderError>(())
+    }
+    .await;
+    if let Err(e) = r {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, out).await.map_err(|source| HeaderError::Io {
+        op: "rename",
+        path: tmp.display().to_string(),
+        source,
+    })?;
+    Ok((gets + w.gets, w.read))
 }
 
 /// Sampled postings offsets of one label name.
@@ -217,8 +340,12 @@ impl IndexHeader {
     /// Checks an index-header held in memory; `path` names it in errors.
     pub fn from_bytes(path: &Path, data: Bytes, sampling: usize) -> Result<IndexHeader, HeaderError> {
         let c = |e: DecodeError| HeaderError::Corrupt(TsdbError::corrupt(path, e));
-        if data.len() < HEADER_LEN + TOC_LEN || data.len() > u32::MAX as usize {
-            return Err(corrupt(path, 0, format!("index-header of {} bytes", data.len())));
+        if data.len() < HEADER_LEN + TOC_LEN {
+            return Err(corrupt(path, 0, format!("index-header of {} bytes is too short", data.len())));
+        }
+        if data.len() > u32::MAX as usize {
+            // Sampled positions are kept as u32.
+            return Err(corrupt(path, 0, format!("index-header of {} bytes exceeds the 4 GiB supported", data.len())));
         }
         let mut d = Decbuf::new(&data);
         let magic = d.be32().map_err(c)?;
@@ -265,8 +392,29 @@ impl IndexHeader {
             sampling: sampling.max(1),
         };
         let syms = section(path, &data[sym_ref..table_ref], sym_ref as u64, "symbol table")?;
+        // The padding copied after the symbols (up to the index's series) is zeros.
+        let pad = sym_ref + syms.len()..table_ref;
+        if let Some(i) = data[pad.clone()].iter().position(|&b| b != 0) {
+            return Err(corrupt(path, (pad.start + i) as u64, "non-zero padding after the symbol table"));
+        }
         h.read_symbols(&syms[4..syms.len() - 4], sym_ref + 4)?;
         let table = section(path, &data[table_ref..toc_at], table_ref as u64, "postings offset table")?;
+        // The index's TOC copied after the table must be intact and agree with the
+        // header (headers of an earlier version end with the table).
+        let rest = table_ref + table.len()..toc_at;
+        if !rest.is_empty() {
+            let bad = |what: String| corrupt(path, rest.start as u64, what);
+            if rest.len() != TOC_SIZE {
+                return Err(bad(format!("{} bytes after the postings offset table, want the index TOC", rest.len())));
+            }
+            let toc = Toc::decode(&data[rest.clone()]).map_err(|e| bad(format!("index TOC: {}", e.what)))?;
+            if toc.postings_table != postings_end {
+                return Err(bad(format!(
+                    "index TOC's postings offset table {} differs from the header's {postings_end}",
+                    toc.postings_table
+                )));
+            }
+        }
         h.read_table(&table[4..table.len() - 4], table_ref + 4)?;
         Ok(h)
     }
@@ -360,6 +508,21 @@ impl IndexHeader {
     /// Size of the index-header file.
     pub fn size(&self) -> u64 {
         self.data.len() as u64
+    }
+
+    /// Where the index's postings lists end: its postings offset table.
+    pub fn postings_end(&self) -> u64 {
+        self.postings_end
+    }
+
+    /// Number of label names.
+    pub fn label_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Number of values of label `name` (0 if unknown).
+    pub fn value_count(&self, name: &str) -> usize {
+        self.names.get(name).map_or(0, |n| n.count as usize)
     }
 
     /// Where series entries end in the index: the first postings list.
@@ -479,7 +642,6 @@ fn into_tsdb(e: HeaderError) -> TsdbError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use norn_model::Labels;
     use norn_tsdb::index::IndexReader;
 
     /// A block written by tsdb's block writer, uploaded; returns the bucket, the index key
@@ -500,11 +662,29 @@ mod tests {
         let (gets, read) = build(&bucket, &key, size, &out).await.unwrap();
         let whole = IndexReader::from_bytes(Path::new(&key), bucket.get(&key).await.unwrap()).unwrap();
         let toc = whole.toc();
-        assert_eq!((gets, read), (3, TOC_SIZE as u64 + toc.series + (size - TOC_SIZE as u64 - toc.postings_table)));
+        let want_read = (TOC_SIZE + HEADER_SIZE) as u64 + (toc.series - toc.symbols) + (size - toc.postings_table);
+        assert_eq!((gets, read), (4, want_read));
         let file = std::fs::read(&out).unwrap();
-        assert_eq!(&file[..4], &MAGIC.to_be_bytes());
-        assert_eq!(file[4..6], [VERSION, whole.version()]);
-        assert_eq!(file[6..14], whole.toc().postings_table.to_be_bytes());
+        // Byte for byte what Thanos's WriteBinary writes: the index's symbols up to its
+        // series (padding included), its postings offset table to its end (TOC included).
+        let idx = bucket.get(&key).await.unwrap();
+        let mut want = MAGIC.to_be_bytes().to_vec();
+        want.extend_from_slice(&[VERSION, whole.version()]);
+        want.extend_from_slice(&toc.postings_table.to_be_bytes());
+        want.extend_from_slice(&idx[toc.symbols as usize..toc.series as usize]);
+        want.extend_from_slice(&idx[toc.postings_table as usize..]);
+        let t0 = want.len();
+        want.extend_from_slice(&(HEADER_LEN as u64).to_be_bytes());
+        want.extend_from_slice(&((HEADER_LEN as u64 + toc.series - toc.symbols).to_be_bytes()));
+        let crc = crc32c(&want[t0..]);
+        want.extend_from_slice(&crc.to_be_bytes());
+        assert_eq!(file, want);
+        // Ranged GETs of a few bytes build the same file.
+        let small = dir.path().join("small");
+        let (gets, read) = build_in_pieces(&bucket, &key, size, &small, 7).await.unwrap();
+        assert_eq!(read, want_read);
+        assert!(gets > 100, "{gets}");
+        assert_eq!(std::fs::read(&small).unwrap(), want);
         for sampling in [1, 2, 32, 1000] {
             let h = IndexHeader::open(&out, sampling).unwrap();
             assert_eq!(h.index_version(), whole.version());
@@ -557,7 +737,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((l, chunks), whole.series(id).unwrap());
-        let _ = Labels::empty();
     }
 
     proptest::proptest! {
@@ -618,26 +797,36 @@ mod tests {
         build(&bucket, &key, size, &out).await.unwrap();
         let orig = std::fs::read(&out).unwrap();
         let p = Path::new("h");
-        // Every byte flipped is an error naming the file, except in the index's postings
-        // table reference (bytes 6..14, outside any CRC as in Thanos's format): that one
-        // only bounds the last postings list, whose own length prefix and CRC are checked
-        // when it is read; lookups on such a header must still not panic.
+        // Every byte flipped is an error naming the file: the index's postings table
+        // reference (bytes 6..14, outside any CRC as in Thanos's format) is checked
+        // against the index TOC copied after the table, the padding after the symbols
+        // must be zeros.
         for i in 0..orig.len() {
             let mut b = orig.clone();
             b[i] ^= 0x5a;
             match IndexHeader::from_bytes(p, b.into(), 2) {
                 Err(HeaderError::Corrupt(TsdbError::Corrupt { path, .. })) => assert_eq!(path, p),
                 Err(e) => panic!("byte {i}: unexpected error {e}"),
-                Ok(h) => {
-                    assert!((6..14).contains(&i), "byte {i} flipped without detection");
-                    for n in h.label_names() {
-                        for v in h.label_values(n).unwrap() {
-                            h.postings_range(n, v).unwrap();
-                        }
-                    }
-                }
+                Ok(_) => panic!("byte {i} flipped without detection"),
             }
         }
+        // A header of the earlier layout (sections copied exactly, no padding, no index
+        // TOC) still opens.
+        let h = IndexHeader::open(&out, 2).unwrap();
+        let (sym_ref, table_ref) =
+            (HEADER_LEN, u64::from_be_bytes(orig[orig.len() - 12..orig.len() - 4].try_into().unwrap()) as usize);
+        let sym_len = u32::from_be_bytes(orig[sym_ref..sym_ref + 4].try_into().unwrap()) as usize + 8;
+        let table_len = u32::from_be_bytes(orig[table_ref..table_ref + 4].try_into().unwrap()) as usize + 8;
+        let mut old = orig[..sym_ref + sym_len].to_vec();
+        old.extend_from_slice(&orig[table_ref..table_ref + table_len]);
+        let t0 = old.len();
+        old.extend_from_slice(&(sym_ref as u64).to_be_bytes());
+        old.extend_from_slice(&((sym_ref + sym_len) as u64).to_be_bytes());
+        let crc = crc32c(&old[t0..]);
+        old.extend_from_slice(&crc.to_be_bytes());
+        let o = IndexHeader::from_bytes(p, old.into(), 2).unwrap();
+        assert_eq!(o.label_names(), h.label_names());
+        assert_eq!(o.postings_range("i", "003").unwrap(), h.postings_range("i", "003").unwrap());
         for n in [0, 10, HEADER_LEN + TOC_LEN, orig.len() - 1] {
             assert!(IndexHeader::from_bytes(p, orig[..n].to_vec().into(), 32).is_err(), "cut at {n}");
         }

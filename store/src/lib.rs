@@ -101,6 +101,13 @@ pub struct Args {
         action = clap::ArgAction::Set
     )]
     pub verify_index_on_load: bool,
+    /// Series calls answered at once; more wait for a slot (Thanos's flag and default).
+    #[arg(
+        long = "store.grpc.series-max-concurrency",
+        env = "NORN_STORE_GRPC_SERIES_MAX_CONCURRENCY",
+        default_value_t = 20
+    )]
+    pub series_max_concurrency: usize,
 }
 
 /// Why `norn store` could not run.
@@ -167,8 +174,17 @@ impl Gateway {
         syncer.postings_sampling = args.posting_offsets_sampling;
         syncer.verify = args.verify_index_on_load;
         let syncer = Arc::new(syncer);
-        let store =
-            BucketStore { set, fetcher: ChunkFetcher { bucket, metrics }, min_time, max_time, served_elsewhere: None };
+        if args.series_max_concurrency == 0 {
+            return Err(flag("--store.grpc.series-max-concurrency", "must be at least 1".into()));
+        }
+        let store = BucketStore {
+            set,
+            fetcher: ChunkFetcher { bucket, metrics },
+            min_time,
+            max_time,
+            served_elsewhere: None,
+            series_gate: Arc::new(tokio::sync::Semaphore::new(args.series_max_concurrency)),
+        };
         Ok(Gateway { syncer, store, sync_every: Duration::from_millis(every as u64) })
     }
 

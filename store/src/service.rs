@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status};
 use ulid::Ulid;
 use xxhash_rust::xxh64::xxh64;
 
+use crate::bucketindex::CPU_WORK_VALUES;
 use crate::fetch::{ChunkFetcher, RawChunk};
 use crate::sync::{BlockSet, RESOLUTIONS, StoreBlock};
 
@@ -222,6 +223,9 @@ pub struct BucketStore {
     pub max_time: i64,
     /// Blocks to leave out at the time of each request.
     pub served_elsewhere: Option<ServedElsewhere>,
+    /// Series calls running at once (`--store.grpc.series-max-concurrency`, Thanos's
+    /// gate): a call waits for a permit and holds it until its stream is sent.
+    pub series_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl BucketStore {
@@ -368,6 +372,12 @@ impl store_server::Store for BucketStore {
         let req = req.into_inner();
         self.fetcher.metrics.series_requests.inc();
         let ms = request_matchers(&req.matchers)?;
+        let permit = self
+            .series_gate
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("store gateway shutting down"))?;
         let (mint, maxt) = self.clamp(req.min_time, req.max_time);
         let blocks = self.blocks();
         let selected =
@@ -378,6 +388,7 @@ impl store_server::Store for BucketStore {
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             for r in fetch_batches(&selected) {
                 match this.send_batch(&blocks, &selected[r], req.skip_chunks, &req.aggregates, batch, &tx).await {
                     Ok(true) => {}
@@ -405,9 +416,12 @@ impl store_server::Store for BucketStore {
             // answers without reading any series.
             let mut any = false;
             if rest.is_empty() {
-                let ns = b.index.label_names();
-                any = !ns.is_empty();
-                set.extend(ns.into_iter().map(str::to_string));
+                let mut add = || {
+                    let ns = b.index.label_names();
+                    any = !ns.is_empty();
+                    set.extend(ns.into_iter().map(str::to_string));
+                };
+                if b.index.header.label_count() > CPU_WORK_VALUES { crate::cpu_work(add) } else { add() }
             } else {
                 for l in block_labels(b, &rest).await? {
                     any = true;
@@ -439,9 +453,15 @@ impl store_server::Store for BucketStore {
                         set.insert(v.to_string());
                     }
                     Some(_) => {}
-                    None => set.extend(
-                        b.index.label_values(&name).map_err(|e| block_err(b, e))?.into_iter().map(str::to_string),
-                    ),
+                    None => {
+                        // A label of millions of values: CPU work off the async worker.
+                        let mut add = || {
+                            let vs = b.index.label_values(&name).map_err(|e| block_err(b, e))?;
+                            set.extend(vs.into_iter().map(str::to_string));
+                            Ok::<_, Status>(())
+                        };
+                        if b.index.header.value_count(&name) > CPU_WORK_VALUES { crate::cpu_work(add)? } else { add()? }
+                    }
                 }
                 continue;
             }

@@ -267,7 +267,8 @@ impl Syncer {
             cache: Arc::new(IndexCache::new(crate::cache::DEFAULT_SIZE, metrics.clone())),
             metrics,
             postings_sampling: indexheader::DEFAULT_POSTINGS_SAMPLING,
-            verify: true,
+            // As `--store.verify-index-on-load`'s default.
+            verify: false,
             failed: Mutex::new(HashMap::new()),
         }
     }
@@ -345,6 +346,8 @@ impl Syncer {
         drop(loads);
         for b in current.iter().filter(|b| !keep.iter().any(|k| k.id == b.id)) {
             tracing::info!(block = %b.id, "block gone from the bucket or marked for deletion; dropped");
+            // Its cached postings and series would otherwise sit in the cache until evicted.
+            self.cache.remove_block(b.id);
         }
         self.metrics.block_drops.inc_by(report.dropped as u64);
         self.metrics.blocks_loaded.set(keep.len() as i64);
@@ -413,6 +416,17 @@ impl Syncer {
         // one is rebuilt.
         let existing = if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             match open(path.clone()).await? {
+                // The header must belong to an index of this size: its postings lists end
+                // before the index's TOC.
+                Ok(h) if h.postings_end() > index_size.saturating_sub(norn_tsdb::index::TOC_SIZE as u64) => {
+                    tracing::warn!(
+                        block = %id,
+                        postings_end = h.postings_end(),
+                        index_size,
+                        "index-header does not fit the index in the bucket; rebuilding it"
+                    );
+                    None
+                }
                 Ok(h) => Some(h),
                 Err(e) => {
                     tracing::warn!(block = %id, error = %e, "damaged index-header; rebuilding it");
@@ -498,7 +512,8 @@ pub(crate) mod tests {
         bucket.delete(&format!("{partial}/meta.json")).await.unwrap();
         bucket.put("debug/metas/x.json", Bytes::from_static(b"{}")).await.unwrap();
 
-        let s = syncer(&bucket, cache.path());
+        let mut s = syncer(&bucket, cache.path());
+        s.verify = true; // finds the damaged index at load
         let r = s.sync().await.unwrap();
         assert_eq!(r.loaded, 1, "{r:?}");
         assert_eq!(r.deletion_marked, 1);
@@ -588,11 +603,13 @@ pub(crate) mod tests {
         b[sid as usize * 16 + 4] ^= 0xff;
         bucket.put(&key, Bytes::from(b)).await.unwrap();
         std::fs::remove_dir_all(cache.path().join(id.to_string())).unwrap();
-        let r = syncer(&bucket, cache.path()).sync().await.unwrap();
+        let mut eager = syncer(&bucket, cache.path());
+        eager.verify = true;
+        let r = eager.sync().await.unwrap();
         assert_eq!(r.failed.len(), 1, "{r:?}");
         assert!(r.failed[0].1.contains("series checksum mismatch"), "{r:?}");
-        let mut lazy = syncer(&bucket, cache.path());
-        lazy.verify = false;
+        let lazy = syncer(&bucket, cache.path());
+        assert!(!lazy.verify, "lazy by default, as the flag");
         assert_eq!(lazy.sync().await.unwrap().loaded, 1);
         let blk = lazy.set.snapshot()[0].clone();
         assert!(blk.index.series(&[reader.all_postings().unwrap()[0]], true).await.is_ok());

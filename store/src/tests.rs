@@ -364,5 +364,6 @@ fn gateway_args(bucket: &std::path::Path, cache: &std::path::Path) -> Args {
         index_cache_size: "250MB".into(),
         posting_offsets_sampling: 32,
         verify_index_on_load: true,
+        series_max_concurrency: 20,
     }
 }
