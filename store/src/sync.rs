@@ -578,11 +578,23 @@ pub(crate) mod tests {
         let old_index = cache.path().join(id.to_string()).join("index");
         std::fs::write(&old_index, b"old").unwrap();
 
-        // A restart reuses a good header and rebuilds a damaged one.
-        for (damage, builds) in [(None, 0), (Some(20), 1), (Some(good.len() - 1), 1)] {
+        // A header of a larger block's index (valid, but not this index's).
+        let big = upload_block(&bucket, 0, 400, &[("replica", "a")]).await;
+        let big_key = format!("{big}/index");
+        let big_size = bucket.get(&big_key).await.unwrap().len() as u64;
+        let other = cache.path().join("other-header");
+        indexheader::build(&bucket, &big_key, big_size, &other).await.unwrap();
+        let other = std::fs::read(&other).unwrap();
+        bucket.put(&format!("{big}/{DELETION_MARK}"), Bytes::from_static(b"{}")).await.unwrap();
+
+        // A restart reuses a good header and rebuilds a damaged one or one that does not
+        // fit the index.
+        for (damage, builds) in [(None, 0), (Some(20), 1), (Some(good.len() - 1), 1), (Some(usize::MAX), 1)] {
             let mut b = good.clone();
-            if let Some(i) = damage {
-                b[i] ^= 0xff;
+            match damage {
+                Some(usize::MAX) => b = other.clone(),
+                Some(i) => b[i] ^= 0xff,
+                None => {}
             }
             std::fs::write(&hp, &b).unwrap();
             let s2 = syncer(&bucket, cache.path());
