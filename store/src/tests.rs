@@ -367,3 +367,29 @@ fn gateway_args(bucket: &std::path::Path, cache: &std::path::Path) -> Args {
         series_max_concurrency: 20,
     }
 }
+
+#[tokio::test]
+async fn series_calls_wait_for_a_slot_of_the_gate() {
+    use futures::FutureExt;
+    let f = fixture().await;
+    let mut st = f.gw.store.clone();
+    assert_eq!(st.series_gate.available_permits(), 20, "--store.grpc.series-max-concurrency default");
+    st.series_gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let req =
+        SeriesRequest { min_time: 0, max_time: i64::MAX, matchers: vec![eq("__name__", "up")], ..Default::default() };
+    // The only slot taken: a call cannot start.
+    let held = st.series_gate.clone().acquire_owned().await.unwrap();
+    let mut call = Box::pin(st.series(Request::new(req.clone())));
+    assert!((&mut call).now_or_never().is_none(), "a Series call ran without a slot");
+    drop(held);
+    let mut stream = call.await.unwrap().into_inner();
+    let mut n = 0;
+    while let Some(r) = stream.next().await {
+        r.unwrap();
+        n += 1;
+    }
+    assert!(n > 0);
+    // The slot is given back once the stream has been sent.
+    assert_eq!(st.series_gate.available_permits(), 1);
+    assert_eq!(series(&st, req).await.len(), 3);
+}
