@@ -32,6 +32,8 @@ const MIN_SERIES_SIZE_ESTIMATE: u64 = 16;
 /// Label values of the matchers' names above which planning (a regex over every value)
 /// runs as CPU work off the async worker.
 pub(crate) const CPU_WORK_VALUES: usize = 4096;
+/// Series IDs in the fetched postings lists above which combining them runs as CPU work.
+const CPU_WORK_POSTINGS: usize = 64 * 1024;
 /// Ranged GETs in flight per lookup.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -151,7 +153,10 @@ impl BucketIndex {
         let lists = self.postings(&keys, true).await?;
         let by_key: HashMap<(&str, &str), &Arc<Vec<u32>>> =
             keys.iter().zip(&lists).map(|((n, v), l)| ((n.as_str(), v.as_str()), l)).collect();
-        Ok(plan.evaluate(|n, v| Ok(by_key.get(&(n, v)).map(|l| l.to_vec()).unwrap_or_default()))?)
+        let evaluate = || plan.evaluate(|n, v| Ok(by_key.get(&(n, v)).map(|l| l.to_vec()).unwrap_or_default()));
+        // Merging and intersecting long lists is CPU work too.
+        let ids: usize = lists.iter().map(|l| l.len()).sum();
+        Ok(if ids > CPU_WORK_POSTINGS { crate::cpu_work(evaluate)? } else { evaluate()? })
     }
 
     /// IDs of every series.
