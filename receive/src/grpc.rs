@@ -114,7 +114,8 @@ impl StoreService {
             let got = db
                 .select_lazy(&rest, mint, maxt)
                 .map_err(|e| Status::internal(format!("tenant {}: {e}", db.tenant)))?;
-            let ext = Arc::new(ExtLabels::new(&db.ext_labels, without));
+            // Names to strip that none of the selected series has cost nothing then.
+            let ext = Arc::new(ExtLabels::new(&db.ext_labels, without).for_series(got.iter().map(|s| &s.labels)));
             tenants += 1;
             noop &= ext.is_noop();
             out.extend(got.into_iter().map(|s| (ext.clone(), s)));

@@ -57,9 +57,42 @@ impl ExtLabels {
         ExtLabels { pairs, strip }
     }
 
+    /// These labels without the names to strip that none of `series` carries: for those
+    /// series stripping them changes nothing, and with nothing left to strip (and no
+    /// external labels) the labels are a [no-op](Self::is_noop), which spares the
+    /// per-series order check and merge. Decided from the series themselves, so series
+    /// created or dropped concurrently cannot make it wrong.
+    pub fn for_series<'a>(mut self, series: impl IntoIterator<Item = &'a Labels>) -> Self {
+        if self.strip.is_empty() {
+            return self;
+        }
+        let mut seen = vec![false; self.strip.len()];
+        let mut left = seen.len();
+        for l in series {
+            for (name, seen) in self.strip.iter().zip(seen.iter_mut()) {
+                if !*seen && has_name(l, name) {
+                    *seen = true;
+                    left -= 1;
+                }
+            }
+            if left == 0 {
+                return self;
+            }
+        }
+        let mut seen = seen.into_iter();
+        self.strip.retain(|_| seen.next().unwrap_or(true));
+        self
+    }
+
     /// Whether merging changes nothing: no external labels and nothing to strip.
     pub fn is_noop(&self) -> bool {
         self.pairs.is_empty() && self.strip.is_empty()
+    }
+
+    /// Whether merging leaves `l` as it is: no external labels, and `l` has none of the
+    /// names to strip.
+    pub fn keeps(&self, l: &Labels) -> bool {
+        self.pairs.is_empty() && !self.strip.iter().any(|x| has_name(l, x))
     }
 
     /// Whether `l` has a label these external labels override or strip.
@@ -94,6 +127,19 @@ impl ExtLabels {
         let s_next = s.next();
         Merged { s, s_next, ext: &self.pairs, strip: &self.strip }
     }
+}
+
+/// Whether `l` has a label named `name`: a scan of the sorted names that stops at the
+/// first name not below `name`.
+fn has_name(l: &Labels, name: &str) -> bool {
+    for (n, _) in l.iter() {
+        match n.cmp(name) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => return true,
+            std::cmp::Ordering::Greater => return false,
+        }
+    }
+    false
 }
 
 /// Iterator of [`ExtLabels::merged`]: a merge of two sorted label lists.
@@ -185,17 +231,22 @@ impl Frame {
     /// and their bytes; lengths are summed first so the buffer is allocated once at its
     /// final size, and the chunks' bytes are moved into the frame, not copied.
     pub fn encode(series: Vec<OutSeries>, batch: bool) -> Frame {
-        let mut merged: Vec<(&str, &str)> = Vec::with_capacity(series.len() * 8);
-        // Per series: end of its labels in `merged` and the length of its `Series` message.
-        let mut ends: Vec<(usize, usize)> = Vec::with_capacity(series.len());
+        let mut merged: Vec<(&str, &str)> = Vec::new();
+        // Per series: the range of its labels in `merged` (`None`: its stored labels are
+        // sent as they are, read straight from them) and the length of its `Series`.
+        let mut ends: Vec<(Option<(usize, usize)>, usize)> = Vec::with_capacity(series.len());
         let (mut body, mut spliced) = (0usize, 0usize);
         for s in &series {
-            let start = merged.len();
-            merged.extend(s.ext.merged(&s.labels));
-            let labels_len: usize = merged[start..].iter().map(|(n, v)| nested_len(label_len(n, v))).sum();
+            let (span, labels_len) = if s.ext.keeps(&s.labels) {
+                (None, s.labels.iter().map(|(n, v)| nested_len(label_len(n, v))).sum::<usize>())
+            } else {
+                let start = merged.len();
+                merged.extend(s.ext.merged(&s.labels));
+                (Some((start, merged.len())), merged[start..].iter().map(|(n, v)| nested_len(label_len(n, v))).sum())
+            };
             let chunks_len: usize = s.chunks.iter().map(|c| nested_len(aggr_chunk_len(c))).sum();
             let len = labels_len + chunks_len;
-            ends.push((merged.len(), len));
+            ends.push((span, len));
             body += nested_len(len);
             spliced += s.chunks.iter().filter(|c| splice(c)).map(|c| c.chunk.data.len()).sum::<usize>();
         }
@@ -206,18 +257,14 @@ impl Frame {
             buf.push(tag(4, WT_LEN));
             put_varint(&mut buf, body as u64);
         }
-        let mut start = 0;
-        for (s, &(end, len)) in series.iter().zip(&ends) {
+        for (s, &(span, len)) in series.iter().zip(&ends) {
             // `result.series` and `batch.series` are both field 1.
             buf.push(tag(1, WT_LEN));
             put_varint(&mut buf, len as u64);
-            for (n, v) in &merged[start..end] {
-                buf.push(tag(1, WT_LEN));
-                put_varint(&mut buf, label_len(n, v) as u64);
-                put_bytes_field(&mut buf, 1, n.as_bytes());
-                put_bytes_field(&mut buf, 2, v.as_bytes());
+            match span {
+                None => s.labels.iter().for_each(|(n, v)| put_label(&mut buf, n, v)),
+                Some((start, end)) => merged[start..end].iter().for_each(|(n, v)| put_label(&mut buf, n, v)),
             }
-            start = end;
             for c in &s.chunks {
                 buf.push(tag(2, WT_LEN));
                 put_varint(&mut buf, aggr_chunk_len(c) as u64);
@@ -330,6 +377,14 @@ fn put_int64_field(buf: &mut Vec<u8>, field: u8, v: i64) {
         buf.push(tag(field, WT_VARINT));
         put_varint(buf, v as u64);
     }
+}
+
+/// Writes one `Label` message of a series (field 1).
+fn put_label(buf: &mut Vec<u8>, n: &str, v: &str) {
+    buf.push(tag(1, WT_LEN));
+    put_varint(buf, label_len(n, v) as u64);
+    put_bytes_field(buf, 1, n.as_bytes());
+    put_bytes_field(buf, 2, v.as_bytes());
 }
 
 fn label_len(name: &str, value: &str) -> usize {
@@ -611,6 +666,36 @@ mod tests {
         assert!(ExtLabels::default().keeps_order(&l(&[("a", "1")]), &l(&[("a", "1"), ("b", "2")])));
     }
 
+    /// `for_series` keeps exactly the names to strip that some series has; `keeps` holds
+    /// for series the merge leaves as they are.
+    #[test]
+    fn strip_only_what_is_there() {
+        let l = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied());
+        let series = [l(&[("__name__", "up"), ("job", "a")]), l(&[("b", "1"), ("replica", "x")])];
+        let w = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let cases: &[(Pairs<'_>, &[&str], &[&str], bool)] = &[
+            (&[], &[], &[], true),
+            (&[], &["replica"], &["replica"], false),
+            (&[], &["zone"], &[], true),
+            (&[], &["a", "job", "zone"], &["job"], false),
+            (&[("replica", "r0")], &["replica"], &["replica"], false),
+            (&[("replica", "r0"), ("tenant", "t")], &["replica", "nope"], &["replica"], false),
+        ];
+        for (ext, without, kept, noop) in cases {
+            let e = ExtLabels::new(&l(ext), &w(without)).for_series(&series);
+            assert_eq!(e.strip, w(kept), "{ext:?} {without:?}");
+            assert_eq!(e.is_noop(), *noop, "{ext:?} {without:?}");
+            for s in &series {
+                let same = e.merged(s).eq(s.iter());
+                assert_eq!(e.keeps(s), e.pairs.is_empty() && same, "{ext:?} {without:?} {s}");
+            }
+        }
+        // No series: nothing to strip.
+        assert!(ExtLabels::new(&Labels::empty(), &w(&["replica"])).for_series(&[]).is_noop());
+        assert!(has_name(&series[1], "b") && has_name(&series[1], "replica") && !has_name(&series[1], "c"));
+        assert!(!has_name(&Labels::empty(), "a"));
+    }
+
     #[test]
     fn varints() {
         for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX >> 1, u64::MAX] {
@@ -645,8 +730,11 @@ mod tests {
             ext in arb_labels(),
             without in proptest::collection::vec("[a-e_]{1,3}", 0..3),
             batch in any::<bool>(),
+            filter in any::<bool>(),
         ) {
-            let e = Arc::new(ExtLabels::new(&ext, &without));
+            let e = ExtLabels::new(&ext, &without);
+            // Names no series has dropped from `strip` change nothing on the wire.
+            let e = Arc::new(if filter { e.for_series(series.iter().map(|(l, _)| l)) } else { e });
             let want: Vec<thanos::Series> =
                 series.iter().map(|(ls, cs)| prost_series(ls, &ext, &without, cs)).collect();
             let os = out(&series, &e);
