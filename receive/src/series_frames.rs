@@ -41,12 +41,17 @@ pub struct ExtLabels {
     pairs: Vec<(String, String)>,
     /// Label names dropped from series labels.
     strip: Vec<String>,
+    /// Set by [`ExtLabels::for_series`]: none of the series it saw has a label named as
+    /// one of `pairs` or `strip` (so `strip` is empty), and merging only inserts `pairs`.
+    untouched: bool,
+    /// Encoded length of `pairs` as `Label` fields of a `Series`.
+    pairs_len: usize,
 }
 
 impl ExtLabels {
     /// `ext` without the labels named in `without`.
     pub fn new(ext: &Labels, without: &[String]) -> Self {
-        let pairs = ext
+        let pairs: Vec<(String, String)> = ext
             .iter()
             .filter(|(n, _)| !without.iter().any(|w| w == n))
             .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -54,34 +59,60 @@ impl ExtLabels {
         let mut strip: Vec<String> = without.iter().filter(|w| !w.is_empty()).cloned().collect();
         strip.sort();
         strip.dedup();
-        ExtLabels { pairs, strip }
+        let pairs_len = pairs.iter().map(|(n, v)| nested_len(label_len(n, v))).sum();
+        ExtLabels { pairs, strip, untouched: false, pairs_len }
     }
 
-    /// These labels without the names to strip that none of `series` carries: for those
-    /// series stripping them changes nothing, and with nothing left to strip (and no
-    /// external labels) the labels are a [no-op](Self::is_noop), which spares the
-    /// per-series order check and merge. Decided from the series themselves, so series
-    /// created or dropped concurrently cannot make it wrong.
+    /// These labels for sending `series`: without the names to strip that none of them
+    /// carries (stripping those changes nothing), and marked untouched when none carries
+    /// an external label's name or a name to strip. Then merging only inserts the
+    /// external labels, which [`Frame::encode`] does without comparing anything but
+    /// names, and keeps the series' order but for one case that
+    /// [`keeps_order`](Self::keeps_order) tells in constant time; with no external labels
+    /// either, the labels are a [no-op](Self::is_noop). Decided in one pass over the
+    /// series themselves, so series created or dropped concurrently cannot make it wrong.
     pub fn for_series<'a>(mut self, series: impl IntoIterator<Item = &'a Labels>) -> Self {
-        if self.strip.is_empty() {
-            return self;
-        }
-        let mut seen = vec![false; self.strip.len()];
-        let mut left = seen.len();
+        // Names of `pairs` and `strip` (disjoint), sorted, each with whether it is a
+        // name to strip and whether a series has it.
+        let mut watch: Vec<(&str, bool, bool)> = self
+            .pairs
+            .iter()
+            .map(|(n, _)| (n.as_str(), false, false))
+            .chain(self.strip.iter().map(|n| (n.as_str(), true, false)))
+            .collect();
+        watch.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut left = watch.len();
         for l in series {
-            for (name, seen) in self.strip.iter().zip(seen.iter_mut()) {
-                if !*seen && has_name(l, name) {
-                    *seen = true;
+            if left == 0 {
+                break;
+            }
+            // One merge of two sorted name lists.
+            let mut w = 0;
+            for (n, _) in l.iter() {
+                while w < watch.len() && watch[w].0 < n {
+                    w += 1;
+                }
+                let Some(entry) = watch.get_mut(w) else { break };
+                if entry.0 == n && !entry.2 {
+                    entry.2 = true;
                     left -= 1;
                 }
             }
-            if left == 0 {
-                return self;
-            }
         }
-        let mut seen = seen.into_iter();
-        self.strip.retain(|_| seen.next().unwrap_or(true));
+        let untouched = left == watch.len();
+        let mut seen = watch.iter().filter(|x| x.1).map(|x| (x.0, x.2)).collect::<Vec<_>>().into_iter();
+        // `watch` lists the names to strip in `strip`'s order (both sorted).
+        let keep: Vec<bool> = self.strip.iter().map(|_| seen.next().is_some_and(|x| x.1)).collect();
+        let mut keep = keep.into_iter();
+        self.strip.retain(|_| keep.next().unwrap_or(true));
+        self.untouched = untouched;
         self
+    }
+
+    /// Whether [`ExtLabels::for_series`] found that no series it saw has a label these
+    /// labels override or strip.
+    pub fn untouched(&self) -> bool {
+        self.untouched
     }
 
     /// Whether merging changes nothing: no external labels and nothing to strip.
@@ -92,7 +123,7 @@ impl ExtLabels {
     /// Whether merging leaves `l` as it is: no external labels, and `l` has none of the
     /// names to strip.
     pub fn keeps(&self, l: &Labels) -> bool {
-        self.pairs.is_empty() && !self.strip.iter().any(|x| has_name(l, x))
+        self.pairs.is_empty() && (self.untouched || !self.strip.iter().any(|x| has_name(l, x)))
     }
 
     /// Whether `l` has a label these external labels override or strip.
@@ -237,8 +268,9 @@ impl Frame {
         let mut ends: Vec<(Option<(usize, usize)>, usize)> = Vec::with_capacity(series.len());
         let (mut body, mut spliced) = (0usize, 0usize);
         for s in &series {
-            let (span, labels_len) = if s.ext.keeps(&s.labels) {
-                (None, s.labels.iter().map(|(n, v)| nested_len(label_len(n, v))).sum::<usize>())
+            let (span, labels_len) = if s.ext.untouched || s.ext.keeps(&s.labels) {
+                // Stored labels, external ones inserted by name (no override, no strip).
+                (None, s.labels.iter().map(|(n, v)| nested_len(label_len(n, v))).sum::<usize>() + s.ext.pairs_len)
             } else {
                 let start = merged.len();
                 merged.extend(s.ext.merged(&s.labels));
@@ -262,7 +294,7 @@ impl Frame {
             buf.push(tag(1, WT_LEN));
             put_varint(&mut buf, len as u64);
             match span {
-                None => s.labels.iter().for_each(|(n, v)| put_label(&mut buf, n, v)),
+                None => put_inserted(&mut buf, &s.labels, &s.ext.pairs),
                 Some((start, end)) => merged[start..end].iter().for_each(|(n, v)| put_label(&mut buf, n, v)),
             }
             for c in &s.chunks {
@@ -376,6 +408,21 @@ fn put_int64_field(buf: &mut Vec<u8>, field: u8, v: i64) {
     if v != 0 {
         buf.push(tag(field, WT_VARINT));
         put_varint(buf, v as u64);
+    }
+}
+
+/// Writes `labels` with `ext` (sorted, no name in common with `labels`) inserted in name
+/// order.
+fn put_inserted(buf: &mut Vec<u8>, labels: &Labels, ext: &[(String, String)]) {
+    let mut ext = ext.iter().peekable();
+    for (n, v) in labels.iter() {
+        while let Some((en, ev)) = ext.next_if(|(en, _)| en.as_str() < n) {
+            put_label(buf, en, ev);
+        }
+        put_label(buf, n, v);
+    }
+    for (en, ev) in ext {
+        put_label(buf, en, ev);
     }
 }
 
@@ -673,18 +720,25 @@ mod tests {
         let l = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied());
         let series = [l(&[("__name__", "up"), ("job", "a")]), l(&[("b", "1"), ("replica", "x")])];
         let w = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let cases: &[(Pairs<'_>, &[&str], &[&str], bool)] = &[
-            (&[], &[], &[], true),
-            (&[], &["replica"], &["replica"], false),
-            (&[], &["zone"], &[], true),
-            (&[], &["a", "job", "zone"], &["job"], false),
-            (&[("replica", "r0")], &["replica"], &["replica"], false),
-            (&[("replica", "r0"), ("tenant", "t")], &["replica", "nope"], &["replica"], false),
+        // External labels, names to strip, names kept to strip, no-op, untouched.
+        let cases: &[(Pairs<'_>, &[&str], &[&str], bool, bool)] = &[
+            (&[], &[], &[], true, true),
+            (&[], &["replica"], &["replica"], false, false),
+            (&[], &["zone"], &[], true, true),
+            (&[], &["a", "job", "zone"], &["job"], false, false),
+            (&[("replica", "r0")], &["replica"], &["replica"], false, false),
+            (&[("replica", "r0"), ("tenant", "t")], &["replica", "nope"], &["replica"], false, false),
+            (&[("replica", "r0"), ("tenant", "t")], &["nope"], &[], false, false),
+            (&[("replica", "r0"), ("tenant", "t")], &["replica", "a", "zz"], &["replica"], false, false),
+            (&[("tenant", "t")], &["zz"], &[], false, true),
+            (&[("A", "1"), ("tenant", "t")], &["a"], &[], false, true),
+            (&[("job", "x")], &[], &[], false, false),
         ];
-        for (ext, without, kept, noop) in cases {
+        for (ext, without, kept, noop, untouched) in cases {
             let e = ExtLabels::new(&l(ext), &w(without)).for_series(&series);
             assert_eq!(e.strip, w(kept), "{ext:?} {without:?}");
             assert_eq!(e.is_noop(), *noop, "{ext:?} {without:?}");
+            assert_eq!(e.untouched(), *untouched, "{ext:?} {without:?}");
             for s in &series {
                 let same = e.merged(s).eq(s.iter());
                 assert_eq!(e.keeps(s), e.pairs.is_empty() && same, "{ext:?} {without:?} {s}");
