@@ -721,7 +721,8 @@ mod tests {
         let series = [l(&[("__name__", "up"), ("job", "a")]), l(&[("b", "1"), ("replica", "x")])];
         let w = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         // External labels, names to strip, names kept to strip, no-op, untouched.
-        let cases: &[(Pairs<'_>, &[&str], &[&str], bool, bool)] = &[
+        type Case<'a> = (Pairs<'a>, &'a [&'a str], &'a [&'a str], bool, bool);
+        let cases: &[Case<'_>] = &[
             (&[], &[], &[], true, true),
             (&[], &["replica"], &["replica"], false, false),
             (&[], &["zone"], &[], true, true),
