@@ -4,33 +4,36 @@
 //! `Vec`, hashed it, built a fresh `Labels` per series only to add the external labels,
 //! then walked the message tree again to compute nested lengths, writing through `BufMut`
 //! calls. [`Frame::encode`] instead writes a whole `SeriesResponse` in one pass per series
-//! into one `Vec`: the series' stored [`Labels`] merged with the tenant's [`ExtLabels`] on
-//! the fly; the chunks' bytes, as stored, are spliced in only when the tonic encoder of
-//! [`FrameCodec`] copies the frame into its buffer, so they are copied once. The bytes are those prost writes for the same message: fields in
-//! number order, proto3 defaults left out.
+//! into one buffer of its final size, behind the gRPC message prefix: the series' stored
+//! [`Labels`] merged with the tenant's [`ExtLabels`] on the fly, the chunks' bytes as
+//! stored. The bytes are those prost writes for the same message: fields in number order,
+//! proto3 defaults left out.
 //!
 //! Chunks go out without the optional `hash` field: Thanos's querier hashes chunks whose
 //! hash is 0 itself, and Norn's querier compares chunk bytes.
 //!
-//! [`StoreGrpc`] serves `thanos.Store` with this codec for `Series` and the generated
-//! prost server for the other methods.
+//! [`StoreGrpc`] serves `thanos.Store`: `Series` by hand (the request decoded with prost,
+//! each frame handed to HTTP/2 as it is, so nothing is copied again into an encode
+//! buffer, as tonic's codecs would), the other methods through the generated prost server.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use norn_model::Labels;
 use norn_model::labels::LabelsIter;
 use norn_storeapi::chunks::storepb_encoding;
 use norn_storeapi::thanos::{SeriesRequest, SeriesResponse, store_server};
 use norn_tsdb::chunks::ChunkMeta;
 use prost::Message;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic::server::{NamedService, ServerStreamingService};
+use tonic::server::NamedService;
 
 /// External labels of one tenant as responses carry them, after removing the request's
 /// `without_replica_labels` (which are removed from the series' own labels too, as
@@ -236,37 +239,29 @@ pub struct OutSeries {
     pub chunks: Vec<ChunkMeta>,
 }
 
-/// Chunks at least this long are not copied into a frame's buffer but kept as they are and
-/// copied once, straight into tonic's encode buffer, by [`FrameEncoder`]; shorter ones cost
-/// less to copy than to splice.
-const SPLICE_MIN: usize = 64;
+/// Bytes of the gRPC message prefix: a compression flag and a big-endian `u32` length.
+const PREFIX: usize = 5;
 
-/// One encoded `SeriesResponse` of the Series stream: `head` with each of `splices`' chunk
-/// bytes inserted at its offset into `head` (offsets ascending).
-///
-/// Chunk bytes stay out of `head` so that they are copied only once, into tonic's encode
-/// buffer; a frame holds up to 1024 series (the querier's batch size), so copying it whole
-/// a second time was a large part of the receiver's Series CPU.
+/// One encoded `SeriesResponse` of the Series stream, behind room for its gRPC message
+/// prefix, so that it goes to HTTP/2 as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    head: Vec<u8>,
-    splices: Vec<(usize, Bytes)>,
-    len: usize,
+    buf: Vec<u8>,
 }
 
 impl Frame {
     /// Encodes `series` as one `SeriesResponse`: `result.batch` when `batch`, else
     /// `result.series` (of the first series; `series` must then hold exactly one).
     ///
-    /// The series' labels are merged once into a scratch list that gives both their length
-    /// and their bytes; lengths are summed first so the buffer is allocated once at its
-    /// final size, and the chunks' bytes are moved into the frame, not copied.
+    /// Lengths are summed first so the buffer is allocated once at its final size; labels
+    /// changed by the external labels are merged once into a scratch list that gives both
+    /// their length and their bytes, others are read straight from the series.
     pub fn encode(series: Vec<OutSeries>, batch: bool) -> Frame {
         let mut merged: Vec<(&str, &str)> = Vec::new();
         // Per series: the range of its labels in `merged` (`None`: its stored labels are
         // sent as they are, read straight from them) and the length of its `Series`.
         let mut ends: Vec<(Option<(usize, usize)>, usize)> = Vec::with_capacity(series.len());
-        let (mut body, mut spliced) = (0usize, 0usize);
+        let mut body = 0usize;
         for s in &series {
             let (span, labels_len) = if s.ext.untouched || s.ext.keeps(&s.labels) {
                 // Stored labels, external ones inserted by name (no override, no strip).
@@ -280,11 +275,10 @@ impl Frame {
             let len = labels_len + chunks_len;
             ends.push((span, len));
             body += nested_len(len);
-            spliced += s.chunks.iter().filter(|c| splice(c)).map(|c| c.chunk.data.len()).sum::<usize>();
         }
         let len = if batch { nested_len(body) } else { body };
-        let mut buf: Vec<u8> = Vec::with_capacity(len - spliced);
-        let mut offsets: Vec<usize> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(PREFIX + len);
+        buf.extend_from_slice(&[0; PREFIX]);
         if batch {
             buf.push(tag(4, WT_LEN));
             put_varint(&mut buf, body as u64);
@@ -305,59 +299,45 @@ impl Frame {
                 buf.push(tag(3, WT_LEN));
                 put_varint(&mut buf, raw_chunk_len(c) as u64);
                 put_int64_field(&mut buf, 1, chunk_type(c));
-                if splice(c) {
-                    buf.push(tag(2, WT_LEN));
-                    put_varint(&mut buf, c.chunk.data.len() as u64);
-                    offsets.push(buf.len());
-                } else {
-                    put_bytes_field(&mut buf, 2, &c.chunk.data);
-                }
+                put_bytes_field(&mut buf, 2, &c.chunk.data);
             }
         }
-        drop(merged);
-        let datas = series.into_iter().flat_map(|s| s.chunks).filter(splice).map(|c| c.chunk.data);
-        let splices = offsets.into_iter().zip(datas).collect();
-        Frame { head: buf, splices, len }
+        Frame { buf }
     }
 
     /// Length of the encoded `SeriesResponse`.
     pub fn len(&self) -> usize {
-        self.len
+        self.buf.len() - PREFIX
     }
 
     /// Whether the frame is empty (never: a frame holds at least its `result` key).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// The encoded `SeriesResponse` in one buffer (a copy; the server writes frames with
-    /// [`Frame::write_to`]).
+    /// The encoded `SeriesResponse` (a copy).
     pub fn bytes(&self) -> Bytes {
-        let mut out = Vec::with_capacity(self.len);
-        self.write_to(&mut out);
-        Bytes::from(out)
+        Bytes::copy_from_slice(&self.buf[PREFIX..])
     }
 
     /// Appends the encoded `SeriesResponse` to `dst`.
     pub fn write_to<B: BufMut>(&self, dst: &mut B) {
-        let mut at = 0;
-        for (off, data) in &self.splices {
-            dst.put_slice(&self.head[at..*off]);
-            dst.put_slice(data);
-            at = *off;
-        }
-        dst.put_slice(&self.head[at..]);
+        dst.put_slice(&self.buf[PREFIX..]);
+    }
+
+    /// The frame as a gRPC message (uncompressed, prefixed with its length), without
+    /// copying it; an error if it is longer than the prefix can say.
+    pub fn into_message(mut self) -> Result<Bytes, Status> {
+        let len = u32::try_from(self.len())
+            .map_err(|_| Status::resource_exhausted(format!("series frame of {} bytes exceeds 4 GiB", self.len())))?;
+        self.buf[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(Bytes::from(self.buf))
     }
 
     /// The frame as prost's type.
     pub fn to_proto(&self) -> Result<SeriesResponse, Status> {
-        SeriesResponse::decode(self.bytes()).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
+        SeriesResponse::decode(&self.buf[PREFIX..]).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
     }
-}
-
-/// Whether `c`'s bytes are spliced into the frame rather than copied into its buffer.
-fn splice(c: &ChunkMeta) -> bool {
-    c.chunk.data.len() >= SPLICE_MIN
 }
 
 const WT_VARINT: u8 = 0;
@@ -451,42 +431,6 @@ fn aggr_chunk_len(c: &ChunkMeta) -> usize {
     int64_field_len(c.min_time) + int64_field_len(c.max_time) + nested_len(raw_chunk_len(c))
 }
 
-/// The codec of the receiver's `Store/Series` calls: prost-decoded requests, [`Frame`]
-/// responses written by hand.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FrameCodec;
-
-/// Encoder half of [`FrameCodec`].
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FrameEncoder;
-
-impl Encoder for FrameEncoder {
-    type Item = Frame;
-    type Error = Status;
-
-    fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // One allocation at most, not a doubling per growth step of a large frame.
-        dst.reserve(item.len);
-        item.write_to(dst);
-        Ok(())
-    }
-}
-
-impl Codec for FrameCodec {
-    type Encode = Frame;
-    type Decode = SeriesRequest;
-    type Encoder = FrameEncoder;
-    type Decoder = tonic_prost::ProstDecoder<SeriesRequest>;
-
-    fn encoder(&mut self) -> FrameEncoder {
-        FrameEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::default()
-    }
-}
-
 /// What answers `Store/Series` with [`Frame`]s.
 pub trait FrameSource: Send + Sync + 'static {
     /// Starts answering `req`; frames (or an error ending the stream) arrive on the stream.
@@ -496,7 +440,7 @@ pub trait FrameSource: Send + Sync + 'static {
     ) -> Result<ReceiverStream<Result<Frame, Status>>, Status>;
 }
 
-/// `thanos.Store`: `Series` through [`FrameCodec`], the other methods through the
+/// `thanos.Store`: `Series` answered with [`Frame`]s by hand, the other methods through the
 /// generated prost server `inner`.
 #[derive(Debug)]
 pub struct StoreGrpc<T> {
@@ -525,19 +469,6 @@ impl<T> NamedService for StoreGrpc<T> {
     const NAME: &'static str = store_server::SERVICE_NAME;
 }
 
-/// The `Series` method as tonic's server calls it.
-struct SeriesMethod<T>(Arc<T>);
-
-impl<T: FrameSource> ServerStreamingService<SeriesRequest> for SeriesMethod<T> {
-    type Response = Frame;
-    type ResponseStream = ReceiverStream<Result<Frame, Status>>;
-    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<SeriesRequest>) -> Self::Future {
-        std::future::ready(self.0.series_frames(req).map(tonic::Response::new))
-    }
-}
-
 impl<T: store_server::Store + FrameSource> tower::Service<http::Request<tonic::body::Body>> for StoreGrpc<T> {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
@@ -551,16 +482,114 @@ impl<T: store_server::Store + FrameSource> tower::Service<http::Request<tonic::b
         if req.uri().path() != "/thanos.Store/Series" {
             return tower::Service::call(&mut self.inner, req);
         }
-        let method = SeriesMethod(self.source.clone());
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(FrameCodec).apply_max_message_size_config(None, Some(usize::MAX));
-            Ok(grpc.server_streaming(method, req).await)
-        })
+        let source = self.source.clone();
+        Box::pin(async move { Ok(serve_series(&*source, req).await) })
+    }
+}
+
+/// Largest `Series` request accepted (tonic's default decoding limit).
+const MAX_REQUEST: usize = 4 << 20;
+
+/// Answers one `Series` call: a gRPC response whose messages are the source's frames,
+/// ended by the status trailers; errors before the first frame as a trailers-only
+/// response, as tonic sends them.
+async fn serve_series<T: FrameSource>(
+    source: &T,
+    req: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let started = match read_request(req).await {
+        Ok(r) => source.series_frames(tonic::Request::new(r)),
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(frames) => {
+            let body = FrameBody { frames: frames.into_inner(), done: false };
+            let mut resp = http::Response::new(tonic::body::Body::new(body));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            resp
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// Reads the one message of a `Series` request.
+async fn read_request(req: http::Request<tonic::body::Body>) -> Result<SeriesRequest, Status> {
+    // Snappy-compressed requests were decompressed (and this header removed) by
+    // `grpc_snappy`; tonic's server accepts no other compression either.
+    if let Some(enc) = req.headers().get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
+        return Err(Status::unimplemented(format!("Series request compressed with unsupported encoding {enc:?}")));
+    }
+    let body = http_body_util::Limited::new(req.into_body(), PREFIX + MAX_REQUEST).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            Status::out_of_range(format!("Series request longer than {MAX_REQUEST} bytes"))
+        } else {
+            Status::from_error(e)
+        }
+    })?;
+    parse_request(&body.to_bytes())
+}
+
+/// Decodes the first length-prefixed message of a request body.
+fn parse_request(body: &[u8]) -> Result<SeriesRequest, Status> {
+    let Some((&[flag, a, b, c, d], rest)) = body.split_first_chunk::<PREFIX>() else {
+        return Err(Status::internal("Series request without a request message"));
+    };
+    if flag != 0 {
+        return Err(Status::unimplemented("Series request message compressed without a grpc-encoding"));
+    }
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    let msg = rest.get(..len).ok_or_else(|| {
+        Status::internal(format!("Series request message of {len} bytes cut short at {} bytes", rest.len()))
+    })?;
+    SeriesRequest::decode(msg).map_err(|e| Status::internal(format!("decoding Series request: {e}")))
+}
+
+/// The response body of a `Series` call: each frame as one gRPC message, then the status
+/// as trailers (`grpc-status: 0` when the frames ran out, the error's otherwise).
+struct FrameBody {
+    frames: mpsc::Receiver<Result<Frame, Status>>,
+    done: bool,
+}
+
+impl http_body::Body for FrameBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(self.frames.poll_recv(cx)) {
+            Some(Ok(frame)) => match frame.into_message() {
+                Ok(msg) => return Poll::Ready(Some(Ok(http_body::Frame::data(msg)))),
+                Err(e) => e,
+            },
+            Some(Err(e)) => e,
+            None => Status::ok(""),
+        };
+        self.done = true;
+        // Stops the reader if it is still sending (after an error it sent).
+        self.frames.close();
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.clear();
+            // A message that is not a valid header value: send the code alone.
+            let _ = Status::new(status.code(), "").add_header(&mut trailers);
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
     use norn_storeapi::thanos::{self, series_response};
     use norn_tsdb::chunkenc::{Chunk, Encoding};
     use proptest::prelude::*;
@@ -751,6 +780,81 @@ mod tests {
         assert!(!has_name(&Labels::empty(), "a"));
     }
 
+    /// Request bodies: the message decoded, anything else refused with a status naming
+    /// what was wrong.
+    #[test]
+    fn request_parsing() {
+        let req = SeriesRequest { min_time: 5, max_time: 9, limit: 3, ..Default::default() };
+        let msg = req.encode_to_vec();
+        let framed = |flag: u8, len: usize, body: &[u8]| {
+            let mut v = vec![flag];
+            v.extend_from_slice(&(len as u32).to_be_bytes());
+            v.extend_from_slice(body);
+            v
+        };
+        assert_eq!(parse_request(&framed(0, msg.len(), &msg)).unwrap(), req);
+        // An empty message is the default request.
+        assert_eq!(parse_request(&framed(0, 0, &[])).unwrap(), SeriesRequest::default());
+        let cases: &[(Vec<u8>, tonic::Code, &str)] = &[
+            (vec![], tonic::Code::Internal, "without a request message"),
+            (vec![0, 0, 0], tonic::Code::Internal, "without a request message"),
+            (framed(1, msg.len(), &msg), tonic::Code::Unimplemented, "compressed"),
+            (framed(0, msg.len() + 1, &msg), tonic::Code::Internal, "cut short"),
+            (framed(0, 2, &[0xff, 0xff]), tonic::Code::Internal, "decoding Series request"),
+        ];
+        for (body, code, what) in cases {
+            let e = parse_request(body).unwrap_err();
+            assert_eq!(e.code(), *code, "{body:?}: {e}");
+            assert!(e.message().contains(what), "{body:?}: {e}");
+        }
+    }
+
+    /// The response body: each frame as one prefixed message, then the status trailers,
+    /// `grpc-status: 0` at the end of the frames, the error's code and message after one.
+    #[tokio::test]
+    async fn frame_body_messages_and_trailers() {
+        let l = Labels::from_pairs([("a", "1")]);
+        let e = Arc::new(ExtLabels::default());
+        let frame = |n: usize| {
+            let s = vec![(l.clone(), vec![chunk(Encoding::Xor, 1, 2, &vec![7; n])])];
+            Frame::encode(out(&s, &e), true)
+        };
+        for fail in [false, true] {
+            let (tx, rx) = mpsc::channel(4);
+            let frames = [frame(3), frame(300)];
+            for f in &frames {
+                tx.send(Ok(f.clone())).await.unwrap();
+            }
+            if fail {
+                tx.send(Err(Status::not_found("gone: 100%"))).await.unwrap();
+            }
+            drop(tx);
+            let mut body = FrameBody { frames: rx, done: false };
+            let mut data = Vec::new();
+            let mut trailers = None;
+            while let Some(f) = body.frame().await {
+                let f = f.unwrap();
+                match f.into_data() {
+                    Ok(d) => data.push(d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                }
+            }
+            assert!(http_body::Body::is_end_stream(&body));
+            assert_eq!(data.len(), 2);
+            for (d, f) in data.iter().zip(&frames) {
+                assert_eq!(d[0], 0);
+                assert_eq!(u32::from_be_bytes(d[1..5].try_into().unwrap()) as usize, f.len());
+                assert_eq!(d[5..], f.bytes()[..]);
+            }
+            let t = trailers.expect("trailers");
+            let want = if fail { "5" } else { "0" };
+            assert_eq!(t.get("grpc-status").unwrap(), want, "fail {fail}");
+            if fail {
+                assert_eq!(t.get("grpc-message").unwrap(), "gone:%20100%25");
+            }
+        }
+    }
+
     #[test]
     fn varints() {
         for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX >> 1, u64::MAX] {
@@ -801,7 +905,7 @@ mod tests {
             let msg = SeriesResponse { result: Some(msg) };
             let bytes = frame.bytes().to_vec();
             prop_assert_eq!(frame.len(), bytes.len());
-            // What `FrameEncoder` writes into tonic's encode buffer (a `BytesMut`).
+            // Written into another buffer.
             let mut via_encoder = bytes::BytesMut::from(&b"prior"[..]);
             frame.write_to(&mut via_encoder);
             prop_assert_eq!(&via_encoder[..5], b"prior");
