@@ -108,6 +108,7 @@ impl Labels {
     }
 
     /// Number of labels.
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.ends.len() / 2
     }
@@ -118,6 +119,7 @@ impl Labels {
     }
 
     /// The i-th label (in name order).
+    #[inline]
     pub fn get_index(&self, i: usize) -> Option<(&str, &str)> {
         let ends = &self.0.ends;
         if 2 * i + 1 >= ends.len() {
@@ -130,6 +132,7 @@ impl Labels {
     }
 
     /// Labels in name order.
+    #[inline]
     pub fn iter(&self) -> LabelsIter<'_> {
         LabelsIter { labels: self, i: 0 }
     }
@@ -175,6 +178,7 @@ pub struct LabelsIter<'a> {
 
 impl<'a> Iterator for LabelsIter<'a> {
     type Item = (&'a str, &'a str);
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let r = self.labels.get_index(self.i)?;
         self.i += 1;

@@ -114,7 +114,8 @@ impl StoreService {
             let got = db
                 .select_lazy(&rest, mint, maxt)
                 .map_err(|e| Status::internal(format!("tenant {}: {e}", db.tenant)))?;
-            let ext = Arc::new(ExtLabels::new(&db.ext_labels, without));
+            // Names to strip that none of the selected series has cost nothing then.
+            let ext = Arc::new(ExtLabels::new(&db.ext_labels, without).for_series(got.iter().map(|s| &s.labels)));
             tenants += 1;
             noop &= ext.is_noop();
             out.extend(got.into_iter().map(|s| (ext.clone(), s)));
@@ -130,7 +131,10 @@ impl StoreService {
         // kept) one check per series shows there is nothing to do. With one tenant, `out`
         // is sorted by stored labels, one entry per label set, so `keeps_order` applies
         // and spares the merged comparison for series the external labels do not touch.
-        let in_order = if tenants == 1 {
+        let in_order = if tenants == 1 && out.first().is_some_and(|(e, _)| e.untouched()) {
+            // No series has a name the external labels override or strip.
+            out.windows(2).all(|w| w[0].0.keeps_order(&w[0].1.labels, &w[1].1.labels) || cmp(&w[0], &w[1]).is_lt())
+        } else if tenants == 1 {
             let mut touched = out.first().is_some_and(|(e, s)| e.touches(&s.labels));
             out.windows(2).all(|w| {
                 let (ext, a, b) = (&w[0].0, &w[0].1.labels, &w[1].1.labels);

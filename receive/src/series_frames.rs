@@ -4,33 +4,36 @@
 //! `Vec`, hashed it, built a fresh `Labels` per series only to add the external labels,
 //! then walked the message tree again to compute nested lengths, writing through `BufMut`
 //! calls. [`Frame::encode`] instead writes a whole `SeriesResponse` in one pass per series
-//! into one `Vec`: the series' stored [`Labels`] merged with the tenant's [`ExtLabels`] on
-//! the fly; the chunks' bytes, as stored, are spliced in only when the tonic encoder of
-//! [`FrameCodec`] copies the frame into its buffer, so they are copied once. The bytes are those prost writes for the same message: fields in
-//! number order, proto3 defaults left out.
+//! into one buffer of its final size, behind the gRPC message prefix: the series' stored
+//! [`Labels`] merged with the tenant's [`ExtLabels`] on the fly, the chunks' bytes as
+//! stored. The bytes are those prost writes for the same message: fields in number order,
+//! proto3 defaults left out.
 //!
 //! Chunks go out without the optional `hash` field: Thanos's querier hashes chunks whose
 //! hash is 0 itself, and Norn's querier compares chunk bytes.
 //!
-//! [`StoreGrpc`] serves `thanos.Store` with this codec for `Series` and the generated
-//! prost server for the other methods.
+//! [`StoreGrpc`] serves `thanos.Store`: `Series` by hand (the request decoded with prost,
+//! each frame handed to HTTP/2 as it is, so nothing is copied again into an encode
+//! buffer, as tonic's codecs would), the other methods through the generated prost server.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use norn_model::Labels;
 use norn_model::labels::LabelsIter;
 use norn_storeapi::chunks::storepb_encoding;
 use norn_storeapi::thanos::{SeriesRequest, SeriesResponse, store_server};
 use norn_tsdb::chunks::ChunkMeta;
 use prost::Message;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic::server::{NamedService, ServerStreamingService};
+use tonic::server::NamedService;
 
 /// External labels of one tenant as responses carry them, after removing the request's
 /// `without_replica_labels` (which are removed from the series' own labels too, as
@@ -41,12 +44,17 @@ pub struct ExtLabels {
     pairs: Vec<(String, String)>,
     /// Label names dropped from series labels.
     strip: Vec<String>,
+    /// Set by [`ExtLabels::for_series`]: none of the series it saw has a label named as
+    /// one of `pairs` or `strip` (so `strip` is empty), and merging only inserts `pairs`.
+    untouched: bool,
+    /// Encoded length of `pairs` as `Label` fields of a `Series`.
+    pairs_len: usize,
 }
 
 impl ExtLabels {
     /// `ext` without the labels named in `without`.
     pub fn new(ext: &Labels, without: &[String]) -> Self {
-        let pairs = ext
+        let pairs: Vec<(String, String)> = ext
             .iter()
             .filter(|(n, _)| !without.iter().any(|w| w == n))
             .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -54,12 +62,71 @@ impl ExtLabels {
         let mut strip: Vec<String> = without.iter().filter(|w| !w.is_empty()).cloned().collect();
         strip.sort();
         strip.dedup();
-        ExtLabels { pairs, strip }
+        let pairs_len = pairs.iter().map(|(n, v)| nested_len(label_len(n, v))).sum();
+        ExtLabels { pairs, strip, untouched: false, pairs_len }
+    }
+
+    /// These labels for sending `series`: without the names to strip that none of them
+    /// carries (stripping those changes nothing), and marked untouched when none carries
+    /// an external label's name or a name to strip. Then merging only inserts the
+    /// external labels, which [`Frame::encode`] does without comparing anything but
+    /// names, and keeps the series' order but for one case that
+    /// [`keeps_order`](Self::keeps_order) tells in constant time; with no external labels
+    /// either, the labels are a [no-op](Self::is_noop). Decided in one pass over the
+    /// series themselves, so series created or dropped concurrently cannot make it wrong.
+    pub fn for_series<'a>(mut self, series: impl IntoIterator<Item = &'a Labels>) -> Self {
+        // Names of `pairs` and `strip` (disjoint), sorted, each with whether it is a
+        // name to strip and whether a series has it.
+        let mut watch: Vec<(&str, bool, bool)> = self
+            .pairs
+            .iter()
+            .map(|(n, _)| (n.as_str(), false, false))
+            .chain(self.strip.iter().map(|n| (n.as_str(), true, false)))
+            .collect();
+        watch.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut left = watch.len();
+        for l in series {
+            if left == 0 {
+                break;
+            }
+            // One merge of two sorted name lists.
+            let mut w = 0;
+            for (n, _) in l.iter() {
+                while w < watch.len() && watch[w].0 < n {
+                    w += 1;
+                }
+                let Some(entry) = watch.get_mut(w) else { break };
+                if entry.0 == n && !entry.2 {
+                    entry.2 = true;
+                    left -= 1;
+                }
+            }
+        }
+        let untouched = left == watch.len();
+        let mut seen = watch.iter().filter(|x| x.1).map(|x| (x.0, x.2)).collect::<Vec<_>>().into_iter();
+        // `watch` lists the names to strip in `strip`'s order (both sorted).
+        let keep: Vec<bool> = self.strip.iter().map(|_| seen.next().is_some_and(|x| x.1)).collect();
+        let mut keep = keep.into_iter();
+        self.strip.retain(|_| keep.next().unwrap_or(true));
+        self.untouched = untouched;
+        self
+    }
+
+    /// Whether [`ExtLabels::for_series`] found that no series it saw has a label these
+    /// labels override or strip.
+    pub fn untouched(&self) -> bool {
+        self.untouched
     }
 
     /// Whether merging changes nothing: no external labels and nothing to strip.
     pub fn is_noop(&self) -> bool {
         self.pairs.is_empty() && self.strip.is_empty()
+    }
+
+    /// Whether merging leaves `l` as it is: no external labels, and `l` has none of the
+    /// names to strip.
+    pub fn keeps(&self, l: &Labels) -> bool {
+        self.pairs.is_empty() && (self.untouched || !self.strip.iter().any(|x| has_name(l, x)))
     }
 
     /// Whether `l` has a label these external labels override or strip.
@@ -94,6 +161,19 @@ impl ExtLabels {
         let s_next = s.next();
         Merged { s, s_next, ext: &self.pairs, strip: &self.strip }
     }
+}
+
+/// Whether `l` has a label named `name`: a scan of the sorted names that stops at the
+/// first name not below `name`.
+fn has_name(l: &Labels, name: &str) -> bool {
+    for (n, _) in l.iter() {
+        match n.cmp(name) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => return true,
+            std::cmp::Ordering::Greater => return false,
+        }
+    }
+    false
 }
 
 /// Iterator of [`ExtLabels::merged`]: a merge of two sorted label lists.
@@ -159,65 +239,58 @@ pub struct OutSeries {
     pub chunks: Vec<ChunkMeta>,
 }
 
-/// Chunks at least this long are not copied into a frame's buffer but kept as they are and
-/// copied once, straight into tonic's encode buffer, by [`FrameEncoder`]; shorter ones cost
-/// less to copy than to splice.
-const SPLICE_MIN: usize = 64;
+/// Bytes of the gRPC message prefix: a compression flag and a big-endian `u32` length.
+const PREFIX: usize = 5;
 
-/// One encoded `SeriesResponse` of the Series stream: `head` with each of `splices`' chunk
-/// bytes inserted at its offset into `head` (offsets ascending).
-///
-/// Chunk bytes stay out of `head` so that they are copied only once, into tonic's encode
-/// buffer; a frame holds up to 1024 series (the querier's batch size), so copying it whole
-/// a second time was a large part of the receiver's Series CPU.
+/// One encoded `SeriesResponse` of the Series stream, behind room for its gRPC message
+/// prefix, so that it goes to HTTP/2 as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    head: Vec<u8>,
-    splices: Vec<(usize, Bytes)>,
-    len: usize,
+    buf: Vec<u8>,
 }
 
 impl Frame {
     /// Encodes `series` as one `SeriesResponse`: `result.batch` when `batch`, else
     /// `result.series` (of the first series; `series` must then hold exactly one).
     ///
-    /// The series' labels are merged once into a scratch list that gives both their length
-    /// and their bytes; lengths are summed first so the buffer is allocated once at its
-    /// final size, and the chunks' bytes are moved into the frame, not copied.
+    /// Lengths are summed first so the buffer is allocated once at its final size; labels
+    /// changed by the external labels are merged once into a scratch list that gives both
+    /// their length and their bytes, others are read straight from the series.
     pub fn encode(series: Vec<OutSeries>, batch: bool) -> Frame {
-        let mut merged: Vec<(&str, &str)> = Vec::with_capacity(series.len() * 8);
-        // Per series: end of its labels in `merged` and the length of its `Series` message.
-        let mut ends: Vec<(usize, usize)> = Vec::with_capacity(series.len());
-        let (mut body, mut spliced) = (0usize, 0usize);
+        let mut merged: Vec<(&str, &str)> = Vec::new();
+        // Per series: the range of its labels in `merged` (`None`: its stored labels are
+        // sent as they are, read straight from them) and the length of its `Series`.
+        let mut ends: Vec<(Option<(usize, usize)>, usize)> = Vec::with_capacity(series.len());
+        let mut body = 0usize;
         for s in &series {
-            let start = merged.len();
-            merged.extend(s.ext.merged(&s.labels));
-            let labels_len: usize = merged[start..].iter().map(|(n, v)| nested_len(label_len(n, v))).sum();
+            let (span, labels_len) = if s.ext.untouched || s.ext.keeps(&s.labels) {
+                // Stored labels, external ones inserted by name (no override, no strip).
+                (None, s.labels.iter().map(|(n, v)| nested_len(label_len(n, v))).sum::<usize>() + s.ext.pairs_len)
+            } else {
+                let start = merged.len();
+                merged.extend(s.ext.merged(&s.labels));
+                (Some((start, merged.len())), merged[start..].iter().map(|(n, v)| nested_len(label_len(n, v))).sum())
+            };
             let chunks_len: usize = s.chunks.iter().map(|c| nested_len(aggr_chunk_len(c))).sum();
             let len = labels_len + chunks_len;
-            ends.push((merged.len(), len));
+            ends.push((span, len));
             body += nested_len(len);
-            spliced += s.chunks.iter().filter(|c| splice(c)).map(|c| c.chunk.data.len()).sum::<usize>();
         }
         let len = if batch { nested_len(body) } else { body };
-        let mut buf: Vec<u8> = Vec::with_capacity(len - spliced);
-        let mut offsets: Vec<usize> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(PREFIX + len);
+        buf.extend_from_slice(&[0; PREFIX]);
         if batch {
             buf.push(tag(4, WT_LEN));
             put_varint(&mut buf, body as u64);
         }
-        let mut start = 0;
-        for (s, &(end, len)) in series.iter().zip(&ends) {
+        for (s, &(span, len)) in series.iter().zip(&ends) {
             // `result.series` and `batch.series` are both field 1.
             buf.push(tag(1, WT_LEN));
             put_varint(&mut buf, len as u64);
-            for (n, v) in &merged[start..end] {
-                buf.push(tag(1, WT_LEN));
-                put_varint(&mut buf, label_len(n, v) as u64);
-                put_bytes_field(&mut buf, 1, n.as_bytes());
-                put_bytes_field(&mut buf, 2, v.as_bytes());
+            match span {
+                None => put_inserted(&mut buf, &s.labels, &s.ext.pairs),
+                Some((start, end)) => merged[start..end].iter().for_each(|(n, v)| put_label(&mut buf, n, v)),
             }
-            start = end;
             for c in &s.chunks {
                 buf.push(tag(2, WT_LEN));
                 put_varint(&mut buf, aggr_chunk_len(c) as u64);
@@ -226,59 +299,45 @@ impl Frame {
                 buf.push(tag(3, WT_LEN));
                 put_varint(&mut buf, raw_chunk_len(c) as u64);
                 put_int64_field(&mut buf, 1, chunk_type(c));
-                if splice(c) {
-                    buf.push(tag(2, WT_LEN));
-                    put_varint(&mut buf, c.chunk.data.len() as u64);
-                    offsets.push(buf.len());
-                } else {
-                    put_bytes_field(&mut buf, 2, &c.chunk.data);
-                }
+                put_bytes_field(&mut buf, 2, &c.chunk.data);
             }
         }
-        drop(merged);
-        let datas = series.into_iter().flat_map(|s| s.chunks).filter(splice).map(|c| c.chunk.data);
-        let splices = offsets.into_iter().zip(datas).collect();
-        Frame { head: buf, splices, len }
+        Frame { buf }
     }
 
     /// Length of the encoded `SeriesResponse`.
     pub fn len(&self) -> usize {
-        self.len
+        self.buf.len() - PREFIX
     }
 
     /// Whether the frame is empty (never: a frame holds at least its `result` key).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// The encoded `SeriesResponse` in one buffer (a copy; the server writes frames with
-    /// [`Frame::write_to`]).
+    /// The encoded `SeriesResponse` (a copy).
     pub fn bytes(&self) -> Bytes {
-        let mut out = Vec::with_capacity(self.len);
-        self.write_to(&mut out);
-        Bytes::from(out)
+        Bytes::copy_from_slice(&self.buf[PREFIX..])
     }
 
     /// Appends the encoded `SeriesResponse` to `dst`.
     pub fn write_to<B: BufMut>(&self, dst: &mut B) {
-        let mut at = 0;
-        for (off, data) in &self.splices {
-            dst.put_slice(&self.head[at..*off]);
-            dst.put_slice(data);
-            at = *off;
-        }
-        dst.put_slice(&self.head[at..]);
+        dst.put_slice(&self.buf[PREFIX..]);
+    }
+
+    /// The frame as a gRPC message (uncompressed, prefixed with its length), without
+    /// copying it; an error if it is longer than the prefix can say.
+    pub fn into_message(mut self) -> Result<Bytes, Status> {
+        let len = u32::try_from(self.len())
+            .map_err(|_| Status::resource_exhausted(format!("series frame of {} bytes exceeds 4 GiB", self.len())))?;
+        self.buf[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(Bytes::from(self.buf))
     }
 
     /// The frame as prost's type.
     pub fn to_proto(&self) -> Result<SeriesResponse, Status> {
-        SeriesResponse::decode(self.bytes()).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
+        SeriesResponse::decode(&self.buf[PREFIX..]).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
     }
-}
-
-/// Whether `c`'s bytes are spliced into the frame rather than copied into its buffer.
-fn splice(c: &ChunkMeta) -> bool {
-    c.chunk.data.len() >= SPLICE_MIN
 }
 
 const WT_VARINT: u8 = 0;
@@ -332,6 +391,29 @@ fn put_int64_field(buf: &mut Vec<u8>, field: u8, v: i64) {
     }
 }
 
+/// Writes `labels` with `ext` (sorted, no name in common with `labels`) inserted in name
+/// order.
+fn put_inserted(buf: &mut Vec<u8>, labels: &Labels, ext: &[(String, String)]) {
+    let mut ext = ext.iter().peekable();
+    for (n, v) in labels.iter() {
+        while let Some((en, ev)) = ext.next_if(|(en, _)| en.as_str() < n) {
+            put_label(buf, en, ev);
+        }
+        put_label(buf, n, v);
+    }
+    for (en, ev) in ext {
+        put_label(buf, en, ev);
+    }
+}
+
+/// Writes one `Label` message of a series (field 1).
+fn put_label(buf: &mut Vec<u8>, n: &str, v: &str) {
+    buf.push(tag(1, WT_LEN));
+    put_varint(buf, label_len(n, v) as u64);
+    put_bytes_field(buf, 1, n.as_bytes());
+    put_bytes_field(buf, 2, v.as_bytes());
+}
+
 fn label_len(name: &str, value: &str) -> usize {
     bytes_field_len(name.len()) + bytes_field_len(value.len())
 }
@@ -349,42 +431,6 @@ fn aggr_chunk_len(c: &ChunkMeta) -> usize {
     int64_field_len(c.min_time) + int64_field_len(c.max_time) + nested_len(raw_chunk_len(c))
 }
 
-/// The codec of the receiver's `Store/Series` calls: prost-decoded requests, [`Frame`]
-/// responses written by hand.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FrameCodec;
-
-/// Encoder half of [`FrameCodec`].
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FrameEncoder;
-
-impl Encoder for FrameEncoder {
-    type Item = Frame;
-    type Error = Status;
-
-    fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // One allocation at most, not a doubling per growth step of a large frame.
-        dst.reserve(item.len);
-        item.write_to(dst);
-        Ok(())
-    }
-}
-
-impl Codec for FrameCodec {
-    type Encode = Frame;
-    type Decode = SeriesRequest;
-    type Encoder = FrameEncoder;
-    type Decoder = tonic_prost::ProstDecoder<SeriesRequest>;
-
-    fn encoder(&mut self) -> FrameEncoder {
-        FrameEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::default()
-    }
-}
-
 /// What answers `Store/Series` with [`Frame`]s.
 pub trait FrameSource: Send + Sync + 'static {
     /// Starts answering `req`; frames (or an error ending the stream) arrive on the stream.
@@ -394,7 +440,7 @@ pub trait FrameSource: Send + Sync + 'static {
     ) -> Result<ReceiverStream<Result<Frame, Status>>, Status>;
 }
 
-/// `thanos.Store`: `Series` through [`FrameCodec`], the other methods through the
+/// `thanos.Store`: `Series` answered with [`Frame`]s by hand, the other methods through the
 /// generated prost server `inner`.
 #[derive(Debug)]
 pub struct StoreGrpc<T> {
@@ -423,19 +469,6 @@ impl<T> NamedService for StoreGrpc<T> {
     const NAME: &'static str = store_server::SERVICE_NAME;
 }
 
-/// The `Series` method as tonic's server calls it.
-struct SeriesMethod<T>(Arc<T>);
-
-impl<T: FrameSource> ServerStreamingService<SeriesRequest> for SeriesMethod<T> {
-    type Response = Frame;
-    type ResponseStream = ReceiverStream<Result<Frame, Status>>;
-    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<SeriesRequest>) -> Self::Future {
-        std::future::ready(self.0.series_frames(req).map(tonic::Response::new))
-    }
-}
-
 impl<T: store_server::Store + FrameSource> tower::Service<http::Request<tonic::body::Body>> for StoreGrpc<T> {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
@@ -449,16 +482,114 @@ impl<T: store_server::Store + FrameSource> tower::Service<http::Request<tonic::b
         if req.uri().path() != "/thanos.Store/Series" {
             return tower::Service::call(&mut self.inner, req);
         }
-        let method = SeriesMethod(self.source.clone());
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(FrameCodec).apply_max_message_size_config(None, Some(usize::MAX));
-            Ok(grpc.server_streaming(method, req).await)
-        })
+        let source = self.source.clone();
+        Box::pin(async move { Ok(serve_series(&*source, req).await) })
+    }
+}
+
+/// Largest `Series` request accepted (tonic's default decoding limit).
+const MAX_REQUEST: usize = 4 << 20;
+
+/// Answers one `Series` call: a gRPC response whose messages are the source's frames,
+/// ended by the status trailers; errors before the first frame as a trailers-only
+/// response, as tonic sends them.
+async fn serve_series<T: FrameSource>(
+    source: &T,
+    req: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let started = match read_request(req).await {
+        Ok(r) => source.series_frames(tonic::Request::new(r)),
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(frames) => {
+            let body = FrameBody { frames: frames.into_inner(), done: false };
+            let mut resp = http::Response::new(tonic::body::Body::new(body));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            resp
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// Reads the one message of a `Series` request.
+async fn read_request(req: http::Request<tonic::body::Body>) -> Result<SeriesRequest, Status> {
+    // Snappy-compressed requests were decompressed (and this header removed) by
+    // `grpc_snappy`; tonic's server accepts no other compression either.
+    if let Some(enc) = req.headers().get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
+        return Err(Status::unimplemented(format!("Series request compressed with unsupported encoding {enc:?}")));
+    }
+    let body = http_body_util::Limited::new(req.into_body(), PREFIX + MAX_REQUEST).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            Status::out_of_range(format!("Series request longer than {MAX_REQUEST} bytes"))
+        } else {
+            Status::from_error(e)
+        }
+    })?;
+    parse_request(&body.to_bytes())
+}
+
+/// Decodes the first length-prefixed message of a request body.
+fn parse_request(body: &[u8]) -> Result<SeriesRequest, Status> {
+    let Some((&[flag, a, b, c, d], rest)) = body.split_first_chunk::<PREFIX>() else {
+        return Err(Status::internal("Series request without a request message"));
+    };
+    if flag != 0 {
+        return Err(Status::unimplemented("Series request message compressed without a grpc-encoding"));
+    }
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    let msg = rest.get(..len).ok_or_else(|| {
+        Status::internal(format!("Series request message of {len} bytes cut short at {} bytes", rest.len()))
+    })?;
+    SeriesRequest::decode(msg).map_err(|e| Status::internal(format!("decoding Series request: {e}")))
+}
+
+/// The response body of a `Series` call: each frame as one gRPC message, then the status
+/// as trailers (`grpc-status: 0` when the frames ran out, the error's otherwise).
+struct FrameBody {
+    frames: mpsc::Receiver<Result<Frame, Status>>,
+    done: bool,
+}
+
+impl http_body::Body for FrameBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(self.frames.poll_recv(cx)) {
+            Some(Ok(frame)) => match frame.into_message() {
+                Ok(msg) => return Poll::Ready(Some(Ok(http_body::Frame::data(msg)))),
+                Err(e) => e,
+            },
+            Some(Err(e)) => e,
+            None => Status::ok(""),
+        };
+        self.done = true;
+        // Stops the reader if it is still sending (after an error it sent).
+        self.frames.close();
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.clear();
+            // A message that is not a valid header value: send the code alone.
+            let _ = Status::new(status.code(), "").add_header(&mut trailers);
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
     use norn_storeapi::thanos::{self, series_response};
     use norn_tsdb::chunkenc::{Chunk, Encoding};
     use proptest::prelude::*;
@@ -611,6 +742,119 @@ mod tests {
         assert!(ExtLabels::default().keeps_order(&l(&[("a", "1")]), &l(&[("a", "1"), ("b", "2")])));
     }
 
+    /// `for_series` keeps exactly the names to strip that some series has; `keeps` holds
+    /// for series the merge leaves as they are.
+    #[test]
+    fn strip_only_what_is_there() {
+        let l = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied());
+        let series = [l(&[("__name__", "up"), ("job", "a")]), l(&[("b", "1"), ("replica", "x")])];
+        let w = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        // External labels, names to strip, names kept to strip, no-op, untouched.
+        type Case<'a> = (Pairs<'a>, &'a [&'a str], &'a [&'a str], bool, bool);
+        let cases: &[Case<'_>] = &[
+            (&[], &[], &[], true, true),
+            (&[], &["replica"], &["replica"], false, false),
+            (&[], &["zone"], &[], true, true),
+            (&[], &["a", "job", "zone"], &["job"], false, false),
+            (&[("replica", "r0")], &["replica"], &["replica"], false, false),
+            (&[("replica", "r0"), ("tenant", "t")], &["replica", "nope"], &["replica"], false, false),
+            (&[("replica", "r0"), ("tenant", "t")], &["nope"], &[], false, false),
+            (&[("replica", "r0"), ("tenant", "t")], &["replica", "a", "zz"], &["replica"], false, false),
+            (&[("tenant", "t")], &["zz"], &[], false, true),
+            (&[("A", "1"), ("tenant", "t")], &["a"], &[], false, true),
+            (&[("job", "x")], &[], &[], false, false),
+        ];
+        for (ext, without, kept, noop, untouched) in cases {
+            let e = ExtLabels::new(&l(ext), &w(without)).for_series(&series);
+            assert_eq!(e.strip, w(kept), "{ext:?} {without:?}");
+            assert_eq!(e.is_noop(), *noop, "{ext:?} {without:?}");
+            assert_eq!(e.untouched(), *untouched, "{ext:?} {without:?}");
+            for s in &series {
+                let same = e.merged(s).eq(s.iter());
+                assert_eq!(e.keeps(s), e.pairs.is_empty() && same, "{ext:?} {without:?} {s}");
+            }
+        }
+        // No series: nothing to strip.
+        assert!(ExtLabels::new(&Labels::empty(), &w(&["replica"])).for_series(&[]).is_noop());
+        assert!(has_name(&series[1], "b") && has_name(&series[1], "replica") && !has_name(&series[1], "c"));
+        assert!(!has_name(&Labels::empty(), "a"));
+    }
+
+    /// Request bodies: the message decoded, anything else refused with a status naming
+    /// what was wrong.
+    #[test]
+    fn request_parsing() {
+        let req = SeriesRequest { min_time: 5, max_time: 9, limit: 3, ..Default::default() };
+        let msg = req.encode_to_vec();
+        let framed = |flag: u8, len: usize, body: &[u8]| {
+            let mut v = vec![flag];
+            v.extend_from_slice(&(len as u32).to_be_bytes());
+            v.extend_from_slice(body);
+            v
+        };
+        assert_eq!(parse_request(&framed(0, msg.len(), &msg)).unwrap(), req);
+        // An empty message is the default request.
+        assert_eq!(parse_request(&framed(0, 0, &[])).unwrap(), SeriesRequest::default());
+        let cases: &[(Vec<u8>, tonic::Code, &str)] = &[
+            (vec![], tonic::Code::Internal, "without a request message"),
+            (vec![0, 0, 0], tonic::Code::Internal, "without a request message"),
+            (framed(1, msg.len(), &msg), tonic::Code::Unimplemented, "compressed"),
+            (framed(0, msg.len() + 1, &msg), tonic::Code::Internal, "cut short"),
+            (framed(0, 2, &[0xff, 0xff]), tonic::Code::Internal, "decoding Series request"),
+        ];
+        for (body, code, what) in cases {
+            let e = parse_request(body).unwrap_err();
+            assert_eq!(e.code(), *code, "{body:?}: {e}");
+            assert!(e.message().contains(what), "{body:?}: {e}");
+        }
+    }
+
+    /// The response body: each frame as one prefixed message, then the status trailers,
+    /// `grpc-status: 0` at the end of the frames, the error's code and message after one.
+    #[tokio::test]
+    async fn frame_body_messages_and_trailers() {
+        let l = Labels::from_pairs([("a", "1")]);
+        let e = Arc::new(ExtLabels::default());
+        let frame = |n: usize| {
+            let s = vec![(l.clone(), vec![chunk(Encoding::Xor, 1, 2, &vec![7; n])])];
+            Frame::encode(out(&s, &e), true)
+        };
+        for fail in [false, true] {
+            let (tx, rx) = mpsc::channel(4);
+            let frames = [frame(3), frame(300)];
+            for f in &frames {
+                tx.send(Ok(f.clone())).await.unwrap();
+            }
+            if fail {
+                tx.send(Err(Status::not_found("gone: 100%"))).await.unwrap();
+            }
+            drop(tx);
+            let mut body = FrameBody { frames: rx, done: false };
+            let mut data = Vec::new();
+            let mut trailers = None;
+            while let Some(f) = body.frame().await {
+                let f = f.unwrap();
+                match f.into_data() {
+                    Ok(d) => data.push(d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                }
+            }
+            assert!(http_body::Body::is_end_stream(&body));
+            assert_eq!(data.len(), 2);
+            for (d, f) in data.iter().zip(&frames) {
+                assert_eq!(d[0], 0);
+                assert_eq!(u32::from_be_bytes(d[1..5].try_into().unwrap()) as usize, f.len());
+                assert_eq!(d[5..], f.bytes()[..]);
+            }
+            let t = trailers.expect("trailers");
+            let want = if fail { "5" } else { "0" };
+            assert_eq!(t.get("grpc-status").unwrap(), want, "fail {fail}");
+            if fail {
+                assert_eq!(t.get("grpc-message").unwrap(), "gone:%20100%25");
+            }
+        }
+    }
+
     #[test]
     fn varints() {
         for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX >> 1, u64::MAX] {
@@ -645,8 +889,11 @@ mod tests {
             ext in arb_labels(),
             without in proptest::collection::vec("[a-e_]{1,3}", 0..3),
             batch in any::<bool>(),
+            filter in any::<bool>(),
         ) {
-            let e = Arc::new(ExtLabels::new(&ext, &without));
+            let e = ExtLabels::new(&ext, &without);
+            // Names no series has dropped from `strip` change nothing on the wire.
+            let e = Arc::new(if filter { e.for_series(series.iter().map(|(l, _)| l)) } else { e });
             let want: Vec<thanos::Series> =
                 series.iter().map(|(ls, cs)| prost_series(ls, &ext, &without, cs)).collect();
             let os = out(&series, &e);
@@ -658,7 +905,7 @@ mod tests {
             let msg = SeriesResponse { result: Some(msg) };
             let bytes = frame.bytes().to_vec();
             prop_assert_eq!(frame.len(), bytes.len());
-            // What `FrameEncoder` writes into tonic's encode buffer (a `BytesMut`).
+            // Written into another buffer.
             let mut via_encoder = bytes::BytesMut::from(&b"prior"[..]);
             frame.write_to(&mut via_encoder);
             prop_assert_eq!(&via_encoder[..5], b"prior");

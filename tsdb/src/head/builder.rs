@@ -179,14 +179,19 @@ pub(crate) struct ChunkBuilder {
     open: Open,
     /// Completed chunks, ascending.
     pub closed: Vec<ChunkMeta>,
+    /// A copy of the open chunk as it is now, made by [`ChunkBuilder::open_snapshot`] and
+    /// dropped by every change to the open chunk: repeated queries of a series that got
+    /// no sample since share one copy instead of copying the open chunk each time.
+    snapshot: Option<ChunkMeta>,
 }
 
 impl ChunkBuilder {
     pub fn new(range: i64, samples_per_chunk: usize) -> Self {
-        ChunkBuilder { range, samples_per_chunk, open: Open::None, closed: Vec::new() }
+        ChunkBuilder { range, samples_per_chunk, open: Open::None, closed: Vec::new(), snapshot: None }
     }
 
     fn close_open(&mut self) {
+        self.snapshot = None;
         match std::mem::replace(&mut self.open, Open::None) {
             Open::None => {}
             Open::Float(mut c) => self.closed.extend(c.finish()),
@@ -196,6 +201,7 @@ impl ChunkBuilder {
     }
 
     pub fn append_float(&mut self, t: i64, v: f64) {
+        self.snapshot = None;
         if !matches!(self.open, Open::Float(_)) {
             self.close_open();
             self.open = Open::Float(ChunkCutter::with_samples_per_chunk(self.range, self.samples_per_chunk));
@@ -208,6 +214,7 @@ impl ChunkBuilder {
     }
 
     pub fn append_histogram(&mut self, t: i64, h: &Histogram) -> Result<(), HistogramAppendError> {
+        self.snapshot = None;
         if !matches!(self.open, Open::Histogram(_)) {
             self.close_open();
             self.open = Open::Histogram(HistOpen::new(HistogramChunk::new(), t, self.range));
@@ -219,6 +226,7 @@ impl ChunkBuilder {
     }
 
     pub fn append_float_histogram(&mut self, t: i64, h: &FloatHistogram) -> Result<(), HistogramAppendError> {
+        self.snapshot = None;
         if !matches!(self.open, Open::FloatHistogram(_)) {
             self.close_open();
             self.open = Open::FloatHistogram(HistOpen::new(FloatHistogramChunk::new(), t, self.range));
@@ -252,6 +260,15 @@ impl ChunkBuilder {
         }
     }
 
+    /// Like [`ChunkBuilder::open_chunk`], but the copy is kept and handed out again (a
+    /// reference-count bump of its bytes) until the open chunk changes.
+    pub fn open_snapshot(&mut self) -> Option<ChunkMeta> {
+        if self.snapshot.is_none() {
+            self.snapshot = self.open_chunk();
+        }
+        self.snapshot.clone()
+    }
+
     /// Time of the newest sample in the open chunk.
     pub fn open_max_time(&self) -> Option<i64> {
         match &self.open {
@@ -264,6 +281,7 @@ impl ChunkBuilder {
 
     /// Drops the open chunk without keeping it.
     pub fn drop_open(&mut self) {
+        self.snapshot = None;
         self.open = Open::None;
     }
 

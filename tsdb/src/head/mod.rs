@@ -24,6 +24,7 @@
 mod appender;
 mod builder;
 mod cutter;
+mod order;
 mod postings;
 mod series;
 
@@ -51,6 +52,7 @@ pub use appender::{Appender, CommitStats};
 pub use cutter::{ChunkCutter, DEFAULT_SAMPLES_PER_CHUNK, compute_chunk_end_time, range_for_timestamp};
 
 use builder::ChunkBuilder;
+use order::Ranking;
 use postings::MemPostings;
 use series::{Incoming, MemSeries, SeriesData, StripeSeries, merge_samples};
 
@@ -131,7 +133,7 @@ impl HeadSeries {
     pub fn series(&self, mint: i64, maxt: i64) -> Option<Series> {
         let mut chunks = Vec::new();
         let deleted = {
-            let d = self.0.data.lock();
+            let mut d = self.0.data.lock();
             d.chunks_in(mint, maxt, &mut chunks);
             d.ooo_chunks_in(mint, maxt, &mut chunks);
             d.deleted.clone()
@@ -194,6 +196,8 @@ pub struct Head {
     batch_hint: AtomicUsize,
     /// Exemplars of all series, newest `max_exemplars` kept.
     exemplars: ExemplarStorage,
+    /// The series' label order as ranks, for sorting selects.
+    ranking: Arc<Ranking>,
 }
 
 impl Head {
@@ -220,6 +224,7 @@ impl Head {
             replay: ReplayStats::default(),
             batch_hint: AtomicUsize::new(0),
             exemplars: ExemplarStorage::new(opts.max_exemplars),
+            ranking: Arc::default(),
         };
         let stats = head.replay_wal(&wal_dir)?;
         *head.wal.get_mut() = Some(Wal::open(&wal_dir, opts.wal)?);
@@ -312,6 +317,7 @@ impl Head {
             pending: AtomicU32::new(0),
             version: AtomicU64::new(0),
             data: Mutex::new(SeriesData::new(self.opts.chunk_range, self.opts.samples_per_chunk)),
+            rank: AtomicU64::new(order::NO_RANK),
         }
     }
 
@@ -324,6 +330,7 @@ impl Head {
         );
         if created {
             self.postings.add(s.series_ref, &s.labels);
+            self.ranking.note_created();
         }
         (s, created)
     }
@@ -422,6 +429,7 @@ impl Head {
                         ms.logged.store(true, Ordering::Release);
                         if created {
                             this.postings.add(ms.series_ref, &ms.labels);
+                            this.ranking.note_created();
                             stats.series += 1;
                         }
                         by_ref.insert(s.series_ref, ms);
@@ -534,11 +542,16 @@ impl Head {
     /// Series matching all `matchers`, sorted by labels, without reading any chunk:
     /// for streaming readers that fetch chunks series by series.
     pub fn select_lazy(&self, matchers: &[Matcher]) -> Vec<HeadSeries> {
-        let mut out: Vec<HeadSeries> = self.matching(matchers).into_iter().map(HeadSeries).collect();
-        // Unstable: the head holds one series per label set, so no two compare equal and
-        // the result is the stable sort's, without its scratch buffer.
-        out.sort_unstable_by(|a, b| a.labels().cmp(b.labels()));
-        out
+        // The head holds one series per label set, so the order is total.
+        let sorted = self.ranking.sort(self.matching(matchers), || self.series.all());
+        sorted.into_iter().map(HeadSeries).collect()
+    }
+
+    /// Ranks the series by labels now, on this thread, once a running ranking is done
+    /// (selects start rankings on their own when enough series are unranked).
+    #[cfg(test)]
+    pub(crate) fn rank_series_now(&self) {
+        self.ranking.rank_now(|| self.series.all());
     }
 
     /// Deletes the samples in `[mint, maxt]` of every series matching `matchers` (all
@@ -648,7 +661,7 @@ impl Head {
     fn snapshot(&self, maxt: i64, inorder: bool) -> Vec<Snap> {
         let mut out = Vec::new();
         for s in self.series.all() {
-            let d = s.data.lock();
+            let mut d = s.data.lock();
             let mut chunks = Vec::new();
             if inorder {
                 d.chunks_in(i64::MIN, maxt - 1, &mut chunks);

@@ -38,6 +38,9 @@ pub(crate) struct MemSeries {
     /// record always precedes the first samples record that refers to it.
     pub logged: AtomicBool,
     pub data: Mutex<SeriesData>,
+    /// Epoch (high half) and position (low half) of the series in a ranking of the head's
+    /// series by labels (see `order`); [`NO_RANK`](super::order::NO_RANK) before any.
+    pub rank: AtomicU64,
 }
 
 /// The newest in-order sample's value, for duplicate detection.
@@ -171,10 +174,12 @@ impl SeriesData {
     }
 
     /// All in-order chunks (closed and a copy of the open one) overlapping `[mint, maxt]`.
-    pub fn chunks_in(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
+    /// `&mut`: the copy of the open chunk is kept for the next reader (see
+    /// [`ChunkBuilder::open_snapshot`]).
+    pub fn chunks_in(&mut self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
         out.extend(self.chunks.closed.iter().filter(|c| c.max_time >= mint && c.min_time <= maxt).cloned());
         if self.chunks.open_max_time().is_some_and(|m| m >= mint)
-            && let Some(open) = self.chunks.open_chunk()
+            && let Some(open) = self.chunks.open_snapshot()
             && open.min_time <= maxt
         {
             out.push(open);

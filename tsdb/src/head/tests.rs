@@ -995,3 +995,209 @@ fn concurrent_commits_log_exactly_what_they_store() {
         assert_eq!((rs.samples, rs.dropped_samples), (n as u64, 0), "window {window}");
     }
 }
+
+mod ranking {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Label sets over a small alphabet: prefixes of each other, equal names with other
+    /// values, empty values dropped.
+    fn arb_labels() -> impl Strategy<Value = Labels> {
+        proptest::collection::vec(("[ab_]{1,2}", "[xy]{1,2}"), 1..4).prop_map(Labels::from_pairs)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(Vec<Labels>),
+        Select(Option<usize>),
+        Rank,
+        Gc,
+    }
+
+    fn arb_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => proptest::collection::vec(arb_labels(), 1..40).prop_map(Step::Insert),
+            3 => proptest::option::of(0usize..4).prop_map(Step::Select),
+            1 => Just(Step::Rank),
+            1 => Just(Step::Gc),
+        ]
+    }
+
+    fn check_sorted(h: &Head, ms: &[Matcher]) -> std::result::Result<(), TestCaseError> {
+        let got: Vec<Labels> = h.select_lazy(ms).iter().map(|s| s.labels().clone()).collect();
+        let mut want: Vec<Labels> = h.matching(ms).iter().map(|s| s.labels.clone()).collect();
+        want.sort();
+        prop_assert_eq!(got, want);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever mix of new series, rankings (here and started by selects) and garbage
+        /// collection: selects come out in label order, each series once.
+        #[test]
+        fn selects_are_in_label_order(steps in proptest::collection::vec(arb_step(), 1..30)) {
+            let dir = tempfile::tempdir().unwrap();
+            let h = Head::open(dir.path(), opts()).unwrap();
+            let mut t = 0;
+            for step in steps {
+                match step {
+                    Step::Insert(ls) => {
+                        let mut app = h.appender();
+                        for l in &ls {
+                            t += 1;
+                            app.append(l, t, 1.0).unwrap();
+                        }
+                        app.commit().unwrap();
+                    }
+                    Step::Select(None) => check_sorted(&h, &[])?,
+                    Step::Select(Some(i)) => {
+                        let name = ["a", "b", "_", "ab"][i];
+                        check_sorted(&h, &[Matcher::new(norn_model::MatchType::NotEqual, name, "x").unwrap()])?;
+                        check_sorted(&h, &[Matcher::equal(name, "y")])?;
+                    }
+                    Step::Rank => h.rank_series_now(),
+                    Step::Gc => {
+                        // Drops the series whose only sample is older than the newest few.
+                        let cut = t - 10;
+                        let removed = h.series.gc(|s| s.data.lock().min_time().is_some_and(|m| m < cut));
+                        h.postings.remove(&removed);
+                    }
+                }
+                check_sorted(&h, &[])?;
+            }
+        }
+    }
+
+    /// Ranked and unranked series interleave: new series land between, before and after
+    /// ranked ones, and after a ranking all are ranked.
+    #[test]
+    fn new_series_merge_with_ranked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Head::open(dir.path(), opts()).unwrap();
+        let add = |range: std::ops::Range<usize>, t: i64| {
+            let mut app = h.appender();
+            for i in range.step_by(2) {
+                app.append(&Labels::from_pairs([("i", format!("{i:04}"))]), t, 1.0).unwrap();
+            }
+            app.commit().unwrap();
+        };
+        add(10..100, 1);
+        h.rank_series_now();
+        let epoch = h.ranking.epoch();
+        assert!(h.series.all().iter().all(|s| order_rank(s, epoch).is_some()));
+        add(1..120, 2); // odd numbers: every gap, both ends
+        let got: Vec<String> = h.select_lazy(&[]).iter().map(|s| s.labels().get("i").unwrap().to_string()).collect();
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 45 + 60);
+        h.rank_series_now();
+        let epoch = h.ranking.epoch();
+        assert!(h.series.all().iter().all(|s| order_rank(s, epoch).is_some()));
+        let again: Vec<String> = h.select_lazy(&[]).iter().map(|s| s.labels().get("i").unwrap().to_string()).collect();
+        assert_eq!(again, want);
+    }
+
+    fn order_rank(s: &MemSeries, epoch: u32) -> Option<u32> {
+        let r = s.rank.load(Ordering::Relaxed);
+        ((r >> 32) as u32 == epoch).then_some(r as u32)
+    }
+
+    /// Selects racing with appenders creating series and with rankings: every select is
+    /// in label order.
+    #[test]
+    fn concurrent_creation_and_ranking() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Head::open(dir.path(), opts()).unwrap();
+        std::thread::scope(|sc| {
+            for w in 0..2 {
+                let h = &h;
+                sc.spawn(move || {
+                    for round in 0..40 {
+                        let mut app = h.appender();
+                        for i in 0..25 {
+                            let l = Labels::from_pairs([
+                                ("w", w.to_string()),
+                                ("i", format!("{}", (i * 7919 + round) % 997)),
+                            ]);
+                            let _ = app.append(&l, round, 1.0);
+                        }
+                        app.commit().unwrap();
+                    }
+                });
+            }
+            let h = &h;
+            sc.spawn(move || {
+                for _ in 0..60 {
+                    let got: Vec<Labels> = h.select_lazy(&[]).iter().map(|s| s.labels().clone()).collect();
+                    assert!(got.windows(2).all(|w| w[0] < w[1]));
+                    h.rank_series_now();
+                }
+            });
+        });
+        let got: Vec<Labels> = h.select_lazy(&[]).iter().map(|s| s.labels().clone()).collect();
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(got.len(), h.num_series());
+    }
+}
+
+mod open_chunk_snapshot {
+    use super::*;
+
+    /// The open chunk's copy is shared by queries until a sample is appended, and what a
+    /// query gets always holds every sample committed before it.
+    #[test]
+    fn reused_until_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Head::open(dir.path(), opts()).unwrap();
+        let l = lbl(1);
+        for t in 0..300i64 {
+            let mut app = h.appender();
+            app.append(&l, t, t as f64).unwrap();
+            app.commit().unwrap();
+            let a = h.select_lazy(&[])[0].series(i64::MIN, i64::MAX).unwrap();
+            let b = h.select_lazy(&[])[0].series(i64::MIN, i64::MAX).unwrap();
+            let (oa, ob) = (a.chunks.last().unwrap(), b.chunks.last().unwrap());
+            assert_eq!(oa.max_time, t);
+            // The same bytes, not a second copy.
+            assert_eq!(oa.chunk.data.as_ptr(), ob.chunk.data.as_ptr());
+            let n = collect(&[a], i64::MIN, i64::MAX).values().next().unwrap().len();
+            assert_eq!(n, t as usize + 1);
+        }
+    }
+
+    /// Queries racing with appends never see a stale open chunk: each sees at least the
+    /// samples committed before it started, in order, without gaps.
+    #[test]
+    fn concurrent_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Head::open(dir.path(), opts()).unwrap();
+        let l = lbl(7);
+        let committed = AtomicI64::new(-1);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for t in 0..2000i64 {
+                    let mut app = h.appender();
+                    app.append(&l, t, t as f64).unwrap();
+                    app.commit().unwrap();
+                    committed.store(t, Ordering::Release);
+                }
+            });
+            sc.spawn(|| {
+                while committed.load(Ordering::Acquire) < 1999 {
+                    let before = committed.load(Ordering::Acquire);
+                    let Some(s) = h.select_lazy(&[]).first().and_then(|s| s.series(i64::MIN, i64::MAX)) else {
+                        continue;
+                    };
+                    let got = collect(&[s], i64::MIN, i64::MAX);
+                    let ts: Vec<i64> = got.values().next().unwrap().iter().map(|x| x.0).collect();
+                    assert!(ts.len() as i64 > before, "{} samples, {before} committed before", ts.len());
+                    assert!(ts.iter().enumerate().all(|(i, &t)| t == i as i64));
+                }
+            });
+        });
+    }
+}
