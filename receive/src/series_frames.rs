@@ -16,6 +16,7 @@
 //! prost server for the other methods.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -27,6 +28,7 @@ use norn_storeapi::chunks::storepb_encoding;
 use norn_storeapi::thanos::{SeriesRequest, SeriesResponse, store_server};
 use norn_tsdb::chunks::ChunkMeta;
 use prost::Message;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
@@ -385,13 +387,49 @@ impl Codec for FrameCodec {
     }
 }
 
+/// The frames of one `Store/Series` answer: all made already, or arriving from a
+/// blocking thread.
+///
+/// Small answers are made on the calling task: handing them to a blocking thread and
+/// back through a channel costs two thread wakeups per request, more than the work
+/// itself, and on a busy machine each wakeup waits for a core.
+#[derive(Debug)]
+pub enum SeriesFrames {
+    /// Made on the calling task; an error, if any, is the last item.
+    Ready(std::vec::IntoIter<Result<Frame, Status>>),
+    /// Sent by a blocking thread as it makes them.
+    Channel(ReceiverStream<Result<Frame, Status>>),
+}
+
+impl SeriesFrames {
+    /// A stream of just `items`.
+    pub fn ready(items: Vec<Result<Frame, Status>>) -> Self {
+        SeriesFrames::Ready(items.into_iter())
+    }
+}
+
+impl Stream for SeriesFrames {
+    type Item = Result<Frame, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            SeriesFrames::Ready(items) => Poll::Ready(items.next()),
+            SeriesFrames::Channel(rx) => Pin::new(rx).poll_next(cx),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            SeriesFrames::Ready(items) => items.size_hint(),
+            SeriesFrames::Channel(rx) => rx.size_hint(),
+        }
+    }
+}
+
 /// What answers `Store/Series` with [`Frame`]s.
 pub trait FrameSource: Send + Sync + 'static {
     /// Starts answering `req`; frames (or an error ending the stream) arrive on the stream.
-    fn series_frames(
-        &self,
-        req: tonic::Request<SeriesRequest>,
-    ) -> Result<ReceiverStream<Result<Frame, Status>>, Status>;
+    fn series_frames(&self, req: tonic::Request<SeriesRequest>) -> Result<SeriesFrames, Status>;
 }
 
 /// `thanos.Store`: `Series` through [`FrameCodec`], the other methods through the
@@ -428,7 +466,7 @@ struct SeriesMethod<T>(Arc<T>);
 
 impl<T: FrameSource> ServerStreamingService<SeriesRequest> for SeriesMethod<T> {
     type Response = Frame;
-    type ResponseStream = ReceiverStream<Result<Frame, Status>>;
+    type ResponseStream = SeriesFrames;
     type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, req: tonic::Request<SeriesRequest>) -> Self::Future {
