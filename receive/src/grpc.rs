@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use norn_model::{Labels, Matcher};
 use norn_service::Health;
@@ -17,6 +18,7 @@ use norn_storeapi::thanos::{
     SeriesResponse, WriteRequest, WriteResponse, store_server, writeable_store_server,
 };
 use norn_tsdb::series::Series;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -149,9 +151,39 @@ fn send_frames(
 #[derive(Debug, Clone)]
 pub struct StoreService {
     pub tsdb: Arc<MultiTsdb>,
+    /// Series in all heads, as last counted.
+    head_series: Arc<HeadCount>,
+}
+
+/// How long a count of the heads' series is used before counting again.
+const HEAD_COUNT_TTL: Duration = Duration::from_secs(1);
+
+/// The number of series in all heads, counted at most once per [`HEAD_COUNT_TTL`]:
+/// counting visits every stripe of every head, which costs more than answering a small
+/// Series request. A head that grows fast may be undercounted for that long.
+#[derive(Debug, Default)]
+struct HeadCount(Mutex<Option<(Instant, usize)>>);
+
+impl HeadCount {
+    fn get(&self, tsdb: &MultiTsdb) -> usize {
+        let mut last = self.0.lock();
+        match *last {
+            Some((at, n)) if at.elapsed() < HEAD_COUNT_TTL => n,
+            _ => {
+                let n = tsdb.all().iter().map(|db| db.head.num_series()).fold(0usize, usize::saturating_add);
+                *last = Some((Instant::now(), n));
+                n
+            }
+        }
+    }
 }
 
 impl StoreService {
+    /// Serves the tenants of `tsdb`.
+    pub fn new(tsdb: Arc<MultiTsdb>) -> Self {
+        StoreService { tsdb, head_series: Arc::default() }
+    }
+
     /// Series of every tenant matching `ms` in `[mint, maxt]`, labels extended with the
     /// tenant's external labels, sorted by those labels.
     fn select(&self, ms: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<(Labels, Series)>, Status> {
@@ -274,22 +306,16 @@ impl StoreService {
     /// the heads are small enough for even a full scan to be short, and (unless allowed)
     /// no local block overlaps the range, as block indexes and chunks are read from files.
     fn selects_inline(&self, mint: i64, maxt: i64, inline: &InlineLimits) -> bool {
-        let mut head_series = 0usize;
-        for db in self.tsdb.all() {
-            head_series = head_series.saturating_add(db.head.num_series());
-            if head_series > inline.select_head_series {
-                return false;
-            }
-            if !inline.with_blocks
-                && db.blocks().iter().any(|b| {
+        if self.head_series.get(&self.tsdb) > inline.select_head_series {
+            return false;
+        }
+        inline.with_blocks
+            || !self.tsdb.all().iter().any(|db| {
+                db.blocks().iter().any(|b| {
                     let m = b.meta();
                     m.max_time > mint && m.min_time <= maxt
                 })
-            {
-                return false;
-            }
-        }
-        true
+            })
     }
 
     fn tsdb_info(db: &TenantDb) -> Option<TsdbInfo> {
@@ -455,7 +481,7 @@ mod tests {
             db.compact().unwrap();
         }
         assert!(!m.get("a").unwrap().blocks().is_empty(), "tenant a should have blocks");
-        (dir, StoreService { tsdb: m })
+        (dir, StoreService::new(m))
     }
 
     fn store() -> (tempfile::TempDir, StoreService) {
