@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use norn_model::{Labels, Matcher};
 use norn_service::Health;
@@ -17,6 +18,7 @@ use norn_storeapi::thanos::{
     SeriesResponse, WriteRequest, WriteResponse, store_server, writeable_store_server,
 };
 use norn_tsdb::series::Series;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -24,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::router::{Batch, Router};
 pub use crate::series_frames::StoreGrpc;
-use crate::series_frames::{ExtLabels, Frame, FrameSource, OutSeries};
+use crate::series_frames::{ExtLabels, Frame, FrameSource, OutSeries, SeriesFrames};
 use crate::tenants::{LazySeries, MultiTsdb, TenantDb, load_series, validate_tenant};
 use crate::write::WriteError;
 use norn_storeapi::remote_write::{Limits, validate};
@@ -75,13 +77,113 @@ impl writeable_store_server::WriteableStore for WriteService {
 /// Frames of Series responses buffered between the reader and the gRPC stream.
 const SERIES_CHANNEL_FRAMES: usize = 4;
 
+/// When a Series request is answered on the calling task, without a blocking thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InlineLimits {
+    /// The selection runs on the calling task only when all heads together hold at most
+    /// this many series: at worst (`{__name__=~".+"}`) it scans them all, and an async
+    /// worker must not be held for long.
+    select_head_series: usize,
+    /// Whether the selection may run on the calling task although a local block overlaps
+    /// the time range (tests: the answer is the same either way).
+    with_blocks: bool,
+    /// Frames are made on the calling task for at most this many selected series; a
+    /// larger selection goes to a blocking thread.
+    encode_series: usize,
+}
+
+/// The limits Series requests are served with.
+const INLINE: InlineLimits = InlineLimits { select_head_series: 50_000, with_blocks: false, encode_series: 128 };
+
+/// Runs `send` on a blocking thread, its frames and then its error, if any, streamed
+/// through a bounded channel: a slow client stops the reader after a few frames instead
+/// of the whole response piling up in memory.
+fn on_blocking_thread(
+    send: impl FnOnce(&mpsc::Sender<Result<Frame, Status>>) -> Result<(), Status> + Send + 'static,
+) -> SeriesFrames {
+    let (tx, rx) = mpsc::channel(SERIES_CHANNEL_FRAMES);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = send(&tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    SeriesFrames::Channel(ReceiverStream::new(rx))
+}
+
+/// Makes the frames of `all` (a selection, sorted by the labels sent) for `req`: series
+/// in frames of `response_batch_size`, each series' chunks read only when it is its turn,
+/// chunks as stored. Stops early when `send` returns false (the client went away).
+fn send_frames(
+    all: Vec<(Arc<ExtLabels>, LazySeries)>,
+    req: &SeriesRequest,
+    mut send: impl FnMut(Frame) -> bool,
+) -> Result<(), Status> {
+    let batch = req.response_batch_size.max(1) as usize;
+    let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+    let mut pending = Vec::with_capacity(batch.min(1024).min(all.len()));
+    let mut sent = 0usize;
+    for (ext, lazy) in all {
+        if sent >= limit {
+            break;
+        }
+        let Some(s) = load_series(&lazy, req.min_time, req.max_time)
+            .map_err(|e| Status::internal(format!("series {}: {e}", lazy.labels)))?
+        else {
+            continue;
+        };
+        sent += 1;
+        let chunks = if req.skip_chunks { Vec::new() } else { s.chunks };
+        pending.push(OutSeries { labels: lazy.labels, ext, chunks });
+        if pending.len() >= batch {
+            let frame = Frame::encode(std::mem::replace(&mut pending, Vec::with_capacity(batch.min(1024))), batch > 1);
+            if !send(frame) {
+                return Ok(()); // client went away
+            }
+        }
+    }
+    if !pending.is_empty() {
+        send(Frame::encode(pending, true));
+    }
+    Ok(())
+}
+
 /// `thanos.Store` and `thanos.info.Info` over every tenant.
 #[derive(Debug, Clone)]
 pub struct StoreService {
     pub tsdb: Arc<MultiTsdb>,
+    /// Series in all heads, as last counted.
+    head_series: Arc<HeadCount>,
+}
+
+/// How long a count of the heads' series is used before counting again.
+const HEAD_COUNT_TTL: Duration = Duration::from_secs(1);
+
+/// The number of series in all heads, counted at most once per [`HEAD_COUNT_TTL`]:
+/// counting visits every stripe of every head, which costs more than answering a small
+/// Series request. A head that grows fast may be undercounted for that long.
+#[derive(Debug, Default)]
+struct HeadCount(Mutex<Option<(Instant, usize)>>);
+
+impl HeadCount {
+    fn get(&self, tsdb: &MultiTsdb) -> usize {
+        let mut last = self.0.lock();
+        match *last {
+            Some((at, n)) if at.elapsed() < HEAD_COUNT_TTL => n,
+            _ => {
+                let n = tsdb.all().iter().map(|db| db.head.num_series()).fold(0usize, usize::saturating_add);
+                *last = Some((Instant::now(), n));
+                n
+            }
+        }
+    }
 }
 
 impl StoreService {
+    /// Serves the tenants of `tsdb`.
+    pub fn new(tsdb: Arc<MultiTsdb>) -> Self {
+        StoreService { tsdb, head_series: Arc::default() }
+    }
+
     /// Series of every tenant matching `ms` in `[mint, maxt]`, labels extended with the
     /// tenant's external labels, sorted by those labels.
     fn select(&self, ms: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<(Labels, Series)>, Status> {
@@ -169,50 +271,55 @@ impl StoreService {
         tx: &mpsc::Sender<Result<Frame, Status>>,
     ) -> Result<(), Status> {
         let all = self.select_lazy(ms, req.min_time, req.max_time, &req.without_replica_labels)?;
-        let batch = req.response_batch_size.max(1) as usize;
-        let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
-        let send = |frame| tx.blocking_send(Ok(frame)).is_ok();
-        let mut pending = Vec::with_capacity(batch.min(1024));
-        let mut sent = 0usize;
-        for (ext, lazy) in all {
-            if sent >= limit {
-                break;
-            }
-            let Some(s) = load_series(&lazy, req.min_time, req.max_time)
-                .map_err(|e| Status::internal(format!("series {}: {e}", lazy.labels)))?
-            else {
-                continue;
-            };
-            sent += 1;
-            let chunks = if req.skip_chunks { Vec::new() } else { s.chunks };
-            pending.push(OutSeries { labels: lazy.labels, ext, chunks });
-            if pending.len() >= batch {
-                let frame =
-                    Frame::encode(std::mem::replace(&mut pending, Vec::with_capacity(batch.min(1024))), batch > 1);
-                if !send(frame) {
-                    return Ok(()); // client went away
-                }
-            }
-        }
-        if !pending.is_empty() {
-            send(Frame::encode(pending, true));
-        }
-        Ok(())
+        send_frames(all, req, |frame| tx.blocking_send(Ok(frame)).is_ok())
     }
 
-    /// Starts [`StoreService::stream_series`] on a blocking thread.
-    fn start_series(&self, req: SeriesRequest) -> Result<ReceiverStream<Result<Frame, Status>>, Status> {
+    /// Answers a Series request with the default [`InlineLimits`].
+    fn start_series(&self, req: SeriesRequest) -> Result<SeriesFrames, Status> {
+        self.start_series_with(req, INLINE)
+    }
+
+    /// Answers a Series request on the calling task when `inline` allows (see
+    /// [`SeriesFrames`]), else on a blocking thread: [`StoreService::stream_series`]
+    /// there when even the selection may be costly, or the frames of a selection made
+    /// here that turned out large.
+    fn start_series_with(&self, req: SeriesRequest, inline: InlineLimits) -> Result<SeriesFrames, Status> {
         let ms = norn_storeapi::external::request_matchers(&req.matchers)?;
-        let me = self.clone();
-        // Bounded: a slow client stops the reader after a few frames instead of the
-        // whole response piling up in memory.
-        let (tx, rx) = mpsc::channel(SERIES_CHANNEL_FRAMES);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = me.stream_series(&ms, &req, &tx) {
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
-        Ok(ReceiverStream::new(rx))
+        if !self.selects_inline(req.min_time, req.max_time, &inline) {
+            let me = self.clone();
+            return Ok(on_blocking_thread(move |tx| me.stream_series(&ms, &req, tx)));
+        }
+        let all = match self.select_lazy(&ms, req.min_time, req.max_time, &req.without_replica_labels) {
+            Ok(all) => all,
+            Err(e) => return Ok(SeriesFrames::ready(vec![Err(e)])),
+        };
+        if all.len() > inline.encode_series {
+            return Ok(on_blocking_thread(move |tx| send_frames(all, &req, |f| tx.blocking_send(Ok(f)).is_ok())));
+        }
+        let mut frames = Vec::new();
+        if let Err(e) = send_frames(all, &req, |f| {
+            frames.push(Ok(f));
+            true
+        }) {
+            frames.push(Err(e));
+        }
+        Ok(SeriesFrames::ready(frames))
+    }
+
+    /// Whether a selection over `[mint, maxt]` may run on the calling task under `inline`:
+    /// the heads are small enough for even a full scan to be short, and (unless allowed)
+    /// no local block overlaps the range, as block indexes and chunks are read from files.
+    fn selects_inline(&self, mint: i64, maxt: i64, inline: &InlineLimits) -> bool {
+        if self.head_series.get(&self.tsdb) > inline.select_head_series {
+            return false;
+        }
+        inline.with_blocks
+            || !self.tsdb.all().iter().any(|db| {
+                db.blocks().iter().any(|b| {
+                    let m = b.meta();
+                    m.max_time > mint && m.min_time <= maxt
+                })
+            })
     }
 
     fn tsdb_info(db: &TenantDb) -> Option<TsdbInfo> {
@@ -226,7 +333,7 @@ impl StoreService {
 }
 
 impl FrameSource for StoreService {
-    fn series_frames(&self, req: Request<SeriesRequest>) -> Result<ReceiverStream<Result<Frame, Status>>, Status> {
+    fn series_frames(&self, req: Request<SeriesRequest>) -> Result<SeriesFrames, Status> {
         self.start_series(req.into_inner())
     }
 }
@@ -332,6 +439,7 @@ mod tests {
 
     use std::collections::BTreeMap;
 
+    use bytes::Bytes;
     use norn_model::Histogram;
     use norn_storeapi::thanos::series_response;
     use norn_tsdb::head::HeadOptions;
@@ -377,7 +485,7 @@ mod tests {
             db.compact().unwrap();
         }
         assert!(!m.get("a").unwrap().blocks().is_empty(), "tenant a should have blocks");
-        (dir, StoreService { tsdb: m })
+        (dir, StoreService::new(m))
     }
 
     fn store() -> (tempfile::TempDir, StoreService) {
@@ -543,6 +651,107 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every frame of a started answer, and whether it was made on the calling task.
+    async fn frames_of(svc: &StoreService, req: &SeriesRequest, inline: InlineLimits) -> (bool, Vec<Bytes>) {
+        let mut frames = svc.start_series_with(req.clone(), inline).unwrap();
+        let ready = matches!(frames, SeriesFrames::Ready(_));
+        let mut out = Vec::new();
+        while let Some(f) = frames.next().await {
+            out.push(f.unwrap().bytes());
+        }
+        (ready, out)
+    }
+
+    /// Inline selection and frames, inline selection with frames on a blocking thread,
+    /// and everything on a blocking thread: the same bytes, frame by frame, as the
+    /// prost path's messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn series_answers_are_the_same_on_every_path() {
+        const ALL: InlineLimits =
+            InlineLimits { select_head_series: usize::MAX, with_blocks: true, encode_series: usize::MAX };
+        let paths = [
+            (ALL, true),
+            (InlineLimits { encode_series: 0, ..ALL }, false),
+            (InlineLimits { select_head_series: 0, ..ALL }, false),
+            (InlineLimits { with_blocks: false, ..ALL }, false), // tenant "a" has blocks
+        ];
+        let (_dir, svc) = store_with(&[("replica", "r0")], "c");
+        let eq = |n: &str, v: &str| thanos::LabelMatcher { r#type: 0, name: n.into(), value: v.into() };
+        let requests = [
+            SeriesRequest { max_time: i64::MAX, ..Default::default() },
+            SeriesRequest { max_time: i64::MAX, response_batch_size: 64, ..Default::default() },
+            SeriesRequest {
+                max_time: i64::MAX,
+                response_batch_size: 3,
+                without_replica_labels: vec!["replica".into()],
+                matchers: vec![eq("__name__", "m")],
+                ..Default::default()
+            },
+            SeriesRequest { min_time: 5000, max_time: 12_000, limit: 4, skip_chunks: true, ..Default::default() },
+            SeriesRequest { max_time: i64::MAX, matchers: vec![eq("c", "b"), eq("a", "1")], ..Default::default() },
+            SeriesRequest { max_time: i64::MAX, matchers: vec![eq("c", "nope")], ..Default::default() },
+        ];
+        for req in &requests {
+            let want = {
+                let (svc, req) = (svc.clone(), req.clone());
+                tokio::task::spawn_blocking(move || reference(&svc, &req)).await.unwrap()
+            };
+            let ms = norn_storeapi::matchers_from_proto(&req.matchers).unwrap();
+            let selected = svc.select_lazy(&ms, req.min_time, req.max_time, &req.without_replica_labels).unwrap();
+            let mut first: Option<Vec<Bytes>> = None;
+            for (inline, ready) in paths {
+                let (was_ready, frames) = frames_of(&svc, req, inline).await;
+                // An empty selection is never too large to answer here.
+                let ready = ready || (inline.encode_series == 0 && selected.is_empty());
+                assert_eq!(was_ready, ready, "{inline:?} {req:?}");
+                let mut got = Vec::new();
+                for f in &frames {
+                    match SeriesResponse::decode(f.clone()).unwrap().result {
+                        Some(series_response::Result::Series(s)) => got.push(s),
+                        Some(series_response::Result::Batch(b)) => got.extend(b.series),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                assert_eq!(got, want, "{inline:?} {req:?}");
+                match &first {
+                    None => first = Some(frames),
+                    Some(f) => assert_eq!(&frames, f, "{inline:?} {req:?}"),
+                }
+            }
+        }
+        // A request the server refuses fails before any path is taken.
+        let bad = SeriesRequest {
+            matchers: vec![thanos::LabelMatcher { r#type: 2, name: "a".into(), value: "(".into() }],
+            ..Default::default()
+        };
+        for (inline, _) in paths {
+            let err = svc.start_series_with(bad.clone(), inline).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        }
+    }
+
+    /// Selections run on the calling task only over small heads and, by default, away
+    /// from local blocks.
+    #[test]
+    fn inline_selection_limits() {
+        let (_dir, svc) = store(); // 2×40 + 2×5 + 5 head series; tenant "a" has blocks up to ~30s
+        let heads: usize = svc.tsdb.all().iter().map(|db| db.head.num_series()).sum();
+        let limits =
+            |select_head_series, with_blocks| InlineLimits { select_head_series, with_blocks, encode_series: 1 };
+        let cases = [
+            (limits(usize::MAX, true), (0, i64::MAX), true),
+            (limits(heads, true), (0, i64::MAX), true),
+            (limits(heads - 1, true), (0, i64::MAX), false),
+            (limits(usize::MAX, false), (0, i64::MAX), false),
+            (limits(usize::MAX, false), (1_000_000, 2_000_000), true),
+            (INLINE, (1_000_000, 2_000_000), true),
+            (INLINE, (0, 1000), false),
+        ];
+        for (inline, (mint, maxt), want) in cases {
+            assert_eq!(svc.selects_inline(mint, maxt, &inline), want, "{inline:?} [{mint}, {maxt}]");
         }
     }
 

@@ -357,7 +357,7 @@ pub async fn run_with_listeners(
     });
     tasks.spawn(norn_service::serve_http(rw_l, http::routes(api), shutdown.clone()));
 
-    let store = grpc::StoreService { tsdb: tsdb.clone() };
+    let store = grpc::StoreService::new(tsdb.clone());
     let writer = grpc::WriteService {
         router: router.clone(),
         health: health.clone(),

@@ -30,7 +30,7 @@ use norn_storeapi::chunks::storepb_encoding;
 use norn_storeapi::thanos::{SeriesRequest, SeriesResponse, store_server};
 use norn_tsdb::chunks::ChunkMeta;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::server::NamedService;
@@ -431,13 +431,58 @@ fn aggr_chunk_len(c: &ChunkMeta) -> usize {
     int64_field_len(c.min_time) + int64_field_len(c.max_time) + nested_len(raw_chunk_len(c))
 }
 
+/// The frames of one `Store/Series` answer: all made already, or arriving from a
+/// blocking thread.
+///
+/// Small answers are made on the calling task: handing them to a blocking thread and
+/// back through a channel costs two thread wakeups per request, more than the work
+/// itself, and on a busy machine each wakeup waits for a core.
+#[derive(Debug)]
+pub enum SeriesFrames {
+    /// Made on the calling task; an error, if any, is the last item.
+    Ready(std::vec::IntoIter<Result<Frame, Status>>),
+    /// Sent by a blocking thread as it makes them.
+    Channel(ReceiverStream<Result<Frame, Status>>),
+}
+
+impl SeriesFrames {
+    /// A stream of just `items`.
+    pub fn ready(items: Vec<Result<Frame, Status>>) -> Self {
+        SeriesFrames::Ready(items.into_iter())
+    }
+}
+
+impl Stream for SeriesFrames {
+    type Item = Result<Frame, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            SeriesFrames::Ready(items) => Poll::Ready(items.next()),
+            SeriesFrames::Channel(rx) => Pin::new(rx).poll_next(cx),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            SeriesFrames::Ready(items) => items.size_hint(),
+            SeriesFrames::Channel(rx) => rx.size_hint(),
+        }
+    }
+}
+
+impl SeriesFrames {
+    /// Stops a blocking thread still making frames (its next send fails).
+    fn close(&mut self) {
+        if let SeriesFrames::Channel(rx) = self {
+            rx.close();
+        }
+    }
+}
+
 /// What answers `Store/Series` with [`Frame`]s.
 pub trait FrameSource: Send + Sync + 'static {
     /// Starts answering `req`; frames (or an error ending the stream) arrive on the stream.
-    fn series_frames(
-        &self,
-        req: tonic::Request<SeriesRequest>,
-    ) -> Result<ReceiverStream<Result<Frame, Status>>, Status>;
+    fn series_frames(&self, req: tonic::Request<SeriesRequest>) -> Result<SeriesFrames, Status>;
 }
 
 /// `thanos.Store`: `Series` answered with [`Frame`]s by hand, the other methods through the
@@ -503,7 +548,7 @@ async fn serve_series<T: FrameSource>(
     };
     match started {
         Ok(frames) => {
-            let body = FrameBody { frames: frames.into_inner(), done: false };
+            let body = FrameBody { frames, done: false };
             let mut resp = http::Response::new(tonic::body::Body::new(body));
             resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
             resp
@@ -547,7 +592,7 @@ fn parse_request(body: &[u8]) -> Result<SeriesRequest, Status> {
 /// The response body of a `Series` call: each frame as one gRPC message, then the status
 /// as trailers (`grpc-status: 0` when the frames ran out, the error's otherwise).
 struct FrameBody {
-    frames: mpsc::Receiver<Result<Frame, Status>>,
+    frames: SeriesFrames,
     done: bool,
 }
 
@@ -562,7 +607,7 @@ impl http_body::Body for FrameBody {
         if self.done {
             return Poll::Ready(None);
         }
-        let status = match ready!(self.frames.poll_recv(cx)) {
+        let status = match ready!(Pin::new(&mut self.frames).poll_next(cx)) {
             Some(Ok(frame)) => match frame.into_message() {
                 Ok(msg) => return Poll::Ready(Some(Ok(http_body::Frame::data(msg)))),
                 Err(e) => e,
@@ -820,7 +865,7 @@ mod tests {
             Frame::encode(out(&s, &e), true)
         };
         for fail in [false, true] {
-            let (tx, rx) = mpsc::channel(4);
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
             let frames = [frame(3), frame(300)];
             for f in &frames {
                 tx.send(Ok(f.clone())).await.unwrap();
@@ -829,7 +874,7 @@ mod tests {
                 tx.send(Err(Status::not_found("gone: 100%"))).await.unwrap();
             }
             drop(tx);
-            let mut body = FrameBody { frames: rx, done: false };
+            let mut body = FrameBody { frames: SeriesFrames::Channel(ReceiverStream::new(rx)), done: false };
             let mut data = Vec::new();
             let mut trailers = None;
             while let Some(f) = body.frame().await {
