@@ -727,66 +727,64 @@ where
     /// A whole message from what has been received, if there is one; otherwise consumes the
     /// current frame into the framing state.
     fn take(&mut self) -> Result<Option<Bytes>, Status> {
-        loop {
-            match &mut self.framing {
-                Framing::Prefix(p) => {
-                    let prefix: [u8; 5] = if p.is_empty() && self.cur.len() >= 5 {
-                        let b = [self.cur[0], self.cur[1], self.cur[2], self.cur[3], self.cur[4]];
-                        self.cur.advance(5);
-                        b
-                    } else {
-                        let n = (5 - p.len()).min(self.cur.len());
-                        p.extend_from_slice(&self.cur[..n]);
-                        self.cur.advance(n);
-                        match <[u8; 5]>::try_from(&p[..]) {
-                            Ok(b) => {
-                                p.clear();
-                                b
-                            }
-                            Err(_) => return Ok(None),
+        match &mut self.framing {
+            Framing::Prefix(p) => {
+                let prefix: [u8; 5] = if p.is_empty() && self.cur.len() >= 5 {
+                    let b = [self.cur[0], self.cur[1], self.cur[2], self.cur[3], self.cur[4]];
+                    self.cur.advance(5);
+                    b
+                } else {
+                    let n = (5 - p.len()).min(self.cur.len());
+                    p.extend_from_slice(&self.cur[..n]);
+                    self.cur.advance(n);
+                    match <[u8; 5]>::try_from(&p[..]) {
+                        Ok(b) => {
+                            p.clear();
+                            b
                         }
-                    };
-                    match prefix[0] {
-                        0 => {}
-                        1 => {
-                            return Err(Status::internal(
-                                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-                            ));
-                        }
-                        f => {
-                            return Err(Status::internal(format!(
-                                "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1) while receiving response with status: {}",
-                                self.http_status
-                            )));
-                        }
+                        Err(_) => return Ok(None),
                     }
-                    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-                    if len > self.max_message {
-                        return Err(Status::out_of_range(format!(
-                            "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
-                            self.max_message
+                };
+                match prefix[0] {
+                    0 => {}
+                    1 => {
+                        return Err(Status::internal(
+                            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                        ));
+                    }
+                    f => {
+                        return Err(Status::internal(format!(
+                            "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1) while receiving response with status: {}",
+                            self.http_status
                         )));
                     }
-                    if self.cur.len() >= len {
-                        return Ok(Some(self.cur.split_to(len)));
-                    }
-                    let mut buf = bytes::BytesMut::with_capacity(len);
-                    buf.extend_from_slice(&self.cur);
-                    self.cur.clear();
-                    self.framing = Framing::Spanning(buf, len);
+                }
+                let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                if len > self.max_message {
+                    return Err(Status::out_of_range(format!(
+                        "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                        self.max_message
+                    )));
+                }
+                if self.cur.len() >= len {
+                    return Ok(Some(self.cur.split_to(len)));
+                }
+                let mut buf = bytes::BytesMut::with_capacity(len);
+                buf.extend_from_slice(&self.cur);
+                self.cur.clear();
+                self.framing = Framing::Spanning(buf, len);
+                Ok(None)
+            }
+            Framing::Spanning(buf, len) => {
+                let n = (*len - buf.len()).min(self.cur.len());
+                buf.extend_from_slice(&self.cur[..n]);
+                self.cur.advance(n);
+                if buf.len() < *len {
                     return Ok(None);
                 }
-                Framing::Spanning(buf, len) => {
-                    let n = (*len - buf.len()).min(self.cur.len());
-                    buf.extend_from_slice(&self.cur[..n]);
-                    self.cur.advance(n);
-                    if buf.len() < *len {
-                        return Ok(None);
-                    }
-                    let m = std::mem::take(buf).freeze();
-                    self.framing = Framing::Prefix(Vec::new());
-                    return Ok(Some(m));
-                }
+                let m = std::mem::take(buf).freeze();
+                self.framing = Framing::Prefix(Vec::new());
+                Ok(Some(m))
             }
         }
     }
