@@ -31,7 +31,7 @@
 
 use std::cmp::Ordering;
 
-use crate::seriesview::{SeriesView, WireChunk};
+use crate::seriesview::{ChunkHead, SeriesView, WireChunk};
 use norn_model::{LabelError, Labels};
 use norn_promql::StoredValue;
 
@@ -159,11 +159,11 @@ pub fn header_count(data: &[u8]) -> usize {
 
 /// Samples a chunk counts against the limit (its header's count, of the raw chunk or else
 /// the first aggregate), or `None` when it lies outside the selection's range.
-pub fn chunk_samples(ch: &WireChunk, limits: &Limits) -> Option<usize> {
+pub fn chunk_samples(ch: ChunkHead<'_>, limits: &Limits) -> Option<usize> {
     if ch.max_time < limits.mint || ch.min_time > limits.maxt {
         return None;
     }
-    Some(ch.raw.as_ref().or_else(|| ch.aggrs.iter().flatten().next()).map_or(0, |c| header_count(&c.data)))
+    Some(header_count(ch.counted))
 }
 
 /// Makes a received series ready for the merge: parsed, labels checked (see
@@ -173,7 +173,7 @@ pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -
     s.parse().map_err(|e| format!("{from}: {e}"))?;
     check_labels(s, rl).map_err(|e| format!("{from}: {e}"))?;
     let mut n = 0usize;
-    s.chunks.retain(|ch| match chunk_samples(ch, limits) {
+    s.chunks.retain(|ch| match chunk_samples(ch.head(), limits) {
         Some(k) => {
             n += k;
             true
@@ -436,7 +436,10 @@ fn merge_sorted<T>(
 ) -> Result<Result<Vec<T>, Unsorted>, MergeError> {
     let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
     let mut out: Vec<T> = Vec::new();
-    let mut members: Vec<usize> = Vec::with_capacity(sources.len());
+    // Sources whose next series has the smallest key, and whether its message is byte-equal
+    // to the smallest one's (so that copies are compared once, not again with the group's
+    // first).
+    let mut members: Vec<(usize, bool)> = Vec::with_capacity(sources.len());
     // The open group: its first series, and its series (source, position, whether it is a
     // copy of the first).
     let mut head: Option<(usize, Cursor)> = None;
@@ -454,9 +457,13 @@ fn merge_sorted<T>(
             if sources[src].at(pos[src]).is_none() {
                 continue;
             }
+            let mut byte_equal = false;
             let ord = match min {
                 None => Ordering::Less,
-                Some(m) if same_message(sources, (src, pos[src]), (m, pos[m])) => Ordering::Equal,
+                Some(m) if same_message(sources, (src, pos[src]), (m, pos[m])) => {
+                    byte_equal = true;
+                    Ordering::Equal
+                }
                 Some(m) => {
                     prep(sources, src, pos[src])?;
                     prep(sources, m, pos[m])?;
@@ -470,9 +477,9 @@ fn merge_sorted<T>(
                 Ordering::Less => {
                     min = Some(src);
                     members.clear();
-                    members.push(src);
+                    members.push((src, true));
                 }
-                Ordering::Equal => members.push(src),
+                Ordering::Equal => members.push((src, byte_equal)),
                 Ordering::Greater => {}
             }
         }
@@ -484,8 +491,13 @@ fn merge_sorted<T>(
                 Some((first, pos[first]))
             }
         };
+        // Whether the smallest series is a copy of the open group's first.
+        let mut next_copies_head = false;
         let continues = match (next, head) {
-            (Some(n), Some(h)) if same_message(sources, n, h) => true,
+            (Some(n), Some(h)) if same_message(sources, n, h) => {
+                next_copies_head = true;
+                true
+            }
             (Some(n), Some(h)) => {
                 let (Some(nv), Some(hv)) = (sources[n.0].at(n.1), sources[h.0].at(h.1)) else {
                     return Err(MergeError::Invalid("merge lost its place".into()));
@@ -526,11 +538,20 @@ fn merge_sorted<T>(
         };
         if !continues {
             head = Some(n);
+            next_copies_head = true;
         }
         let h = head.unwrap_or(n);
-        for &src in &members {
+        for &(src, equals_next) in &members {
             let at = pos[src];
-            let copy = (src, at) != h && same_message(sources, (src, at), h);
+            // A series byte-equal to the smallest one is a copy of the group's first exactly
+            // when the smallest one is (or is the first); one that is not, is not a copy when
+            // the smallest one is; otherwise it is compared.
+            let copy = (src, at) != h
+                && match (equals_next, next_copies_head) {
+                    (true, nc) => nc,
+                    (false, true) => false,
+                    (false, false) => same_message(sources, (src, at), h),
+                };
             if !copy {
                 // Equal to this step's smallest series perhaps, but not to the group's first:
                 // read like any series the group keeps.
@@ -1312,7 +1333,7 @@ mod tests {
         let chunks = vec![counted(&[1, 2]), counted(&[50, 60, 70]), counted(&[200, 300])];
         let lazy_view = lazy(&[("__name__", "a")], chunks.clone());
         let mut scanned = 0;
-        lazy_view.scan_chunks(|ch| scanned += chunk_samples(ch, &limits).unwrap_or(0)).unwrap();
+        lazy_view.scan_chunks(|h| scanned += chunk_samples(h, &limits).unwrap_or(0)).unwrap();
         let mut parsed = lazy(&[("__name__", "a")], chunks);
         assert_eq!(prepare(&mut parsed, &rl, &limits, "r0").unwrap(), 5);
         assert_eq!(scanned, 5);

@@ -17,8 +17,17 @@ use norn_storeapi::thanos::info::{InfoRequest, InfoResponse};
 use parking_lot::RwLock;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-/// Largest HTTP/2 frame the querier accepts from endpoints.
-const HTTP2_MAX_FRAME_SIZE: u32 = 1 << 20;
+/// Largest HTTP/2 frame the querier accepts from endpoints: the protocol's largest. Series
+/// messages (about 1 MB at 1,024 series, often more) then come in one DATA frame each and are
+/// read without a copy (`seriesview::GrpcMessages`); a message cut over frames is copied once.
+const HTTP2_MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
+
+/// HTTP/2 flow-control windows towards endpoints, per stream and per connection: a sender out
+/// of window also cuts its DATA frame (hyper's defaults are 2 and 5 MiB). The querier keeps
+/// every Series answer in memory until the merge anyway, so larger windows add no memory it
+/// would not hold.
+const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
+const HTTP2_CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// One `--endpoint` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,12 +365,15 @@ impl EndpointSet {
                 let channel = match TonicEndpoint::from_shared(format!("http://{a}")) {
                     // Series answers come in frames of about a megabyte: HTTP/2 frames that
                     // large (the protocol's default is 16 KiB) mean fewer frames to read and wake
-                    // up for; 1.3–1.8 % lower latency over three receivers (paired A/B of the
-                    // bench-query set, docs/benchmarks.md, session 5).
+                    // up for; 1.3–1.8 % lower latency over three receivers at 1 MiB (paired A/B
+                    // of the bench-query set, docs/benchmarks.md, session 5); at the largest
+                    // size a message is also one frame, read without a copy.
                     Ok(e) => e
                         .connect_timeout(self.cfg.info_timeout)
                         .tcp_nodelay(true)
                         .max_frame_size(HTTP2_MAX_FRAME_SIZE)
+                        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
                         .connect_lazy(),
                     Err(e) => {
                         tracing::warn!(endpoint = %a, error = %e, "invalid endpoint address");

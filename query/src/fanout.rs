@@ -17,10 +17,7 @@ use crate::dedup::{
     merge_raw_within, prepare,
 };
 use crate::endpoints::{EndpointSet, EndpointState};
-use crate::seriesview::{SeriesFrame, SeriesView, SeriesViewCodec, WireChunk};
-
-/// Largest gRPC message accepted from an endpoint.
-const MAX_MESSAGE_BYTES: usize = 256 << 20;
+use crate::seriesview::{MAX_MESSAGE_BYTES, SeriesFrame, SeriesView, WireChunk, decode_response, decode_response_lazy};
 
 /// Per-request settings of a query.
 #[derive(Debug, Clone)]
@@ -191,15 +188,12 @@ async fn fetch_series(
     if stripped {
         req.without_replica_labels = call.replica_labels.clone();
     }
-    // The zero-copy codec: labels and chunk bytes stay slices of the received messages.
-    let mut grpc = tonic::client::Grpc::new(ep.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    grpc.ready().await.map_err(|e| format!("receive series from {}: service was not ready: {e}", ep.addr))?;
-    let path = axum::http::uri::PathAndQuery::from_static("/thanos.Store/Series");
-    let mut stream = grpc
-        .server_streaming(with_tenant(req, &call.tenant), path, SeriesViewCodec { lazy })
+    // Messages are read straight from the HTTP/2 DATA frames (no decode buffer copy) and
+    // decoded without copying: labels and chunk bytes stay slices of the received frames.
+    let mut channel = ep.channel.clone();
+    let mut stream = crate::seriesview::call_series(&mut channel, &req, call.tenant.as_deref(), MAX_MESSAGE_BYTES)
         .await
-        .map_err(|s| status_msg(&ep.addr, &s))?
-        .into_inner();
+        .map_err(|s| status_msg(&ep.addr, &s))?;
     // Batches are kept as they arrived: no copying of every series into one growing list.
     let mut batches: Vec<Vec<SeriesView>> = Vec::new();
     let mut warnings = Vec::new();
@@ -212,7 +206,7 @@ async fn fetch_series(
     let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
         let added = if lazy && !s.is_parsed() {
             let mut n = 0usize;
-            s.scan_chunks(|ch| n += chunk_samples(ch, limits).unwrap_or(0)).map_err(|e| format!("{}: {e}", ep.addr))?;
+            s.scan_chunks(|h| n += chunk_samples(h, limits).unwrap_or(0)).map_err(|e| format!("{}: {e}", ep.addr))?;
             n
         } else {
             prepare(s, rl, limits, &ep.addr)?
@@ -223,7 +217,9 @@ async fn fetch_series(
         }
         Ok(())
     };
-    while let Some(msg) = stream.message().await.map_err(|s| status_msg(&ep.addr, &s))? {
+    let decode = if lazy { decode_response_lazy } else { decode_response };
+    while let Some(buf) = stream.next().await.map_err(|s| status_msg(&ep.addr, &s))? {
+        let msg = decode(buf).map_err(|e| status_msg(&ep.addr, &tonic::Status::internal(e.to_string())))?;
         match msg {
             SeriesFrame::Series(mut s) => {
                 handle(&mut s)?;

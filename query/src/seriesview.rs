@@ -2,18 +2,20 @@
 //!
 //! The generated prost types allocate a `String` per label name and value and a `Vec` per
 //! chunk; on a fan-out that reads every series three times (RF=3) that was the largest part
-//! of the decoding cost. [`SeriesViewCodec`] is a tonic codec for the `Store/Series` call
-//! only: requests are encoded by prost as usual, responses are decoded into [`SeriesFrame`]s
-//! whose label strings and chunk bytes are [`Bytes`] slices of the received message.
+//! of the decoding cost. For the `Store/Series` call only, [`call_series`] sends the
+//! prost-encoded request and [`GrpcMessages`] reads the response's gRPC messages straight from
+//! the HTTP/2 DATA frames (tonic's `Streaming` copies every frame into its decode buffer);
+//! [`decode_response`] / [`decode_response_lazy`] turn each into a [`SeriesFrame`] whose label
+//! strings and chunk bytes are [`Bytes`] slices of the received message.
 //!
 //! Validation is the same as prost's for the fields read: wire types of known fields,
 //! lengths, varints, tags and UTF-8 of strings. Unknown fields are skipped as prost skips
 //! them; groups (deprecated, never written by StoreAPI peers) are rejected.
 
 use bytes::{Buf, Bytes};
+use http_body::Body as HttpBody;
 use norn_storeapi::thanos::{self, SeriesRequest};
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder};
 
 /// What was wrong with a `SeriesResponse`, and in which message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +119,27 @@ impl WireChunk {
     }
 }
 
+/// What the sample limit reads of a chunk: its time range, and the bytes whose header
+/// announces its samples (the raw chunk's data, or else the first downsampled aggregate's,
+/// in field order; empty when it has neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHead<'a> {
+    /// First sample's time.
+    pub min_time: i64,
+    /// Last sample's time.
+    pub max_time: i64,
+    /// Data whose header counts the chunk's samples.
+    pub counted: &'a [u8],
+}
+
+impl WireChunk {
+    /// The chunk's [`ChunkHead`].
+    pub fn head(&self) -> ChunkHead<'_> {
+        let counted = self.raw.as_ref().or_else(|| self.aggrs.iter().flatten().next()).map_or(&[][..], |c| &c.data[..]);
+        ChunkHead { min_time: self.min_time, max_time: self.max_time, counted }
+    }
+}
+
 impl RawChunk {
     /// From the prost form (copies the data).
     pub fn from_proto(r: &thanos::Chunk) -> Self {
@@ -174,12 +197,12 @@ impl SeriesView {
         self.parsed
     }
 
-    /// Calls `f` with each chunk, reading only the chunks of an unparsed series (labels are
-    /// skipped by their lengths, not read): what the fan-out counts against the sample limit
-    /// while streams arrive, without the cost of a parse.
-    pub fn scan_chunks(&self, mut f: impl FnMut(&WireChunk)) -> Result<(), ViewError> {
+    /// Calls `f` with each chunk's [`ChunkHead`], reading only the chunks of an unparsed
+    /// series (labels are skipped by their lengths, not read; no chunk is built): what the
+    /// fan-out counts against the sample limit while streams arrive, without the cost of a parse.
+    pub fn scan_chunks(&self, mut f: impl FnMut(ChunkHead<'_>)) -> Result<(), ViewError> {
         if self.parsed {
-            self.chunks.iter().for_each(f);
+            self.chunks.iter().for_each(|c| f(c.head()));
             return Ok(());
         }
         let mut r = Reader::new(&self.buf, self.raw.clone().unwrap_or_default(), "Series");
@@ -191,7 +214,7 @@ impl SeriesView {
                 }
                 (2, wt) => {
                     r.expect(2, wt, WT_LEN)?;
-                    f(&aggr_chunk(&self.buf, r.bytes("chunks")?)?);
+                    f(chunk_head(&self.buf, r.bytes("chunks")?)?);
                 }
                 (fld, wt) => r.skip(fld, wt)?,
             }
@@ -435,6 +458,54 @@ fn aggr_chunk(root: &Bytes, range: std::ops::Range<usize>) -> Result<WireChunk, 
     Ok(c)
 }
 
+/// Where a `Chunk` message's data is, merged into `data` as [`chunk`] merges (checked as
+/// [`chunk`] checks, without slicing the buffer: no reference counting).
+fn chunk_data(root: &Bytes, range: std::ops::Range<usize>, data: &mut std::ops::Range<usize>) -> Result<(), ViewError> {
+    let mut r = Reader::new(root, range, "Chunk");
+    while !r.done() {
+        match r.key()? {
+            (f @ (1 | 3), wt) => {
+                r.expect(f, wt, WT_VARINT)?;
+                r.varint()?;
+            }
+            (2, wt) => {
+                r.expect(2, wt, WT_LEN)?;
+                *data = r.bytes("data")?;
+            }
+            (f, wt) => r.skip(f, wt)?,
+        }
+    }
+    Ok(())
+}
+
+/// An `AggrChunk` message's [`ChunkHead`], read as [`aggr_chunk`] reads it.
+fn chunk_head(root: &Bytes, range: std::ops::Range<usize>) -> Result<ChunkHead<'_>, ViewError> {
+    let mut r = Reader::new(root, range, "AggrChunk");
+    let (mut min_time, mut max_time) = (0, 0);
+    // Data of the raw chunk and of the aggregates (fields 3 to 8), where present.
+    let mut parts: [Option<std::ops::Range<usize>>; 6] = Default::default();
+    while !r.done() {
+        match r.key()? {
+            (1, wt) => {
+                r.expect(1, wt, WT_VARINT)?;
+                min_time = r.varint()? as i64;
+            }
+            (2, wt) => {
+                r.expect(2, wt, WT_VARINT)?;
+                max_time = r.varint()? as i64;
+            }
+            (f @ 3..=8, wt) => {
+                r.expect(f, wt, WT_LEN)?;
+                let b = r.bytes(if f == 3 { "raw" } else { "aggregate" })?;
+                chunk_data(root, b, parts[f as usize - 3].get_or_insert(0..0))?;
+            }
+            (f, wt) => r.skip(f, wt)?,
+        }
+    }
+    let counted = parts.into_iter().flatten().next().and_then(|d| root.get(d)).unwrap_or_default();
+    Ok(ChunkHead { min_time, max_time, counted })
+}
+
 /// Merges a `Series` message into `s`.
 fn series(root: &Bytes, range: std::ops::Range<usize>, s: &mut SeriesView) -> Result<(), ViewError> {
     let mut r = Reader::new(root, range, "Series");
@@ -559,44 +630,257 @@ fn decode_frame(buf: Bytes, lazy: bool) -> Result<SeriesFrame, ViewError> {
     Ok(out)
 }
 
-/// The tonic codec of the querier's `Store/Series` calls: prost-encoded requests,
-/// [`SeriesFrame`] responses, their series parsed at once or left for later (`lazy`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SeriesViewCodec {
-    /// Series are left unparsed ([`decode_response_lazy`]).
-    pub lazy: bool,
+/// Largest gRPC message accepted from an endpoint by default.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Where a gRPC response body stands between two messages' bytes.
+#[derive(Debug)]
+enum Framing {
+    /// Reading the 5-byte prefix (compression flag, BE32 length); the bytes of a prefix split
+    /// over DATA frames gather here.
+    Prefix(Vec<u8>),
+    /// A message spanning DATA frames, gathered in a buffer of its final size.
+    Spanning(bytes::BytesMut, usize),
 }
 
-/// Decoder half of [`SeriesViewCodec`].
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SeriesViewDecoder {
-    lazy: bool,
+/// gRPC length-prefixed messages of a response body (`B`: `tonic::body::Body`, or any body of
+/// `Bytes` frames in tests), as slices of the DATA frames they arrived in. Tonic's `Streaming`
+/// copies every frame into one decode buffer; here a message lying within one frame (the
+/// usual case: endpoints send a message per frame, frames up to 1 MiB) is not copied at all,
+/// and one spanning frames is copied once into a buffer of its size. Limits and errors are
+/// tonic's: messages above the maximum size, compressed messages (none are asked for), a body
+/// ending inside a message, and the final status from the trailers (or the HTTP status).
+#[derive(Debug)]
+pub struct GrpcMessages<B> {
+    body: B,
+    http_status: http::StatusCode,
+    /// The unread rest of the current DATA frame.
+    cur: Bytes,
+    framing: Framing,
+    max_message: usize,
+    trailers: Option<http::HeaderMap>,
+    done: bool,
 }
 
-impl Decoder for SeriesViewDecoder {
-    type Item = SeriesFrame;
-    type Error = Status;
+impl<B> GrpcMessages<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Messages of `response`, each at most `max_message` bytes. A trailers-only response
+    /// (`grpc-status` in the headers) is an empty stream, or its error.
+    pub fn new(response: http::Response<B>, max_message: usize) -> Result<Self, Status> {
+        let (parts, body) = response.into_parts();
+        let trailers_only = status_of(&parts.headers);
+        if let Some(Err(s)) = trailers_only {
+            return Err(s);
+        }
+        Ok(GrpcMessages {
+            body,
+            http_status: parts.status,
+            cur: Bytes::new(),
+            framing: Framing::Prefix(Vec::new()),
+            max_message,
+            trailers: None,
+            done: trailers_only.is_some(),
+        })
+    }
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<SeriesFrame>, Status> {
-        // Splits the frame off tonic's buffer without copying it.
-        let buf = src.copy_to_bytes(src.remaining());
-        decode_frame(buf, self.lazy).map(Some).map_err(|e| Status::internal(e.to_string()))
+    /// The next message, `None` at the end of a successful stream, or the error that ended it.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(m) = self.take()? {
+                return Ok(Some(m));
+            }
+            // `take` consumed the whole frame: the next one replaces it.
+            match std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.body).poll_frame(cx)).await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.cur = data,
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            self.trailers.get_or_insert_with(Default::default).extend(t);
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(Status::from_error(e.into()));
+                }
+                None => {
+                    self.done = true;
+                    let inside = match &self.framing {
+                        Framing::Prefix(p) => !p.is_empty(),
+                        Framing::Spanning(..) => true,
+                    };
+                    if inside {
+                        return Err(Status::internal("Unexpected EOF decoding stream."));
+                    }
+                    return self.final_status().map(|()| None);
+                }
+            }
+        }
+    }
+
+    /// A whole message from what has been received, if there is one; otherwise consumes the
+    /// current frame into the framing state.
+    fn take(&mut self) -> Result<Option<Bytes>, Status> {
+        match &mut self.framing {
+            Framing::Prefix(p) => {
+                let prefix: [u8; 5] = if p.is_empty() && self.cur.len() >= 5 {
+                    let b = [self.cur[0], self.cur[1], self.cur[2], self.cur[3], self.cur[4]];
+                    self.cur.advance(5);
+                    b
+                } else {
+                    let n = (5 - p.len()).min(self.cur.len());
+                    p.extend_from_slice(&self.cur[..n]);
+                    self.cur.advance(n);
+                    match <[u8; 5]>::try_from(&p[..]) {
+                        Ok(b) => {
+                            p.clear();
+                            b
+                        }
+                        Err(_) => return Ok(None),
+                    }
+                };
+                match prefix[0] {
+                    0 => {}
+                    1 => {
+                        return Err(Status::internal(
+                            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                        ));
+                    }
+                    f => {
+                        return Err(Status::internal(format!(
+                            "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1) while receiving response with status: {}",
+                            self.http_status
+                        )));
+                    }
+                }
+                let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                if len > self.max_message {
+                    return Err(Status::out_of_range(format!(
+                        "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                        self.max_message
+                    )));
+                }
+                if self.cur.len() >= len {
+                    return Ok(Some(self.cur.split_to(len)));
+                }
+                let mut buf = bytes::BytesMut::with_capacity(len);
+                buf.extend_from_slice(&self.cur);
+                self.cur.clear();
+                self.framing = Framing::Spanning(buf, len);
+                Ok(None)
+            }
+            Framing::Spanning(buf, len) => {
+                let n = (*len - buf.len()).min(self.cur.len());
+                buf.extend_from_slice(&self.cur[..n]);
+                self.cur.advance(n);
+                if buf.len() < *len {
+                    return Ok(None);
+                }
+                let m = std::mem::take(buf).freeze();
+                self.framing = Framing::Prefix(Vec::new());
+                Ok(Some(m))
+            }
+        }
+    }
+
+    /// The stream's status from its trailers, or from the HTTP status without them (as tonic
+    /// infers it).
+    fn final_status(&self) -> Result<(), Status> {
+        if let Some(res) = self.trailers.as_ref().and_then(status_of) {
+            return res;
+        }
+        use tonic::Code;
+        let code = match self.http_status {
+            http::StatusCode::OK => {
+                return Err(Status::unknown(
+                    "protocol error: missing grpc-status trailer, stream was terminated without a final status",
+                ));
+            }
+            http::StatusCode::BAD_REQUEST => Code::Internal,
+            http::StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            http::StatusCode::FORBIDDEN => Code::PermissionDenied,
+            http::StatusCode::NOT_FOUND => Code::Unimplemented,
+            http::StatusCode::TOO_MANY_REQUESTS
+            | http::StatusCode::BAD_GATEWAY
+            | http::StatusCode::SERVICE_UNAVAILABLE
+            | http::StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+            _ => Code::Unknown,
+        };
+        Err(Status::new(
+            code,
+            format!("grpc-status header missing, mapped from HTTP status code {}", self.http_status.as_u16()),
+        ))
     }
 }
 
-impl Codec for SeriesViewCodec {
-    type Encode = SeriesRequest;
-    type Decode = SeriesFrame;
-    type Encoder = tonic_prost::ProstEncoder<SeriesRequest>;
-    type Decoder = SeriesViewDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::default()
+/// The `grpc-status` (and percent-encoded `grpc-message`) of `headers`, if present. Unlike
+/// `Status::from_header_map`, which panics on bad `grpc-status-details-bin`, details are not read.
+fn status_of(headers: &http::HeaderMap) -> Option<Result<(), Status>> {
+    let code = tonic::Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    if code == tonic::Code::Ok {
+        return Some(Ok(()));
     }
+    let message = headers.get("grpc-message").map(|m| percent_decode(m.as_bytes())).unwrap_or_default();
+    Some(Err(Status::new(code, message)))
+}
 
-    fn decoder(&mut self) -> Self::Decoder {
-        SeriesViewDecoder { lazy: self.lazy }
+/// `%XX` escapes decoded (invalid ones kept as they are), then UTF-8 read lossily.
+fn percent_decode(b: &[u8]) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Starts a `Store/Series` call over `channel`: `req` (prost-encoded) with the tenant in
+/// `thanos-tenant` metadata. Its messages are read with [`GrpcMessages`] and decoded with
+/// [`decode_response`] / [`decode_response_lazy`] by the caller.
+pub async fn call_series(
+    channel: &mut tonic::transport::Channel,
+    req: &SeriesRequest,
+    tenant: Option<&str>,
+    max_message: usize,
+) -> Result<GrpcMessages<tonic::body::Body>, Status> {
+    use prost::Message;
+    use tonic::codegen::Service;
+    let len = req.encoded_len();
+    let mut body = bytes::BytesMut::with_capacity(5 + len);
+    body.extend_from_slice(&[0]);
+    body.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    req.encode(&mut body).map_err(|e| Status::internal(format!("encode series request: {e}")))?;
+    let body = tonic::body::Body::new(http_body_util::Full::new(body.freeze()));
+    let mut request = http::Request::builder()
+        .method(http::Method::POST)
+        .version(http::Version::HTTP_2)
+        .uri("/thanos.Store/Series")
+        .header(http::header::TE, "trailers")
+        .header(http::header::CONTENT_TYPE, "application/grpc");
+    if let Some(t) = tenant
+        && let Ok(v) = http::HeaderValue::from_str(t)
+    {
+        request = request.header("thanos-tenant", v);
+    }
+    let request = request.body(body).map_err(|e| Status::internal(format!("series request: {e}")))?;
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(e.into()))?;
+    let response = channel.call(request).await.map_err(|e| Status::from_error(e.into()))?;
+    GrpcMessages::new(response, max_message)
 }
 
 #[cfg(test)]
@@ -687,7 +971,12 @@ mod tests {
             for s in series {
                 if let Some(bytes) = s.message_bytes() {
                     let alone = thanos::Series::decode(bytes).unwrap();
+                    // The scan of the unparsed series sees what the parse finds.
+                    let own = |h: ChunkHead<'_>| (h.min_time, h.max_time, h.counted.to_vec());
+                    let mut scanned = Vec::new();
+                    s.scan_chunks(|h| scanned.push(own(h))).unwrap();
                     s.parse().unwrap();
+                    prop_assert_eq!(scanned, s.chunks.iter().map(|c| own(c.head())).collect::<Vec<_>>());
                     prop_assert_eq!(&prost_decode(&SeriesResponse { result: Some(series_response::Result::Series(alone)) }.encode_to_vec()).unwrap(), &to_proto(&SeriesFrame::Series(s.clone())));
                 } else {
                     prop_assert!(s.is_parsed());
@@ -751,6 +1040,122 @@ mod tests {
                 prop_assert_eq!(Ok(to_proto(&view)), prost_decode(&b));
             }
         }
+    }
+
+    type Frames = http_body_util::StreamBody<
+        futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::convert::Infallible>>>,
+    >;
+
+    fn body(data: Vec<Bytes>, trailers: Option<&[(&'static str, &'static str)]>) -> Frames {
+        let mut frames: Vec<_> = data.into_iter().map(|d| Ok(http_body::Frame::data(d))).collect();
+        if let Some(t) = trailers {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in t {
+                h.insert(*k, http::HeaderValue::from_static(v));
+            }
+            frames.push(Ok(http_body::Frame::trailers(h)));
+        }
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
+    fn response(b: Frames, status: u16, headers: &[(&'static str, &'static str)]) -> http::Response<Frames> {
+        let mut r = http::Response::new(b);
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().insert(*k, http::HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    fn prefixed(flag: u8, m: &[u8]) -> Vec<u8> {
+        let mut v = vec![flag];
+        v.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        v.extend_from_slice(m);
+        v
+    }
+
+    /// All messages of a stream, or the error ending it.
+    fn read_all(r: http::Response<Frames>, max: usize) -> Result<Vec<Bytes>, Status> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut m = GrpcMessages::new(r, max)?;
+            let mut out = Vec::new();
+            while let Some(b) = m.next().await? {
+                out.push(b);
+            }
+            Ok(out)
+        })
+    }
+
+    const OK: &[(&str, &str)] = &[("grpc-status", "0")];
+
+    #[test]
+    fn grpc_messages_are_whole_however_frames_cut_them() {
+        let msgs: Vec<Vec<u8>> = vec![vec![], (0..7).collect(), (0..=255).cycle().take(300).collect(), vec![9]];
+        let wire: Vec<u8> = msgs.iter().flat_map(|m| prefixed(0, m)).collect();
+        // Frames of every size, and every two-frame cut.
+        let mut cuts: Vec<Vec<Bytes>> =
+            (1..=wire.len()).map(|k| wire.chunks(k).map(Bytes::copy_from_slice).collect()).collect();
+        cuts.extend(
+            (0..=wire.len()).map(|i| vec![Bytes::copy_from_slice(&wire[..i]), Bytes::copy_from_slice(&wire[i..])]),
+        );
+        for frames in cuts {
+            let sizes: Vec<usize> = frames.iter().map(Bytes::len).collect();
+            let got = read_all(response(body(frames, Some(OK)), 200, &[]), 1000).unwrap();
+            let got: Vec<Vec<u8>> = got.iter().map(|b| b.to_vec()).collect();
+            assert_eq!(got, msgs, "frames of {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_messages_within_a_frame_are_not_copied() {
+        let wire = Bytes::from([prefixed(0, b"abc"), prefixed(0, b"defg")].concat());
+        let range = wire.as_ptr_range();
+        let got = read_all(response(body(vec![wire.clone()], Some(OK)), 200, &[]), 100).unwrap();
+        assert_eq!(got, vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")]);
+        assert!(got.iter().all(|m| range.contains(&m.as_ptr())));
+    }
+
+    #[test]
+    fn grpc_stream_errors_are_tonics() {
+        use tonic::Code;
+        let one = |flag: u8, m: &[u8]| vec![Bytes::from(prefixed(flag, m))];
+        let cut = |n: usize| vec![Bytes::from(prefixed(0, b"hello")).slice(..n)];
+        let cases: Vec<(http::Response<Frames>, usize, Code, &str)> = vec![
+            (
+                response(body(one(0, &[1; 11]), Some(OK)), 200, &[]),
+                10,
+                Code::OutOfRange,
+                "found 11 bytes, the limit is: 10",
+            ),
+            (response(body(one(1, b"x"), Some(OK)), 200, &[]), 10, Code::Internal, "compressed-flag"),
+            (response(body(one(2, b"x"), Some(OK)), 200, &[]), 10, Code::Internal, "invalid compression flag: 2"),
+            (response(body(cut(7), None), 200, &[]), 10, Code::Internal, "Unexpected EOF"),
+            (response(body(cut(3), None), 200, &[]), 10, Code::Internal, "Unexpected EOF"),
+            (response(body(one(0, b"x"), None), 200, &[]), 10, Code::Unknown, "missing grpc-status"),
+            (
+                response(body(one(0, b"x"), Some(&[("grpc-status", "14"), ("grpc-message", "no%20way%")])), 200, &[]),
+                10,
+                Code::Unavailable,
+                "no way%",
+            ),
+            (
+                response(body(vec![], None), 200, &[("grpc-status", "5"), ("grpc-message", "gone")]),
+                10,
+                Code::NotFound,
+                "gone",
+            ),
+            (response(body(vec![], None), 503, &[]), 10, Code::Unavailable, "HTTP status code 503"),
+            (response(body(vec![], None), 404, &[]), 10, Code::Unimplemented, "HTTP status code 404"),
+        ];
+        for (i, (r, max, code, msg)) in cases.into_iter().enumerate() {
+            let e = read_all(r, max).unwrap_err();
+            assert_eq!(e.code(), code, "case {i}: {e:?}");
+            assert!(e.message().contains(msg), "case {i}: {:?} lacks {msg:?}", e.message());
+        }
+        // A trailers-only success is an empty stream, whatever the body holds.
+        let r = response(body(vec![Bytes::from_static(b"junk")], None), 200, &[("grpc-status", "0")]);
+        assert_eq!(read_all(r, 10).unwrap(), Vec::<Bytes>::new());
     }
 
     #[test]
