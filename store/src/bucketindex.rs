@@ -110,6 +110,18 @@ impl BucketIndex {
         IndexError::Corrupt(TsdbError::corrupt_at(&self.path, offset, what))
     }
 
+    /// Reads `parts`, `FETCH_CONCURRENCY` ranged GETs at a time, in the order they finish.
+    fn fetch_parts(
+        &self,
+        parts: Vec<crate::fetch::Part>,
+    ) -> impl futures::Stream<Item = (crate::fetch::Part, Result<Bytes, IndexError>)> + '_ {
+        futures::stream::iter(parts.into_iter().map(move |p| async move {
+            let b = self.get(p.range.clone()).await;
+            (p, b)
+        }))
+        .buffer_unordered(FETCH_CONCURRENCY)
+    }
+
     async fn get(&self, range: Range<u64>) -> Result<Bytes, IndexError> {
         self.metrics.index_fetches.inc();
         let want = range.end.saturating_sub(range.start);
@@ -191,11 +203,7 @@ impl BucketIndex {
         misses.sort_by_key(|m| m.0.start);
         let ranges: Vec<Range<u64>> = misses.iter().map(|m| m.0.clone()).collect();
         let parts = coalesce(&ranges, MAX_GAP, MAX_RANGE);
-        let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
-            let b = self.get(p.range.clone()).await;
-            (p, b)
-        }))
-        .buffer_unordered(FETCH_CONCURRENCY);
+        let mut fetched = self.fetch_parts(parts);
         while let Some((p, b)) = fetched.next().await {
             let b = b?;
             for (r, i) in &misses[p.offsets] {
@@ -223,11 +231,7 @@ impl BucketIndex {
         }
         for chunk in ranges.chunks(batch.max(1)) {
             let parts = coalesce(chunk, MAX_GAP, MAX_RANGE);
-            let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
-                let b = self.get(p.range.clone()).await;
-                (p, b)
-            }))
-            .buffer_unordered(FETCH_CONCURRENCY);
+            let mut fetched = self.fetch_parts(parts);
             while let Some((p, b)) = fetched.next().await {
                 let b = b?;
                 for r in &chunk[p.offsets] {
@@ -258,11 +262,7 @@ impl BucketIndex {
         misses.sort_unstable();
         let offs: Vec<u64> = misses.iter().map(|m| m.0).collect();
         let parts = partition(&offs, end, self.series_estimate, MAX_GAP, MAX_RANGE);
-        let mut fetched = futures::stream::iter(parts.into_iter().map(|p| async move {
-            let b = self.get(p.range.clone()).await;
-            (p, b)
-        }))
-        .buffer_unordered(FETCH_CONCURRENCY);
+        let mut fetched = self.fetch_parts(parts);
         while let Some((p, b)) = fetched.next().await {
             let b = b?;
             for &(off, i) in &misses[p.offsets] {

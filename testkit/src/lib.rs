@@ -160,3 +160,28 @@ pub fn wait_ready(port: u16, path: &str, timeout: std::time::Duration) -> bool {
     }
     false
 }
+
+/// A Prometheus (binary `prom`) in `dir` whose only data is `remote_read` from `read_url`
+/// (`read_recent: true`, scraping nothing), started with `extra` flags and ready: its
+/// process and HTTP port. Panics with its log when it does not become ready in 60 s.
+pub fn start_remote_read_prometheus(prom: &Path, dir: &Path, read_url: &str, extra: &[&str]) -> (ProcessGuard, u16) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let cfg = dir.join("prometheus.yml");
+    let yml = format!("global:\n  scrape_interval: 1h\nremote_read:\n  - url: {read_url}\n    read_recent: true\n");
+    std::fs::write(&cfg, yml).unwrap_or_else(|e| panic!("writing {}: {e}", cfg.display()));
+    let port = free_port();
+    let log = dir.join("prometheus.log");
+    let guard = ProcessGuard::spawn(
+        "prometheus (remote read)",
+        Command::new(prom)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .args(extra)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        &log,
+    );
+    if !wait_ready(port, "/-/ready", std::time::Duration::from_secs(60)) {
+        panic!("prometheus reading {read_url} not ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    (guard, port)
+}

@@ -578,24 +578,10 @@ async fn remote_read_uses_read_hints_for_downsampled_data() {
 
     // A Prometheus 2.42 reading the querier (5m on its read URL) answers as the querier.
     let Some(prom) = norn_testkit::require_tool("prometheus") else { return };
-    let pport = free_port();
     let pdir = work.join("prom");
-    std::fs::create_dir_all(&pdir).unwrap();
-    let cfg = pdir.join("prometheus.yml");
-    let yml = format!(
-        "global:\n  scrape_interval: 1h\nremote_read:\n  - url: http://127.0.0.1:{qhttp}/api/v1/read{five}\n    read_recent: true\n"
-    );
-    std::fs::write(&cfg, yml).unwrap();
+    let read_url = format!("http://127.0.0.1:{qhttp}/api/v1/read{five}");
+    let (_prom, pport) = norn_testkit::start_remote_read_prometheus(&prom, &pdir, &read_url, &[]);
     let plog = pdir.join("prometheus.log");
-    let _prom = ProcessGuard::spawn(
-        "prometheus",
-        Command::new(prom)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", pdir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{pport}")),
-        &plog,
-    );
-    assert!(wait_ready(pport, "/-/ready", Duration::from_secs(60)), "prometheus not ready");
     let t = T0 + 40 * RES + RES / 2;
     for q in ["max_over_time(gauge[1h])", "min_over_time(gauge[1h])", "rate(requests_total[1h])"] {
         let via_prom = instant(pport, q, t, "");

@@ -764,25 +764,15 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
     // reads no histograms from them, whatever the server sends: native histograms through
     // it arrived in Prometheus 2.44; they are checked on the wire above.)
     for (name, (q, _)) in &queriers[1..3] {
-        let rr_port = free_port();
         let rr_dir = work.path().join(format!("rr-{name}"));
-        std::fs::create_dir_all(&rr_dir).unwrap();
-        let cfg = rr_dir.join("prometheus.yml");
-        let yml = format!(
-            "global:\n  scrape_interval: 1h\nremote_read:\n  - url: http://127.0.0.1:{q}/api/v1/read\n    read_recent: true\n"
+        let read_url = format!("http://127.0.0.1:{q}/api/v1/read");
+        let (_rr, rr_port) = norn_testkit::start_remote_read_prometheus(
+            &prom_bin,
+            &rr_dir,
+            &read_url,
+            &["--enable-feature=native-histograms"],
         );
-        std::fs::write(&cfg, yml).unwrap();
         let log = rr_dir.join("prometheus.log");
-        let _rr = ProcessGuard::spawn(
-            "prometheus-rr",
-            Command::new(&prom_bin)
-                .arg(format!("--config.file={}", cfg.display()))
-                .arg(format!("--storage.tsdb.path={}", rr_dir.join("data").display()))
-                .arg("--enable-feature=native-histograms")
-                .arg(format!("--web.listen-address=127.0.0.1:{rr_port}")),
-            &log,
-        );
-        assert!(wait_ready(rr_port, "/-/ready", Duration::from_secs(60)), "prometheus-rr not ready");
         for sel in ["e2e_counter[5m]", "rate(e2e_counter[5m])"] {
             let p = format!("/api/v1/query?query={}&time={}", enc(sel), end / 1000);
             let (pc, pb) = http_get(prom_port, &p).unwrap();

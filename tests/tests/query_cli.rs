@@ -141,26 +141,7 @@ fn norn_query_reads_yaml_sd_files() {
     // A name that does not say the format is refused at start, naming the file.
     let bad = work.path().join("stores.txt");
     std::fs::write(&bad, "[]").unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let mut q = ProcessGuard::spawn(
-        "norn query (bad sd file)",
-        Command::new(norn_bin())
-            .arg("query")
-            .arg(format!("--http-address=127.0.0.1:{http}"))
-            .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
-            .arg(format!("--endpoint.sd-files={}", bad.display())),
-        &work.path().join("query-bad.log"),
-    );
-    let mut status = None;
-    for _ in 0..300 {
-        status = q.try_wait();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let bad_log = std::fs::read_to_string(work.path().join("query-bad.log")).unwrap_or_default();
-    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{bad_log}");
+    let bad_log = refused_at_start(work.path(), &format!("--endpoint.sd-files={}", bad.display()));
     assert!(bad_log.contains("stores.txt") && bad_log.contains("unsupported file extension"), "{bad_log}");
     for mut r in rs {
         r.stop();
@@ -247,15 +228,29 @@ fn norn_query_follows_sd_file_globs() {
         std::thread::sleep(Duration::from_millis(150));
     }
     // A pattern in a directory is refused at start, naming it.
+    let bad_log = refused_at_start(
+        work.path(),
+        &format!("--endpoint.sd-files={}", work.path().join("*").join("x.yml").display()),
+    );
+    assert!(bad_log.contains("x.yml") && bad_log.contains("only the file name may be a pattern"), "{bad_log}");
+    for mut r in rs {
+        r.stop();
+    }
+}
+
+/// Starts `norn query` with `flag` (and free ports), waits (bounded) for it to exit and
+/// checks it failed; returns its log.
+fn refused_at_start(work: &std::path::Path, flag: &str) -> String {
     let (http, grpc) = (free_port(), free_port());
+    let log = work.join("query-bad.log");
     let mut q = ProcessGuard::spawn(
-        "norn query (bad pattern)",
+        "norn query (refused flag)",
         Command::new(norn_bin())
             .arg("query")
             .arg(format!("--http-address=127.0.0.1:{http}"))
             .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
-            .arg(format!("--endpoint.sd-files={}", work.path().join("*").join("x.yml").display())),
-        &work.path().join("query-bad.log"),
+            .arg(flag),
+        &log,
     );
     let mut status = None;
     for _ in 0..300 {
@@ -265,10 +260,7 @@ fn norn_query_follows_sd_file_globs() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let bad_log = std::fs::read_to_string(work.path().join("query-bad.log")).unwrap_or_default();
-    assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{bad_log}");
-    assert!(bad_log.contains("x.yml") && bad_log.contains("only the file name may be a pattern"), "{bad_log}");
-    for mut r in rs {
-        r.stop();
-    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| !s.success()), "{flag}: {status:?}\n{text}");
+    text
 }
