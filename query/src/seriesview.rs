@@ -769,7 +769,9 @@ where
                 if self.cur.len() >= len {
                     return Ok(Some(self.cur.split_to(len)));
                 }
-                let mut buf = bytes::BytesMut::with_capacity(len);
+                // The prefix is the sender's word: reserve what has arrived plus at most
+                // 4 MiB, and grow as the rest comes, so a lying prefix costs no memory.
+                let mut buf = bytes::BytesMut::with_capacity(len.min(self.cur.len() + (4 << 20)));
                 buf.extend_from_slice(&self.cur);
                 self.cur.clear();
                 self.framing = Framing::Spanning(buf, len);

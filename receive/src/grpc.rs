@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use norn_model::{Labels, Matcher};
 use norn_service::Health;
@@ -18,7 +17,6 @@ use norn_storeapi::thanos::{
     SeriesResponse, WriteRequest, WriteResponse, store_server, writeable_store_server,
 };
 use norn_tsdb::series::Series;
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -103,7 +101,11 @@ fn on_blocking_thread(
 ) -> SeriesFrames {
     let (tx, rx) = mpsc::channel(SERIES_CHANNEL_FRAMES);
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = send(&tx) {
+        // A panic must not end the stream as if it were complete (the body sends
+        // `grpc-status: 0` when the channel closes): it becomes the stream's error.
+        let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| send(&tx)))
+            .unwrap_or_else(|_| Err(Status::internal("Series: the reader of this request panicked")));
+        if let Err(e) = sent {
             let _ = tx.blocking_send(Err(e));
         }
     });
@@ -151,37 +153,12 @@ fn send_frames(
 #[derive(Debug, Clone)]
 pub struct StoreService {
     pub tsdb: Arc<MultiTsdb>,
-    /// Series in all heads, as last counted.
-    head_series: Arc<HeadCount>,
-}
-
-/// How long a count of the heads' series is used before counting again.
-const HEAD_COUNT_TTL: Duration = Duration::from_secs(1);
-
-/// The number of series in all heads, counted at most once per [`HEAD_COUNT_TTL`]:
-/// counting visits every stripe of every head, which costs more than answering a small
-/// Series request. A head that grows fast may be undercounted for that long.
-#[derive(Debug, Default)]
-struct HeadCount(Mutex<Option<(Instant, usize)>>);
-
-impl HeadCount {
-    fn get(&self, tsdb: &MultiTsdb) -> usize {
-        let mut last = self.0.lock();
-        match *last {
-            Some((at, n)) if at.elapsed() < HEAD_COUNT_TTL => n,
-            _ => {
-                let n = tsdb.all().iter().map(|db| db.head.num_series()).fold(0usize, usize::saturating_add);
-                *last = Some((Instant::now(), n));
-                n
-            }
-        }
-    }
 }
 
 impl StoreService {
     /// Serves the tenants of `tsdb`.
     pub fn new(tsdb: Arc<MultiTsdb>) -> Self {
-        StoreService { tsdb, head_series: Arc::default() }
+        StoreService { tsdb }
     }
 
     /// Series of every tenant matching `ms` in `[mint, maxt]`, labels extended with the
@@ -310,7 +287,9 @@ impl StoreService {
     /// the heads are small enough for even a full scan to be short, and (unless allowed)
     /// no local block overlaps the range, as block indexes and chunks are read from files.
     fn selects_inline(&self, mint: i64, maxt: i64, inline: &InlineLimits) -> bool {
-        if self.head_series.get(&self.tsdb) > inline.select_head_series {
+        // Series counts are kept by each head (no stripe walk), so this costs a load per tenant.
+        let head_series = self.tsdb.all().iter().map(|db| db.head.num_series()).fold(0usize, usize::saturating_add);
+        if head_series > inline.select_head_series {
             return false;
         }
         inline.with_blocks

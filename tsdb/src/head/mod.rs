@@ -661,10 +661,10 @@ impl Head {
     fn snapshot(&self, maxt: i64, inorder: bool) -> Vec<Snap> {
         let mut out = Vec::new();
         for s in self.series.all() {
-            let mut d = s.data.lock();
+            let d = s.data.lock();
             let mut chunks = Vec::new();
             if inorder {
-                d.chunks_in(i64::MIN, maxt - 1, &mut chunks);
+                d.chunks_in_once(i64::MIN, maxt - 1, &mut chunks);
                 // Chunks never cross a chunk-range boundary, hence never `maxt`.
                 chunks.retain(|c| c.max_time < maxt);
             }

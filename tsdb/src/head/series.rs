@@ -177,13 +177,29 @@ impl SeriesData {
     /// `&mut`: the copy of the open chunk is kept for the next reader (see
     /// [`ChunkBuilder::open_snapshot`]).
     pub fn chunks_in(&mut self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
-        out.extend(self.chunks.closed.iter().filter(|c| c.max_time >= mint && c.min_time <= maxt).cloned());
+        self.closed_in(mint, maxt, out);
         if self.chunks.open_max_time().is_some_and(|m| m >= mint)
             && let Some(open) = self.chunks.open_snapshot()
             && open.min_time <= maxt
         {
             out.push(open);
         }
+    }
+
+    /// [`SeriesData::chunks_in`] for one-off readers (compaction): the open chunk's copy
+    /// is not kept, so idle series do not hold a second copy until truncation.
+    pub fn chunks_in_once(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
+        self.closed_in(mint, maxt, out);
+        if self.chunks.open_max_time().is_some_and(|m| m >= mint)
+            && let Some(open) = self.chunks.open_chunk()
+            && open.min_time <= maxt
+        {
+            out.push(open);
+        }
+    }
+
+    fn closed_in(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
+        out.extend(self.chunks.closed.iter().filter(|c| c.max_time >= mint && c.min_time <= maxt).cloned());
     }
 
     /// OOO samples in `[mint, maxt]` encoded as XOR chunks.
@@ -290,6 +306,9 @@ pub(crate) struct StripeSeries {
     mask: u64,
     hashes: Box<[RwLock<HashBucket>]>,
     refs: Box<[RwLock<RefMap>]>,
+    /// Series in the maps, kept as they change: counting the stripes costs a lock each,
+    /// more than answering a small Series request that asks for the head's size.
+    count: std::sync::atomic::AtomicUsize,
 }
 
 impl StripeSeries {
@@ -299,6 +318,7 @@ impl StripeSeries {
             mask: n as u64 - 1,
             hashes: (0..n).map(|_| RwLock::new(HashBucket::new())).collect(),
             refs: (0..n).map(|_| RwLock::new(RefMap::default())).collect(),
+            count: Default::default(),
         }
     }
 
@@ -339,6 +359,7 @@ impl StripeSeries {
         }
         g.push((h, s.clone()));
         self.refs[(r & self.mask) as usize].write().insert(r, s.clone());
+        self.count.fetch_add(1, Ordering::Relaxed);
         (s, true)
     }
 
@@ -362,7 +383,7 @@ impl StripeSeries {
     }
 
     pub fn len(&self) -> usize {
-        self.refs.iter().map(|s| s.read().len()).sum()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Removes series for which `dead` holds (checked under the hash-stripe write lock
@@ -374,6 +395,7 @@ impl StripeSeries {
             g.retain(|(_, s)| {
                 if s.pending.load(Ordering::Acquire) == 0 && dead(s) {
                     self.refs[(s.series_ref & self.mask) as usize].write().remove(&s.series_ref);
+                    self.count.fetch_sub(1, Ordering::Relaxed);
                     removed.push((s.series_ref, s.labels.clone()));
                     false
                 } else {
