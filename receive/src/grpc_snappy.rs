@@ -97,7 +97,11 @@ where
         let limit = self.limit;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let collected = match body.collect().await {
+            // Bounded as the decompressed messages are (plus snappy's worst-case growth of
+            // incompressible input): a body past it is cut off and reaches tonic empty,
+            // which refuses it, instead of being held whole in memory.
+            let bound = limit.saturating_add(limit / 6).saturating_add(1 << 10);
+            let collected = match http_body_util::Limited::new(body, bound).collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(_) => Bytes::new(),
             };

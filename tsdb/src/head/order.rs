@@ -88,12 +88,19 @@ impl Ranking {
         merge(ranked, fresh)
     }
 
-    /// Whether a ranking should start now (and none is running): claims it if so.
+    /// Whether a ranking should start now (and none is running): claims it if so, and
+    /// restarts the count of new series before the caller takes its snapshot, so series
+    /// created after the snapshot are counted for the next ranking (some counted ones may
+    /// be in the snapshot: harmless).
     fn due(&self) -> bool {
         let new = self.created.load(Ordering::Relaxed);
-        new >= (self.ranked.load(Ordering::Relaxed) / 4).max(MIN_NEW)
+        let claimed = new >= (self.ranked.load(Ordering::Relaxed) / 4).max(MIN_NEW)
             && !self.running.load(Ordering::Relaxed)
-            && !self.running.swap(true, Ordering::AcqRel)
+            && !self.running.swap(true, Ordering::AcqRel);
+        if claimed {
+            self.created.store(0, Ordering::Relaxed);
+        }
+        claimed
     }
 
     /// Ranks `all` on a new thread (here if no thread can be started).
@@ -113,15 +120,13 @@ impl Ranking {
         while self.running.swap(true, Ordering::AcqRel) {
             std::thread::yield_now();
         }
+        self.created.store(0, Ordering::Relaxed);
         self.rank(all());
     }
 
     /// Ranks `all` (a snapshot of the head's series) under a new epoch and publishes it;
     /// the caller has claimed `running`.
     fn rank(&self, mut all: Vec<Arc<MemSeries>>) {
-        // Reset before ranking: series created from now on may miss this ranking and are
-        // counted for the next one (some counted ones may be in `all`: harmless).
-        self.created.store(0, Ordering::Relaxed);
         if u32::try_from(all.len()).is_ok() {
             all.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
             let mut epoch = self.epoch.load(Ordering::Relaxed).wrapping_add(1);
