@@ -346,16 +346,7 @@ async fn query_reads_downsampled_data_per_function() {
         &qlog,
     );
     assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(30)), "{}", std::fs::read_to_string(&qlog).unwrap());
-    // The querier learns the store's time range asynchronously: wait for data.
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http_get(qhttp, &format!("/api/v1/query?query=gauge&time={}", (T0 + H) / 1000)).unwrap();
-        if body.contains("\"gauge\"") {
-            break;
-        }
-        assert!(std::time::Instant::now() < end, "no data through the querier: {body}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_gauge(qhttp);
 
     let series = raw_series();
     let gauge = &series.iter().find(|(l, _)| l.get("__name__") == Some("gauge")).unwrap().1;
@@ -505,15 +496,7 @@ async fn remote_read_uses_read_hints_for_downsampled_data() {
     );
     let log = || std::fs::read_to_string(&qlog).unwrap_or_default();
     assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(30)), "{}", log());
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http_get(qhttp, &format!("/api/v1/query?query=gauge&time={}", (T0 + H) / 1000)).unwrap();
-        if body.contains("\"gauge\"") {
-            break;
-        }
-        assert!(std::time::Instant::now() < end, "no data through the querier: {body}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_gauge(qhttp);
     let (mint, maxt) = (T0 + 2 * H, T0 + 4 * H);
     let hints_in = |func: &str, step_ms: i64, (start_ms, end_ms): (i64, i64)| {
         Some(ReadHints { step_ms, func: func.into(), start_ms, end_ms, range_ms: H, ..Default::default() })
@@ -594,5 +577,19 @@ async fn remote_read_uses_read_hints_for_downsampled_data() {
         if !q.starts_with("min") {
             assert_ne!(via_prom, instant(qhttp, q, t, ""), "{q}: the test tells raw and downsampled apart");
         }
+    }
+}
+
+/// Waits (bounded, 30 s) until the querier on `qhttp` answers `gauge` with data: it learns
+/// the store's time range asynchronously.
+fn wait_for_gauge(qhttp: u16) {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http_get(qhttp, &format!("/api/v1/query?query=gauge&time={}", (T0 + H) / 1000)).unwrap();
+        if body.contains("\"gauge\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no data through the querier: {body}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -70,15 +70,7 @@ fn norn_query_process_serves_a_receiver_to_promtool() {
 fn norn_query_reads_yaml_sd_files() {
     let work = norn_testkit::tempdir().unwrap();
     let t = now_ms() - 10_000;
-    let mut rs = Vec::new();
-    for (name, metric) in [("r0", "sd_a"), ("r1", "sd_b")] {
-        let mut r = Receiver::new(name, work.path(), &[format!("--label=replica=\"{name}\"")]);
-        r.start();
-        let body = write_body(&[(vec![("__name__", metric)], vec![(t, 1.0)])]);
-        let (code, msg) = post(r.rw_port, None, &body);
-        assert!(code == 200 || code == 204, "{code} {msg}");
-        rs.push(r);
-    }
+    let rs = receivers_with_one_metric_each(work.path(), t, &[("r0", "sd_a"), ("r1", "sd_b")]);
     let sd = work.path().join("stores.yaml");
     let write = |text: String| {
         // Replaced in one rename, as config management does, so no half-written file is read.
@@ -155,15 +147,7 @@ fn norn_query_reads_yaml_sd_files() {
 fn norn_query_follows_sd_file_globs() {
     let work = norn_testkit::tempdir().unwrap();
     let t = now_ms() - 10_000;
-    let mut rs = Vec::new();
-    for (name, metric) in [("r0", "glob_a"), ("r1", "glob_b")] {
-        let mut r = Receiver::new(name, work.path(), &[format!("--label=replica=\"{name}\"")]);
-        r.start();
-        let body = write_body(&[(vec![("__name__", metric)], vec![(t, 1.0)])]);
-        let (code, msg) = post(r.rw_port, None, &body);
-        assert!(code == 200 || code == 204, "{code} {msg}");
-        rs.push(r);
-    }
+    let rs = receivers_with_one_metric_each(work.path(), t, &[("r0", "glob_a"), ("r1", "glob_b")]);
     let sd = work.path().join("sd");
     std::fs::create_dir_all(&sd).unwrap();
     // Written in one rename, so no half-written file is read.
@@ -263,4 +247,19 @@ fn refused_at_start(work: &std::path::Path, flag: &str) -> String {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.is_some_and(|s| !s.success()), "{flag}: {status:?}\n{text}");
     text
+}
+
+/// One receiver per `(name, metric)`, replica label `name`, each holding one sample of its
+/// metric at `t`.
+fn receivers_with_one_metric_each(work: &std::path::Path, t: i64, named: &[(&str, &str)]) -> Vec<Receiver> {
+    let mut rs = Vec::new();
+    for (name, metric) in named {
+        let mut r = Receiver::new(name, work, &[format!("--label=replica=\"{name}\"")]);
+        r.start();
+        let body = write_body(&[(vec![("__name__", *metric)], vec![(t, 1.0)])]);
+        let (code, msg) = post(r.rw_port, None, &body);
+        assert!(code == 200 || code == 204, "{code} {msg}");
+        rs.push(r);
+    }
+    rs
 }
