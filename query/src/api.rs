@@ -124,8 +124,9 @@ fn fanout_err(e: FanoutError, warnings: &[String]) -> Response {
         FanoutError::Timeout => {
             respond(StatusCode::SERVICE_UNAVAILABLE, json::error("timeout", "query timed out", warnings, &[]))
         }
+        // Thanos answers a failed Select/LabelNames/LabelValues as an execution error.
         FanoutError::Endpoint(m) => {
-            respond(StatusCode::INTERNAL_SERVER_ERROR, json::error("internal", &m, warnings, &[]))
+            respond(StatusCode::UNPROCESSABLE_ENTITY, json::error("execution", &m, warnings, &[]))
         }
         FanoutError::TooManySamples => respond(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -134,21 +135,48 @@ fn fanout_err(e: FanoutError, warnings: &[String]) -> Response {
     }
 }
 
+/// A boolean parameter as Go's `strconv.ParseBool` reads it, with its error wording.
 fn parse_bool(v: Option<&str>, default: bool) -> Result<bool, String> {
     match v {
         None => Ok(default),
         Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
         Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-        Some(o) => Err(format!("cannot parse {o:?} as a boolean")),
+        Some(o) => Err(format!("strconv.ParseBool: parsing {}: invalid syntax", norn_model::format::go_quote(o))),
     }
 }
 
+/// Whether a tenant name is accepted, as Thanos's `IsTenantValid` (`tenant == path.Base(tenant)`):
+/// no `/` in it, except the name `/` itself.
+fn tenant_valid(t: &str) -> bool {
+    t == "/" || !t.contains('/')
+}
+
+/// The `limit` parameter of the series and label endpoints, as Prometheus 3 reads it:
+/// absent or 0 means no limit; not a number or negative is bad data.
+fn limit_param(p: &Params) -> Result<Option<usize>, Response> {
+    let Some(v) = p.get("limit") else { return Ok(None) };
+    let n: i64 = v.parse().map_err(|_| {
+        bad_data(format!(
+            "invalid parameter \"limit\": strconv.Atoi: parsing {}: invalid syntax",
+            norn_model::format::go_quote(v)
+        ))
+    })?;
+    if n < 0 {
+        return Err(bad_data("invalid parameter \"limit\": limit must be non-negative"));
+    }
+    Ok(usize::try_from(n).ok().filter(|n| *n > 0))
+}
+
+/// Prometheus's warning when `limit` cut a list short.
+const TRUNCATED: &str = "results truncated due to limit";
+
 impl ApiState {
     pub(crate) fn query_options(&self, p: &Params, headers: &HeaderMap) -> Result<QueryOptions, Response> {
-        let dedup = parse_bool(p.get("dedup"), self.args.dedup)
-            .map_err(|e| bad_data(format!("invalid parameter \"dedup\": {e}")))?;
+        // Worded as Thanos's `errors.Wrapf(err, "'%s' parameter", ...)`.
+        let dedup =
+            parse_bool(p.get("dedup"), self.args.dedup).map_err(|e| bad_data(format!("'dedup' parameter: {e}")))?;
         let partial = parse_bool(p.get("partial_response"), self.args.partial_response)
-            .map_err(|e| bad_data(format!("invalid parameter \"partial_response\": {e}")))?;
+            .map_err(|e| bad_data(format!("'partial_response' parameter: {e}")))?;
         let mut timeout = self.args.timeout;
         if let Some(t) = p.get("timeout") {
             let ms = parse_duration_param(t).map_err(|e| bad_data(format!("invalid parameter \"timeout\": {e}")))?;
@@ -159,8 +187,14 @@ impl ApiState {
         let tenant = headers
             .get(self.args.tenant_header.as_str())
             .and_then(|h| h.to_str().ok())
+            .filter(|t| !t.is_empty())
             .map(str::to_string)
             .unwrap_or_else(|| self.args.default_tenant.clone());
+        if !tenant_valid(&tenant) {
+            return Err(bad_data("Tenant name not valid"));
+        }
+        // The fan-out replaces any matcher on the tenant label with this one, as Thanos's
+        // prom-label-proxy enforcer (`NewEnforcer(false, ...)`) does.
         let extra_matchers = if self.args.enforce_tenancy {
             vec![Matcher::equal(self.args.tenant_label_name.clone(), tenant.clone())]
         } else {
@@ -371,16 +405,14 @@ fn match_sets(p: &Params, prefixed: bool) -> Result<Vec<Vec<Matcher>>, Response>
         .collect()
 }
 
+/// `start`/`end` of the series and label endpoints, worded as Prometheus's `parseTimeParam`.
 fn range_params(p: &Params) -> Result<(i64, i64), Response> {
-    let start = match p.get("start") {
-        None => MIN_TIME,
-        Some(s) => parse_time(s).map_err(|e| bad_data(format!("invalid parameter \"start\": {e}")))?,
+    let param = |name: &str, default: i64| match p.get(name) {
+        None => Ok(default),
+        Some(s) => parse_time(s)
+            .map_err(|e| bad_data(format!("invalid parameter \"{name}\": Invalid time value for '{name}': {e}"))),
     };
-    let end = match p.get("end") {
-        None => MAX_TIME,
-        Some(s) => parse_time(s).map_err(|e| bad_data(format!("invalid parameter \"end\": {e}")))?,
-    };
-    Ok((start, end))
+    Ok((param("start", MIN_TIME)?, param("end", MAX_TIME)?))
 }
 
 async fn series(
@@ -402,6 +434,10 @@ async fn series(
         Ok(s) => s,
         Err(r) => return r,
     };
+    let limit = match limit_param(&p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let opts = match st.query_options(&p, &headers) {
         Ok(o) => o,
         Err(r) => return r,
@@ -417,8 +453,13 @@ async fn series(
             Err(e) => return fanout_err(e, &warnings),
         }
     }
+    if let Some(l) = limit
+        && all.len() > l
+    {
+        warnings.push(TRUNCATED.to_string());
+    }
     let mut data = String::from("[");
-    for (i, l) in all.iter().enumerate() {
+    for (i, l) in all.iter().take(limit.unwrap_or(usize::MAX)).enumerate() {
         if i > 0 {
             data.push(',');
         }
@@ -437,14 +478,21 @@ async fn label_strings(st: &ApiState, p: &Params, headers: &HeaderMap, name: Opt
         Ok(s) => s,
         Err(r) => return r,
     };
+    let limit = match limit_param(p) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let opts = match st.query_options(p, headers) {
         Ok(o) => o,
         Err(r) => return r,
     };
     match st.fanout.label_strings(&opts, name, &sets, start, end).await {
-        Ok((mut vals, w)) => {
-            if let Some(l) = p.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+        Ok((mut vals, mut w)) => {
+            if let Some(l) = limit
+                && vals.len() > l
+            {
                 vals.truncate(l);
+                w.push(TRUNCATED.to_string());
             }
             ok(&json::str_array(&vals), &w, &[])
         }
@@ -538,15 +586,17 @@ async fn stores(State(st): State<Arc<ApiState>>) -> Response {
     let mut by_type: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for ep in st.fanout.endpoints.all() {
         let s = ep.status.read().clone();
-        let kind =
-            s.info.as_ref().map(|i| i.component.clone()).filter(|c| !c.is_empty()).unwrap_or_else(|| "unknown".into());
+        // As Thanos: an endpoint whose component type is unknown (never answered Info) is
+        // left out.
+        let Some(kind) = s.info.as_ref().map(|i| i.component.clone()).filter(|c| !c.is_empty()) else {
+            continue;
+        };
         let mut o = String::from("{\"name\":");
         json::write_str(&mut o, &ep.addr);
         o.push_str(",\"lastCheck\":");
-        match s.last_check {
-            Some(t) => json::write_str(&mut o, &format_rfc3339(t)),
-            None => o.push_str("null"),
-        }
+        // Go's zero `time.Time` when never checked.
+        let checked = s.last_check.map(format_rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into());
+        json::write_str(&mut o, &checked);
         o.push_str(",\"lastError\":");
         match &s.last_error {
             Some(e) => json::write_str(&mut o, e),
@@ -560,10 +610,9 @@ async fn stores(State(st): State<Arc<ApiState>>) -> Response {
                 }
                 json::write_labels(&mut o, l);
             }
-            let _ = write!(o, "],\"minTime\":{},\"maxTime\":{}}}", info.min_time, info.max_time);
-        } else {
-            o.push_str("],\"minTime\":0,\"maxTime\":0}");
         }
+        let (min_time, max_time) = s.info.as_ref().map(|i| (i.min_time, i.max_time)).unwrap_or_default();
+        let _ = write!(o, "],\"minTime\":{min_time},\"maxTime\":{max_time}}}");
         by_type.entry(kind).or_default().push(o);
     }
     let mut d = String::from("{");
@@ -597,12 +646,16 @@ async fn ui() -> Response {
 /// `/federate`: the latest sample of every series matching `match[]`, in the text format.
 async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let p = Params::from(q, &headers, &Method::GET, &[]);
-    if p.all("match[]").is_empty() {
-        return (StatusCode::BAD_REQUEST, "no match[] parameter provided\n").into_response();
-    }
-    let sets = match match_sets(&p, true) {
+    // As Prometheus's federation handler: no `match[]` selects nothing (an empty 200), and a
+    // bad selector or parameter is a plain-text 400, not the API's JSON.
+    let plain_400 = |msg: String| {
+        let mut r = (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r
+    };
+    let sets = match p.all("match[]").into_iter().map(to_matchers).collect::<Result<Vec<_>, _>>() {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return plain_400(e),
     };
     let opts = match st.query_options(&p, &headers) {
         Ok(o) => o,
@@ -713,6 +766,33 @@ mod tests {
         assert_eq!(unescape_label_name("job"), "job");
         assert_eq!(unescape_label_name("U__a_2e_b"), "a.b");
         assert_eq!(unescape_label_name("U__a__b"), "a_b");
+    }
+
+    #[test]
+    fn bool_limit_and_tenant_params() {
+        assert_eq!(parse_bool(Some("T"), false), Ok(true));
+        assert_eq!(parse_bool(None, true), Ok(true));
+        assert_eq!(parse_bool(Some("yes"), true), Err("strconv.ParseBool: parsing \"yes\": invalid syntax".into()));
+        let lim = |q: &str| limit_param(&Params::from(Some(q.into()), &HeaderMap::new(), &Method::GET, &[]));
+        assert_eq!(lim("").ok(), Some(None));
+        assert_eq!(lim("limit=0").ok(), Some(None));
+        assert_eq!(lim("limit=3").ok(), Some(Some(3)));
+        for bad in ["limit=-1", "limit=x", "limit=1.5"] {
+            assert_eq!(lim(bad).map(|_| ()).unwrap_err().status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        for (t, ok) in [("a", true), ("a.b-c", true), ("/", true), ("a/b", false), ("a/", false), ("//", false)] {
+            assert_eq!(tenant_valid(t), ok, "{t}");
+        }
+    }
+
+    #[test]
+    fn enforced_matchers_replace_same_label() {
+        let got = crate::fanout::with_extra_matchers(
+            &[Matcher::equal("__name__", "up"), Matcher::equal("tenant_id", "other")],
+            &[Matcher::equal("tenant_id", "mine")],
+        );
+        let s: Vec<String> = got.iter().map(|m| format!("{}{}{}", m.name, m.kind.as_str(), m.value)).collect();
+        assert_eq!(s, vec!["__name__=up", "tenant_id=mine"]);
     }
 
     #[test]

@@ -37,9 +37,13 @@ pub struct Args {
     #[arg(long = "query.replica-label", env = "NORN_QUERY_REPLICA_LABELS", value_delimiter = ',')]
     pub replica_labels: Vec<String>,
     /// Whether a query answers with warnings when some endpoints fail, when the request
-    /// does not say (`partial_response`). `--query.partial-response=false` disables it.
-    #[arg(long = "query.partial-response", env = "NORN_QUERY_PARTIAL_RESPONSE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    /// does not say (`partial_response`). `--no-query.partial-response` (or
+    /// `--query.partial-response=false`) disables it.
+    #[arg(long = "query.partial-response", env = "NORN_QUERY_PARTIAL_RESPONSE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", overrides_with = "no_partial_response")]
     pub partial_response: bool,
+    /// `--no-query.partial-response`: kingpin's negated form, as Thanos documents it.
+    #[arg(long = "no-query.partial-response", hide = true, overrides_with = "partial_response")]
+    pub no_partial_response: bool,
     /// Longest a query may run.
     #[arg(long = "query.timeout", env = "NORN_QUERY_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -53,25 +57,35 @@ pub struct Args {
     #[arg(long = "query.max-samples", env = "NORN_QUERY_MAX_SAMPLES", default_value_t = 50_000_000)]
     pub max_samples: usize,
     /// Whether deduplication on the replica labels is on when the request does not say (`dedup`).
-    #[arg(long = "query.dedup", env = "NORN_QUERY_DEDUP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "query.dedup", env = "NORN_QUERY_DEDUP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", overrides_with = "no_dedup")]
     pub dedup: bool,
+    /// `--no-query.dedup`.
+    #[arg(long = "no-query.dedup", hide = true, overrides_with = "dedup")]
+    pub no_dedup: bool,
     /// HTTP header carrying the tenant, forwarded to endpoints as gRPC metadata.
     #[arg(long = "query.tenant-header", env = "NORN_QUERY_TENANT_HEADER", default_value = "THANOS-TENANT")]
     pub tenant_header: String,
     /// Tenant used when a request carries no tenant header.
     #[arg(long = "query.default-tenant-id", env = "NORN_QUERY_DEFAULT_TENANT_ID", default_value = "default-tenant")]
     pub default_tenant: String,
-    /// Label holding the tenant; when set, queries are limited to the requesting tenant
-    /// (Thanos's `--query.enforce-tenancy`).
+    /// Label holding the tenant, which `--query.enforce-tenancy` limits queries on.
     #[arg(long = "query.tenant-label-name", env = "NORN_QUERY_TENANT_LABEL_NAME", default_value = "tenant_id")]
     pub tenant_label_name: String,
-    /// Limit queries to the tenant of the request by adding a matcher on the tenant label.
-    #[arg(long = "query.enforce-tenancy", env = "NORN_QUERY_ENFORCE_TENANCY", default_value_t = false)]
+    /// Limit queries to the tenant of the request: every selection gets a matcher
+    /// `<tenant-label-name>="<tenant>"`, replacing any matcher on that label (as Thanos's
+    /// prom-label-proxy enforcer does).
+    #[arg(long = "query.enforce-tenancy", env = "NORN_QUERY_ENFORCE_TENANCY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", overrides_with = "no_enforce_tenancy")]
     pub enforce_tenancy: bool,
+    /// `--no-query.enforce-tenancy`.
+    #[arg(long = "no-query.enforce-tenancy", hide = true, overrides_with = "enforce_tenancy")]
+    pub no_enforce_tenancy: bool,
     /// Range queries without `max_source_resolution` may read downsampled data of up to
     /// step / 5 (Thanos's `--query.auto-downsampling`).
-    #[arg(long = "query.auto-downsampling", env = "NORN_QUERY_AUTO_DOWNSAMPLING", default_value_t = false)]
+    #[arg(long = "query.auto-downsampling", env = "NORN_QUERY_AUTO_DOWNSAMPLING", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", overrides_with = "no_auto_downsampling")]
     pub auto_downsampling: bool,
+    /// `--no-query.auto-downsampling`.
+    #[arg(long = "no-query.auto-downsampling", hide = true, overrides_with = "auto_downsampling")]
+    pub no_auto_downsampling: bool,
 }
 
 impl Default for Args {
@@ -86,21 +100,42 @@ impl Default for Args {
             dns_server: None,
             replica_labels: vec![],
             partial_response: true,
+            no_partial_response: false,
             timeout: Duration::from_secs(120),
             max_concurrent: 20,
             lookback_delta: Duration::from_secs(300),
             max_samples: 50_000_000,
             dedup: true,
+            no_dedup: false,
             tenant_header: "THANOS-TENANT".into(),
             default_tenant: "default-tenant".into(),
             tenant_label_name: "tenant_id".into(),
             enforce_tenancy: false,
+            no_enforce_tenancy: false,
             auto_downsampling: false,
+            no_auto_downsampling: false,
         }
     }
 }
 
 impl Args {
+    /// Folds the negated boolean flags (`--no-query.dedup`, ...) into their positive ones.
+    /// Each pair overrides the other, so whichever came last on the command line is set;
+    /// a `--no-` flag given last leaves its positive flag at its default.
+    pub fn resolve_negations(mut self) -> Args {
+        for (neg, pos) in [
+            (&mut self.no_partial_response, &mut self.partial_response),
+            (&mut self.no_dedup, &mut self.dedup),
+            (&mut self.no_enforce_tenancy, &mut self.enforce_tenancy),
+            (&mut self.no_auto_downsampling, &mut self.auto_downsampling),
+        ] {
+            if std::mem::take(neg) {
+                *pos = false;
+            }
+        }
+        self
+    }
+
     /// The flags as `/api/v1/status/flags` lists them (flag name without dashes → value).
     pub fn flag_map(&self) -> Vec<(String, String)> {
         let dur = |d: &Duration| format_duration(*d);
@@ -203,6 +238,40 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("query").chain(argv.iter().copied())).map(|c| c.args.resolve_negations())
+    }
+
+    #[test]
+    fn negated_bool_flags() {
+        let d = parse(&[]).unwrap();
+        assert!(d.partial_response && d.dedup && !d.enforce_tenancy && !d.auto_downsampling);
+        let cases: &[(&[&str], bool)] = &[
+            (&["--no-query.partial-response"], false),
+            (&["--query.partial-response=false"], false),
+            (&["--query.partial-response"], true),
+            (&["--no-query.partial-response", "--query.partial-response"], true),
+            (&["--query.partial-response=true", "--no-query.partial-response"], false),
+        ];
+        for (argv, want) in cases {
+            assert_eq!(parse(argv).unwrap().partial_response, *want, "{argv:?}");
+        }
+        let a = parse(&["--no-query.dedup", "--query.enforce-tenancy", "--query.auto-downsampling=true"]).unwrap();
+        assert!(!a.dedup && a.enforce_tenancy && a.auto_downsampling);
+        let a = parse(&["--query.enforce-tenancy=false", "--no-query.auto-downsampling"]).unwrap();
+        assert!(!a.enforce_tenancy && !a.auto_downsampling);
+        let a = parse(&["--query.enforce-tenancy", "--no-query.enforce-tenancy"]).unwrap();
+        assert!(!a.enforce_tenancy);
+        assert!(parse(&["--query.dedup=maybe"]).is_err());
+    }
 
     #[test]
     fn durations() {

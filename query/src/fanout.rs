@@ -82,6 +82,14 @@ fn status_msg(addr: &str, s: &tonic::Status) -> String {
     format!("receive series from {addr}: rpc error: code = {:?} desc = {}", s.code(), s.message())
 }
 
+/// `matchers` with the enforced `extra` ones: a matcher on a label an extra matcher names is
+/// replaced by it (Thanos enforces tenancy with prom-label-proxy's enforcer, which replaces).
+pub(crate) fn with_extra_matchers(matchers: &[Matcher], extra: &[Matcher]) -> Vec<Matcher> {
+    let mut all: Vec<Matcher> = matchers.iter().filter(|m| !extra.iter().any(|x| x.name == m.name)).cloned().collect();
+    all.extend(extra.iter().cloned());
+    all
+}
+
 fn with_tenant<T>(msg: T, tenant: &Option<String>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Some(t) = tenant
@@ -383,8 +391,7 @@ impl Fanout {
         query_hints: Option<thanos::QueryHints>,
         aggregates: Vec<i32>,
     ) -> Result<(Vec<Source>, Vec<String>, Arc<SeriesCall>), FanoutError> {
-        let mut all_matchers = matchers.to_vec();
-        all_matchers.extend(opts.extra_matchers.iter().cloned());
+        let all_matchers = with_extra_matchers(matchers, &opts.extra_matchers);
         let (eps, down) = self.endpoints.select(&all_matchers, mint, maxt);
         let mut warnings = Vec::new();
         Self::absorb(opts, down, &mut warnings)?;
@@ -462,8 +469,7 @@ impl Fanout {
         let mut out: std::collections::BTreeSet<String> = Default::default();
         let deadline = tokio::time::Instant::from_std(opts.deadline);
         for ms in sets {
-            let mut all = ms.clone();
-            all.extend(opts.extra_matchers.iter().cloned());
+            let all = with_extra_matchers(&ms, &opts.extra_matchers);
             let (eps, down) = self.endpoints.select(&all, start, end);
             Self::absorb(opts, down, &mut warnings)?;
             let proto: Vec<thanos::LabelMatcher> = all.iter().map(norn_storeapi::matcher_to_proto).collect();

@@ -91,6 +91,7 @@ pub async fn run_embedded(
     shutdown: CancellationToken,
     wrap: impl FnOnce(Embedded) -> axum::Router,
 ) -> Result<(), Error> {
+    let args = args.resolve_negations();
     let specs =
         args.endpoints.iter().map(|s| EndpointSpec::parse(s)).collect::<Result<Vec<_>, _>>().map_err(Error::Flag)?;
     for f in &args.endpoint_sd_files {
