@@ -37,19 +37,34 @@ pub enum EndpointSpec {
     /// `dns+host:port`: every A/AAAA address of host.
     Dns { host: String, port: u16 },
     /// `dnssrv+name` (targets resolved to addresses) or `dnssrvnoa+name` (targets used as
-    /// host names).
-    Srv { name: String, resolve_targets: bool },
+    /// host names); `dnssrv+name:port` uses that port instead of the records' ports, as
+    /// Thanos does.
+    Srv { name: String, port: Option<u16>, resolve_targets: bool },
 }
 
 impl EndpointSpec {
     /// Parses a flag value.
     pub fn parse(s: &str) -> Result<EndpointSpec, String> {
         let s = s.trim();
+        let srv = |rest: &str, resolve_targets: bool| {
+            // An optional `:port` overrides the SRV records' ports (Thanos splits host and
+            // port the same way and keeps the records' ports only when none is given).
+            let (name, port) = match rest.rsplit_once(':') {
+                Some((name, port)) => {
+                    (name, Some(port.parse::<u16>().map_err(|_| format!("endpoint {s:?}: bad port {port:?}"))?))
+                }
+                None => (rest, None),
+            };
+            if name.is_empty() {
+                return Err(format!("endpoint {s:?}: missing SRV name"));
+            }
+            Ok(EndpointSpec::Srv { name: name.to_string(), port, resolve_targets })
+        };
         if let Some(rest) = s.strip_prefix("dnssrvnoa+") {
-            return Ok(EndpointSpec::Srv { name: rest.to_string(), resolve_targets: false });
+            return srv(rest, false);
         }
         if let Some(rest) = s.strip_prefix("dnssrv+") {
-            return Ok(EndpointSpec::Srv { name: rest.to_string(), resolve_targets: true });
+            return srv(rest, true);
         }
         if let Some(rest) = s.strip_prefix("dns+") {
             let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("endpoint {s:?}: missing port"))?;
@@ -164,6 +179,8 @@ pub struct EndpointSetConfig {
 pub struct EndpointSet {
     cfg: EndpointSetConfig,
     resolver: Option<TokioResolver>,
+    /// Search domains and `ndots` of /etc/resolv.conf, applied to `dns+`/`dnssrv+` names.
+    search: SearchList,
     endpoints: RwLock<BTreeMap<String, Arc<EndpointState>>>,
     /// Last good resolution of each DNS spec (by its `Debug` form, as SD files add and
     /// remove specs), kept when a lookup fails.
@@ -192,6 +209,97 @@ fn system_nameserver() -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
+/// The name-search part of resolv.conf: `search` (or `domain`) and `options ndots:N`.
+/// Thanos's resolvers (its miekg/dns one, and Go's) try a name not ending in `.` with these
+/// suffixes, so short service names (`recv.ns`) resolve inside a Kubernetes namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchList {
+    /// Suffixes tried, in order, without the trailing dot.
+    pub domains: Vec<String>,
+    /// A name with more labels than this is tried as it is before the suffixes.
+    pub ndots: usize,
+}
+
+impl Default for SearchList {
+    fn default() -> Self {
+        SearchList { domains: vec![], ndots: 1 }
+    }
+}
+
+impl SearchList {
+    /// Reads resolv.conf text: the last `search` or `domain` line wins (as the resolver
+    /// library does); `ndots` is capped at 15.
+    pub fn parse(conf: &str) -> SearchList {
+        let mut out = SearchList::default();
+        for line in conf.lines() {
+            let mut f = line.split_whitespace();
+            match f.next() {
+                Some("search" | "domain") => {
+                    out.domains = f.map(|d| d.trim_end_matches('.').to_string()).filter(|d| !d.is_empty()).collect();
+                }
+                Some("options") => {
+                    for o in f {
+                        if let Some(n) = o.strip_prefix("ndots:").and_then(|n| n.parse::<usize>().ok()) {
+                            out.ndots = n.min(15);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn system() -> SearchList {
+        std::fs::read_to_string("/etc/resolv.conf").map(|c| SearchList::parse(&c)).unwrap_or_default()
+    }
+
+    /// The absolute names to try for `name`, in order (miekg/dns's `NameList`): an absolute
+    /// name as it is; else with more than `ndots` labels the name itself first, then each
+    /// suffix; with fewer, the suffixes first and the name itself last.
+    pub fn names(&self, name: &str) -> Vec<String> {
+        if name.ends_with('.') {
+            return vec![name.to_string()];
+        }
+        let labels = name.split('.').filter(|l| !l.is_empty()).count();
+        let own = format!("{name}.");
+        let suffixed = self.domains.iter().map(|d| format!("{name}.{d}."));
+        if labels > self.ndots {
+            std::iter::once(own).chain(suffixed).collect()
+        } else {
+            suffixed.chain(std::iter::once(own)).collect()
+        }
+    }
+}
+
+/// What one name's lookups gave: records, "no such name" for every candidate (Thanos then
+/// answers no addresses, not an error), or an error.
+enum Found<T> {
+    Records(T),
+    NotFound,
+}
+
+/// Tries `lookup` on the search-list candidates of `name` as miekg/dns's
+/// `lookupWithSearchPath` does: the first name the DNS knows (records, or no records of
+/// that type) ends the search; NXDOMAIN moves on; other errors move on too but, when no
+/// name is known, make the whole lookup fail (the last addresses are then kept).
+async fn lookup_with_search<T, F, Fut>(search: &SearchList, name: &str, lookup: F) -> Result<Found<T>, String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, hickory_resolver::net::NetError>>,
+{
+    let mut errors = Vec::new();
+    for candidate in search.names(name) {
+        match lookup(candidate.clone()).await {
+            Ok(r) => return Ok(Found::Records(r)),
+            Err(e) if e.is_nx_domain() => {}
+            Err(e) if e.is_no_records_found() => return Ok(Found::NotFound),
+            Err(e) => errors.push(format!("{candidate}: {e}")),
+        }
+    }
+    if errors.is_empty() { Ok(Found::NotFound) } else { Err(errors.join("; ")) }
+}
+
 fn build_resolver(server: SocketAddr) -> TokioResolver {
     let mut udp = ConnectionConfig::udp();
     udp.port = server.port();
@@ -214,6 +322,7 @@ impl EndpointSet {
         EndpointSet {
             cfg,
             resolver,
+            search: SearchList::system(),
             endpoints: RwLock::new(BTreeMap::new()),
             last_resolved: RwLock::new(HashMap::new()),
             sd_state: RwLock::new(BTreeMap::new()),
@@ -228,22 +337,44 @@ impl EndpointSet {
                 if let Ok(ip) = host.parse::<IpAddr>() {
                     return Ok(vec![SocketAddr::new(ip, *port).to_string()]);
                 }
-                let ips = resolver()?.lookup_ip(fqdn(host)).await.map_err(|e| format!("lookup {host}: {e}"))?;
-                Ok(ips.iter().map(|ip| SocketAddr::new(ip, *port).to_string()).collect())
-            }
-            EndpointSpec::Srv { name, resolve_targets } => {
                 let r = resolver()?;
-                let srv = r.srv_lookup(fqdn(name)).await.map_err(|e| format!("SRV lookup {name}: {e}"))?;
+                match lookup_with_search(&self.search, host, |n| r.lookup_ip(n)).await {
+                    Ok(Found::Records(ips)) => {
+                        Ok(ips.iter().map(|ip| SocketAddr::new(ip, *port).to_string()).collect())
+                    }
+                    Ok(Found::NotFound) => {
+                        tracing::warn!(host, "no addresses found for endpoint host");
+                        Ok(vec![])
+                    }
+                    Err(e) => Err(format!("lookup IP addresses {host:?}: {e}")),
+                }
+            }
+            EndpointSpec::Srv { name, port, resolve_targets } => {
+                let r = resolver()?;
+                let srv = match lookup_with_search(&self.search, name, |n| r.srv_lookup(n)).await {
+                    Ok(Found::Records(srv)) => srv,
+                    Ok(Found::NotFound) => {
+                        tracing::warn!(name, "no SRV records found for endpoint");
+                        return Ok(vec![]);
+                    }
+                    Err(e) => return Err(format!("lookup SRV records {name:?}: {e}")),
+                };
                 let mut out = Vec::new();
                 for rec in srv.answers() {
                     let RData::SRV(s) = &rec.data else { continue };
+                    let port = port.unwrap_or(s.port);
                     let target = s.target.to_utf8();
-                    let target = target.trim_end_matches('.').to_string();
                     if *resolve_targets {
-                        let ips = r.lookup_ip(fqdn(&target)).await.map_err(|e| format!("lookup {target}: {e}"))?;
-                        out.extend(ips.iter().map(|ip| SocketAddr::new(ip, s.port).to_string()));
+                        // The target is absolute (a DNS name from a record): no search list.
+                        match lookup_with_search(&SearchList::default(), &target, |n| r.lookup_ip(n)).await {
+                            Ok(Found::Records(ips)) => {
+                                out.extend(ips.iter().map(|ip| SocketAddr::new(ip, port).to_string()))
+                            }
+                            Ok(Found::NotFound) => tracing::warn!(srv = name, target, "SRV target has no addresses"),
+                            Err(e) => return Err(format!("lookup IP addresses {target:?} (SRV {name:?}): {e}")),
+                        }
                     } else {
-                        out.push(format!("{target}:{}", s.port));
+                        out.push(format!("{}:{port}", target.trim_end_matches('.')));
                     }
                 }
                 Ok(out)
@@ -436,10 +567,6 @@ impl EndpointSet {
         }
         (use_, down)
     }
-}
-
-fn fqdn(name: &str) -> String {
-    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
 }
 
 /// Checks an `--endpoint.sd-files` value as Prometheus checks its file SD `files`: the
@@ -661,15 +788,51 @@ mod tests {
             ("dns+store.svc:10901", Ok(EndpointSpec::Dns { host: "store.svc".into(), port: 10901 })),
             (
                 "dnssrv+_grpc._tcp.recv.ns.svc",
-                Ok(EndpointSpec::Srv { name: "_grpc._tcp.recv.ns.svc".into(), resolve_targets: true }),
+                Ok(EndpointSpec::Srv { name: "_grpc._tcp.recv.ns.svc".into(), port: None, resolve_targets: true }),
             ),
-            ("dnssrvnoa+_grpc._tcp.x", Ok(EndpointSpec::Srv { name: "_grpc._tcp.x".into(), resolve_targets: false })),
+            (
+                "dnssrvnoa+_grpc._tcp.x",
+                Ok(EndpointSpec::Srv { name: "_grpc._tcp.x".into(), port: None, resolve_targets: false }),
+            ),
+            (
+                "dnssrv+_grpc._tcp.x:10905",
+                Ok(EndpointSpec::Srv { name: "_grpc._tcp.x".into(), port: Some(10905), resolve_targets: true }),
+            ),
         ];
         for (s, want) in cases {
             assert_eq!(EndpointSpec::parse(s), want, "{s}");
         }
         assert!(EndpointSpec::parse("nohost").is_err());
-        assert!(EndpointSpec::parse("dns+x:y").is_err());
+        for bad in ["dns+x:y", "dns+x", "dnssrv+_grpc._tcp.x:http", "dnssrv+:1", "dnssrvnoa+"] {
+            assert!(EndpointSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolv_conf_search_list() {
+        let conf = "nameserver 10.0.0.10\nsearch ns.svc.cluster.local svc.cluster.local. cluster.local\noptions ndots:5 edns0\n";
+        let sl = SearchList::parse(conf);
+        assert_eq!(sl.domains, vec!["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(sl.ndots, 5);
+        // Few labels: the suffixes first, the name itself last.
+        assert_eq!(
+            sl.names("_grpc._tcp.recv"),
+            vec![
+                "_grpc._tcp.recv.ns.svc.cluster.local.",
+                "_grpc._tcp.recv.svc.cluster.local.",
+                "_grpc._tcp.recv.cluster.local.",
+                "_grpc._tcp.recv."
+            ]
+        );
+        assert_eq!(sl.names("a.b."), vec!["a.b."]);
+        let sl = SearchList::parse("domain example.org\n");
+        assert_eq!(sl.ndots, 1);
+        // More labels than ndots: the name itself first.
+        assert_eq!(sl.names("store.ns"), vec!["store.ns.", "store.ns.example.org."]);
+        assert_eq!(sl.names("store"), vec!["store.example.org.", "store."]);
+        assert_eq!(SearchList::parse("search a\nsearch b c\noptions ndots:99").domains, vec!["b", "c"]);
+        assert_eq!(SearchList::parse("options ndots:99").ndots, 15);
+        assert_eq!(SearchList::default().names("x"), vec!["x."]);
     }
 
     #[test]
