@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::canonical_json::canonical;
 use common::{FakeStore, enc, serve_store, start_querier};
 use norn_model::Labels;
 use norn_tsdb::chunkenc::Sample;
@@ -212,12 +213,26 @@ async fn json_and_promtool_match_prometheus() {
         "/api/v1/label/__name__/values".to_string(),
         format!("/api/v1/query?query={}&time={t}", enc("sum(")),
     ]);
+    // format_query: Prometheus 2.42's pretty printer (and its parse errors).
+    for q in [
+        "sum by(job)(rate(http_requests_total{job=\"api\"}[5m]))",
+        "1+2*3",
+        "up offset 5m",
+        "avg_over_time(temperature[5m:1m])",
+        "http_requests_total / on(job, instance) group_left up",
+        "label_replace(up, \"dst\", \"$1\", \"job\", \"(.*)\")",
+        "topk(3, sum without(instance) (rate(http_requests_total{job=~\"a.*\",instance!=\"x\"}[5m])) > 0.5)",
+        "-up",
+        "sum(",
+    ] {
+        paths.push(format!("/api/v1/format_query?query={}", enc(q)));
+    }
     let mut mismatches = Vec::new();
     for p in &paths {
         let (pc, pb) = http_get(&prom, p).await;
         let (nc, nb) = http_get(&norn, p).await;
-        let pv: serde_json::Value = serde_json::from_str(&pb).unwrap();
-        let nv: serde_json::Value = serde_json::from_str(&nb).unwrap();
+        // Byte for byte after key ordering: number and string tokens as written.
+        let (pv, nv) = (canonical(&pb), canonical(&nb));
         // Errors are worded as Prometheus's too (see tests/tests/promql_errors.rs).
         if pc != nc || pv != nv {
             mismatches.push(format!("{p}\n  prometheus {pc}: {pb}\n  norn       {nc}: {nb}"));

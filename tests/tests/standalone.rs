@@ -13,6 +13,11 @@
 
 mod receive_support;
 
+/// Canonical JSON (keys sorted, number and string tokens as written), shared with the
+/// querier's parity tests.
+#[path = "../../query/tests/common/canonical_json.rs"]
+mod canonical_json;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -96,22 +101,6 @@ fn enc(s: &str) -> String {
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
-/// JSON text with every object's keys sorted, so two answers compare byte for byte
-/// whatever order their servers wrote keys in.
-fn canonical(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let fields: Vec<String> =
-                keys.iter().map(|k| format!("{}:{}", serde_json::Value::from(k.as_str()), canonical(&m[*k]))).collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        serde_json::Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
-        other => other.to_string(),
-    }
 }
 
 type Series = (Vec<(String, String)>, Vec<(i64, f64)>);
@@ -204,7 +193,7 @@ fn mismatches(paths: &[String], prom_port: u16, sa: &Standalone) -> Vec<String> 
     for p in paths {
         let (pc, pb) = http_get(prom_port, p).unwrap();
         let (nc, nb) = sa.get(p);
-        let (pj, nj) = (canonical(&json(&pb)), canonical(&json(&nb)));
+        let (pj, nj) = (canonical_json::canonical(&pb), canonical_json::canonical(&nb));
         if pc != nc || pj != nj {
             bad.push(format!("{p}\n  prometheus {pc}: {pj}\n  norn       {nc}: {nj}"));
         }

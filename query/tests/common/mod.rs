@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod canonical_json;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
