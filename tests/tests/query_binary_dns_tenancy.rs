@@ -124,7 +124,10 @@ fn query_binary_discovers_by_dnssrv_and_enforces_tenancy() {
         let inputs: Vec<receive_support::Input<'_>> = js
             .iter()
             .map(|j| {
-                (vec![("__name__", "tq_up"), ("job", j.as_str())], (0..4).map(|k| (end - k * 15_000, 1.0)).collect())
+                (
+                    vec![("__name__", "tq_up"), ("job", j.as_str())],
+                    (0..4).rev().map(|k| (end - k * 15_000, 1.0)).collect(),
+                )
             })
             .collect();
         let (code, msg) = post(rs[0].rw_port, Some(tenant), &write_body(&inputs));
