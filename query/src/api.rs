@@ -668,7 +668,12 @@ async fn federate(State(st): State<Arc<ApiState>>, headers: HeaderMap, RawQuery(
     for ms in sets {
         let sel = match st.fanout.select(&opts, &ms, mint, now, false).await {
             Ok(s) => s,
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("federation failed: {e}\n")).into_response(),
+            // The storage's error as it is, plain text, as Prometheus's `http.Error`.
+            Err(e) => {
+                let mut r = (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                return r;
+            }
         };
         for (l, samples) in sel.series {
             // The last sample in the lookback window; a staleness marker means the series ended.
