@@ -24,6 +24,34 @@ pub fn canonical(text: &str) -> String {
     canonical_json(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// [`canonical`] of a JSON object without its top-level members named in `leave_out`
+/// (e.g. `warnings`, which differ by design between two servers).
+pub fn canonical_without(text: &str, leave_out: &[&str]) -> String {
+    let c = canonical(text);
+    let b = c.as_bytes();
+    if b.first() != Some(&b'{') {
+        return c;
+    }
+    // The canonical form has no whitespace: walk its members.
+    let mut i = 1;
+    let mut kept = Vec::new();
+    while i < b.len() && b[i] != b'}' {
+        let start = i;
+        let mut key = String::new();
+        string(b, &mut i, &mut key).unwrap_or_else(|e| panic!("{e}: {c}"));
+        i += 1; // ':'
+        let mut v = String::new();
+        value(b, &mut i, &mut v).unwrap_or_else(|e| panic!("{e}: {c}"));
+        if !leave_out.iter().any(|l| key == format!("\"{l}\"")) {
+            kept.push(c[start..i].to_string());
+        }
+        if b.get(i) == Some(&b',') {
+            i += 1;
+        }
+    }
+    format!("{{{}}}", kept.join(","))
+}
+
 fn skip_ws(b: &[u8], i: &mut usize) {
     while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\n' | b'\r') {
         *i += 1;
@@ -155,6 +183,11 @@ mod tests {
         assert_ne!(canonical(r#"{"v":1.5}"#), canonical(r#"{"v":1.500}"#));
         assert_ne!(canonical(r#"["<"]"#), canonical(r#"["\u003c"]"#));
         assert_eq!(canonical(r#"{"a":{"d":1,"c":2}}"#), r#"{"a":{"c":2,"d":1}}"#);
+        assert_eq!(
+            canonical_without(r#"{"warnings":["x"],"status":"success","data":[1.0]}"#, &["warnings"]),
+            r#"{"data":[1.0],"status":"success"}"#
+        );
+        assert_eq!(canonical_without(r#"{"warnings":[]}"#, &["warnings"]), "{}");
         for bad in ["", "{", r#"{"a" 1}"#, "[1,]", "tru", r#""abc"#, "1 2"] {
             assert!(canonical_json(bad).is_err(), "{bad}");
         }
