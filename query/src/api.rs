@@ -184,12 +184,18 @@ impl ApiState {
                 timeout = timeout.min(Duration::from_millis(ms as u64));
             }
         }
-        let tenant = headers
-            .get(self.args.tenant_header.as_str())
-            .and_then(|h| h.to_str().ok())
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| self.args.default_tenant.clone());
+        // As Thanos's `GetTenantFromHTTP`: the configured header, then `THANOS-TENANT` (what
+        // Thanos's query-frontend converts the configured header into), then the default.
+        // A value that is not plain text is refused rather than read as the default tenant,
+        // which with enforcement would serve another tenant's data.
+        let mut tenant = None;
+        for name in [self.args.tenant_header.as_str(), "thanos-tenant"] {
+            if let Some(h) = headers.get(name).filter(|h| !h.is_empty()) {
+                tenant = Some(h.to_str().map_err(|_| bad_data("Tenant name not valid"))?.to_string());
+                break;
+            }
+        }
+        let tenant = tenant.unwrap_or_else(|| self.args.default_tenant.clone());
         if !tenant_valid(&tenant) {
             return Err(bad_data("Tenant name not valid"));
         }
