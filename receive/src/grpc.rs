@@ -318,10 +318,16 @@ impl StoreService {
             }));
         }
         let mut frames = Vec::new();
-        if let Err(e) = send_frames(all, &req, &self.per_series, || false, |f| {
-            frames.push(Ok(f));
-            true
-        }) {
+        if let Err(e) = send_frames(
+            all,
+            &req,
+            &self.per_series,
+            || false,
+            |f| {
+                frames.push(Ok(f));
+                true
+            },
+        ) {
             frames.push(Err(e));
         }
         Ok(SeriesFrames::ready(frames))
@@ -812,10 +818,16 @@ mod tests {
         }
         // Not cancelled: one frame of every series.
         let mut got = Vec::new();
-        send_frames(all.clone(), &req, &AtomicUsize::new(0), || false, |f| {
-            got.push(f);
-            true
-        })
+        send_frames(
+            all.clone(),
+            &req,
+            &AtomicUsize::new(0),
+            || false,
+            |f| {
+                got.push(f);
+                true
+            },
+        )
         .unwrap();
         assert_eq!(got.len(), 1);
     }

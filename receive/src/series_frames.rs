@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use norn_model::Labels;
@@ -279,7 +279,7 @@ impl FrameWriter {
     /// A frame of `result.batch` when `batch`, else of `result.series` (then push exactly
     /// one series); `capacity` is the expected length of the series, to allocate once.
     pub fn new(batch: bool, capacity: usize) -> FrameWriter {
-        let mut buf = Vec::with_capacity(HEAD.saturating_add(capacity));
+        let mut buf = pool::take(HEAD.saturating_add(capacity));
         buf.resize(HEAD, 0);
         FrameWriter { buf, batch, series: 0 }
     }
@@ -447,14 +447,71 @@ impl Frame {
         let s = self.start;
         self.buf[s] = 0;
         self.buf[s + 1..s + PREFIX].copy_from_slice(&len.to_be_bytes());
-        let mut b = Bytes::from(self.buf);
-        b.advance(s);
-        Ok(b)
+        Ok(Bytes::from_owner(pool::Lent { buf: std::mem::take(&mut self.buf), start: s }))
     }
 
     /// The frame as prost's type.
     pub fn to_proto(&self) -> Result<SeriesResponse, Status> {
         SeriesResponse::decode(self.message()).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
+    }
+}
+
+/// Frame buffers kept for reuse once HTTP/2 has sent them: a fresh buffer of a large
+/// frame is fresh memory, and the page faults of writing it cost about as much as
+/// copying the chunks into it (the allocator hands freed pages back after half a second).
+mod pool {
+    use parking_lot::Mutex;
+
+    /// Buffers kept at most.
+    const KEEP: usize = 4;
+    /// Largest buffer kept: larger ones are rare, and keeping them would pin their memory.
+    const MAX_KEPT: usize = 4 << 20;
+
+    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// An empty buffer of at least `capacity` bytes: a kept one if one is that large.
+    pub fn take(capacity: usize) -> Vec<u8> {
+        let kept = {
+            let mut free = FREE.lock();
+            free.iter().position(|b| b.capacity() >= capacity).map(|i| free.swap_remove(i))
+        };
+        kept.unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+
+    /// Keeps `buf` for reuse if there is room.
+    fn give(mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > MAX_KEPT {
+            return;
+        }
+        buf.clear();
+        let mut free = FREE.lock();
+        if free.len() < KEEP {
+            free.push(buf);
+        } else if let Some(small) =
+            free.iter_mut().min_by_key(|b| b.capacity()).filter(|b| b.capacity() < buf.capacity())
+        {
+            // Frames of the same queries come back: keep the sizes they need.
+            *small = buf;
+        }
+    }
+
+    /// A frame's buffer while HTTP/2 holds it (as `Bytes`): the message from `start`; the
+    /// buffer goes back to the pool when dropped.
+    pub struct Lent {
+        pub buf: Vec<u8>,
+        pub start: usize,
+    }
+
+    impl AsRef<[u8]> for Lent {
+        fn as_ref(&self) -> &[u8] {
+            self.buf.get(self.start..).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Lent {
+        fn drop(&mut self) {
+            give(std::mem::take(&mut self.buf));
+        }
     }
 }
 

@@ -58,6 +58,12 @@ impl Ranking {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// Series ranked by the published ranking (less those removed since).
+    #[cfg(test)]
+    pub fn ranked(&self) -> usize {
+        self.ranked.load(Ordering::Relaxed)
+    }
+
     /// Counts a new series (it has no rank yet).
     pub fn note_created(&self) {
         self.created.fetch_add(1, Ordering::Relaxed);
