@@ -117,7 +117,7 @@ impl Ranking {
     /// enough unranked series tries again.
     fn start(self: &Arc<Self>, all: Vec<Arc<MemSeries>>) {
         let job = Job { ranking: self.clone(), all };
-        if !worker().is_some_and(|tx| tx.try_send(job).is_ok()) {
+        if worker().is_none_or(|tx| tx.try_send(job).is_err()) {
             self.running.store(false, Ordering::Release);
         }
     }
