@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use norn_model::{Labels, Matcher};
 use norn_service::Health;
@@ -24,8 +25,8 @@ use tonic::{Request, Response, Status};
 
 use crate::router::{Batch, Router};
 pub use crate::series_frames::StoreGrpc;
-use crate::series_frames::{ExtLabels, Frame, FrameSource, OutSeries, SeriesFrames};
-use crate::tenants::{LazySeries, MultiTsdb, TenantDb, load_series, validate_tenant};
+use crate::series_frames::{ExtLabels, Frame, FrameSource, FrameWriter, SeriesFrames};
+use crate::tenants::{LazySeries, MultiTsdb, Source, TenantDb, load_series, validate_tenant};
 use crate::write::WriteError;
 use norn_storeapi::remote_write::{Limits, validate};
 
@@ -114,37 +115,75 @@ fn on_blocking_thread(
 
 /// Makes the frames of `all` (a selection, sorted by the labels sent) for `req`: series
 /// in frames of `response_batch_size`, each series' chunks read only when it is its turn,
-/// chunks as stored. Stops early when `send` returns false (the client went away).
+/// chunks as stored. A head series' chunks are copied into the frame straight from the
+/// series, under its lock, when nothing needs merging or filtering. Stops early when
+/// `send` returns false or, checked before each series, `cancelled` holds (the client
+/// went away). `per_series` is the size of a series in recent frames, to size the next
+/// frames' buffers; it is updated from each frame.
 fn send_frames(
     all: Vec<(Arc<ExtLabels>, LazySeries)>,
     req: &SeriesRequest,
+    per_series: &AtomicUsize,
+    cancelled: impl Fn() -> bool,
     mut send: impl FnMut(Frame) -> bool,
 ) -> Result<(), Status> {
     let batch = req.response_batch_size.max(1) as usize;
     let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
-    let mut pending = Vec::with_capacity(batch.min(1024).min(all.len()));
+    let (mint, maxt) = (req.min_time, req.max_time);
+    let total = all.len();
+    let writer = |sent: usize, at: usize| {
+        let left = (total - at).min(limit - sent).min(batch);
+        let each = match per_series.load(Ordering::Relaxed) {
+            0 => 512,
+            n => n + n / 8,
+        };
+        FrameWriter::new(batch > 1, left.saturating_mul(each))
+    };
+    let mut w = writer(0, 0);
     let mut sent = 0usize;
-    for (ext, lazy) in all {
+    for (at, (ext, lazy)) in all.into_iter().enumerate() {
         if sent >= limit {
             break;
         }
-        let Some(s) = load_series(&lazy, req.min_time, req.max_time)
-            .map_err(|e| Status::internal(format!("series {}: {e}", lazy.labels)))?
-        else {
-            continue;
+        if cancelled() {
+            return Ok(());
+        }
+        let keep = if req.skip_chunks { 0 } else { usize::MAX };
+        // `Some(false)`: the series has no chunk in the range.
+        let direct = match lazy.sources.as_slice() {
+            [Source::Head(h)] => h.with_plain_chunks(mint, maxt, |closed, open| {
+                if closed.is_empty() && open.is_none() {
+                    return false;
+                }
+                w.push(&lazy.labels, &ext, closed.iter().chain(open).take(keep));
+                true
+            }),
+            _ => None,
         };
+        match direct {
+            Some(true) => {}
+            Some(false) => continue,
+            None => {
+                let Some(s) = load_series(&lazy, mint, maxt)
+                    .map_err(|e| Status::internal(format!("series {}: {e}", lazy.labels)))?
+                else {
+                    continue;
+                };
+                w.push(&lazy.labels, &ext, s.chunks.iter().take(keep));
+            }
+        }
         sent += 1;
-        let chunks = if req.skip_chunks { Vec::new() } else { s.chunks };
-        pending.push(OutSeries { labels: lazy.labels, ext, chunks });
-        if pending.len() >= batch {
-            let frame = Frame::encode(std::mem::replace(&mut pending, Vec::with_capacity(batch.min(1024))), batch > 1);
-            if !send(frame) {
+        if w.series() >= batch {
+            per_series.store(w.series_bytes() / w.series(), Ordering::Relaxed);
+            let full = std::mem::replace(&mut w, writer(sent, at + 1));
+            if !send(full.finish()) {
                 return Ok(()); // client went away
             }
         }
     }
-    if !pending.is_empty() {
-        send(Frame::encode(pending, true));
+    if w.series() > 0 {
+        per_series.store(w.series_bytes() / w.series(), Ordering::Relaxed);
+        send(w.finish());
     }
     Ok(())
 }
@@ -153,12 +192,14 @@ fn send_frames(
 #[derive(Debug, Clone)]
 pub struct StoreService {
     pub tsdb: Arc<MultiTsdb>,
+    /// Bytes per series of the last Series frame made, to size the next frames.
+    per_series: Arc<AtomicUsize>,
 }
 
 impl StoreService {
     /// Serves the tenants of `tsdb`.
     pub fn new(tsdb: Arc<MultiTsdb>) -> Self {
-        StoreService { tsdb }
+        StoreService { tsdb, per_series: Arc::default() }
     }
 
     /// Series of every tenant matching `ms` in `[mint, maxt]`, labels extended with the
@@ -248,7 +289,7 @@ impl StoreService {
         tx: &mpsc::Sender<Result<Frame, Status>>,
     ) -> Result<(), Status> {
         let all = self.select_lazy(ms, req.min_time, req.max_time, &req.without_replica_labels)?;
-        send_frames(all, req, |frame| tx.blocking_send(Ok(frame)).is_ok())
+        send_frames(all, req, &self.per_series, || tx.is_closed(), |frame| tx.blocking_send(Ok(frame)).is_ok())
     }
 
     /// Answers a Series request with the default [`InlineLimits`].
@@ -271,13 +312,22 @@ impl StoreService {
             Err(e) => return Ok(SeriesFrames::ready(vec![Err(e)])),
         };
         if all.len() > inline.encode_series {
-            return Ok(on_blocking_thread(move |tx| send_frames(all, &req, |f| tx.blocking_send(Ok(f)).is_ok())));
+            let per_series = self.per_series.clone();
+            return Ok(on_blocking_thread(move |tx| {
+                send_frames(all, &req, &per_series, || tx.is_closed(), |f| tx.blocking_send(Ok(f)).is_ok())
+            }));
         }
         let mut frames = Vec::new();
-        if let Err(e) = send_frames(all, &req, |f| {
-            frames.push(Ok(f));
-            true
-        }) {
+        if let Err(e) = send_frames(
+            all,
+            &req,
+            &self.per_series,
+            || false,
+            |f| {
+                frames.push(Ok(f));
+                true
+            },
+        ) {
             frames.push(Err(e));
         }
         Ok(SeriesFrames::ready(frames))
@@ -745,6 +795,43 @@ mod tests {
         assert!(h.join().unwrap().is_ok());
     }
 
+    /// A cancelled request stops its reader before the next series, not at the next frame.
+    #[test]
+    fn send_frames_checks_cancellation_per_series() {
+        let (_dir, svc) = store();
+        let req = SeriesRequest { max_time: i64::MAX, response_batch_size: 64, ..Default::default() };
+        let all = svc.select_lazy(&[], req.min_time, req.max_time, &[]).unwrap();
+        assert!(all.len() > 3, "{}", all.len());
+        for cancel_at in [1, 3] {
+            let checks = std::cell::Cell::new(0);
+            let mut frames = 0;
+            let cancelled = || {
+                checks.set(checks.get() + 1);
+                checks.get() >= cancel_at
+            };
+            send_frames(all.clone(), &req, &AtomicUsize::new(0), cancelled, |_| {
+                frames += 1;
+                true
+            })
+            .unwrap();
+            assert_eq!((checks.get(), frames), (cancel_at, 0), "cancelled at check {cancel_at}");
+        }
+        // Not cancelled: one frame of every series.
+        let mut got = Vec::new();
+        send_frames(
+            all.clone(),
+            &req,
+            &AtomicUsize::new(0),
+            || false,
+            |f| {
+                got.push(f);
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(got.len(), 1);
+    }
+
     /// Over a real gRPC connection: `Series` answered by the hand-encoded codec equals
     /// the prost path, the other Store methods still reach the generated server, and Info
     /// advertises `without_replica_labels`.
@@ -798,5 +885,33 @@ mod tests {
         let info = InfoClient::new(ch).info(InfoRequest {}).await.unwrap().into_inner();
         assert!(info.store.unwrap().supports_without_replica_labels);
         server.abort();
+    }
+
+    /// A Series request in an encoding the server does not take is refused as
+    /// UNIMPLEMENTED with the encodings it takes (gRPC spec: `grpc-accept-encoding`).
+    #[tokio::test]
+    async fn series_with_an_unknown_encoding_lists_the_accepted_ones() {
+        let (_dir, svc) = store();
+        let mut grpc = StoreGrpc::new(svc);
+        for (enc, refused) in [("gzip", true), ("identity", false)] {
+            let mut body = vec![0u8, 0, 0, 0, 0];
+            body.extend_from_slice(&SeriesRequest::default().encode_to_vec());
+            let req = http::Request::builder()
+                .uri("/thanos.Store/Series")
+                .header("content-type", "application/grpc")
+                .header("grpc-encoding", enc)
+                .body(tonic::body::Body::new(http_body_util::Full::new(Bytes::from(body))))
+                .unwrap();
+            let resp = tower::Service::call(&mut grpc, req).await.unwrap();
+            let status = resp.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
+            let accept = resp.headers().get("grpc-accept-encoding").map(|v| v.to_str().unwrap().to_string());
+            if refused {
+                assert_eq!(status.as_deref(), Some("12"), "{enc}");
+                assert_eq!(accept.as_deref(), Some("snappy,identity"), "{enc}");
+            } else {
+                assert_eq!(status, None, "{enc}: not a trailers-only answer");
+                assert_eq!(accept, None, "{enc}");
+            }
+        }
     }
 }

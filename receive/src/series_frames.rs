@@ -242,72 +242,186 @@ pub struct OutSeries {
 /// Bytes of the gRPC message prefix: a compression flag and a big-endian `u32` length.
 const PREFIX: usize = 5;
 
-/// One encoded `SeriesResponse` of the Series stream, behind room for its gRPC message
-/// prefix, so that it goes to HTTP/2 as it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Room kept before a frame's series for the message prefix and, in batches, the
+/// `batch` key and its length (a varint of at most ten bytes): the header is written
+/// last, right before the series, once their length is known.
+const HEAD: usize = PREFIX + 1 + 10;
+
+/// One encoded `SeriesResponse` of the Series stream, behind its gRPC message prefix, so
+/// that it goes to HTTP/2 as it is.
+#[derive(Debug, Clone)]
 pub struct Frame {
     buf: Vec<u8>,
+    /// Where the message prefix starts in `buf`.
+    start: usize,
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.message() == other.message()
+    }
+}
+
+impl Eq for Frame {}
+
+/// Writes the series of one [`Frame`] as they come, each straight into the frame's
+/// buffer: labels merged with the external labels on the fly, chunk bytes copied from
+/// where they are (a series' chunks can be borrowed under its lock, see
+/// [`FrameWriter::push`]), so nothing is cloned or collected per series.
+#[derive(Debug)]
+pub struct FrameWriter {
+    buf: Vec<u8>,
+    batch: bool,
+    series: usize,
+}
+
+impl FrameWriter {
+    /// A frame of `result.batch` when `batch`, else of `result.series` (then push exactly
+    /// one series); `capacity` is the expected length of the series, to allocate once.
+    pub fn new(batch: bool, capacity: usize) -> FrameWriter {
+        let mut buf = pool::take(HEAD.saturating_add(capacity));
+        buf.resize(HEAD, 0);
+        FrameWriter { buf, batch, series: 0 }
+    }
+
+    /// Series written so far.
+    pub fn series(&self) -> usize {
+        self.series
+    }
+
+    /// Bytes of the series written so far.
+    pub fn series_bytes(&self) -> usize {
+        self.buf.len() - HEAD
+    }
+
+    /// Appends one `Series`: `labels` merged with `ext`, then `chunks` (iterated twice:
+    /// lengths first, then bytes).
+    pub fn push<'c, I>(&mut self, labels: &Labels, ext: &ExtLabels, chunks: I)
+    where
+        I: Iterator<Item = &'c ChunkMeta> + Clone,
+    {
+        let chunks_len: usize = chunks.clone().map(|c| nested_len(aggr_chunk_len(c))).sum();
+        let untouched = ext.untouched || ext.keeps(labels);
+        // Labels changed by the external labels are merged once into a scratch list that
+        // gives both their length and their bytes; others are read straight from the series.
+        let merged: Vec<(&str, &str)> = if untouched { Vec::new() } else { ext.merged(labels).collect() };
+        let labels_len = if untouched {
+            labels.iter().map(|(n, v)| nested_len(label_len(n, v))).sum::<usize>() + ext.pairs_len
+        } else {
+            merged.iter().map(|(n, v)| nested_len(label_len(n, v))).sum()
+        };
+        let len = labels_len + chunks_len;
+        self.buf.reserve(nested_len(len));
+        // `result.series` and `batch.series` are both field 1.
+        self.buf.push(tag(1, WT_LEN));
+        put_varint(&mut self.buf, len as u64);
+        if untouched {
+            put_inserted(&mut self.buf, labels, &ext.pairs);
+        } else {
+            merged.iter().for_each(|(n, v)| put_label(&mut self.buf, n, v));
+        }
+        for c in chunks {
+            let raw = raw_chunk_len(c);
+            let mut head = Head::default();
+            head.push(tag(2, WT_LEN));
+            head.varint((int64_field_len(c.min_time) + int64_field_len(c.max_time) + nested_len(raw)) as u64);
+            head.int64_field(1, c.min_time);
+            head.int64_field(2, c.max_time);
+            head.push(tag(3, WT_LEN));
+            head.varint(raw as u64);
+            head.int64_field(1, chunk_type(c));
+            let data = &c.chunk.data;
+            if !data.is_empty() {
+                head.push(tag(2, WT_LEN));
+                head.varint(data.len() as u64);
+            }
+            self.buf.extend_from_slice(head.bytes());
+            self.buf.extend_from_slice(data);
+        }
+        self.series += 1;
+    }
+
+    /// The frame: its header written right before the series.
+    pub fn finish(mut self) -> Frame {
+        let body = self.buf.len() - HEAD;
+        let mut head = Head::default();
+        if self.batch {
+            head.push(tag(4, WT_LEN));
+            head.varint(body as u64);
+        }
+        let h = head.bytes();
+        let start = HEAD - h.len() - PREFIX;
+        self.buf[start + PREFIX..HEAD].copy_from_slice(h);
+        Frame { buf: self.buf, start }
+    }
+}
+
+/// A few keys and varints built on the stack and appended in one copy (appending them
+/// byte by byte checks the buffer's capacity at each byte).
+#[derive(Clone, Copy)]
+struct Head {
+    // The most one chunk's keys take: 66 bytes.
+    b: [u8; 72],
+    n: usize,
+}
+
+impl Default for Head {
+    fn default() -> Head {
+        Head { b: [0; 72], n: 0 }
+    }
+}
+
+impl Head {
+    fn push(&mut self, x: u8) {
+        if let Some(slot) = self.b.get_mut(self.n) {
+            *slot = x;
+            self.n += 1;
+        }
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.push(v as u8);
+    }
+
+    fn int64_field(&mut self, field: u8, v: i64) {
+        if v != 0 {
+            self.push(tag(field, WT_VARINT));
+            self.varint(v as u64);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.b[..self.n]
+    }
 }
 
 impl Frame {
     /// Encodes `series` as one `SeriesResponse`: `result.batch` when `batch`, else
     /// `result.series` (of the first series; `series` must then hold exactly one).
-    ///
-    /// Lengths are summed first so the buffer is allocated once at its final size; labels
-    /// changed by the external labels are merged once into a scratch list that gives both
-    /// their length and their bytes, others are read straight from the series.
     pub fn encode(series: Vec<OutSeries>, batch: bool) -> Frame {
-        let mut merged: Vec<(&str, &str)> = Vec::new();
-        // Per series: the range of its labels in `merged` (`None`: its stored labels are
-        // sent as they are, read straight from them) and the length of its `Series`.
-        let mut ends: Vec<(Option<(usize, usize)>, usize)> = Vec::with_capacity(series.len());
-        let mut body = 0usize;
+        let len: usize = series
+            .iter()
+            .map(|s| s.chunks.iter().map(|c| c.chunk.data.len() + 32).sum::<usize>() + s.labels.byte_size() * 2)
+            .sum();
+        let mut w = FrameWriter::new(batch, len);
         for s in &series {
-            let (span, labels_len) = if s.ext.untouched || s.ext.keeps(&s.labels) {
-                // Stored labels, external ones inserted by name (no override, no strip).
-                (None, s.labels.iter().map(|(n, v)| nested_len(label_len(n, v))).sum::<usize>() + s.ext.pairs_len)
-            } else {
-                let start = merged.len();
-                merged.extend(s.ext.merged(&s.labels));
-                (Some((start, merged.len())), merged[start..].iter().map(|(n, v)| nested_len(label_len(n, v))).sum())
-            };
-            let chunks_len: usize = s.chunks.iter().map(|c| nested_len(aggr_chunk_len(c))).sum();
-            let len = labels_len + chunks_len;
-            ends.push((span, len));
-            body += nested_len(len);
+            w.push(&s.labels, &s.ext, s.chunks.iter());
         }
-        let len = if batch { nested_len(body) } else { body };
-        let mut buf: Vec<u8> = Vec::with_capacity(PREFIX + len);
-        buf.extend_from_slice(&[0; PREFIX]);
-        if batch {
-            buf.push(tag(4, WT_LEN));
-            put_varint(&mut buf, body as u64);
-        }
-        for (s, &(span, len)) in series.iter().zip(&ends) {
-            // `result.series` and `batch.series` are both field 1.
-            buf.push(tag(1, WT_LEN));
-            put_varint(&mut buf, len as u64);
-            match span {
-                None => put_inserted(&mut buf, &s.labels, &s.ext.pairs),
-                Some((start, end)) => merged[start..end].iter().for_each(|(n, v)| put_label(&mut buf, n, v)),
-            }
-            for c in &s.chunks {
-                buf.push(tag(2, WT_LEN));
-                put_varint(&mut buf, aggr_chunk_len(c) as u64);
-                put_int64_field(&mut buf, 1, c.min_time);
-                put_int64_field(&mut buf, 2, c.max_time);
-                buf.push(tag(3, WT_LEN));
-                put_varint(&mut buf, raw_chunk_len(c) as u64);
-                put_int64_field(&mut buf, 1, chunk_type(c));
-                put_bytes_field(&mut buf, 2, &c.chunk.data);
-            }
-        }
-        Frame { buf }
+        w.finish()
+    }
+
+    /// The encoded `SeriesResponse`.
+    fn message(&self) -> &[u8] {
+        &self.buf[self.start + PREFIX..]
     }
 
     /// Length of the encoded `SeriesResponse`.
     pub fn len(&self) -> usize {
-        self.buf.len() - PREFIX
+        self.message().len()
     }
 
     /// Whether the frame is empty (never: a frame holds at least its `result` key).
@@ -317,12 +431,12 @@ impl Frame {
 
     /// The encoded `SeriesResponse` (a copy).
     pub fn bytes(&self) -> Bytes {
-        Bytes::copy_from_slice(&self.buf[PREFIX..])
+        Bytes::copy_from_slice(self.message())
     }
 
     /// Appends the encoded `SeriesResponse` to `dst`.
     pub fn write_to<B: BufMut>(&self, dst: &mut B) {
-        dst.put_slice(&self.buf[PREFIX..]);
+        dst.put_slice(self.message());
     }
 
     /// The frame as a gRPC message (uncompressed, prefixed with its length), without
@@ -330,13 +444,74 @@ impl Frame {
     pub fn into_message(mut self) -> Result<Bytes, Status> {
         let len = u32::try_from(self.len())
             .map_err(|_| Status::resource_exhausted(format!("series frame of {} bytes exceeds 4 GiB", self.len())))?;
-        self.buf[1..PREFIX].copy_from_slice(&len.to_be_bytes());
-        Ok(Bytes::from(self.buf))
+        let s = self.start;
+        self.buf[s] = 0;
+        self.buf[s + 1..s + PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(Bytes::from_owner(pool::Lent { buf: std::mem::take(&mut self.buf), start: s }))
     }
 
     /// The frame as prost's type.
     pub fn to_proto(&self) -> Result<SeriesResponse, Status> {
-        SeriesResponse::decode(&self.buf[PREFIX..]).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
+        SeriesResponse::decode(self.message()).map_err(|e| Status::internal(format!("encoded series frame: {e}")))
+    }
+}
+
+/// Frame buffers kept for reuse once HTTP/2 has sent them: a fresh buffer of a large
+/// frame is fresh memory, and the page faults of writing it cost about as much as
+/// copying the chunks into it (the allocator hands freed pages back after half a second).
+mod pool {
+    use parking_lot::Mutex;
+
+    /// Buffers kept at most.
+    const KEEP: usize = 4;
+    /// Largest buffer kept: larger ones are rare, and keeping them would pin their memory.
+    const MAX_KEPT: usize = 4 << 20;
+
+    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// An empty buffer of at least `capacity` bytes: a kept one if one is that large.
+    pub fn take(capacity: usize) -> Vec<u8> {
+        let kept = {
+            let mut free = FREE.lock();
+            free.iter().position(|b| b.capacity() >= capacity).map(|i| free.swap_remove(i))
+        };
+        kept.unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+
+    /// Keeps `buf` for reuse if there is room.
+    fn give(mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > MAX_KEPT {
+            return;
+        }
+        buf.clear();
+        let mut free = FREE.lock();
+        if free.len() < KEEP {
+            free.push(buf);
+        } else if let Some(small) =
+            free.iter_mut().min_by_key(|b| b.capacity()).filter(|b| b.capacity() < buf.capacity())
+        {
+            // Frames of the same queries come back: keep the sizes they need.
+            *small = buf;
+        }
+    }
+
+    /// A frame's buffer while HTTP/2 holds it (as `Bytes`): the message from `start`; the
+    /// buffer goes back to the pool when dropped.
+    pub struct Lent {
+        pub buf: Vec<u8>,
+        pub start: usize,
+    }
+
+    impl AsRef<[u8]> for Lent {
+        fn as_ref(&self) -> &[u8] {
+            self.buf.get(self.start..).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Lent {
+        fn drop(&mut self) {
+            give(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -371,24 +546,9 @@ fn bytes_field_len(len: usize) -> usize {
     if len == 0 { 0 } else { nested_len(len) }
 }
 
-fn put_bytes_field(buf: &mut Vec<u8>, field: u8, b: &[u8]) {
-    if !b.is_empty() {
-        buf.push(tag(field, WT_LEN));
-        put_varint(buf, b.len() as u64);
-        buf.extend_from_slice(b);
-    }
-}
-
 /// Length of a proto3 `int64`/enum field: absent when 0, negatives take ten bytes.
 fn int64_field_len(v: i64) -> usize {
     if v == 0 { 0 } else { 1 + varint_len(v as u64) }
-}
-
-fn put_int64_field(buf: &mut Vec<u8>, field: u8, v: i64) {
-    if v != 0 {
-        buf.push(tag(field, WT_VARINT));
-        put_varint(buf, v as u64);
-    }
 }
 
 /// Writes `labels` with `ext` (sorted, no name in common with `labels`) inserted in name
@@ -408,10 +568,22 @@ fn put_inserted(buf: &mut Vec<u8>, labels: &Labels, ext: &[(String, String)]) {
 
 /// Writes one `Label` message of a series (field 1).
 fn put_label(buf: &mut Vec<u8>, n: &str, v: &str) {
-    buf.push(tag(1, WT_LEN));
-    put_varint(buf, label_len(n, v) as u64);
-    put_bytes_field(buf, 1, n.as_bytes());
-    put_bytes_field(buf, 2, v.as_bytes());
+    let mut h = Head::default();
+    h.push(tag(1, WT_LEN));
+    h.varint(label_len(n, v) as u64);
+    if !n.is_empty() {
+        h.push(tag(1, WT_LEN));
+        h.varint(n.len() as u64);
+    }
+    buf.extend_from_slice(h.bytes());
+    buf.extend_from_slice(n.as_bytes());
+    if !v.is_empty() {
+        let mut h = Head::default();
+        h.push(tag(2, WT_LEN));
+        h.varint(v.len() as u64);
+        buf.extend_from_slice(h.bytes());
+        buf.extend_from_slice(v.as_bytes());
+    }
 }
 
 fn label_len(name: &str, value: &str) -> usize {
@@ -557,12 +729,22 @@ async fn serve_series<T: FrameSource>(
     }
 }
 
+/// Header naming the request encodings a gRPC server accepts.
+const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+
+/// Request encodings `Series` accepts: `snappy` through [`crate::grpc_snappy`], in the
+/// form tonic sends (`identity` last).
+const ACCEPTED_ENCODINGS: &str = "snappy,identity";
+
 /// Reads the one message of a `Series` request.
 async fn read_request(req: http::Request<tonic::body::Body>) -> Result<SeriesRequest, Status> {
     // Snappy-compressed requests were decompressed (and this header removed) by
     // `grpc_snappy`; tonic's server accepts no other compression either.
     if let Some(enc) = req.headers().get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
-        return Err(Status::unimplemented(format!("Series request compressed with unsupported encoding {enc:?}")));
+        let mut status = Status::unimplemented(format!("Series request compressed with unsupported encoding {enc:?}"));
+        // The gRPC spec: the answer lists the encodings the server accepts.
+        status.metadata_mut().insert(ACCEPT_ENCODING, tonic::metadata::MetadataValue::from_static(ACCEPTED_ENCODINGS));
+        return Err(status);
     }
     let body = http_body_util::Limited::new(req.into_body(), PREFIX + MAX_REQUEST).collect().await.map_err(|e| {
         if e.is::<http_body_util::LengthLimitError>() {

@@ -269,6 +269,18 @@ impl ChunkBuilder {
         self.snapshot.clone()
     }
 
+    /// The closed chunks and, when `open`, [`ChunkBuilder::open_snapshot`]'s copy of the
+    /// open chunk, borrowed.
+    pub fn closed_and_snapshot(&mut self, open: bool) -> (&[ChunkMeta], Option<&ChunkMeta>) {
+        if !open {
+            return (&self.closed, None);
+        }
+        if self.snapshot.is_none() {
+            self.snapshot = self.open_chunk();
+        }
+        (&self.closed, self.snapshot.as_ref())
+    }
+
     /// Time of the newest sample in the open chunk.
     pub fn open_max_time(&self) -> Option<i64> {
         match &self.open {

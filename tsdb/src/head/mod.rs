@@ -146,6 +146,22 @@ impl HeadSeries {
         chunks.sort_by_key(|c| c.min_time);
         Some(Series { labels: self.0.labels.clone(), chunks, deleted })
     }
+
+    /// Calls `f` with the chunks [`HeadSeries::series`] would copy out (closed ones, then
+    /// the open one), borrowed under the series' lock, when there is nothing to merge or
+    /// filter: no OOO samples in the range and no deleted interval. `None` (and `f` not
+    /// called) otherwise. For readers that copy the bytes anyway: `f` should be short, as
+    /// appends to this series wait for it.
+    pub fn with_plain_chunks<R>(
+        &self,
+        mint: i64,
+        maxt: i64,
+        f: impl FnOnce(&[ChunkMeta], Option<&ChunkMeta>) -> R,
+    ) -> Option<R> {
+        let mut d = self.0.data.lock();
+        let (closed, open) = d.plain_chunks_in(mint, maxt)?;
+        Some(f(closed, open))
+    }
 }
 
 /// What [`Head::open`] found in the WAL.
@@ -764,7 +780,16 @@ impl Head {
     }
 
     fn gc_and_checkpoint(&self, fold_to: u32) -> Result<()> {
-        let removed = self.series.gc(|s| s.data.lock().is_empty());
+        // `gc` removes exactly the series `dead` accepts (it asks only for unpinned ones).
+        let ranked_removed = std::sync::atomic::AtomicUsize::new(0);
+        let removed = self.series.gc(|s| {
+            let dead = s.data.lock().is_empty();
+            if dead && self.ranking.is_ranked(s) {
+                ranked_removed.fetch_add(1, Ordering::Relaxed);
+            }
+            dead
+        });
+        self.ranking.note_removed(ranked_removed.into_inner());
         self.postings.remove(&removed);
         let mint = self.min_valid_time().min(self.ooo_min_time.load(Ordering::Acquire));
         let stats = wal::create_checkpoint(

@@ -12,15 +12,18 @@
 //! ranked ones (at least [`MIN_NEW`]): under churn its cost, `n log n` label comparisons,
 //! is spread over `n / 4` new series, and meanwhile selects cost no more than sorting by
 //! labels did (the unranked run is sorted that way, the merge is linear at worst). It
-//! runs on its own thread so that no query waits for it.
+//! runs on one worker thread shared by every head of the process, so that no query waits
+//! for it and many heads (one per tenant) do not start a thread each; when the worker's
+//! short queue is full, the ranking is left for a later select to start.
 //!
 //! Race-free: a ranking stores every series' rank before publishing its epoch (release),
 //! and a select reads the epoch (acquire) before the ranks, so every rank it accepts
 //! comes from that one ranking; series created or dropped meanwhile are merely unranked
 //! or absent.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::series::MemSeries;
 
@@ -53,6 +56,12 @@ impl Ranking {
     #[cfg(test)]
     pub fn epoch(&self) -> u32 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Series ranked by the published ranking (less those removed since).
+    #[cfg(test)]
+    pub fn ranked(&self) -> usize {
+        self.ranked.load(Ordering::Relaxed)
     }
 
     /// Counts a new series (it has no rank yet).
@@ -103,14 +112,28 @@ impl Ranking {
         claimed
     }
 
-    /// Ranks `all` on a new thread (here if no thread can be started).
+    /// Queues the ranking of `all` for the shared worker. When the queue is full or the
+    /// worker cannot be started, the claim is given up and the next select that finds
+    /// enough unranked series tries again.
     fn start(self: &Arc<Self>, all: Vec<Arc<MemSeries>>) {
-        let me = self.clone();
-        // `all` moves into the closure; if the spawn fails it is dropped with it, and the
-        // next select that finds unranked series tries again.
-        if std::thread::Builder::new().name("head-ranking".into()).spawn(move || me.rank(all)).is_err() {
+        let job = Job { ranking: self.clone(), all };
+        if worker().is_none_or(|tx| tx.try_send(job).is_err()) {
             self.running.store(false, Ordering::Release);
         }
+    }
+
+    /// Counts series removed from the head (garbage collection) that the published
+    /// ranking ranked, so that the next ranking is due after as many new series as if
+    /// they had never been there.
+    pub fn note_removed(&self, ranked: usize) {
+        if ranked > 0 {
+            let _ = self.ranked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| Some(r.saturating_sub(ranked)));
+        }
+    }
+
+    /// Whether the published ranking ranked `s`.
+    pub fn is_ranked(&self, s: &MemSeries) -> bool {
+        rank_of(s, self.epoch.load(Ordering::Acquire)).is_some()
     }
 
     /// Takes a snapshot of the series with `all` and ranks it on this thread, after a
@@ -141,6 +164,44 @@ impl Ranking {
         }
         self.running.store(false, Ordering::Release);
     }
+}
+
+/// Rankings waiting for the worker, at most: each holds a snapshot of a head's series.
+const QUEUE: usize = 4;
+
+/// A ranking for the worker: the head's state and a snapshot of its series.
+struct Job {
+    ranking: Arc<Ranking>,
+    all: Vec<Arc<MemSeries>>,
+}
+
+/// The sending end of the process's ranking worker, started on first use; `None` when no
+/// thread could be started (tried again on the next call).
+fn worker() -> Option<&'static SyncSender<Job>> {
+    static WORKER: OnceLock<SyncSender<Job>> = OnceLock::new();
+    static START: Mutex<()> = Mutex::new(());
+    if let Some(tx) = WORKER.get() {
+        return Some(tx);
+    }
+    let _g = START.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = WORKER.get() {
+        return Some(tx);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+    std::thread::Builder::new()
+        .name("head-ranking".into())
+        .spawn(move || {
+            for Job { ranking, all } in rx {
+                // A panic must not leave the head's ranking claimed forever, nor end the
+                // worker of every head.
+                let r = ranking.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || r.rank(all))).is_err() {
+                    ranking.running.store(false, Ordering::Release);
+                }
+            }
+        })
+        .ok()?;
+    Some(WORKER.get_or_init(|| tx))
 }
 
 /// Merges `ranked` and `fresh`, each sorted by labels, galloping through `ranked` for

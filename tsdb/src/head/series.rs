@@ -198,6 +198,24 @@ impl SeriesData {
         }
     }
 
+    /// The in-order chunks overlapping `[mint, maxt]`, borrowed: the closed ones and the
+    /// kept copy of the open one (see [`SeriesData::chunks_in`]), in time order, when
+    /// they are all that [`SeriesData::chunks_in`] and [`SeriesData::ooo_chunks_in`]
+    /// give and no interval is deleted; `None` otherwise (the caller then takes copies).
+    pub fn plain_chunks_in(&mut self, mint: i64, maxt: i64) -> Option<(&[ChunkMeta], Option<&ChunkMeta>)> {
+        if !self.deleted.is_empty() || (mint <= maxt && self.ooo.range(mint..=maxt).next().is_some()) {
+            return None;
+        }
+        let with_open = self.chunks.open_max_time().is_some_and(|m| m >= mint);
+        let (closed, open) = self.chunks.closed_and_snapshot(with_open);
+        let open = open.filter(|o| o.min_time <= maxt);
+        // In-order chunks hold strictly increasing times, so both bounds are monotonic
+        // and the overlapping chunks are one run.
+        let from = closed.partition_point(|c| c.max_time < mint);
+        let to = from + closed[from..].partition_point(|c| c.min_time <= maxt);
+        Some((&closed[from..to], open))
+    }
+
     fn closed_in(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkMeta>) {
         out.extend(self.chunks.closed.iter().filter(|c| c.max_time >= mint && c.min_time <= maxt).cloned());
     }

@@ -1201,3 +1201,75 @@ mod open_chunk_snapshot {
         });
     }
 }
+
+/// `with_plain_chunks` lends exactly the chunks `series` copies out when there is nothing
+/// to merge or filter, and declines when OOO samples fall in the range or an interval is
+/// deleted.
+#[test]
+fn plain_chunks_are_the_copied_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = HeadOptions { out_of_order_time_window: 3 * H, samples_per_chunk: 30, ..opts() };
+    let h = Head::open(dir.path(), o).unwrap();
+    let mut want = Data::new();
+    // Series 0 and 1 in order every minute over 0..3h (closed chunks and an open one);
+    // series 1 also gets OOO samples in 2h..3h; series 2 gets a deleted interval.
+    fill(&h, 3, 0, 3 * H, 60_000, &mut want);
+    let ooo: Vec<i64> = (2 * H + 30_000..3 * H).step_by(600_000).collect();
+    let mut app = h.appender();
+    for &t in &ooo {
+        app.append(&lbl(1), t, 1.0).unwrap();
+    }
+    app.commit().unwrap();
+    h.delete(&[Matcher::equal("i", "2")], H, H + 60_000).unwrap();
+    let ranges = [
+        (i64::MIN, i64::MAX),
+        (0, 0),
+        (H, 2 * H),
+        (2 * H - 1, 2 * H + 1),
+        (3 * H - 60_000, 3 * H),
+        (3 * H, i64::MAX),
+        (-5, -1),
+        (2 * H, H),
+    ];
+    for s in h.select_lazy(&[]) {
+        let i = s.labels().get("i").unwrap().to_string();
+        for (mint, maxt) in ranges {
+            let lent = s.with_plain_chunks(mint, maxt, |closed, open| {
+                closed.iter().chain(open).map(|c| (c.min_time, c.max_time, c.chunk.data.clone())).collect::<Vec<_>>()
+            });
+            let copied: Vec<_> = s
+                .series(mint, maxt)
+                .map(|x| x.chunks.into_iter().map(|c| (c.min_time, c.max_time, c.chunk.data)).collect())
+                .unwrap_or_default();
+            let ooo_in_range = i == "1" && ooo.iter().any(|t| (mint..=maxt).contains(t));
+            match lent {
+                Some(lent) => {
+                    assert!(i == "0" || (i == "1" && !ooo_in_range), "series {i} [{mint}, {maxt}]");
+                    assert_eq!(lent, copied, "series {i} [{mint}, {maxt}]");
+                }
+                None => assert!(i == "2" || ooo_in_range, "series {i} [{mint}, {maxt}] declined"),
+            }
+        }
+    }
+}
+
+/// Garbage collection takes the series it removes off the count of ranked series, so the
+/// next ranking comes after as many new series as for a head that never held them.
+#[test]
+fn gc_refreshes_the_ranked_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let h = Head::open(dir.path(), opts()).unwrap();
+    let mut app = h.appender();
+    for i in 0..20 {
+        app.append(&lbl(100 + i), 1000, 1.0).unwrap();
+    }
+    app.commit().unwrap();
+    let mut want = Data::new();
+    fill(&h, 2, 0, 7 * H, 60_000, &mut want);
+    h.rank_series_now();
+    assert_eq!(h.ranking.ranked(), 22);
+    h.compact(&blocks).unwrap();
+    assert_eq!(h.num_series(), 2);
+    assert_eq!(h.ranking.ranked(), 2);
+}
