@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::dedup::{
-    Limits, MergeError, RawSeries, Source, chunk_samples, header_count, is_counter_func, merge_and_dedup_within,
+    Limits, MergeError, RawSeries, Source, header_count, is_counter_func, merge_and_dedup_within,
     merge_raw_within, prepare,
 };
 use crate::endpoints::{EndpointSet, EndpointState};
@@ -137,16 +137,36 @@ fn normalize(samples: &mut Vec<(i64, StoredValue)>) {
 
 struct SeriesCall {
     req: SeriesRequest,
-    /// Samples received so far from all endpoints of this selection (chunk headers).
+    /// Samples received so far from the endpoints whose series are read as they arrive
+    /// (chunk headers); the merge counts the others' on top.
     decoded: std::sync::atomic::AtomicUsize,
+    /// Bytes received so far from the endpoints whose series are left for the merge.
+    lazy_bytes: std::sync::atomic::AtomicUsize,
     tenant: Option<String>,
     replica_labels: Vec<String>,
     limits: Limits,
 }
 
+impl SeriesCall {
+    /// The limits of the merge: the selection's, with what the fan-out counted.
+    fn merge_limits(&self) -> Limits {
+        Limits { counted: self.decoded.load(std::sync::atomic::Ordering::Relaxed), ..self.limits }
+    }
+}
+
 enum FetchError {
     Endpoint(String),
     Limit,
+}
+
+/// Received bytes that the endpoints whose series are left for the merge may hold together
+/// while streams arrive, for a sample limit of `max_samples` (0: no limit). Their samples
+/// are counted in the merge, exactly; until then this bounds their memory. Generous, so
+/// that it refuses no selection the sample count would take: 16 bytes per sample of the
+/// limit (what a decoded sample takes; XOR chunks hold about 1-2 bytes per sample, labels
+/// included), and at least 64 MiB.
+fn lazy_byte_budget(max_samples: usize) -> usize {
+    if max_samples == 0 { usize::MAX } else { max_samples.saturating_mul(16).max(64 << 20) }
 }
 
 impl From<String> for FetchError {
@@ -200,17 +220,16 @@ async fn fetch_series(
     let rl = &call.replica_labels;
     let limits = &call.limits;
     // No label set is built here: series stay views until the merge, which builds one per
-    // group of replicas. The limit is checked on the chunk headers' sample counts of every
-    // endpoint's series as they arrive, before decoding; a lazy series is only scanned for
-    // its chunks (labels skipped by length), the merge reads the rest if it needs it.
+    // group of replicas. The limit is checked on the chunk headers' sample counts of the
+    // eager endpoint's series as they arrive, before decoding. A lazy endpoint's series are
+    // not read here at all: the merge counts them (copies as the series they copy), and
+    // meanwhile what lazy endpoints hold is bounded by its bytes.
+    let lazy_budget = lazy_byte_budget(limits.max_samples);
     let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
-        let added = if lazy && !s.is_parsed() {
-            let mut n = 0usize;
-            s.scan_chunks(|h| n += chunk_samples(h, limits).unwrap_or(0)).map_err(|e| format!("{}: {e}", ep.addr))?;
-            n
-        } else {
-            prepare(s, rl, limits, &ep.addr)?
-        };
+        if lazy {
+            return Ok(());
+        }
+        let added = prepare(s, rl, limits, &ep.addr)?;
         let total = call.decoded.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
         if limits.max_samples > 0 && total > limits.max_samples {
             return Err(FetchError::Limit);
@@ -219,6 +238,13 @@ async fn fetch_series(
     };
     let decode = if lazy { decode_response_lazy } else { decode_response };
     while let Some(buf) = stream.next().await.map_err(|s| status_msg(&ep.addr, &s))? {
+        if lazy {
+            let n = buf.len();
+            let held = call.lazy_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed).saturating_add(n);
+            if held > lazy_budget {
+                return Err(FetchError::Limit);
+            }
+        }
         let msg = decode(buf).map_err(|e| status_msg(&ep.addr, &tonic::Status::internal(e.to_string())))?;
         match msg {
             SeriesFrame::Series(mut s) => {
@@ -240,7 +266,8 @@ async fn fetch_series(
             SeriesFrame::Hints | SeriesFrame::Empty => {}
         }
     }
-    Ok((Source { name: ep.addr.clone(), batches, stripped, identity: identity.unwrap_or_default() }, warnings))
+    let identity = identity.unwrap_or_default();
+    Ok((Source { name: ep.addr.clone(), batches, stripped, identity, counted: !lazy }, warnings))
 }
 
 /// Fans requests out to the endpoint set.
@@ -272,6 +299,7 @@ impl Fanout {
                     sources.remove(index);
                     warnings.push(message);
                 }
+                Err(MergeError::TooManySamples) => return Err(FanoutError::TooManySamples),
                 Err(e) => return Err(FanoutError::Endpoint(e.to_string())),
             }
         }
@@ -324,6 +352,7 @@ impl Fanout {
         let (sources, mut warnings, call) =
             self.fetch(opts, matchers, mint, maxt, skip_chunks, hints, aggr_nums).await?;
         let (mint, maxt) = (call.limits.mint, call.limits.maxt);
+        let limits = call.merge_limits();
         let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             if !aggrs.is_empty() {
                 let mut samples = crate::downsampled::decode_series(chunks, &aggrs, mint, maxt)?;
@@ -341,7 +370,7 @@ impl Fanout {
         };
         let counter = is_counter_func(func);
         let series = Self::merge_leaving_out_bad(opts, sources, &mut warnings, |sources| {
-            merge_and_dedup_within(sources, &call.replica_labels, counter, &decode, &call.limits)
+            merge_and_dedup_within(sources, &call.replica_labels, counter, &decode, &limits)
         })?;
         Ok(Selection { series, warnings })
     }
@@ -362,9 +391,9 @@ impl Fanout {
         let opts = QueryOptions { dedup: false, ..opts.clone() };
         let aggrs = opts.aggregates.clone();
         let (sources, mut warnings, call) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints, aggrs).await?;
-        let series = Self::merge_leaving_out_bad(&opts, sources, &mut warnings, |sources| {
-            merge_raw_within(sources, &call.limits)
-        })?;
+        let limits = call.merge_limits();
+        let series =
+            Self::merge_leaving_out_bad(&opts, sources, &mut warnings, |sources| merge_raw_within(sources, &limits))?;
         Ok(RawSelection { series, warnings })
     }
 
@@ -406,9 +435,10 @@ impl Fanout {
                 ..Default::default()
             },
             decoded: Default::default(),
+            lazy_bytes: Default::default(),
             tenant: opts.tenant.clone(),
             replica_labels,
-            limits: Limits { mint, maxt, max_samples: opts.max_samples },
+            limits: Limits { mint, maxt, max_samples: opts.max_samples, counted: 0 },
         });
         let mut set = tokio::task::JoinSet::new();
         for (i, ep) in eps.into_iter().enumerate() {
