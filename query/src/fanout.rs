@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::dedup::{
-    Limits, MergeError, RawSeries, Source, header_count, is_counter_func, merge_and_dedup_within,
-    merge_raw_within, prepare,
+    Limits, MergeError, RawSeries, Source, header_count, is_counter_func, merge_and_dedup_within, merge_raw_within,
+    prepare,
 };
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{MAX_MESSAGE_BYTES, SeriesFrame, SeriesView, WireChunk, decode_response, decode_response_lazy};
@@ -34,8 +34,9 @@ pub struct QueryOptions {
     pub extra_matchers: Vec<Matcher>,
     /// When the request must be finished.
     pub deadline: Instant,
-    /// Most samples one selection may decode across all endpoints (replicas included);
-    /// 0 means no limit. Bounds the memory a query can take.
+    /// Most samples one selection may decode across all endpoints (replicas included, as
+    /// their chunk headers announce them); 0 means no limit. With the bytes the endpoints
+    /// may send for it (16 per sample, at least 64 MiB), bounds the memory a query can take.
     pub max_samples: usize,
     /// Coarsest downsampling resolution (ms) the stores may answer with
     /// (`max_resolution_window`); 0 reads raw data only.
@@ -140,8 +141,8 @@ struct SeriesCall {
     /// Samples received so far from the endpoints whose series are read as they arrive
     /// (chunk headers); the merge counts the others' on top.
     decoded: std::sync::atomic::AtomicUsize,
-    /// Bytes received so far from the endpoints whose series are left for the merge.
-    lazy_bytes: std::sync::atomic::AtomicUsize,
+    /// Bytes received so far from all endpoints of this selection.
+    received: std::sync::atomic::AtomicUsize,
     tenant: Option<String>,
     replica_labels: Vec<String>,
     limits: Limits,
@@ -159,13 +160,14 @@ enum FetchError {
     Limit,
 }
 
-/// Received bytes that the endpoints whose series are left for the merge may hold together
-/// while streams arrive, for a sample limit of `max_samples` (0: no limit). Their samples
-/// are counted in the merge, exactly; until then this bounds their memory. Generous, so
-/// that it refuses no selection the sample count would take: 16 bytes per sample of the
-/// limit (what a decoded sample takes; XOR chunks hold about 1-2 bytes per sample, labels
+/// Bytes the endpoints of one selection may send together, for a sample limit of
+/// `max_samples` (0: no limit). The series of endpoints left for the merge are counted
+/// there, exactly; until then this bounds the memory they hold (and what any endpoint may
+/// send in chunks whose headers announce fewer samples than they hold). Generous, so that
+/// it refuses no selection the sample count would take: 16 bytes per sample of the limit
+/// (what a decoded sample takes; chunks hold about 1-2 bytes per sample, labels
 /// included), and at least 64 MiB.
-fn lazy_byte_budget(max_samples: usize) -> usize {
+fn byte_budget(max_samples: usize) -> usize {
     if max_samples == 0 { usize::MAX } else { max_samples.saturating_mul(16).max(64 << 20) }
 }
 
@@ -223,8 +225,8 @@ async fn fetch_series(
     // group of replicas. The limit is checked on the chunk headers' sample counts of the
     // eager endpoint's series as they arrive, before decoding. A lazy endpoint's series are
     // not read here at all: the merge counts them (copies as the series they copy), and
-    // meanwhile what lazy endpoints hold is bounded by its bytes.
-    let lazy_budget = lazy_byte_budget(limits.max_samples);
+    // meanwhile what endpoints hold is bounded by its bytes.
+    let budget = byte_budget(limits.max_samples);
     let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
         if lazy {
             return Ok(());
@@ -238,12 +240,9 @@ async fn fetch_series(
     };
     let decode = if lazy { decode_response_lazy } else { decode_response };
     while let Some(buf) = stream.next().await.map_err(|s| status_msg(&ep.addr, &s))? {
-        if lazy {
-            let n = buf.len();
-            let held = call.lazy_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed).saturating_add(n);
-            if held > lazy_budget {
-                return Err(FetchError::Limit);
-            }
+        let n = buf.len();
+        if call.received.fetch_add(n, std::sync::atomic::Ordering::Relaxed).saturating_add(n) > budget {
+            return Err(FetchError::Limit);
         }
         let msg = decode(buf).map_err(|e| status_msg(&ep.addr, &tonic::Status::internal(e.to_string())))?;
         match msg {
@@ -435,7 +434,7 @@ impl Fanout {
                 ..Default::default()
             },
             decoded: Default::default(),
-            lazy_bytes: Default::default(),
+            received: Default::default(),
             tenant: opts.tenant.clone(),
             replica_labels,
             limits: Limits { mint, maxt, max_samples: opts.max_samples, counted: 0 },

@@ -284,13 +284,21 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, ViewError> {
-        // Tags and most lengths fit one byte.
+        // Tags and most lengths fit one byte, series' and chunks' lengths two.
         if self.pos < self.end
             && let Some(&b) = self.root.get(self.pos)
-            && b < 0x80
         {
-            self.pos += 1;
-            return Ok(u64::from(b));
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+            if self.pos + 1 < self.end
+                && let Some(&c) = self.root.get(self.pos + 1)
+                && c < 0x80
+            {
+                self.pos += 2;
+                return Ok(u64::from(b & 0x7f) | u64::from(c) << 7);
+            }
         }
         let mut v: u64 = 0;
         for i in 0..10 {
@@ -545,7 +553,16 @@ fn decode_frame(buf: Bytes, lazy: bool) -> Result<SeriesFrame, ViewError> {
                         match br.key()? {
                             (1, wt) => {
                                 br.expect(1, wt, WT_LEN)?;
-                                let mut s = new_series(br.bytes("series")?);
+                                let range = br.bytes("series")?;
+                                if list.is_empty() {
+                                    // Room for as many series as the batch holds if they are
+                                    // the size of the first (a key and a length each): no
+                                    // growing and copying of the list, series by series
+                                    // (at most what a batch of 4,096 takes up front: the sizes
+                                    // are the sender's word).
+                                    list.reserve(((br.end - br.pos) / (range.len() + 3) + 1).min(4096));
+                                }
+                                let mut s = new_series(range);
                                 read(&mut s)?;
                                 list.push(s);
                             }
@@ -1083,6 +1100,26 @@ mod tests {
         // A trailers-only success is an empty stream, whatever the body holds.
         let r = response(body(vec![Bytes::from_static(b"junk")], None), 200, &[("grpc-status", "0")]);
         assert_eq!(read_all(r, 10).unwrap(), Vec::<Bytes>::new());
+    }
+
+    /// Varints of every length read as prost reads them, within the reader's end only.
+    #[test]
+    fn varints_read_as_prost_reads_them() {
+        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, 2_097_151, 2_097_152, u64::from(u32::MAX), u64::MAX] {
+            let mut enc = Vec::new();
+            prost::encoding::encode_varint(v, &mut enc);
+            let n = enc.len();
+            enc.extend([0x81, 0x01]);
+            let buf = Bytes::from(enc);
+            let mut r = Reader::new(&buf, 0..n, "t");
+            assert_eq!(r.varint(), Ok(v), "{v}");
+            assert!(r.done(), "{v}");
+            // Cut short by the reader's end (the bytes after it do not complete it).
+            if n > 1 {
+                let mut r = Reader::new(&buf, 0..n - 1, "t");
+                assert_eq!(r.varint(), Err(ViewError::Truncated { msg: "t", what: "varint" }), "{v}");
+            }
+        }
     }
 
     #[test]
