@@ -558,6 +558,8 @@ fn merge_sorted<T>(
             next_copies_head = true;
         }
         let h = head.unwrap_or(n);
+        // What each copy of the group's first counts against the limit.
+        let h_samples = sources[h.0].at(h.1).map_or(0, |s| s.samples);
         for &(src, equals_next) in &members {
             let at = pos[src];
             // A series byte-equal to the smallest one is a copy of the group's first exactly
@@ -574,12 +576,12 @@ fn merge_sorted<T>(
                 // read like any series the group keeps.
                 prep(sources, src, at)?;
             }
-            if !sources[src].counted {
+            if limits.max_samples > 0 && !sources[src].counted {
                 // A copy holds exactly the samples of the series it copies (prepared with
                 // the same range): the count a parse would give, without the parse.
-                let of = if copy { h } else { (src, at) };
-                total = total.saturating_add(sources[of.0].at(of.1).map_or(0, |s| s.samples));
-                if limits.max_samples > 0 && total > limits.max_samples {
+                let n = if copy { h_samples } else { sources[src].at(at).map_or(0, |s| s.samples) };
+                total = total.saturating_add(n);
+                if total > limits.max_samples {
                     return Err(MergeError::TooManySamples);
                 }
             }
