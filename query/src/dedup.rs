@@ -112,8 +112,9 @@ pub fn check_labels(s: &SeriesView, rl: &[String]) -> Result<(), String> {
 }
 
 /// A selection's bounds: its time range (chunks outside it are dropped from every series
-/// read) and its sample limit (counted by the fan-out over all endpoints, replicas included,
-/// while their streams arrive).
+/// read) and its sample limit, counted over all endpoints, replicas included: by the
+/// fan-out for the series of sources read as they arrive ([`Source::counted`]), by the
+/// merge for the others (a copy dropped unread counts the samples of the series it copies).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Start of the selection (ms).
@@ -122,11 +123,13 @@ pub struct Limits {
     pub maxt: i64,
     /// Most samples the selection may decode; 0 means no limit.
     pub max_samples: usize,
+    /// Samples already counted against `max_samples` before the merge (by the fan-out).
+    pub counted: usize,
 }
 
 impl Limits {
     /// No range, no limit.
-    pub const NONE: Limits = Limits { mint: i64::MIN, maxt: i64::MAX, max_samples: 0 };
+    pub const NONE: Limits = Limits { mint: i64::MIN, maxt: i64::MAX, max_samples: 0, counted: 0 };
 }
 
 /// Why a merge failed.
@@ -141,6 +144,9 @@ pub enum MergeError {
         /// What was wrong.
         message: String,
     },
+    /// The selection holds more samples than [`Limits::max_samples`].
+    #[error("query processing would load too many samples into memory in query execution")]
+    TooManySamples,
     /// Anything else (decoding a group's chunks).
     #[error("{0}")]
     Invalid(String),
@@ -168,7 +174,8 @@ pub fn chunk_samples(ch: ChunkHead<'_>, limits: &Limits) -> Option<usize> {
 
 /// Makes a received series ready for the merge: parsed, labels checked (see
 /// [`check_labels`]), chunks outside `[mint, maxt]` dropped, and the samples the rest
-/// announce counted (returned). `from` names the endpoint in errors.
+/// announce counted (returned, and kept in [`SeriesView::samples`]). `from` names the
+/// endpoint in errors.
 pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -> Result<usize, String> {
     s.parse().map_err(|e| format!("{from}: {e}"))?;
     check_labels(s, rl).map_err(|e| format!("{from}: {e}"))?;
@@ -181,6 +188,7 @@ pub fn prepare(s: &mut SeriesView, rl: &[String], limits: &Limits, from: &str) -
         None => false,
     });
     s.prepared = true;
+    s.samples = n;
     Ok(n)
 }
 
@@ -200,6 +208,9 @@ pub struct Source {
     /// receiver uploaded are then one replica, merged, not deduplicated against each other).
     /// Empty: the source is a replica of its own.
     pub identity: Vec<(String, String)>,
+    /// Its series were counted against the sample limit as they arrived (and are in
+    /// [`Limits::counted`]); otherwise the merge counts them.
+    pub counted: bool,
 }
 
 /// A position in a [`Source`]: batch and index (past the end when the batch is).
@@ -353,7 +364,8 @@ pub fn merge_and_dedup(
 }
 
 /// [`merge_and_dedup`] of a selection: unparsed series are prepared with `limits` (its time
-/// range; the sample limit is the fan-out's, while streams arrive). On
+/// range), and the series of sources not [`Source::counted`] are counted against its sample
+/// limit on top of [`Limits::counted`] ([`MergeError::TooManySamples`] past it). On
 /// [`MergeError::Source`] the sources are left as they were read, for a merge without it.
 pub fn merge_and_dedup_within(
     sources: &mut [Source],
@@ -426,8 +438,10 @@ fn merge_groups<T>(
 /// A series is parsed only when its labels must be read: the first series of each key, and
 /// series whose message differs from the one before them in the merge. A series whose
 /// message equals its group's first is a copy (a healthy replica with stripped replica
-/// labels) and is dropped unread: its chunks would all be dropped as identical anyway. So that a source's next series need not be read
-/// to know whether it continues the group, a group is flushed only when a larger key comes.
+/// labels) and is dropped unread: its chunks would all be dropped as identical anyway, and
+/// it counts against the sample limit what the series it copies counts. So that a source's
+/// next series need not be read to know whether it continues the group, a group is flushed
+/// only when a larger key comes.
 fn merge_sorted<T>(
     sources: &mut [Source],
     rl: &[String],
@@ -446,6 +460,9 @@ fn merge_sorted<T>(
     let mut entries: Vec<(usize, Cursor, bool)> = Vec::new();
     // Its allocation outlives each group's borrows of `sources` (see `recycle`).
     let mut spare: Vec<(usize, &SeriesView)> = Vec::new();
+    // Samples counted against the limit: the fan-out's, then those of series of sources it
+    // did not count, as the merge reaches them (before their group is decoded).
+    let mut total = limits.counted;
     let prep = |sources: &mut [Source], src: usize, at: Cursor| {
         sources[src].prepare_at(at, rl, limits).map_err(|message| MergeError::Source { index: src, message })
     };
@@ -541,6 +558,8 @@ fn merge_sorted<T>(
             next_copies_head = true;
         }
         let h = head.unwrap_or(n);
+        // What each copy of the group's first counts against the limit.
+        let h_samples = sources[h.0].at(h.1).map_or(0, |s| s.samples);
         for &(src, equals_next) in &members {
             let at = pos[src];
             // A series byte-equal to the smallest one is a copy of the group's first exactly
@@ -556,6 +575,15 @@ fn merge_sorted<T>(
                 // Equal to this step's smallest series perhaps, but not to the group's first:
                 // read like any series the group keeps.
                 prep(sources, src, at)?;
+            }
+            if limits.max_samples > 0 && !sources[src].counted {
+                // A copy holds exactly the samples of the series it copies (prepared with
+                // the same range): the count a parse would give, without the parse.
+                let n = if copy { h_samples } else { sources[src].at(at).map_or(0, |s| s.samples) };
+                total = total.saturating_add(n);
+                if total > limits.max_samples {
+                    return Err(MergeError::TooManySamples);
+                }
             }
             entries.push((src, at, copy));
             pos[src] = sources[src].settle((at.0, at.1 + 1));
@@ -1318,25 +1346,24 @@ mod tests {
         }
     }
 
+    /// A fake chunk whose data starts with a sample count header (`n`, whatever `ts` holds).
+    fn counted_chunk(ts: &[i64], n: u16) -> thanos::AggrChunk {
+        let mut c = fake_chunk(ts);
+        let raw = c.raw.as_mut().expect("raw chunk");
+        raw.data.splice(0..0, n.to_be_bytes());
+        c
+    }
+
     #[test]
     fn lazy_series_are_counted_checked_and_filtered_like_parsed_ones() {
         let rl = vec!["replica".to_string()];
-        // Fake chunks with a sample count header.
-        let counted = |ts: &[i64]| {
-            let mut c = fake_chunk(ts);
-            let raw = c.raw.as_mut().unwrap();
-            raw.data.splice(0..0, (ts.len() as u16).to_be_bytes());
-            c
-        };
-        let limits = Limits { mint: 0, maxt: 100, max_samples: 0 };
-        // Scanning an unparsed series counts what preparing it counts (in-range chunks only).
+        let counted = |ts: &[i64]| counted_chunk(ts, ts.len() as u16);
+        let limits = Limits { mint: 0, maxt: 100, max_samples: 0, counted: 0 };
+        // Preparing counts in-range chunks only, and keeps the count.
         let chunks = vec![counted(&[1, 2]), counted(&[50, 60, 70]), counted(&[200, 300])];
-        let lazy_view = lazy(&[("__name__", "a")], chunks.clone());
-        let mut scanned = 0;
-        lazy_view.scan_chunks(|h| scanned += chunk_samples(h, &limits).unwrap_or(0)).unwrap();
         let mut parsed = lazy(&[("__name__", "a")], chunks);
         assert_eq!(prepare(&mut parsed, &rl, &limits, "r0").unwrap(), 5);
-        assert_eq!(scanned, 5);
+        assert_eq!(parsed.samples, 5);
         assert_eq!(parsed.chunks.len(), 2);
 
         let decode = |_: &[&WireChunk]| -> Result<Samples, String> { Ok(fl(&[1, 2])) };
@@ -1357,13 +1384,92 @@ mod tests {
         let err = merge_and_dedup_within(&mut sources, &rl, false, &decode, &Limits::NONE).unwrap_err();
         assert_eq!(err, MergeError::Source { index: 2, message: r#"r2: empty value for label "job""#.into() });
         // Chunks outside the selection are dropped from series read in the merge too.
-        let limits = Limits { mint: 1000, maxt: 2000, max_samples: 0 };
+        let limits = Limits { mint: 1000, maxt: 2000, max_samples: 0, counted: 0 };
         let mut sources = three();
         sources[1].batches[0][0] = lazy(&[("__name__", "a"), ("job", "x")], vec![counted(&[1, 2])]);
         let got = merge_raw_within(&mut sources, &limits).unwrap();
         let chunks: Vec<usize> = got.iter().map(|(_, c)| c.len()).collect();
         // r0 was prepared without the range (all kept), r1's chunk is outside it, r2 is r0's copy.
         assert_eq!(chunks, vec![1, 0]);
+    }
+
+    /// The merge counts the series of sources the fan-out did not count, copies dropped unread
+    /// as the series they copy: the limit takes exactly what counting every series of every
+    /// endpoint takes, in both merges, whatever is copied, differs, is out of order or is left
+    /// out after a bad series.
+    #[test]
+    fn the_merge_counts_copies_as_the_series_they_copy() {
+        let rl = vec!["replica".to_string()];
+        let range = Limits { mint: 0, maxt: 1000, max_samples: 0, counted: 0 };
+        // Per series of each replica: labels and chunks (sample counts in their headers; the
+        // chunk at 2000 is outside the range and counts nothing).
+        type Layout = Vec<Vec<(&'static str, Vec<thanos::AggrChunk>)>>;
+        let shared = || vec![counted_chunk(&[0, 10], 7), counted_chunk(&[2000], 50)];
+        let healthy: Layout = (0..3).map(|_| vec![("a", shared()), ("b", vec![counted_chunk(&[5], 3)])]).collect();
+        let mut lying = healthy.clone();
+        // A replica that differs and announces far more samples: parsed and counted as it says.
+        lying[2][1].1 = vec![counted_chunk(&[5], 60_000)];
+        let mut partial = healthy.clone();
+        // Series only some replicas hold (a ring with disjoint series), and one of its own.
+        partial[1].remove(0);
+        partial[2].push(("c", vec![counted_chunk(&[1], 11)]));
+        let mut unsorted = healthy.clone();
+        unsorted[1].reverse();
+        for (name, layout) in [("healthy", healthy), ("lying", lying), ("partial", partial), ("unsorted", unsorted)] {
+            // What counting every series as received gives.
+            let want: usize = layout
+                .iter()
+                .flatten()
+                .map(|(l, c)| prepare(&mut lazy(&[("__name__", l)], c.clone()), &rl, &range, "x").unwrap())
+                .sum();
+            // r0 read and counted as it arrived, the others lazy.
+            let sources = || -> (Vec<Source>, usize) {
+                let mut base = 0;
+                let sources = layout
+                    .iter()
+                    .enumerate()
+                    .map(|(r, series)| {
+                        let views = series
+                            .iter()
+                            .map(|(l, c)| {
+                                let mut v = lazy(&[("__name__", l)], c.clone());
+                                if r == 0 {
+                                    base += prepare(&mut v, &rl, &range, "r0").unwrap();
+                                }
+                                v
+                            })
+                            .collect();
+                        Source { counted: r == 0, ..stripped(views, &format!("r{r}")) }
+                    })
+                    .collect();
+                (sources, base)
+            };
+            for max in [want, want - 1] {
+                let (mut s, counted) = sources();
+                let limits = Limits { max_samples: max, counted, ..range };
+                let got = merge_and_dedup_within(&mut s, &rl, false, &fake_decode, &limits);
+                assert_eq!(got.is_ok(), max == want, "{name}, limit {max}: {got:?}");
+                if max < want {
+                    assert_eq!(got.unwrap_err(), MergeError::TooManySamples, "{name}");
+                }
+                let (mut s, counted) = sources();
+                let limits = Limits { max_samples: max, counted, ..range };
+                let got = merge_raw_within(&mut s, &limits);
+                assert_eq!(got.is_ok(), max == want, "{name} raw, limit {max}: {got:?}");
+            }
+        }
+
+        // A merge run again without a bad source counts afresh: the others' samples once.
+        let mk = |r: usize, bad: bool| {
+            let l: &[(&str, &str)] = if bad { &[("__name__", "a"), ("job", "")] } else { &[("__name__", "a")] };
+            Source { counted: false, ..stripped(vec![lazy(l, vec![counted_chunk(&[1], 4)])], &format!("r{r}")) }
+        };
+        let mut sources = vec![mk(0, false), mk(1, true), mk(2, false)];
+        let limits = Limits { max_samples: 8, ..range };
+        let err = merge_and_dedup_within(&mut sources, &rl, false, &fake_decode, &limits).unwrap_err();
+        assert!(matches!(err, MergeError::Source { index: 1, .. }), "{err:?}");
+        sources.remove(1);
+        assert!(merge_and_dedup_within(&mut sources, &rl, false, &fake_decode, &limits).is_ok());
     }
 
     /// Two endpoints that keep their replica labels (no stripping) sending the same replicas

@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::dedup::{
-    Limits, MergeError, RawSeries, Source, chunk_samples, header_count, is_counter_func, merge_and_dedup_within,
-    merge_raw_within, prepare,
+    Limits, MergeError, RawSeries, Source, header_count, is_counter_func, merge_and_dedup_within, merge_raw_within,
+    prepare,
 };
 use crate::endpoints::{EndpointSet, EndpointState};
 use crate::seriesview::{MAX_MESSAGE_BYTES, SeriesFrame, SeriesView, WireChunk, decode_response, decode_response_lazy};
@@ -34,8 +34,9 @@ pub struct QueryOptions {
     pub extra_matchers: Vec<Matcher>,
     /// When the request must be finished.
     pub deadline: Instant,
-    /// Most samples one selection may decode across all endpoints (replicas included);
-    /// 0 means no limit. Bounds the memory a query can take.
+    /// Most samples one selection may decode across all endpoints (replicas included, as
+    /// their chunk headers announce them); 0 means no limit. With the bytes the endpoints
+    /// may send for it (16 per sample, at least 64 MiB), bounds the memory a query can take.
     pub max_samples: usize,
     /// Coarsest downsampling resolution (ms) the stores may answer with
     /// (`max_resolution_window`); 0 reads raw data only.
@@ -145,16 +146,37 @@ fn normalize(samples: &mut Vec<(i64, StoredValue)>) {
 
 struct SeriesCall {
     req: SeriesRequest,
-    /// Samples received so far from all endpoints of this selection (chunk headers).
+    /// Samples received so far from the endpoints whose series are read as they arrive
+    /// (chunk headers); the merge counts the others' on top.
     decoded: std::sync::atomic::AtomicUsize,
+    /// Bytes received so far from all endpoints of this selection.
+    received: std::sync::atomic::AtomicUsize,
     tenant: Option<String>,
     replica_labels: Vec<String>,
     limits: Limits,
 }
 
+impl SeriesCall {
+    /// The limits of the merge: the selection's, with what the fan-out counted.
+    fn merge_limits(&self) -> Limits {
+        Limits { counted: self.decoded.load(std::sync::atomic::Ordering::Relaxed), ..self.limits }
+    }
+}
+
 enum FetchError {
     Endpoint(String),
     Limit,
+}
+
+/// Bytes the endpoints of one selection may send together, for a sample limit of
+/// `max_samples` (0: no limit). The series of endpoints left for the merge are counted
+/// there, exactly; until then this bounds the memory they hold (and what any endpoint may
+/// send in chunks whose headers announce fewer samples than they hold). Generous, so that
+/// it refuses no selection the sample count would take: 16 bytes per sample of the limit
+/// (what a decoded sample takes; chunks hold about 1-2 bytes per sample, labels
+/// included), and at least 64 MiB.
+fn byte_budget(max_samples: usize) -> usize {
+    if max_samples == 0 { usize::MAX } else { max_samples.saturating_mul(16).max(64 << 20) }
 }
 
 impl From<String> for FetchError {
@@ -208,17 +230,16 @@ async fn fetch_series(
     let rl = &call.replica_labels;
     let limits = &call.limits;
     // No label set is built here: series stay views until the merge, which builds one per
-    // group of replicas. The limit is checked on the chunk headers' sample counts of every
-    // endpoint's series as they arrive, before decoding; a lazy series is only scanned for
-    // its chunks (labels skipped by length), the merge reads the rest if it needs it.
+    // group of replicas. The limit is checked on the chunk headers' sample counts of the
+    // eager endpoint's series as they arrive, before decoding. A lazy endpoint's series are
+    // not read here at all: the merge counts them (copies as the series they copy), and
+    // meanwhile what endpoints hold is bounded by its bytes.
+    let budget = byte_budget(limits.max_samples);
     let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
-        let added = if lazy && !s.is_parsed() {
-            let mut n = 0usize;
-            s.scan_chunks(|h| n += chunk_samples(h, limits).unwrap_or(0)).map_err(|e| format!("{}: {e}", ep.addr))?;
-            n
-        } else {
-            prepare(s, rl, limits, &ep.addr)?
-        };
+        if lazy {
+            return Ok(());
+        }
+        let added = prepare(s, rl, limits, &ep.addr)?;
         let total = call.decoded.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
         if limits.max_samples > 0 && total > limits.max_samples {
             return Err(FetchError::Limit);
@@ -227,6 +248,10 @@ async fn fetch_series(
     };
     let decode = if lazy { decode_response_lazy } else { decode_response };
     while let Some(buf) = stream.next().await.map_err(|s| status_msg(&ep.addr, &s))? {
+        let n = buf.len();
+        if call.received.fetch_add(n, std::sync::atomic::Ordering::Relaxed).saturating_add(n) > budget {
+            return Err(FetchError::Limit);
+        }
         let msg = decode(buf).map_err(|e| status_msg(&ep.addr, &tonic::Status::internal(e.to_string())))?;
         match msg {
             SeriesFrame::Series(mut s) => {
@@ -248,7 +273,8 @@ async fn fetch_series(
             SeriesFrame::Hints | SeriesFrame::Empty => {}
         }
     }
-    Ok((Source { name: ep.addr.clone(), batches, stripped, identity: identity.unwrap_or_default() }, warnings))
+    let identity = identity.unwrap_or_default();
+    Ok((Source { name: ep.addr.clone(), batches, stripped, identity, counted: !lazy }, warnings))
 }
 
 /// Fans requests out to the endpoint set.
@@ -280,6 +306,7 @@ impl Fanout {
                     sources.remove(index);
                     warnings.push(message);
                 }
+                Err(MergeError::TooManySamples) => return Err(FanoutError::TooManySamples),
                 Err(e) => return Err(FanoutError::Endpoint(e.to_string())),
             }
         }
@@ -332,6 +359,7 @@ impl Fanout {
         let (sources, mut warnings, call) =
             self.fetch(opts, matchers, mint, maxt, skip_chunks, hints, aggr_nums).await?;
         let (mint, maxt) = (call.limits.mint, call.limits.maxt);
+        let limits = call.merge_limits();
         let decode = |chunks: &[&WireChunk]| -> Result<Vec<(i64, StoredValue)>, String> {
             if !aggrs.is_empty() {
                 let mut samples = crate::downsampled::decode_series(chunks, &aggrs, mint, maxt)?;
@@ -349,7 +377,7 @@ impl Fanout {
         };
         let counter = is_counter_func(func);
         let series = Self::merge_leaving_out_bad(opts, sources, &mut warnings, |sources| {
-            merge_and_dedup_within(sources, &call.replica_labels, counter, &decode, &call.limits)
+            merge_and_dedup_within(sources, &call.replica_labels, counter, &decode, &limits)
         })?;
         Ok(Selection { series, warnings })
     }
@@ -370,9 +398,9 @@ impl Fanout {
         let opts = QueryOptions { dedup: false, ..opts.clone() };
         let aggrs = opts.aggregates.clone();
         let (sources, mut warnings, call) = self.fetch(&opts, matchers, mint, maxt, skip_chunks, hints, aggrs).await?;
-        let series = Self::merge_leaving_out_bad(&opts, sources, &mut warnings, |sources| {
-            merge_raw_within(sources, &call.limits)
-        })?;
+        let limits = call.merge_limits();
+        let series =
+            Self::merge_leaving_out_bad(&opts, sources, &mut warnings, |sources| merge_raw_within(sources, &limits))?;
         Ok(RawSelection { series, warnings })
     }
 
@@ -413,9 +441,10 @@ impl Fanout {
                 ..Default::default()
             },
             decoded: Default::default(),
+            received: Default::default(),
             tenant: opts.tenant.clone(),
             replica_labels,
-            limits: Limits { mint, maxt, max_samples: opts.max_samples },
+            limits: Limits { mint, maxt, max_samples: opts.max_samples, counted: 0 },
         });
         let mut set = tokio::task::JoinSet::new();
         for (i, ep) in eps.into_iter().enumerate() {
