@@ -234,7 +234,9 @@ async fn fetch_series(
     // eager endpoint's series as they arrive, before decoding. A lazy endpoint's series are
     // not read here at all: the merge counts them (copies as the series they copy), and
     // meanwhile what endpoints hold is bounded by its bytes.
-    let budget = byte_budget(limits.max_samples);
+    // Label-only selections load no samples: the sample limit does not bound them, and
+    // neither may its byte budget.
+    let budget = if call.req.skip_chunks { usize::MAX } else { byte_budget(limits.max_samples) };
     let handle = |s: &mut SeriesView| -> Result<(), FetchError> {
         if lazy {
             return Ok(());

@@ -558,9 +558,10 @@ fn decode_frame(buf: Bytes, lazy: bool) -> Result<SeriesFrame, ViewError> {
                                     // Room for as many series as the batch holds if they are
                                     // the size of the first (a key and a length each): no
                                     // growing and copying of the list, series by series
-                                    // (at most what a batch of 4,096 takes up front: the sizes
-                                    // are the sender's word).
-                                    list.reserve(((br.end - br.pos) / (range.len() + 3) + 1).min(4096));
+                                    // (the sizes are the sender's word: a first series
+                                    // counted as at least 64 bytes, and at most the 1,024
+                                    // series the querier asks per batch up front).
+                                    list.reserve(((br.end - br.pos) / (range.len().max(64) + 3) + 1).min(1024));
                                 }
                                 let mut s = new_series(range);
                                 read(&mut s)?;

@@ -120,6 +120,11 @@ fn on_blocking_thread(
 /// `send` returns false or, checked before each series, `cancelled` holds (the client
 /// went away). `per_series` is the size of a series in recent frames, to size the next
 /// frames' buffers; it is updated from each frame.
+/// Most bytes reserved up front for a frame (what the frame buffer pool keeps).
+const MAX_FRAME_RESERVE: usize = 4 << 20;
+/// Most bytes reserved for one series before its lock is taken.
+const MAX_SERIES_RESERVE: usize = 1 << 20;
+
 fn send_frames(
     all: Vec<(Arc<ExtLabels>, LazySeries)>,
     req: &SeriesRequest,
@@ -137,7 +142,10 @@ fn send_frames(
             0 => 512,
             n => n + n / 8,
         };
-        FrameWriter::new(batch > 1, left.saturating_mul(each))
+        // The estimate comes from other requests' series (any tenant, chunks or not) and the
+        // batch size from the client: reserve no more than a pooled buffer up front and let
+        // the frame grow past it.
+        FrameWriter::new(batch > 1, left.saturating_mul(each).min(MAX_FRAME_RESERVE))
     };
     let mut w = writer(0, 0);
     let mut sent = 0usize;
@@ -151,13 +159,19 @@ fn send_frames(
         let keep = if req.skip_chunks { 0 } else { usize::MAX };
         // `Some(false)`: the series has no chunk in the range.
         let direct = match lazy.sources.as_slice() {
-            [Source::Head(h)] => h.with_plain_chunks(mint, maxt, |closed, open| {
-                if closed.is_empty() && open.is_none() {
-                    return false;
-                }
-                w.push(&lazy.labels, &ext, closed.iter().chain(open).take(keep));
-                true
-            }),
+            [Source::Head(h)] => {
+                // Room for a series of the usual size before its lock is taken: growing the
+                // frame (megabytes copied, fresh pages) under a series lock would hold up
+                // the tenant's commits, which take series locks.
+                w.reserve(per_series.load(Ordering::Relaxed).clamp(512, MAX_SERIES_RESERVE));
+                h.with_plain_chunks(mint, maxt, |closed, open| {
+                    if closed.is_empty() && open.is_none() {
+                        return false;
+                    }
+                    w.push(&lazy.labels, &ext, closed.iter().chain(open).take(keep));
+                    true
+                })
+            }
             _ => None,
         };
         match direct {
@@ -829,6 +843,42 @@ mod tests {
             },
         )
         .unwrap();
+        assert_eq!(got.len(), 1);
+    }
+
+    /// A client's huge batch size and a huge size estimate left by earlier answers reserve
+    /// no more than a pooled buffer's worth up front (an allocation of their product would
+    /// abort the process), and the frames still carry every series.
+    #[test]
+    fn frame_reservations_are_bounded() {
+        let (_dir, svc) = store();
+        let req = SeriesRequest { max_time: i64::MAX, response_batch_size: i64::MAX, ..Default::default() };
+        let all = svc.select_lazy(&[], req.min_time, req.max_time, &[]).unwrap();
+        let mut want = Vec::new();
+        send_frames(
+            all.clone(),
+            &req,
+            &AtomicUsize::new(0),
+            || false,
+            |f| {
+                want.push(f);
+                true
+            },
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        send_frames(
+            all,
+            &req,
+            &AtomicUsize::new(usize::MAX / 4),
+            || false,
+            |f| {
+                got.push(f);
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(got, want);
         assert_eq!(got.len(), 1);
     }
 

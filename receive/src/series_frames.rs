@@ -284,6 +284,11 @@ impl FrameWriter {
         FrameWriter { buf, batch, series: 0 }
     }
 
+    /// Makes room for at least `additional` more bytes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
     /// Series written so far.
     pub fn series(&self) -> usize {
         self.series
@@ -473,7 +478,10 @@ mod pool {
     pub fn take(capacity: usize) -> Vec<u8> {
         let kept = {
             let mut free = FREE.lock();
-            free.iter().position(|b| b.capacity() >= capacity).map(|i| free.swap_remove(i))
+            // The smallest that fits: small frames leave the large buffers to large ones.
+            let best =
+                free.iter().enumerate().filter(|(_, b)| b.capacity() >= capacity).min_by_key(|(_, b)| b.capacity());
+            best.map(|(i, _)| i).map(|i| free.swap_remove(i))
         };
         kept.unwrap_or_else(|| Vec::with_capacity(capacity))
     }
