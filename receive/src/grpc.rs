@@ -831,19 +831,26 @@ mod tests {
             assert_eq!((checks.get(), frames), (cancel_at, 0), "cancelled at check {cancel_at}");
         }
         // Not cancelled: one frame of every series.
-        let mut got = Vec::new();
+        let got = all_frames(all.clone(), &req, 0);
+        assert_eq!(got.len(), 1);
+    }
+
+    /// Every frame `send_frames` makes of `all`, not cancelled, starting from a size estimate
+    /// of `per_series`.
+    fn all_frames(all: Vec<(Arc<ExtLabels>, LazySeries)>, req: &SeriesRequest, per_series: usize) -> Vec<Frame> {
+        let mut frames = Vec::new();
         send_frames(
-            all.clone(),
-            &req,
-            &AtomicUsize::new(0),
+            all,
+            req,
+            &AtomicUsize::new(per_series),
             || false,
             |f| {
-                got.push(f);
+                frames.push(f);
                 true
             },
         )
         .unwrap();
-        assert_eq!(got.len(), 1);
+        frames
     }
 
     /// A client's huge batch size and a huge size estimate left by earlier answers reserve
@@ -854,30 +861,8 @@ mod tests {
         let (_dir, svc) = store();
         let req = SeriesRequest { max_time: i64::MAX, response_batch_size: i64::MAX, ..Default::default() };
         let all = svc.select_lazy(&[], req.min_time, req.max_time, &[]).unwrap();
-        let mut want = Vec::new();
-        send_frames(
-            all.clone(),
-            &req,
-            &AtomicUsize::new(0),
-            || false,
-            |f| {
-                want.push(f);
-                true
-            },
-        )
-        .unwrap();
-        let mut got = Vec::new();
-        send_frames(
-            all,
-            &req,
-            &AtomicUsize::new(usize::MAX / 4),
-            || false,
-            |f| {
-                got.push(f);
-                true
-            },
-        )
-        .unwrap();
+        let want = all_frames(all.clone(), &req, 0);
+        let got = all_frames(all, &req, usize::MAX / 4);
         assert_eq!(got, want);
         assert_eq!(got.len(), 1);
     }
