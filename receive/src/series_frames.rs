@@ -357,7 +357,15 @@ impl FrameWriter {
         let h = head.bytes();
         let start = HEAD - h.len() - PREFIX;
         self.buf[start + PREFIX..HEAD].copy_from_slice(h);
-        Frame { buf: self.buf, start }
+        Frame { buf: std::mem::take(&mut self.buf), start }
+    }
+}
+
+impl Drop for FrameWriter {
+    /// A writer left unfinished (the stream ended after a full frame, or was cancelled)
+    /// hands its buffer back instead of freeing it.
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -487,7 +495,7 @@ mod pool {
     }
 
     /// Keeps `buf` for reuse if there is room.
-    fn give(mut buf: Vec<u8>) {
+    pub(super) fn give(mut buf: Vec<u8>) {
         if buf.capacity() == 0 || buf.capacity() > MAX_KEPT {
             return;
         }
