@@ -9,17 +9,15 @@
 
 mod common;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use common::{FakeStore, enc, serve_store, start_querier};
-use futures::Stream;
 use norn_model::Labels;
 use norn_storeapi::thanos::info::info_server::Info;
 use norn_storeapi::thanos::info::{InfoRequest, InfoResponse};
 use norn_storeapi::thanos::store_server::Store;
 use norn_storeapi::thanos::{
-    LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest, SeriesResponse,
+    LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse, SeriesRequest,
 };
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +47,7 @@ fn matchers(ms: &[norn_storeapi::thanos::LabelMatcher]) -> Vec<String> {
     out
 }
 
-type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
+use common::SeriesStream;
 
 #[tonic::async_trait]
 impl Store for Recording {

@@ -8,12 +8,10 @@
 
 mod common;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::start_querier;
-use futures::Stream;
 use norn_model::{Histogram, Labels, Span};
 use norn_storeapi::thanos::info::info_server::Info;
 use norn_storeapi::thanos::info::{InfoRequest, InfoResponse, StoreInfo};
@@ -41,7 +39,7 @@ struct RawStore {
     seen: Seen,
 }
 
-type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
+use common::SeriesStream;
 
 #[tonic::async_trait]
 impl Store for RawStore {

@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{FakeStore, enc, serve_store, start_querier};
-use futures::Stream;
 use norn_model::Labels;
 use norn_storeapi::thanos::info::info_server::Info;
 use norn_storeapi::thanos::info::{InfoRequest, InfoResponse};
@@ -96,7 +94,7 @@ struct Padded {
     junk: usize,
 }
 
-type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
+use common::SeriesStream;
 
 #[tonic::async_trait]
 impl Store for Padded {

@@ -86,7 +86,8 @@ impl FakeStore {
     }
 }
 
-type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
+/// The stream type of the test stores' `Series` answers.
+pub type SeriesStream = Pin<Box<dyn Stream<Item = Result<SeriesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Store for FakeStore {
