@@ -157,7 +157,24 @@ async fn three_receivers_rf3_with_prometheus_survive_a_kill() {
         let b: BTreeSet<_> = s.keys().collect();
         assert_eq!(a, b, "series sets of r0 and r{i} differ");
         for (k, v) in &snaps[0] {
-            assert_eq!(v, &s[k], "samples of {k:?} differ between r0 and r{i}");
+            if v != &s[k] {
+                let lag: Vec<String> = rs
+                    .iter()
+                    .flat_map(|r| {
+                        let name = r.name.clone();
+                        r.log_text()
+                            .lines()
+                            .filter(|l| l.contains("replica") || l.contains("quorum") || l.contains("out of"))
+                            .map(|l| format!("{name}: {l}"))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                panic!(
+                    "samples of {k:?} differ between r0 and r{i}:\n  r0: {v:?}\n  r{i}: {:?}\nreceiver log lines about replicas:\n{}",
+                    s[k],
+                    lag.join("\n")
+                );
+            }
         }
     }
 
