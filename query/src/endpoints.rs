@@ -178,9 +178,12 @@ pub struct EndpointSetConfig {
 #[derive(Debug)]
 pub struct EndpointSet {
     cfg: EndpointSetConfig,
-    resolver: Option<TokioResolver>,
-    /// Search domains and `ndots` of /etc/resolv.conf, applied to `dns+`/`dnssrv+` names.
-    search: SearchList,
+    /// The resolver and search list in use, rebuilt when resolv.conf changes.
+    dns: RwLock<DnsConf>,
+    /// resolv.conf, read again at every refresh (as Go's resolver, which Thanos uses,
+    /// checks it every few seconds): a changed search list or name server applies
+    /// without a restart.
+    resolv_conf: PathBuf,
     endpoints: RwLock<BTreeMap<String, Arc<EndpointState>>>,
     /// Last good resolution of each DNS spec (by its `Debug` form, as SD files add and
     /// remove specs), kept when a lookup fails.
@@ -199,8 +202,20 @@ struct SdFileState {
     error: Option<String>,
 }
 
-fn system_nameserver() -> Option<SocketAddr> {
-    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+/// The resolver of a refresh and the resolv.conf text it was made from.
+#[derive(Debug, Default)]
+struct DnsConf {
+    /// resolv.conf's text when last read (`None` before the first read or while it cannot
+    /// be read).
+    text: Option<String>,
+    /// The name server asked and its resolver; `None` when there is none.
+    resolver: Option<(SocketAddr, TokioResolver)>,
+    /// Search domains and `ndots`, applied to `dns+`/`dnssrv+` names.
+    search: SearchList,
+}
+
+/// The first `nameserver` of resolv.conf text, on port 53.
+fn nameserver_of(conf: &str) -> Option<SocketAddr> {
     conf.lines()
         .find_map(|l| {
             let mut parts = l.split_whitespace();
@@ -248,10 +263,6 @@ impl SearchList {
             }
         }
         out
-    }
-
-    fn system() -> SearchList {
-        std::fs::read_to_string("/etc/resolv.conf").map(|c| SearchList::parse(&c)).unwrap_or_default()
     }
 
     /// The absolute names to try for `name`, in order (miekg/dns's `NameList`): an absolute
@@ -315,22 +326,58 @@ fn build_resolver(server: SocketAddr) -> TokioResolver {
 }
 
 impl EndpointSet {
-    /// An endpoint set; nothing is resolved or probed until [`EndpointSet::refresh`].
+    /// An endpoint set; nothing is resolved or probed (and resolv.conf not read) until
+    /// [`EndpointSet::refresh`].
     pub fn new(cfg: EndpointSetConfig) -> EndpointSet {
-        let needs_dns = cfg.specs.iter().any(|s| !matches!(s, EndpointSpec::Static(_))) || !cfg.sd_files.is_empty();
-        let resolver = if needs_dns { cfg.dns_server.or_else(system_nameserver).map(build_resolver) } else { None };
+        Self::with_resolv_conf(cfg, PathBuf::from("/etc/resolv.conf"))
+    }
+
+    /// An endpoint set that reads `resolv_conf` instead of /etc/resolv.conf.
+    pub fn with_resolv_conf(cfg: EndpointSetConfig, resolv_conf: PathBuf) -> EndpointSet {
         EndpointSet {
             cfg,
-            resolver,
-            search: SearchList::system(),
+            dns: RwLock::new(DnsConf::default()),
+            resolv_conf,
             endpoints: RwLock::new(BTreeMap::new()),
             last_resolved: RwLock::new(HashMap::new()),
             sd_state: RwLock::new(BTreeMap::new()),
         }
     }
 
-    async fn resolve_spec(&self, spec: &EndpointSpec) -> Result<Vec<String>, String> {
-        let resolver = || self.resolver.as_ref().ok_or_else(|| "no DNS server configured".to_string());
+    /// Reads resolv.conf again; when its text changed, takes its search list and, unless
+    /// a DNS server was configured, rebuilds the resolver for its first name server. An
+    /// unreadable file keeps what was read last (a resolver once built stays).
+    fn reread_resolv_conf(&self) -> (Option<TokioResolver>, SearchList) {
+        let text = std::fs::read_to_string(&self.resolv_conf).ok();
+        let mut d = self.dns.write();
+        if (text.is_some() && text != d.text) || d.resolver.is_none() {
+            let conf = text.as_deref().unwrap_or_default();
+            if text.is_some() {
+                d.search = SearchList::parse(conf);
+            }
+            let server = self.cfg.dns_server.or_else(|| nameserver_of(conf));
+            if let Some(server) = server
+                && d.resolver.as_ref().is_none_or(|(s, _)| *s != server)
+            {
+                if d.resolver.is_some() {
+                    tracing::info!(%server, "resolv.conf changed: DNS lookups now ask this server");
+                }
+                d.resolver = Some((server, build_resolver(server)));
+            }
+            if text.is_some() {
+                d.text = text;
+            }
+        }
+        (d.resolver.as_ref().map(|(_, r)| r.clone()), d.search.clone())
+    }
+
+    async fn resolve_spec(
+        &self,
+        spec: &EndpointSpec,
+        resolver: Option<&TokioResolver>,
+        search: &SearchList,
+    ) -> Result<Vec<String>, String> {
+        let resolver = || resolver.ok_or_else(|| "no DNS server configured".to_string());
         match spec {
             EndpointSpec::Static(a) => Ok(vec![a.clone()]),
             EndpointSpec::Dns { host, port } => {
@@ -338,7 +385,7 @@ impl EndpointSet {
                     return Ok(vec![SocketAddr::new(ip, *port).to_string()]);
                 }
                 let r = resolver()?;
-                match lookup_with_search(&self.search, host, |n| r.lookup_ip(n)).await {
+                match lookup_with_search(search, host, |n| r.lookup_ip(n)).await {
                     Ok(Found::Records(ips)) => {
                         Ok(ips.iter().map(|ip| SocketAddr::new(ip, *port).to_string()).collect())
                     }
@@ -351,7 +398,7 @@ impl EndpointSet {
             }
             EndpointSpec::Srv { name, port, resolve_targets } => {
                 let r = resolver()?;
-                let srv = match lookup_with_search(&self.search, name, |n| r.srv_lookup(n)).await {
+                let srv = match lookup_with_search(search, name, |n| r.srv_lookup(n)).await {
                     Ok(Found::Records(srv)) => srv,
                     Ok(Found::NotFound) => {
                         tracing::warn!(name, "no SRV records found for endpoint");
@@ -385,10 +432,20 @@ impl EndpointSet {
     async fn resolve_all(&self) -> Vec<String> {
         let mut specs = self.cfg.specs.clone();
         specs.extend(self.read_sd_files());
+        let (resolver, search) = if specs.iter().all(|s| matches!(s, EndpointSpec::Static(_))) {
+            (None, SearchList::default())
+        } else {
+            self.reread_resolv_conf()
+        };
+        // All at once: a name whose server does not answer costs one lookup's timeout, not
+        // one per name after it.
+        let resolved =
+            futures::future::join_all(specs.iter().map(|spec| self.resolve_spec(spec, resolver.as_ref(), &search)))
+                .await;
         let mut addrs = Vec::new();
-        for spec in &specs {
+        for (spec, r) in specs.iter().zip(resolved) {
             let key = format!("{spec:?}");
-            match self.resolve_spec(spec).await {
+            match r {
                 Ok(a) => {
                     self.last_resolved.write().insert(key, a.clone());
                     addrs.extend(a);
