@@ -40,7 +40,9 @@ fn args(endpoints: Vec<String>, max_samples: usize) -> norn_query::Args {
         endpoints,
         replica_labels: vec!["replica".into()],
         endpoint_refresh_interval: Duration::from_millis(200),
-        endpoint_info_timeout: Duration::from_millis(500),
+        // Generous: an Info call that times out leaves its store out of the first
+        // round (and so out of the first queries) on a loaded machine.
+        endpoint_info_timeout: Duration::from_secs(5),
         max_samples,
         ..Default::default()
     }
