@@ -262,7 +262,7 @@ fn start_querier(rt: &tokio::runtime::Runtime, endpoints: Vec<String>, stop: &Sh
         ..Default::default()
     };
     rt.spawn(norn_query::run_with_listeners(args, http, grpc, stop.clone()));
-    assert!(wait_ready(ports.0, "/-/ready", Duration::from_secs(30)), "querier not ready");
+    assert!(wait_ready(ports.0, "/-/ready", Duration::from_secs(60)), "querier not ready");
     ports
 }
 
@@ -585,7 +585,7 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
         min_time: "0000-01-01T00:00:00Z".into(),
     };
     let sidecar = rt.spawn(norn_sidecar::run(sidecar_args, stop.clone()));
-    assert!(wait_ready(sc_http, "/-/ready", Duration::from_secs(30)), "sidecar not ready");
+    assert!(wait_ready(sc_http, "/-/ready", Duration::from_secs(60)), "sidecar not ready");
 
     let sc_addr = format!("127.0.0.1:{sc_grpc}");
     let both = start_querier(&rt, vec![sc_addr.clone(), recv.grpc_addr()], &stop);

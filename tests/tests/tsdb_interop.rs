@@ -453,7 +453,7 @@ fn dump_reads_a_prometheus_wal() {
         assert!(std::time::Instant::now() < deadline, "no scrapes stored: {body}\n{}", log_text());
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(guard.terminate(Duration::from_secs(30)), "prometheus did not stop:\n{}", log_text());
+    assert!(guard.terminate(Duration::from_secs(60)), "prometheus did not stop:\n{}", log_text());
     let dir = data.to_str().unwrap();
     for args in [vec![], vec!["--match", "{__name__=~\"prometheus_tsdb_head.*|up\"}"]] {
         let theirs = stdout(&run_ok(promtool(&["tsdb", "dump"]).unwrap().args(&args).arg(dir)));
