@@ -19,7 +19,7 @@ mod receive_support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use norn_model::{FloatHistogram, Histogram, Span};
 use norn_service::Shutdown;
@@ -610,7 +610,8 @@ fn native_histograms_through_sidecar_and_receive_match_prometheus() {
             assert!(*code == 200 || *code == 204, "receive write: {code} {msg}\n{}", recv.log_text());
         }
         let mut bad = Vec::new();
-        for _ in 0..60 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
             bad = differences(prom_port, *q, &paths);
             if bad.is_empty() {
                 break;
