@@ -40,9 +40,9 @@ fn args(endpoints: Vec<String>, max_samples: usize) -> norn_query::Args {
         endpoints,
         replica_labels: vec!["replica".into()],
         endpoint_refresh_interval: Duration::from_millis(200),
-        // Generous: an Info call that times out leaves its store out of the first
-        // round (and so out of the first queries) on a loaded machine.
-        endpoint_info_timeout: Duration::from_secs(5),
+        // An Info probe that times out marks its store down until the next round
+        // (queries then miss its data): generous, for a loaded machine.
+        endpoint_info_timeout: Duration::from_secs(10),
         max_samples,
         ..Default::default()
     }

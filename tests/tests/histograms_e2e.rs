@@ -258,7 +258,9 @@ fn start_querier(rt: &tokio::runtime::Runtime, endpoints: Vec<String>, stop: &Sh
         endpoints,
         replica_labels: vec!["replica".into()],
         endpoint_refresh_interval: Duration::from_millis(500),
-        endpoint_info_timeout: Duration::from_secs(2),
+        // An Info probe that times out marks its store down until the next round
+        // (queries then miss its data): generous, for a loaded machine.
+        endpoint_info_timeout: Duration::from_secs(10),
         ..Default::default()
     };
     rt.spawn(norn_query::run_with_listeners(args, http, grpc, stop.clone()));
