@@ -140,7 +140,7 @@ async fn range_query_latency_vs_prometheus_and_dedup_cost() {
             .unwrap(),
     );
     let prom = format!("http://127.0.0.1:{port}");
-    for _ in 0..400 {
+    for _ in 0..1200 {
         if reqwest::get(format!("{prom}/-/ready")).await.is_ok_and(|r| r.status().is_success()) {
             break;
         }

@@ -223,7 +223,9 @@ async fn stacked_store_api_passes_chunks_through() {
         endpoints,
         replica_labels: vec!["site".into()],
         endpoint_refresh_interval: Duration::from_millis(200),
-        endpoint_info_timeout: Duration::from_millis(500),
+        // An Info probe that times out marks its store down until the next round
+        // (queries then miss its data): generous, for a loaded machine.
+        endpoint_info_timeout: Duration::from_secs(10),
         ..Default::default()
     };
     // Of identical chunks, the first endpoint's stays: the querier orders endpoints by address.

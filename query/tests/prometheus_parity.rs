@@ -150,7 +150,8 @@ async fn json_and_promtool_match_prometheus() {
     );
     let prom = format!("http://127.0.0.1:{port}");
     let mut up = false;
-    for _ in 0..200 {
+    // Up to a minute: Prometheus opens its blocks slowly on a loaded machine.
+    for _ in 0..1200 {
         if let Ok(r) = reqwest::get(format!("{prom}/-/ready")).await
             && r.status().is_success()
         {
@@ -263,7 +264,7 @@ async fn json_and_promtool_match_prometheus() {
             .unwrap(),
     );
     let rr = format!("http://127.0.0.1:{rr_port}");
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if reqwest::get(format!("{rr}/-/ready")).await.is_ok_and(|r| r.status().is_success()) {
             break;
         }

@@ -40,7 +40,9 @@ fn args(endpoints: Vec<String>, max_samples: usize) -> norn_query::Args {
         endpoints,
         replica_labels: vec!["replica".into()],
         endpoint_refresh_interval: Duration::from_millis(200),
-        endpoint_info_timeout: Duration::from_millis(500),
+        // An Info probe that times out marks its store down until the next round
+        // (queries then miss its data): generous, for a loaded machine.
+        endpoint_info_timeout: Duration::from_secs(10),
         max_samples,
         ..Default::default()
     }

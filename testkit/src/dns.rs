@@ -24,8 +24,8 @@ impl Dnsmasq {
             .map(std::path::PathBuf::from)
             .find(|p| p.exists())
             .or_else(|| crate::require_tool("dnsmasq"))?;
-        // A UDP port that is free now; dnsmasq binds UDP and TCP on it.
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        // A port free for UDP and TCP now; dnsmasq binds both.
+        let port = crate::free_udp_tcp_port();
         let mut cmd = Command::new(bin);
         cmd.args([
             "--no-daemon",
@@ -46,11 +46,19 @@ impl Dnsmasq {
         for p in ports {
             cmd.arg(format!("--srv-host={srv_name},{host},{p}"));
         }
-        let guard = ProcessGuard::spawn("dnsmasq", &mut cmd, &work.join("dnsmasq.log"));
-        // Wait until it answers on TCP (it binds both at once).
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+        let log = work.join("dnsmasq.log");
+        let mut guard = ProcessGuard::spawn("dnsmasq", &mut cmd, &log);
+        // Ready once it answers on TCP (it binds UDP first, then TCP). Bounded, and a
+        // dnsmasq that never comes up fails here with its log rather than as a querier
+        // that finds no endpoints.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = guard.try_wait();
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                panic!(
+                    "dnsmasq on port {port} not answering (exit status {exited:?}); log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

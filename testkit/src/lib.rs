@@ -62,12 +62,66 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago: bound to port 0, read back and
-/// released. Another process could take it before the caller binds it, which is fine
-/// for tests on a quiet machine.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a process the test starts
+/// later: bound, read back and released.
+///
+/// Two races make a plain bind-to-port-0 unsafe on a busy machine: the kernel can hand
+/// the same port to two calls of one test binary (tests run in parallel threads), and it
+/// takes ports for outgoing connections (every HTTP and gRPC client of the tests) from the
+/// same ephemeral range, so one of them can take the port before the server binds it.
+/// So ports come from below the ephemeral range (`ip_local_port_range`), never twice in
+/// one process, starting at an offset derived from the process id so that test binaries
+/// running at the same time on one machine rarely meet. Falls back to port 0 when no
+/// port below the range is free.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    free_port_where(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A port on 127.0.0.1 free for both UDP and TCP (a DNS server binds both), chosen as
+/// [`free_port`] chooses.
+pub fn free_udp_tcp_port() -> u16 {
+    free_port_where(|p| {
+        std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+    })
+}
+
+fn free_port_where(free: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Ports handed out by this process (whether or not their user bound them yet).
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 12_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(65_535);
+    if high > LOW + 1_000 {
+        let span = high - LOW;
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (LOW + (start + n) % span) as u16;
+            let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+            if given.contains(&port) || !free(port) {
+                continue;
+            }
+            given.push(port);
+            return port;
+        }
+    }
+    // No room below the ephemeral range: let the kernel choose, still never twice.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        drop(l);
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && free(port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process that is killed (and reaped) when the guard is dropped, so a failing
@@ -133,8 +187,9 @@ pub fn http_get(port: u16, path_and_query: &str) -> std::io::Result<(u16, String
     use std::io::{Read, Write};
     use std::time::Duration;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    // Generous: a debug build on a loaded CI machine answers a heavy query slowly.
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    s.set_write_timeout(Some(Duration::from_secs(60)))?;
     write!(s, "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

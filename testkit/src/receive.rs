@@ -97,11 +97,12 @@ impl Receiver {
         self.guard = None;
     }
 
-    /// Asks the process to stop with SIGTERM and waits for it to exit.
+    /// Asks the process to stop with SIGTERM and waits (up to 60 s: a loaded machine
+    /// flushes a debug build's TSDB slowly) for it to exit.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut g = self.guard.take()?;
         let _ = Command::new("kill").arg("-TERM").arg(g.id().to_string()).status();
-        for _ in 0..100 {
+        for _ in 0..600 {
             if let Some(st) = g.try_wait() {
                 return Some(st);
             }
@@ -126,7 +127,8 @@ impl Receiver {
 pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // Generous: a replicated write on a loaded CI machine can take a while.
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));

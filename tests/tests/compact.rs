@@ -93,12 +93,12 @@ fn start_stack(work: &Path, bucket: &Path, name: &str) -> Stack {
         &qlog,
     );
     assert!(
-        wait_ready(qhttp, "/-/ready", Duration::from_secs(30)),
+        wait_ready(qhttp, "/-/ready", Duration::from_secs(60)),
         "query not ready:\n{}",
         std::fs::read_to_string(&qlog).unwrap_or_default()
     );
     // The querier learns the store's time range asynchronously: wait for data.
-    let end = Instant::now() + Duration::from_secs(30);
+    let end = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, body) = http_get(qhttp, &format!("/api/v1/query?query=g&time={}", T0 + H)).unwrap();
         if body.contains("\"instance\"") {
@@ -228,7 +228,7 @@ fn compact_wait_serves_http_and_compacts_later_blocks() {
         &log,
     );
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(wait_ready(port, "/-/ready", Duration::from_secs(30)), "not ready:\n{}", read_log());
+    assert!(wait_ready(port, "/-/ready", Duration::from_secs(60)), "not ready:\n{}", read_log());
     let (code, _) = http_get(port, "/-/healthy").unwrap();
     assert_eq!(code, 200);
 
@@ -251,6 +251,6 @@ fn compact_wait_serves_http_and_compacts_later_blocks() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(sources[..4].iter().all(|id| bucket.join(id).join("deletion-mark.json").exists()));
-    assert!(c.terminate(Duration::from_secs(30)), "did not stop:\n{}", read_log());
+    assert!(c.terminate(Duration::from_secs(60)), "did not stop:\n{}", read_log());
     assert_eq!(c.try_wait().and_then(|s| s.code()), Some(0));
 }

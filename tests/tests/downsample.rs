@@ -345,7 +345,7 @@ async fn query_reads_downsampled_data_per_function() {
             .arg(format!("--endpoint=127.0.0.1:{sgrpc}")),
         &qlog,
     );
-    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(30)), "{}", std::fs::read_to_string(&qlog).unwrap());
+    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(60)), "{}", std::fs::read_to_string(&qlog).unwrap());
     wait_for_gauge(qhttp);
 
     let series = raw_series();
@@ -495,7 +495,7 @@ async fn remote_read_uses_read_hints_for_downsampled_data() {
         &qlog,
     );
     let log = || std::fs::read_to_string(&qlog).unwrap_or_default();
-    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(30)), "{}", log());
+    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(60)), "{}", log());
     wait_for_gauge(qhttp);
     let (mint, maxt) = (T0 + 2 * H, T0 + 4 * H);
     let hints_in = |func: &str, step_ms: i64, (start_ms, end_ms): (i64, i64)| {
@@ -580,10 +580,10 @@ async fn remote_read_uses_read_hints_for_downsampled_data() {
     }
 }
 
-/// Waits (bounded, 30 s) until the querier on `qhttp` answers `gauge` with data: it learns
+/// Waits (bounded, 60 s) until the querier on `qhttp` answers `gauge` with data: it learns
 /// the store's time range asynchronously.
 fn wait_for_gauge(qhttp: u16) {
-    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let end = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, body) = http_get(qhttp, &format!("/api/v1/query?query=gauge&time={}", (T0 + H) / 1000)).unwrap();
         if body.contains("\"gauge\"") {

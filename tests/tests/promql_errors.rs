@@ -765,7 +765,7 @@ fn bad_queries_are_answered_as_prometheus_answers_them() {
         &work.path().join("query.log"),
     );
     let log = || std::fs::read_to_string(work.path().join("query.log")).unwrap_or_default();
-    assert!(wait_ready(http, "/-/ready", Duration::from_secs(30)), "query not ready:\n{}", log());
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(60)), "query not ready:\n{}", log());
     // The endpoint is discovered asynchronously: wait until the data is visible.
     let probe = format!("/api/v1/query?query=count(m)&time={}", secs(now));
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -46,6 +46,43 @@ async fn by_series(addr: &str, job: &str, mint: i64, maxt: i64) -> BTreeMap<Vec<
         .collect()
 }
 
+type Snapshot = BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
+
+/// The first difference between r0's snapshot and another receiver's, if any. Samples are
+/// compared bitwise, so that equal staleness markers (NaN) compare equal.
+fn first_difference(snaps: &[Snapshot]) -> Option<String> {
+    let bits = |x: &[(i64, f64)]| x.iter().map(|&(t, v)| (t, v.to_bits())).collect::<Vec<_>>();
+    for (i, s) in snaps.iter().enumerate().skip(1) {
+        let a: BTreeSet<_> = snaps[0].keys().collect();
+        let b: BTreeSet<_> = s.keys().collect();
+        if a != b {
+            let only0: Vec<_> = a.difference(&b).collect();
+            let only_i: Vec<_> = b.difference(&a).collect();
+            return Some(format!("series sets of r0 and r{i} differ: only on r0 {only0:?}, only on r{i} {only_i:?}"));
+        }
+        for (k, v) in &snaps[0] {
+            if bits(v) != bits(&s[k]) {
+                return Some(format!("samples of {k:?} differ between r0 and r{i}:\n  r0: {v:?}\n  r{i}: {:?}", s[k]));
+            }
+        }
+    }
+    None
+}
+
+/// The receivers' log lines about lagging or failed replica writes.
+fn replica_log_lines(rs: &[Receiver]) -> Vec<String> {
+    rs.iter()
+        .flat_map(|r| {
+            let name = r.name.clone();
+            r.log_text()
+                .lines()
+                .filter(|l| l.contains("replica write") || l.contains("quorum"))
+                .map(|l| format!("{name}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Polls until `f` returns true or `secs` pass.
 async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -128,13 +165,27 @@ async fn three_receivers_rf3_with_prometheus_survive_a_kill() {
         true
     })
     .await;
+    // Compared up to a moment already past: what Prometheus scraped before `t0` reaches
+    // the receivers over remote write (batches, retries) some time later, and each
+    // receiver is asked at a different moment. So the three answers are polled until they
+    // agree (bounded); receivers that stay different fail the test.
     let t0 = now_ms();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let snaps = [
-        by_series(&addrs[0], "receivers", 0, t0).await,
-        by_series(&addrs[1], "receivers", 0, t0).await,
-        by_series(&addrs[2], "receivers", 0, t0).await,
-    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let snaps = loop {
+        let snaps = [
+            by_series(&addrs[0], "receivers", 0, t0).await,
+            by_series(&addrs[1], "receivers", 0, t0).await,
+            by_series(&addrs[2], "receivers", 0, t0).await,
+        ];
+        match first_difference(&snaps) {
+            None => break snaps,
+            Some(diff) if Instant::now() > deadline => panic!(
+                "replicas still differ 60 s after {t0}: {diff}\nreceiver log lines about replicas:\n{}",
+                replica_log_lines(&rs).join("\n")
+            ),
+            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
     assert!(snaps[0].len() >= 50, "only {} series", snaps[0].len());
     for k in snaps[0].keys() {
         let t = k.iter().find(|(n, _)| n == "tenant_id").map(|(_, v)| v.as_str());
@@ -156,43 +207,19 @@ async fn three_receivers_rf3_with_prometheus_survive_a_kill() {
     for a in &addrs {
         assert!(writer_tenant(a).await, "writer series on {a} without tenant label {TENANT}");
     }
-    for (i, s) in snaps.iter().enumerate().skip(1) {
-        let a: BTreeSet<_> = snaps[0].keys().collect();
-        let b: BTreeSet<_> = s.keys().collect();
-        assert_eq!(a, b, "series sets of r0 and r{i} differ");
-        for (k, v) in &snaps[0] {
-            // Bitwise, so that equal staleness markers (NaN) compare equal.
-            let bits = |x: &[(i64, f64)]| x.iter().map(|&(t, v)| (t, v.to_bits())).collect::<Vec<_>>();
-            if bits(v) != bits(&s[k]) {
-                let lag: Vec<String> = rs
-                    .iter()
-                    .flat_map(|r| {
-                        let name = r.name.clone();
-                        r.log_text()
-                            .lines()
-                            .filter(|l| l.contains("replica write") || l.contains("quorum"))
-                            .map(|l| format!("{name}: {l}"))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                panic!(
-                    "samples of {k:?} differ between r0 and r{i}:\n  r0: {v:?}\n  r{i}: {:?}\nreceiver log lines about replicas:\n{}",
-                    s[k],
-                    lag.join("\n")
-                );
-            }
-        }
-    }
-
     // Kill r2 without warning; writes through r0 keep succeeding (quorum 2 of 3).
     let acked_before_kill: Vec<i64> = acked.lock().unwrap().clone();
     rs[2].kill();
     let killed_at = now_ms();
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let after_kill: Vec<i64> = acked.lock().unwrap().iter().copied().filter(|&t| t > killed_at).collect();
-    assert!(after_kill.len() > 20, "only {} acknowledged writes after the kill", after_kill.len());
-    let scraped = by_series(&addrs[1], "receivers", killed_at + 2000, i64::MAX).await;
-    assert!(scraped.values().any(|v| !v.is_empty()), "no Prometheus samples reached r1 after the kill");
+    // How fast the writer gets through depends on the machine: polled, not timed.
+    eventually(60, "20 acknowledged writes after the kill", async || {
+        acked.lock().unwrap().iter().filter(|&&t| t > killed_at).count() > 20
+    })
+    .await;
+    eventually(60, "Prometheus samples on r1 after the kill", async || {
+        by_series(&addrs[1], "receivers", killed_at + 2000, i64::MAX).await.values().any(|v| !v.is_empty())
+    })
+    .await;
     assert_eq!(prom_metric(prom_port, "prometheus_remote_storage_samples_failed_total"), 0.0);
 
     // r2 comes back on the same ports and data dir, replays its WAL and serves what it had.
@@ -205,30 +232,49 @@ async fn three_receivers_rf3_with_prometheus_survive_a_kill() {
     assert!(missing.is_empty(), "r2 lost {} acknowledged samples after restart: {missing:?}", missing.len());
     // And it receives new writes again.
     let restarted_at = now_ms();
-    eventually(30, "new samples on the restarted receiver", async || {
+    eventually(60, "new samples on the restarted receiver", async || {
         by_series(&addrs[2], "writer", restarted_at, i64::MAX).await.values().any(|v| !v.is_empty())
     })
     .await;
+    // r0 retries a peer that failed only after a backoff (up to 5 s): writes acknowledged
+    // before r2 got its first new sample may be missing there.
+    let resumed_at = now_ms();
 
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
 
     // No acknowledged sample is lost: each is on at least a quorum (2) of receivers,
-    // and on all three unless it was written while r2 was down.
+    // and on all three unless it was written while r2 was down. A write is answered once
+    // every replica has it (or after a bounded wait), so this should hold at once; it
+    // is polled (bounded) so that a replica write still in flight on a slow machine
+    // does not count as lost.
     let all: Vec<i64> = acked.lock().unwrap().clone();
-    let mut per_node = Vec::new();
-    for a in &addrs {
-        let s = by_series(a, "writer", 0, i64::MAX).await;
-        per_node.push(s.values().flatten().map(|s| s.0).collect::<BTreeSet<i64>>());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut per_node = Vec::new();
+        for a in &addrs {
+            let s = by_series(a, "writer", 0, i64::MAX).await;
+            per_node.push(s.values().flatten().map(|s| s.0).collect::<BTreeSet<i64>>());
+        }
+        let mut lost = Vec::new();
+        for t in &all {
+            let n = per_node.iter().filter(|s| s.contains(t)).count();
+            let down = *t > killed_at - 1000 && *t < (restarted_at + 6000).max(resumed_at);
+            if n < 2 || !(down || n == 3) {
+                lost.push(format!("{t} on {n} receivers"));
+            }
+        }
+        if lost.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged samples missing on receivers: {lost:?}\nreceiver log lines about replicas:\n{}",
+            replica_log_lines(&rs).join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for t in &all {
-        let n = per_node.iter().filter(|s| s.contains(t)).count();
-        assert!(n >= 2, "acknowledged sample at {t} is on only {n} receivers");
-        let down = *t > killed_at - 1000 && *t < restarted_at + 6000;
-        assert!(down || n == 3, "acknowledged sample at {t} is on only {n} receivers");
-    }
-    assert!(all.len() > 100, "only {} acknowledged writes", all.len());
+    eprintln!("receiver log lines about replicas:\n{}", replica_log_lines(&rs).join("\n"));
     let (_, m) = http_get(rs[0].http_port, "/metrics").unwrap();
     assert!(m.contains("norn_receive_forward_requests_total{result=\"success\"}"), "{m}");
     for r in rs.iter_mut() {

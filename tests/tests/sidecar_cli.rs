@@ -15,7 +15,7 @@ fn prometheus(bin: &std::path::Path, dir: &std::path::Path, port: u16, external:
         .arg(format!("--storage.tsdb.path={}", dir.join(format!("data-{port}")).display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"));
     let g = ProcessGuard::spawn("prometheus", &mut cmd, &dir.join(format!("prometheus-{port}.log")));
-    assert!(wait_ready(port, "/-/ready", Duration::from_secs(30)), "prometheus not ready");
+    assert!(wait_ready(port, "/-/ready", Duration::from_secs(60)), "prometheus not ready");
     g
 }
 
@@ -47,13 +47,13 @@ fn sidecar_binary_refuses_without_external_labels_and_runs_with_them() {
     let (grpc, http) = (free_port(), free_port());
     let log = tmp.path().join("sidecar.log");
     let mut s = ProcessGuard::spawn("sidecar", &mut sidecar(labelled, tmp.path(), grpc, http), &log);
-    assert!(wait_ready(http, "/-/ready", Duration::from_secs(30)), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(60)), "{}", std::fs::read_to_string(&log).unwrap());
     let (_, metrics) = http_get(http, "/metrics").unwrap();
     assert!(metrics.contains("norn_sidecar_prometheus_up 1"), "{metrics}");
 
     let pid = s.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let end = Instant::now() + Duration::from_secs(20);
+    let end = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(st) = s.try_wait() {
             break st;

@@ -99,7 +99,7 @@ fn sidecar_and_receive_replicas_deduplicate_into_one_answer() {
         .arg("--storage.tsdb.min-block-duration=2h")
         .arg("--storage.tsdb.max-block-duration=2h");
     let _prom = ProcessGuard::spawn("prometheus", &mut cmd, &plog);
-    assert!(wait_ready(pport, "/-/ready", Duration::from_secs(30)), "prometheus not ready");
+    assert!(wait_ready(pport, "/-/ready", Duration::from_secs(60)), "prometheus not ready");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = Shutdown::new();
@@ -119,7 +119,7 @@ fn sidecar_and_receive_replicas_deduplicate_into_one_answer() {
         min_time: "0000-01-01T00:00:00Z".into(),
     };
     let sidecar = rt.spawn(norn_sidecar::run(sidecar_args, stop.clone()));
-    assert!(wait_ready(shttp, "/-/ready", Duration::from_secs(30)), "sidecar not ready");
+    assert!(wait_ready(shttp, "/-/ready", Duration::from_secs(60)), "sidecar not ready");
 
     let qhttp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let qgrpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -152,9 +152,11 @@ fn sidecar_and_receive_replicas_deduplicate_into_one_answer() {
             secs(t)
         )
     };
-    wait_until("three copies visible to the querier", Duration::from_secs(30), || {
-        let v = api(qport, &range(r#"up{job="prometheus"}"#, false));
-        v["data"]["result"].as_array().is_some_and(|r| r.len() == 3)
+    wait_until("three copies visible to the querier", Duration::from_secs(60), || {
+        [r#"up{job="prometheus"}"#, "prometheus_build_info"].iter().all(|e| {
+            let v = api(qport, &range(e, false));
+            v["data"]["result"].as_array().is_some_and(|r| r.len() == 3)
+        })
     });
     let copies = api(qport, &range("prometheus_build_info", false));
     let replicas: Vec<String> = copies["data"]["result"]
@@ -165,11 +167,23 @@ fn sidecar_and_receive_replicas_deduplicate_into_one_answer() {
         .collect();
     assert_eq!(replicas, [r#""p0"/"0""#, r#""p0"/"1""#, r#""p0"/null"#], "{copies}");
 
+    // Remote write delivers the range to the receivers some time after Prometheus stored
+    // it (batches, retries on a loaded machine), and a scrape's samples land when it ends:
+    // each answer is polled (bounded) until it matches.
     for expr in ["up", "prometheus_build_info", "prometheus_tsdb_head_series", "sum by (job) (up)"] {
-        let theirs = result(&api(pport, &range(expr, true)), &[]);
-        let ours = result(&api(qport, &range(expr, true)), &["cluster", "tenant_id"]);
-        assert!(!theirs.is_empty(), "{expr}");
-        assert_eq!(ours, theirs, "{expr}: the deduplicated answer differs from Prometheus's");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let theirs = result(&api(pport, &range(expr, true)), &[]);
+            let ours = result(&api(qport, &range(expr, true)), &["cluster", "tenant_id"]);
+            assert!(!theirs.is_empty(), "{expr}");
+            if ours == theirs {
+                break;
+            }
+            if Instant::now() > deadline {
+                assert_eq!(ours, theirs, "{expr}: the deduplicated answer differs from Prometheus's");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     stop.cancel();

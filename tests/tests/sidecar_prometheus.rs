@@ -48,7 +48,7 @@ fn start_prometheus(bin: &Path, dir: &Path, port: u16, sidecar_http: u16, log: &
         .arg(format!("--storage.tsdb.max-block-duration={BLOCK}"))
         .arg("--storage.tsdb.retention.time=1d");
     let guard = ProcessGuard::spawn("prometheus", &mut cmd, log);
-    assert!(wait_ready(port, "/-/ready", Duration::from_secs(30)), "prometheus not ready:\n{}", read(log));
+    assert!(wait_ready(port, "/-/ready", Duration::from_secs(60)), "prometheus not ready:\n{}", read(log));
     Prom { _guard: guard }
 }
 
@@ -233,7 +233,7 @@ fn querier_matches_prometheus(rt: &tokio::runtime::Runtime, sidecar_grpc: u16, p
     let probe = format!("/api/v1/query?query=up&time={}", secs(t));
     wait_until(
         "the querier to see the sidecar",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || matches!(http_get(qport, &probe), Ok((200, b)) if b.contains("\"job\"")),
     );
     // Raw samples (range vectors at one instant).
@@ -332,7 +332,7 @@ fn sidecar_serves_and_ships_a_real_prometheus() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = Shutdown::new();
     let sidecar = rt.spawn(run(sidecar_args(pport, &data, &bucket, grpc, http), stop.clone()));
-    assert!(wait_ready(http, "/-/ready", Duration::from_secs(30)), "sidecar not ready");
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(60)), "sidecar not ready");
 
     // Info: external labels from Prometheus's configuration.
     let info = rt.block_on(async {
@@ -357,9 +357,23 @@ fn sidecar_serves_and_ships_a_real_prometheus() {
 
     // Series over StoreAPI equals Prometheus's own answer for the same raw range (head
     // and persisted blocks both covered: 40 s back with 5 s blocks).
+    // Prometheus keeps scraping while the two sides are asked one after the other, and a
+    // scrape's samples carry its start time but land when it ends: compared up to `t`,
+    // once every target has a scrape newer than `t` (scrapes of one target run one after
+    // another, so all older ones are complete then).
     std::thread::sleep(Duration::from_secs(3));
     let t = now_ms() - 1500;
     let range_s = 40;
+    wait_until("a scrape of every target after the compared range", Duration::from_secs(60), || {
+        let v = api(pport, &format!("/api/v1/query?query={}", enc("timestamp(up)")));
+        let newest: Vec<f64> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["value"][1].as_str()?.parse().ok())
+            .collect();
+        newest.len() == 2 && newest.iter().all(|&ts| ts * 1000.0 > t as f64)
+    });
     for sel in [
         r#"up"#,
         r#"prometheus_tsdb_head_series"#,
@@ -420,11 +434,11 @@ fn sidecar_serves_and_ships_a_real_prometheus() {
 
     // Prometheus goes away: not ready. Back on the same data dir: ready again, shipping resumes.
     drop(prom);
-    wait_until("sidecar not ready", Duration::from_secs(20), || matches!(http_get(http, "/-/ready"), Ok((503, _))));
+    wait_until("sidecar not ready", Duration::from_secs(60), || matches!(http_get(http, "/-/ready"), Ok((503, _))));
     assert_eq!(metric(http, "norn_sidecar_prometheus_up"), 0.0);
     let before = bucket_blocks(&bucket);
     let prom = start_prometheus(&prom_bin, tmp.path(), pport, http, &plog);
-    wait_until("sidecar ready again", Duration::from_secs(30), || {
+    wait_until("sidecar ready again", Duration::from_secs(60), || {
         wait_ready(http, "/-/ready", Duration::from_millis(100))
     });
     wait_until("new blocks after the restart", Duration::from_secs(90), || {
@@ -437,7 +451,7 @@ fn sidecar_serves_and_ships_a_real_prometheus() {
     let uploads_so_far = bucket_blocks(&bucket);
     let stop = Shutdown::new();
     let sidecar = rt.spawn(run(sidecar_args(pport, &data, &bucket, grpc, http), stop.clone()));
-    assert!(wait_ready(http, "/-/ready", Duration::from_secs(30)), "restarted sidecar not ready");
+    assert!(wait_ready(http, "/-/ready", Duration::from_secs(60)), "restarted sidecar not ready");
     wait_until("a block shipped by the restarted sidecar", Duration::from_secs(90), || {
         bucket_blocks(&bucket).len() > uploads_so_far.len()
     });

@@ -73,7 +73,7 @@ impl Standalone {
     /// SIGTERM, and a clean exit expected.
     fn stop(&mut self) {
         let mut g = self.guard.take().expect("running");
-        assert!(g.terminate(Duration::from_secs(30)), "standalone did not stop; log:\n{}", self.log_text());
+        assert!(g.terminate(Duration::from_secs(60)), "standalone did not stop; log:\n{}", self.log_text());
         let st = g.try_wait().expect("exited");
         assert!(st.success(), "standalone exited with {st}; log:\n{}", self.log_text());
     }

@@ -249,10 +249,10 @@ fn store_gateway_answers_like_prometheus_over_the_same_blocks() {
         &qlog,
     );
     let query_log = || std::fs::read_to_string(&qlog).unwrap_or_default();
-    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(30)), "query not ready:\n{}", query_log());
+    assert!(wait_ready(qhttp, "/-/ready", Duration::from_secs(60)), "query not ready:\n{}", query_log());
     assert!(wait_ready(pport, "/-/ready", Duration::from_secs(60)), "prometheus not ready");
     let at = T0 + 3 * 3600;
-    wait_until("the store's blocks visible to the querier", Duration::from_secs(30), || {
+    wait_until("the store's blocks visible to the querier", Duration::from_secs(60), || {
         let v = api(qhttp, &format!("/api/v1/query?query=g&time={at}"));
         v["data"]["result"].as_array().is_some_and(|r| !r.is_empty())
     });
@@ -384,11 +384,14 @@ fn standalone_history_survives_local_retention() {
             None => false,
         }
     });
-    assert!(log_text().contains(&shipped), "the store's sync log names block {shipped}:\n{}", log_text());
+    // The store syncs on its own 200 ms schedule, not necessarily before retention ran.
+    wait_until(&format!("the store's sync log naming block {shipped}"), Duration::from_secs(60), || {
+        log_text().contains(&shipped)
+    });
 
     // Every sample is still there: the old ones from the bucket.
     let q = format!("/api/v1/query?query={}&time={}", enc("count_over_time(hist[4h])"), end / 1000);
-    wait_until("the store gateway serving the removed block", Duration::from_secs(30), || {
+    wait_until("the store gateway serving the removed block", Duration::from_secs(60), || {
         api(http, &q)["data"]["result"][0]["value"][1] == "240"
     });
     let v = api(http, &format!("/api/v1/query?query=hist&time={}", (end - 230 * 60_000) / 1000));

@@ -91,7 +91,7 @@ fn prometheus_replays_a_receive_wal_with_exemplars() {
     let (start, end) = ((now - 120_000) as f64 / 1000.0, (now + 1000) as f64 / 1000.0);
     let q = format!("/api/v1/query_exemplars?query=%7B__name__%3D~%22wal_.%2B%22%7D&start={start}&end={end}");
     // Ready means the WAL has been replayed; the loop only guards against a slow HTTP API.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
         let r = http_get(port, &q).ok().filter(|(c, _)| *c == 200);
         if let Some((_, b)) = r {
@@ -120,5 +120,5 @@ fn prometheus_replays_a_receive_wal_with_exemplars() {
     // The samples too.
     let (_, body) = http_get(port, &format!("/api/v1/query?query=wal_b&time={end}")).unwrap();
     assert!(body.contains("\"12\""), "{body}\n{}", log_text());
-    assert!(guard.terminate(Duration::from_secs(30)), "prometheus did not stop:\n{}", log_text());
+    assert!(guard.terminate(Duration::from_secs(60)), "prometheus did not stop:\n{}", log_text());
 }

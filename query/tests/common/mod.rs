@@ -195,8 +195,9 @@ pub async fn start_querier(mut args: norn_query::Args) -> Querier {
     let s = stop.clone();
     tokio::spawn(async move { norn_query::run_with_listeners(args, http, grpc, s).await.unwrap() });
     let q = Querier { http: ha, grpc: ga, stop };
-    // Ready once the first endpoint refresh is done.
-    for _ in 0..200 {
+    // Ready once the first endpoint refresh is done (bounded: 60 s for a loaded machine).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if let Ok(r) = reqwest::get(format!("http://{ha}/-/ready")).await
             && r.status().is_success()
         {
