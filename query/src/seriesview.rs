@@ -508,6 +508,16 @@ fn decode_frame(buf: Bytes, lazy: bool) -> Result<SeriesFrame, ViewError> {
     };
     // A series read now, or left for later.
     let read = |s: &mut SeriesView| -> Result<(), ViewError> { if lazy { Ok(()) } else { s.parse() } };
+    // Series left unread that a later field of the oneof replaces are read before they go:
+    // prost has read them by then and fails on bad bytes, so a frame that replaces a broken
+    // series is refused as it would be eagerly. Only malformed senders repeat the oneof.
+    let settle = |out: &mut SeriesFrame| -> Result<(), ViewError> {
+        match out {
+            SeriesFrame::Series(s) if lazy => s.parse(),
+            SeriesFrame::Batch(l) if lazy => l.iter_mut().try_for_each(SeriesView::parse),
+            _ => Ok(()),
+        }
+    };
     let mut r = Reader::new(root, 0..buf.len(), "SeriesResponse");
     let mut out = SeriesFrame::Empty;
     while !r.done() {
@@ -524,6 +534,7 @@ fn decode_frame(buf: Bytes, lazy: bool) -> Result<SeriesFrame, ViewError> {
                         s.raw = None;
                     }
                     _ => {
+                        settle(&mut out)?;
                         let mut s = new_series(b);
                         read(&mut s)?;
                         out = SeriesFrame::Series(s);
@@ -534,17 +545,20 @@ fn decode_frame(buf: Bytes, lazy: bool) -> Result<SeriesFrame, ViewError> {
                 r.expect(2, wt, WT_LEN)?;
                 let w = r.bytes("warning")?;
                 r.utf8(&w, "warning")?;
+                settle(&mut out)?;
                 out = SeriesFrame::Warning(String::from_utf8_lossy(&buf[w]).into_owned());
             }
             (3, wt) => {
                 r.expect(3, wt, WT_LEN)?;
                 any_msg(root, r.bytes("hints")?)?;
+                settle(&mut out)?;
                 out = SeriesFrame::Hints;
             }
             (4, wt) => {
                 r.expect(4, wt, WT_LEN)?;
                 let b = r.bytes("batch")?;
                 if !matches!(out, SeriesFrame::Batch(_)) {
+                    settle(&mut out)?;
                     out = SeriesFrame::Batch(Vec::new());
                 }
                 if let SeriesFrame::Batch(list) = &mut out {
