@@ -431,6 +431,9 @@ async fn stream_series(
     let _ = tx.send(Delivery::Failed(last)).await;
 }
 
+/// A selection's Series call: the endpoints to ask, warnings so far, and the call.
+type PreparedCall = (Vec<Arc<EndpointState>>, Vec<String>, Arc<SeriesCall>);
+
 /// Fans requests out to the endpoint set.
 #[derive(Debug)]
 pub struct Fanout {
@@ -665,7 +668,7 @@ impl Fanout {
         skip_chunks: bool,
         query_hints: Option<thanos::QueryHints>,
         aggregates: Vec<i32>,
-    ) -> Result<(Vec<Arc<EndpointState>>, Vec<String>, Arc<SeriesCall>), FanoutError> {
+    ) -> Result<PreparedCall, FanoutError> {
         let all_matchers = with_extra_matchers(matchers, &opts.extra_matchers);
         let (eps, down) = self.endpoints.select(&all_matchers, mint, maxt);
         let mut warnings = Vec::new();
