@@ -1235,6 +1235,179 @@ mod tests {
         got.iter().map(|(l, _)| l.to_string()).collect()
     }
 
+    /// A streamed fan-out's feed over fixed lists: each source's series handed out a batch at
+    /// a time; a source that fails is left out from there (as with partial response).
+    struct Trickle {
+        pending: Vec<std::collections::VecDeque<Vec<SeriesView>>>,
+        left_out: Vec<usize>,
+        /// Most series the sources held at once.
+        most_held: usize,
+    }
+
+    impl Trickle {
+        fn new(lists: &[Vec<SeriesView>], batch: usize) -> Self {
+            let pending = lists.iter().map(|l| l.chunks(batch).map(<[SeriesView]>::to_vec).collect()).collect();
+            Trickle { pending, left_out: vec![], most_held: 0 }
+        }
+    }
+
+    impl Feed for Trickle {
+        fn more(&mut self, sources: &mut [Source], src: usize) -> Result<bool, MergeError> {
+            let Some(b) = self.pending[src].pop_front() else { return Ok(false) };
+            sources[src].batches.push(b);
+            let held = sources.iter().flat_map(|s| &s.batches).map(Vec::len).sum();
+            self.most_held = self.most_held.max(held);
+            Ok(true)
+        }
+        fn failed(&mut self, src: usize, _: String) -> Result<(), MergeError> {
+            self.left_out.push(src);
+            self.pending[src].clear();
+            Ok(())
+        }
+        fn streamed(&self) -> bool {
+            true
+        }
+    }
+
+    /// A group as its labels and its replicas' chunk time ranges.
+    type Summary = (String, Vec<Vec<(i64, i64)>>);
+
+    fn summary(group: &[(usize, &SeriesView)], sources: &[Source], rl: &[String]) -> Summary {
+        let (key, replicas) = replicas_of(group, sources, rl);
+        (key.to_string(), replicas.iter().map(|r| r.iter().map(|c| (c.min_time, c.max_time)).collect()).collect())
+    }
+
+    /// `n` series of metric `m` per replica, replica label `replica` (sorting before `zone`,
+    /// which differs between series: a source holding several replicas is then out of merge
+    /// order), each replica's chunks at its own times.
+    fn replica_series(replicas: &[&str], n: usize) -> Vec<SeriesView> {
+        let mut out: Vec<(Vec<(String, String)>, i64)> = Vec::new();
+        for (r, name) in replicas.iter().enumerate() {
+            for i in 0..n {
+                let l = vec![
+                    ("__name__".to_string(), "m".to_string()),
+                    ("replica".to_string(), name.to_string()),
+                    ("zone".to_string(), format!("z{i:02}")),
+                ];
+                out.push((l, r as i64));
+            }
+        }
+        out.sort();
+        out.iter()
+            .map(|(l, r)| {
+                let l: Vec<(&str, &str)> = l.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                view(&l, vec![fake_chunk(&[*r, 100 + r])])
+            })
+            .collect()
+    }
+
+    /// The streamed merge hands on the groups the whole merge makes, in the same order:
+    /// without replica labels, with sources that stripped them (streamed), and with sources
+    /// holding several replicas out of merge order (received whole and sorted first); while
+    /// streaming, sources hold a few batches, not their answers.
+    #[test]
+    fn streamed_merge_hands_on_what_the_whole_merge_makes() {
+        let rl = vec!["replica".to_string()];
+        let stripped = |name: &str, n: usize| {
+            // Replicas' chunks differ (a copy of another replica's series would be dropped).
+            let off = i64::from(name.as_bytes()[0] - b'a');
+            let l: Vec<SeriesView> = (0..n)
+                .map(|i| view(&[("__name__", "m"), ("zone", &format!("z{i:02}"))], vec![fake_chunk(&[i as i64 + off])]))
+                .collect();
+            let mut s = Source::new(vec![], true);
+            s.identity = vec![("replica".into(), name.into())];
+            (s, l)
+        };
+        let plain = |l: Vec<SeriesView>| (Source::new(vec![], false), l);
+        // (replica labels, sources with their series, whether they stream)
+        type Case = (Vec<String>, Vec<(Source, Vec<SeriesView>)>, bool);
+        let cases: Vec<Case> = vec![
+            (vec![], vec![plain(replica_series(&["a"], 30)), plain(replica_series(&["b"], 30))], true),
+            (rl.clone(), vec![stripped("a", 30), stripped("b", 30), stripped("a", 20)], true),
+            (rl.clone(), vec![plain(replica_series(&["a", "b"], 30)), stripped("c", 30)], false),
+        ];
+        for (i, (rl, sources, streams)) in cases.into_iter().enumerate() {
+            let lists: Vec<Vec<SeriesView>> = sources.iter().map(|(_, l)| l.clone()).collect();
+            let total: usize = lists.iter().map(Vec::len).sum();
+            let mut whole: Vec<Source> = sources
+                .iter()
+                .map(|(s, l)| Source {
+                    batches: vec![l.clone()],
+                    identity: s.identity.clone(),
+                    ..Source::new(vec![], s.stripped)
+                })
+                .collect();
+            let want = merge_groups(&mut whole, &rl, &Limits::NONE, &mut |g, s| Ok(summary(g, s, &rl))).unwrap();
+            let mut streamed: Vec<Source> = sources.into_iter().map(|(s, _)| s).collect();
+            let mut feed = Trickle::new(&lists, 3);
+            let mut got = Vec::new();
+            merge_streamed(&mut streamed, &rl, &Limits::NONE, &mut feed, &mut |g, s| {
+                got.push(summary(g, s, &rl));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "case {i}");
+            assert!(feed.left_out.is_empty(), "case {i}");
+            if streams {
+                // Passed batches are dropped: a few batches per source at a time.
+                assert!(feed.most_held <= 3 * 3 * lists.len(), "case {i}: {} of {total}", feed.most_held);
+            }
+        }
+        // The groups carry every replica once, ordered by replica label.
+        let mut s = vec![stripped("b", 2).0, stripped("a", 2).0];
+        let lists = vec![stripped("b", 2).1, stripped("a", 2).1];
+        let mut got = Vec::new();
+        merge_streamed(&mut s, &rl, &Limits::NONE, &mut Trickle::new(&lists, 1), &mut |g, s| {
+            got.push(summary(g, s, &rl));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got[0].1, vec![vec![(0, 0)], vec![(1, 1)]]);
+        assert_eq!(got.len(), 2);
+    }
+
+    /// A streamed source whose series does not check out, or comes out of order, is left
+    /// out from there on: the groups before keep its series, the later ones have the other
+    /// sources' only; the sample limit is counted as the merge goes.
+    #[test]
+    fn streamed_merge_leaves_a_failing_source_out_where_it_fails() {
+        let ok = replica_series(&["a"], 10);
+        let mut bad = replica_series(&["b"], 10);
+        bad[4] = view(&[("__name__", "m"), ("replica", "b"), ("zone", "")], vec![]);
+        let mut unsorted = replica_series(&["c"], 10);
+        unsorted.swap(6, 7);
+        let lists = vec![ok, bad, unsorted];
+        let mut sources: Vec<Source> = (0..3).map(|_| Source::new(vec![], false)).collect();
+        let mut feed = Trickle::new(&lists, 2);
+        let mut got = Vec::new();
+        merge_streamed(&mut sources, &[], &Limits::NONE, &mut feed, &mut |g, s| {
+            got.push((g.iter().map(|(src, _)| *src).collect::<Vec<_>>(), summary(g, s, &[]).0));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(feed.left_out, vec![1, 2]);
+        let from = |src: usize| got.iter().filter(|(srcs, _)| srcs.contains(&src)).count();
+        // Source 1's first four series; source 2's first seven (z00-z05 and z07, then z06 is
+        // out of order).
+        assert_eq!((from(0), from(1), from(2)), (10, 4, 7));
+        // Limits: counted series by series, refused once past.
+        let mut sources: Vec<Source> = (0..1).map(|_| Source::new(vec![], false)).collect();
+        let limits = Limits { max_samples: 5, ..Limits::NONE };
+        // One sample per series (the chunk header's count: the first two bytes).
+        let lists = vec![
+            (0..10)
+                .map(|i| view(&[("__name__", "m"), ("zone", &format!("z{i:02}"))], vec![fake_chunk(&[1 << 48])]))
+                .collect(),
+        ];
+        let mut n = 0;
+        let e = merge_streamed(&mut sources, &[], &limits, &mut Trickle::new(&lists, 1), &mut |_, _| {
+            n += 1;
+            Ok(())
+        });
+        assert_eq!(e, Err(MergeError::TooManySamples));
+        assert!(n < 10, "{n}");
+    }
+
     /// The pass-through merge: full labels (replica labels are ordinary labels), groups of
     /// equal labels across sources and frames become one series, chunks sorted by time range
     /// with identical ones dropped (a chunk differing only in bytes or encoding stays), out
