@@ -1,8 +1,10 @@
 //! Prometheus remote read (`/api/v1/read`) over the raw fan-out: the endpoints' chunks go
 //! out as they were stored.
 //!
-//! Series come from [`crate::fanout::Fanout::select_raw`] (merged by labels, chunks
-//! undecoded). Thanos's querier serves no remote read; the usual adapter in front of it
+//! Series come from the fan-out with their chunks undecoded: for sampled answers from
+//! [`crate::fanout::Fanout::select_raw`] (merged by labels), for streamed ones from
+//! [`crate::fanout::Fanout::select_streamed`], merged while they arrive and sent group by
+//! group ([`crate::dedup::merge_streamed`]). Thanos's querier serves no remote read; the usual adapter in front of it
 //! (thanos-remote-read) reads its StoreAPI and so never deduplicates. Ours follows the
 //! querier's own `dedup` setting instead, as its PromQL answers do: with dedup on, series
 //! equal but for the replica labels are one series without them. A group of replicas is
@@ -13,7 +15,8 @@
 //! integer histogram stays an integer histogram).
 //!
 //! Streamed answers (`STREAMED_XOR_CHUNKS`) carry one series per frame and split a series
-//! over several frames past [`MAX_BYTES_IN_FRAME`], as Prometheus's server does. Chunk
+//! over several frames past [`MAX_BYTES_IN_FRAME`], as Prometheus's server does, and go out
+//! as they are made: the querier holds about one group of replicas, not the answer. Chunk
 //! types use remote read's numbering (XOR=1, HISTOGRAM=2, FLOAT_HISTOGRAM=3), one more than
 //! the StoreAPI's. Sampled answers (`SAMPLES`) carry floats in `samples` and histograms in
 //! `histograms`, integer histograms with integer fields, in the query's time range.

@@ -106,13 +106,18 @@ struct Setup {
 }
 
 async fn setup(max_samples: usize) -> Setup {
+    setup_with(max_samples, true).await
+}
+
+/// [`setup`], the replicas stripping the replica label or not.
+async fn setup_with(max_samples: usize, strip: bool) -> Setup {
     let release = Arc::new(Notify::new());
     let mut stops = Vec::new();
     let mut addrs = Vec::new();
     for r in 0..2 {
         let stop = CancellationToken::new();
         let mut inner = FakeStore::new(Labels::from_pairs([("replica", format!("r{r}"))]), Arc::new(data(r)));
-        inner.strip = true;
+        inner.strip = strip;
         let addr = if r == 0 {
             let held = HoldingStore { inner, release: release.clone(), held: Arc::new(AtomicBool::new(false)) };
             serve_store(held, stop.clone()).await
@@ -169,8 +174,12 @@ fn request(streamed: bool) -> Vec<u8> {
 }
 
 async fn post(s: &Setup, body: Vec<u8>) -> reqwest::Response {
+    post_to(s, "/api/v1/read", body).await
+}
+
+async fn post_to(s: &Setup, path: &str, body: Vec<u8>) -> reqwest::Response {
     let send = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/read", s.querier.http))
+        .post(format!("http://{}{path}", s.querier.http))
         .header("Content-Type", "application/x-protobuf")
         .header("Content-Encoding", "snappy")
         .body(body)
@@ -256,26 +265,59 @@ async fn frames_go_out_before_the_answer_is_complete() {
     assert!(streamed.keys().all(|(_, l)| !l.contains("replica")));
 
     // Exactly the series and samples of the sampled answer to the same request.
-    let resp = post(&s, request(false)).await;
+    let want = sampled(&s, "/api/v1/read").await;
+    assert_same(&streamed, &want);
+    // Deduplicated: one sample per scrape (replica 0 lacks nothing: all of its samples).
+    assert!(want.values().all(|v| v.len() == SAMPLES as usize));
+}
+
+/// The sampled answer to [`request`] at `path`.
+async fn sampled(s: &Setup, path: &str) -> Answer {
+    let resp = post_to(s, path, request(false)).await;
     assert_eq!(resp.status(), 200);
     let raw = snap::raw::Decoder::new().decompress_vec(&resp.bytes().await.unwrap()).unwrap();
     let sampled = pb::ReadResponse::decode(raw.as_slice()).unwrap();
     let mut want = Answer::new();
     for (qi, r) in sampled.results.iter().enumerate() {
         for ts in &r.timeseries {
-            want.insert(
-                (qi as i64, labels_of(&ts.labels)),
-                ts.samples.iter().map(|x| (x.timestamp, x.value)).collect(),
-            );
+            let samples = ts.samples.iter().map(|x| (x.timestamp, x.value)).collect();
+            want.insert((qi as i64, labels_of(&ts.labels)), samples);
         }
     }
+    want
+}
+
+fn assert_same(streamed: &Answer, want: &Answer) {
     assert_eq!(streamed.len(), want.len());
-    for (k, v) in &want {
+    for (k, v) in want {
         assert_eq!(streamed.get(k), Some(v), "{k:?}");
     }
-    // Deduplicated: every series has one sample per scrape (replica 1's stand in for the
-    // stretch replica 0 lacks nowhere, so all of replica 0's).
-    assert!(want.values().all(|v| v.len() == SAMPLES as usize));
+}
+
+/// Without stripping (the replicas are received whole and sorted first) and without dedup
+/// (every replica its own series), the frames still carry the sampled answer's series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_matches_sampled_without_stripping_or_dedup() {
+    for (strip, dedup) in [(false, true), (true, false), (false, false)] {
+        let s = setup_with(0, strip).await;
+        // Nothing held back here.
+        s.release.notify_one();
+        let path = format!("/api/v1/read?dedup={dedup}");
+        let mut resp = post_to(&s, &path, request(true)).await;
+        assert_eq!(resp.status(), 200);
+        let (mut buf, mut streamed) = (Vec::new(), Answer::new());
+        while let Some(more) = resp.chunk().await.unwrap() {
+            buf.extend_from_slice(&more);
+            while let Some(f) = take_frame(&mut buf) {
+                add_frame(&f, &mut streamed);
+            }
+        }
+        assert!(buf.is_empty());
+        let want = sampled(&s, &path).await;
+        let replicas = if dedup { 1 } else { 2 };
+        assert_eq!(want.len(), replicas * (SERIES + 1), "strip {strip}, dedup {dedup}");
+        assert_same(&streamed, &want);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
