@@ -643,7 +643,7 @@ fn merge_sorted<T>(
             }
         }
         // Does the smallest key continue the open group, or start the next one?
-        let next = match min {
+        let mut next = match min {
             None => None,
             Some(first) => {
                 prep!(first, 'step);
@@ -698,12 +698,25 @@ fn merge_sorted<T>(
             spare = recycle(group);
             entries.clear();
             if streamed {
-                // Nothing before the sources' next series is referred to any more.
+                // Nothing before the sources' next series is referred to any more (the next
+                // group's first is one of them).
                 for (src, r) in released.iter_mut().enumerate() {
                     for b in *r..pos[src].0 {
                         sources[src].batches[b] = Vec::new();
                     }
                     *r = (*r).max(pos[src].0);
+                    // The emptied batches themselves go now and then (a source sending one
+                    // series per message would otherwise leave one per series).
+                    if *r >= 64 {
+                        sources[src].batches.drain(..*r);
+                        pos[src].0 -= *r;
+                        if let Some((s, at)) = next.as_mut()
+                            && *s == src
+                        {
+                            at.0 -= *r;
+                        }
+                        *r = 0;
+                    }
                 }
             }
         }
@@ -1325,8 +1338,16 @@ mod tests {
             (vec![], vec![plain(replica_series(&["a"], 30)), plain(replica_series(&["b"], 30))], true),
             (rl.clone(), vec![stripped("a", 30), stripped("b", 30), stripped("a", 20)], true),
             (rl.clone(), vec![plain(replica_series(&["a", "b"], 30)), stripped("c", 30)], false),
+            (vec![], vec![plain(replica_series(&["a"], 200)), plain(replica_series(&["b"], 150))], true),
         ];
-        for (i, (rl, sources, streams)) in cases.into_iter().enumerate() {
+        let cases = cases.into_iter().flat_map(|(rl, sources, streams)| {
+            let again: Vec<(Source, Vec<SeriesView>)> = sources
+                .iter()
+                .map(|(s, l)| (Source { identity: s.identity.clone(), ..Source::new(vec![], s.stripped) }, l.clone()))
+                .collect();
+            [(rl.clone(), sources, streams, 3), (rl, again, streams, 1)]
+        });
+        for (i, (rl, sources, streams, batch)) in cases.enumerate() {
             let lists: Vec<Vec<SeriesView>> = sources.iter().map(|(_, l)| l.clone()).collect();
             let total: usize = lists.iter().map(Vec::len).sum();
             let mut whole: Vec<Source> = sources
@@ -1339,7 +1360,7 @@ mod tests {
                 .collect();
             let want = merge_groups(&mut whole, &rl, &Limits::NONE, &mut |g, s| Ok(summary(g, s, &rl))).unwrap();
             let mut streamed: Vec<Source> = sources.into_iter().map(|(s, _)| s).collect();
-            let mut feed = Trickle::new(&lists, 3);
+            let mut feed = Trickle::new(&lists, batch);
             let mut got = Vec::new();
             merge_streamed(&mut streamed, &rl, &Limits::NONE, &mut feed, &mut |g, s| {
                 got.push(summary(g, s, &rl));
