@@ -3,7 +3,8 @@
 //! answer built whole first could not be sent before that series came), the frames carry
 //! exactly the series of the sampled (`SAMPLES`) answer to the same request, query by query,
 //! and `--query.max-samples` is counted while streaming: refused with 500 before the first
-//! frame, a cut body after it.
+//! frame, a cut body after it; an endpoint failing after the first frame is left out with
+//! partial response, and cuts the body without.
 
 mod common;
 
@@ -48,12 +49,13 @@ fn data(replica: i64) -> common::Data {
 }
 
 /// A store whose first `Series` answer holds back its last series until `release` is
-/// notified; later answers are sent whole.
+/// notified (then sends it, or with `fail` fails instead); later answers are sent whole.
 #[derive(Clone)]
 struct HoldingStore {
     inner: FakeStore,
     release: Arc<Notify>,
     held: Arc<AtomicBool>,
+    fail: bool,
 }
 
 #[tonic::async_trait]
@@ -69,7 +71,7 @@ impl Store for HoldingStore {
         }
         let last = all.pop();
         let (tx, rx) = tokio::sync::mpsc::channel(all.len() + 1);
-        let release = self.release.clone();
+        let (release, fail) = (self.release.clone(), self.fail);
         tokio::spawn(async move {
             for m in all {
                 if tx.send(m).await.is_err() {
@@ -77,6 +79,7 @@ impl Store for HoldingStore {
                 }
             }
             release.notified().await;
+            let last = if fail { Some(Err(Status::unavailable("store broke mid-answer"))) } else { last };
             if let Some(m) = last {
                 let _ = tx.send(m).await;
             }
@@ -111,15 +114,23 @@ async fn setup(max_samples: usize) -> Setup {
 
 /// [`setup`], the replicas stripping the replica label or not.
 async fn setup_with(max_samples: usize, strip: bool) -> Setup {
+    setup_opts(max_samples, strip, false).await
+}
+
+/// [`setup_with`]; with `fail` the first replica fails where it held back its last series,
+/// and both replicas hold the same samples.
+async fn setup_opts(max_samples: usize, strip: bool, fail: bool) -> Setup {
     let release = Arc::new(Notify::new());
     let mut stops = Vec::new();
     let mut addrs = Vec::new();
     for r in 0..2 {
         let stop = CancellationToken::new();
-        let mut inner = FakeStore::new(Labels::from_pairs([("replica", format!("r{r}"))]), Arc::new(data(r)));
+        let samples = Arc::new(data(if fail { 0 } else { r }));
+        let mut inner = FakeStore::new(Labels::from_pairs([("replica", format!("r{r}"))]), samples);
         inner.strip = strip;
         let addr = if r == 0 {
-            let held = HoldingStore { inner, release: release.clone(), held: Arc::new(AtomicBool::new(false)) };
+            let held = Arc::new(AtomicBool::new(false));
+            let held = HoldingStore { inner, release: release.clone(), held, fail };
             serve_store(held, stop.clone()).await
         } else {
             serve_store(inner, stop.clone()).await
@@ -341,10 +352,7 @@ async fn sample_limit_counted_while_streaming() {
     let mut resp = post(&s, request(true)).await;
     assert_eq!(resp.status(), 200);
     let mut buf = Vec::new();
-    while take_frame(&mut buf.clone()).is_none() {
-        let more = tokio::time::timeout(Duration::from_secs(60), resp.chunk()).await.expect("first frame");
-        buf.extend_from_slice(&more.unwrap().expect("body ended before a frame"));
-    }
+    first_frame(&mut resp, &mut buf).await;
     s.release.notify_one();
     let mut frames = 0;
     let end = loop {
@@ -359,4 +367,47 @@ async fn sample_limit_counted_while_streaming() {
     };
     assert!(end.is_err(), "the body ended normally after {frames} more frames");
     assert!(frames < SERIES, "{frames}");
+}
+
+/// The body up to its first whole frame (kept in `buf`).
+async fn first_frame(resp: &mut reqwest::Response, buf: &mut Vec<u8>) {
+    while take_frame(&mut buf.clone()).is_none() {
+        let more = tokio::time::timeout(Duration::from_secs(60), resp.chunk()).await.expect("first frame");
+        buf.extend_from_slice(&more.unwrap().expect("body ended before a frame"));
+    }
+}
+
+/// An endpoint failing after frames went out: with partial response it is left out from
+/// there (its replica, holding the same samples, stands in: the answer is whole and equals
+/// the sampled one); without, the body is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoint_failing_mid_stream() {
+    for partial in [true, false] {
+        let s = setup_opts(0, true, true).await;
+        let path = format!("/api/v1/read?partial_response={partial}");
+        let mut resp = post_to(&s, &path, request(true)).await;
+        assert_eq!(resp.status(), 200);
+        let mut buf = Vec::new();
+        first_frame(&mut resp, &mut buf).await;
+        s.release.notify_one();
+        let mut streamed = Answer::new();
+        let end = loop {
+            while let Some(f) = take_frame(&mut buf) {
+                add_frame(&f, &mut streamed);
+            }
+            match resp.chunk().await {
+                Ok(Some(more)) => buf.extend_from_slice(&more),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if partial {
+            assert!(end.is_ok(), "{end:?}");
+            assert!(buf.is_empty());
+            assert_eq!(streamed.len(), SERIES + 1);
+            assert_same(&streamed, &sampled(&s, &path).await);
+        } else {
+            assert!(end.is_err(), "the body ended normally with {} series", streamed.len());
+        }
+    }
 }
