@@ -329,8 +329,9 @@ pub fn replicas_of<'a>(
     sources: &[Source],
     rl: &[String],
 ) -> (Labels, Vec<Vec<&'a WireChunk>>) {
+    let Some(&(_, first)) = group.first() else { return (Labels::default(), Vec::new()) };
     // Checked sorted and unique by `check_labels` when received.
-    let key = Labels::from_sorted_unchecked_iter(key_of(group[0].1, rl));
+    let key = Labels::from_sorted_unchecked_iter(key_of(first, rl));
     let mut group = group.to_vec();
     if group.len() > 1 && !rl.is_empty() {
         // Stable: among equal replica labels, the merge's order (sources in endpoint order).
