@@ -242,6 +242,15 @@ impl Source {
         }
     }
 
+    /// Ends the source at `at`: the series from there on are dropped (a source left out of a
+    /// streamed merge; the series before stay where the merge may still refer to them).
+    fn cut(&mut self, (b, i): Cursor) {
+        self.batches.truncate(b + 1);
+        if let Some(l) = self.batches.get_mut(b) {
+            l.truncate(i);
+        }
+    }
+
     /// Sorts the series into [`cmp_series`] order (one batch), preparing them first.
     fn sort(&mut self, rl: &[String], limits: &Limits) -> Result<(), String> {
         let mut all: Vec<SeriesView> = std::mem::take(&mut self.batches).into_iter().flatten().collect();
@@ -297,6 +306,64 @@ fn contains(seen: &[ChunkId<'_>], id: ChunkId<'_>) -> bool {
     seen[from..].iter().take_while(|s| (s.0, s.1) == (id.0, id.1)).any(|s| s.2 == id.2 && s.3 == id.3)
 }
 
+/// Whether the group's series at `i` continues the replica of the one before it: equal
+/// replica labels (a stripped source's stand-ins for them), and not two different sources of
+/// which one stripped its replica labels without saying what they were.
+fn same_replica(group: &[(usize, &SeriesView)], i: usize, sources: &[Source], rl: &[String]) -> bool {
+    if i == 0 {
+        return false;
+    }
+    let ((prev_src, prev), (src, s)) = (group[i - 1], group[i]);
+    let anonymous = |x: usize| sources[x].stripped && sources[x].identity.is_empty();
+    let apart = prev_src != src && (anonymous(prev_src) || anonymous(src));
+    !apart && (rl.is_empty() || replica_pairs(&sources[prev_src], prev, rl).eq(replica_pairs(&sources[src], s, rl)))
+}
+
+/// One group of a merge (series with equal labels without `rl`) as its labels without `rl`
+/// and its replicas' chunks, replicas ordered by their replica labels (for a source that
+/// stripped them, the ones its Info label sets stand for; equal ones in endpoint order).
+/// Each replica's chunks, from all its pieces and sources, are sorted by time range with
+/// copies dropped (see [`dedup_chunks`]).
+pub fn replicas_of<'a>(
+    group: &[(usize, &'a SeriesView)],
+    sources: &[Source],
+    rl: &[String],
+) -> (Labels, Vec<Vec<&'a WireChunk>>) {
+    let Some(&(_, first)) = group.first() else { return (Labels::default(), Vec::new()) };
+    // Checked sorted and unique by `check_labels` when received.
+    let key = Labels::from_sorted_unchecked_iter(key_of(first, rl));
+    let mut group = group.to_vec();
+    if group.len() > 1 && !rl.is_empty() {
+        // Stable: among equal replica labels, the merge's order (sources in endpoint order).
+        group.sort_by_cached_key(|&(src, s)| {
+            replica_pairs(&sources[src], s, rl).map(|(n, v)| (n.to_string(), v.to_string())).collect::<Vec<_>>()
+        });
+    }
+    let mut replicas: Vec<Vec<&'a WireChunk>> = Vec::with_capacity(group.len());
+    for i in 0..group.len() {
+        let chunks = group[i].1.chunks.iter();
+        match replicas.last_mut() {
+            Some(last) if same_replica(&group, i, sources, rl) => last.extend(chunks),
+            _ => replicas.push(chunks.collect()),
+        }
+    }
+    for r in &mut replicas {
+        dedup_chunks(r);
+    }
+    (key, replicas)
+}
+
+/// A series' chunks as they are passed through: those with neither raw data nor aggregates
+/// dropped, sorted by time range, then encodings and bytes of the raw chunk and the
+/// aggregates (a stable order whatever the endpoints' order), equal ones kept once.
+pub fn dedup_chunks(chunks: &mut Vec<&WireChunk>) {
+    chunks.retain(|c| c.raw.is_some() || c.aggrs.iter().any(Option::is_some));
+    if !chunks.is_sorted_by(|a, b| pass_key(a) <= pass_key(b)) {
+        chunks.sort_by(|a, b| pass_key(a).cmp(&pass_key(b)));
+    }
+    chunks.dedup_by(|a, b| pass_key(a) == pass_key(b));
+}
+
 /// Combines one group (series with equal keys, in replica label order): pieces with equal
 /// replica labels are one replica (their chunks concatenated; the decoder sorts and drops
 /// repeated timestamps), chunks of later replicas identical to earlier ones are dropped,
@@ -314,17 +381,9 @@ fn flush_group(
     // Split into replicas: runs of equal replica labels, and of one source where a source
     // stripped them.
     let mut replicas: Vec<Vec<&WireChunk>> = Vec::with_capacity(group.len());
-    for (i, &(src, s)) in group.iter().enumerate() {
-        let same = i > 0 && {
-            let (prev_src, prev) = group[i - 1];
-            let anonymous = |x: usize| sources[x].stripped && sources[x].identity.is_empty();
-            let apart = prev_src != src && (anonymous(prev_src) || anonymous(src));
-            !apart
-                && (rl.is_empty()
-                    || replica_pairs(&sources[prev_src], prev, rl).eq(replica_pairs(&sources[src], s, rl)))
-        };
+    for (i, &(_, s)) in group.iter().enumerate() {
         match replicas.last_mut() {
-            Some(last) if same => last.extend(s.chunks.iter()),
+            Some(last) if same_replica(group, i, sources, rl) => last.extend(s.chunks.iter()),
             _ => replicas.push(s.chunks.iter().collect()),
         }
     }
@@ -397,14 +456,9 @@ pub fn merge_raw_within(sources: &mut [Source], limits: &Limits) -> Result<Vec<R
         // Checked sorted and unique by `check_labels` when received.
         let labels = Labels::from_sorted_unchecked_iter(group[0].1.labels());
         let mut chunks: Vec<&WireChunk> = group.iter().flat_map(|(_, s)| s.chunks.iter()).collect();
-        chunks.retain(|c| c.raw.is_some() || c.aggrs.iter().any(Option::is_some));
-        // Equal chunks sort next to each other: by time range, then encodings and bytes of the
-        // raw chunk and the aggregates (a stable order whatever the endpoints' order), and go
-        // out once, however many endpoints sent them (copies skipped unread included).
-        if !chunks.is_sorted_by(|a, b| pass_key(a) <= pass_key(b)) {
-            chunks.sort_by(|a, b| pass_key(a).cmp(&pass_key(b)));
-        }
-        chunks.dedup_by(|a, b| pass_key(a) == pass_key(b));
+        // Equal chunks go out once, however many endpoints sent them (copies skipped unread
+        // included).
+        dedup_chunks(&mut chunks);
         Ok((labels, chunks.into_iter().cloned().collect()))
     })
 }
@@ -424,12 +478,76 @@ fn merge_groups<T>(
     // Stores send series sorted, which is the merge order unless a replica label sorts
     // before another label and differs within a source: checked on the way, not up front.
     loop {
-        match merge_sorted(sources, rl, limits, flush)? {
-            Ok(out) => return Ok(out),
+        let mut out = Vec::new();
+        match merge_sorted(sources, rl, limits, &mut Received, flush, &mut |t| out.push(t))? {
+            Ok(()) => return Ok(out),
             Err(Unsorted(src)) => {
                 sources[src].sort(rl, limits).map_err(|message| MergeError::Source { index: src, message })?
             }
         }
+    }
+}
+
+/// Where a merge's sources get their series: all received before the merge ([`Received`]),
+/// or still arriving while it runs (a streamed merge, [`merge_streamed`]).
+pub trait Feed {
+    /// Appends the next batch of series of source `src` to its [`Source::batches`]; false
+    /// once the source has no more. May wait for it.
+    fn more(&mut self, sources: &mut [Source], src: usize) -> Result<bool, MergeError>;
+    /// A series of source `src` did not check out (`message` names the source): `Ok` leaves
+    /// the source out from there on, an error ends the merge.
+    fn failed(&mut self, src: usize, message: String) -> Result<(), MergeError>;
+    /// Groups already handed on cannot be taken back: a source out of order or failing is
+    /// left out from where it failed, and series the merge has passed are dropped.
+    fn streamed(&self) -> bool;
+}
+
+/// Sources received whole before the merge: a source that fails is reported
+/// ([`MergeError::Source`]) so that the merge can run again without it.
+struct Received;
+
+impl Feed for Received {
+    fn more(&mut self, _: &mut [Source], _: usize) -> Result<bool, MergeError> {
+        Ok(false)
+    }
+    fn failed(&mut self, index: usize, message: String) -> Result<(), MergeError> {
+        Err(MergeError::Source { index, message })
+    }
+    fn streamed(&self) -> bool {
+        false
+    }
+}
+
+/// The merge of [`merge_groups`] over sources whose series are still arriving: each group is
+/// handed to `flush` as soon as the next key shows it complete, and the batches the merge has
+/// passed are dropped, so what is held is about one group plus what `feed` buffers. Sources
+/// that may come out of merge order (with `rl`, those that did not strip the replica labels:
+/// a replica label may sort before labels that differ) are received whole and sorted first,
+/// as Thanos's proxy does for stores it must strip itself. A source that fails or turns out
+/// of order later is left out from there on, per `feed` ([`Feed::failed`]).
+pub fn merge_streamed(
+    sources: &mut [Source],
+    rl: &[String],
+    limits: &Limits,
+    feed: &mut dyn Feed,
+    flush: &mut Flush<'_, ()>,
+) -> Result<(), MergeError> {
+    if !rl.is_empty() {
+        for src in 0..sources.len() {
+            if sources[src].stripped {
+                continue;
+            }
+            while feed.more(sources, src)? {}
+            if let Err(message) = sources[src].sort(rl, limits) {
+                feed.failed(src, message)?;
+                sources[src].batches.clear();
+            }
+        }
+    }
+    match merge_sorted(sources, rl, limits, feed, flush, &mut |()| {})? {
+        Ok(()) => Ok(()),
+        // Not reached: a streamed merge leaves such a source out where it finds it.
+        Err(Unsorted(src)) => Err(MergeError::Invalid(format!("{}: series out of order", sources[src].name))),
     }
 }
 
@@ -446,10 +564,16 @@ fn merge_sorted<T>(
     sources: &mut [Source],
     rl: &[String],
     limits: &Limits,
+    feed: &mut dyn Feed,
     flush: &mut Flush<'_, T>,
-) -> Result<Result<Vec<T>, Unsorted>, MergeError> {
+    emit: &mut dyn FnMut(T),
+) -> Result<Result<(), Unsorted>, MergeError> {
     let mut pos: Vec<Cursor> = sources.iter().map(|s| s.settle((0, 0))).collect();
-    let mut out: Vec<T> = Vec::new();
+    let streamed = feed.streamed();
+    // Per source, the batches before this one are dropped (streamed merges only).
+    let mut released: Vec<usize> = vec![0; sources.len()];
+    // Sources the feed has no more series for.
+    let mut ended: Vec<bool> = vec![false; sources.len()];
     // Sources whose next series has the smallest key, and whether its message is byte-equal
     // to the smallest one's (so that copies are compared once, not again with the group's
     // first).
@@ -463,10 +587,29 @@ fn merge_sorted<T>(
     // Samples counted against the limit: the fan-out's, then those of series of sources it
     // did not count, as the merge reaches them (before their group is decoded).
     let mut total = limits.counted;
-    let prep = |sources: &mut [Source], src: usize, at: Cursor| {
-        sources[src].prepare_at(at, rl, limits).map_err(|message| MergeError::Source { index: src, message })
-    };
-    loop {
+    // Prepares the next series of a source; one that does not check out is handed to the
+    // feed, and a source it leaves out ends there: the step starts again without it.
+    macro_rules! prep {
+        ($src:expr, $step:lifetime) => {{
+            let src = $src;
+            if let Err(message) = sources[src].prepare_at(pos[src], rl, limits) {
+                feed.failed(src, message)?;
+                sources[src].cut(pos[src]);
+                continue $step;
+            }
+        }};
+    }
+    'step: loop {
+        // Every source's next series at hand (a streamed source's may still be arriving).
+        for src in 0..sources.len() {
+            while !ended[src] && sources[src].at(pos[src]).is_none() {
+                if feed.more(sources, src)? {
+                    pos[src] = sources[src].settle(pos[src]);
+                } else {
+                    ended[src] = true;
+                }
+            }
+        }
         // The smallest key among the sources' next series, and the sources that have it.
         members.clear();
         let mut min: Option<usize> = None;
@@ -482,8 +625,8 @@ fn merge_sorted<T>(
                     Ordering::Equal
                 }
                 Some(m) => {
-                    prep(sources, src, pos[src])?;
-                    prep(sources, m, pos[m])?;
+                    prep!(src, 'step);
+                    prep!(m, 'step);
                     let (Some(v), Some(mv)) = (sources[src].at(pos[src]), sources[m].at(pos[m])) else {
                         continue;
                     };
@@ -501,10 +644,10 @@ fn merge_sorted<T>(
             }
         }
         // Does the smallest key continue the open group, or start the next one?
-        let next = match min {
+        let mut next = match min {
             None => None,
             Some(first) => {
-                prep(sources, first, pos[first])?;
+                prep!(first, 'step);
                 Some((first, pos[first]))
             }
         };
@@ -522,6 +665,12 @@ fn merge_sorted<T>(
                 match key_of(nv, rl).cmp(key_of(hv, rl)) {
                     Ordering::Equal => true,
                     // Keys only grow while every source is in order: this one is not.
+                    Ordering::Less if streamed => {
+                        let message = format!("{}: series out of order", sources[n.0].name);
+                        feed.failed(n.0, message)?;
+                        sources[n.0].cut(pos[n.0]);
+                        continue 'step;
+                    }
                     Ordering::Less => return Ok(Err(Unsorted(n.0))),
                     Ordering::Greater => false,
                 }
@@ -546,12 +695,34 @@ fn merge_sorted<T>(
             {
                 group.sort_by(|a, b| replica_of(a.1, rl).cmp(replica_of(b.1, rl)));
             }
-            out.push(flush(&group, sources)?);
+            emit(flush(&group, sources)?);
             spare = recycle(group);
             entries.clear();
+            if streamed {
+                // Nothing before the sources' next series is referred to any more (the next
+                // group's first is one of them).
+                for (src, r) in released.iter_mut().enumerate() {
+                    for b in *r..pos[src].0 {
+                        sources[src].batches[b] = Vec::new();
+                    }
+                    *r = (*r).max(pos[src].0);
+                    // The emptied batches themselves go now and then (a source sending one
+                    // series per message would otherwise leave one per series).
+                    if *r >= 64 {
+                        sources[src].batches.drain(..*r);
+                        pos[src].0 -= *r;
+                        if let Some((s, at)) = next.as_mut()
+                            && *s == src
+                        {
+                            at.0 -= *r;
+                        }
+                        *r = 0;
+                    }
+                }
+            }
         }
         let Some(n) = next else {
-            return Ok(Ok(out));
+            return Ok(Ok(()));
         };
         if !continues {
             head = Some(n);
@@ -574,7 +745,7 @@ fn merge_sorted<T>(
             if !copy {
                 // Equal to this step's smallest series perhaps, but not to the group's first:
                 // read like any series the group keeps.
-                prep(sources, src, at)?;
+                prep!(src, 'step);
             }
             if limits.max_samples > 0 && !sources[src].counted {
                 // A copy holds exactly the samples of the series it copies (prepared with
@@ -1076,6 +1247,187 @@ mod tests {
 
     fn names(got: &[(Labels, Samples)]) -> Vec<String> {
         got.iter().map(|(l, _)| l.to_string()).collect()
+    }
+
+    /// A streamed fan-out's feed over fixed lists: each source's series handed out a batch at
+    /// a time; a source that fails is left out from there (as with partial response).
+    struct Trickle {
+        pending: Vec<std::collections::VecDeque<Vec<SeriesView>>>,
+        left_out: Vec<usize>,
+        /// Most series the sources held at once.
+        most_held: usize,
+    }
+
+    impl Trickle {
+        fn new(lists: &[Vec<SeriesView>], batch: usize) -> Self {
+            let pending = lists.iter().map(|l| l.chunks(batch).map(<[SeriesView]>::to_vec).collect()).collect();
+            Trickle { pending, left_out: vec![], most_held: 0 }
+        }
+    }
+
+    impl Feed for Trickle {
+        fn more(&mut self, sources: &mut [Source], src: usize) -> Result<bool, MergeError> {
+            let Some(b) = self.pending[src].pop_front() else { return Ok(false) };
+            sources[src].batches.push(b);
+            let held = sources.iter().flat_map(|s| &s.batches).map(Vec::len).sum();
+            self.most_held = self.most_held.max(held);
+            Ok(true)
+        }
+        fn failed(&mut self, src: usize, _: String) -> Result<(), MergeError> {
+            self.left_out.push(src);
+            self.pending[src].clear();
+            Ok(())
+        }
+        fn streamed(&self) -> bool {
+            true
+        }
+    }
+
+    /// A group as its labels and its replicas' chunk time ranges.
+    type Summary = (String, Vec<Vec<(i64, i64)>>);
+
+    fn summary(group: &[(usize, &SeriesView)], sources: &[Source], rl: &[String]) -> Summary {
+        let (key, replicas) = replicas_of(group, sources, rl);
+        (key.to_string(), replicas.iter().map(|r| r.iter().map(|c| (c.min_time, c.max_time)).collect()).collect())
+    }
+
+    /// `n` series of metric `m` per replica, replica label `replica` (sorting before `zone`,
+    /// which differs between series: a source holding several replicas is then out of merge
+    /// order), each replica's chunks at its own times.
+    fn replica_series(replicas: &[&str], n: usize) -> Vec<SeriesView> {
+        let mut out: Vec<(Vec<(String, String)>, i64)> = Vec::new();
+        for (r, name) in replicas.iter().enumerate() {
+            for i in 0..n {
+                let l = vec![
+                    ("__name__".to_string(), "m".to_string()),
+                    ("replica".to_string(), name.to_string()),
+                    ("zone".to_string(), format!("z{i:02}")),
+                ];
+                out.push((l, r as i64));
+            }
+        }
+        out.sort();
+        out.iter()
+            .map(|(l, r)| {
+                let l: Vec<(&str, &str)> = l.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                view(&l, vec![fake_chunk(&[*r, 100 + r])])
+            })
+            .collect()
+    }
+
+    /// The streamed merge hands on the groups the whole merge makes, in the same order:
+    /// without replica labels, with sources that stripped them (streamed), and with sources
+    /// holding several replicas out of merge order (received whole and sorted first); while
+    /// streaming, sources hold a few batches, not their answers.
+    #[test]
+    fn streamed_merge_hands_on_what_the_whole_merge_makes() {
+        let rl = vec!["replica".to_string()];
+        let stripped = |name: &str, n: usize| {
+            // Replicas' chunks differ (a copy of another replica's series would be dropped).
+            let off = i64::from(name.as_bytes()[0] - b'a');
+            let l: Vec<SeriesView> = (0..n)
+                .map(|i| view(&[("__name__", "m"), ("zone", &format!("z{i:02}"))], vec![fake_chunk(&[i as i64 + off])]))
+                .collect();
+            let mut s = Source::new(vec![], true);
+            s.identity = vec![("replica".into(), name.into())];
+            (s, l)
+        };
+        let plain = |l: Vec<SeriesView>| (Source::new(vec![], false), l);
+        // (replica labels, sources with their series, whether they stream)
+        type Case = (Vec<String>, Vec<(Source, Vec<SeriesView>)>, bool);
+        let cases: Vec<Case> = vec![
+            (vec![], vec![plain(replica_series(&["a"], 30)), plain(replica_series(&["b"], 30))], true),
+            (rl.clone(), vec![stripped("a", 30), stripped("b", 30), stripped("a", 20)], true),
+            (rl.clone(), vec![plain(replica_series(&["a", "b"], 30)), stripped("c", 30)], false),
+            (vec![], vec![plain(replica_series(&["a"], 200)), plain(replica_series(&["b"], 150))], true),
+        ];
+        let cases = cases.into_iter().flat_map(|(rl, sources, streams)| {
+            let again: Vec<(Source, Vec<SeriesView>)> = sources
+                .iter()
+                .map(|(s, l)| (Source { identity: s.identity.clone(), ..Source::new(vec![], s.stripped) }, l.clone()))
+                .collect();
+            [(rl.clone(), sources, streams, 3), (rl, again, streams, 1)]
+        });
+        for (i, (rl, sources, streams, batch)) in cases.enumerate() {
+            let lists: Vec<Vec<SeriesView>> = sources.iter().map(|(_, l)| l.clone()).collect();
+            let total: usize = lists.iter().map(Vec::len).sum();
+            let mut whole: Vec<Source> = sources
+                .iter()
+                .map(|(s, l)| Source {
+                    batches: vec![l.clone()],
+                    identity: s.identity.clone(),
+                    ..Source::new(vec![], s.stripped)
+                })
+                .collect();
+            let want = merge_groups(&mut whole, &rl, &Limits::NONE, &mut |g, s| Ok(summary(g, s, &rl))).unwrap();
+            let mut streamed: Vec<Source> = sources.into_iter().map(|(s, _)| s).collect();
+            let mut feed = Trickle::new(&lists, batch);
+            let mut got = Vec::new();
+            merge_streamed(&mut streamed, &rl, &Limits::NONE, &mut feed, &mut |g, s| {
+                got.push(summary(g, s, &rl));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "case {i}");
+            assert!(feed.left_out.is_empty(), "case {i}");
+            if streams {
+                // Passed batches are dropped: a few batches per source at a time.
+                assert!(feed.most_held <= 3 * 3 * lists.len(), "case {i}: {} of {total}", feed.most_held);
+            }
+        }
+        // The groups carry every replica once, ordered by replica label.
+        let mut s = vec![stripped("b", 2).0, stripped("a", 2).0];
+        let lists = vec![stripped("b", 2).1, stripped("a", 2).1];
+        let mut got = Vec::new();
+        merge_streamed(&mut s, &rl, &Limits::NONE, &mut Trickle::new(&lists, 1), &mut |g, s| {
+            got.push(summary(g, s, &rl));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got[0].1, vec![vec![(0, 0)], vec![(1, 1)]]);
+        assert_eq!(got.len(), 2);
+    }
+
+    /// A streamed source whose series does not check out, or comes out of order, is left
+    /// out from there on: the groups before keep its series, the later ones have the other
+    /// sources' only; the sample limit is counted as the merge goes.
+    #[test]
+    fn streamed_merge_leaves_a_failing_source_out_where_it_fails() {
+        let ok = replica_series(&["a"], 10);
+        let mut bad = replica_series(&["b"], 10);
+        bad[4] = view(&[("__name__", "m"), ("replica", "b"), ("zone", "")], vec![]);
+        let mut unsorted = replica_series(&["c"], 10);
+        unsorted.swap(6, 7);
+        let lists = vec![ok, bad, unsorted];
+        let mut sources: Vec<Source> = (0..3).map(|_| Source::new(vec![], false)).collect();
+        let mut feed = Trickle::new(&lists, 2);
+        let mut got = Vec::new();
+        merge_streamed(&mut sources, &[], &Limits::NONE, &mut feed, &mut |g, s| {
+            got.push((g.iter().map(|(src, _)| *src).collect::<Vec<_>>(), summary(g, s, &[]).0));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(feed.left_out, vec![1, 2]);
+        let from = |src: usize| got.iter().filter(|(srcs, _)| srcs.contains(&src)).count();
+        // Source 1's first four series; source 2's first seven (z00-z05 and z07, then z06 is
+        // out of order).
+        assert_eq!((from(0), from(1), from(2)), (10, 4, 7));
+        // Limits: counted series by series, refused once past.
+        let mut sources: Vec<Source> = (0..1).map(|_| Source::new(vec![], false)).collect();
+        let limits = Limits { max_samples: 5, ..Limits::NONE };
+        // One sample per series (the chunk header's count: the first two bytes).
+        let lists = vec![
+            (0..10)
+                .map(|i| view(&[("__name__", "m"), ("zone", &format!("z{i:02}"))], vec![fake_chunk(&[1 << 48])]))
+                .collect(),
+        ];
+        let mut n = 0;
+        let e = merge_streamed(&mut sources, &[], &limits, &mut Trickle::new(&lists, 1), &mut |_, _| {
+            n += 1;
+            Ok(())
+        });
+        assert_eq!(e, Err(MergeError::TooManySamples));
+        assert!(n < 10, "{n}");
     }
 
     /// The pass-through merge: full labels (replica labels are ordinary labels), groups of

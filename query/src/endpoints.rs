@@ -25,7 +25,8 @@ const HTTP2_MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
 /// HTTP/2 flow-control windows towards endpoints, per stream and per connection: a sender out
 /// of window also cuts its DATA frame (hyper's defaults are 2 and 5 MiB). The querier keeps
 /// every Series answer in memory until the merge anyway, so larger windows add no memory it
-/// would not hold.
+/// would not hold; a streamed remote read, which does not, holds up to the stream window per
+/// endpoint in flight.
 const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
 const HTTP2_CONNECTION_WINDOW: u32 = 64 << 20;
 

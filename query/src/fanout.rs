@@ -166,6 +166,8 @@ impl SeriesCall {
 enum FetchError {
     Endpoint(String),
     Limit,
+    /// The streamed merge no longer reads this endpoint's series.
+    Gone,
 }
 
 /// Bytes the endpoints of one selection may send together, for a sample limit of
@@ -185,34 +187,42 @@ impl From<String> for FetchError {
     }
 }
 
-/// Streams one endpoint's answer: its series as received and its warnings. Unless `lazy`,
-/// series are prepared for the merge as they arrive ([`prepare`]: parsed, checked, chunks
-/// outside the selection's range dropped); lazy ones are left for the merge, which reads
-/// only those that are not copies of another endpoint's.
-async fn fetch_series(
-    ep: Arc<EndpointState>,
-    call: Arc<SeriesCall>,
-    lazy: bool,
-) -> Result<(Source, Vec<String>), FetchError> {
-    // An endpoint that can strip the replica labels does (as Thanos asks its stores to):
-    // fewer bytes to send and compare. Its series are then told apart by where they came
-    // from rather than by their replica labels.
-    // Only when its Info label sets agree on the replica labels' values: those values then
-    // stand for what it removed, so its series stay one replica with the same labels'
-    // series elsewhere (e.g. the store gateway over the blocks this receiver uploaded).
-    let identity = ep.status.read().info.as_ref().and_then(|i| {
-        if call.replica_labels.is_empty() || !i.supports_without_replica_labels {
+/// The replica labels an endpoint is asked to strip stand for, or `None` when it is not
+/// asked. An endpoint that can strip the replica labels does (as Thanos asks its stores to):
+/// fewer bytes to send and compare. Its series are then told apart by where they came from
+/// rather than by their replica labels. Only when its Info label sets agree on the replica
+/// labels' values: those values then stand for what it removed, so its series stay one
+/// replica with the same labels' series elsewhere (e.g. the store gateway over the blocks
+/// this receiver uploaded).
+fn identity_of(ep: &EndpointState, replica_labels: &[String]) -> Option<Vec<(String, String)>> {
+    ep.status.read().info.as_ref().and_then(|i| {
+        if replica_labels.is_empty() || !i.supports_without_replica_labels {
             return None;
         }
         let of = |ls: &Labels| -> Vec<(String, String)> {
             ls.iter()
-                .filter(|(n, _)| call.replica_labels.iter().any(|r| r == n))
+                .filter(|(n, _)| replica_labels.iter().any(|r| r == n))
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect()
         };
         let first = of(i.label_sets.first()?);
         i.label_sets.iter().all(|ls| of(ls) == first).then_some(first)
-    });
+    })
+}
+
+/// Streams one endpoint's answer: its series as received and its warnings; `identity` is
+/// what the endpoint is asked to strip ([`identity_of`]). With `sink`
+/// (a streamed merge) each batch is handed on as it arrives instead, waiting while the
+/// merge has enough. Unless `lazy`, series are prepared for the merge as they arrive
+/// ([`prepare`]: parsed, checked, chunks outside the selection's range dropped); lazy ones
+/// are left for the merge, which reads only those that are not copies of another endpoint's.
+async fn fetch_series(
+    ep: Arc<EndpointState>,
+    call: Arc<SeriesCall>,
+    lazy: bool,
+    identity: Option<Vec<(String, String)>>,
+    sink: Option<tokio::sync::mpsc::Sender<Delivery>>,
+) -> Result<(Source, Vec<String>), FetchError> {
     let stripped = identity.is_some();
     let mut req = call.req.clone();
     if stripped {
@@ -260,16 +270,20 @@ async fn fetch_series(
                 handle(&mut s)?;
                 // A lone series joins the last batch (a series split over several frames
                 // stays in pieces: the merge joins them).
-                match batches.last_mut() {
-                    Some(last) => last.push(s),
-                    None => batches.push(vec![s]),
+                match (&sink, batches.last_mut()) {
+                    (Some(tx), _) => tx.send(Delivery::Batch(vec![s])).await.map_err(|_| FetchError::Gone)?,
+                    (None, Some(last)) => last.push(s),
+                    (None, None) => batches.push(vec![s]),
                 }
             }
             SeriesFrame::Batch(mut b) => {
                 for s in &mut b {
                     handle(s)?;
                 }
-                batches.push(b);
+                match &sink {
+                    Some(tx) => tx.send(Delivery::Batch(b)).await.map_err(|_| FetchError::Gone)?,
+                    None => batches.push(b),
+                }
             }
             SeriesFrame::Warning(w) => warnings.push(w),
             SeriesFrame::Hints | SeriesFrame::Empty => {}
@@ -278,6 +292,147 @@ async fn fetch_series(
     let identity = identity.unwrap_or_default();
     Ok((Source { name: ep.addr.clone(), batches, stripped, identity, counted: !lazy }, warnings))
 }
+
+/// What an endpoint's streamed answer hands to the merge.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Series as received (a batch, or one series).
+    Batch(Vec<SeriesView>),
+    /// A warning the endpoint sent.
+    Warning(String),
+    /// The endpoint's answer ended in this failure.
+    Failed(FanoutError),
+}
+
+/// Series a streamed merge keeps waiting per endpoint (each batch about 1 MB at most): what
+/// an endpoint may hold in the querier beyond its connection's flow-control window.
+const STREAM_BATCHES: usize = 2;
+
+/// A selection whose endpoints' answers are still arriving ([`Fanout::select_streamed`]):
+/// its sources (without series yet) for [`crate::dedup::merge_streamed`] and the feed that
+/// fills them.
+#[derive(Debug)]
+pub struct StreamedSelection {
+    /// One per endpoint asked, in endpoint order.
+    pub sources: Vec<Source>,
+    /// Where their series come from.
+    pub feed: StreamFeed,
+    /// The replica labels the merge groups by (none without dedup).
+    pub replica_labels: Vec<String>,
+    /// The selection's range and sample limit, for the merge to count.
+    pub limits: Limits,
+}
+
+/// The series of a [`StreamedSelection`]'s endpoints as they arrive. Endpoint failures are
+/// warnings with partial response, else they fail the merge; a timeout or the sample limit
+/// fails it either way. The endpoints' tasks end when the feed is dropped.
+#[derive(Debug)]
+pub struct StreamFeed {
+    receivers: Vec<Option<tokio::sync::mpsc::Receiver<Delivery>>>,
+    partial_response: bool,
+    deadline: tokio::time::Instant,
+    handle: Handle,
+    /// Warnings so far: endpoints that were down, failed or sent warnings.
+    pub warnings: Vec<String>,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+impl StreamFeed {
+    /// The next batch of source `src` appended to its series (true), or false once it has no
+    /// more. When nothing has arrived yet `idle` runs first (the merge hands on what it has
+    /// made), then this waits, on the runtime the fan-out runs on: call it from a blocking
+    /// thread, never from an async task.
+    pub fn more(
+        &mut self,
+        sources: &mut [Source],
+        src: usize,
+        idle: &mut dyn FnMut() -> Result<(), MergeError>,
+    ) -> Result<bool, MergeError> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        loop {
+            let Some(rx) = self.receivers.get_mut(src).and_then(Option::as_mut) else { return Ok(false) };
+            let next = match rx.try_recv() {
+                Ok(d) => Some(d),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    idle()?;
+                    match self.handle.block_on(tokio::time::timeout_at(self.deadline, rx.recv())) {
+                        Ok(d) => d,
+                        Err(_) => return Err(MergeError::Invalid(FanoutError::Timeout.to_string())),
+                    }
+                }
+            };
+            match next {
+                Some(Delivery::Batch(b)) => {
+                    if let Some(s) = sources.get_mut(src) {
+                        s.batches.push(b);
+                    }
+                    return Ok(true);
+                }
+                Some(Delivery::Warning(w)) => self.warnings.push(w),
+                None => {
+                    self.receivers[src] = None;
+                    return Ok(false);
+                }
+                Some(Delivery::Failed(e)) => {
+                    self.receivers[src] = None;
+                    return match e {
+                        FanoutError::Endpoint(m) if self.partial_response => {
+                            self.warnings.push(m);
+                            Ok(false)
+                        }
+                        FanoutError::TooManySamples => Err(MergeError::TooManySamples),
+                        e => Err(MergeError::Invalid(e.to_string())),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A series of source `src` did not check out: with partial response the source is left
+    /// out from here on (a warning), else the merge fails with `message`.
+    pub fn failed(&mut self, src: usize, message: String) -> Result<(), MergeError> {
+        if let Some(r) = self.receivers.get_mut(src) {
+            // Its task ends at its next send.
+            *r = None;
+        }
+        if !self.partial_response {
+            return Err(MergeError::Invalid(message));
+        }
+        self.warnings.push(message);
+        Ok(())
+    }
+}
+
+/// One endpoint's answer for a streamed merge: batches through `tx` as they arrive (none
+/// prepared here: the merge reads and counts them all), then its warnings or its failure.
+async fn stream_series(
+    ep: Arc<EndpointState>,
+    call: Arc<SeriesCall>,
+    identity: Option<Vec<(String, String)>>,
+    tx: tokio::sync::mpsc::Sender<Delivery>,
+    deadline: tokio::time::Instant,
+) {
+    let fetch = fetch_series(ep, call, true, identity, Some(tx.clone()));
+    let last = match tokio::time::timeout_at(deadline, fetch).await {
+        Ok(Ok((_, warnings))) => {
+            for w in warnings {
+                if tx.send(Delivery::Warning(w)).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        Ok(Err(FetchError::Gone)) => return,
+        Ok(Err(FetchError::Endpoint(e))) => FanoutError::Endpoint(e),
+        Ok(Err(FetchError::Limit)) => FanoutError::TooManySamples,
+        Err(_) => FanoutError::Timeout,
+    };
+    let _ = tx.send(Delivery::Failed(last)).await;
+}
+
+/// A selection's Series call: the endpoints to ask, warnings so far, and the call.
+type PreparedCall = (Vec<Arc<EndpointState>>, Vec<String>, Arc<SeriesCall>);
 
 /// Fans requests out to the endpoint set.
 #[derive(Debug)]
@@ -406,6 +561,50 @@ impl Fanout {
         Ok(RawSelection { series, warnings })
     }
 
+    /// [`Fanout::select_raw`] for a merge that runs while the endpoints' answers arrive
+    /// ([`crate::dedup::merge_streamed`]): the Series calls are started and the selection
+    /// returned at once. With `opts.dedup` the endpoints that can are asked to strip the
+    /// replica labels, and the merge groups replicas. Must be called within the runtime the
+    /// feed later waits on.
+    pub fn select_streamed(
+        &self,
+        opts: &QueryOptions,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+        hints: Option<thanos::QueryHints>,
+    ) -> Result<StreamedSelection, FanoutError> {
+        let aggrs = opts.aggregates.clone();
+        let (eps, warnings, call) = self.prepare_call(opts, matchers, mint, maxt, skip_chunks, hints, aggrs)?;
+        let deadline = tokio::time::Instant::from_std(opts.deadline);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut sources = Vec::with_capacity(eps.len());
+        let mut receivers = Vec::with_capacity(eps.len());
+        for ep in eps {
+            let identity = identity_of(&ep, &call.replica_labels);
+            sources.push(Source {
+                name: ep.addr.clone(),
+                batches: Vec::new(),
+                stripped: identity.is_some(),
+                identity: identity.clone().unwrap_or_default(),
+                counted: false,
+            });
+            let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BATCHES);
+            receivers.push(Some(rx));
+            tasks.spawn(stream_series(ep, call.clone(), identity, tx, deadline));
+        }
+        let feed = StreamFeed {
+            receivers,
+            partial_response: opts.partial_response,
+            deadline,
+            handle: Handle::current(),
+            warnings,
+            _tasks: tasks,
+        };
+        Ok(StreamedSelection { sources, feed, replica_labels: call.replica_labels.clone(), limits: call.limits })
+    }
+
     /// Asks every endpoint that may hold the selection for its series: their answers in
     /// endpoint order (chunks outside `[mint, maxt]` dropped), the warnings, and the call.
     /// With `opts.max_source_resolution` > 0 stores may answer from downsampled blocks
@@ -421,6 +620,55 @@ impl Fanout {
         query_hints: Option<thanos::QueryHints>,
         aggregates: Vec<i32>,
     ) -> Result<(Vec<Source>, Vec<String>, Arc<SeriesCall>), FanoutError> {
+        let (eps, mut warnings, call) =
+            self.prepare_call(opts, matchers, mint, maxt, skip_chunks, query_hints, aggregates)?;
+        let mut set = tokio::task::JoinSet::new();
+        for (i, ep) in eps.into_iter().enumerate() {
+            let call = call.clone();
+            // The first endpoint's series are read as they arrive, in parallel with the
+            // streams; the others' are left for the merge, which skips the copies among them
+            // (replicas: RF=3 reads each series once, plus a comparison per copy).
+            let lazy = i > 0;
+            let identity = identity_of(&ep, &call.replica_labels);
+            set.spawn(async move { fetch_series(ep, call, lazy, identity, None).await.map(|(s, w)| (i, s, w)) });
+        }
+        // Sources in endpoint order, not in the order they finish: which replica comes first
+        // decides ties in dedup, and the answer must not depend on timing.
+        let mut sources: Vec<(usize, Source)> = Vec::new();
+        let mut errs = Vec::new();
+        let deadline = tokio::time::Instant::from_std(opts.deadline);
+        loop {
+            match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Err(_) => return Err(FanoutError::Timeout),
+                Ok(None) => break,
+                Ok(Some(Ok(Ok((i, series, w))))) => {
+                    sources.push((i, series));
+                    warnings.extend(w);
+                }
+                Ok(Some(Ok(Err(FetchError::Endpoint(e))))) => errs.push(e),
+                Ok(Some(Ok(Err(FetchError::Limit)))) => return Err(FanoutError::TooManySamples),
+                Ok(Some(Ok(Err(FetchError::Gone)))) => errs.push("fan-out: series not read".to_string()),
+                Ok(Some(Err(e))) => errs.push(format!("fan-out task failed: {e}")),
+            }
+        }
+        Self::absorb(opts, errs, &mut warnings)?;
+        sources.sort_unstable_by_key(|(i, _)| *i);
+        Ok((sources.into_iter().map(|(_, s)| s).collect(), warnings, call))
+    }
+
+    /// The Series call of a selection and the endpoints to ask (endpoints that are down are
+    /// warnings, or fail the selection without partial response).
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_call(
+        &self,
+        opts: &QueryOptions,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        skip_chunks: bool,
+        query_hints: Option<thanos::QueryHints>,
+        aggregates: Vec<i32>,
+    ) -> Result<PreparedCall, FanoutError> {
         let all_matchers = with_extra_matchers(matchers, &opts.extra_matchers);
         let (eps, down) = self.endpoints.select(&all_matchers, mint, maxt);
         let mut warnings = Vec::new();
@@ -448,36 +696,7 @@ impl Fanout {
             replica_labels,
             limits: Limits { mint, maxt, max_samples: opts.max_samples, counted: 0 },
         });
-        let mut set = tokio::task::JoinSet::new();
-        for (i, ep) in eps.into_iter().enumerate() {
-            let call = call.clone();
-            // The first endpoint's series are read as they arrive, in parallel with the
-            // streams; the others' are left for the merge, which skips the copies among them
-            // (replicas: RF=3 reads each series once, plus a comparison per copy).
-            let lazy = i > 0;
-            set.spawn(async move { fetch_series(ep, call, lazy).await.map(|(s, w)| (i, s, w)) });
-        }
-        // Sources in endpoint order, not in the order they finish: which replica comes first
-        // decides ties in dedup, and the answer must not depend on timing.
-        let mut sources: Vec<(usize, Source)> = Vec::new();
-        let mut errs = Vec::new();
-        let deadline = tokio::time::Instant::from_std(opts.deadline);
-        loop {
-            match tokio::time::timeout_at(deadline, set.join_next()).await {
-                Err(_) => return Err(FanoutError::Timeout),
-                Ok(None) => break,
-                Ok(Some(Ok(Ok((i, series, w))))) => {
-                    sources.push((i, series));
-                    warnings.extend(w);
-                }
-                Ok(Some(Ok(Err(FetchError::Endpoint(e))))) => errs.push(e),
-                Ok(Some(Ok(Err(FetchError::Limit)))) => return Err(FanoutError::TooManySamples),
-                Ok(Some(Err(e))) => errs.push(format!("fan-out task failed: {e}")),
-            }
-        }
-        Self::absorb(opts, errs, &mut warnings)?;
-        sources.sort_unstable_by_key(|(i, _)| *i);
-        Ok((sources.into_iter().map(|(_, s)| s).collect(), warnings, call))
+        Ok((eps, warnings, call))
     }
 
     /// Label names (or values of `name` when given) across endpoints, sorted and unique.

@@ -1,8 +1,10 @@
 //! Prometheus remote read (`/api/v1/read`) over the raw fan-out: the endpoints' chunks go
 //! out as they were stored.
 //!
-//! Series come from [`crate::fanout::Fanout::select_raw`] (merged by labels, chunks
-//! undecoded). Thanos's querier serves no remote read; the usual adapter in front of it
+//! Series come from the fan-out with their chunks undecoded: for sampled answers from
+//! [`crate::fanout::Fanout::select_raw`] (merged by labels), for streamed ones from
+//! [`crate::fanout::Fanout::select_streamed`], merged while they arrive and sent group by
+//! group ([`crate::dedup::merge_streamed`]). Thanos's querier serves no remote read; the usual adapter in front of it
 //! (thanos-remote-read) reads its StoreAPI and so never deduplicates. Ours follows the
 //! querier's own `dedup` setting instead, as its PromQL answers do: with dedup on, series
 //! equal but for the replica labels are one series without them. A group of replicas is
@@ -13,7 +15,8 @@
 //! integer histogram stays an integer histogram).
 //!
 //! Streamed answers (`STREAMED_XOR_CHUNKS`) carry one series per frame and split a series
-//! over several frames past [`MAX_BYTES_IN_FRAME`], as Prometheus's server does. Chunk
+//! over several frames past [`MAX_BYTES_IN_FRAME`], as Prometheus's server does, and go out
+//! as they are made: the querier holds about one group of replicas, not the answer. Chunk
 //! types use remote read's numbering (XOR=1, HISTOGRAM=2, FLOAT_HISTOGRAM=3), one more than
 //! the StoreAPI's. Sampled answers (`SAMPLES`) carry floats in `samples` and histograms in
 //! `histograms`, integer histograms with integer fields, in the query's time range.
@@ -40,9 +43,11 @@ use norn_tsdb::chunkenc::{Chunk, Sample};
 use prost::Message;
 
 use crate::api::{ApiState, Params};
-use crate::dedup::{RawSeries, dedup_replicas, is_counter_func, strip_labels};
-use crate::fanout::QueryOptions;
-use crate::seriesview::WireChunk;
+use crate::dedup::{
+    Feed, MergeError, RawSeries, Source, dedup_replicas, is_counter_func, merge_streamed, replicas_of, strip_labels,
+};
+use crate::fanout::{QueryOptions, StreamedSelection};
+use crate::seriesview::{SeriesView, WireChunk};
 
 /// Largest streamed frame Prometheus's server builds by default
 /// (`--storage.remote.read-max-bytes-in-frame`): a frame is closed once its chunks reach it.
@@ -91,8 +96,8 @@ pub fn remote_chunk(c: &WireChunk) -> Result<Option<pb::Chunk>, ChunkConvertErro
     }))
 }
 
-fn remote_chunks(cs: &[WireChunk]) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
-    Ok(cs.iter().map(remote_chunk).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+fn remote_chunks<'a>(cs: impl IntoIterator<Item = &'a WireChunk>) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
+    Ok(cs.into_iter().map(remote_chunk).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
 }
 
 /// What makes two wire chunks equal: time range, encoding and bytes.
@@ -138,8 +143,8 @@ pub fn combine(
     let mut out = Vec::with_capacity(groups.len());
     for (key, mut replicas) in groups {
         replicas.sort_by_cached_key(|(l, _)| replica_of(l));
-        let chunks =
-            dedup_group(replicas.into_iter().map(|(_, cs)| cs).collect(), counter, mint, maxt).map_err(err(&key))?;
+        let replicas: Vec<Vec<&WireChunk>> = replicas.iter().map(|(_, cs)| cs.iter().collect()).collect();
+        let chunks = dedup_group(&replicas, counter, mint, maxt).map_err(err(&key))?;
         out.push(ReadSeries { labels: key, chunks });
     }
     Ok(out)
@@ -149,26 +154,26 @@ pub fn combine(
 /// chunks: passed through when at most one replica has chunks no earlier replica has,
 /// else their samples in `[mint, maxt]` decoded, deduplicated and encoded again.
 fn dedup_group(
-    replicas: Vec<Vec<WireChunk>>,
+    replicas: &[Vec<&WireChunk>],
     counter: bool,
     mint: i64,
     maxt: i64,
 ) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
     if replicas.len() == 1 {
-        return remote_chunks(&replicas[0]);
+        return remote_chunks(replicas[0].iter().copied());
     }
     let mut seen: std::collections::HashSet<(i64, i64, i32, &[u8])> = Default::default();
     let mut kept: Vec<Vec<&WireChunk>> = Vec::with_capacity(replicas.len());
-    for cs in &replicas {
-        let keep: Vec<&WireChunk> = cs.iter().filter(|c| chunk_id(c).is_some_and(|id| !seen.contains(&id))).collect();
-        seen.extend(cs.iter().filter_map(chunk_id));
+    for cs in replicas {
+        let keep: Vec<&WireChunk> =
+            cs.iter().copied().filter(|c| chunk_id(c).is_some_and(|id| !seen.contains(&id))).collect();
+        seen.extend(cs.iter().filter_map(|c| chunk_id(c)));
         if !keep.is_empty() {
             kept.push(keep);
         }
     }
     if kept.len() <= 1 {
-        let one: Vec<WireChunk> = kept.into_iter().flatten().cloned().collect();
-        return remote_chunks(&one);
+        return remote_chunks(kept.into_iter().flatten());
     }
     let mut decoded: Vec<Vec<Sample>> = kept.iter().map(|cs| decode_replica(cs)).collect::<Result<_, _>>()?;
     for d in &mut decoded {
@@ -259,31 +264,41 @@ fn normalize(s: &mut Vec<Sample>) {
     }
 }
 
-/// Appends the streamed frames of one query's series to `out`: one series per frame, a
-/// new frame once the chunks of the current one reach `max_frame` bytes. Each frame is
-/// `uvarint(len)`, the big-endian CRC32-Castagnoli of the message, then the message.
+/// Appends the streamed frames of one query's series to `out` (see [`write_series`]).
 pub fn write_frames(series: &[ReadSeries], query_index: i64, max_frame: usize, out: &mut Vec<u8>) {
     for s in series {
-        let labels: Vec<pb::Label> =
-            s.labels.iter().map(|(n, v)| pb::Label { name: n.into(), value: v.into() }).collect();
-        let mut rest = &s.chunks[..];
-        while !rest.is_empty() {
-            let mut size = 0;
-            let mut n = 0;
-            while n < rest.len() && (n == 0 || size < max_frame) {
-                size += rest[n].encoded_len();
-                n += 1;
-            }
-            let msg = pb::ChunkedReadResponse {
-                chunked_series: vec![pb::ChunkedSeries { labels: labels.clone(), chunks: rest[..n].to_vec() }],
-                query_index,
-            };
-            let bytes = msg.encode_to_vec();
-            prost::encoding::encode_varint(bytes.len() as u64, out);
-            out.extend_from_slice(&norn_tsdb::encoding::crc32c(&bytes).to_be_bytes());
-            out.extend_from_slice(&bytes);
-            rest = &rest[n..];
+        write_series(&s.labels, &s.chunks, query_index, max_frame, out);
+    }
+}
+
+/// Appends the streamed frames of one series to `out`, as Prometheus's
+/// `StreamChunkedReadResponses` cuts them: one series per frame, a new frame once the
+/// chunks of the current one reach `max_frame` bytes less the labels' (so a frame may pass
+/// it by one chunk). Each frame is `uvarint(len)`, the big-endian CRC32-Castagnoli of the
+/// message, then the message.
+pub fn write_series(labels: &Labels, chunks: &[pb::Chunk], query_index: i64, max_frame: usize, out: &mut Vec<u8>) {
+    let labels: Vec<pb::Label> = labels.iter().map(|(n, v)| pb::Label { name: n.into(), value: v.into() }).collect();
+    let max_data = max_frame.saturating_sub(labels.iter().map(Message::encoded_len).sum());
+    let mut msg =
+        pb::ChunkedReadResponse { chunked_series: vec![pb::ChunkedSeries { labels, chunks: Vec::new() }], query_index };
+    let mut rest = chunks;
+    while !rest.is_empty() {
+        let mut size = 0;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || size < max_data) {
+            size += rest[n].encoded_len();
+            n += 1;
         }
+        msg.chunked_series[0].chunks = rest[..n].to_vec();
+        let len = msg.encoded_len();
+        prost::encoding::encode_varint(len as u64, out);
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Encoding into a Vec cannot fail: it grows as needed.
+        let _ = msg.encode(out);
+        let crc = norn_tsdb::encoding::crc32c(&out[at + 4..]);
+        out[at..at + 4].copy_from_slice(&crc.to_be_bytes());
+        rest = &rest[n..];
     }
 }
 
@@ -385,42 +400,55 @@ pub fn combine_downsampled(
     }
     let mut out = Vec::with_capacity(groups.len());
     for (key, mut replicas) in groups {
-        let downsampled = |message| ReadError::Downsampled { series: key.to_string(), message };
         replicas.sort_by_cached_key(|(l, _)| {
             l.iter()
                 .filter(|(n, _)| replica_labels.iter().any(|r| r == n))
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect::<Vec<_>>()
         });
-        let mut decoded = Vec::with_capacity(replicas.len());
-        for (_, cs) in &replicas {
-            let refs: Vec<&WireChunk> = cs.iter().collect();
-            let mut s = crate::downsampled::decode_series(&refs, aggrs, mint, maxt).map_err(downsampled)?;
-            if !s.windows(2).all(|w| w[0].0 < w[1].0) {
-                s.sort_by_key(|p| p.0);
-                s.dedup_by_key(|p| p.0);
-            }
-            if !s.is_empty() {
-                decoded.push(s);
-            }
-        }
-        let samples = match decoded.len() {
-            0 => Vec::new(),
-            1 => decoded.pop().unwrap_or_default(),
-            _ => dedup_replicas(decoded, counter),
-        };
-        let samples = samples.into_iter().map(|(t, v)| match v {
-            StoredValue::Float(f) => Sample::Float(t, f),
-            StoredValue::Histogram(h) => Sample::FloatHistogram(t, Box::new((*h).clone())),
-        });
-        let chunks = chunks::encode_samples(samples)
-            .map_err(|source| ReadError::Chunk { series: key.to_string(), source })?
-            .iter()
-            .map(chunks::remote_read_chunk)
-            .collect();
+        let replicas: Vec<Vec<&WireChunk>> = replicas.iter().map(|(_, cs)| cs.iter().collect()).collect();
+        let chunks = downsampled_group(&key, &replicas, aggrs, counter, mint, maxt)?;
         out.push(ReadSeries { labels: key, chunks });
     }
     Ok(out)
+}
+
+/// One group's downsampled replicas (in replica order) as the chunks of the series `key`
+/// (see [`combine_downsampled`]).
+fn downsampled_group(
+    key: &Labels,
+    replicas: &[Vec<&WireChunk>],
+    aggrs: &[thanos::Aggr],
+    counter: bool,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<pb::Chunk>, ReadError> {
+    let downsampled = |message| ReadError::Downsampled { series: key.to_string(), message };
+    let mut decoded = Vec::with_capacity(replicas.len());
+    for cs in replicas {
+        let mut s = crate::downsampled::decode_series(cs, aggrs, mint, maxt).map_err(downsampled)?;
+        if !s.windows(2).all(|w| w[0].0 < w[1].0) {
+            s.sort_by_key(|p| p.0);
+            s.dedup_by_key(|p| p.0);
+        }
+        if !s.is_empty() {
+            decoded.push(s);
+        }
+    }
+    let samples = match decoded.len() {
+        0 => Vec::new(),
+        1 => decoded.pop().unwrap_or_default(),
+        _ => dedup_replicas(decoded, counter),
+    };
+    let samples = samples.into_iter().map(|(t, v)| match v {
+        StoredValue::Float(f) => Sample::Float(t, f),
+        StoredValue::Histogram(h) => Sample::FloatHistogram(t, Box::new((*h).clone())),
+    });
+    Ok(chunks::encode_samples(samples)
+        .map_err(|source| ReadError::Chunk { series: key.to_string(), source })?
+        .iter()
+        .map(chunks::remote_read_chunk)
+        .collect())
 }
 
 /// The answer to one query of a read request.
@@ -479,14 +507,9 @@ pub async fn handler(
     if let Err(r) = st.max_source_resolution(&params, 0) {
         return r;
     }
-    // Remote reads count against --query.max-concurrent as PromQL queries do.
-    let Ok(_permit) = st.limiter.acquire().await else {
-        return text_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
-    };
-    let mut selections = Vec::with_capacity(req.queries.len());
-    let mut missing = Vec::new();
+    let mut queries = Vec::with_capacity(req.queries.len());
     for q in &req.queries {
-        let mut ms = Vec::with_capacity(q.matchers.len());
+        let mut matchers = Vec::with_capacity(q.matchers.len());
         for m in &q.matchers {
             let kind = match pb::label_matcher::Type::try_from(m.r#type) {
                 Ok(pb::label_matcher::Type::Eq) => MatchType::Equal,
@@ -496,7 +519,7 @@ pub async fn handler(
                 Err(_) => return text_error(StatusCode::BAD_REQUEST, format!("unknown matcher type {}", m.r#type)),
             };
             match Matcher::new(kind, m.name.clone(), m.value.clone()) {
-                Ok(m) => ms.push(m),
+                Ok(m) => matchers.push(m),
                 Err(e) => return text_error(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
@@ -507,33 +530,232 @@ pub async fn handler(
         };
         let downsampled = resolution > 0 && !plan.skip_chunks;
         let aggrs = if downsampled { crate::downsampled::aggrs_from_func(plan.func.as_deref()) } else { vec![] };
-        let qopts = QueryOptions {
+        let opts = QueryOptions {
             max_source_resolution: if downsampled { resolution } else { 0 },
             aggregates: aggrs.iter().map(|&a| a as i32).collect(),
             ..opts.clone()
         };
-        let sel = if plan.mint > plan.maxt {
+        queries.push(ReadQuery { matchers, plan, opts, downsampled, aggrs });
+    }
+    if streamed {
+        return streamed_response(st, queries).await;
+    }
+    // Remote reads count against --query.max-concurrent as PromQL queries do.
+    let Ok(_permit) = st.limiter.acquire().await else {
+        return text_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
+    };
+    let mut selections = Vec::with_capacity(queries.len());
+    let mut missing = Vec::new();
+    for q in queries {
+        let sel = if q.plan.mint > q.plan.maxt {
             Default::default()
         } else {
-            let hints = plan.query_hints.clone();
-            match st.fanout.select_raw(&qopts, &ms, plan.mint, plan.maxt, plan.skip_chunks, hints).await {
+            let (p, hints) = (&q.plan, q.plan.query_hints.clone());
+            match st.fanout.select_raw(&q.opts, &q.matchers, p.mint, p.maxt, p.skip_chunks, hints).await {
                 Ok(sel) => sel,
                 Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         };
         missing.extend(sel.warnings.iter().cloned());
-        selections.push((plan, sel.series, downsampled, aggrs));
+        selections.push((q.plan, sel.series, q.downsampled, q.aggrs));
     }
-    if !missing.is_empty() {
-        // One line per request, not per warning: a client polling with a dead endpoint
-        // would otherwise log a line per selector per read.
-        tracing::warn!(warnings = missing.len(), first = %missing[0],
-            "remote read: partial response, endpoints' data is missing");
-    }
+    log_missing(&missing);
     // Deduplicating, decoding and encoding every sample is CPU work: off the async workers,
     // as PromQL evaluation.
-    let built = tokio::task::spawn_blocking(move || read_response(selections, &rl, streamed)).await;
+    let built = tokio::task::spawn_blocking(move || read_response(selections, &rl)).await;
     built.unwrap_or_else(|e| text_error(StatusCode::INTERNAL_SERVER_ERROR, format!("remote read: {e}")))
+}
+
+/// Remote read has no warnings field: endpoints left out with partial response are logged,
+/// one line per request, not per warning (a client polling with a dead endpoint would
+/// otherwise log a line per selector per read).
+fn log_missing(missing: &[String]) {
+    if let Some(first) = missing.first() {
+        tracing::warn!(warnings = missing.len(), first = %first,
+            "remote read: partial response, endpoints' data is missing");
+    }
+}
+
+/// One query of a read request, checked: its matchers, plan and the options it is read
+/// with (downsampling per its hints).
+struct ReadQuery {
+    matchers: Vec<Matcher>,
+    plan: ReadPlan,
+    opts: QueryOptions,
+    downsampled: bool,
+    aggrs: Vec<thanos::Aggr>,
+}
+
+/// What the streamed answer's producer hands to the response body: frames, or the failure
+/// that ends the answer (its status when nothing was sent yet).
+type Piece = Result<Bytes, (StatusCode, String)>;
+
+/// Frames are handed to the body in pieces of about this size (or less when the merge must
+/// wait for an endpoint): fewer, larger writes than one per series.
+const PIECE_BYTES: usize = 64 << 10;
+
+/// A `STREAMED_XOR_CHUNKS` answer sent as it is made: the queries are read one after the
+/// other, each over a merge of its endpoints' answers as they arrive ([`stream_query`]),
+/// and each series' frames go out once its group of replicas is complete, so the querier
+/// holds about one group and the endpoints' buffers, not the answer. A failure before the
+/// first frame is answered with its status and text, as before; after it, the body is cut
+/// (Prometheus's server does the same) and the failure logged.
+async fn streamed_response(st: Arc<ApiState>, queries: Vec<ReadQuery>) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    let deadline = queries.first().map(|q| q.opts.deadline);
+    let handle = tokio::runtime::Handle::current();
+    // The merge waits for the endpoints' series and for the client: a blocking thread.
+    tokio::task::spawn_blocking(move || {
+        let Some(deadline) = deadline else { return };
+        let sink = FrameSink {
+            tx,
+            buf: Vec::new(),
+            sent: false,
+            deadline: tokio::time::Instant::from_std(deadline),
+            handle: handle.clone(),
+        };
+        // Remote reads count against --query.max-concurrent as PromQL queries do.
+        let Ok(_permit) = handle.block_on(st.limiter.acquire()) else {
+            sink.fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
+            return;
+        };
+        let sink = std::cell::RefCell::new(sink);
+        let mut missing = Vec::new();
+        let mut result = Ok(());
+        for (qi, q) in queries.iter().enumerate() {
+            result = stream_query(&st, q, qi as i64, &sink, &mut missing);
+            if result.is_err() {
+                break;
+            }
+        }
+        log_missing(&missing);
+        let mut sink = sink.into_inner();
+        match result.and_then(|()| sink.send()) {
+            Ok(()) => {}
+            Err((code, message)) => sink.fail(code, message),
+        }
+    });
+    let content_type =
+        HeaderValue::from_static("application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse");
+    let body = match rx.recv().await {
+        None => axum::body::Body::empty(),
+        Some(Err((code, message))) => return text_error(code, message),
+        Some(Ok(first)) => {
+            let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let pieces = futures::StreamExt::map(rest, |p| p.map_err(|(_, message)| std::io::Error::other(message)));
+            axum::body::Body::from_stream(futures::StreamExt::chain(futures::stream::iter([Ok(first)]), pieces))
+        }
+    };
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    r
+}
+
+/// The streamed answer's frames on their way to the response body.
+struct FrameSink {
+    tx: tokio::sync::mpsc::Sender<Piece>,
+    /// Frames not handed on yet.
+    buf: Vec<u8>,
+    /// Some frames were handed on: a failure can no longer change the status.
+    sent: bool,
+    deadline: tokio::time::Instant,
+    handle: tokio::runtime::Handle,
+}
+
+impl FrameSink {
+    /// Hands the frames made so far to the body, waiting while the client is behind.
+    fn send(&mut self) -> Result<(), (StatusCode, String)> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::take(&mut self.buf));
+        self.sent = true;
+        match self.handle.block_on(tokio::time::timeout_at(self.deadline, self.tx.send(Ok(piece)))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err((StatusCode::INTERNAL_SERVER_ERROR, "client closed the connection".into())),
+            Err(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, crate::fanout::FanoutError::Timeout.to_string())),
+        }
+    }
+
+    /// Ends the answer with a failure: its status and text when nothing was sent yet, else
+    /// a cut body and a log line.
+    fn fail(self, code: StatusCode, message: String) {
+        if self.sent {
+            tracing::warn!(error = %message, "remote read: streamed answer cut after its first frames");
+        }
+        // The client may be gone already: nothing more to tell it then.
+        let _ = self.handle.block_on(tokio::time::timeout_at(self.deadline, self.tx.send(Err((code, message)))));
+    }
+}
+
+/// The merge's feed for a streamed answer: while it waits for an endpoint, the frames made
+/// so far go out.
+struct SinkFeed<'a> {
+    feed: &'a mut crate::fanout::StreamFeed,
+    sink: &'a std::cell::RefCell<FrameSink>,
+}
+
+impl Feed for SinkFeed<'_> {
+    fn more(&mut self, sources: &mut [Source], src: usize) -> Result<bool, MergeError> {
+        let SinkFeed { feed, sink } = self;
+        feed.more(sources, src, &mut || sink.borrow_mut().send().map_err(|(_, m)| MergeError::Invalid(m)))
+    }
+    fn failed(&mut self, src: usize, message: String) -> Result<(), MergeError> {
+        self.feed.failed(src, message)
+    }
+    fn streamed(&self) -> bool {
+        true
+    }
+}
+
+/// Streams the frames of query `qi` into `sink`: its endpoints' series merged as they
+/// arrive, each group of replicas combined (see [`combine`], [`combine_downsampled`]) and
+/// written as soon as it is complete. Endpoints left out with partial response are added to
+/// `missing`.
+fn stream_query(
+    st: &ApiState,
+    q: &ReadQuery,
+    qi: i64,
+    sink: &std::cell::RefCell<FrameSink>,
+    missing: &mut Vec<String>,
+) -> Result<(), (StatusCode, String)> {
+    let failed = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
+    let plan = &q.plan;
+    if plan.mint > plan.maxt {
+        return Ok(());
+    }
+    let hints = plan.query_hints.clone();
+    let sel = st
+        .fanout
+        .select_streamed(&q.opts, &q.matchers, plan.mint, plan.maxt, plan.skip_chunks, hints)
+        .map_err(|e| failed(e.to_string()))?;
+    let StreamedSelection { mut sources, mut feed, replica_labels, limits } = sel;
+    let counter = is_counter_func(plan.func.as_deref());
+    let mut flush = |group: &[(usize, &SeriesView)], sources: &[Source]| -> Result<(), String> {
+        let (key, replicas) = replicas_of(group, sources, &replica_labels);
+        let chunks = if q.downsampled {
+            downsampled_group(&key, &replicas, &q.aggrs, counter, plan.mint, plan.maxt).map_err(|e| e.to_string())?
+        } else {
+            dedup_group(&replicas, counter, plan.mint, plan.maxt)
+                .map_err(|source| ReadError::Chunk { series: key.to_string(), source }.to_string())?
+        };
+        // As Prometheus: a series without chunks sends no frame.
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut sink = sink.borrow_mut();
+        write_series(&key, &chunks, qi, MAX_BYTES_IN_FRAME, &mut sink.buf);
+        if sink.buf.len() >= PIECE_BYTES {
+            sink.send().map_err(|(_, m)| m)?;
+        }
+        Ok(())
+    };
+    let merged = {
+        let mut sink_feed = SinkFeed { feed: &mut feed, sink };
+        merge_streamed(&mut sources, &replica_labels, &limits, &mut sink_feed, &mut flush)
+    };
+    missing.append(&mut feed.warnings);
+    merged.map_err(|e| failed(e.to_string()))
 }
 
 /// One query's selection as [`handler`] hands it to [`read_response`]: its plan, the
@@ -541,8 +763,8 @@ pub async fn handler(
 type Selection = (ReadPlan, Vec<RawSeries>, bool, Vec<thanos::Aggr>);
 
 /// Combines each query's selection (replicas deduplicated, range cut, downsampled data
-/// decoded as PromQL reads it) and encodes the answer in the negotiated response type.
-fn read_response(selections: Vec<Selection>, rl: &[String], streamed: bool) -> Response {
+/// decoded as PromQL reads it) and encodes the sampled (`SAMPLES`) answer.
+fn read_response(selections: Vec<Selection>, rl: &[String]) -> Response {
     let mut answers = Vec::with_capacity(selections.len());
     for (plan, series, downsampled, aggrs) in selections {
         let (mint, maxt) = (plan.mint, plan.maxt);
@@ -556,20 +778,6 @@ fn read_response(selections: Vec<Selection>, rl: &[String], streamed: bool) -> R
             Ok(series) => answers.push(QueryAnswer { series, mint, maxt, labels_only: plan.skip_chunks }),
             Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
-    }
-    if streamed {
-        let mut out = Vec::new();
-        for (qi, a) in answers.iter().enumerate() {
-            // As Prometheus: a series without chunks sends no frame.
-            let series: Vec<_> = a.series.iter().filter(|s| !s.chunks.is_empty()).cloned().collect();
-            write_frames(&series, qi as i64, MAX_BYTES_IN_FRAME, &mut out);
-        }
-        let mut r = (StatusCode::OK, out).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"),
-        );
-        return r;
     }
     let mut resp = pb::ReadResponse { results: Vec::with_capacity(answers.len()) };
     for a in &answers {
