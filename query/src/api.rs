@@ -36,7 +36,7 @@ pub struct ApiState {
     /// The fan-out over the endpoint set.
     pub fanout: Arc<Fanout>,
     engine: Engine,
-    pub(crate) limiter: Semaphore,
+    pub(crate) limiter: Arc<Semaphore>,
     ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -48,7 +48,7 @@ impl ApiState {
             max_samples: args.max_samples,
             ..Default::default()
         });
-        let limiter = Semaphore::new(args.max_concurrent.max(1));
+        let limiter = Arc::new(Semaphore::new(args.max_concurrent.max(1)));
         ApiState { args, fanout, engine, limiter, ready }
     }
 }

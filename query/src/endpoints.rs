@@ -26,9 +26,12 @@ const HTTP2_MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
 /// of window also cuts its DATA frame (hyper's defaults are 2 and 5 MiB). The querier keeps
 /// every Series answer in memory until the merge anyway, so larger windows add no memory it
 /// would not hold; a streamed remote read, which does not, holds up to the stream window per
-/// endpoint in flight.
+/// endpoint in flight. The connection window is the protocol's largest, so the memory bound
+/// is the stream window per open stream: streams a streamed read holds back (its merge
+/// waiting on another endpoint) must not use up the window that the PromQL selects and Info
+/// probes on the same connection need.
 const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
-const HTTP2_CONNECTION_WINDOW: u32 = 64 << 20;
+const HTTP2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
 /// One `--endpoint` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,7 +352,11 @@ impl EndpointSet {
     /// a DNS server was configured, rebuilds the resolver for its first name server. An
     /// unreadable file keeps what was read last (a resolver once built stays).
     fn reread_resolv_conf(&self) -> (Option<TokioResolver>, SearchList) {
-        let text = std::fs::read_to_string(&self.resolv_conf).ok();
+        // A text with no name server and no search list is taken for one caught while being
+        // rewritten (or emptied): what was read last stays.
+        let text = std::fs::read_to_string(&self.resolv_conf).ok().filter(|t| {
+            t.lines().any(|l| matches!(l.split_whitespace().next(), Some("nameserver" | "search" | "domain")))
+        });
         let mut d = self.dns.write();
         if (text.is_some() && text != d.text) || d.resolver.is_none() {
             let conf = text.as_deref().unwrap_or_default();
@@ -1035,6 +1042,35 @@ mod tests {
     /// A glob picks up files as they appear, drops the targets of files that go, keeps
     /// the last good targets of a file that breaks (naming it), and reads JSON and YAML
     /// side by side; directories and other names in the directory are left alone.
+    /// resolv.conf is read again on each call; a text with neither name server nor search
+    /// list (caught mid-rewrite, emptied) keeps what was read before.
+    #[tokio::test]
+    async fn resolv_conf_reread_keeps_last_good_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("resolv.conf");
+        let set = EndpointSet::with_resolv_conf(
+            EndpointSetConfig {
+                specs: vec![],
+                sd_files: vec![],
+                dns_server: Some("127.0.0.1:1".parse().unwrap()),
+                info_timeout: Duration::from_millis(200),
+            },
+            conf.clone(),
+        );
+        let domains = |set: &EndpointSet| set.reread_resolv_conf().1.domains;
+        assert!(domains(&set).is_empty(), "no file yet");
+        for (text, want) in [
+            ("nameserver 10.0.0.1\nsearch a.test\n", vec!["a.test"]),
+            ("", vec!["a.test"]),
+            ("# being rewritten\n", vec!["a.test"]),
+            ("search b.test c.test\n", vec!["b.test", "c.test"]),
+            ("nameserver 10.0.0.1\n", vec![]),
+        ] {
+            std::fs::write(&conf, text).unwrap();
+            assert_eq!(domains(&set), want, "after writing {text:?}");
+        }
+    }
+
     #[tokio::test]
     async fn sd_file_glob_follows_files() {
         let dir = tempfile::tempdir().unwrap();

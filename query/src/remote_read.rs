@@ -159,8 +159,8 @@ fn dedup_group(
     mint: i64,
     maxt: i64,
 ) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
-    if replicas.len() == 1 {
-        return remote_chunks(replicas[0].iter().copied());
+    if let [one] = replicas {
+        return single_replica(one);
     }
     let mut seen: std::collections::HashSet<(i64, i64, i32, &[u8])> = Default::default();
     let mut kept: Vec<Vec<&WireChunk>> = Vec::with_capacity(replicas.len());
@@ -173,7 +173,7 @@ fn dedup_group(
         }
     }
     if kept.len() <= 1 {
-        return remote_chunks(kept.into_iter().flatten());
+        return single_replica(kept.first().map(Vec::as_slice).unwrap_or_default());
     }
     let mut decoded: Vec<Vec<Sample>> = kept.iter().map(|cs| decode_replica(cs)).collect::<Result<_, _>>()?;
     for d in &mut decoded {
@@ -221,6 +221,18 @@ fn dedup_group(
 
 fn place(replica: usize, index: usize) -> u64 {
     ((replica as u64) << 32) | index as u64
+}
+
+/// One replica's chunks as the client gets them: passed through when they follow one
+/// another in time, else (an endpoint that merged series which differ only by a stripped
+/// replica label sends overlapping chunks) decoded, one sample per timestamp, and encoded
+/// again, so the client never reads time going backwards.
+fn single_replica(cs: &[&WireChunk]) -> Result<Vec<pb::Chunk>, ChunkConvertError> {
+    if cs.windows(2).all(|w| w[0].max_time < w[1].min_time) {
+        return remote_chunks(cs.iter().copied());
+    }
+    let samples = decode_replica(cs)?;
+    Ok(chunks::encode_samples(samples)?.iter().map(chunks::remote_read_chunk).collect())
 }
 
 fn unplace(p: u64) -> (usize, usize) {
@@ -601,11 +613,18 @@ const PIECE_BYTES: usize = 64 << 10;
 /// first frame is answered with its status and text, as before; after it, the body is cut
 /// (Prometheus's server does the same) and the failure logged.
 async fn streamed_response(st: Arc<ApiState>, queries: Vec<ReadQuery>) -> Response {
+    // Remote reads count against --query.max-concurrent as PromQL queries do. The slot is
+    // awaited here, not on the blocking thread: waiters must not hold blocking threads that
+    // queries already holding slots need to finish.
+    let Ok(permit) = st.limiter.clone().acquire_owned().await else {
+        return text_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
     let deadline = queries.first().map(|q| q.opts.deadline);
     let handle = tokio::runtime::Handle::current();
     // The merge waits for the endpoints' series and for the client: a blocking thread.
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let Some(deadline) = deadline else { return };
         let sink = FrameSink {
             tx,
@@ -614,21 +633,24 @@ async fn streamed_response(st: Arc<ApiState>, queries: Vec<ReadQuery>) -> Respon
             deadline: tokio::time::Instant::from_std(deadline),
             handle: handle.clone(),
         };
-        // Remote reads count against --query.max-concurrent as PromQL queries do.
-        let Ok(_permit) = handle.block_on(st.limiter.acquire()) else {
-            sink.fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
-            return;
-        };
         let sink = std::cell::RefCell::new(sink);
-        let mut missing = Vec::new();
-        let mut result = Ok(());
-        for (qi, q) in queries.iter().enumerate() {
-            result = stream_query(&st, q, qi as i64, &sink, &mut missing);
-            if result.is_err() {
-                break;
+        // A panic must end the answer as a failure (a cut body once frames went out), not
+        // as a clean end of stream that reads as a complete answer.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut missing = Vec::new();
+            let mut result = Ok(());
+            for (qi, q) in queries.iter().enumerate() {
+                result = stream_query(&st, q, qi as i64, &sink, &mut missing);
+                if result.is_err() {
+                    break;
+                }
             }
-        }
-        log_missing(&missing);
+            log_missing(&missing);
+            result
+        }));
+        let result = run.unwrap_or_else(|_| {
+            Err((StatusCode::INTERNAL_SERVER_ERROR, "remote read: internal error while merging".to_string()))
+        });
         let mut sink = sink.into_inner();
         match result.and_then(|()| sink.send()) {
             Ok(()) => {}
@@ -850,6 +872,29 @@ mod tests {
             decode_into(c.min_time_ms, c.max_time_ms, enc, c.data.clone(), &mut out).unwrap();
         }
         out
+    }
+
+    /// One replica whose chunks overlap in time (an endpoint that merged two series differing
+    /// only by a stripped replica label) goes out as one sample per timestamp, ascending;
+    /// chunks that follow one another pass through untouched.
+    #[test]
+    fn single_replica_with_overlapping_chunks_is_made_monotonic() {
+        let a = wire(floats((0..10).map(|i| i * 1000)));
+        let b = wire(floats((0..10).map(|i| i * 1000 + 500)));
+        let merged: Vec<&WireChunk> = a.iter().chain(&b).collect();
+        let got = dedup_group(&[merged], false, i64::MIN, i64::MAX).unwrap();
+        let ts: Vec<i64> = decode(&got).iter().map(Sample::timestamp).collect();
+        let want: Vec<i64> = (0..20).map(|i| i * 500).collect();
+        assert_eq!(ts, want);
+
+        let first = wire(floats((0..5).map(|i| i * 1000)));
+        let second = wire(floats((5..10).map(|i| i * 1000)));
+        let apart: Vec<&WireChunk> = first.iter().chain(&second).collect();
+        let got = dedup_group(std::slice::from_ref(&apart), false, i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), apart.len());
+        for (c, w) in got.iter().zip(&apart) {
+            assert_eq!(&c.data[..], &w.raw.as_ref().unwrap().data[..], "chunk re-encoded though nothing overlapped");
+        }
     }
 
     /// Without dedup every chunk goes out as stored: same bytes and time range, the type in
