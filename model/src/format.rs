@@ -65,13 +65,26 @@ fn is_go_printable(c: char) -> bool {
 /// Shortest round-trip decimal digits of a finite, non-zero |f|, and the decimal point
 /// position: `f = 0.d1d2d3… × 10^dp`.
 fn shortest_digits(f: f64) -> (String, i32) {
-    // Rust's `{:e}` prints the shortest representation that round-trips, as Go's
-    // strconv does; only the layout differs.
-    let s = format!("{:e}", f.abs());
-    let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mant.chars().filter(|c| *c != '.').collect();
-    (digits, exp + 1)
+    // Rust's `{:e}` prints the shortest representation that round-trips, as Go's strconv
+    // does, and with as many digits. Where two candidates of that length are equally close
+    // to the exact value (1795421620.87890625: …062 or …063), Rust takes the upper one and
+    // Go the even one; the exactly rounded form with that many digits (ties to even) is
+    // Go's whenever it round-trips.
+    let a = f.abs();
+    let short = format!("{a:e}");
+    let split = |s: &str| -> (String, i32) {
+        let (mant, exp) = s.split_once('e').unwrap_or((s, "0"));
+        let exp: i32 = exp.parse().unwrap_or(0);
+        (mant.chars().filter(|c| *c != '.').collect(), exp + 1)
+    };
+    let (digits, dp) = split(&short);
+    if digits.len() > 1 {
+        let exact = format!("{a:.*e}", digits.len() - 1);
+        if exact != short && exact.parse::<f64>() == Ok(a) {
+            return split(&exact);
+        }
+    }
+    (digits, dp)
 }
 
 fn push_exp(out: &mut String, exp: i32) {
@@ -188,9 +201,30 @@ mod tests {
             (f64::NEG_INFINITY, "-Inf"),
             (100.25, "100.25"),
             (33.333333333333336, "33.333333333333336"),
+            // Ties between two equally short candidates go to the even digit, as Go's
+            // shortest formatting (Rust's `{:e}` takes the upper one).
+            (1795421620.87890625, "1.7954216208789062e+09"),
+            (24834720003041.3125, "2.4834720003041312e+13"),
+            (676633807908965.25, "6.766338079089652e+14"),
+            (90559468477630.625, "9.055946847763062e+13"),
         ];
         for (f, want) in cases {
             assert_eq!(go_format_g(*f), *want, "{f:e}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any finite value: the text reads back as the same value, with as many significant
+        /// digits as the shortest round-trip form has.
+        #[test]
+        fn format_g_round_trips_at_shortest_length(bits in proptest::prelude::any::<u64>()) {
+            let f = f64::from_bits(bits);
+            proptest::prop_assume!(f.is_finite() && f != 0.0);
+            let g = go_format_g(f);
+            proptest::prop_assert_eq!(g.parse::<f64>().ok(), Some(f), "{}", g);
+            let mant = |s: &str| s.split(['e', 'E']).next().unwrap_or_default().chars().filter(char::is_ascii_digit).collect::<String>();
+            let sig = |s: &str| mant(s).trim_start_matches('0').trim_end_matches('0').len();
+            proptest::prop_assert_eq!(sig(&g), sig(&format!("{f:e}")), "{} vs {:e}", g, f);
         }
     }
 
@@ -198,6 +232,8 @@ mod tests {
     fn format_f_like_go() {
         let cases: &[(f64, &str)] = &[
             (1e21, "1000000000000000000000"),
+            (1795421620.87890625, "1795421620.8789062"),
+            (187328024334792.625, "187328024334792.62"),
             (0.00001, "0.00001"),
             (1.5, "1.5"),
             (-2.0, "-2"),

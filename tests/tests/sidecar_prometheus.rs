@@ -316,7 +316,24 @@ fn dumps_agree(bucket: &Path, scratch: &Path) {
     let ours = run_ok(Command::new(norn_bin()).args(["tools", "tsdb", "dump", copy.to_str().unwrap()])).stdout;
     let theirs = String::from_utf8(theirs).unwrap();
     assert!(theirs.lines().count() > 100, "promtool dumped too little:\n{theirs}");
-    assert_eq!(String::from_utf8(ours).unwrap(), theirs, "norn and promtool dumps differ");
+    let ours = String::from_utf8(ours).unwrap();
+    if ours != theirs {
+        let (a, b): (Vec<&str>, Vec<&str>) = (ours.lines().collect(), theirs.lines().collect());
+        let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+        let around = |l: &[&str]| l[at.saturating_sub(3)..(at + 4).min(l.len())].join("\n");
+        let blocks: Vec<String> = bucket_blocks(bucket)
+            .iter()
+            .map(|(id, m)| format!("{id} {}..{} {}", m["minTime"], m["maxTime"], m["compaction"]["sources"]))
+            .collect();
+        panic!(
+            "norn and promtool dumps differ: {} vs {} lines, first at line {at}\nnorn:\n{}\npromtool:\n{}\nblocks:\n{}",
+            a.len(),
+            b.len(),
+            around(&a),
+            around(&b),
+            blocks.join("\n")
+        );
+    }
 }
 
 #[test]
