@@ -177,6 +177,8 @@ pub fn go_format_f(f: f64) -> String {
 mod tests {
     use super::*;
 
+    // The tie cases are written exactly (they are exact binary fractions): the point.
+    #[allow(clippy::excessive_precision)]
     #[test]
     fn format_g_like_go() {
         // Expected strings are what Go 1.21's fmt.Sprintf("%g", x) prints.
@@ -228,6 +230,8 @@ mod tests {
         }
     }
 
+    // The tie cases are written exactly (they are exact binary fractions): the point.
+    #[allow(clippy::excessive_precision)]
     #[test]
     fn format_f_like_go() {
         let cases: &[(f64, &str)] = &[
