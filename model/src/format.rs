@@ -78,7 +78,12 @@ fn shortest_digits(f: f64) -> (String, i32) {
         (mant.chars().filter(|c| *c != '.').collect(), exp + 1)
     };
     let (digits, dp) = split(&short);
-    if digits.len() > 1 {
+    // A tie needs both neighbours of the exact value to read back as `a`, so decimal steps
+    // no wider than the float's: 16 digits or more (52 bits are 15.65 digits), or a
+    // subnormal. And Rust's upper pick differs from Go's even one only when it is odd.
+    // Everything else (most values: counts, short decimals) skips the second formatting.
+    let odd = digits.as_bytes().last().is_some_and(|d| d % 2 == 1);
+    if odd && (digits.len() >= 16 || a < f64::MIN_POSITIVE) {
         let exact = format!("{a:.*e}", digits.len() - 1);
         if exact != short && exact.parse::<f64>() == Ok(a) {
             return split(&exact);

@@ -335,9 +335,8 @@ pub fn replicas_of<'a>(
     let mut group = group.to_vec();
     if group.len() > 1 && !rl.is_empty() {
         // Stable: among equal replica labels, the merge's order (sources in endpoint order).
-        group.sort_by_cached_key(|&(src, s)| {
-            replica_pairs(&sources[src], s, rl).map(|(n, v)| (n.to_string(), v.to_string())).collect::<Vec<_>>()
-        });
+        // Stable, and compared in place: no owned copy of each replica's labels.
+        group.sort_by(|&(a, x), &(b, y)| replica_pairs(&sources[a], x, rl).cmp(replica_pairs(&sources[b], y, rl)));
     }
     let mut replicas: Vec<Vec<&'a WireChunk>> = Vec::with_capacity(group.len());
     for i in 0..group.len() {
